@@ -1,0 +1,342 @@
+"""The model-module interface and the one container that carries a batch's inputs.
+
+Every pass over a batch — generation, policy log-probs, reference log-probs, old-policy log-probs — takes
+the same :class:`ModelInputs`, built once per batch by :meth:`OmniModule.build_inputs`. Nothing downstream
+re-derives media tensors or the ``use_audio_in_video`` flag (lessons 1, 5, 6 in ``shared/lessons.md``).
+
+Media bookkeeping is per row: ``video_rows[k]`` / ``audio_rows[k]`` say which prompt row the k-th video /
+audio belongs to, and ``select(rows)`` copies whole per-video patch blocks, so G copies of a prompt get G
+identical inputs (lesson 9: ``repeat_interleave`` on flattened patches scrambles them).
+
+Encode once: when the towers are frozen, :func:`encode_media` runs the vision and audio towers once per
+prompt, and the embeddings travel inside the ``ModelInputs`` (``encoded``) to generation and every
+log-prob pass, which then splice them into the token embeddings instead of running the towers again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+MEDIA_FIELDS = (
+    "pixel_values_videos",
+    "video_grid_thw",
+    "video_second_per_grid",
+    "input_features",
+    "feature_attention_mask",
+)
+
+
+@dataclass
+class EncodedMedia:
+    """Tower outputs for one batch: one tensor per video / audio, in the order of ``ModelInputs``."""
+
+    video: list[torch.Tensor]  # each [n_video_tokens_k, H]
+    audio: list[torch.Tensor]  # each [n_audio_tokens_k, H]
+    dummy: torch.Tensor | None = None  # scalar 0 carrying a ZeRO-3 sync pass through an unused tower
+
+    def select(self, video_idx: list[int], audio_idx: list[int]) -> "EncodedMedia":
+        return EncodedMedia([self.video[i] for i in video_idx], [self.audio[i] for i in audio_idx], self.dummy)
+
+
+@dataclass
+class ModelInputs:
+    """Prompt ids, every media tensor, and the one ``use_audio_in_video`` value for a batch of prompts.
+
+    Shapes (B prompt rows, P prompt length, V videos, A audios):
+      input_ids, attention_mask: [B, P], left-padded.
+      pixel_values_videos: [sum_k T_k*H_k*W_k, C*tp*p*p] patches of video 0, then video 1, ...
+      video_grid_thw: [V, 3]; video_second_per_grid: [V]; video_rows: [V] (row of each video).
+      input_features: [A, mel, F]; feature_attention_mask: [A, F]; audio_rows: [A].
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    use_audio_in_video: bool
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    video_second_per_grid: torch.Tensor | None = None
+    input_features: torch.Tensor | None = None
+    feature_attention_mask: torch.Tensor | None = None
+    video_rows: list[int] = field(default_factory=list)
+    audio_rows: list[int] = field(default_factory=list)
+    encoded: EncodedMedia | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def _video_patch_offsets(self) -> list[int]:
+        sizes = self.video_grid_thw.prod(-1).tolist() if self.video_grid_thw is not None else []
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + int(s))
+        return offsets
+
+    def select(self, rows: list[int]) -> "ModelInputs":
+        """The inputs of `rows` (repeats allowed), media copied per whole video/audio in the new row order."""
+        rows = list(rows)
+        video_idx = [k for r in rows for k, vr in enumerate(self.video_rows) if vr == r]
+        video_rows = [i for i, r in enumerate(rows) for vr in self.video_rows if vr == r]
+        audio_idx = [k for r in rows for k, ar in enumerate(self.audio_rows) if ar == r]
+        audio_rows = [i for i, r in enumerate(rows) for ar in self.audio_rows if ar == r]
+        index = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        new = dataclasses.replace(
+            self,
+            input_ids=self.input_ids[index],
+            attention_mask=self.attention_mask[index],
+            video_rows=video_rows,
+            audio_rows=audio_rows,
+            encoded=self.encoded.select(video_idx, audio_idx) if self.encoded is not None else None,
+        )
+        if self.pixel_values_videos is not None:
+            off = self._video_patch_offsets()
+            blocks = [self.pixel_values_videos[off[k] : off[k + 1]] for k in video_idx]
+            new.pixel_values_videos = torch.cat(blocks) if blocks else self.pixel_values_videos[:0]
+            new.video_grid_thw = self.video_grid_thw[video_idx]
+            new.video_second_per_grid = self.video_second_per_grid[video_idx]
+        if self.input_features is not None:
+            new.input_features = self.input_features[audio_idx]
+            new.feature_attention_mask = self.feature_attention_mask[audio_idx]
+        return new
+
+    def repeat(self, g: int) -> "ModelInputs":
+        """G consecutive copies of each row: row i*g + j is a copy of row i."""
+        return self.select([r for r in range(self.batch_size) for _ in range(g)])
+
+    def to(self, device=None, dtype=None) -> "ModelInputs":
+        """Move every tensor; floating media tensors are cast to `dtype` when given."""
+
+        def move(t):
+            if t is None:
+                return None
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        kw = {name: move(getattr(self, name)) for name in ("input_ids", "attention_mask", *MEDIA_FIELDS)}
+        enc = self.encoded
+        if enc is not None:
+            enc = EncodedMedia([move(v) for v in enc.video], [move(a) for a in enc.audio], move(enc.dummy))
+        return dataclasses.replace(self, encoded=enc, **kw)
+
+    def media_kwargs(self) -> dict:
+        """The keyword arguments a Hugging Face thinker forward / generate takes for these media."""
+        kw = {name: getattr(self, name) for name in MEDIA_FIELDS if getattr(self, name) is not None}
+        kw["use_audio_in_video"] = self.use_audio_in_video
+        return kw
+
+
+@dataclass
+class Completions:
+    """G sampled completions per prompt, right-padded after the first stop token.
+
+    completion_ids, completion_mask: [B*G, C]; row i*G + j is completion j of prompt i.
+    truncated: [B*G] bool, True where no stop token was produced within the length budget.
+    """
+
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    truncated: torch.Tensor
+
+
+@dataclass
+class TowerCounter:
+    """Counts tower forward calls (the encode-once saving is visible in `counters/tower_calls`)."""
+
+    vision: int = 0
+    audio: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.vision + self.audio
+
+
+class OmniModule:
+    """What the trainer needs to know about one model family. Subclasses fill in the class attributes.
+
+    The trainer never branches on the family: it calls these methods and the generic functions below.
+    """
+
+    family: str = ""
+    vision_tower: str = "model.visual"  # dotted path from the thinker
+    audio_tower: str = "model.audio_tower"
+    language_model: str = "model.language_model"
+    media_token_names: tuple[str, ...] = ()  # tokens that must never be generated
+    stop_token_names: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
+
+    def __init__(self, sync_towers: bool = False):
+        self.tower_calls = TowerCounter()
+        # Under ZeRO-3 with several ranks every rank must run every tower each pass (lesson 10).
+        self.sync_towers = sync_towers
+
+    # --- loading ---------------------------------------------------------------------------------
+    def load_model(self, path, dtype=torch.float32, attn_implementation: str = "sdpa"):
+        raise NotImplementedError
+
+    def load_processor(self, path):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path)
+
+    # --- prompts ---------------------------------------------------------------------------------
+    def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:
+        raise NotImplementedError
+
+    def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
+                     max_prompt_length: int | None = None) -> ModelInputs:
+        raise NotImplementedError
+
+    # --- tokens ----------------------------------------------------------------------------------
+    def banned_token_ids(self, tokenizer) -> list[int]:
+        return [tokenizer.convert_tokens_to_ids(t) for t in self.media_token_names]
+
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        return [tokenizer.convert_tokens_to_ids(t) for t in self.stop_token_names]
+
+    def pad_token_id(self, tokenizer) -> int:
+        return tokenizer.pad_token_id
+
+    # --- towers ----------------------------------------------------------------------------------
+    def tower_modules(self, model) -> dict[str, torch.nn.Module]:
+        return {"vision": _getattr_path(model, self.vision_tower), "audio": _getattr_path(model, self.audio_tower)}
+
+    def encode_media(self, model, inputs: ModelInputs) -> EncodedMedia:
+        raise NotImplementedError
+
+    def embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor):
+        """(inputs_embeds [N, L, H], position_ids) for `ids` = the prompt rows of `inputs` (+ completions)."""
+        raise NotImplementedError
+
+
+def _getattr_path(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def unwrap(model):
+    """The Hugging Face model inside a DeepSpeed engine / DDP / peft wrapper (peft kept: it owns forward)."""
+    while hasattr(model, "module") and not hasattr(model, "get_base_model"):
+        model = model.module
+    return model
+
+
+def base_thinker(model):
+    """The thinker under any wrapper, peft included (for its submodules: towers, language model, lm_head)."""
+    model = unwrap(model)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
+                   completion_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states [N, C, H] that predict each completion token (N = rows of `inputs`)."""
+    ids = torch.cat([inputs.input_ids, completion_ids], dim=1)  # [N, P+C]
+    mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)
+    embeds, position_ids = module.embed(model, inputs, ids, mask)
+    thinker = base_thinker(model)
+    lm = _getattr_path(thinker, module.language_model)
+    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    prompt_len = inputs.input_ids.shape[1]
+    return out.last_hidden_state[:, prompt_len - 1 : -1]  # position t predicts token t+1
+
+
+def _chunk_logprobs(hidden, weight, targets, temperature: float, with_entropy: bool):
+    logits = (hidden @ weight.t()).float() / temperature  # [n, c, V] for one chunk only
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    if not with_entropy:
+        return logp, torch.zeros_like(logp)
+    probs = torch.softmax(logits, dim=-1)
+    entropy = logz - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
+              completion_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
+              chunk_size: int = 256):
+    """Per-token log-probs (and entropies) of the completion tokens: ([N, C], [N, C] or None).
+
+    Gradient flows when called under grad mode. The vocabulary projection runs per chunk of `chunk_size`
+    positions under activation checkpointing, so `[N, C, V]` float32 logits never exist at once (Qwen's
+    vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row).
+    """
+    hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask)  # [N, C, H]
+    thinker = base_thinker(model)
+    weight = thinker.lm_head.weight
+    if getattr(thinker.lm_head, "bias", None) is not None:
+        raise NotImplementedError("lm_head with a bias is not supported")
+    pieces_lp, pieces_ent = [], []
+    for start in range(0, hidden.shape[1], chunk_size):
+        h = hidden[:, start : start + chunk_size]
+        t = completion_ids[:, start : start + chunk_size]
+        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+            lp, ent = checkpoint(_chunk_logprobs, h, weight, t, temperature, with_entropy, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(h, weight, t, temperature, with_entropy)
+        pieces_lp.append(lp)
+        pieces_ent.append(ent)
+    lp = torch.cat(pieces_lp, dim=1)
+    ent = torch.cat(pieces_ent, dim=1) if with_entropy else None
+    return lp, ent
+
+
+def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_generations: int,
+             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             repetition_penalty: float = 1.0, do_sample: bool = True) -> Completions:
+    """G completions per prompt in one batched `generate` call; media tokens banned; stop at `<|im_end|>`.
+
+    `inputs` holds the B prompts; rows of the result are grouped: row i*G + j is sample j of prompt i.
+    """
+    tokenizer = processor.tokenizer
+    expanded = inputs.repeat(num_generations)
+    thinker = base_thinker(model)
+    stop_ids = module.stop_token_ids(tokenizer)
+    pad_id = module.pad_token_id(tokenizer)
+    gen_kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id,
+        suppress_tokens=module.banned_token_ids(tokenizer),
+        use_cache=True,
+    )
+    if do_sample:
+        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
+    if repetition_penalty != 1.0:
+        gen_kwargs["repetition_penalty"] = repetition_penalty
+    if expanded.encoded is not None:
+        embeds, _ = module.embed(thinker, expanded, expanded.input_ids, expanded.attention_mask)
+        media = {k: v for k, v in expanded.media_kwargs().items()
+                 if k not in ("pixel_values_videos", "input_features")}
+        out = thinker.generate(input_ids=expanded.input_ids, inputs_embeds=embeds,
+                               attention_mask=expanded.attention_mask, **media, **gen_kwargs)
+    else:
+        out = thinker.generate(input_ids=expanded.input_ids, attention_mask=expanded.attention_mask,
+                               **expanded.media_kwargs(), **gen_kwargs)
+    prompt_len = expanded.input_ids.shape[1]
+    completion_ids = out[:, prompt_len:] if out.shape[1] > prompt_len else out[:, :0]
+    return finish_completions(completion_ids, stop_ids, pad_id)
+
+
+def finish_completions(completion_ids: torch.Tensor, stop_ids: list[int], pad_id: int) -> Completions:
+    """Mask everything after the first stop token (kept), pad it, and flag rows that never stopped.
+
+    `generate` returns fewer than `max_new_tokens` columns only when every row stopped, so a row with no
+    stop token is exactly a row that ran out of budget.
+    """
+    n, c = completion_ids.shape
+    is_stop = torch.zeros_like(completion_ids, dtype=torch.bool)
+    for s in stop_ids:
+        is_stop |= completion_ids == s
+    has_stop = is_stop.any(dim=1)
+    first_stop = torch.where(has_stop, is_stop.float().argmax(dim=1), torch.full((n,), c, device=is_stop.device))
+    positions = torch.arange(c, device=completion_ids.device).unsqueeze(0)
+    mask = (positions <= first_stop.unsqueeze(1)).long()  # the stop token itself is scored
+    completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, pad_id))
+    return Completions(completion_ids=completion_ids, completion_mask=mask, truncated=~has_stop)

@@ -1,0 +1,217 @@
+"""Qwen2.5-Omni thinker (3B / 7B): prompts, processor call, tower encoding and embedding splice.
+
+The user-facing flag is ``use_audio_in_video``. transformers 5.23 renamed the processor's switch to
+``load_audio_from_video`` (the model forward still calls it ``use_audio_in_video``); :func:`processor_audio_kwargs`
+is the one place that translates it. With the flag on, each video's own audio is passed to the processor
+with ``audio_from_video_indices`` and the processor interleaves 2-second video and audio chunks inside one
+``<|vision_bos|><|audio_bos|> … <|audio_eos|><|vision_eos|>`` block; the forward then needs the same flag
+for its TMRoPE positions (lesson 5).
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omni_grpo.models.base import EncodedMedia, ModelInputs, OmniModule, base_thinker
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant who understands people in videos. Watch the video and listen to its audio. "
+    "Describe the relevant people, what they do and how they sound in <context> </context>, reason step by "
+    "step in <think> </think>, and give the final answer in <answer> </answer>."
+)
+
+
+class PromptTooLongError(ValueError):
+    """A prompt (media tokens included) is longer than `max_prompt_length`."""
+
+
+def processor_audio_kwargs(use_audio_in_video: bool, audio_from_video_indices: list[int]) -> dict:
+    """Translate the one user flag to the processor API of transformers >= 5.23 (the only such place)."""
+    if not use_audio_in_video:
+        return {"load_audio_from_video": False}
+    return {"load_audio_from_video": True, "audio_from_video_indices": audio_from_video_indices}
+
+
+def format_question(sample: dict) -> str:
+    """The question, then lettered options one per line when the sample has options."""
+    text = str(sample["question"]).strip()
+    options = sample.get("options") or []
+    if options:
+        letters = string.ascii_uppercase
+        text += "\nOptions:\n" + "\n".join(f"{letters[i]}. {opt}" for i, opt in enumerate(options))
+        text += "\nAnswer with the letter of the correct option."
+    return text
+
+
+class Qwen25OmniModule(OmniModule):
+    family = "qwen2_5_omni"
+    media_token_names = (
+        "<|VIDEO|>",
+        "<|AUDIO|>",
+        "<|IMAGE|>",
+        "<|vision_bos|>",
+        "<|vision_eos|>",
+        "<|audio_bos|>",
+        "<|audio_eos|>",
+        "<|vision_pad|>",
+    )
+
+    # --- loading ---------------------------------------------------------------------------------
+    def thinker_class(self):
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+        return Qwen2_5OmniThinkerForConditionalGeneration
+
+    def load_model(self, path, dtype=torch.float32, attn_implementation: str = "sdpa"):
+        """Load the thinker from a thinker-only directory or a full Omni checkpoint (thinker + talker)."""
+        cls = self.thinker_class()
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        kwargs = dict(dtype=dtype, attn_implementation=attn_implementation)
+        if "thinker_config" in cfg:  # full Omni checkpoint: weights live under `thinker.`; talker is skipped
+            from transformers import AutoConfig
+
+            thinker_config = AutoConfig.from_pretrained(path).thinker_config
+            return cls.from_pretrained(path, config=thinker_config, key_mapping={r"^thinker\.": ""}, **kwargs)
+        return cls.from_pretrained(path, **kwargs)
+
+    # --- prompts ---------------------------------------------------------------------------------
+    def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:
+        """System turn, then a user turn with the video (its audio rides inside when the flag is on)."""
+        return [
+            {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+            {"role": "user", "content": [{"type": "video", "video": sample.get("id", "video")},
+                                         {"type": "text", "text": format_question(sample)}]},
+        ]
+
+    def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
+                     max_prompt_length: int | None = None) -> ModelInputs:
+        """One processor call for the whole batch of samples (each with its own video and audio)."""
+        texts, videos, audios, audio_from_video, audio_rows = [], [], [], [], []
+        fps = None
+        for row, sample in enumerate(samples):
+            messages = self.build_messages(sample, system_prompt, use_audio_in_video)
+            texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            frames = np.asarray(sample["frames"])
+            if frames.ndim != 4 or frames.shape[-1] != 3:
+                raise ValueError(f"sample {sample.get('id')}: frames must be [T, H, W, 3], got {frames.shape}")
+            videos.append(frames)
+            if fps is not None and abs(float(sample["fps"]) - fps) > 1e-6:
+                raise ValueError("all samples of a batch must share one frame rate; preprocess with one --fps")
+            fps = float(sample["fps"])
+            if use_audio_in_video and sample.get("audio") is not None:
+                audios.append(np.asarray(sample["audio"], dtype=np.float32))
+                audio_from_video.append(row)
+                audio_rows.append(row)
+        kwargs = processor_audio_kwargs(use_audio_in_video, audio_from_video)
+        batch = processor(
+            text=texts,
+            videos=videos,
+            audio=audios or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+            videos_kwargs={"fps": fps, "do_resize": False},
+            **kwargs,
+        )
+        inputs = ModelInputs(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            use_audio_in_video=use_audio_in_video,
+            pixel_values_videos=batch["pixel_values_videos"],
+            video_grid_thw=batch["video_grid_thw"],
+            video_second_per_grid=torch.as_tensor(batch["video_second_per_grid"], dtype=torch.float32),
+            video_rows=list(range(len(samples))),
+            audio_rows=audio_rows,
+        )
+        if audios:
+            fam = batch["feature_attention_mask"]
+            used = int(fam.sum(-1).max())  # Whisper pads to 300 s; the tail is masked out, drop it
+            inputs.input_features = batch["input_features"][:, :, :used]
+            inputs.feature_attention_mask = fam[:, :used]
+        if max_prompt_length is not None:
+            lengths = inputs.attention_mask.sum(-1).tolist()
+            for sample, n in zip(samples, lengths):
+                if n > max_prompt_length:
+                    raise PromptTooLongError(
+                        f"sample {sample.get('id')!r}: prompt is {n} tokens (video and audio included), over "
+                        f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with a "
+                        "lower --fps / --max-pixels / --max-frames."
+                    )
+        return inputs
+
+    # --- towers ----------------------------------------------------------------------------------
+    def encode_media(self, model, inputs: ModelInputs) -> EncodedMedia:
+        """Run the vision and audio towers over the batch's media; one tensor per video / audio.
+
+        With `self.sync_towers` (ZeRO-3, several ranks) every rank must call every tower each pass (lesson
+        10): a batch without a modality runs a dummy pass through that tower, carried as a scalar 0 in
+        `EncodedMedia.dummy` that `embed` adds, so the parameters still gather and gradients still sync.
+        """
+        thinker = base_thinker(model)
+        inner = thinker.model
+        video, audio, dummies = [], [], []
+        param = next(inner.visual.parameters())
+        if inputs.pixel_values_videos is not None and len(inputs.video_rows):
+            out = inner.get_video_features(inputs.pixel_values_videos, inputs.video_grid_thw, return_dict=True)
+            video = list(out.pooler_output)
+            self.tower_calls.vision += len(video)
+        elif self.sync_towers:
+            p = inner.visual.patch_embed
+            dim = p.in_channels * p.temporal_patch_size * p.patch_size**2
+            pix = torch.zeros(16, dim, device=param.device, dtype=param.dtype)
+            grid = torch.tensor([[1, 4, 4]], device=param.device)
+            dummies.append(inner.get_video_features(pix, grid, return_dict=True).last_hidden_state.sum())
+        if inputs.input_features is not None and len(inputs.audio_rows):
+            fam = inputs.feature_attention_mask
+            out = inner.get_audio_features(inputs.input_features, fam, return_dict=True)
+            _, lengths = inner.audio_tower._get_feat_extract_output_lengths(fam.sum(-1))
+            audio = list(torch.split(out.last_hidden_state, lengths.tolist()))
+            self.tower_calls.audio += len(audio)
+        elif self.sync_towers:
+            n_mel = inner.audio_tower.config.num_mel_bins
+            feats = torch.zeros(1, n_mel, 200, device=param.device, dtype=param.dtype)
+            mask = torch.ones(1, 200, dtype=torch.long, device=param.device)
+            dummies.append(inner.get_audio_features(feats, mask, return_dict=True).last_hidden_state.sum())
+        dummy = sum(dummies) * 0.0 if dummies else None
+        return EncodedMedia(video=video, audio=audio, dummy=dummy)
+
+    def embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor):
+        """Token embeddings of `ids` with the video / audio embeddings spliced in, and TMRoPE positions.
+
+        Uses `inputs.encoded` when present (encode once), else runs the towers now (with gradient if they
+        are trainable). Positions come from the thinker's own `get_rope_index` with the batch's flag.
+        """
+        thinker = base_thinker(model)
+        cfg = thinker.config
+        embeds = thinker.get_input_embeddings()(ids)  # [N, L, H]
+        enc = inputs.encoded if inputs.encoded is not None else self.encode_media(thinker, inputs)
+        for token_id, feats, name in ((cfg.video_token_id, enc.video, "video"), (cfg.audio_token_id, enc.audio, "audio")):
+            slots = ids == token_id
+            n_slots = int(slots.sum())
+            n_feats = sum(f.shape[0] for f in feats)
+            if n_slots != n_feats:
+                raise ValueError(
+                    f"{name} tokens and {name} features do not match: {n_slots} placeholder tokens, {n_feats} "
+                    "feature rows. The inputs were not built by build_inputs, or a completion contains a media token."
+                )
+            if n_slots:
+                values = torch.cat(feats).to(embeds.dtype)
+                embeds = embeds.masked_scatter(slots.unsqueeze(-1), values)
+        if enc.dummy is not None:
+            embeds = embeds + enc.dummy.to(embeds.dtype)
+        audio_seqlens = inputs.feature_attention_mask.sum(-1) if inputs.feature_attention_mask is not None else None
+        position_ids, _ = thinker.model.get_rope_index(
+            ids,
+            None,
+            inputs.video_grid_thw,
+            mask,
+            inputs.use_audio_in_video,
+            audio_seqlens,
+            inputs.video_second_per_grid,
+        )
+        return embeds, position_ids
