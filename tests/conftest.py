@@ -1,0 +1,52 @@
+"""Session-wide fixtures: one tiny Qwen2.5-Omni thinker + processor for the whole test run."""
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from omni_grpo.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2_5_omni", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_model_dir):
+    """(module, model, processor) — the model is shared: tests must not change its weights."""
+    from omni_grpo.models import get_module
+
+    module = get_module("qwen2_5_omni")
+    model = module.load_model(tiny_model_dir)
+    model.eval()
+    processor = module.load_processor(tiny_model_dir)
+    return module, model, processor
+
+
+def make_sample(i: int, frames: int = 4, height: int = 56, width: int = 84, seconds: float = 2.0,
+                audio: bool = True, seed: int = 0) -> dict:
+    """An in-memory training sample as `preprocess.shards.load` returns it (sizes multiples of 28)."""
+    rng = np.random.default_rng(seed + i)
+    return dict(
+        id=f"s{i}",
+        question="Why does the woman smile?" + " Really?" * i,
+        options=["She is nervous.", "She is happy.", "She is angry.", "She is bored."],
+        answer="B",
+        problem_type="multiple_choice",
+        frames=rng.integers(0, 255, (frames, height, width, 3), dtype=np.uint8),
+        fps=2.0,
+        audio=(rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32) if audio else None,
+        sample_rate=16000,
+    )
+
+
+@pytest.fixture
+def samples():
+    """Two different samples of different prompt lengths and video sizes, both with audio."""
+    return [make_sample(0), make_sample(1, frames=6, height=84, width=56, seconds=3.0)]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,371 @@
+"""The model module: one ModelInputs through generation and every log-prob pass (lessons 1–9)."""
+
+import copy
+
+import pytest
+import torch
+
+from omni_grpo.core_algos import kl_penalty
+from omni_grpo.models import generate, log_probs
+from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT
+from tests.conftest import make_sample
+
+SYS = DEFAULT_SYSTEM_PROMPT
+
+
+def build(tiny, samples, flag=True):
+    module, _, processor = tiny
+    return module.build_inputs(processor, samples, SYS, flag)
+
+
+def greedy(tiny, inputs, g=1, n=6):
+    module, model, processor = tiny
+    with torch.no_grad():
+        return generate(module, model, processor, inputs, num_generations=g, max_new_tokens=n, do_sample=False)
+
+
+def hf_greedy(tiny, inputs, n=6):
+    """A plain `model.generate` on the processor output, as a user would write it."""
+    module, model, processor = tiny
+    tok = processor.tokenizer
+    out = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **inputs.media_kwargs(),
+                         max_new_tokens=n, do_sample=False, suppress_tokens=module.banned_token_ids(tok),
+                         eos_token_id=module.stop_token_ids(tok), pad_token_id=tok.pad_token_id)
+    return out[:, inputs.input_ids.shape[1]:]
+
+
+def test_processor_output_holds_media_and_token_counts_match_features(tiny, samples):
+    """Lesson 3: the prompt carries the video pixels and audio features, one placeholder per feature row."""
+    module, model, processor = tiny
+    inputs = build(tiny, samples)
+    assert inputs.pixel_values_videos is not None and inputs.pixel_values_videos.abs().sum() > 0
+    assert inputs.input_features is not None and inputs.input_features.abs().sum() > 0
+    with torch.no_grad():
+        enc = module.encode_media(model, inputs)
+    cfg = model.config
+    for row in range(2):
+        ids = inputs.input_ids[row]
+        assert int((ids == cfg.video_token_id).sum()) == enc.video[row].shape[0]
+        assert int((ids == cfg.audio_token_id).sum()) == enc.audio[row].shape[0]
+    # interleaved block: <|vision_bos|><|audio_bos|> ... <|audio_eos|><|vision_eos|>
+    text = processor.tokenizer.decode(inputs.input_ids[0])
+    assert "<|vision_bos|><|audio_bos|>" in text and "<|audio_eos|><|vision_eos|>" in text
+
+
+def test_batch_of_two_keeps_both_prompts_with_their_own_media(tiny, samples):
+    """Lesson 4: no `[0]` — each row's prompt and media are its own sample's."""
+    both = build(tiny, samples)
+    assert both.batch_size == 2
+    assert not torch.equal(both.input_ids[0], both.input_ids[1])
+    for row, sample in enumerate(samples):
+        alone = build(tiny, [sample])
+        picked = both.select([row])
+        assert torch.equal(picked.pixel_values_videos, alone.pixel_values_videos)
+        assert torch.equal(picked.video_grid_thw, alone.video_grid_thw)
+        n = int(alone.feature_attention_mask.sum())  # the valid frames; the padded tail is masked
+        assert torch.equal(picked.input_features[..., :n], alone.input_features[..., :n])
+        assert int(picked.feature_attention_mask.sum()) == n
+        ids = picked.input_ids[0][picked.attention_mask[0].bool()]
+        assert torch.equal(ids, alone.input_ids[0][alone.attention_mask[0].bool()])
+
+
+def test_greedy_rollout_equals_plain_generate_and_batched_equals_one_by_one(tiny, samples):
+    """Lessons 5 and 7: our rollout is plain inference; left-padded batching changes nothing."""
+    batched = greedy(tiny, build(tiny, samples), g=2)
+    for row, sample in enumerate(samples):
+        alone = build(tiny, [sample])
+        plain = hf_greedy(tiny, alone)
+        ours = greedy(tiny, alone).completion_ids
+        n = plain.shape[1]
+        assert torch.equal(ours[0, :n], plain[0])
+        for j in range(2):
+            assert torch.equal(batched.completion_ids[row * 2 + j, :n], plain[0])
+    assert not torch.equal(batched.completion_ids[0], batched.completion_ids[2]), "samples must differ"
+
+
+def test_right_padding_would_change_the_rollout(tiny, samples):
+    """Lesson 7, the test can fail: the same batch right-padded generates different tokens."""
+    module, model, processor = tiny
+    inputs = build(tiny, samples)
+    plain_short = hf_greedy(tiny, build(tiny, [samples[0]]))
+    mask = inputs.attention_mask
+    shift = [int((m == 0).sum()) for m in mask]
+    right_ids = torch.stack([torch.roll(ids, -s) for ids, s in zip(inputs.input_ids, shift)])
+    right_mask = torch.stack([torch.roll(m, -s) for m, s in zip(mask, shift)])
+    row = max(range(2), key=lambda r: shift[r])
+    assert shift[row] > 0 and row == 0
+    right = copyinputs(inputs, right_ids, right_mask)
+    got = hf_greedy(tiny, right)
+    assert not torch.equal(got[row, : plain_short.shape[1]], plain_short[0])
+
+
+def copyinputs(inputs, ids, mask):
+    new = copy.copy(inputs)
+    new.input_ids, new.attention_mask = ids, mask
+    return new
+
+
+class Spy:
+    """Records the `use_audio_in_video` flag and media tensors that reach each model entry point."""
+
+    def __init__(self, monkeypatch, processor, models: dict):
+        self.calls = []
+        cls = type(processor)
+        monkeypatch.setattr(cls, "__call__", self._wrap("processor", cls.__call__))
+        self.hooks = []
+        for tag, model in models.items():
+            inner = model.model
+            for name, obj, attr in (("rope", inner, "get_rope_index"), ("generate", model, "generate")):
+                monkeypatch.setattr(obj, attr, self._wrap(f"{tag}:{name}", getattr(obj, attr)))
+            self.hooks += [
+                inner.visual.register_forward_pre_hook(self._hook(f"{tag}:video"), with_kwargs=True),
+                inner.audio_tower.register_forward_pre_hook(self._hook(f"{tag}:audio"), with_kwargs=True),
+            ]
+
+    def _wrap(self, name, fn):
+        def spy(*args, **kwargs):
+            self.calls.append((name, args, kwargs))
+            return fn(*args, **kwargs)
+
+        return spy
+
+    def _hook(self, name):
+        def hook(mod, args, kwargs):
+            self.calls.append((name, args, kwargs))
+
+        return hook
+
+    def remove(self):
+        for h in self.hooks:
+            h.remove()
+
+    def of(self, name):
+        return [c for c in self.calls if c[0] == name]
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_one_flag_and_all_media_reach_every_pass(tiny, samples, monkeypatch, flag):
+    """Lessons 5 and 6: processor, generate, policy and reference passes all get the same flag and media."""
+    module, model, processor = tiny
+    policy, reference = copy.deepcopy(model), copy.deepcopy(model)
+    spy = Spy(monkeypatch, processor, {"policy": policy, "ref": reference})
+    try:
+        inputs = module.build_inputs(processor, samples, SYS, flag)
+        proc_kwargs = spy.of("processor")[0][2]
+        assert proc_kwargs["load_audio_from_video"] is flag
+        assert (proc_kwargs["audio"] is not None) is flag
+        with torch.no_grad():
+            comps = generate(module, policy, processor, inputs, num_generations=2, max_new_tokens=4, do_sample=False)
+        expanded = inputs.repeat(2)
+        gen = spy.of("policy:generate")[0][2]
+        assert gen["use_audio_in_video"] is flag
+        assert torch.equal(gen["pixel_values_videos"], expanded.pixel_values_videos)
+        assert (gen.get("input_features") is not None) is flag
+        spy.calls.clear()
+        log_probs(module, policy, expanded, comps.completion_ids, comps.completion_mask)  # policy pass (grad)
+        with torch.no_grad():
+            log_probs(module, reference, expanded, comps.completion_ids, comps.completion_mask)  # reference
+    finally:
+        spy.remove()
+    for tag in ("policy", "ref"):
+        (rope,) = spy.of(f"{tag}:rope")
+        args = rope[1]
+        assert args[4] is flag  # use_audio_in_video
+        assert torch.equal(args[2], expanded.video_grid_thw)
+        assert torch.equal(args[6], expanded.video_second_per_grid)
+        (video,) = spy.of(f"{tag}:video")
+        assert torch.equal(video[1][0], expanded.pixel_values_videos)
+        assert torch.equal(video[2]["grid_thw"], expanded.video_grid_thw)
+        assert len(spy.of(f"{tag}:audio")) == (1 if flag else 0)
+
+
+def test_flag_changes_the_sequence(tiny, samples):
+    """Why lesson 5 matters: with and without audio-in-video the model scores different sequences."""
+    on, off = build(tiny, samples, True), build(tiny, samples, False)
+    assert on.input_ids.shape != off.input_ids.shape or not torch.equal(on.input_ids, off.input_ids)
+    assert off.input_features is None
+
+
+def test_kl_is_exactly_zero_at_step_zero_and_not_without_media(tiny, samples):
+    """Lesson 1: reference = policy at step 0 gives KL exactly 0 on a video+audio batch."""
+    module, model, processor = tiny
+    inputs = build(tiny, samples).repeat(2)
+    comps = greedy(tiny, build(tiny, samples), g=2, n=8)
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        lp, _ = log_probs(module, model, inputs, comps.completion_ids, comps.completion_mask)
+        ref, _ = log_probs(module, reference, inputs, comps.completion_ids, comps.completion_mask)
+        kl = kl_penalty(lp, ref, kind="k3")
+        assert torch.equal(kl * comps.completion_mask, torch.zeros_like(kl))
+        # The bug: a reference fed input_ids only sees placeholder embeddings instead of the media.
+        ids = torch.cat([inputs.input_ids, comps.completion_ids], 1)
+        mask = torch.cat([inputs.attention_mask, comps.completion_mask], 1)
+        logits = reference(input_ids=ids, attention_mask=mask).logits[:, inputs.input_ids.shape[1] - 1 : -1]
+        bad_ref = torch.log_softmax(logits.float(), -1).gather(-1, comps.completion_ids.unsqueeze(-1)).squeeze(-1)
+        bad_kl = kl_penalty(lp, bad_ref, kind="k3")
+    assert (bad_kl * comps.completion_mask).sum() > 1e-3
+
+
+def test_g_copies_give_identical_rows_and_scrambled_patches_do_not(tiny, samples):
+    """Lesson 9: `repeat` copies whole patch blocks; repeat_interleave on flat patches would scramble them."""
+    module, model, processor = tiny
+    g = 3
+    inputs = build(tiny, samples)
+    comps = greedy(tiny, inputs, g=1, n=6)
+    same = comps.completion_ids[[0, 0, 0]], comps.completion_mask[[0, 0, 0]]
+    rep = inputs.select([0]).repeat(g)
+    with torch.no_grad():
+        lp, _ = log_probs(module, model, rep, *same)
+    assert torch.equal(lp[0], lp[1]) and torch.equal(lp[1], lp[2])
+    bad = copy.copy(rep)
+    bad.pixel_values_videos = inputs.select([0]).pixel_values_videos.repeat_interleave(g, dim=0)
+    with torch.no_grad():
+        lp_bad, _ = log_probs(module, model, bad, *same)
+    assert not torch.allclose(lp_bad[1], lp[1])
+
+
+def test_log_probs_equal_generation_logits(tiny, samples):
+    """`log_probs` scores exactly what `generate` sampled from (float32, 1e-5)."""
+    module, model, processor = tiny
+    inputs = build(tiny, samples)
+    tok = processor.tokenizer
+    out = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **inputs.media_kwargs(),
+                         max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                         eos_token_id=module.stop_token_ids(tok), pad_token_id=tok.pad_token_id)
+    comp = out.sequences[:, inputs.input_ids.shape[1]:]
+    step_logits = torch.stack(out.logits, dim=1).float()  # [B, C, V]
+    expected = torch.log_softmax(step_logits, -1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
+    mask = torch.ones_like(comp)
+    with torch.no_grad():
+        lp, _ = log_probs(module, model, inputs, comp, mask, chunk_size=4)
+    assert torch.allclose(lp, expected, atol=1e-5)
+
+
+def test_log_probs_have_gradient(tiny, samples):
+    """Lesson 2: log-probs come from a forward with gradient, not from `generate` scores."""
+    module, model, processor = tiny
+    policy = copy.deepcopy(model)
+    inputs = build(tiny, samples)
+    comps = greedy(tiny, inputs, n=4)
+    lp, _ = log_probs(module, policy, inputs, comps.completion_ids, comps.completion_mask, chunk_size=2)
+    assert lp.requires_grad
+    lp.sum().backward()
+    grads = [p.grad for n, p in policy.named_parameters() if "language_model.layers.0" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_banned_media_tokens_are_never_generated(tiny, samples):
+    """A sampled <|VIDEO|> crashes the next forward: generation must never produce a media token."""
+    module, model, processor = tiny
+    biased = copy.deepcopy(model)
+    vid = biased.config.video_token_id
+    with torch.no_grad():
+        biased.lm_head.weight[vid] = biased.lm_head.weight.abs().max() * 50
+    inputs = build(tiny, samples)
+    with torch.no_grad():
+        comps = generate(module, biased, processor, inputs, num_generations=2, max_new_tokens=5, do_sample=True)
+        unbanned = biased.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                                   **inputs.media_kwargs(), max_new_tokens=3, do_sample=False)
+    banned = set(module.banned_token_ids(processor.tokenizer))
+    assert vid in banned
+    assert not any(int(t) in banned for t in comps.completion_ids.flatten())
+    assert (unbanned[:, inputs.input_ids.shape[1]:] == vid).any(), "the bias must make the bug reachable"
+
+
+def test_encode_once_equals_plain_path_and_cuts_tower_calls(tiny, samples):
+    """Towers run once per prompt per step instead of once per completion per pass."""
+    module, model, processor = tiny
+    g, passes = 4, 3
+    inputs = build(tiny, samples)
+    comps = greedy(tiny, inputs, g=g, n=5)
+    expanded = inputs.repeat(g)
+    module.tower_calls.vision = module.tower_calls.audio = 0
+    with torch.no_grad():
+        plain = [log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask)[0]
+                 for _ in range(passes)]
+    plain_calls = module.tower_calls.vision
+    assert plain_calls == passes * g * len(samples)
+    module.tower_calls.vision = module.tower_calls.audio = 0
+    with torch.no_grad():
+        inputs.encoded = module.encode_media(model, inputs)
+        enc_expanded = inputs.repeat(g)
+        once = [log_probs(module, model, enc_expanded, comps.completion_ids, comps.completion_mask)[0]
+                for _ in range(passes)]
+        comps_enc = generate(module, model, processor, inputs, num_generations=g, max_new_tokens=5, do_sample=False)
+    assert module.tower_calls.vision == len(samples) and module.tower_calls.audio == len(samples)
+    for a, b in zip(plain, once):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.equal(comps_enc.completion_ids, comps.completion_ids)
+
+
+def test_completions_stop_at_im_end_and_track_truncation():
+    from omni_grpo.models.base import finish_completions
+
+    ids = torch.tensor([[5, 6, 9, 7], [5, 6, 7, 8]])
+    c = finish_completions(ids, stop_ids=[9], pad_id=0)
+    assert c.completion_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert c.completion_ids.tolist() == [[5, 6, 9, 0], [5, 6, 7, 8]]
+    assert c.truncated.tolist() == [False, True]
+
+
+def test_lora_with_gradient_checkpointing_gets_gradients(tiny, samples):
+    """Lesson 8: frozen embeddings + checkpointing must still give LoRA adapters non-zero gradients."""
+    from peft import LoraConfig, get_peft_model
+
+    module, model, processor = tiny
+    inputs = build(tiny, samples)
+    comps = greedy(tiny, inputs, n=4)
+    base = copy.deepcopy(model)
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    base.train()
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    lp, _ = log_probs(module, peft_model, inputs, comps.completion_ids, comps.completion_mask)
+    lp.sum().backward()
+    lora = [(n, p) for n, p in peft_model.named_parameters() if "lora_B" in n]
+    assert lora
+    # lora_B starts at zero, so its gradient is the informative one
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in lora)
+
+
+def test_full_omni_checkpoint_loads_its_thinker(tiny_model_dir, tmp_path, tiny):
+    """model_name_or_path may be a full Omni directory (thinker weights under `thinker.`, plus a talker)."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    module, model, processor = tiny
+    full = tmp_path / "full"
+    shutil.copytree(tiny_model_dir, full)
+    cfg = json.loads((full / "config.json").read_text())
+    thinker_cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
+    (full / "config.json").write_text(json.dumps({"model_type": "qwen2_5_omni", "architectures":
+                                                  ["Qwen2_5OmniForConditionalGeneration"],
+                                                  "thinker_config": thinker_cfg, "enable_audio_output": False}))
+    weights = load_file(str(full / "model.safetensors"))
+    weights = {f"thinker.{k}": v for k, v in weights.items()}
+    weights["talker.codec_head.weight"] = torch.zeros(2, 2)
+    save_file(weights, str(full / "model.safetensors"), metadata={"format": "pt"})
+    loaded = module.load_model(full)
+    for (n1, p1), (n2, p2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+def test_prompt_longer_than_limit_is_refused_with_a_clear_message(tiny, samples):
+    from omni_grpo.models.qwen2_5_omni import PromptTooLongError
+
+    module, _, processor = tiny
+    with pytest.raises(PromptTooLongError, match="max_prompt_length=10"):
+        module.build_inputs(processor, samples, SYS, True, max_prompt_length=10)
+
+
+def test_sample_without_audio_in_an_audio_batch(tiny):
+    """A clip with no audio track mixes with clips that have one (plain video tokens for that row)."""
+    module, model, processor = tiny
+    mixed = [make_sample(0), make_sample(1, audio=False)]
+    inputs = build(tiny, mixed)
+    assert inputs.audio_rows == [0]
+    comps = greedy(tiny, inputs, g=2, n=4)
+    with torch.no_grad():
+        lp, _ = log_probs(module, model, inputs.repeat(2), comps.completion_ids, comps.completion_mask)
+    assert torch.isfinite(lp).all()

@@ -1,0 +1,220 @@
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from omni_grpo.rewards import REWARDS
+from omni_grpo.rewards.accuracy import (
+    PROBLEM_TYPES,
+    accuracy_reward,
+    extract_answer,
+    named_options,
+    normalize_text,
+    prepare_options,
+)
+
+OPTS = ["She is bored.", "She is amused by his joke.", "She is angry at him.", "She wants to leave."]
+MC, ML, YN, NUM, FT = PROBLEM_TYPES
+
+
+def wrap(answer: str) -> str:
+    return f"<context>c</context><think>t</think><answer>{answer}</answer>"
+
+
+# (problem_type, gold answer, options, content of <answer>, expected score)
+CASES = [
+    # multiple choice: every letter form (lessons item 12: bare letter only was accepted)
+    (MC, "B", OPTS, "B", 1.0),
+    (MC, "B", OPTS, "b", 1.0),
+    (MC, "B", OPTS, "(B)", 1.0),
+    (MC, "B", OPTS, "B.", 1.0),
+    (MC, "B", OPTS, "B)", 1.0),
+    (MC, "B", OPTS, "[B]", 1.0),
+    (MC, "B", OPTS, "Option B", 1.0),
+    (MC, "B", OPTS, "option b", 1.0),
+    (MC, "B", OPTS, "answer: b", 1.0),
+    (MC, "B", OPTS, "Answer: (B)", 1.0),
+    (MC, "B", OPTS, "The answer is B.", 1.0),
+    (MC, "B", OPTS, "**B**", 1.0),
+    (MC, "B", OPTS, "  B  \n", 1.0),
+    (MC, "B", OPTS, "B. She is amused by his joke.", 1.0),
+    (MC, "B", OPTS, "(B) She is amused by his joke", 1.0),
+    (MC, "B", OPTS, "I think it is B", 1.0),
+    # the option's exact text, normalised case / whitespace / punctuation
+    (MC, "B", OPTS, "She is amused by his joke.", 1.0),
+    (MC, "B", OPTS, "she is   AMUSED by his joke", 1.0),
+    (MC, "B", OPTS, "She is amused, by his joke!", 1.0),
+    (MC, "B", ["A. She is bored.", "B. She is amused by his joke."], "She is amused by his joke", 1.0),
+    # wrong or ambiguous
+    (MC, "B", OPTS, "C", 0.0),
+    (MC, "B", OPTS, "She is angry at him.", 0.0),
+    (MC, "B", OPTS, "B or C", 0.0),
+    (MC, "B", OPTS, "A and B", 0.0),
+    (MC, "B", OPTS, "(B) or (C)", 0.0),
+    (MC, "B", OPTS, "B. She is angry at him.", 0.0),  # letter and text name two options
+    (MC, "B", OPTS, "She is amused", 0.0),  # not an option's exact text
+    (MC, "B", OPTS, "", 0.0),
+    (MC, "B", OPTS, "I don't know", 0.0),
+    (MC, "B", OPTS, "E", 0.0),  # not one of the four options
+    (MC, "A", OPTS, "A man is talking", 0.0),  # "A" used as an article names no option
+    (MC, "A", OPTS, "A", 1.0),
+    (MC, "D", OPTS, "answer: d.", 1.0),
+    # multi-label (lessons item 12: "B, E" != "B,E")
+    (ML, "B, E", None, "B,E", 1.0),
+    (ML, "B, E", None, "B, E", 1.0),
+    (ML, "B, E", None, "E,B", 1.0),
+    (ML, "B,E", None, "e and b", 1.0),
+    (ML, ["B", "E"], None, "(B) (E)", 1.0),
+    (ML, "B, E", None, "Answers: B; E", 1.0),
+    (ML, "B, E", None, "B", 0.0),
+    (ML, "B, E", None, "B, C, E", 0.0),
+    (ML, "B", None, "B", 1.0),
+    # yes / no with word boundaries (lessons item 12: "no" matched "not")
+    (YN, "no", None, "No", 1.0),
+    (YN, "no", None, "no.", 1.0),
+    (YN, "no", None, "It is not clear", 0.0),
+    (YN, "no", None, "Nobody knows", 0.0),
+    (YN, "yes", None, "Yes, she is not angry", 1.0),
+    (YN, "yes", None, "I would say yes", 1.0),
+    (YN, "yes", None, "I cannot tell", 0.0),
+    (YN, "yes", None, "maybe yes, maybe no", 0.0),
+    (YN, True, None, "YES", 1.0),
+    # numeric with tolerance
+    (NUM, "3", None, "3", 1.0),
+    (NUM, "3", None, "3.0", 1.0),
+    (NUM, "3", None, "There are 3 people.", 1.0),
+    (NUM, "3", None, "three", 1.0),
+    (NUM, "3", None, "3 (three)", 1.0),
+    (NUM, 1200, None, "1,200", 1.0),
+    (NUM, "0.5", None, "0.50001", 1.0),
+    (NUM, "3", None, "4", 0.0),
+    (NUM, "3", None, "3 or 4", 0.0),
+    (NUM, "3", None, "13", 0.0),
+    (NUM, "3", None, "none", 0.0),
+    # free text: normalised exact match
+    (FT, "New York", None, "new york", 1.0),
+    (FT, "New York", None, " New  York. ", 1.0),
+    (FT, "New York", None, "New York City", 0.0),
+]
+
+
+@pytest.mark.parametrize("problem_type, gold, options, answer, expected", CASES)
+def test_answer_table(problem_type, gold, options, answer, expected):
+    scores = accuracy_reward([wrap(answer)], answer=[gold], options=[options], problem_type=[problem_type])
+    assert scores == [expected]
+
+
+def test_table_is_large_enough():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize(
+    "problem_type, gold",
+    [("essay", "B"), (None, "B"), (MC, None), (MC, "Z"), (MC, 1), (ML, "B, maybe"), (YN, "perhaps"), (NUM, "many"), (FT, " ")],
+)
+def test_cannot_score_gives_none(problem_type, gold):
+    assert accuracy_reward([wrap("B")], answer=[gold], options=[OPTS], problem_type=[problem_type]) == [None]
+
+
+def test_problem_type_spelling_and_default():
+    fields = dict(answer=["B", "B"], options=[OPTS, OPTS])
+    assert accuracy_reward([wrap("B")] * 2, problem_type=["Multiple-Choice", "multiple choice"], **fields) == [1.0, 1.0]
+    assert accuracy_reward([wrap("B")] * 2, **fields) == [None, None]
+    assert accuracy_reward([wrap("B")] * 2, default_problem_type=MC, **fields) == [1.0, 1.0]
+
+
+def test_missing_answer_tag_scores_zero_unless_fallback():
+    fields = dict(answer=["B"], options=[OPTS], problem_type=[MC])
+    assert accuracy_reward(["The answer is B."], **fields) == [0.0]
+    assert accuracy_reward(["The answer is B."], fallback_to_completion=True, **fields) == [1.0]
+    assert accuracy_reward(["<answer>B"], **fields) == [0.0]  # truncated
+
+
+def test_answer_is_taken_from_the_answer_section_only():
+    text = "<context>Option C looks tempting.</context><think>Not C: she laughs.</think><answer>B</answer>"
+    assert accuracy_reward([text], answer=["B"], options=[OPTS], problem_type=[MC]) == [1.0]
+
+
+def test_ignores_unknown_fields_and_checks_alignment():
+    scores = accuracy_reward([wrap("B")], answer=["B"], options=[OPTS], problem_type=[MC], id=["x"], video=["v.mp4"])
+    assert scores == [1.0]
+    with pytest.raises(ValueError, match="aligned"):
+        accuracy_reward([wrap("B"), wrap("C")], answer=["B"], problem_type=[MC, MC])
+
+
+def test_numeric_tolerance_options():
+    fields = dict(answer=["10"], problem_type=[NUM])
+    assert accuracy_reward([wrap("10.5")], **fields) == [0.0]
+    assert accuracy_reward([wrap("10.5")], numeric_rel_tol=0.1, **fields) == [1.0]
+    assert accuracy_reward([wrap("10.5")], numeric_abs_tol=1.0, **fields) == [1.0]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<answer>B</answer>", "B"),
+        ("<answer>  B \n</answer>", "B"),
+        ("<answer>A</answer> then <answer>C</answer>", "C"),
+        ("<answer>A</answer> then <answer>C", "A"),
+        ("<answer></answer>", ""),
+        ("no tags", None),
+        ("</answer><answer>", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extract_answer_custom_tag_and_fallback():
+    assert extract_answer("<final>B</final>", tag="final") == "B"
+    assert extract_answer("  B  ", fallback_to_completion=True) == "B"
+
+
+def test_named_options_reports_every_option_named():
+    assert named_options("A and C", OPTS) == {"A", "C"}
+    assert named_options("She is bored", OPTS) == {"A"}
+    assert named_options("nothing here", OPTS) == set()
+
+
+def test_normalize_text():
+    assert normalize_text("  Hello,   WORLD!! ") == "hello world"
+    assert normalize_text("Ｂ") == "b"
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"answer_tag": "<answer>"}, "answer_tag"),
+        ({"fallback_to_completion": "yes"}, "fallback_to_completion"),
+        ({"default_problem_type": "essay"}, "default_problem_type"),
+        ({"numeric_rel_tol": -1}, "numeric_rel_tol"),
+        ({"numeric_abs_tol": float("nan")}, "numeric_abs_tol"),
+    ],
+)
+def test_bad_options_are_rejected(options, match):
+    with pytest.raises(ValueError, match=match):
+        prepare_options(**options)
+
+
+def test_registered_under_its_name():
+    assert REWARDS["accuracy"] is accuracy_reward
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(), st.sampled_from(["answer", "think", "a"]), st.booleans())
+def test_extract_answer_never_raises_and_returns_a_substring(text, tag, fallback):
+    result = extract_answer(text, tag, fallback)
+    assert result is None or result in text
+
+
+_TAGGY = st.text(alphabet=st.sampled_from(list("<>/answer ABCDbe(),.:;-0123456789yesno\n")), max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.text(max_size=80), _TAGGY), st.sampled_from(PROBLEM_TYPES), st.sampled_from(["B", "B, E", "yes", "3", "x"]))
+def test_accuracy_never_raises_on_arbitrary_text(text, problem_type, gold):
+    (score,) = accuracy_reward([text], answer=[gold], options=[OPTS], problem_type=[problem_type], fallback_to_completion=True)
+    assert score is None or score in (0.0, 1.0)
+    assert score is None or not math.isnan(score)
