@@ -345,6 +345,11 @@ class TrainConfig:
 
     # -------------------------------------------------------------------------------------------------- run
     seed: int = field(default=42, metadata=_help("Seed for data order, sampling and initialisation."))
+    deepspeed: str | None = field(
+        default=None,
+        metadata=_help("DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json); null = the file `accelerate launch "
+                       "--deepspeed_config_file` names, else plain single-process PyTorch."),
+    )
     output_dir: str = field(default="outputs/run", metadata=_help("Where checkpoints, TensorBoard logs and the saved config go."))
     logging_steps: int = field(default=1, metadata=_help("Log scalars every N optimizer steps."))
     log_completions: int = field(default=4, metadata=_help("Sample completions per logging step in the TensorBoard table; 0 = none."))

@@ -1,0 +1,140 @@
+"""Shard dataset, a resumable per-rank prompt order, and a loader that builds ModelInputs ahead of time.
+
+Training never decodes an mp4: samples come from `python -m preprocess` shards. The processor (chat
+template, video patches, Whisper features) runs inside DataLoader workers, so the next batch's
+`ModelInputs` is ready while the current step trains.
+
+Order: each epoch is one permutation of all prompts (seeded by `seed + epoch`, or the identity for
+`dataset_order: sequential`), cut into `world_size` equal interleaved slices (the remainder is dropped so
+every rank runs the same number of steps — ranks that disagree hang under ZeRO-3). A `Cursor` (epoch,
+position within this rank's slice) is saved in checkpoints and resumes the exact same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from omni_grpo.models.base import ModelInputs
+
+REWARD_FIELDS = ("id", "question", "options", "answer", "problem_type", "extra")
+
+
+class PromptDataset(Dataset):
+    """All samples of one or more shard directories, indexed globally."""
+
+    def __init__(self, dirs: list[str], skip_corrupt: bool = False, verify: bool = True):
+        from preprocess.shards import load
+
+        self.parts = [load(d, verify=verify, skip_corrupt=skip_corrupt) for d in dirs]
+        self.skipped = [s for p in self.parts for s in getattr(p, "skipped", [])]
+        self.offsets = [0]
+        for p in self.parts:
+            self.offsets.append(self.offsets[-1] + len(p))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index):
+        cursor = None
+        if isinstance(index, tuple):  # (index, cursor after it) from RankSampler
+            index, cursor = index
+        for k, part in enumerate(self.parts):
+            if index < self.offsets[k + 1]:
+                sample = dict(part[index - self.offsets[k]])
+                sample["_cursor"] = cursor
+                return sample
+        raise IndexError(index)
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where this rank is in its prompt order: the next prompt is `order(epoch)[position]`."""
+
+    epoch: int = 0
+    position: int = 0
+
+
+def rank_order(n: int, epoch: int, seed: int, shuffle: bool, rank: int, world_size: int) -> list[int]:
+    """This rank's prompt indices for one epoch (equal length on every rank)."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        order = list(range(n))
+    per_rank = n // world_size
+    return order[rank::world_size][:per_rank]
+
+
+class RankSampler(Sampler):
+    """Endless batches of `batch_size` prompt indices for one rank, starting at a cursor.
+
+    Each element is `(index, Cursor after this batch)` so the trainer can checkpoint exactly where the
+    batch it is training on ends, however far the loader's workers have read ahead.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, rank: int, world_size: int,
+                 start: Cursor = Cursor()):
+        if n // world_size < batch_size:
+            raise ValueError(
+                f"{n} prompts cannot give {world_size} rank(s) a batch of {batch_size} each; add data or lower "
+                "per_device_prompts"
+            )
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def batches_per_epoch(self) -> int:
+        return (self.n // self.world_size) // self.batch_size
+
+    def __iter__(self):
+        epoch, pos = self.start.epoch, self.start.position
+        while True:
+            order = rank_order(self.n, epoch, self.seed, self.shuffle, self.rank, self.world_size)
+            usable = len(order) - len(order) % self.batch_size
+            while pos < usable:
+                nxt = Cursor(epoch, pos + self.batch_size)
+                if nxt.position >= usable:
+                    nxt = Cursor(epoch + 1, 0)
+                yield [(i, nxt) for i in order[pos : pos + self.batch_size]]
+                pos += self.batch_size
+            epoch, pos = epoch + 1, 0
+
+
+@dataclass
+class Batch:
+    """A batch of prompts ready for the model: ModelInputs plus the fields rewards need."""
+
+    inputs: ModelInputs
+    samples: list[dict]  # REWARD_FIELDS of each prompt
+    cursor: Cursor  # where the data order continues after this batch
+
+
+class Collate:
+    """Runs the model module's processor call in the loader worker."""
+
+    def __init__(self, module, processor, system_prompt: str, use_audio_in_video: bool, max_prompt_length: int):
+        self.module, self.processor = module, processor
+        self.system_prompt, self.flag, self.max_len = system_prompt, use_audio_in_video, max_prompt_length
+
+    def __call__(self, samples: list[dict]) -> Batch:
+        inputs = self.module.build_inputs(self.processor, samples, self.system_prompt, self.flag, self.max_len)
+        meta = [{k: s.get(k) for k in REWARD_FIELDS} for s in samples]
+        return Batch(inputs=inputs, samples=meta, cursor=samples[-1]["_cursor"])
+
+
+def make_loader(dataset: PromptDataset, collate: Collate, sampler: RankSampler, num_workers: int,
+                prefetch_factor: int) -> DataLoader:
+    kwargs = dict(num_workers=num_workers, collate_fn=collate, batch_sampler=sampler)
+    if num_workers > 0:
+        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False,
+                      multiprocessing_context="fork" if torch.multiprocessing.get_start_method(True) in (None, "fork")
+                      else None)
+    return DataLoader(dataset, **kwargs)
+
+
+def repeat_samples(samples: list[dict], g: int) -> list[dict]:
+    """Sample fields for the B*G completion rows (row i*G + j belongs to prompt i)."""
+    return [dataclasses.replace(s) if dataclasses.is_dataclass(s) else s for s in samples for _ in range(g)]

@@ -1,0 +1,291 @@
+"""Synthetic media for tests and the demo: small mp4 clips, wav files, a Social-IQ 2.0 style dataset and
+deliberately broken files.
+
+Everything is written with PyAV and soundfile (no ffmpeg binary) and is deterministic per ``seed``.
+The picture is a square that moves left to right while its colour changes; the sound is a linear chirp whose
+pitch rises over the clip (``chirp``), so a test can check that frames and audio are taken at the right times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import random
+import string
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+CHIRP_AMPLITUDE = 0.3
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 8: "7.1"}
+_AAC_FRAME = 1024
+
+
+def chirp(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
+    """The audio track of ``make_clip(..., audio="tone")``: float32 ``[round(seconds * sample_rate)]``.
+
+    Its frequency rises linearly from ``chirp_band(seed)[0]`` to ``[1]`` Hz over ``seconds`` (kept below
+    4 kHz so that every rate down to 11.025 kHz represents it).
+    """
+    f0, f1 = chirp_band(seed)
+    n = int(round(seconds * sample_rate))
+    t = np.arange(n, dtype=np.float64) / sample_rate
+    phase = 2 * np.pi * (f0 * t + (f1 - f0) * t * t / (2 * max(seconds, 1e-9)))
+    return (CHIRP_AMPLITUDE * np.sin(phase)).astype(np.float32)
+
+
+def chirp_band(seed: int = 0) -> tuple[float, float]:
+    """Start and end frequency (Hz) of the chirp for ``seed``."""
+    return 300.0 + 50.0 * (seed % 5), 3000.0 + 100.0 * (seed % 7)
+
+
+def frame_image(index: int, fps: float, seconds: float, size: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """Frame ``index`` of ``make_clip``: uint8 ``[H, W, 3]``, a coloured square moving over a gradient."""
+    height, width = size
+    rng = np.random.default_rng(seed)
+    base = rng.integers(40, 120, size=3)
+    t = index / fps
+    progress = t / max(seconds, 1e-9)
+    ys = np.linspace(0.0, 1.0, height)[:, None, None]
+    xs = np.linspace(0.0, 1.0, width)[None, :, None]
+    image = base[None, None, :] + 60.0 * ys + 40.0 * xs * np.array([1.0, -0.5, 0.5])
+    side = max(2, min(height, width) // 3)
+    x0 = int(round(progress * (width - side)))
+    y0 = int(round((0.5 + 0.4 * np.sin(2 * np.pi * progress + seed)) * (height - side)))
+    colour = 127.5 + 127.5 * np.sin(2 * np.pi * (progress + np.array([0.0, 1 / 3, 2 / 3]) + seed / 7))
+    image[y0:y0 + side, x0:x0 + side, :] = colour
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_clip(
+    path,
+    seconds: float = 3.0,
+    fps: int = 8,
+    size: tuple[int, int] = (96, 128),
+    audio: str | None = "tone",
+    sample_rate: int = 16000,
+    channels: int = 1,
+    seed: int = 0,
+    video_codec: str = "libx264",
+) -> Path:
+    """Write an mp4 (H.264 by default, ``video_codec="libx265"`` for HEVC) with an AAC track.
+
+    ``size`` is ``(H, W)`` and must be even; the clip has ``max(1, round(seconds * fps))`` frames.
+    ``audio``: ``"tone"`` (``chirp``, each channel scaled by ``1 - 0.1 * c``), ``"silence"`` (zeros) or
+    ``None`` (no audio stream). Raises ``av.codec.codec.UnknownCodecError`` if the codec is not built in.
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = size
+    n_frames = max(1, int(round(seconds * fps)))
+    with av.open(str(path), "w", format="mp4") as container:
+        options = {"preset": "veryfast", "crf": "18"}
+        if video_codec == "libx265":
+            options = {"preset": "ultrafast", "x265-params": "log-level=none"}
+        vstream = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001), options=options)
+        vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
+        astream = None
+        if audio is not None:
+            if audio not in ("tone", "silence"):
+                raise ValueError(f"audio must be 'tone', 'silence' or None, got {audio!r}")
+            astream = container.add_stream("aac", rate=sample_rate, layout=_LAYOUTS[channels])
+        for i in range(n_frames):
+            frame = av.VideoFrame.from_ndarray(frame_image(i, fps, seconds, size, seed), format="rgb24")
+            frame.pts = i
+            container.mux(vstream.encode(frame))
+        container.mux(vstream.encode(None))
+        if astream is not None:
+            mono = chirp(n_frames / fps, sample_rate, seed)
+            if audio == "silence":
+                mono = np.zeros_like(mono)
+            gains = (1.0 - 0.1 * np.arange(channels, dtype=np.float32))[:, None]
+            signal = np.ascontiguousarray(gains * mono[None, :], dtype=np.float32)
+            for start in range(0, signal.shape[1], _AAC_FRAME):
+                chunk = np.zeros((channels, _AAC_FRAME), dtype=np.float32)
+                part = signal[:, start:start + _AAC_FRAME]
+                chunk[:, :part.shape[1]] = part
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=_LAYOUTS[channels])
+                frame.sample_rate, frame.pts = sample_rate, start
+                container.mux(astream.encode(frame))
+            container.mux(astream.encode(None))
+    return path
+
+
+def make_wav(
+    path,
+    seconds: float = 3.0,
+    sample_rate: int = 22050,
+    channels: int = 1,
+    subtype: str = "PCM_16",
+    seed: int = 0,
+) -> Path:
+    """Write ``chirp`` as a wav file (``subtype="PCM_U8"`` for 8-bit); channel c is scaled by ``1 - 0.1 * c``."""
+    import soundfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mono = chirp(seconds, sample_rate, seed)
+    gains = 1.0 - 0.1 * np.arange(channels, dtype=np.float32)
+    soundfile.write(str(path), mono[:, None] * gains[None, :], sample_rate, subtype=subtype)
+    return path
+
+
+def make_truncated(src, dst, keep: float = 0.5) -> Path:
+    """Copy the first ``keep`` fraction of ``src`` to ``dst`` (an mp4 cut short, as by a failed download)."""
+    data = Path(src).read_bytes()
+    dst = Path(dst)
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
+
+
+def make_text_file(path, text: str = "this is not a video\n") -> Path:
+    """A text file, typically named ``*.mp4`` to stand for a mislabelled download."""
+    path = Path(path)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def make_empty_file(path) -> Path:
+    """A zero-length file."""
+    path = Path(path)
+    path.write_bytes(b"")
+    return path
+
+
+def hevc_available() -> bool:
+    """Whether this PyAV build can encode HEVC (``make_clip(..., video_codec="libx265")``)."""
+    import av
+
+    try:
+        av.codec.Codec("libx265", "w")
+    except Exception:
+        return False
+    return True
+
+
+_QUESTIONS = [
+    ("Why does the person on the left laugh?",
+     ["Because the other person told a joke.", "Because they are nervous.", "Because they dropped a cup.",
+      "They do not laugh."]),
+    ("How does the woman feel when the man interrupts her?",
+     ["Annoyed, she frowns and stops talking.", "Delighted, she claps.", "Indifferent, she keeps reading.",
+      "Scared, she leaves the room."]),
+    ("What is the relationship between the two speakers?",
+     ["They are old friends catching up.", "They are strangers on a train.", "A teacher and a pupil.",
+      "A customer and a waiter."]),
+    ("Why does the man lower his voice?",
+     ["He is sharing a secret.", "He has a sore throat.", "The music got louder.",
+      "He is talking to a baby."]),
+    ("How does the group react to the announcement?",
+     ["They cheer and hug each other.", "They ignore it.", "They argue about it.", "They fall asleep."]),
+    ("Is the speaker being sincere when she compliments the cake?",
+     ["No, her tone is sarcastic.", "Yes, she asks for the recipe.", "She does not mention the cake.",
+      "She is talking about a different cake."]),
+]
+_ID_CHARS = string.ascii_letters + string.digits + "_-"
+
+
+def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 0, seconds: float = 3.0) -> Path:
+    """Write a small dataset in the Social-IQ 2.0 layout under ``root`` and return ``root``.
+
+    ``root/qa/qa_{split}.json`` is JSON Lines (one object per line: ``qid, q, vid_name, ts, a0..a3,
+    answer_idx``); ``root/video/{vid_name}.mp4`` holds each clip (H.264 + AAC at 16 kHz) and
+    ``root/audio/wav/{vid_name}.wav`` the same chirp at 22.05 kHz mono 16-bit, as the real dataset ships it.
+    Each video gets 2 or 3 questions; the correct answer is moved to a varying index.
+    """
+    root = Path(root)
+    rng = random.Random(seed)
+    (root / "qa").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for clip in range(n_clips):
+        vid_name = "".join(rng.choice(_ID_CHARS) for _ in range(11))
+        clip_seed = seed * 1000 + clip
+        make_clip(root / "video" / f"{vid_name}.mp4", seconds=seconds, seed=clip_seed)
+        make_wav(root / "audio" / "wav" / f"{vid_name}.wav", seconds=seconds, sample_rate=22050, seed=clip_seed)
+        end = int(round(seconds))
+        for k in range(2 + clip % 2):
+            question, answers = _QUESTIONS[(clip + k) % len(_QUESTIONS)]
+            answer_idx = rng.randrange(4)
+            options = answers[1:]
+            options.insert(answer_idx, answers[0])
+            lines.append({
+                "qid": f"{vid_name}_{k}", "q": question, "vid_name": vid_name,
+                "ts": f"00:00-{end // 60:02d}:{end % 60:02d}",
+                "a0": options[0], "a1": options[1], "a2": options[2], "a3": options[3],
+                "answer_idx": answer_idx,
+            })
+    with open(root / "qa" / f"qa_{split}.json", "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    return root
+
+
+@contextlib.contextmanager
+def audioread_without_ffmpeg():
+    """Let qwen-omni-utils read a video's audio track where no ``ffmpeg`` program is installed.
+
+    ``qwen_omni_utils.process_mm_info(..., use_audio_in_video=True)`` decodes the track through
+    ``audioread.ffdec.FFmpegAudioFile``, which runs the ``ffmpeg`` program. Inside this block, when that
+    program is missing, the class is replaced by one that decodes with PyAV and yields the same interleaved
+    16-bit buffers at the native rate and channel count. Yields whether the stand-in is in use.
+    """
+    import audioread.ffdec
+
+    if audioread.ffdec.available():
+        yield False
+        return
+    saved = audioread.ffdec.FFmpegAudioFile
+    audioread.ffdec.FFmpegAudioFile = _pyav_audio_file_class()
+    try:
+        yield True
+    finally:
+        audioread.ffdec.FFmpegAudioFile = saved
+
+
+@functools.lru_cache(maxsize=1)
+def _pyav_audio_file_class():
+    import audioread.rawread
+
+    # librosa only treats instances of an available audioread backend as open readers; RawAudioFile always is.
+    class PyAVAudioFile(audioread.rawread.RawAudioFile):
+        def __init__(self, path):
+            import av
+
+            self._container = av.open(str(path))
+            self._stream = self._container.streams.audio[0]
+
+        @property
+        def samplerate(self):
+            return self._stream.codec_context.sample_rate
+
+        @property
+        def channels(self):
+            return self._stream.codec_context.channels
+
+        @property
+        def duration(self):
+            stream = self._stream
+            return float(stream.duration * stream.time_base) if stream.duration else 0.0
+
+        def read_data(self, block_samples=1024):
+            import av
+
+            resampler = av.AudioResampler(format="s16", layout=self._stream.codec_context.layout,
+                                          rate=self.samplerate)
+            for frame in self._container.decode(self._stream):
+                for out in resampler.resample(frame):
+                    yield out.to_ndarray().tobytes()
+            for out in resampler.resample(None):
+                yield out.to_ndarray().tobytes()
+
+        def close(self):
+            self._container.close()
+
+        def __iter__(self):
+            return self.read_data()
+
+    return PyAVAudioFile

@@ -1,0 +1,47 @@
+"""python -m omni_grpo.train --config FILE [key=value ...]
+
+Runs GRPO training. Launch it directly for one process, or under
+`accelerate launch --config_file configs/accelerate/zero3.yaml -m omni_grpo.train ...` for DeepSpeed.
+Configuration errors are reported before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m omni_grpo.train", description="GRPO training for omni thinkers.")
+    parser.add_argument("--config", help="YAML config file (see docs/config_reference.md)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learning_rate=5e-7 lora.enabled=true")
+    args = parser.parse_args(argv)
+
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from omni_grpo.config import ConfigError, check_paths, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        check_paths(cfg)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+
+    from omni_grpo.checkpoint import CheckpointError
+    from omni_grpo.rewards import RewardError
+    from omni_grpo.trainer import GRPOTrainer, NonFiniteLossError
+
+    try:
+        GRPOTrainer(cfg).train()
+    except (RewardError, NonFiniteLossError, CheckpointError) as err:
+        print(f"training stopped: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
