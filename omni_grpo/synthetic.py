@@ -44,19 +44,26 @@ def chirp_band(seed: int = 0) -> tuple[float, float]:
 def frame_image(index: int, fps: float, seconds: float, size: tuple[int, int], seed: int = 0) -> np.ndarray:
     """Frame ``index`` of ``make_clip``: uint8 ``[H, W, 3]``, a coloured square moving over a gradient."""
     height, width = size
-    rng = np.random.default_rng(seed)
-    base = rng.integers(40, 120, size=3)
-    t = index / fps
-    progress = t / max(seconds, 1e-9)
-    ys = np.linspace(0.0, 1.0, height)[:, None, None]
-    xs = np.linspace(0.0, 1.0, width)[None, :, None]
-    image = base[None, None, :] + 60.0 * ys + 40.0 * xs * np.array([1.0, -0.5, 0.5])
+    image = _background(size, seed).copy()
+    progress = index / fps / max(seconds, 1e-9)
     side = max(2, min(height, width) // 3)
     x0 = int(round(progress * (width - side)))
     y0 = int(round((0.5 + 0.4 * np.sin(2 * np.pi * progress + seed)) * (height - side)))
     colour = 127.5 + 127.5 * np.sin(2 * np.pi * (progress + np.array([0.0, 1 / 3, 2 / 3]) + seed / 7))
-    image[y0:y0 + side, x0:x0 + side, :] = colour
-    return np.clip(image, 0, 255).astype(np.uint8)
+    image[y0:y0 + side, x0:x0 + side, :] = colour.astype(np.uint8)
+    return image
+
+
+@functools.lru_cache(maxsize=4)
+def _background(size: tuple[int, int], seed: int) -> np.ndarray:
+    height, width = size
+    base = np.random.default_rng(seed).integers(40, 120, size=3)
+    ys = np.linspace(0.0, 1.0, height)[:, None, None]
+    xs = np.linspace(0.0, 1.0, width)[None, :, None]
+    image = base[None, None, :] + 60.0 * ys + 40.0 * xs * np.array([1.0, -0.5, 0.5])
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    image.setflags(write=False)
+    return image
 
 
 def make_clip(

@@ -246,8 +246,8 @@ def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_id
     return out.last_hidden_state[:, prompt_len - 1 : -1]  # position t predicts token t+1
 
 
-def _chunk_logprobs(hidden, weight, targets, temperature: float, with_entropy: bool):
-    logits = (hidden @ weight.t()).float() / temperature  # [n, c, V] for one chunk only
+def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool):
+    logits = lm_head(hidden).float() / temperature  # [n, c, V] for one chunk only
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     if not with_entropy:
@@ -264,21 +264,20 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
 
     Gradient flows when called under grad mode. The vocabulary projection runs per chunk of `chunk_size`
     positions under activation checkpointing, so `[N, C, V]` float32 logits never exist at once (Qwen's
-    vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row).
+    vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row). `lm_head` is called
+    as a module (not through its weight) so that ZeRO-3's hooks gather it.
     """
     hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask)  # [N, C, H]
-    thinker = base_thinker(model)
-    weight = thinker.lm_head.weight
-    if getattr(thinker.lm_head, "bias", None) is not None:
-        raise NotImplementedError("lm_head with a bias is not supported")
+    lm_head = base_thinker(model).lm_head
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
     pieces_lp, pieces_ent = [], []
     for start in range(0, hidden.shape[1], chunk_size):
         h = hidden[:, start : start + chunk_size]
         t = completion_ids[:, start : start + chunk_size]
-        if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-            lp, ent = checkpoint(_chunk_logprobs, h, weight, t, temperature, with_entropy, use_reentrant=False)
+        if grad:
+            lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, use_reentrant=False)
         else:
-            lp, ent = _chunk_logprobs(h, weight, t, temperature, with_entropy)
+            lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy)
         pieces_lp.append(lp)
         pieces_ent.append(ent)
     lp = torch.cat(pieces_lp, dim=1)
