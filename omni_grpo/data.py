@@ -127,7 +127,10 @@ class Collate:
 
 def make_loader(dataset: PromptDataset, collate: Collate, sampler: RankSampler, num_workers: int,
                 prefetch_factor: int) -> DataLoader:
-    kwargs = dict(num_workers=num_workers, collate_fn=collate, batch_sampler=sampler)
+    # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run's
+    # sampling stream would shift by one draw relative to the uninterrupted run.
+    generator = torch.Generator().manual_seed(sampler.seed)
+    kwargs = dict(num_workers=num_workers, collate_fn=collate, batch_sampler=sampler, generator=generator)
     if num_workers > 0:
         kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False,
                       multiprocessing_context="fork" if torch.multiprocessing.get_start_method(True) in (None, "fork")

@@ -495,14 +495,9 @@ class GRPOTrainer:
 
             set_peft_model_state_dict(self.policy, load_file(str(folder / "adapter_model.safetensors")))
             return
-        weights = {}
-        for f in sorted(folder.glob("*.safetensors")):
-            weights.update(load_file(str(f)))
-        missing, unexpected = base_thinker(self.policy).load_state_dict(weights, strict=False)
-        real_missing = [k for k in missing if not k.endswith("lm_head.weight")]
-        if real_missing or unexpected:
-            raise ckpt.CheckpointError(f"{folder}: weights do not match the model (missing {real_missing[:3]}, "
-                                       f"unexpected {unexpected[:3]})")
+        # transformers renames keys on save/load (its conversion mapping): load through it, then copy.
+        saved = self.module.load_model(folder, dtype=next(self.policy.parameters()).dtype)
+        base_thinker(self.policy).load_state_dict(saved.state_dict())
 
     def _barrier(self) -> None:
         if self.world_size > 1:

@@ -50,3 +50,22 @@ def samples():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def run_preprocess(args: list[str], cwd=None) -> None:
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "preprocess", *args, "--workers", "1", "--min-pixels", "3136", "--max-pixels", "50176"]
+    subprocess.run(cmd, check=True, cwd=cwd, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    """Shards of a small synthetic Social-IQ 2.0 dataset (4 clips, ~10 questions), built once."""
+    from omni_grpo.testing import make_siq2_dataset
+
+    root = tmp_path_factory.mktemp("siq2")
+    make_siq2_dataset(root / "raw", n_clips=4, seconds=2.0, seed=0)
+    run_preprocess(["--source", "siq2", "--root", str(root / "raw"), "--split", "train", "--output", str(root / "shards")])
+    return root / "shards"

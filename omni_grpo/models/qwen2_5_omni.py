@@ -115,7 +115,7 @@ class Qwen25OmniModule(OmniModule):
             padding=True,
             padding_side="left",
             return_tensors="pt",
-            videos_kwargs={"fps": fps, "do_resize": False},
+            videos_kwargs={"fps": fps, "do_resize": False, "cap_pixels_per_frame": True},
             **kwargs,
         )
         inputs = ModelInputs(

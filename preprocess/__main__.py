@@ -1,0 +1,74 @@
+"""``python -m preprocess``: argument parsing only; the work is ``preprocess.build.build``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  python -m preprocess --source siq2 --root data/siq2 --split train --output shards/siq2-train
+  python -m preprocess --source jsonl --manifest data/my.jsonl --output shards/my --workers 8
+  # on 4 machines sharing one output folder, machine I runs:
+  python -m preprocess --source siq2 --root data/siq2 --output shards/siq2 --num-shards 4 --shard-index I
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m preprocess", epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Decode videos once into Parquet shards of JPEG frames (the frames qwen-omni-utils would "
+                    "sample) and 16 kHz mono audio, with their questions. Bad samples are listed in "
+                    "OUT/failures.jsonl; re-running the same command resumes.")
+    src = p.add_argument_group("source")
+    src.add_argument("--source", required=True, choices=["siq2", "jsonl"],
+                     help="siq2: the Social-IQ 2.0 folder layout; jsonl: a JSON Lines manifest")
+    src.add_argument("--root", type=Path, help="siq2: the folder holding qa/, video/ and audio/wav/")
+    src.add_argument("--split", default="train", help="siq2: reads qa/qa_{split}.json (default: train)")
+    src.add_argument("--manifest", type=Path, help="jsonl: the manifest; its paths are relative to its folder")
+    p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
+    vid = p.add_argument_group("frames (same meaning and defaults as qwen-omni-utils)")
+    vid.add_argument("--fps", type=float, default=2.0, help="frames sampled per second of video (default: 2.0)")
+    vid.add_argument("--min-pixels", type=int, help="minimum pixels per frame (default: qwen-omni-utils')")
+    vid.add_argument("--max-pixels", type=int, help="maximum pixels per frame (default: qwen-omni-utils')")
+    vid.add_argument("--total-pixels", type=float, help="pixel budget of the whole clip (default: qwen-omni-utils')")
+    vid.add_argument("--min-frames", type=int, help="fewest frames per clip (default: qwen-omni-utils', 4)")
+    vid.add_argument("--max-frames", type=int, help="most frames per clip (default: qwen-omni-utils', 768)")
+    vid.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames, 90-100 (default: 90)")
+    run = p.add_argument_group("run")
+    run.add_argument("--workers", type=int, help="decoding processes (default: all cores; 0 decodes in this process)")
+    run.add_argument("--shard-size", type=int, default=32, help="clips per shard (default: 32)")
+    run.add_argument("--num-shards", type=int, default=1, help="split the work across K machines (default: 1)")
+    run.add_argument("--shard-index", type=int, default=0, help="which of the K parts this machine does (0-based)")
+    run.add_argument("--overwrite", action="store_true", help="rebuild this part's shards from scratch")
+    run.add_argument("--require-audio", action="store_true",
+                     help="treat a clip without audio as a failure (default: keep it with audio=None)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    from .build import BuildOptions, PreprocessError, build
+    from .media import VideoOptions
+
+    options = BuildOptions(
+        source=args.source, output=args.output, root=args.root, split=args.split, manifest=args.manifest,
+        video=VideoOptions(fps=args.fps, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                           total_pixels=args.total_pixels, min_frames=args.min_frames, max_frames=args.max_frames),
+        jpeg_quality=args.jpeg_quality, workers=args.workers, shard_size=args.shard_size,
+        num_shards=args.num_shards, shard_index=args.shard_index, overwrite=args.overwrite,
+        require_audio=args.require_audio, progress=not args.no_progress)
+    try:
+        build(options)
+    except PreprocessError as exc:
+        print(f"preprocess: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("preprocess: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Decode one video into the frames and 16 kHz audio that Qwen-Omni would see.
+
+Frames: the same indices, count and resized size as ``qwen_omni_utils.fetch_video`` with its decord
+backend (the one it picks when decord is installed and torchcodec is not):
+
+* ``total_frames`` is the number of packets in the video stream (decord's ``len(VideoReader)``) and
+  ``video_fps`` the stream's average frame rate (decord's ``get_avg_fps()``);
+* ``nframes`` comes from qwen-omni-utils' own ``smart_nframes`` and the indices from
+  ``torch.linspace(0, total_frames - 1, nframes).round()``, as in ``_read_video_decord``;
+* the size comes from its ``smart_resize`` with ``max_pixels`` derived from ``total_pixels`` exactly as in
+  ``fetch_video``; the resize is the same torchvision bicubic, antialiased resize.
+
+Departures: frames are decoded with PyAV (errors become a ``MediaError`` instead of a crash), and a video
+whose stream ends before a needed frame is rejected, where decord would return a different frame.
+
+Audio: what ``process_mm_info(..., use_audio_in_video=True)`` loads for the whole video (every channel
+averaged to mono, resampled to 16 kHz with soxr "HQ" and librosa's length rule), taken from a separate audio
+file when the dataset ships one, else from the video's first audio track (decoded with PyAV, so no ffmpeg
+program is needed). Departure: the audio is cut at the end of the video stream
+(``total_frames / video_fps`` seconds), so a longer wav or the encoder's padding at the end of an AAC track
+does not outlast the frames.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+DEFAULT_FPS = 2.0
+
+
+class MediaError(Exception):
+    """A video or audio file that cannot be used; the message says why in words a person understands."""
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """Frame sampling options with qwen-omni-utils' meaning; ``None`` means its default."""
+
+    fps: float = DEFAULT_FPS
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+    total_pixels: float | None = None
+    min_frames: int | None = None
+    max_frames: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DecodedClip:
+    """One video decoded for the model. ``frames`` is uint8 ``[T, H, W, 3]``; ``audio`` float32 mono 16 kHz."""
+
+    frames: np.ndarray
+    frame_indices: list[int]
+    fps: float
+    source_fps: float
+    source_frames: int
+    source_size: tuple[int, int]
+    audio: np.ndarray | None
+    audio_source: str
+
+    @property
+    def duration(self) -> float:
+        return self.source_frames / self.source_fps
+
+
+def _vision_process():
+    from qwen_omni_utils.v2_5 import vision_process
+
+    return vision_process
+
+
+def qwen_defaults() -> dict:
+    """The video defaults of the installed qwen-omni-utils (0.0.8 names them, 0.0.9 derives them)."""
+    vp = _vision_process()
+    if hasattr(vp, "VIDEO_MIN_PIXELS"):
+        factor = vp.IMAGE_FACTOR
+        min_pixels, max_pixels, total_pixels = vp.VIDEO_MIN_PIXELS, vp.VIDEO_MAX_PIXELS, vp.VIDEO_TOTAL_PIXELS
+    else:
+        factor = 14 * vp.SPATIAL_MERGE_SIZE
+        min_pixels = vp.VIDEO_MIN_TOKEN_NUM * factor * factor
+        max_pixels = vp.VIDEO_MAX_TOKEN_NUM * factor * factor
+        total_pixels = vp.MODEL_SEQ_LEN * factor * factor * 0.9
+    return {
+        "image_factor": factor, "frame_factor": vp.FRAME_FACTOR, "fps": vp.FPS,
+        "min_frames": vp.FPS_MIN_FRAMES, "max_frames": vp.FPS_MAX_FRAMES,
+        "min_pixels": min_pixels, "max_pixels": max_pixels, "total_pixels": total_pixels,
+    }
+
+
+def _ele(options: VideoOptions) -> dict:
+    ele = {"fps": options.fps}
+    for key in ("min_pixels", "max_pixels", "total_pixels", "min_frames", "max_frames"):
+        value = getattr(options, key)
+        if value is not None:
+            ele[key] = value
+    return ele
+
+
+def sample_indices(total_frames: int, video_fps: float, options: VideoOptions) -> tuple[list[int], float]:
+    """Frame indices and their frame rate, as qwen-omni-utils' decord reader picks them."""
+    import torch
+
+    vp = _vision_process()
+    try:
+        nframes = vp.smart_nframes(_ele(options), total_frames=total_frames, video_fps=video_fps)
+    except ValueError as exc:
+        raise MediaError(
+            f"video too short for the model: {total_frames} frame(s) at {video_fps:.3g} fps "
+            f"(qwen-omni-utils: {exc})") from None
+    indices = torch.linspace(0, total_frames - 1, nframes).round().long().tolist()
+    return indices, nframes / max(total_frames, 1e-6) * video_fps
+
+
+def resized_size(height: int, width: int, nframes: int, options: VideoOptions) -> tuple[int, int]:
+    """``(H, W)`` of the sampled frames, as qwen-omni-utils' ``fetch_video`` computes it."""
+    vp = _vision_process()
+    defaults = qwen_defaults()
+    min_pixels = options.min_pixels if options.min_pixels is not None else defaults["min_pixels"]
+    total_pixels = options.total_pixels if options.total_pixels is not None else defaults["total_pixels"]
+    max_pixels = max(min(defaults["max_pixels"], total_pixels / nframes * vp.FRAME_FACTOR), int(min_pixels * 1.05))
+    if options.max_pixels is not None:
+        max_pixels = min(options.max_pixels, max_pixels)
+    try:
+        return vp.smart_resize(height, width, factor=defaults["image_factor"],
+                               min_pixels=min_pixels, max_pixels=max_pixels)
+    except (ValueError, AssertionError) as exc:
+        raise MediaError(f"cannot resize a {width}x{height} video with these pixel limits: {exc}") from None
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bicubic, antialiased resize of uint8 ``[T, H, W, 3]`` to ``size`` (torchvision, as fetch_video)."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    if tuple(frames.shape[1:3]) == tuple(size):
+        return frames
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    out = F.resize(video, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return out.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def to_16k_mono(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """float ``[channels, n]`` at ``sample_rate`` → float32 mono at 16 kHz, as ``librosa.load(sr=16000)``."""
+    import soxr
+
+    mono = np.asarray(samples, dtype=np.float32)
+    if mono.ndim == 2:
+        mono = mono.mean(axis=0)
+    if sample_rate == SAMPLE_RATE:
+        return np.ascontiguousarray(mono, dtype=np.float32)
+    n_out = int(math.ceil(mono.shape[0] * SAMPLE_RATE / sample_rate))
+    out = soxr.resample(mono, sample_rate, SAMPLE_RATE, quality="soxr_hq") if mono.size else mono
+    out = np.asarray(out, dtype=np.float32)[:n_out]
+    if out.shape[0] < n_out:
+        out = np.pad(out, (0, n_out - out.shape[0]))
+    return out
+
+
+def load_audio_file(path) -> np.ndarray:
+    """A wav/flac/ogg file (any rate, channel count or bit depth) as float32 mono 16 kHz."""
+    import soundfile
+
+    path = Path(path)
+    _check_file(path, "audio")
+    try:
+        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise MediaError(f"cannot read audio file {path.name}: {_short(exc)}") from None
+    return to_16k_mono(data.T, rate)
+
+
+def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOptions(), threads: int = 1) -> DecodedClip:
+    """Decode ``video_path`` into sampled, resized frames and 16 kHz audio (from ``audio_path`` if given).
+
+    Two passes over the file: the first counts the video packets (decord's frame count), the second decodes
+    the needed frames and the audio track, so memory does not grow with the video's length.
+    Raises ``MediaError`` for anything that makes the file unusable.
+    """
+    video_path = Path(video_path)
+    name = video_path.name
+    _check_file(video_path, "video")
+    file_audio = load_audio_file(audio_path) if audio_path is not None else None
+    with _open_video(video_path) as container:
+        vstream = container.streams.video[0]
+        total_frames = 0
+        try:
+            for packet in container.demux(vstream):
+                total_frames += packet.size > 0
+        except Exception as exc:
+            raise MediaError(f"{name} is damaged or truncated after {total_frames} video packets "
+                             f"({_short(exc)})") from None
+        rate = vstream.average_rate or vstream.guessed_rate
+    if total_frames == 0:
+        raise MediaError(f"{name} has a video stream with no frames")
+    if not rate or float(rate) <= 0:
+        raise MediaError(f"{name} has no usable frame rate")
+    video_fps = float(rate)
+    indices, sample_fps = sample_indices(total_frames, video_fps, options)
+    with _open_video(video_path) as container:
+        frames, track = _decode(container, indices, audio=file_audio is None, threads=threads, name=name)
+    height, width = frames.shape[1:3]
+    frames = resize_frames(frames, resized_size(height, width, len(indices), options))
+    keep = int(round(total_frames / video_fps * SAMPLE_RATE))
+    if file_audio is not None:
+        audio, audio_source = file_audio[:keep], "file"
+    elif track is not None:
+        audio, audio_source = to_16k_mono(*track)[:keep], "video"
+    else:
+        audio, audio_source = None, "none"
+    return DecodedClip(frames=frames, frame_indices=indices, fps=float(sample_fps), source_fps=video_fps,
+                       source_frames=total_frames, source_size=(height, width), audio=audio,
+                       audio_source=audio_source)
+
+
+def _open_video(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except Exception as exc:
+        raise MediaError(f"cannot open {path.name} as a video ({_short(exc)}); "
+                         "the file is truncated, damaged or not a video") from None
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"{path.name} has no video stream")
+    return container
+
+
+def _decode(container, indices: list[int], audio: bool, threads: int, name: str):
+    """The frames at ``indices`` (uint8 ``[T, H, W, 3]``, presentation order) and, if ``audio``, the first
+    audio track as ``(float32 [channels, n], sample_rate)`` (``None`` when there is none)."""
+    import av
+
+    vstream = container.streams.video[0]
+    vstream.thread_type = "AUTO" if threads > 1 else "SLICE"
+    vstream.thread_count = max(1, threads)
+    astream = container.streams.audio[0] if audio and container.streams.audio else None
+    slots: dict[int, list[int]] = {}
+    for slot, index in enumerate(indices):
+        slots.setdefault(index, []).append(slot)
+    frames: list[np.ndarray | None] = [None] * len(indices)
+    chunks, audio_rate = [], None
+    resampler = av.AudioResampler(format="fltp") if astream is not None else None
+    position = 0
+
+    def take(decoded):
+        nonlocal position
+        for frame in decoded:
+            for slot in slots.get(position, ()):
+                frames[slot] = frame.to_ndarray(format="rgb24")
+            position += 1
+
+    where = "video"
+    try:
+        for packet in container.demux([vstream] + ([astream] if astream is not None else [])):
+            if packet.stream.type == "video":
+                where = f"video frame {position}"
+                take(vstream.decode(packet if packet.size else None))
+            else:
+                where = "audio track"
+                for frame in packet.decode():  # the empty packet at the end flushes the decoder
+                    audio_rate = frame.sample_rate
+                    chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+        if resampler is not None:
+            chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    except Exception as exc:
+        raise MediaError(f"{name}: the {where} cannot be decoded ({_short(exc)}); "
+                         "the file is damaged or truncated") from None
+    if any(frame is None for frame in frames):
+        raise MediaError(f"{name}: only {position} frames could be decoded, frame {max(indices)} is needed; "
+                         "the file is damaged or truncated")
+    track = (np.concatenate(chunks, axis=1), audio_rate) if chunks else None
+    return np.stack(frames), track
+
+
+def _check_file(path: Path, kind: str) -> None:
+    if not path.exists():
+        raise MediaError(f"{kind} file not found: {path.name}")
+    if not path.is_file():
+        raise MediaError(f"{kind} path is not a file: {path.name}")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{kind} file is empty (0 bytes): {path.name}")
+
+
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,116 @@
+"""The GRPO trainer on the tiny model: updates, LoRA, resume, TensorBoard tags, a pinned loss curve."""
+
+import math
+
+import pytest
+import torch
+
+from omni_grpo.config import load_config
+from omni_grpo.trainer import GRPOTrainer
+
+REQUIRED_TAGS = [
+    "reward/total", "reward/format", "reward/accuracy", "reward/people_focus", "reward/format/none_ratio",
+    "actor/kl", "actor/entropy", "actor/clip_ratio", "actor/grad_norm", "actor/lr", "actor/beta", "actor/loss",
+    "rollout/completion_length", "rollout/completion_length_max", "rollout/truncated_ratio", "rollout/temperature",
+    "timing/rollout", "timing/update", "timing/ref_log_probs", "throughput/samples_per_s",
+    "counters/tower_calls", "counters/video_decodes",
+]
+
+
+def make_config(model_dir, shards, out, **overrides):
+    base = dict(model_name_or_path=str(model_dir), data=[str(shards)], num_generations=2, per_device_prompts=2,
+                max_completion_length=12, max_prompt_length=4096, max_steps=3, learning_rate=1e-3,
+                dataloader_num_workers=0, save_steps=0, output_dir=str(out), seed=3, logging_steps=1,
+                reward_funcs=["format", "tests.rewards_for_tests:length_reward"])
+    base.update(overrides)
+    return load_config(None, [f"{k}={v}" if not isinstance(v, list) else f"{k}=[{', '.join(map(str, v))}]"
+                              for k, v in base.items()])
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_full_training_changes_trainable_and_keeps_frozen(tiny_model_dir, tiny_shards, tmp_path):
+    """Lesson 2: after a step every trainable parameter changed, every frozen one (the towers) did not."""
+    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, beta=0.0))
+    before = snapshot(trainer.policy)
+    trainer.train()
+    changed = {n for n, p in trainer.policy.named_parameters() if not torch.equal(p, before[n])}
+    trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    frozen = set(before) - trainable
+    assert any("visual" in n for n in frozen) and any("audio_tower" in n for n in frozen)
+    assert changed == trainable
+
+
+def test_lora_with_gradient_checkpointing_trains_only_adapters(tiny_model_dir, tiny_shards, tmp_path):
+    """Lessons 2 and 8 through the trainer: adapters move under checkpointing, the base does not; the
+    reference is the base with the adapter off (no second copy)."""
+    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, gradient_checkpointing=True,
+                      **{"lora.enabled": True, "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0})
+    trainer = GRPOTrainer(cfg)
+    assert trainer.reference is None
+    before = snapshot(trainer.policy)
+    metrics = trainer.train()
+    after = dict(trainer.policy.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    assert lora and all(not torch.equal(after[n], before[n]) for n in lora if "lora_B" in n)
+    assert all(torch.equal(after[n], before[n]) for n in before if "lora_" not in n)
+    assert math.isfinite(metrics["actor/loss"])
+    assert (tmp_path / "checkpoints" / "step-0000002" / "model" / "adapter_config.json").exists()
+
+
+def test_kl_is_zero_at_first_step_and_event_file_has_the_tags(tiny_model_dir, tiny_shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rewards = ["format", "accuracy", "people_focus", "tests.rewards_for_tests:length_reward"]
+    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, reward_funcs=rewards))
+    trainer.train()
+    acc = EventAccumulator(str(tmp_path / "runs"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    missing = [t for t in REQUIRED_TAGS if t not in tags]
+    assert not missing, missing
+    assert acc.Scalars("actor/kl")[0].step == 1 and acc.Scalars("actor/kl")[0].value == 0.0
+    assert acc.Scalars("actor/kl")[1].value > 0.0  # the policy moved after one update
+    assert any(t.startswith("samples/completions") for t in acc.Tags()["tensors"])
+    assert acc.Scalars("counters/video_decodes")[0].value == 0.0
+
+
+def losses(trainer, steps):
+    return [trainer.step()["actor/loss"] for _ in range(steps)]
+
+
+def test_resume_equals_uninterrupted(tiny_model_dir, tiny_shards, tmp_path):
+    """Save at step 2, resume in a fresh trainer: steps 3-4 match the uninterrupted run exactly."""
+    full = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "a", max_steps=4))
+    first = losses(full, 2)
+    full.save()
+    rest = losses(full, 2)
+    resumed = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "b", max_steps=4,
+                                      resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000002")))
+    assert resumed.global_step == 2
+    again = losses(resumed, 2)
+    assert all(math.isfinite(x) for x in first + rest)
+    assert again == rest
+    for (n, p), (_, q) in zip(full.policy.named_parameters(), resumed.policy.named_parameters()):
+        assert torch.equal(p, q), n
+
+
+# A seeded 3-step run on the tiny model. If the math changes on purpose, update these numbers in the
+# same commit and say why; a silent change fails here.
+PINNED = {
+    "actor/loss": [-4.967053612858763e-08, -0.06324228644371033, -0.08009409159421921],
+    "reward/total": [0.09624999761581421, 0.09000000357627869, 0.10750000178813934],
+}
+
+
+def test_pinned_loss_curve(tiny_model_dir, tiny_shards, tmp_path):
+    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=3, dataset_order="sequential"))
+    got = {k: [] for k in PINNED}
+    for _ in range(3):
+        m = trainer.step()
+        for k in got:
+            got[k].append(m[k])
+    for k, want in PINNED.items():
+        assert got[k] == pytest.approx(want, abs=1e-5), (k, got[k])
