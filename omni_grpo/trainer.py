@@ -151,9 +151,12 @@ class GRPOTrainer:
 
             targets = "|".join(cfg.lora.target_modules)
             lm = self.module.language_model.replace(".", r"\.")
+            # LoRA on the language model only. peft rewrites a regex target for some model types (Qwen3's
+            # MoE), so the towers are also excluded explicitly.
+            towers = "|".join(p.split(".")[-1] for p in (self.module.vision_tower, self.module.audio_tower))
             model = get_peft_model(model, LoraConfig(
                 r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                target_modules=rf".*{lm}\..*\.({targets})$"))
+                target_modules=rf".*{lm}\..*\.({targets})$", exclude_modules=rf".*\.({towers})\..*"))
         self.reference = None
         if cfg.beta > 0 and not cfg.lora.enabled:
             self.reference = self._load_thinker()
@@ -466,7 +469,7 @@ class GRPOTrainer:
                 merged.save_pretrained(folder / "merged")
                 self.processor.save_pretrained(folder / "merged")
         else:
-            base_thinker(model).save_pretrained(folder, state_dict=state_dict)
+            export_model(base_thinker(model), state_dict, partitioned=self.zero_stage == 3).save_pretrained(folder)
         self.processor.save_pretrained(folder)
 
     def _load_checkpoint(self, folder: Path) -> None:
@@ -517,6 +520,32 @@ class base_thinker_adapter_disabled:
 
     def __exit__(self, *exc):
         return self.ctx.__exit__(*exc)
+
+
+def export_model(thinker, state_dict: dict, partitioned: bool):
+    """A model whose `save_pretrained` writes the standard checkpoint format.
+
+    `save_pretrained(state_dict=...)` re-applies transformers' key conversion to keys that are already in
+    module form (measured: `thinker.model.thinker.audio_tower...`), so under ZeRO-3 — where the live
+    weights are partitioned — the consolidated weights are assigned to a fresh model built on the meta
+    device instead, which costs no extra memory until the assignment.
+    """
+    if not partitioned:
+        return thinker
+    from transformers.integrations import deepspeed as hf_ds
+
+    # Built on one rank only: HF's global ZeRO-3 switch would wrap the submodules in `zero.Init`, whose
+    # broadcasts wait for the other ranks forever. Switch it off for the construction.
+    keep = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        with torch.device("meta"):
+            fresh = type(thinker)(thinker.config)
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = keep
+    fresh.load_state_dict(state_dict, assign=True, strict=True)
+    fresh.generation_config = thinker.generation_config
+    return fresh
 
 
 def _merge_lora(base, adapter_dir: Path):

@@ -369,3 +369,25 @@ def test_sample_without_audio_in_an_audio_batch(tiny):
     with torch.no_grad():
         lp, _ = log_probs(module, model, inputs.repeat(2), comps.completion_ids, comps.completion_mask)
     assert torch.isfinite(lp).all()
+
+
+def test_frozen_head_log_probs_gradient_matches_autograd():
+    """The analytic backward of the frozen-lm_head path equals autograd through plain log_softmax."""
+    from omni_grpo.models.base import _FrozenHeadLogProbs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 8, dtype=torch.float64)
+    targets = torch.randint(0, 11, (2, 5))
+    g_lp, g_ent = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    lp, ent = _FrozenHeadLogProbs.apply(hidden, weight, targets, 0.7, True)
+    (lp * g_lp + ent * g_ent).sum().backward()
+    ours = hidden.grad.clone()
+    hidden.grad = None
+    logits = (hidden @ weight.t()) / 0.7
+    ref_lp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    p = torch.softmax(logits, -1)
+    ref_ent = -(p * torch.log_softmax(logits, -1)).sum(-1)
+    (ref_lp * g_lp + ref_ent * g_ent).sum().backward()
+    assert torch.allclose(lp, ref_lp) and torch.allclose(ent, ref_ent)
+    assert torch.allclose(ours, hidden.grad, atol=1e-10)

@@ -16,6 +16,7 @@ log-prob pass, which then splice them into the token embeddings instead of runni
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -37,9 +38,13 @@ class EncodedMedia:
     video: list[torch.Tensor]  # each [n_video_tokens_k, H]
     audio: list[torch.Tensor]  # each [n_audio_tokens_k, H]
     dummy: torch.Tensor | None = None  # scalar 0 carrying a ZeRO-3 sync pass through an unused tower
+    # Per video, vision features the language model adds to early layers (Qwen3-Omni's deepstack); else empty.
+    video_deepstack: list[torch.Tensor] = field(default_factory=list)  # each [levels, n_video_tokens_k, H]
 
     def select(self, video_idx: list[int], audio_idx: list[int]) -> "EncodedMedia":
-        return EncodedMedia([self.video[i] for i in video_idx], [self.audio[i] for i in audio_idx], self.dummy)
+        deepstack = [self.video_deepstack[i] for i in video_idx] if self.video_deepstack else []
+        return EncodedMedia([self.video[i] for i in video_idx], [self.audio[i] for i in audio_idx], self.dummy,
+                            deepstack)
 
 
 @dataclass
@@ -120,7 +125,8 @@ class ModelInputs:
         kw = {name: move(getattr(self, name)) for name in ("input_ids", "attention_mask", *MEDIA_FIELDS)}
         enc = self.encoded
         if enc is not None:
-            enc = EncodedMedia([move(v) for v in enc.video], [move(a) for a in enc.audio], move(enc.dummy))
+            enc = EncodedMedia([move(v) for v in enc.video], [move(a) for a in enc.audio], move(enc.dummy),
+                               [move(d) for d in enc.video_deepstack])
         return dataclasses.replace(self, encoded=enc, **kw)
 
     def media_kwargs(self) -> dict:
@@ -211,6 +217,25 @@ class OmniModule:
         """(inputs_embeds [N, L, H], position_ids) for `ids` = the prompt rows of `inputs` (+ completions)."""
         raise NotImplementedError
 
+    def language_model_inputs(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Keyword arguments of the language-model call over `ids`, besides the attention mask.
+
+        Embeddings and positions from :meth:`embed`; a family whose language model takes more (Qwen3-Omni's
+        deepstack visual features) overrides this.
+        """
+        embeds, position_ids = self.embed(model, inputs, ids, mask)
+        return {"inputs_embeds": embeds, "position_ids": position_ids}
+
+    def encoded_generate_kwargs(self, model, inputs: ModelInputs) -> dict:
+        """Media keyword arguments of the thinker's `generate` when `inputs.encoded` holds the tower outputs.
+
+        Prompt embeddings with the media spliced in, plus the metadata positions need (grids, audio masks,
+        the flag) and no raw pixels or audio features, so the towers do not run again.
+        """
+        embeds, _ = self.embed(model, inputs, inputs.input_ids, inputs.attention_mask)
+        media = {k: v for k, v in inputs.media_kwargs().items() if k not in ("pixel_values_videos", "input_features")}
+        return {"inputs_embeds": embeds, **media}
+
 
 def _getattr_path(obj, path: str):
     for part in path.split("."):
@@ -238,10 +263,10 @@ def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_id
     """Last hidden states [N, C, H] that predict each completion token (N = rows of `inputs`)."""
     ids = torch.cat([inputs.input_ids, completion_ids], dim=1)  # [N, P+C]
     mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)
-    embeds, position_ids = module.embed(model, inputs, ids, mask)
+    lm_inputs = module.language_model_inputs(model, inputs, ids, mask)
     thinker = base_thinker(model)
     lm = _getattr_path(thinker, module.language_model)
-    out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    out = lm(**lm_inputs, attention_mask=mask, use_cache=False)
     prompt_len = inputs.input_ids.shape[1]
     return out.last_hidden_state[:, prompt_len - 1 : -1]  # position t predicts token t+1
 
@@ -257,29 +282,96 @@ def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: 
     return logp, entropy
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32 (bf16 logits lose too much for log-softmax)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class _FrozenHeadLogProbs(torch.autograd.Function):
+    """Log-probs and entropy of one chunk through a frozen output projection `weight` [V, H].
+
+    Saves only the chunk's hidden states and a reference to the weight, recomputes the logits in backward
+    and returns the gradient for the hidden states (the weight gets none). Used when `lm_head` is frozen
+    (LoRA): under ZeRO-3 a frozen module is not re-gathered when torch's checkpoint recomputes it, so the
+    weight is gathered once by the caller and kept alive by this reference until backward.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, with_entropy):
+        logits = _upcast(hidden @ weight.t()) / temperature  # [n, c, V]
+        logz = torch.logsumexp(logits, dim=-1)
+        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+        entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1) if with_entropy else torch.zeros_like(logp)
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.temperature = temperature
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy):
+        hidden, weight, targets = ctx.saved_tensors
+        logits = _upcast(hidden @ weight.t()) / ctx.temperature
+        probs = torch.softmax(logits, dim=-1)
+        grad_logp = grad_logp.to(logits.dtype)
+        grad_entropy = None if grad_entropy is None else grad_entropy.to(logits.dtype)
+        # d logp / d logits = onehot(target) - p
+        dlogits = -probs * grad_logp.unsqueeze(-1)
+        dlogits.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))
+        if grad_entropy is not None:
+            # d entropy / d logit_j = -p_j (logit_j - E_p[logit])
+            mean = (probs * logits).sum(-1, keepdim=True)
+            dlogits -= probs * (logits - mean) * grad_entropy.unsqueeze(-1)
+        grad_hidden = (dlogits / ctx.temperature).to(weight.dtype) @ weight
+        return grad_hidden.to(hidden.dtype), None, None, None, None
+
+
+@contextmanager
+def _whole_weight(param):
+    """The full tensor of `param`, gathered for the block under ZeRO-3 (a plain parameter is already whole)."""
+    if hasattr(param, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param]):
+            yield param.data
+    else:
+        yield param.detach()
+
+
 def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
               completion_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
               chunk_size: int = 256):
     """Per-token log-probs (and entropies) of the completion tokens: ([N, C], [N, C] or None).
 
     Gradient flows when called under grad mode. The vocabulary projection runs per chunk of `chunk_size`
-    positions under activation checkpointing, so `[N, C, V]` float32 logits never exist at once (Qwen's
-    vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row). `lm_head` is called
-    as a module (not through its weight) so that ZeRO-3's hooks gather it.
+    positions and is recomputed in backward, so `[N, C, V]` float32 logits never exist at once (Qwen's
+    vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row). A trainable `lm_head`
+    is called as a module under activation checkpointing (so ZeRO-3's hooks gather it); a frozen one goes
+    through `_FrozenHeadLogProbs`.
     """
     hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask)  # [N, C, H]
     lm_head = base_thinker(model).lm_head
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(p.requires_grad for p in lm_head.parameters()))
+    if getattr(lm_head, "bias", None) is not None:
+        raise NotImplementedError("an lm_head with a bias is not supported")
+    head_trains = any(p.requires_grad for p in lm_head.parameters())
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head_trains)
     pieces_lp, pieces_ent = [], []
-    for start in range(0, hidden.shape[1], chunk_size):
-        h = hidden[:, start : start + chunk_size]
-        t = completion_ids[:, start : start + chunk_size]
-        if grad:
+    chunks = [(s, hidden[:, s : s + chunk_size], completion_ids[:, s : s + chunk_size])
+              for s in range(0, hidden.shape[1], chunk_size)]
+    if grad and head_trains:
+        for _, h, t in chunks:
             lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, use_reentrant=False)
-        else:
+            pieces_lp.append(lp)
+            pieces_ent.append(ent)
+    elif grad:
+        with _whole_weight(lm_head.weight) as weight:
+            for _, h, t in chunks:
+                lp, ent = _FrozenHeadLogProbs.apply(h, weight, t, temperature, with_entropy)
+                pieces_lp.append(lp)
+                pieces_ent.append(ent)
+    else:
+        for _, h, t in chunks:
             lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy)
-        pieces_lp.append(lp)
-        pieces_ent.append(ent)
+            pieces_lp.append(lp)
+            pieces_ent.append(ent)
     lp = torch.cat(pieces_lp, dim=1)
     ent = torch.cat(pieces_ent, dim=1) if with_entropy else None
     return lp, ent
@@ -310,14 +402,10 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     if repetition_penalty != 1.0:
         gen_kwargs["repetition_penalty"] = repetition_penalty
     if expanded.encoded is not None:
-        embeds, _ = module.embed(thinker, expanded, expanded.input_ids, expanded.attention_mask)
-        media = {k: v for k, v in expanded.media_kwargs().items()
-                 if k not in ("pixel_values_videos", "input_features")}
-        out = thinker.generate(input_ids=expanded.input_ids, inputs_embeds=embeds,
-                               attention_mask=expanded.attention_mask, **media, **gen_kwargs)
+        media = module.encoded_generate_kwargs(thinker, expanded)
     else:
-        out = thinker.generate(input_ids=expanded.input_ids, attention_mask=expanded.attention_mask,
-                               **expanded.media_kwargs(), **gen_kwargs)
+        media = expanded.media_kwargs()
+    out = thinker.generate(input_ids=expanded.input_ids, attention_mask=expanded.attention_mask, **media, **gen_kwargs)
     prompt_len = expanded.input_ids.shape[1]
     completion_ids = out[:, prompt_len:] if out.shape[1] > prompt_len else out[:, :0]
     return finish_completions(completion_ids, stop_ids, pad_id)

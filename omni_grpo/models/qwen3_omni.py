@@ -1,0 +1,247 @@
+"""Qwen3-Omni-MoE thinker (30B-A3B): prompts, processor call, tower encoding, embedding splice, deepstack.
+
+Same interface and the same one user flag as Qwen2.5-Omni (:mod:`omni_grpo.models.qwen2_5_omni`, whose
+:func:`processor_audio_kwargs` translates ``use_audio_in_video`` for both families). What differs:
+
+* Tokens: ``<|video_pad|>``/``<|audio_pad|>``/``<|image_pad|>`` placeholders between ``<|vision_start|>``/
+  ``<|vision_end|>`` and ``<|audio_start|>``/``<|audio_end|>``. With the flag on, the processor turns a video
+  into ``<|vision_start|><|audio_start|> … <|audio_end|><|vision_end|>`` with video and audio pads interleaved
+  at 13 position ids per second (the thinker's ``position_id_per_seconds``).
+* Vision: 16-pixel patches merged 2×2, so frame sides must be multiples of 32. Shards preprocessed on the
+  28-pixel grid of qwen-omni-utils are snapped to the nearest multiple of 32 in the processor call, as the
+  released processor resizes them too; unlike the released processor, frames are never enlarged to its
+  128-tokens-per-frame minimum, so the preprocess budget (``--max-pixels``) still sets the prompt length.
+* Deepstack: the vision tower also returns features from intermediate blocks, which the language model adds
+  to the hidden states of the video positions after its first decoder layers. They are part of the video's
+  encoding: :meth:`Qwen3OmniModule.encode_media` keeps them (``EncodedMedia.video_deepstack``), every
+  log-prob pass hands them to the language model exactly as the Hugging Face forward does, and encode-once
+  generation passes them through the thinker's own ``mm_encoder_outputs`` argument.
+* Language model: a sparse mixture of experts. The router's load-balancing loss is not part of the GRPO loss.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omni_grpo.models.base import EncodedMedia, ModelInputs, OmniModule, base_thinker
+from omni_grpo.models.qwen2_5_omni import PromptTooLongError, format_question, processor_audio_kwargs
+
+__all__ = ["Qwen3OmniModule", "PromptTooLongError", "FRAME_FACTOR"]
+
+FRAME_FACTOR = 32  # patch 16 × spatial merge 2: frame sides the vision tower takes
+MAX_TOKENS_PER_FRAME = 768  # the released processor's per-frame cap, in merged vision tokens
+
+
+class Qwen3OmniModule(OmniModule):
+    family = "qwen3_omni"
+    media_token_names = (
+        "<|video_pad|>",
+        "<|audio_pad|>",
+        "<|image_pad|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|audio_start|>",
+        "<|audio_end|>",
+        "<|vision_pad|>",
+    )
+
+    # --- loading ---------------------------------------------------------------------------------
+    def thinker_class(self):
+        from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+        return Qwen3OmniMoeThinkerForConditionalGeneration
+
+    def load_model(self, path, dtype=torch.float32, attn_implementation: str = "sdpa"):
+        """Load the thinker from a thinker-only directory or a full Omni checkpoint (thinker + talker)."""
+        cls = self.thinker_class()
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        kwargs = dict(dtype=dtype, attn_implementation=attn_implementation)
+        if "thinker_config" in cfg:  # full Omni checkpoint: weights live under `thinker.`; talker is skipped
+            from transformers import AutoConfig
+
+            thinker_config = AutoConfig.from_pretrained(path).thinker_config
+            return cls.from_pretrained(path, config=thinker_config, key_mapping={r"^thinker\.": ""}, **kwargs)
+        return cls.from_pretrained(path, **kwargs)
+
+    # --- prompts ---------------------------------------------------------------------------------
+    def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:
+        """System turn, then a user turn with the video (its audio rides inside when the flag is on)."""
+        return [
+            {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
+            {"role": "user", "content": [{"type": "video", "video": sample.get("id", "video")},
+                                         {"type": "text", "text": format_question(sample)}]},
+        ]
+
+    def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
+                     max_prompt_length: int | None = None) -> ModelInputs:
+        """One processor call for the whole batch of samples (each with its own video and audio)."""
+        texts, videos, audios, audio_from_video, audio_rows = [], [], [], [], []
+        fps = None
+        for row, sample in enumerate(samples):
+            messages = self.build_messages(sample, system_prompt, use_audio_in_video)
+            texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+            frames = np.asarray(sample["frames"])
+            if frames.ndim != 4 or frames.shape[-1] != 3:
+                raise ValueError(f"sample {sample.get('id')}: frames must be [T, H, W, 3], got {frames.shape}")
+            videos.append(frames)
+            if fps is not None and abs(float(sample["fps"]) - fps) > 1e-6:
+                raise ValueError("all samples of a batch must share one frame rate; preprocess with one --fps")
+            fps = float(sample["fps"])
+            if use_audio_in_video and sample.get("audio") is not None:
+                audios.append(np.asarray(sample["audio"], dtype=np.float32))
+                audio_from_video.append(row)
+                audio_rows.append(row)
+        grid = {"shortest_edge": FRAME_FACTOR**2, "longest_edge": MAX_TOKENS_PER_FRAME * FRAME_FACTOR**2}
+        batch = processor(
+            text=texts,
+            videos=videos,
+            audio=audios or None,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+            videos_kwargs={"fps": fps, "do_resize": True, "size": grid, "cap_pixels_per_frame": True},
+            **processor_audio_kwargs(use_audio_in_video, audio_from_video),
+        )
+        inputs = ModelInputs(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            use_audio_in_video=use_audio_in_video,
+            pixel_values_videos=batch["pixel_values_videos"],
+            video_grid_thw=batch["video_grid_thw"],
+            video_second_per_grid=torch.as_tensor(batch["video_second_per_grid"], dtype=torch.float32),
+            video_rows=list(range(len(samples))),
+            audio_rows=audio_rows,
+        )
+        if audios:
+            fam = batch["feature_attention_mask"]
+            used = int(fam.sum(-1).max())  # features are padded past the longest clip; the tail is masked
+            inputs.input_features = batch["input_features"][:, :, :used]
+            inputs.feature_attention_mask = fam[:, :used]
+        if max_prompt_length is not None:
+            lengths = inputs.attention_mask.sum(-1).tolist()
+            for sample, n in zip(samples, lengths):
+                if n > max_prompt_length:
+                    raise PromptTooLongError(
+                        f"sample {sample.get('id')!r}: prompt is {n} tokens (video and audio included), over "
+                        f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with a "
+                        "lower --fps / --max-pixels / --max-frames."
+                    )
+        return inputs
+
+    # --- towers ----------------------------------------------------------------------------------
+    def encode_media(self, model, inputs: ModelInputs) -> EncodedMedia:
+        """Run the vision and audio towers over the batch's media; one tensor per video / audio.
+
+        Each video also keeps its deepstack features (`video_deepstack[k]`: [levels, n_tokens_k, H]). With
+        `self.sync_towers` (ZeRO-3, several ranks) a batch without a modality runs a dummy pass through that
+        tower (lesson 10), carried as a scalar 0 in `EncodedMedia.dummy` that `embed` adds.
+        """
+        from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
+
+        inner = base_thinker(model).model
+        video, deepstack, audio, dummies = [], [], [], []
+        param = next(inner.visual.parameters())
+        if inputs.pixel_values_videos is not None and len(inputs.video_rows):
+            out = inner.get_video_features(inputs.pixel_values_videos, inputs.video_grid_thw, return_dict=True)
+            video = list(out.pooler_output)
+            deepstack = [torch.stack([level[k] for level in out.deepstack_features]) for k in range(len(video))]
+            self.tower_calls.vision += len(video)
+        elif self.sync_towers:
+            p = inner.visual.patch_embed
+            dim = p.in_channels * p.temporal_patch_size * p.patch_size**2
+            pix = torch.zeros(16, dim, device=param.device, dtype=param.dtype)
+            grid = torch.tensor([[1, 4, 4]], device=param.device)
+            out = inner.get_video_features(pix, grid, return_dict=True)
+            dummies.append(sum(t.sum() for t in out.pooler_output)
+                           + sum(t.sum() for level in out.deepstack_features for t in level))
+        if inputs.input_features is not None and len(inputs.audio_rows):
+            fam = inputs.feature_attention_mask
+            out = inner.get_audio_features(inputs.input_features, fam, return_dict=True)
+            lengths = _get_feat_extract_output_lengths(fam.sum(-1), inner.audio_tower.config.n_window)
+            audio = list(torch.split(out.last_hidden_state, lengths.tolist()))
+            self.tower_calls.audio += len(audio)
+        elif self.sync_towers:
+            n_mel = inner.audio_tower.config.num_mel_bins
+            feats = torch.zeros(1, n_mel, 200, device=param.device, dtype=param.dtype)
+            mask = torch.ones(1, 200, dtype=torch.long, device=param.device)
+            dummies.append(inner.get_audio_features(feats, mask, return_dict=True).last_hidden_state.sum())
+        dummy = sum(dummies) * 0.0 if dummies else None
+        return EncodedMedia(video=video, audio=audio, dummy=dummy, video_deepstack=deepstack)
+
+    def _embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor, splice_video: bool = True):
+        """(embeddings, TMRoPE positions, encoded media) for `ids`; video slots keep their token embedding
+        when `splice_video` is False (the thinker's own forward fills them)."""
+        thinker = base_thinker(model)
+        cfg = thinker.config
+        embeds = thinker.get_input_embeddings()(ids)  # [N, L, H]
+        enc = inputs.encoded if inputs.encoded is not None else self.encode_media(thinker, inputs)
+        slots_feats = ((cfg.video_token_id, enc.video, "video"), (cfg.audio_token_id, enc.audio, "audio"))
+        for token_id, feats, name in slots_feats:
+            slots = ids == token_id
+            n_slots = int(slots.sum())
+            n_feats = sum(f.shape[0] for f in feats)
+            if n_slots != n_feats:
+                raise ValueError(
+                    f"{name} tokens and {name} features do not match: {n_slots} placeholder tokens, {n_feats} "
+                    "feature rows. The inputs were not built by build_inputs, or a completion contains a media token."
+                )
+            if n_slots and (name == "audio" or splice_video):
+                values = torch.cat(feats).to(embeds.dtype)
+                embeds = embeds.masked_scatter(slots.unsqueeze(-1), values)
+        if enc.dummy is not None:
+            embeds = embeds + enc.dummy.to(embeds.dtype)
+        audio_seqlens = inputs.feature_attention_mask.sum(-1) if inputs.feature_attention_mask is not None else None
+        position_ids, _ = thinker.model.get_rope_index(
+            ids,
+            None,
+            inputs.video_grid_thw,
+            mask,
+            inputs.use_audio_in_video,
+            audio_seqlens,
+            inputs.video_second_per_grid,
+        )
+        return embeds, position_ids, enc
+
+    def embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor):
+        """Token embeddings of `ids` with the video / audio embeddings spliced in, and TMRoPE positions.
+
+        Uses `inputs.encoded` when present (encode once), else runs the towers now (with gradient if they
+        are trainable). Positions come from the thinker's own `get_rope_index` with the batch's flag.
+        """
+        embeds, position_ids, _ = self._embed(model, inputs, ids, mask)
+        return embeds, position_ids
+
+    def language_model_inputs(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Embeddings and positions, plus the deepstack features and the mask of the video positions they
+        are added to: the arguments the Hugging Face thinker forward gives its language model."""
+        embeds, position_ids, enc = self._embed(model, inputs, ids, mask)
+        kwargs = {"inputs_embeds": embeds, "position_ids": position_ids}
+        if enc.video:
+            kwargs.update(
+                visual_pos_masks=ids == base_thinker(model).config.video_token_id,  # [N, L]
+                deepstack_visual_embeds=list(torch.cat(enc.video_deepstack, dim=1).to(embeds.dtype)),  # [n, H] each
+            )
+        return kwargs
+
+    def encoded_generate_kwargs(self, model, inputs: ModelInputs) -> dict:
+        """Encode-once generation: audio spliced into the prompt embeddings here; the video embeddings and
+        their deepstack features go through the thinker's `mm_encoder_outputs`, so its forward splices the
+        video and feeds the deepstack features to the language model as it does for raw pixels."""
+        embeds, _, enc = self._embed(model, inputs, inputs.input_ids, inputs.attention_mask, splice_video=False)
+        media = {k: v for k, v in inputs.media_kwargs().items() if k not in ("pixel_values_videos", "input_features")}
+        kwargs = {"inputs_embeds": embeds, **media}
+        if enc.video:
+            from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
+                BaseModelOutputWithDeepstackFeatures,
+            )
+
+            levels = enc.video_deepstack[0].shape[0]
+            kwargs["mm_encoder_outputs"] = {"video": BaseModelOutputWithDeepstackFeatures(
+                pooler_output=tuple(enc.video),
+                deepstack_features=[tuple(d[level] for d in enc.video_deepstack) for level in range(levels)],
+            )}
+        return kwargs
