@@ -42,10 +42,14 @@ class PromptDataset(Dataset):
         cursor = None
         if isinstance(index, tuple):  # (index, cursor after it) from RankSampler
             index, cursor = index
+        from preprocess import media
+
         for k, part in enumerate(self.parts):
             if index < self.offsets[k + 1]:
+                before = media.VIDEO_DECODES
                 sample = dict(part[index - self.offsets[k]])
                 sample["_cursor"] = cursor
+                sample["_video_decodes"] = media.VIDEO_DECODES - before  # 0 unless something decodes an mp4
                 return sample
         raise IndexError(index)
 
@@ -110,6 +114,7 @@ class Batch:
     inputs: ModelInputs
     samples: list[dict]  # REWARD_FIELDS of each prompt
     cursor: Cursor  # where the data order continues after this batch
+    video_decodes: int = 0  # mp4 files decoded to make this batch (in the loader worker)
 
 
 class Collate:
@@ -122,7 +127,8 @@ class Collate:
     def __call__(self, samples: list[dict]) -> Batch:
         inputs = self.module.build_inputs(self.processor, samples, self.system_prompt, self.flag, self.max_len)
         meta = [{k: s.get(k) for k in REWARD_FIELDS} for s in samples]
-        return Batch(inputs=inputs, samples=meta, cursor=samples[-1]["_cursor"])
+        decodes = sum(s.get("_video_decodes", 0) for s in samples)
+        return Batch(inputs=inputs, samples=meta, cursor=samples[-1]["_cursor"], video_decodes=decodes)
 
 
 def make_loader(dataset: PromptDataset, collate: Collate, sampler: RankSampler, num_workers: int,

@@ -41,6 +41,7 @@ from omni_grpo.models import detect_family, generate, get_module, log_probs
 from omni_grpo.models.base import base_thinker
 from omni_grpo.rewards import build_reward_manager
 from omni_grpo.rollout import Rollout, gathered_for_generation
+from preprocess import media
 
 logger = logging.getLogger("omni_grpo")
 
@@ -243,10 +244,13 @@ class GRPOTrainer:
                                                       cfg.temperature_final, cfg.temperature_schedule,
                                                       cfg.temperature_schedule_fraction)
         self.module.tower_calls.vision = self.module.tower_calls.audio = 0
+        decodes_before = media.VIDEO_DECODES
+        video_decodes = 0
         rollouts, reward_metrics = [], []
         for _ in range(cfg.gradient_accumulation_steps):
             with self.timer("data"):
                 batch = self._next_batch()
+            video_decodes += batch.video_decodes
             rollout = self._rollout(batch, temperature)
             with self.timer("rewards"):
                 reward_metrics.append(self._score(rollout))
@@ -260,7 +264,7 @@ class GRPOTrainer:
         metrics["timing/step"] = time.perf_counter() - t0
         metrics["throughput/samples_per_s"] = sum(r.num_rows for r in rollouts) / metrics["timing/step"]
         metrics["counters/tower_calls"] = float(self.module.tower_calls.total)
-        metrics["counters/video_decodes"] = 0.0  # training reads decoded shards only (see `data.py`)
+        metrics["counters/video_decodes"] = float(video_decodes + media.VIDEO_DECODES - decodes_before)
         metrics["actor/beta"] = beta
         metrics["data/epoch"] = float(self.cursor.epoch)
         metrics = reduce_metrics(metrics, self.world_size)

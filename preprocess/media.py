@@ -221,9 +221,16 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
                        audio_source=audio_source)
 
 
+# Video files opened for decoding in this process. Training reads shards only; the trainer logs the
+# increase of this counter (in its own process and in its loader workers) as `counters/video_decodes`.
+VIDEO_DECODES = 0
+
+
 def _open_video(path: Path):
     import av
 
+    global VIDEO_DECODES
+    VIDEO_DECODES += 1
     try:
         container = av.open(str(path))
     except Exception as exc:

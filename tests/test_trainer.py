@@ -114,3 +114,19 @@ def test_pinned_loss_curve(tiny_model_dir, tiny_shards, tmp_path):
             got[k].append(m[k])
     for k, want in PINNED.items():
         assert got[k] == pytest.approx(want, abs=1e-5), (k, got[k])
+
+
+def test_video_decode_counter_is_measured(tiny_model_dir, tiny_shards, tmp_path, monkeypatch):
+    """`counters/video_decodes` counts real mp4 opens: 0 from shards, and it would show one."""
+    from preprocess import media
+
+    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2))
+    assert trainer.step()["counters/video_decodes"] == 0.0
+    real_step = trainer._rollout
+
+    def decoding_rollout(*args, **kwargs):
+        media.VIDEO_DECODES += 1  # what `preprocess.media._open_video` does for each mp4
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_rollout", decoding_rollout)
+    assert trainer.step()["counters/video_decodes"] == 1.0
