@@ -804,6 +804,21 @@ def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------------------------- path checks
 
 
+def effective_reward_kwargs(cfg: TrainConfig) -> dict:
+    """`reward_kwargs` with the top-level `judge` section handed to `people_focus` when it is enabled.
+
+    The judge is configured in one place (`judge:`); the reward receives its settings (never the key
+    itself, only `api_key_env`, the name of the variable read at call time).
+    """
+    out = {name: dict(opts) for name, opts in (cfg.reward_kwargs or {}).items()}
+    if cfg.judge.enabled and "people_focus" in cfg.reward_funcs:
+        j = cfg.judge
+        out.setdefault("people_focus", {})["judge"] = {
+            "url": j.url, "model": j.model, "api_key_env": j.api_key_env or None, "timeout_s": j.timeout_s,
+            "batch_size": j.batch_size, "concurrency": j.concurrency}
+    return out
+
+
 def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
     """Check the model and data directories before any model is loaded; ConfigError says what to fix.
 

@@ -33,7 +33,7 @@ import torch
 
 from omni_grpo import checkpoint as ckpt
 from omni_grpo import core_algos
-from omni_grpo.config import TrainConfig, config_to_dict, save_config
+from omni_grpo.config import TrainConfig, config_to_dict, effective_reward_kwargs, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
 from omni_grpo.engine import DeepSpeedEngine, PlainEngine
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
@@ -69,7 +69,7 @@ class GRPOTrainer:
         self.processor = self.module.load_processor(cfg.model_name_or_path)
         self._setup_data()
         self._setup_models()
-        self.rewards = build_reward_manager(cfg.reward_funcs, cfg.reward_weights, cfg.reward_kwargs,
+        self.rewards = build_reward_manager(cfg.reward_funcs, cfg.reward_weights, effective_reward_kwargs(cfg),
                                             max_consecutive_errors=cfg.max_consecutive_reward_errors)
         self.writer = MetricsWriter(cfg.output_dir, enabled=self.rank == 0)
         self.global_step = 0

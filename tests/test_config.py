@@ -288,3 +288,15 @@ def test_check_paths_rejects_silent_shards_when_audio_is_used(tmp_path, model_di
     with pytest.raises(ConfigError, match="re-run python -m preprocess on clips with audio, or set use_audio_in_video=false"):
         check_paths(cfg)
     check_paths(dataclasses.replace(cfg, use_audio_in_video=False))
+
+
+def test_top_level_judge_reaches_people_focus_without_the_key():
+    from omni_grpo.config import effective_reward_kwargs
+
+    cfg = load_config(None, ["model_name_or_path=m", "judge.enabled=true", "judge.url=http://127.0.0.1:9/v1",
+                             "judge.model=judge", "judge.api_key_env=JUDGE_KEY"])
+    kw = effective_reward_kwargs(cfg)
+    assert kw["people_focus"]["judge"]["api_key_env"] == "JUDGE_KEY"
+    assert "sk-" not in repr(kw)
+    off = effective_reward_kwargs(load_config(None, ["model_name_or_path=m"]))
+    assert "people_focus" not in off or "judge" not in off["people_focus"]
