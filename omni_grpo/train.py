@@ -32,12 +32,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from omni_grpo.checkpoint import CheckpointError
+    from omni_grpo.models.qwen2_5_omni import PromptTooLongError
     from omni_grpo.rewards import RewardError
     from omni_grpo.trainer import GRPOTrainer, NonFiniteLossError
+    from preprocess.shards import ShardCorruptError, ShardFormatError
 
     try:
-        GRPOTrainer(cfg).train()
-    except (RewardError, NonFiniteLossError, CheckpointError) as err:
+        trainer = GRPOTrainer(cfg)
+    except (ShardCorruptError, ShardFormatError) as err:
+        print(f"data error: {err}", file=sys.stderr)
+        return 2
+    try:
+        trainer.train()
+    except (RewardError, NonFiniteLossError, CheckpointError, PromptTooLongError) as err:
         print(f"training stopped: {err}", file=sys.stderr)
         return 1
     return 0
