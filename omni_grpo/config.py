@@ -200,10 +200,6 @@ class TrainConfig:
         default=DEFAULT_SYSTEM_PROMPT,
         metadata=_help("System message of every prompt; the default asks for `<context>`, `<think>`, `<answer>` sections."),
     )
-    max_pixels: int | None = field(
-        default=None,
-        metadata=_help("Cap on pixels per frame, re-applied to the frames stored in the shards; null = keep their size."),
-    )
     lora: LoraConfig = field(default_factory=LoraConfig, metadata=_help("LoRA settings."))
 
     # ------------------------------------------------------------------------------------------------- data
@@ -409,10 +405,6 @@ class TrainConfig:
         _require(
             bool(self.model_name_or_path),
             "model_name_or_path is required; pass model_name_or_path=DIR (a Qwen2.5-Omni checkpoint directory)",
-        )
-        _require(
-            self.max_pixels is None or self.max_pixels > 0,
-            f"max_pixels={self.max_pixels} must be > 0, or null to keep the stored frame size",
         )
         _require(
             self.dataloader_num_workers >= 0,

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -468,7 +469,8 @@ class GRPOTrainer:
 
             model.save_pretrained(folder, state_dict=get_peft_model_state_dict(model, state_dict=state_dict))
             if self.cfg.lora.merge_on_save:
-                merged = self._load_thinker()
+                with hf_zero3_disabled():  # rank 0 alone: no zero.Init collectives
+                    merged = self._load_thinker()
                 merged = _merge_lora(merged, folder)
                 merged.save_pretrained(folder / "merged")
                 self.processor.save_pretrained(folder / "merged")
@@ -526,6 +528,20 @@ class base_thinker_adapter_disabled:
         return self.ctx.__exit__(*exc)
 
 
+@contextmanager
+def hf_zero3_disabled():
+    """HF's global ZeRO-3 switch off for a block that builds a model on one rank only: with it on, the
+    submodules are wrapped in `zero.Init`, whose broadcasts wait for the other ranks forever."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    keep = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = keep
+
+
 def export_model(thinker, state_dict: dict, partitioned: bool):
     """A model whose `save_pretrained` writes the standard checkpoint format.
 
@@ -536,17 +552,8 @@ def export_model(thinker, state_dict: dict, partitioned: bool):
     """
     if not partitioned:
         return thinker
-    from transformers.integrations import deepspeed as hf_ds
-
-    # Built on one rank only: HF's global ZeRO-3 switch would wrap the submodules in `zero.Init`, whose
-    # broadcasts wait for the other ranks forever. Switch it off for the construction.
-    keep = hf_ds._hf_deepspeed_config_weak_ref
-    hf_ds.unset_hf_deepspeed_config()
-    try:
-        with torch.device("meta"):
-            fresh = type(thinker)(thinker.config)
-    finally:
-        hf_ds._hf_deepspeed_config_weak_ref = keep
+    with hf_zero3_disabled(), torch.device("meta"):
+        fresh = type(thinker)(thinker.config)
     fresh.load_state_dict(state_dict, assign=True, strict=True)
     fresh.generation_config = thinker.generation_config
     return fresh

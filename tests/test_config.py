@@ -66,12 +66,12 @@ def test_nested_dot_overrides():
 def test_override_values_are_yaml_but_strings_stay_strings():
     cfg = load_config(
         None,
-        [MODEL, "system_prompt=Answer: yes or no.", "data=shards/one", "max_pixels=null", "resume_from_checkpoint=latest",
+        [MODEL, "system_prompt=Answer: yes or no.", "data=shards/one", "temperature_final=null", "resume_from_checkpoint=latest",
          "temperature=1"],
     )
     assert cfg.system_prompt == "Answer: yes or no."
     assert cfg.data == ["shards/one"]
-    assert cfg.max_pixels is None
+    assert cfg.temperature_final is None
     assert cfg.resume_from_checkpoint == "latest"
     assert cfg.temperature == 1.0 and isinstance(cfg.temperature, float)
 
@@ -170,7 +170,7 @@ def test_save_and_load_round_trip(tmp_path):
     cfg = load_config(
         None,
         [MODEL, "learning_rate=3e-7", "data=[s/a, s/b]", "lora.enabled=true", "reward_weights=[1, 0.5, 2]",
-         "reward_kwargs.format.partial_credit=0.25", "beta_schedule=linear", "beta_final=0.1", "max_pixels=200704"],
+         "reward_kwargs.format.partial_credit=0.25", "beta_schedule=linear", "beta_final=0.1", "temperature_final=0.5"],
     )
     save_config(cfg, tmp_path / "out" / "config.yaml")
     again = load_config(tmp_path / "out" / "config.yaml")

@@ -37,6 +37,17 @@ def processor_audio_kwargs(use_audio_in_video: bool, audio_from_video_indices: l
     return {"load_audio_from_video": True, "audio_from_video_indices": audio_from_video_indices}
 
 
+def check_loading_info(path, info: dict) -> None:
+    """Refuse a checkpoint whose weights do not all land in the thinker (transformers would silently
+    initialise the rest at random). The talker / token2wav weights of a full Omni checkpoint are expected."""
+    missing = list(info.get("missing_keys") or [])
+    unexpected = [k for k in info.get("unexpected_keys") or [] if not k.startswith(("talker.", "token2wav.", "code2wav."))]
+    if missing or unexpected or info.get("mismatched_keys"):
+        raise ValueError(f"{path}: the weights do not match the thinker (missing {sorted(missing)[:3]}, unexpected "
+                         f"{sorted(unexpected)[:3]}); transformers would initialise them at random. Is this a "
+                         "checkpoint of the same model family and size?")
+
+
 def format_question(sample: dict) -> str:
     """The question, then lettered options one per line when the sample has options."""
     text = str(sample["question"]).strip()
@@ -76,8 +87,12 @@ class Qwen25OmniModule(OmniModule):
             from transformers import AutoConfig
 
             thinker_config = AutoConfig.from_pretrained(path).thinker_config
-            return cls.from_pretrained(path, config=thinker_config, key_mapping={r"^thinker\.": ""}, **kwargs)
-        return cls.from_pretrained(path, **kwargs)
+            model, info = cls.from_pretrained(path, config=thinker_config, key_mapping={r"^thinker\.": ""},
+                                              output_loading_info=True, **kwargs)
+        else:
+            model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+        check_loading_info(path, info)
+        return model
 
     # --- prompts ---------------------------------------------------------------------------------
     def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from omni_grpo.models.base import EncodedMedia, ModelInputs, OmniModule, base_thinker
-from omni_grpo.models.qwen2_5_omni import PromptTooLongError, format_question, processor_audio_kwargs
+from omni_grpo.models.qwen2_5_omni import check_loading_info, PromptTooLongError, format_question, processor_audio_kwargs
 
 __all__ = ["Qwen3OmniModule", "PromptTooLongError", "FRAME_FACTOR"]
 
@@ -64,8 +64,12 @@ class Qwen3OmniModule(OmniModule):
             from transformers import AutoConfig
 
             thinker_config = AutoConfig.from_pretrained(path).thinker_config
-            return cls.from_pretrained(path, config=thinker_config, key_mapping={r"^thinker\.": ""}, **kwargs)
-        return cls.from_pretrained(path, **kwargs)
+            model, info = cls.from_pretrained(path, config=thinker_config, key_mapping={r"^thinker\.": ""},
+                                              output_loading_info=True, **kwargs)
+        else:
+            model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+        check_loading_info(path, info)
+        return model
 
     # --- prompts ---------------------------------------------------------------------------------
     def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:

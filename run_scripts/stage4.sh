@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Stage 4 GRPO under DeepSpeed ZeRO-3; arguments are key=value config overrides (e.g. learning_rate=5e-7).
+#   MODEL=DIR DATA=SHARDS[,SHARDS] [OUTPUT_DIR=outputs/stage4] bash run_scripts/stage4.sh   # configs/stage4.yaml
+#   bash run_scripts/stage4.sh   # none of the three set: tiny model + synthetic clips, 3 CPU steps in DEMO_DIR
+# NPROC processes per node (default: every GPU, else 2 on CPU); NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT span nodes.
+set -euo pipefail
+source "$(dirname "$0")/_env.sh"
+cd "$REPO_ROOT"
+if [[ -z "${MODEL:-}${DATA:-}${OUTPUT_DIR:-}" ]]; then
+  demo="${DEMO_DIR:-outputs/demo}" && export CUDA_VISIBLE_DEVICES=""
+  [[ -f "$demo/model/config.json" ]] || "$PY" -m omni_grpo.testing model "$demo/model"
+  [[ -d "$demo/raw/qa" ]] || "$PY" -m omni_grpo.testing siq2 "$demo/raw" --n-clips 6
+  "$PY" -m preprocess --source siq2 --root "$demo/raw" --output "$demo/shards" --max-pixels 50176 --min-pixels 3136 --no-progress
+  set -- --config configs/demo.yaml model_name_or_path="$demo/model" data="[$demo/shards]" output_dir="$demo/run" "$@"
+else
+  set -- --config configs/stage4.yaml model_name_or_path="${MODEL:?set MODEL=DIR and DATA=SHARDS}" \
+    data="[${DATA:?set DATA=SHARDS}]" output_dir="${OUTPUT_DIR:-outputs/stage4}" "$@"
+fi
+read -r ndev port < <("$PY" -c 'import socket, torch; s = socket.socket(); s.bind(("", 0)); print(torch.cuda.device_count() or 2, s.getsockname()[1])')
+nodes="${NNODES:-1}" && per_node="${NPROC:-$ndev}" && ((nodes == 1)) || port=29500  # every node must use the same port
+"$PY" -m accelerate.commands.launch --config_file configs/accelerate/zero3.yaml --num_processes $((per_node * nodes)) \
+  --num_machines "$nodes" --machine_rank "${NODE_RANK:-0}" --main_process_ip "${MASTER_ADDR:-127.0.0.1}" \
+  --main_process_port "${MASTER_PORT:-$port}" --deepspeed_multinode_launcher standard -m omni_grpo.train "$@"
+for arg in "$@"; do case "$arg" in output_dir=*) out="${arg#output_dir=}" ;; esac; done
+echo "TensorBoard logs: $out/runs"$'\n'"  tensorboard --logdir $out/runs"

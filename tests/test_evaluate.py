@@ -1,0 +1,149 @@
+"""`python -m omni_grpo.evaluate` on the tiny model: a base checkpoint, a trainer-written thinker checkpoint and a
+LoRA adapter, each scored through the training prompt and rewards."""
+
+import json
+
+import pytest
+import torch
+
+from omni_grpo.evaluate import EvalError, evaluate, main, resolve_model_dir
+
+N_QUESTIONS = 5  # 2 synthetic clips: 2 + 3 questions
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from preprocess.build import BuildOptions, build
+    from preprocess.media import VideoOptions
+
+    from omni_grpo.testing import make_siq2_dataset
+
+    root = tmp_path_factory.mktemp("eval-data")
+    make_siq2_dataset(root / "raw", n_clips=2, seconds=2.0)
+    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
+                       video=VideoOptions(min_pixels=3136, max_pixels=12544)))
+    return root / "shards"
+
+
+def run(model, shards, out, *extra):
+    """The command line, in this process; returns the metrics and the prediction lines."""
+    argv = ["--model", str(model), "--data", str(shards), "--output", str(out), "--max-new-tokens", "8",
+            "--batch-size", "2", "--num-workers", "0", "--no-progress", *extra]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    return metrics, lines
+
+
+def check(metrics, lines, n_completions):
+    assert len(lines) == n_completions == metrics["num_questions"] * metrics["num_generations"]
+    for key in ("accuracy", "format_rate", "people_focus", "reward_total", "completion_length", "truncated_ratio"):
+        assert key in metrics
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["format_rate"] <= 1.0
+    for line in lines:
+        assert {"id", "question", "answer", "completion", "rewards"} <= set(line)
+        assert set(line["rewards"]) == {"format", "accuracy", "people_focus"}
+        assert line["answer"] in "ABCD" and 1 <= line["length"] <= 8
+
+
+@pytest.fixture(scope="module")
+def base_run(tiny_model_dir, shards, tmp_path_factory):
+    return run(tiny_model_dir, shards, tmp_path_factory.mktemp("base"))
+
+
+def test_base_checkpoint_greedy(base_run, tiny_model_dir, shards, tmp_path, capsys):
+    metrics, lines = base_run
+    check(metrics, lines, N_QUESTIONS)
+    assert metrics["decoding"] == "greedy" and metrics["model"] == str(tiny_model_dir)
+    # Greedy decoding is deterministic; --limit keeps the first questions in shard order; overrides may follow --data.
+    again, again_lines = run(tiny_model_dir, shards, tmp_path / "again", "--limit", "2", "use_audio_in_video=true")
+    assert [x["completion"] for x in again_lines] == [x["completion"] for x in lines[:2]]
+    printed = capsys.readouterr().out
+    assert "accuracy " in printed and "format_rate " in printed and "metrics.json" in printed
+
+
+def test_overrides_reach_the_prompt(base_run, tiny_model_dir, shards, tmp_path):
+    _, lines = base_run
+    _, other = run(tiny_model_dir, shards, tmp_path / "other", "--limit", "2", "system_prompt=Answer now.")
+    assert [x["completion"] for x in other] != [x["completion"] for x in lines[:2]]
+
+
+def test_sampled_generations_report_pass_at_k(tiny_model_dir, shards, tmp_path):
+    metrics, lines = run(tiny_model_dir, shards, tmp_path / "k2", "--num-generations", "2", "--limit", "2")
+    check(metrics, lines, 4)
+    assert metrics["decoding"] == "sampled" and "pass_at_2" in metrics
+    assert [x["generation"] for x in lines] == [0, 1, 0, 1]
+
+
+def test_trainer_checkpoint(tiny_model_dir, shards, tmp_path):
+    """One real training step (single process) writes output_dir/checkpoints/step-0000001/{model,config.yaml}."""
+    from omni_grpo.config import load_config
+    from omni_grpo.trainer import GRPOTrainer
+
+    out = tmp_path / "run"
+    cfg = load_config(None, [f"model_name_or_path={tiny_model_dir}", f"data=[{shards}]", f"output_dir={out}",
+                             "num_generations=2", "max_completion_length=8", "max_steps=1", "learning_rate=1e-3",
+                             "entropy_coef=0.01", "dataloader_num_workers=0", "log_completions=0",
+                             "system_prompt=Answer the question."])
+    GRPOTrainer(cfg).train()
+    step = out / "checkpoints" / "step-0000001"
+    assert resolve_model_dir(step) == step / "model" == resolve_model_dir(out)
+
+    metrics, lines = run(step, shards, tmp_path / "trained")
+    check(metrics, lines, N_QUESTIONS)
+    assert metrics["model"] == str(step / "model")
+    # The checkpoint's own config.yaml supplies the system prompt; --config replaces it.
+    from omni_grpo.evaluate import eval_config
+
+    assert eval_config(step / "model", None, []).system_prompt == "Answer the question."
+    assert eval_config(step / "model", None, ["system_prompt=Other."]).system_prompt == "Other."
+
+
+def test_lora_adapter(tiny, tiny_model_dir, shards, base_run, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from omni_grpo.evaluate import load_for_eval
+
+    module, _, _ = tiny
+    model = module.load_model(tiny_model_dir)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model\..*\.(q_proj|v_proj)$"))
+    torch.manual_seed(1)
+    with torch.no_grad():  # lora_B starts at 0 (a no-op adapter); make it change the outputs
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.5)
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+
+    _, loaded, _ = load_for_eval(adapter, torch.float32, torch.device("cpu"))
+    assert isinstance(loaded, PeftModel)
+    saved = {k: v for k, v in lora.state_dict().items() if "lora_B" in k}
+    got = dict(loaded.state_dict())
+    assert saved and all(torch.equal(got[k], v) for k, v in saved.items())
+
+    metrics, lines = run(adapter, shards, tmp_path / "lora")
+    check(metrics, lines, N_QUESTIONS)
+    _, base_lines = base_run
+    assert [x["completion"] for x in lines] != [x["completion"] for x in base_lines]
+
+
+def test_lora_adapter_with_missing_base(tmp_path, shards):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    with pytest.raises(EvalError, match="--base-model"):
+        evaluate(str(adapter), [str(shards)], str(tmp_path / "out"), num_workers=0, progress=False)
+
+
+def test_clear_errors(tiny_model_dir, shards, tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nope"), "--data", str(shards), "--output", str(tmp_path / "o")]) == 2
+    assert "directory not found" in capsys.readouterr().err
+    assert main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "python -m preprocess" in err
+    (tmp_path / "empty").mkdir()
+    assert main(["--model", str(tmp_path / "empty"), "--data", str(shards), "--output", str(tmp_path / "o")]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
+    assert "manifest.json" in capsys.readouterr().err
