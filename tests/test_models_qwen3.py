@@ -358,7 +358,7 @@ def test_full_omni_checkpoint_loads_its_thinker(qwen3_dir, tmp_path, qwen3):
 
 
 def test_prompt_longer_than_limit_is_refused_with_a_clear_message(qwen3, samples):
-    from omni_grpo.models.qwen3_omni import PromptTooLongError
+    from omni_grpo.models.qwen2_5_omni import PromptTooLongError
 
     module, _, processor = qwen3
     with pytest.raises(PromptTooLongError, match="max_prompt_length=10"):

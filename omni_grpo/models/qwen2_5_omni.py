@@ -103,6 +103,10 @@ class Qwen25OmniModule(OmniModule):
                                          {"type": "text", "text": format_question(sample)}]},
         ]
 
+    def video_processor_kwargs(self, fps: float) -> dict:
+        """Frames from the shards are already at the size qwen-omni-utils picks (multiples of 28): keep them."""
+        return {"fps": fps, "do_resize": False, "cap_pixels_per_frame": True}
+
     def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
                      max_prompt_length: int | None = None) -> ModelInputs:
         """One processor call for the whole batch of samples (each with its own video and audio)."""
@@ -130,7 +134,7 @@ class Qwen25OmniModule(OmniModule):
             padding=True,
             padding_side="left",
             return_tensors="pt",
-            videos_kwargs={"fps": fps, "do_resize": False, "cap_pixels_per_frame": True},
+            videos_kwargs=self.video_processor_kwargs(fps),
             **kwargs,
         )
         inputs = ModelInputs(

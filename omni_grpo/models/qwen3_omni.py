@@ -21,22 +21,18 @@ Same interface and the same one user flag as Qwen2.5-Omni (:mod:`omni_grpo.model
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import numpy as np
 import torch
 
-from omni_grpo.models.base import EncodedMedia, ModelInputs, OmniModule, base_thinker
-from omni_grpo.models.qwen2_5_omni import check_loading_info, PromptTooLongError, format_question, processor_audio_kwargs
+from omni_grpo.models.base import EncodedMedia, ModelInputs, base_thinker
+from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule
 
-__all__ = ["Qwen3OmniModule", "PromptTooLongError", "FRAME_FACTOR"]
+__all__ = ["Qwen3OmniModule", "FRAME_FACTOR"]
 
 FRAME_FACTOR = 32  # patch 16 × spatial merge 2: frame sides the vision tower takes
 MAX_TOKENS_PER_FRAME = 768  # the released processor's per-frame cap, in merged vision tokens
 
 
-class Qwen3OmniModule(OmniModule):
+class Qwen3OmniModule(Qwen25OmniModule):
     family = "qwen3_omni"
     media_token_names = (
         "<|video_pad|>",
@@ -49,92 +45,16 @@ class Qwen3OmniModule(OmniModule):
         "<|vision_pad|>",
     )
 
-    # --- loading ---------------------------------------------------------------------------------
+    # --- loading and prompts: Qwen2.5-Omni's, with this family's thinker class and frame grid ---------
     def thinker_class(self):
         from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
         return Qwen3OmniMoeThinkerForConditionalGeneration
 
-    def load_model(self, path, dtype=torch.float32, attn_implementation: str = "sdpa"):
-        """Load the thinker from a thinker-only directory or a full Omni checkpoint (thinker + talker)."""
-        cls = self.thinker_class()
-        cfg = json.loads((Path(path) / "config.json").read_text())
-        kwargs = dict(dtype=dtype, attn_implementation=attn_implementation)
-        if "thinker_config" in cfg:  # full Omni checkpoint: weights live under `thinker.`; talker is skipped
-            from transformers import AutoConfig
-
-            thinker_config = AutoConfig.from_pretrained(path).thinker_config
-            model, info = cls.from_pretrained(path, config=thinker_config, key_mapping={r"^thinker\.": ""},
-                                              output_loading_info=True, **kwargs)
-        else:
-            model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
-        check_loading_info(path, info)
-        return model
-
-    # --- prompts ---------------------------------------------------------------------------------
-    def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:
-        """System turn, then a user turn with the video (its audio rides inside when the flag is on)."""
-        return [
-            {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-            {"role": "user", "content": [{"type": "video", "video": sample.get("id", "video")},
-                                         {"type": "text", "text": format_question(sample)}]},
-        ]
-
-    def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
-                     max_prompt_length: int | None = None) -> ModelInputs:
-        """One processor call for the whole batch of samples (each with its own video and audio)."""
-        texts, videos, audios, audio_from_video, audio_rows = [], [], [], [], []
-        fps = None
-        for row, sample in enumerate(samples):
-            messages = self.build_messages(sample, system_prompt, use_audio_in_video)
-            texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-            frames = np.asarray(sample["frames"])
-            if frames.ndim != 4 or frames.shape[-1] != 3:
-                raise ValueError(f"sample {sample.get('id')}: frames must be [T, H, W, 3], got {frames.shape}")
-            videos.append(frames)
-            if fps is not None and abs(float(sample["fps"]) - fps) > 1e-6:
-                raise ValueError("all samples of a batch must share one frame rate; preprocess with one --fps")
-            fps = float(sample["fps"])
-            if use_audio_in_video and sample.get("audio") is not None:
-                audios.append(np.asarray(sample["audio"], dtype=np.float32))
-                audio_from_video.append(row)
-                audio_rows.append(row)
+    def video_processor_kwargs(self, fps: float) -> dict:
+        """Snap frames to this family's 32-pixel grid (shards hold Qwen2.5's 28-pixel sizes)."""
         grid = {"shortest_edge": FRAME_FACTOR**2, "longest_edge": MAX_TOKENS_PER_FRAME * FRAME_FACTOR**2}
-        batch = processor(
-            text=texts,
-            videos=videos,
-            audio=audios or None,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-            videos_kwargs={"fps": fps, "do_resize": True, "size": grid, "cap_pixels_per_frame": True},
-            **processor_audio_kwargs(use_audio_in_video, audio_from_video),
-        )
-        inputs = ModelInputs(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            use_audio_in_video=use_audio_in_video,
-            pixel_values_videos=batch["pixel_values_videos"],
-            video_grid_thw=batch["video_grid_thw"],
-            video_second_per_grid=torch.as_tensor(batch["video_second_per_grid"], dtype=torch.float32),
-            video_rows=list(range(len(samples))),
-            audio_rows=audio_rows,
-        )
-        if audios:
-            fam = batch["feature_attention_mask"]
-            used = int(fam.sum(-1).max())  # features are padded past the longest clip; the tail is masked
-            inputs.input_features = batch["input_features"][:, :, :used]
-            inputs.feature_attention_mask = fam[:, :used]
-        if max_prompt_length is not None:
-            lengths = inputs.attention_mask.sum(-1).tolist()
-            for sample, n in zip(samples, lengths):
-                if n > max_prompt_length:
-                    raise PromptTooLongError(
-                        f"sample {sample.get('id')!r}: prompt is {n} tokens (video and audio included), over "
-                        f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with a "
-                        "lower --fps / --max-pixels / --max-frames."
-                    )
-        return inputs
+        return {"fps": fps, "do_resize": True, "size": grid, "cap_pixels_per_frame": True}
 
     # --- towers ----------------------------------------------------------------------------------
     def encode_media(self, model, inputs: ModelInputs) -> EncodedMedia:
