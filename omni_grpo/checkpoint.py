@@ -30,6 +30,28 @@ class CheckpointError(RuntimeError):
     """A checkpoint could not be written or read; the message says which file and what to do."""
 
 
+def _write_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    # On a full disk (measured on a 64 KiB tmpfs): open()/write() raise OSError(ENOSPC); torch.save raises a
+    # RuntimeError ("[enforce fail at inline_container.cc] unexpected pos"); safetensors a SafetensorError.
+    return (OSError, RuntimeError, SafetensorError)
+
+
+WRITE_ERRORS = _write_errors()
+
+
+def free_space(path) -> str:
+    """'N MiB free on the disk of PATH' (for error messages), for the nearest existing parent of `path`."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free on the disk of {folder}"
+    except OSError:
+        return f"free space on the disk of {folder} unknown"
+
+
 def checkpoints_dir(output_dir) -> Path:
     return Path(output_dir) / "checkpoints"
 

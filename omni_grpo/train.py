@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         check_paths(cfg)
+        check_output_dir(cfg.output_dir)
     except (ConfigError, FileNotFoundError) as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -48,6 +49,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training stopped: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Create `output_dir` and write a file in it, or raise ConfigError (root ignores permission bits, so try)."""
+    import tempfile
+    from pathlib import Path
+
+    from omni_grpo.config import ConfigError
+
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        raise ConfigError(f"output_dir={output_dir!r} cannot be written ({err.strerror or err}); pass a writable "
+                          "directory as output_dir=DIR or fix its permissions") from None
 
 
 if __name__ == "__main__":

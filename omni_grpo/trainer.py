@@ -219,14 +219,14 @@ class GRPOTrainer:
                    dynamic_ncols=True)
         metrics: dict = {}
         start = time.time()
-        while self.global_step < self.total_steps:
-            metrics = self.step()
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics.get('reward/total', math.nan):.3f}",
-                            kl=f"{metrics.get('actor/kl', math.nan):.4f}")
-            if cfg.save_steps > 0 and self.global_step % cfg.save_steps == 0:
-                self.save()
-        bar.close()
+        with bar:  # closed (its line ended) also when a step raises, so an error message starts a new line
+            while self.global_step < self.total_steps:
+                metrics = self.step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics.get('reward/total', math.nan):.3f}",
+                                kl=f"{metrics.get('actor/kl', math.nan):.4f}")
+                if cfg.save_steps > 0 and self.global_step % cfg.save_steps == 0:
+                    self.save()
         if not ckpt.list_checkpoints(cfg.output_dir) or ckpt.list_checkpoints(cfg.output_dir)[-1].name != f"step-{self.global_step:07d}":
             self.save()
         self.writer.close()
@@ -430,13 +430,18 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------------------------- checkpoints
     def save(self) -> Path | None:
-        """Atomic checkpoint of everything needed to continue exactly (collective under DeepSpeed)."""
+        """Atomic checkpoint of everything needed to continue exactly (collective under DeepSpeed).
+
+        Any failure to write it (full disk, read-only or vanished output_dir) is a `CheckpointError` that names
+        the folder and what to do; the previous checkpoints are never touched before the new one is complete.
+        """
         cfg = self.cfg
         tmp = Path(ckpt.checkpoints_dir(cfg.output_dir)) / f".tmp-step-{self.global_step:07d}"
-        if self.rank == 0:
-            tmp = ckpt.begin(cfg.output_dir, self.global_step)
-        self._barrier()
+        final = None
         try:
+            if self.rank == 0:
+                tmp = ckpt.begin(cfg.output_dir, self.global_step)
+            self._barrier()
             self.engine.save_state(tmp / "state") if isinstance(self.engine, DeepSpeedEngine) else None
             state_dict = self.engine.full_state_dict()
             ckpt.save_rng(tmp, self.rank)
@@ -450,15 +455,14 @@ class GRPOTrainer:
                     "global_step": self.global_step, "cursor": [self.cursor.epoch, self.cursor.position],
                     "nonfinite_in_a_row": self.nonfinite_in_a_row, "samples_seen": self.samples_seen,
                     "world_size": self.world_size})
-        except OSError as err:
+            self._barrier()
+            if self.rank == 0:
+                final = ckpt.finish(tmp, self.global_step, cfg.save_total_limit)
+        except ckpt.WRITE_ERRORS as err:
             raise ckpt.CheckpointError(
-                f"saving the checkpoint of step {self.global_step} to {tmp} failed: {err}. The previous checkpoints "
-                f"are intact; free disk space or fix permissions on {cfg.output_dir}, then resume with "
-                "resume_from_checkpoint=latest.") from err
-        self._barrier()
-        final = None
-        if self.rank == 0:
-            final = ckpt.finish(tmp, self.global_step, cfg.save_total_limit)
+                f"saving the checkpoint of step {self.global_step} to {tmp} failed: {type(err).__name__}: {err} "
+                f"({ckpt.free_space(cfg.output_dir)}). The previous checkpoints are intact; free disk space or fix "
+                f"permissions on {cfg.output_dir}, then resume with resume_from_checkpoint=latest.") from err
         self._barrier()
         return final
 

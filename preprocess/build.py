@@ -434,16 +434,44 @@ def _add_clip(out: Path, shard: _Open, clip: Clip, result: dict) -> None:
             shard.failures.append({"id": sample.id, "path": clip.video, "line": sample.line,
                                    "reason": result["reason"]})
         return
+    media = result["media"]
+    samples = []
+    for sample in clip.samples:
+        late = ts_past_the_end(sample.extra.get("ts"), media["duration"])
+        if late:
+            shard.failures.append({"id": sample.id, "path": clip.video, "line": sample.line, "reason": late})
+        else:
+            samples.append(sample)
+    if not samples:
+        return
     if shard.writer is None:
         shard.writer = fmt.ShardWriter(out / fmt.shard_name(shard.index))
-    media = result["media"]
     shard.writer.add({"video": clip.video, "audio_path": clip.audio, **media,
-                      "samples": [s.record() for s in clip.samples]})
+                      "samples": [s.record() for s in samples]})
     if media["audio"] is not None:
-        shard.with_audio += len(clip.samples)
+        shard.with_audio += len(samples)
     else:
-        shard.without_audio += len(clip.samples)
+        shard.without_audio += len(samples)
     shard.clip_seconds += media["duration"]
+
+
+TS_SLACK_S = 1.0  # `ts` is given in whole seconds; real clips end a few frames short of a round number
+_TS_SPAN = re.compile(r"^\s*[\d:.]+\s*-\s*((?:\d+:){0,2}\d+(?:\.\d+)?)\s*$")
+
+
+def ts_past_the_end(ts, duration: float) -> str | None:
+    """Why a question whose time span ``ts`` ("MM:SS-MM:SS", "H:MM:SS-H:MM:SS" or seconds) ends after a clip of
+    ``duration`` seconds cannot be trained on, or None (also for a missing or unparseable ``ts``)."""
+    match = _TS_SPAN.match(ts) if isinstance(ts, str) else None
+    if match is None:
+        return None
+    end = 0.0
+    for part in match.group(1).split(":"):
+        end = end * 60 + float(part)
+    if end <= duration + TS_SLACK_S:
+        return None
+    return (f"the question's time span ts={ts!r} ends at {end:g} s but the clip is only {duration:.1f} s long, "
+            "so the moment it asks about is missing; the video is probably an incomplete download: fetch it again")
 
 
 def _close_shard(out: Path, shard: _Open, plan: str) -> None:

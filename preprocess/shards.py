@@ -286,8 +286,8 @@ class ShardDataset(Sequence):
                 if not skip_corrupt:
                     raise ShardCorruptError(
                         f"shard {self.root / name} is corrupt: {problem}. Re-run the same preprocess command "
-                        "(it rebuilds shards that fail their checksum; --overwrite rebuilds all), or pass "
-                        "skip_corrupt=True to train without its samples")
+                        "(it rebuilds shards that fail their checksum; --overwrite rebuilds all), or skip its samples: "
+                        "skip_corrupt_shards=true in the training config (skip_corrupt=True for shards.load)")
                 self.skipped.append((name, int(entry.get("samples", 0))))
                 continue
             position = len(self.files)
