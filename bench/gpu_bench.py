@@ -1,0 +1,431 @@
+"""GPU benchmark of one GRPO step on the real Qwen2.5-Omni-3B and -7B thinker shapes (random weights).
+
+No checkpoint is needed for speed: the thinker is built from the public config.json values written out below
+(language model, 32-layer vision tower, 32-layer audio encoder) on the meta device, then materialised with
+``to_empty`` and initialised on the GPU (``init_weights`` also recomputes the rotary and sinusoid buffers).
+The processor is the offline one of ``omni_grpo.testing`` with the real Qwen2 BPE, whose special tokens sit
+at the real ids.
+
+One step on one prompt, through the package's own functions (``encode_media``, ``generate``'s encode-once
+path, ``log_probs``, ``core_algos.policy_loss``):
+
+* a 30 s clip sampled at 2 fps (60 frames of 140x224) with its audio in the video: about 2k prompt tokens;
+* encode: the vision and audio towers once for the prompt;
+* rollout: G = 8 completions of exactly 512 tokens in one batched ``generate`` (``min_new_tokens`` =
+  ``max_new_tokens``, so EOS cannot end them early);
+* ref: reference log-probs (the base model with the adapter off under LoRA, a second copy for full
+  training), no gradient;
+* policy: policy log-probs with gradient, the GRPO loss, backward, with gradient checkpointing (the decoder
+  layers are put in training mode for this pass: Hugging Face checkpoints a layer only when ``training``);
+* optimizer: torch AdamW step (LoRA adapters, or every language-model weight for ``full``), bf16 weights.
+
+Reported per model x mode: rollout tokens/s (G x 512 / rollout seconds), each phase's seconds and peak GPU
+memory, and the update phase's achieved TFLOP/s and MFU against ``--peak-tflops`` (989 = H100 SXM dense
+bf16). FLOPs are counted as 6·N·tokens for the trained language-model part (N = decoder parameters over
+G·(prompt + completion) tokens, plus the LM head's parameters over the G·512 completion tokens where the
+log-prob pass projects the vocabulary) plus 2·N·tokens for the towers' forward (vision parameters x patches,
+audio parameters x encoder frames); the update phase is encode + policy + optimizer. The reference pass is
+reported on its own (2·N·tokens). Attention FLOPs are not counted, so MFU is a lower bound; under LoRA the
+weight-gradient third of 6·N is not computed, so LoRA's MFU is "model FLOPs" utilisation, not hardware
+utilisation.
+
+    python bench/gpu_bench.py                                # 3B and 7B, LoRA and full, on cuda:0
+    python bench/gpu_bench.py --models 7b --modes lora --attn flash_attention_2
+    python bench/gpu_bench.py --tiny                         # a tiny config on CPU in seconds (the test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+# The public config.json values of the two thinkers (Qwen/Qwen2.5-Omni-3B, Qwen/Qwen2.5-Omni-7B).
+# tie_word_embeddings is False for both: each thinker ships its own lm_head weight.
+TEXT = {
+    "3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+               num_attention_heads=16, num_key_value_heads=2),
+    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+               num_attention_heads=28, num_key_value_heads=4),
+}
+TEXT_COMMON = dict(
+    max_position_embeddings=32768, rms_norm_eps=1e-6, hidden_act="silu", use_sliding_window=False,
+    sliding_window=32768, max_window_layers=28, attention_dropout=0.0, tie_word_embeddings=False,
+    rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+    pad_token_id=151643, bos_token_id=151644, eos_token_id=151645,
+)
+VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
+              spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+              hidden_act="silu", tokens_per_second=25)
+AUDIO = dict(num_mel_bins=128, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, d_model=1280,
+             n_window=100, max_source_positions=1500, activation_function="gelu", dropout=0.0,
+             attention_dropout=0.0, activation_dropout=0.0, scale_embedding=False)
+TOKENS = dict(audio_token_index=151646, image_token_index=151655, video_token_index=151656,
+              audio_start_token_id=151647, audio_end_token_id=151648, position_id_per_seconds=25,
+              seconds_per_chunk=2, user_token_id=872, initializer_range=0.02)
+PHASES = ("encode", "rollout", "ref", "policy", "optimizer")
+
+
+def thinker_config(name: str, ids: dict | None = None, vocab_size: int | None = None):
+    """The thinker config of `name` ("3b", "7b"), or the test kit's tiny one ("tiny", with `ids`)."""
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    if name == "tiny":
+        from omni_grpo.testing import tiny_thinker_config
+
+        return tiny_thinker_config("qwen2_5_omni", vocab_size, ids, hidden=64, layers=2, init_range=0.02)
+    text = dict(TEXT[name], **TEXT_COMMON)
+    hidden = text["hidden_size"]
+    config = Qwen2_5OmniThinkerConfig(text_config=text, vision_config=dict(VISION, out_hidden_size=hidden),
+                                      audio_config=dict(AUDIO, output_dim=hidden), **TOKENS)
+    config.vision_start_token_id, config.vision_end_token_id = 151652, 151653
+    config.pad_token_id, config.eos_token_id = 151643, 151645
+    return config
+
+
+def build_thinker(config, device, dtype, attn: str):
+    """Random thinker: constructed on the meta device, materialised on `device`, initialised there."""
+    import torch
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
+    model = model.to_empty(device=device)
+    model.init_weights()  # weights, and the rotary / sinusoid buffers `to_empty` left uninitialised
+    return model.eval()
+
+
+def build_processor(vocab: str):
+    from omni_grpo.testing import _build_processor, _build_tokenizer
+
+    tokenizer, ids = _build_tokenizer(vocab, 400)
+    return _build_processor(tokenizer, "qwen2_5_omni"), ids
+
+
+def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 255, (max(2, int(round(seconds * fps))), size[0], size[1], 3), dtype=np.uint8)
+    audio = (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+    return dict(id="bench", question="Why does the person in the video raise their voice?",
+                options=["They are nervous.", "They are excited.", "They are angry.", "They are bored."],
+                answer="B", problem_type="multiple_choice", frames=frames, fps=fps, audio=audio, sample_rate=16000)
+
+
+class Phases:
+    """Seconds and peak memory per phase (CUDA-synchronised on a GPU)."""
+
+    def __init__(self, device):
+        import torch
+
+        self.cuda = device.type == "cuda"
+        self.torch = torch
+        self.seconds: dict[str, float] = {}
+        self.peak_gb: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        torch = self.torch
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        yield
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak_gb[name] = torch.cuda.max_memory_allocated() / 2**30
+        self.seconds[name] = time.perf_counter() - start
+
+
+class Bench:
+    """One model x mode: the policy (and reference), inputs, optimizer; `step()` times one GRPO step."""
+
+    def __init__(self, args, name: str, mode: str, device):
+        import torch
+
+        from omni_grpo.config import LoraConfig, TrainConfig
+        from omni_grpo.models import get_module
+        from omni_grpo.models.base import base_thinker
+
+        self.args, self.name, self.mode, self.device = args, name, mode, device
+        self.dtype = torch.float32 if args.tiny and device.type == "cpu" else torch.bfloat16
+        self.module = get_module("qwen2_5_omni")
+        self.processor, ids = build_processor("tiny" if args.tiny else "qwen")
+        config = thinker_config(name, ids, max(ids.values()) + 1)
+        torch.manual_seed(0)
+        policy = build_thinker(config, device, self.dtype, args.attn)
+        for tower in self.module.tower_modules(policy).values():
+            tower.requires_grad_(False)
+        self.counts = _param_counts(policy, self.module)
+        if not args.no_gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.reference = None
+        if mode == "lora":
+            from peft import LoraConfig as PeftLora
+            from peft import get_peft_model
+
+            lm = self.module.language_model.replace(".", r"\.")
+            targets = "|".join(LoraConfig().target_modules)
+            towers = "|".join(p.split(".")[-1] for p in (self.module.vision_tower, self.module.audio_tower))
+            policy = get_peft_model(policy, PeftLora(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                                                     target_modules=rf".*{lm}\..*\.({targets})$",
+                                                     exclude_modules=rf".*\.({towers})\..*"))
+        elif args.beta > 0:
+            self.reference = build_thinker(thinker_config(name, ids, max(ids.values()) + 1), device, self.dtype,
+                                           args.attn).requires_grad_(False)
+        self.policy, self.thinker = policy, base_thinker(policy)
+        self.params = [p for p in policy.parameters() if p.requires_grad]
+        self.trainable = sum(p.numel() for p in self.params)
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-6)
+        sample = make_sample(args.seconds, args.fps, tuple(args.frame_size))
+        system = TrainConfig.__dataclass_fields__["system_prompt"].default
+        inputs = self.module.build_inputs(self.processor, [sample], system, True)
+        self.inputs = inputs.to(device, dtype=self.dtype)
+        self.prompt_tokens = int(inputs.attention_mask.sum())
+        self.vision_patches = int(inputs.pixel_values_videos.shape[0])
+        self.audio_frames = int(inputs.feature_attention_mask.sum()) // 2  # after the encoder's stride-2 conv
+        tok = self.processor.tokenizer
+        self.stop_ids, self.pad_id = self.module.stop_token_ids(tok), self.module.pad_token_id(tok)
+        self.banned = self.module.banned_token_ids(tok)
+        self.weights_gb = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else math.nan
+
+    def step(self) -> Phases:
+        import torch
+
+        from omni_grpo import core_algos
+        from omni_grpo.models.base import finish_completions, log_probs
+
+        a, g, c = self.args, self.args.generations, self.args.completion_length
+        ph = Phases(self.device)
+        inputs = self.inputs
+        with ph("encode"), torch.no_grad():
+            inputs.encoded = self.module.encode_media(self.policy, inputs)
+        with ph("rollout"), torch.no_grad(), _last_position_logits(self.thinker, a.last_logit_only):
+            expanded = inputs.repeat(g)
+            media = self.module.encoded_generate_kwargs(self.thinker, expanded)
+            out = self.thinker.generate(
+                input_ids=expanded.input_ids, attention_mask=expanded.attention_mask, **media, max_new_tokens=c,
+                min_new_tokens=c, do_sample=True, temperature=1.0, top_p=1.0, top_k=None,
+                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, suppress_tokens=self.banned, use_cache=True)
+            comps = finish_completions(out[:, expanded.input_ids.shape[1]:], self.stop_ids, self.pad_id)
+        # Forced length: no stop token ends a row, so every completion token is scored.
+        ids, mask = comps.completion_ids, torch.ones_like(comps.completion_ids)
+        rows = inputs.repeat(g)
+        advantages = core_algos.group_advantages(torch.randn(g, device=self.device), g)
+        mb = a.micro_batch or g
+        ref = None
+        if a.beta > 0:
+            with ph("ref"), torch.no_grad():
+                parts = []
+                for s in range(0, g, mb):
+                    part = rows.select(list(range(s, s + mb)))
+                    if self.reference is not None:
+                        parts.append(log_probs(self.module, self.reference, part, ids[s:s + mb], mask[s:s + mb])[0])
+                    else:
+                        with self.policy.disable_adapter():
+                            parts.append(log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb])[0])
+                ref = torch.cat(parts)
+        with ph("policy"), _training(self.thinker, not a.eval_mode_update):
+            tokens, seqs = mask.sum().float(), torch.tensor(float(g), device=self.device)
+            for s in range(0, g, mb):
+                part = rows.select(list(range(s, s + mb)))
+                lp, _ = log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb])
+                loss, _ = core_algos.policy_loss(
+                    lp, lp.detach(), advantages[s:s + mb], mask[s:s + mb].to(lp.dtype), 0.2, 0.2, "token_mean",
+                    ref_log_probs=None if ref is None else ref[s:s + mb], beta=a.beta, global_tokens=tokens,
+                    global_seqs=seqs, max_length=c)
+                loss.backward()
+        with ph("optimizer"):
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        inputs.encoded = None
+        return ph
+
+    def flops(self) -> dict[str, float]:
+        """Counted FLOPs per phase (see the module docstring)."""
+        g, c, n = self.args.generations, self.args.completion_length, self.counts
+        lm_tokens = g * (self.prompt_tokens + c)
+        lm_pass = n["decoder"] * lm_tokens + n["lm_head"] * g * c  # parameters x tokens of one forward
+        towers = 2 * (n["vision"] * self.vision_patches + n["audio"] * self.audio_frames)
+        return {"encode": towers, "ref": 2 * lm_pass if self.args.beta > 0 else 0.0, "policy": 6 * lm_pass,
+                "rollout": 2 * (n["decoder"] + n["lm_head"]) * g * c}
+
+    def close(self) -> None:
+        import torch
+
+        self.policy = self.thinker = self.reference = self.optimizer = self.params = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _param_counts(model, module) -> dict[str, int]:
+    from omni_grpo.models.base import _getattr_path
+
+    lm = _getattr_path(model, module.language_model)
+    embed = lm.embed_tokens.weight.numel()
+    return {"decoder": sum(p.numel() for p in lm.parameters()) - embed, "lm_head": model.lm_head.weight.numel(),
+            "embed": embed, "vision": sum(p.numel() for p in _getattr_path(model, module.vision_tower).parameters()),
+            "audio": sum(p.numel() for p in _getattr_path(model, module.audio_tower).parameters())}
+
+
+@contextlib.contextmanager
+def _training(thinker, enabled: bool = True):
+    """Training mode for the gradient pass only: Hugging Face checkpoints a decoder layer only when `training`."""
+    if not enabled:
+        yield
+        return
+    was = thinker.training
+    thinker.train()
+    try:
+        yield
+    finally:
+        thinker.train(was)
+
+
+@contextlib.contextmanager
+def _last_position_logits(thinker, enabled: bool):
+    """With `enabled`, the LM head sees only the last position during generation (it keeps only that one)."""
+    if not enabled:
+        yield
+        return
+    handle = thinker.lm_head.register_forward_pre_hook(lambda _m, a: (a[0][:, -1:],))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def run(args, name: str, mode: str, device) -> dict:
+    """Warm-up and timed steps of one model x mode; an out-of-memory error is reported, not raised."""
+    import torch
+
+    rec = {"model": name, "mode": mode, "device": str(device), "error": None}
+    bench = None
+    try:
+        bench = Bench(args, name, mode, device)
+        rec.update(prompt_tokens=bench.prompt_tokens, trainable=bench.trainable, params=bench.counts,
+                   weights_gb=bench.weights_gb)
+        steps = [bench.step() for _ in range(args.warmup + args.steps)][args.warmup:]
+        seconds = {p: statistics.median(s.seconds.get(p, 0.0) for s in steps) for p in PHASES}
+        peak = {p: max((s.peak_gb.get(p, math.nan) for s in steps), default=math.nan) for p in PHASES}
+        flops = bench.flops()
+        update_s = seconds["encode"] + seconds["policy"] + seconds["optimizer"]
+        update_flops = flops["encode"] + flops["policy"]
+        rec.update(seconds=seconds, peak_gb=peak, flops=flops,
+                   rollout_tokens_per_s=args.generations * args.completion_length / seconds["rollout"],
+                   update_s=update_s, update_tflops=update_flops / update_s / 1e12,
+                   ref_tflops=flops["ref"] / seconds["ref"] / 1e12 if seconds["ref"] else math.nan,
+                   step_s=sum(seconds.values()))
+        rec["update_mfu"] = rec["update_tflops"] / args.peak_tflops if device.type == "cuda" else math.nan
+    except torch.cuda.OutOfMemoryError as exc:
+        rec["error"] = f"out of GPU memory: {str(exc).splitlines()[0][:200]}"
+    finally:
+        if bench is not None:
+            bench.close()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def table(records: list[dict], args) -> str:
+    head = ("| model | mode | prompt tok | trainable | rollout tok/s | encode s | rollout s | ref s | policy s | "
+            "optimizer s | update TFLOP/s | update MFU | ref TFLOP/s | peak GB enc/roll/ref/pol/opt |\n|"
+            + "---|" * 14)
+    lines = [head]
+    for r in records:
+        if r["error"]:
+            lines.append(f"| {r['model']} | {r['mode']} | {r.get('prompt_tokens', '—')} | — | " + " | ".join(
+                ["—"] * 9) + f" | {r['error']} |")
+            continue
+        s, pk = r["seconds"], r["peak_gb"]
+        mfu = f"{100 * r['update_mfu']:.1f}%" if math.isfinite(r["update_mfu"]) else "—"
+        peaks = "/".join("—" if not math.isfinite(pk[p]) else f"{pk[p]:.1f}" for p in PHASES)
+        lines.append(
+            f"| {r['model']} | {r['mode']} | {r['prompt_tokens']} | {r['trainable'] / 1e6:.3g}M | "
+            f"{r['rollout_tokens_per_s']:.1f} | {s['encode']:.3f} | {s['rollout']:.2f} | {s['ref']:.3f} | "
+            f"{s['policy']:.3f} | {s['optimizer']:.3f} | {r['update_tflops']:.3g} | {mfu} | {r['ref_tflops']:.3g} | "
+            f"{peaks} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["3b", "7b"], choices=["3b", "7b"])
+    p.add_argument("--modes", nargs="+", default=["lora", "full"], choices=["lora", "full"])
+    p.add_argument("--generations", type=int, default=8, help="G (default: 8)")
+    p.add_argument("--completion-length", type=int, default=512, help="forced new tokens (default: 512)")
+    p.add_argument("--seconds", type=float, default=30.0, help="clip length (default: 30)")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second (default: 2)")
+    p.add_argument("--frame-size", type=int, nargs=2, default=[140, 224], metavar=("H", "W"),
+                   help="frame size, multiples of 28 (default: 140 224: ~2k prompt tokens at 30 s)")
+    p.add_argument("--micro-batch", type=int, default=0, help="rows per log-prob pass; 0 = all G (default)")
+    p.add_argument("--beta", type=float, default=0.04, help="KL coefficient; 0 = no reference pass")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r, default r: 16)")
+    p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--no-gradient-checkpointing", action="store_true")
+    p.add_argument("--eval-mode-update", action="store_true",
+                   help="leave the model in eval mode for the policy pass, as omni_grpo.trainer does today: gradient "
+                        "checkpointing is then silently off (see RESULTS.md)")
+    p.add_argument("--last-logit-only", action="store_true",
+                   help="project the vocabulary only at the last position during generation (the fix RESULTS.md "
+                        "recommends); default: as the package does today")
+    p.add_argument("--steps", type=int, default=2, help="timed steps (default: 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    p.add_argument("--tiny", action="store_true",
+                   help="the test kit's tiny thinker, G=2, 8 tokens, a 2 s clip of 56x84 frames; runs on CPU")
+    args = p.parse_args(argv)
+    if args.tiny:
+        args.models, args.modes = ["tiny"], args.modes
+        args.generations, args.completion_length, args.seconds = 2, 8, 2.0
+        args.frame_size, args.steps, args.warmup = [56, 84], 1, 1
+    if args.micro_batch and args.generations % args.micro_batch:
+        p.error(f"--micro-batch {args.micro_batch} must divide G={args.generations}")
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    import logging
+    import warnings
+
+    import torch
+    import transformers
+
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore")
+    transformers.logging.set_verbosity_error()
+    logging.getLogger("omni_grpo").setLevel(logging.ERROR)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"gpu benchmark on {where}; torch {torch.__version__}, transformers {transformers.__version__}; "
+          f"G={args.generations}, {args.completion_length} forced tokens, {args.seconds:g} s clip at {args.fps:g} fps "
+          f"({args.frame_size[0]}x{args.frame_size[1]}), attn {args.attn}, gradient checkpointing "
+          f"{'off' if args.no_gradient_checkpointing else 'on'}"
+          f"{' (inactive: eval-mode update)' if args.eval_mode_update else ''}, beta {args.beta}"
+          f"{', last-position logits in generate' if args.last_logit_only else ''}", flush=True)
+    records = []
+    for name in args.models:
+        for mode in args.modes:
+            rec = run(args, name, mode, device)
+            records.append(rec)
+            status = rec["error"] or f"step {rec['step_s']:.2f} s, rollout {rec['rollout_tokens_per_s']:.1f} tok/s"
+            print(f"[{name} {mode}] {status}", flush=True)
+    print(table(records, args))
+    if args.json:
+        args.json.write_text(json.dumps(records, indent=1, default=str))
+    return records
+
+
+if __name__ == "__main__":
+    main()

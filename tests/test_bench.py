@@ -1,0 +1,126 @@
+"""The benchmarks run: gpu_bench on a tiny config on CPU, step_bench on a tiny configuration, and their checks."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gpu_bench():
+    return load("gpu_bench")
+
+
+@pytest.fixture(scope="module")
+def step_bench():
+    return load("step_bench")
+
+
+def test_gpu_bench_tiny_runs_on_cpu(gpu_bench, tmp_path):
+    records = gpu_bench.main(["--tiny", "--device", "cpu", "--json", str(tmp_path / "out.json")])
+    assert [(r["model"], r["mode"]) for r in records] == [("tiny", "lora"), ("tiny", "full")]
+    for r in records:
+        assert r["error"] is None, r["error"]
+        assert r["prompt_tokens"] > 100  # the clip's video and audio tokens are in the prompt
+        assert r["rollout_tokens_per_s"] > 0 and r["update_tflops"] > 0 and r["ref_tflops"] > 0
+        assert all(r["seconds"][p] > 0 for p in gpu_bench.PHASES)
+        assert math.isnan(r["update_mfu"])  # no MFU against a GPU peak on a CPU
+    lora, full = records
+    assert 0 < lora["trainable"] < full["trainable"]
+    assert (tmp_path / "out.json").exists()
+
+
+def test_real_configs_have_the_released_shapes(gpu_bench):
+    """Built on the meta device only: 3B and 7B thinkers with the released sizes (no memory needed)."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    from omni_grpo.models import get_module
+
+    module = get_module("qwen2_5_omni")
+    totals = {}
+    for name, vocab, hidden in (("3b", 151936, 2048), ("7b", 152064, 3584)):
+        config = gpu_bench.thinker_config(name)
+        assert config.text_config.vocab_size == vocab and config.text_config.hidden_size == hidden
+        assert config.vision_config.hidden_size == 1280 and config.vision_config.depth == 32
+        assert config.vision_config.out_hidden_size == hidden and config.audio_config.output_dim == hidden
+        assert config.audio_config.d_model == 1280 and config.audio_config.encoder_layers == 32
+        with torch.device("meta"):
+            model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
+        counts = gpu_bench._param_counts(model, module)
+        totals[name] = sum(p.numel() for p in model.parameters())
+        assert 0.6e9 < counts["vision"] < 0.7e9 and 0.6e9 < counts["audio"] < 0.7e9
+    assert 4.6e9 < totals["3b"] < 4.8e9  # the 3B thinker with its own lm_head
+    assert 8.8e9 < totals["7b"] < 9.0e9  # the 7B thinker (8.9B parameters)
+
+
+def test_meta_build_restores_the_buffers(gpu_bench):
+    """`to_empty` leaves the rotary and sinusoid buffers uninitialised; `build_thinker` recomputes them."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    processor, ids = gpu_bench.build_processor("tiny")
+    config = gpu_bench.thinker_config("tiny", ids, max(ids.values()) + 1)
+    built = gpu_bench.build_thinker(config, torch.device("cpu"), torch.float32, "sdpa")
+    plain = Qwen2_5OmniThinkerForConditionalGeneration(gpu_bench.thinker_config("tiny", ids, max(ids.values()) + 1))
+    expected = dict(plain.named_buffers())
+    got = dict(built.named_buffers())
+    assert set(got) == set(expected) and got
+    for name, buffer in expected.items():
+        assert torch.allclose(got[name], buffer), name
+    assert all(torch.isfinite(p).all() for p in built.parameters())
+
+
+def test_gpu_bench_policy_pass_checkpoints_and_rollout_does_not(gpu_bench):
+    """Hugging Face checkpoints a decoder layer only in training mode: the policy pass must be in it (or
+    gradient checkpointing does nothing), generation must not (or the KV cache is switched off)."""
+    args = gpu_bench.parse_args(["--tiny"])
+    bench = gpu_bench.Bench(args, "tiny", "lora", torch.device("cpu"))
+    layer = bench.thinker.model.language_model.layers[0]
+    seen = []
+    handle = layer.register_forward_pre_hook(lambda m, a: seen.append((torch.is_grad_enabled(), m.training)))
+    try:
+        bench.step()
+    finally:
+        handle.remove()
+        bench.close()
+    assert layer.gradient_checkpointing
+    assert {training for grad, training in seen if grad} == {True}
+    assert {training for grad, training in seen if not grad} == {False}
+
+
+def test_step_bench_tiny_configuration_counts_tower_calls(step_bench, tmp_path):
+    """One round of ours and the anchor (and TRL when installed) on a 1 s clip; tower calls per step: ours
+    encodes once (1 video + 1 audio), the anchor runs both towers in each of G generates, G reference rows
+    and G policy rows; TRL passes no media."""
+    systems = ["ours", "anchor"] + (["trl"] if importlib.util.find_spec("trl") else [])
+    g = 2
+    records = step_bench.main([
+        "--models", "64x2:tiny", "--generations", str(g), "--seconds", "1", "--systems", *systems,
+        "--steps", "1", "--warmup", "0", "--completion-length", "4", "--clips", "1", "--size", "56", "84",
+        "--video-fps", "8", "--micro-batch", "2", "--workdir", str(tmp_path / "work")])
+    (rec,) = records
+    assert rec["errors"] == {}
+    summary = rec["summary"]
+    assert summary["ours"]["tower_calls"] == 2
+    assert summary["anchor"]["tower_calls"] == 6 * g
+    # Same prompt with its media; preprocess cuts the audio at the end of the video stream where qwen-omni-utils
+    # keeps the AAC encoder's padding (preprocess/media.py), which can add one audio token on a short clip.
+    assert abs(summary["ours"]["prompt_tokens"] - summary["anchor"]["prompt_tokens"]) <= 1
+    if "trl" in summary:
+        assert summary["trl"]["tower_calls"] == 0
+        assert summary["trl"]["prompt_tokens"] < summary["ours"]["prompt_tokens"]  # text only
+    for name in systems:
+        assert summary[name]["steps_per_s"] > 0 and summary[name]["samples_per_s"] == pytest.approx(
+            g * summary[name]["steps_per_s"])
