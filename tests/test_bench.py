@@ -11,6 +11,26 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
+
+@pytest.fixture(autouse=True)
+def _restore_global_logging():
+    """The bench `main()`s quiet loggers and warnings process-wide (right for a CLI); put them back so the
+    tests that run later in this process still see warnings (log-capture tests in other files)."""
+    import logging
+    import warnings
+
+    import transformers
+
+    names = ("qwen_omni_utils", "transformers", "omni_grpo", "trl", "accelerate", "root")
+    levels = {n: logging.getLogger(n).level for n in names}
+    filters = list(warnings.filters)
+    verbosity = transformers.logging.get_verbosity()
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    warnings.filters[:] = filters
+    transformers.logging.set_verbosity(verbosity)
+
 def load(name):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
