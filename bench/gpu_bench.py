@@ -235,7 +235,8 @@ class Bench:
             tokens, seqs = mask.sum().float(), torch.tensor(float(g), device=self.device)
             for s in range(0, g, mb):
                 part = rows.select(list(range(s, s + mb)))
-                lp, _ = log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb])
+                # with_entropy as in the trainer's policy pass (its metrics log the entropy)
+                lp, _ = log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb], with_entropy=True)
                 loss, _ = core_algos.policy_loss(
                     lp, lp.detach(), advantages[s:s + mb], mask[s:s + mb].to(lp.dtype), 0.2, 0.2, "token_mean",
                     ref_log_probs=None if ref is None else ref[s:s + mb], beta=a.beta, global_tokens=tokens,
