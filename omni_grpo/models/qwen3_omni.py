@@ -96,49 +96,6 @@ class Qwen3OmniModule(Qwen25OmniModule):
         dummy = sum(dummies) * 0.0 if dummies else None
         return EncodedMedia(video=video, audio=audio, dummy=dummy, video_deepstack=deepstack)
 
-    def _embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor, splice_video: bool = True):
-        """(embeddings, TMRoPE positions, encoded media) for `ids`; video slots keep their token embedding
-        when `splice_video` is False (the thinker's own forward fills them)."""
-        thinker = base_thinker(model)
-        cfg = thinker.config
-        embeds = thinker.get_input_embeddings()(ids)  # [N, L, H]
-        enc = inputs.encoded if inputs.encoded is not None else self.encode_media(thinker, inputs)
-        slots_feats = ((cfg.video_token_id, enc.video, "video"), (cfg.audio_token_id, enc.audio, "audio"))
-        for token_id, feats, name in slots_feats:
-            slots = ids == token_id
-            n_slots = int(slots.sum())
-            n_feats = sum(f.shape[0] for f in feats)
-            if n_slots != n_feats:
-                raise ValueError(
-                    f"{name} tokens and {name} features do not match: {n_slots} placeholder tokens, {n_feats} "
-                    "feature rows. The inputs were not built by build_inputs, or a completion contains a media token."
-                )
-            if n_slots and (name == "audio" or splice_video):
-                values = torch.cat(feats).to(embeds.dtype)
-                embeds = embeds.masked_scatter(slots.unsqueeze(-1), values)
-        if enc.dummy is not None:
-            embeds = embeds + enc.dummy.to(embeds.dtype)
-        audio_seqlens = inputs.feature_attention_mask.sum(-1) if inputs.feature_attention_mask is not None else None
-        position_ids, _ = thinker.model.get_rope_index(
-            ids,
-            None,
-            inputs.video_grid_thw,
-            mask,
-            inputs.use_audio_in_video,
-            audio_seqlens,
-            inputs.video_second_per_grid,
-        )
-        return embeds, position_ids, enc
-
-    def embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor):
-        """Token embeddings of `ids` with the video / audio embeddings spliced in, and TMRoPE positions.
-
-        Uses `inputs.encoded` when present (encode once), else runs the towers now (with gradient if they
-        are trainable). Positions come from the thinker's own `get_rope_index` with the batch's flag.
-        """
-        embeds, position_ids, _ = self._embed(model, inputs, ids, mask)
-        return embeds, position_ids
-
     def language_model_inputs(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor) -> dict:
         """Embeddings and positions, plus the deepstack features and the mask of the video positions they
         are added to: the arguments the Hugging Face thinker forward gives its language model."""
