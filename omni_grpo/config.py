@@ -94,7 +94,8 @@ class LoraConfig:
     enabled: bool = field(default=False, metadata=_help("Train LoRA adapters instead of all language-model weights."))
     r: int = field(default=16, metadata=_help("LoRA rank."))
     alpha: int = field(default=32, metadata=_help("LoRA scaling numerator (scale = alpha / r)."))
-    dropout: float = field(default=0.05, metadata=_help("Dropout on the LoRA input, in [0, 1)."))
+    dropout: float = field(default=0.0, metadata=_help(
+        "Dropout on the LoRA input, in [0, 1). Above 0, KL(π‖π_ref) is no longer exactly 0 at step 0."))
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata=_help("Linear-layer names that get adapters, matched inside the language model only."),

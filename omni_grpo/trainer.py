@@ -166,8 +166,10 @@ class GRPOTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("nothing to train: every parameter is frozen (check lora / freeze_* options)")
+        # fused: one kernel over all parameters (CPU and CUDA) instead of torch's per-tensor loop on CPU.
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                      eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+                                      eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay,
+                                      fused=self.ds_config is None)
         from transformers import get_scheduler
 
         scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
@@ -336,7 +338,7 @@ class GRPOTrainer:
         mb = cfg.update_micro_batch_size
         parts: list[dict] = []
         skipped = False
-        with self.timer("update"):
+        with self.timer("update"), training_mode(self.policy):
             for _ in range(cfg.num_iterations):
                 for rollout in rollouts:
                     for start in range(0, rollout.num_rows, mb):
@@ -517,6 +519,22 @@ class GRPOTrainer:
             import torch.distributed as dist
 
             dist.barrier()
+
+
+@contextmanager
+def training_mode(model):
+    """The policy in training mode for the gradient passes only.
+
+    Hugging Face checkpoints a decoder layer only when the layer is `training`, and `from_pretrained` returns
+    the model in eval mode: without this, `gradient_checkpointing` does nothing. Generation and the no-grad
+    passes stay in eval mode, where the KV cache is kept.
+    """
+    was = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was)
 
 
 class base_thinker_adapter_disabled:

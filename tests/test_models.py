@@ -391,3 +391,45 @@ def test_frozen_head_log_probs_gradient_matches_autograd():
     (ref_lp * g_lp + ref_ent * g_ent).sum().backward()
     assert torch.allclose(lp, ref_lp) and torch.allclose(ent, ref_ent)
     assert torch.allclose(ours, hidden.grad, atol=1e-10)
+
+
+def test_audio_features_padded_to_the_clip_equal_the_300_s_features(tiny, samples, monkeypatch):
+    """build_inputs pads Whisper features to the longest clip, not to 300 s: every kept frame must equal
+    the processor's default (300 s) features — including a silent clip and one that ends loud (Whisper's
+    log-mel clamp uses the maximum over the padded window)."""
+    _, _, processor = tiny
+    loud_end = make_sample(2, seconds=1.5)
+    loud_end["audio"][-800:] = 0.9
+    silent = make_sample(3, seconds=0.7)
+    silent["audio"][:] = 0.0
+    batch = [*samples, loud_end, silent]
+    fe = processor.feature_extractor
+    asked, extract = [], type(fe).__call__
+    monkeypatch.setattr(type(fe), "__call__", lambda self, *a, **k: (asked.append(k.get("max_length")), extract(self, *a, **k))[1])
+    inputs = build(tiny, batch)
+    monkeypatch.undo()
+    assert asked and all(n is not None and n < 16000 * 4 for n in asked)  # extraction covers ~the clip, not 300 s
+    full = fe([s["audio"] for s in batch], sampling_rate=16000, padding="max_length", return_attention_mask=True,
+              return_tensors="pt")
+    assert full["input_features"].shape[-1] == fe.n_samples // fe.hop_length == 30000  # the default: 300 s
+    used = inputs.input_features.shape[-1]
+    assert used == int(full["attention_mask"].sum(-1).max()) < 1000
+    assert torch.equal(inputs.feature_attention_mask, full["attention_mask"][:, :used])
+    keep = inputs.feature_attention_mask.bool()
+    assert torch.equal(inputs.input_features.transpose(1, 2)[keep], full["input_features"][:, :, :used].transpose(1, 2)[keep])
+
+
+def test_generate_projects_only_the_last_position_onto_the_vocabulary(tiny, samples):
+    """The thinkers have no `logits_to_keep`: without the head hook the prefill computes [B*G, P, V] logits
+    for one row's worth of use. The result is unchanged (test_greedy_rollout_equals_plain_generate...) and the
+    hook is gone afterwards (log-prob passes need every position)."""
+    module, model, _ = tiny
+    inputs = build(tiny, samples)
+    seen = []
+    handle = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    try:
+        greedy(tiny, inputs, g=2, n=3)
+    finally:
+        handle.remove()
+    assert seen and all(shape[1] == 1 for shape in seen)
+    assert not model.lm_head._forward_pre_hooks and not model.lm_head._forward_hooks

@@ -130,3 +130,38 @@ def test_video_decode_counter_is_measured(tiny_model_dir, tiny_shards, tmp_path,
 
     monkeypatch.setattr(trainer, "_rollout", decoding_rollout)
     assert trainer.step()["counters/video_decodes"] == 1.0
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_update_runs_in_training_mode_so_checkpointing_recomputes(tiny_model_dir, tiny_shards, tmp_path,
+                                                                   checkpointing):
+    """Hugging Face checkpoints a decoder layer only in training mode and `from_pretrained` returns eval mode:
+    the update must switch the policy to training mode, or `gradient_checkpointing` saves nothing. With it on,
+    a decoder layer's MLP starts twice per backward (forward + recompute), once without; rollouts stay in eval.
+    (A pre-hook: transformers checkpoints the layer's `forward`, so the layer's own hooks do not see the
+    recompute, and torch stops the recompute early, before an MLP's forward hook would fire.)"""
+    from omni_grpo.models.base import _getattr_path, base_thinker
+
+    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=1, beta=0.0,
+                                      gradient_checkpointing=checkpointing))
+    mlp = _getattr_path(base_thinker(trainer.policy), trainer.module.language_model).layers[0].mlp
+    phase = {"now": "rollout"}
+    seen = {"rollout": [], "update": []}
+    mlp.register_forward_pre_hook(lambda m, args: seen[phase["now"]].append(m.training))
+    backwards = []
+    engine_backward, update = trainer.engine.backward, trainer._update
+    trainer.engine.backward = lambda loss: (backwards.append(1), engine_backward(loss))
+
+    def in_update(*args, **kwargs):
+        phase["now"] = "update"
+        try:
+            return update(*args, **kwargs)
+        finally:
+            phase["now"] = "rollout"
+
+    trainer._update = in_update
+    trainer.step()
+    assert seen["rollout"] and not any(seen["rollout"])
+    assert backwards and seen["update"] and all(seen["update"])
+    assert len(seen["update"]) == (2 if checkpointing else 1) * len(backwards)
+    assert not trainer.policy.training  # back in eval mode for the next rollout
