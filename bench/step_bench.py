@@ -21,8 +21,6 @@ with the same sampling settings, rewards (format + accuracy), β, learning rate 
   every pass, over G copies of the video and audio). Flattering departures, so that it fits in memory:
   log-softmax over the completion positions only (the projects take it over the whole sequence), and it
   skips the entropy the others compute for their metrics.
-* **ours_fix** (only when asked for with ``--systems``) — ours with the three changes bench/RESULTS.md
-  recommends, applied from outside the package, to measure their effect before anyone edits it.
 
 TRL's fused LM head scores only the completion positions where Triton runs (GPUs) and every position of
 prompt + completion elsewhere; the bench measures its GPU behaviour (same torch code, compact selection)
@@ -57,7 +55,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SYSTEMS = ("ours", "trl", "anchor")
-ALL_SYSTEMS = ("ours", "ours_fix", "trl", "anchor")
 PHASES = ("data", "encode", "rollout", "rewards", "ref", "old", "policy", "optimizer")
 REWARDS = ["format", "accuracy"]
 
@@ -197,81 +194,6 @@ class Ours:
 
     def close(self) -> None:
         self.trainer.writer.close()
-
-
-class OursFixed(Ours):
-    """Ours with the three changes recommended in bench/RESULTS.md, applied from outside (nothing in the
-    package changes): the vocabulary projection of `generate` for the last position only (the thinker has no
-    `logits_to_keep`, so its prefill projects every prompt position and `generate` keeps one), a fused AdamW,
-    and Whisper features padded to the clip's length instead of 300 s (same features, see RESULTS.md)."""
-
-    name = "ours_fix"
-
-    def __init__(self, s: Settings):
-        import torch
-        from transformers import get_scheduler
-
-        import omni_grpo.trainer as trainer_module
-        from omni_grpo.models.base import base_thinker
-
-        super().__init__(s)
-        thinker = base_thinker(self.trainer.policy)
-        _LAST_POSITION_ONLY.add(id(thinker))
-        if trainer_module.generate is not _generate_last_position:
-            _ORIGINAL_GENERATE.append(trainer_module.generate)
-            trainer_module.generate = _generate_last_position
-        engine = self.trainer.engine
-        old = engine.optimizer
-        engine.optimizer = torch.optim.AdamW(old.param_groups[0]["params"], lr=s.learning_rate, betas=(0.9, 0.999),
-                                             eps=1e-8, weight_decay=0.0, fused=True)
-        engine.scheduler = get_scheduler("constant", engine.optimizer)
-        self.trainer.collate.processor = _LengthPaddedAudio(self.trainer.collate.processor)
-        self._thinker_id = id(thinker)
-
-    def close(self) -> None:
-        import omni_grpo.trainer as trainer_module
-
-        super().close()
-        _LAST_POSITION_ONLY.discard(self._thinker_id)
-        if not _LAST_POSITION_ONLY and _ORIGINAL_GENERATE:
-            trainer_module.generate = _ORIGINAL_GENERATE.pop()
-
-
-class _LengthPaddedAudio:
-    """A processor whose Whisper features are padded to the longest audio of the call, not to 300 s."""
-
-    def __init__(self, processor):
-        self._processor = processor
-
-    def __getattr__(self, name):
-        return getattr(self._processor, name)
-
-    def __call__(self, *args, **kwargs):
-        audio = kwargs.get("audio")
-        if audio:
-            fe = self._processor.feature_extractor
-            longest = max(len(a) for a in audio) // fe.hop_length + 4  # a few frames past the end: same features
-            kwargs["audio_kwargs"] = {"max_length": min(longest * fe.hop_length, fe.n_samples)}
-        return self._processor(*args, **kwargs)
-
-
-_LAST_POSITION_ONLY: set[int] = set()
-_ORIGINAL_GENERATE: list = []
-
-
-def _generate_last_position(module, model, *args, **kwargs):
-    """`omni_grpo.models.generate` with a pre-hook that hands the LM head the last position only."""
-    from omni_grpo.models.base import base_thinker
-
-    original = _ORIGINAL_GENERATE[-1]
-    thinker = base_thinker(model)
-    if id(thinker) not in _LAST_POSITION_ONLY:
-        return original(module, model, *args, **kwargs)
-    handle = thinker.lm_head.register_forward_pre_hook(lambda _m, a: (a[0][:, -1:],))
-    try:
-        return original(module, model, *args, **kwargs)
-    finally:
-        handle.remove()
 
 
 # ------------------------------------------------------------------------------------------------- TRL
@@ -603,8 +525,6 @@ def prepare_data(work: Path, seconds: float, args) -> tuple[Path, Path]:
 def make_system(name: str, s: Settings, rounds: int, trl_gpu_path: bool = True):
     if name == "ours":
         return Ours(s)
-    if name == "ours_fix":
-        return OursFixed(s)
     if name == "trl":
         return TRL(s, total_steps=rounds, gpu_path=trl_gpu_path)
     return Anchor(s)
@@ -687,7 +607,7 @@ def tables(records: list[dict]) -> str:
     lines = [head]
     for rec in records:
         summ, ours = rec["summary"], rec["summary"].get("ours")
-        for name in ALL_SYSTEMS:
+        for name in SYSTEMS:
             if name not in rec["systems"]:
                 continue
             if name not in summ:
@@ -715,7 +635,7 @@ def tables(records: list[dict]) -> str:
     lines.append("| model | G | clip | system | " + " | ".join(cols) + " | other | step |\n|" +
                  "---|" * (len(cols) + 6))
     for rec in records:
-        for name in ALL_SYSTEMS:
+        for name in SYSTEMS:
             x = rec["summary"].get(name)
             if x is None:
                 continue
@@ -736,8 +656,8 @@ def parse_args(argv=None):
                    help="HIDDENxLAYERS[:tiny|qwen] of the tiny kit (default: 64x2:tiny 256x4:qwen)")
     p.add_argument("--generations", type=int, nargs="+", default=[4, 8], help="G values (default: 4 8)")
     p.add_argument("--seconds", type=float, nargs="+", default=[3.0, 30.0], help="clip lengths (default: 3 30)")
-    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=ALL_SYSTEMS,
-                   help="default: ours trl anchor; ours_fix = ours with the changes RESULTS.md recommends")
+    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
+                   help="default: ours trl anchor")
     p.add_argument("--steps", type=int, default=3, help="timed rounds per configuration (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--completion-length", type=int, default=16, help="max new tokens (default: 16)")

@@ -237,6 +237,14 @@ class TrainConfig:
             "0 = all rows of a micro-step at once."
         ),
     )
+    share_prompt: bool = field(
+        default=True,
+        metadata=_help(
+            "In the log-prob passes, run each prompt through the language model once per micro-batch and let "
+            "its G completions attend to that one copy (the same result up to float rounding; the prompt's "
+            "compute and activation memory drop G-fold when a micro-batch holds whole groups)."
+        ),
+    )
     gradient_accumulation_steps: int = field(
         default=1,
         metadata=_help("Micro-steps per optimizer step (leave it `auto` in the DeepSpeed JSON)."),

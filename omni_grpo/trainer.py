@@ -313,16 +313,17 @@ class GRPOTrainer:
     def _reference_and_old(self, rollout: Rollout, beta: float) -> None:
         cfg = self.cfg
         args = (rollout.inputs, rollout.completion_ids, rollout.completion_mask)
+        share = {"share_prompt": cfg.share_prompt}
         if beta > 0 or cfg.beta > 0:
             with self.timer("ref_log_probs"), torch.no_grad():
                 if self.reference is not None:
-                    rollout.ref_log_probs, _ = log_probs(self.module, self.reference, *args, temperature=1.0)
+                    rollout.ref_log_probs, _ = log_probs(self.module, self.reference, *args, **share)
                 else:  # LoRA: the base model with the adapter switched off is the reference
                     with base_thinker_adapter_disabled(self.policy):
-                        rollout.ref_log_probs, _ = log_probs(self.module, self.policy, *args)
+                        rollout.ref_log_probs, _ = log_probs(self.module, self.policy, *args, **share)
         if cfg.num_iterations > 1:
             with self.timer("old_log_probs"), torch.no_grad():
-                rollout.old_log_probs, _ = log_probs(self.module, self.policy, *args)
+                rollout.old_log_probs, _ = log_probs(self.module, self.policy, *args, **share)
 
     def _update(self, rollouts: list[Rollout], beta: float) -> dict:
         """μ passes over the step's rows; loss normalised by the step's global token/sequence counts."""
@@ -370,7 +371,7 @@ class GRPOTrainer:
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs):
         cfg = self.cfg
         lp, entropy = log_probs(self.module, self.policy, part.inputs, part.completion_ids, part.completion_mask,
-                                with_entropy=True)
+                                with_entropy=True, share_prompt=cfg.share_prompt)
         old = part.old_log_probs if part.old_log_probs is not None else lp.detach()
         mask = part.completion_mask.to(lp.dtype)
         loss, m = core_algos.policy_loss(

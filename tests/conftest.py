@@ -24,6 +24,25 @@ def tiny(tiny_model_dir):
     return module, model, processor
 
 
+@pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory):
+    from omni_grpo.testing import build_tiny_model
+
+    # 3 decoder layers: room for 2 deepstack levels that both reach the logits
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen3_omni", family="qwen3_omni", seed=0, layers=3)
+
+
+@pytest.fixture(scope="session")
+def qwen3(qwen3_dir):
+    """(module, model, processor) for the Qwen3-Omni-MoE kit — shared: tests must not change its weights."""
+    from omni_grpo.models import get_module
+
+    module = get_module("qwen3_omni")
+    model = module.load_model(qwen3_dir)
+    model.eval()
+    return module, model, module.load_processor(qwen3_dir)
+
+
 def make_sample(i: int, frames: int = 4, height: int = 56, width: int = 84, seconds: float = 2.0,
                 audio: bool = True, seed: int = 0) -> dict:
     """An in-memory training sample as `preprocess.shards.load` returns it (sizes multiples of 28)."""

@@ -215,12 +215,12 @@ def test_g_copies_give_identical_rows_and_scrambled_patches_do_not(tiny, samples
     same = comps.completion_ids[[0, 0, 0]], comps.completion_mask[[0, 0, 0]]
     rep = inputs.select([0]).repeat(g)
     with torch.no_grad():
-        lp, _ = log_probs(module, model, rep, *same)
+        lp, _ = log_probs(module, model, rep, *same, share_prompt=False)  # every row runs its own media
     assert torch.equal(lp[0], lp[1]) and torch.equal(lp[1], lp[2])
     bad = copy.copy(rep)
     bad.pixel_values_videos = inputs.select([0]).pixel_values_videos.repeat_interleave(g, dim=0)
     with torch.no_grad():
-        lp_bad, _ = log_probs(module, model, bad, *same)
+        lp_bad, _ = log_probs(module, model, bad, *same, share_prompt=False)
     assert not torch.allclose(lp_bad[1], lp[1])
 
 

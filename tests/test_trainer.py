@@ -132,17 +132,12 @@ def test_video_decode_counter_is_measured(tiny_model_dir, tiny_shards, tmp_path,
     assert trainer.step()["counters/video_decodes"] == 1.0
 
 
-@pytest.mark.parametrize("checkpointing", [True, False])
-def test_update_runs_in_training_mode_so_checkpointing_recomputes(tiny_model_dir, tiny_shards, tmp_path,
-                                                                   checkpointing):
-    """Hugging Face checkpoints a decoder layer only in training mode and `from_pretrained` returns eval mode:
-    the update must switch the policy to training mode, or `gradient_checkpointing` saves nothing. With it on,
-    a decoder layer's MLP starts twice per backward (forward + recompute), once without; rollouts stay in eval.
-    (A pre-hook: transformers checkpoints the layer's `forward`, so the layer's own hooks do not see the
-    recompute, and torch stops the recompute early, before an MLP's forward hook would fire.)"""
+def update_layer_calls(model_dir, shards, out, checkpointing):
+    """(starts of decoder layer 0's MLP during the update, backward calls, in training mode?, in eval during
+    the rollout?) for one step."""
     from omni_grpo.models.base import _getattr_path, base_thinker
 
-    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=1, beta=0.0,
+    trainer = GRPOTrainer(make_config(model_dir, shards, out, max_steps=1, beta=0.0,
                                       gradient_checkpointing=checkpointing))
     mlp = _getattr_path(base_thinker(trainer.policy), trainer.module.language_model).layers[0].mlp
     phase = {"now": "rollout"}
@@ -161,7 +156,32 @@ def test_update_runs_in_training_mode_so_checkpointing_recomputes(tiny_model_dir
 
     trainer._update = in_update
     trainer.step()
-    assert seen["rollout"] and not any(seen["rollout"])
-    assert backwards and seen["update"] and all(seen["update"])
-    assert len(seen["update"]) == (2 if checkpointing else 1) * len(backwards)
     assert not trainer.policy.training  # back in eval mode for the next rollout
+    return len(seen["update"]), len(backwards), all(seen["update"]), not any(seen["rollout"])
+
+
+def test_update_runs_in_training_mode_so_checkpointing_recomputes(tiny_model_dir, tiny_shards, tmp_path):
+    """Hugging Face checkpoints a decoder layer only in training mode and `from_pretrained` returns eval mode:
+    the update must switch the policy to training mode, or `gradient_checkpointing` saves nothing. With it on,
+    a decoder layer's MLP starts twice per forward (forward + recompute), once without; rollouts stay in eval.
+    (A pre-hook: transformers checkpoints the layer's `forward`, so the layer's own hooks do not see the
+    recompute, and torch stops the recompute early, before an MLP's forward hook would fire.)"""
+    plain = update_layer_calls(tiny_model_dir, tiny_shards, tmp_path / "plain", checkpointing=False)
+    checkpointed = update_layer_calls(tiny_model_dir, tiny_shards, tmp_path / "ckpt", checkpointing=True)
+    assert plain[0] > 0 and plain[1:] == checkpointed[1:] == (plain[1], True, True)
+    assert checkpointed[0] == 2 * plain[0]
+
+
+def test_share_prompt_does_not_change_training(tiny_model_dir, tiny_shards, tmp_path):
+    """The shared-prompt forward (default) against every row running its own prompt: same loss, KL and entropy
+    over two steps (float rounding only). G = 3 and micro-batches of 2 rows: one holds a group's two rows, one a
+    row of each of two groups."""
+    runs = {}
+    for share in (False, True):
+        cfg = make_config(tiny_model_dir, tiny_shards, tmp_path / str(share), max_steps=2, share_prompt=share,
+                          num_generations=3, micro_batch_size=2, dataset_order="sequential")
+        trainer = GRPOTrainer(cfg)
+        runs[share] = [m[k] for m in (trainer.step() for _ in range(2))
+                       for k in ("actor/loss", "actor/kl", "actor/entropy")]
+    assert runs[True] == pytest.approx(runs[False], abs=1e-5)
+    assert runs[True][3] != 0.0  # the policy moved after step 1, so step 2 compares trained weights

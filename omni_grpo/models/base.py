@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import Cache, DynamicLayer
 
 MEDIA_FIELDS = (
     "pixel_values_videos",
@@ -56,6 +57,8 @@ class ModelInputs:
       pixel_values_videos: [sum_k T_k*H_k*W_k, C*tp*p*p] patches of video 0, then video 1, ...
       video_grid_thw: [V, 3]; video_second_per_grid: [V]; video_rows: [V] (row of each video).
       input_features: [A, mel, F]; feature_attention_mask: [A, F]; audio_rows: [A].
+      prompt_index: [B] or None: rows with the same value are copies of one prompt (same ids and media), as
+        `repeat` and `select` make them; None means every row is its own prompt.
     """
 
     input_ids: torch.Tensor
@@ -69,10 +72,21 @@ class ModelInputs:
     video_rows: list[int] = field(default_factory=list)
     audio_rows: list[int] = field(default_factory=list)
     encoded: EncodedMedia | None = None
+    prompt_index: list[int] | None = None
 
     @property
     def batch_size(self) -> int:
         return self.input_ids.shape[0]
+
+    def distinct_prompts(self) -> tuple[list[int], torch.Tensor]:
+        """(first row of each distinct prompt, ascending; [B] index of each row's prompt in that list)."""
+        index = self.prompt_index if self.prompt_index is not None else list(range(self.batch_size))
+        first: dict[int, int] = {}
+        for row, p in enumerate(index):
+            first.setdefault(p, row)
+        position = {p: k for k, p in enumerate(first)}
+        inverse = torch.tensor([position[p] for p in index], dtype=torch.long, device=self.input_ids.device)
+        return list(first.values()), inverse
 
     def _video_patch_offsets(self) -> list[int]:
         sizes = self.video_grid_thw.prod(-1).tolist() if self.video_grid_thw is not None else []
@@ -96,6 +110,7 @@ class ModelInputs:
             video_rows=video_rows,
             audio_rows=audio_rows,
             encoded=self.encoded.select(video_idx, audio_idx) if self.encoded is not None else None,
+            prompt_index=[self.prompt_index[r] if self.prompt_index is not None else r for r in rows],
         )
         if self.pixel_values_videos is not None:
             off = self._video_patch_offsets()
@@ -226,6 +241,14 @@ class OmniModule:
         embeds, position_ids = self.embed(model, inputs, ids, mask)
         return {"inputs_embeds": embeds, "position_ids": position_ids}
 
+    def split_prompt_kwargs(self, extra: dict, rows: torch.Tensor, prompt_len: int) -> tuple[dict, dict]:
+        """The language-model keyword arguments beyond embeddings and positions (`extra`, for all rows and the
+        whole sequence), split for the shared-prompt forward: (for the prompt positions of `rows`, for the
+        completion positions of every row). Families whose language model takes more override this."""
+        if extra:
+            raise NotImplementedError(f"{type(self).__name__} cannot split {sorted(extra)}; set share_prompt=false")
+        return {}, {}
+
     def encoded_generate_kwargs(self, model, inputs: ModelInputs) -> dict:
         """Media keyword arguments of the thinker's `generate` when `inputs.encoded` holds the tower outputs.
 
@@ -259,16 +282,85 @@ def base_thinker(model):
 
 
 def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
-                   completion_mask: torch.Tensor) -> torch.Tensor:
-    """Last hidden states [N, C, H] that predict each completion token (N = rows of `inputs`)."""
+                   completion_mask: torch.Tensor, share_prompt: bool = True) -> torch.Tensor:
+    """Last hidden states [N, C, H] that predict each completion token (N = rows of `inputs`).
+
+    With `share_prompt`, rows that are copies of one prompt (`inputs.prompt_index`, set by `repeat`) run the
+    prompt through the language model once: its per-layer keys/values are reused by each row's completion
+    (:func:`_shared_prompt_hidden`). Same result up to float rounding; the prompt costs 1/G of the compute
+    and activation memory, with gradient flowing into the shared prompt pass.
+    """
     ids = torch.cat([inputs.input_ids, completion_ids], dim=1)  # [N, P+C]
     mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)
     lm_inputs = module.language_model_inputs(model, inputs, ids, mask)
     thinker = base_thinker(model)
     lm = _getattr_path(thinker, module.language_model)
-    out = lm(**lm_inputs, attention_mask=mask, use_cache=False)
     prompt_len = inputs.input_ids.shape[1]
+    if share_prompt and completion_ids.shape[1] > 0:
+        first, inverse = inputs.distinct_prompts()
+        if len(first) < inputs.batch_size:
+            return _shared_prompt_hidden(module, lm, lm_inputs, mask, prompt_len, first, inverse)
+    out = lm(**lm_inputs, attention_mask=mask, use_cache=False)
     return out.last_hidden_state[:, prompt_len - 1 : -1]  # position t predicts token t+1
+
+
+class _PromptLayer(DynamicLayer):
+    """Prompt pass: keeps the layer's keys/values for the completions. Stores by replacing (not appending),
+    so the recompute of a checkpointed layer in backward leaves it as it was."""
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        self.keys, self.values, self.is_initialized = key_states, value_states, True
+        return key_states, value_states
+
+    def get_seq_length(self) -> int:
+        return 0  # nothing before the prompt
+
+
+class _PrefixLayer(DynamicLayer):
+    """Completion pass: the prompt's keys/values (one copy per row) in front of the new ones. Stores nothing,
+    so a checkpoint recompute sees the same prefix."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys, self.values, self.is_initialized = keys, values, True
+        self.dtype, self.device = keys.dtype, keys.device
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+@contextmanager
+def _replay_safe_cache(layers):
+    """Let checkpointed decoder layers keep the cache argument: transformers drops it under gradient
+    checkpointing because a normal cache would grow again on the recompute; ours do not."""
+    flagged = [layer for layer in layers if hasattr(layer, "_can_checkpoint_with_cache")]
+    for layer in flagged:
+        layer._can_checkpoint_with_cache = True
+    try:
+        yield
+    finally:
+        for layer in flagged:
+            del layer._can_checkpoint_with_cache  # back to the class attribute
+
+
+def _shared_prompt_hidden(module: OmniModule, lm, lm_inputs: dict, mask: torch.Tensor, prompt_len: int,
+                          first: list[int], inverse: torch.Tensor) -> torch.Tensor:
+    """`forward_hidden` with each distinct prompt run once: prompt pass over the `first` rows recording every
+    layer's keys/values, then one completion pass over all rows attending to their prompt's copy."""
+    kw = dict(lm_inputs)
+    embeds, positions = kw.pop("inputs_embeds"), kw.pop("position_ids")
+    rows = torch.tensor(first, dtype=torch.long, device=embeds.device)
+    prompt_kw, completion_kw = module.split_prompt_kwargs(kw, rows, prompt_len)
+    n_layers = len(lm.layers)
+    prompt_cache = Cache(layers=[_PromptLayer() for _ in range(n_layers)])
+    with _replay_safe_cache(lm.layers):
+        prompt = lm(inputs_embeds=embeds[rows, :prompt_len], position_ids=positions[..., rows, :prompt_len],
+                    attention_mask=mask[rows, :prompt_len], past_key_values=prompt_cache, use_cache=False, **prompt_kw)
+        prefix = Cache(layers=[_PrefixLayer(layer.keys[inverse], layer.values[inverse]) for layer in prompt_cache.layers])
+        out = lm(inputs_embeds=embeds[:, prompt_len:], position_ids=positions[..., prompt_len:], attention_mask=mask,
+                 past_key_values=prefix, use_cache=False, **completion_kw)
+    last_prompt = prompt.last_hidden_state[inverse, prompt_len - 1 : prompt_len]  # predicts the first completion token
+    return torch.cat([last_prompt, out.last_hidden_state[:, :-1]], dim=1)
 
 
 def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool):
@@ -338,16 +430,16 @@ def _whole_weight(param):
 
 def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
               completion_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
-              chunk_size: int = 256):
+              chunk_size: int = 256, share_prompt: bool = True):
     """Per-token log-probs (and entropies) of the completion tokens: ([N, C], [N, C] or None).
 
     Gradient flows when called under grad mode. The vocabulary projection runs per chunk of `chunk_size`
     positions and is recomputed in backward, so `[N, C, V]` float32 logits never exist at once (Qwen's
     vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row). A trainable `lm_head`
     is called as a module under activation checkpointing (so ZeRO-3's hooks gather it); a frozen one goes
-    through `_FrozenHeadLogProbs`.
+    through `_FrozenHeadLogProbs`. `share_prompt`: see :func:`forward_hidden`.
     """
-    hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask)  # [N, C, H]
+    hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask, share_prompt)  # [N, C, H]
     lm_head = base_thinker(model).lm_head
     if getattr(lm_head, "bias", None) is not None:
         raise NotImplementedError("an lm_head with a bias is not supported")

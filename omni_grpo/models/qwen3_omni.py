@@ -108,6 +108,20 @@ class Qwen3OmniModule(Qwen25OmniModule):
             )
         return kwargs
 
+    def split_prompt_kwargs(self, extra: dict, rows: torch.Tensor, prompt_len: int) -> tuple[dict, dict]:
+        """Deepstack features belong to video positions, which are all in the prompt: the prompt pass takes the
+        mask and the features of `rows`; the completion pass takes neither."""
+        extra = dict(extra)
+        masks, embeds = extra.pop("visual_pos_masks", None), extra.pop("deepstack_visual_embeds", None)
+        if extra:
+            raise NotImplementedError(f"{type(self).__name__} cannot split {sorted(extra)}; set share_prompt=false")
+        if masks is None:
+            return {}, {}
+        if masks[:, prompt_len:].any():
+            raise ValueError("a completion contains a video token")
+        keep = torch.isin(masks.nonzero()[:, 0], rows)  # features are in row-major order of the mask
+        return {"visual_pos_masks": masks[rows, :prompt_len], "deepstack_visual_embeds": [e[keep] for e in embeds]}, {}
+
     def encoded_generate_kwargs(self, model, inputs: ModelInputs) -> dict:
         """Encode-once generation: audio spliced into the prompt embeddings here; the video embeddings and
         their deepstack features go through the thinker's `mm_encoder_outputs`, so its forward splices the
