@@ -11,8 +11,8 @@ path, ``log_probs``, ``core_algos.policy_loss``):
 
 * a 30 s clip sampled at 2 fps (60 frames of 140x224) with its audio in the video: about 2k prompt tokens;
 * encode: the vision and audio towers once for the prompt;
-* rollout: G = 8 completions of exactly 512 tokens in one batched ``generate`` (``min_new_tokens`` =
-  ``max_new_tokens``, so EOS cannot end them early);
+* rollout: G = 8 completions of exactly 512 tokens in one batched ``generate`` (the prompt prefilled once;
+  ``min_new_tokens`` = ``max_new_tokens``, so EOS cannot end them early);
 * ref: reference log-probs (the base model with the adapter off under LoRA, a second copy for full
   training), no gradient;
 * policy: policy log-probs with gradient, the GRPO loss, backward, with gradient checkpointing (the decoder
@@ -21,9 +21,10 @@ path, ``log_probs``, ``core_algos.policy_loss``):
 
 Reported per model x mode: rollout tokens/s (G x 512 / rollout seconds), each phase's seconds and peak GPU
 memory, and the update phase's achieved TFLOP/s and MFU against ``--peak-tflops`` (989 = H100 SXM dense
-bf16). FLOPs are counted as 6·N·tokens for the trained language-model part (N = decoder parameters over
-G·(prompt + completion) tokens, plus the LM head's parameters over the G·512 completion tokens where the
-log-prob pass projects the vocabulary) plus 2·N·tokens for the towers' forward (vision parameters x patches,
+bf16). FLOPs are counted as 6·N·tokens for the trained language-model part (N = decoder parameters over the
+positions it runs: the prompt once per micro-batch — the package's shared-prompt forward; G times with
+``--no-share-prompt`` — plus the G·512 completion tokens; and the LM head's parameters over the completion
+tokens, where the log-prob pass projects the vocabulary) plus 2·N·tokens for the towers' forward (vision parameters x patches,
 audio parameters x encoder frames); the update phase is encode + policy + optimizer. The reference pass is
 reported on its own (2·N·tokens). Attention FLOPs are not counted, so MFU is a lower bound; under LoRA the
 weight-gradient third of 6·N is not computed, so LoRA's MFU is "model FLOPs" utilisation, not hardware
@@ -199,26 +200,22 @@ class Bench:
         import torch
 
         from omni_grpo import core_algos
-        from omni_grpo.models.base import finish_completions, log_probs
+        from omni_grpo.models.base import generate, log_probs
+        from omni_grpo.trainer import training_mode
 
         a, g, c = self.args, self.args.generations, self.args.completion_length
         ph = Phases(self.device)
         inputs = self.inputs
         with ph("encode"), torch.no_grad():
             inputs.encoded = self.module.encode_media(self.policy, inputs)
-        with ph("rollout"), torch.no_grad(), _last_position_logits(self.thinker, a.last_logit_only):
-            expanded = inputs.repeat(g)
-            media = self.module.encoded_generate_kwargs(self.thinker, expanded)
-            out = self.thinker.generate(
-                input_ids=expanded.input_ids, attention_mask=expanded.attention_mask, **media, max_new_tokens=c,
-                min_new_tokens=c, do_sample=True, temperature=1.0, top_p=1.0, top_k=None,
-                eos_token_id=self.stop_ids, pad_token_id=self.pad_id, suppress_tokens=self.banned, use_cache=True)
-            comps = finish_completions(out[:, expanded.input_ids.shape[1]:], self.stop_ids, self.pad_id)
+        with ph("rollout"), torch.no_grad():
+            comps = generate(self.module, self.policy, self.processor, inputs, g, c, do_sample=True, min_new_tokens=c)
         # Forced length: no stop token ends a row, so every completion token is scored.
         ids, mask = comps.completion_ids, torch.ones_like(comps.completion_ids)
         rows = inputs.repeat(g)
         advantages = core_algos.group_advantages(torch.randn(g, device=self.device), g)
         mb = a.micro_batch or g
+        share = not a.no_share_prompt
         ref = None
         if a.beta > 0:
             with ph("ref"), torch.no_grad():
@@ -226,17 +223,20 @@ class Bench:
                 for s in range(0, g, mb):
                     part = rows.select(list(range(s, s + mb)))
                     if self.reference is not None:
-                        parts.append(log_probs(self.module, self.reference, part, ids[s:s + mb], mask[s:s + mb])[0])
+                        parts.append(log_probs(self.module, self.reference, part, ids[s:s + mb], mask[s:s + mb],
+                                                share_prompt=share)[0])
                     else:
                         with self.policy.disable_adapter():
-                            parts.append(log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb])[0])
+                            parts.append(log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb],
+                                                    share_prompt=share)[0])
                 ref = torch.cat(parts)
-        with ph("policy"), _training(self.thinker, not a.eval_mode_update):
+        with ph("policy"), training_mode(self.thinker):
             tokens, seqs = mask.sum().float(), torch.tensor(float(g), device=self.device)
             for s in range(0, g, mb):
                 part = rows.select(list(range(s, s + mb)))
                 # with_entropy as in the trainer's policy pass (its metrics log the entropy)
-                lp, _ = log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb], with_entropy=True)
+                lp, _ = log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb], with_entropy=True,
+                                  share_prompt=share)
                 loss, _ = core_algos.policy_loss(
                     lp, lp.detach(), advantages[s:s + mb], mask[s:s + mb].to(lp.dtype), 0.2, 0.2, "token_mean",
                     ref_log_probs=None if ref is None else ref[s:s + mb], beta=a.beta, global_tokens=tokens,
@@ -252,11 +252,14 @@ class Bench:
     def flops(self) -> dict[str, float]:
         """Counted FLOPs per phase (see the module docstring)."""
         g, c, n = self.args.generations, self.args.completion_length, self.counts
-        lm_tokens = g * (self.prompt_tokens + c)
+        mb = self.args.micro_batch or g
+        # positions the language model runs: the prompt once per micro-batch with the shared-prompt forward
+        prompt_runs = g // mb if not self.args.no_share_prompt else g
+        lm_tokens = prompt_runs * self.prompt_tokens + g * c
         lm_pass = n["decoder"] * lm_tokens + n["lm_head"] * g * c  # parameters x tokens of one forward
         towers = 2 * (n["vision"] * self.vision_patches + n["audio"] * self.audio_frames)
         return {"encode": towers, "ref": 2 * lm_pass if self.args.beta > 0 else 0.0, "policy": 6 * lm_pass,
-                "rollout": 2 * (n["decoder"] + n["lm_head"]) * g * c}
+                "rollout": 2 * n["decoder"] * (self.prompt_tokens + g * c) + 2 * n["lm_head"] * g * c}
 
     def close(self) -> None:
         import torch
@@ -275,33 +278,6 @@ def _param_counts(model, module) -> dict[str, int]:
     return {"decoder": sum(p.numel() for p in lm.parameters()) - embed, "lm_head": model.lm_head.weight.numel(),
             "embed": embed, "vision": sum(p.numel() for p in _getattr_path(model, module.vision_tower).parameters()),
             "audio": sum(p.numel() for p in _getattr_path(model, module.audio_tower).parameters())}
-
-
-@contextlib.contextmanager
-def _training(thinker, enabled: bool = True):
-    """Training mode for the gradient pass only: Hugging Face checkpoints a decoder layer only when `training`."""
-    if not enabled:
-        yield
-        return
-    was = thinker.training
-    thinker.train()
-    try:
-        yield
-    finally:
-        thinker.train(was)
-
-
-@contextlib.contextmanager
-def _last_position_logits(thinker, enabled: bool):
-    """With `enabled`, the LM head sees only the last position during generation (it keeps only that one)."""
-    if not enabled:
-        yield
-        return
-    handle = thinker.lm_head.register_forward_pre_hook(lambda _m, a: (a[0][:, -1:],))
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 def run(args, name: str, mode: str, device) -> dict:
@@ -373,12 +349,8 @@ def parse_args(argv=None):
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r, default r: 16)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     p.add_argument("--no-gradient-checkpointing", action="store_true")
-    p.add_argument("--eval-mode-update", action="store_true",
-                   help="leave the model in eval mode for the policy pass, as omni_grpo.trainer does today: gradient "
-                        "checkpointing is then silently off (see RESULTS.md)")
-    p.add_argument("--last-logit-only", action="store_true",
-                   help="project the vocabulary only at the last position during generation (the fix RESULTS.md "
-                        "recommends); default: as the package does today")
+    p.add_argument("--no-share-prompt", action="store_true",
+                   help="every row runs its own prompt in the log-prob passes (the package's share_prompt=false)")
     p.add_argument("--steps", type=int, default=2, help="timed steps (default: 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
@@ -413,8 +385,7 @@ def main(argv=None) -> list[dict]:
           f"G={args.generations}, {args.completion_length} forced tokens, {args.seconds:g} s clip at {args.fps:g} fps "
           f"({args.frame_size[0]}x{args.frame_size[1]}), attn {args.attn}, gradient checkpointing "
           f"{'off' if args.no_gradient_checkpointing else 'on'}"
-          f"{' (inactive: eval-mode update)' if args.eval_mode_update else ''}, beta {args.beta}"
-          f"{', last-position logits in generate' if args.last_logit_only else ''}", flush=True)
+          f", beta {args.beta}, shared prompt {'off' if args.no_share_prompt else 'on'}", flush=True)
     records = []
     for name in args.models:
         for mode in args.modes:

@@ -115,7 +115,7 @@ class Spy:
         self.hooks = []
         for tag, model in models.items():
             inner = model.model
-            for name, obj, attr in (("rope", inner, "get_rope_index"), ("generate", model, "generate")):
+            for name, obj, attr in (("rope", inner, "get_rope_index"),):
                 monkeypatch.setattr(obj, attr, self._wrap(f"{tag}:{name}", getattr(obj, attr)))
             self.hooks += [
                 inner.visual.register_forward_pre_hook(self._hook(f"{tag}:video"), with_kwargs=True),
@@ -157,10 +157,12 @@ def test_one_flag_and_all_media_reach_every_pass(tiny, samples, monkeypatch, fla
         with torch.no_grad():
             comps = generate(module, policy, processor, inputs, num_generations=2, max_new_tokens=4, do_sample=False)
         expanded = inputs.repeat(2)
-        gen = spy.of("policy:generate")[0][2]
-        assert gen["use_audio_in_video"] is flag
-        assert torch.equal(gen["pixel_values_videos"], expanded.pixel_values_videos)
-        assert (gen.get("input_features") is not None) is flag
+        # generation: the B prompts' media and the flag, once per prompt (its G rows share the prefill)
+        (rope,) = spy.of("policy:rope")
+        assert rope[1][4] is flag and torch.equal(rope[1][2], inputs.video_grid_thw)
+        (video,) = spy.of("policy:video")
+        assert torch.equal(video[1][0], inputs.pixel_values_videos)
+        assert len(spy.of("policy:audio")) == (1 if flag else 0)
         spy.calls.clear()
         log_probs(module, policy, expanded, comps.completion_ids, comps.completion_mask)  # policy pass (grad)
         with torch.no_grad():
@@ -419,17 +421,49 @@ def test_audio_features_padded_to_the_clip_equal_the_300_s_features(tiny, sample
     assert torch.equal(inputs.input_features.transpose(1, 2)[keep], full["input_features"][:, :, :used].transpose(1, 2)[keep])
 
 
-def test_generate_projects_only_the_last_position_onto_the_vocabulary(tiny, samples):
-    """The thinkers have no `logits_to_keep`: without the head hook the prefill computes [B*G, P, V] logits
-    for one row's worth of use. The result is unchanged (test_greedy_rollout_equals_plain_generate...) and the
-    hook is gone afterwards (log-prob passes need every position)."""
+def test_generate_prefills_each_prompt_once_and_projects_one_position_per_row(tiny, samples):
+    """The rollout's cost: the prompt runs through the language model once per prompt (B rows, not B*G), each
+    step after it one token per row, and the vocabulary projection sees one position per row (the thinkers'
+    forward has no `logits_to_keep`; Hugging Face's generate would project [B*G, P, V] in the prefill). The
+    tokens themselves equal plain `model.generate` (test_greedy_rollout_equals_plain_generate...)."""
+    from omni_grpo.models.base import _getattr_path
+
     module, model, _ = tiny
     inputs = build(tiny, samples)
-    seen = []
-    handle = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape)))
+    b, p = inputs.input_ids.shape
+    g, n = 3, 4
+    layer_in, head_out = [], []
+    hooks = [
+        _getattr_path(model, module.language_model).layers[0].mlp.register_forward_pre_hook(
+            lambda m, args: layer_in.append(tuple(args[0].shape[:2]))),
+        model.lm_head.register_forward_hook(lambda m, args, out: head_out.append(tuple(out.shape[:-1]))),
+    ]
     try:
-        greedy(tiny, inputs, g=2, n=3)
+        comps = greedy(tiny, inputs, g=g, n=n)
     finally:
-        handle.remove()
-    assert seen and all(shape[1] == 1 for shape in seen)
-    assert not model.lm_head._forward_pre_hooks and not model.lm_head._forward_hooks
+        for h in hooks:
+            h.remove()
+    steps = comps.completion_ids.shape[1]
+    assert layer_in == [(b, p)] + [(b * g, 1)] * (steps - 1)
+    assert head_out == [(b * g,)] * steps
+
+
+def test_sampling_options_follow_hugging_face(tiny, samples):
+    """Our token loop against the thinker's own `generate`: the repetition penalty gives the same greedy tokens,
+    top-k = 1 sampling is greedy, and `min_new_tokens` bans the stop tokens until then."""
+    module, model, processor = tiny
+    inputs = build(tiny, samples)
+    tok = processor.tokenizer
+    with torch.no_grad():
+        ours = generate(module, model, processor, inputs, 1, 6, do_sample=False, repetition_penalty=1.3)
+        theirs = model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
+                                **inputs.media_kwargs(), max_new_tokens=6, do_sample=False, repetition_penalty=1.3,
+                                suppress_tokens=module.banned_token_ids(tok), eos_token_id=module.stop_token_ids(tok),
+                                pad_token_id=tok.pad_token_id)[:, inputs.input_ids.shape[1]:]
+        assert torch.equal(ours.completion_ids[:, : theirs.shape[1]], theirs)
+        assert not torch.equal(ours.completion_ids, greedy(tiny, inputs, n=6).completion_ids)  # the penalty acted
+        torch.manual_seed(0)
+        top1 = generate(module, model, processor, inputs, 2, 6, do_sample=True, temperature=1.5, top_k=1, top_p=0.9)
+        assert torch.equal(top1.completion_ids, greedy(tiny, inputs, g=2, n=6).completion_ids)
+        forced = generate(module, model, processor, inputs, 2, 5, do_sample=True, temperature=3.0, min_new_tokens=5)
+    assert forced.completion_ids.shape[1] == 5 and bool(forced.completion_mask.all())

@@ -153,10 +153,12 @@ def test_one_flag_and_all_media_reach_every_pass(qwen3, samples, monkeypatch, fl
         with torch.no_grad():
             comps = generate(module, policy, processor, inputs, num_generations=2, max_new_tokens=3, do_sample=False)
         expanded = inputs.repeat(2)
-        gen = spy.of("policy:generate")[0][2]
-        assert gen["use_audio_in_video"] is flag
-        assert torch.equal(gen["pixel_values_videos"], expanded.pixel_values_videos)
-        assert (gen.get("input_features") is not None) is flag
+        # generation: the B prompts' media and the flag, once per prompt (its G rows share the prefill)
+        (rope,) = spy.of("policy:rope")
+        assert rope[1][4] is flag and torch.equal(rope[1][2], inputs.video_grid_thw)
+        (video,) = spy.of("policy:video")
+        assert torch.equal(video[1][0], inputs.pixel_values_videos)
+        assert len(spy.of("policy:audio")) == (1 if flag else 0)
         spy.calls.clear()
         log_probs(module, policy, expanded, comps.completion_ids, comps.completion_mask)  # policy pass (grad)
         with torch.no_grad():

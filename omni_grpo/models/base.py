@@ -16,6 +16,7 @@ log-prob pass, which then splice them into the token embeddings instead of runni
 from __future__ import annotations
 
 import dataclasses
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -249,16 +250,6 @@ class OmniModule:
             raise NotImplementedError(f"{type(self).__name__} cannot split {sorted(extra)}; set share_prompt=false")
         return {}, {}
 
-    def encoded_generate_kwargs(self, model, inputs: ModelInputs) -> dict:
-        """Media keyword arguments of the thinker's `generate` when `inputs.encoded` holds the tower outputs.
-
-        Prompt embeddings with the media spliced in, plus the metadata positions need (grids, audio masks,
-        the flag) and no raw pixels or audio features, so the towers do not run again.
-        """
-        embeds, _ = self.embed(model, inputs, inputs.input_ids, inputs.attention_mask)
-        media = {k: v for k, v in inputs.media_kwargs().items() if k not in ("pixel_values_videos", "input_features")}
-        return {"inputs_embeds": embeds, **media}
-
 
 def _getattr_path(obj, path: str):
     for part in path.split("."):
@@ -471,44 +462,88 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
 
 def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_generations: int,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             repetition_penalty: float = 1.0, do_sample: bool = True) -> Completions:
-    """G completions per prompt in one batched `generate` call; media tokens banned; stop at `<|im_end|>`.
+             repetition_penalty: float = 1.0, do_sample: bool = True, min_new_tokens: int = 0) -> Completions:
+    """G completions per prompt, sampled as one batch; media tokens banned; each row stops at `<|im_end|>`.
 
     `inputs` holds the B prompts; rows of the result are grouped: row i*G + j is sample j of prompt i.
+    Each prompt is prefilled once (B rows, not B*G) and its keys/values copied to its G rows, and only the
+    last position is projected onto the vocabulary. The token loop is ours rather than the thinker's
+    `generate`: the thinkers' forward has no `logits_to_keep` (their prefill would compute [B*G, P, V]
+    logits) and would prefill every copy. Sampling follows Hugging Face's processors in Hugging Face's order
+    (repetition penalty, banned tokens, temperature, top-k, top-p); only the arguments given here apply, not
+    the checkpoint's generation_config. Positions come from the module (`language_model_inputs` over the
+    prompt plus `max_new_tokens` text slots), so TMRoPE and the `use_audio_in_video` flag are the ones every
+    log-prob pass uses. `min_new_tokens`: stop tokens are banned before that many tokens (benchmarks).
     """
-    tokenizer = processor.tokenizer
-    expanded = inputs.repeat(num_generations)
-    thinker = base_thinker(model)
-    stop_ids = module.stop_token_ids(tokenizer)
-    pad_id = module.pad_token_id(tokenizer)
-    gen_kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        do_sample=do_sample,
-        eos_token_id=stop_ids,
-        pad_token_id=pad_id,
-        suppress_tokens=module.banned_token_ids(tokenizer),
-        use_cache=True,
+    from transformers.cache_utils import DynamicCache
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
     )
-    if do_sample:
-        gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k or None)
+
+    tokenizer = processor.tokenizer
+    thinker = base_thinker(model)
+    lm = _getattr_path(thinker, module.language_model)
+    stop_ids, pad_id = module.stop_token_ids(tokenizer), module.pad_token_id(tokenizer)
+    b, p = inputs.input_ids.shape
+    device = inputs.input_ids.device
+    if max_new_tokens < 1:
+        empty = inputs.input_ids.new_zeros((b * num_generations, 0))
+        return finish_completions(empty, stop_ids, pad_id)
+    # Text positions do not depend on the token, so pad slots stand in for the completion.
+    ids = torch.cat([inputs.input_ids, inputs.input_ids.new_full((b, max_new_tokens), pad_id)], dim=1)
+    mask = torch.cat([inputs.attention_mask, inputs.attention_mask.new_ones((b, max_new_tokens))], dim=1)
+    lm_inputs = module.language_model_inputs(thinker, inputs, ids, mask)
+    embeds, positions = lm_inputs.pop("inputs_embeds"), lm_inputs.pop("position_ids")
+    prompt_kw, _ = module.split_prompt_kwargs(lm_inputs, torch.arange(b, device=device), p)
+    cache = DynamicCache(config=lm.config)
+    out = lm(inputs_embeds=embeds[:, :p], position_ids=positions[..., :p], attention_mask=mask[:, :p],
+             past_key_values=cache, use_cache=True, **prompt_kw)
+    rows = torch.arange(b, device=device).repeat_interleave(num_generations)
+    cache.batch_repeat_interleave(num_generations)
+    hidden = out.last_hidden_state[rows, -1]  # [N, H]
+    positions, mask = positions[..., rows, :], mask[rows]
+
+    processors = LogitsProcessorList()
     if repetition_penalty != 1.0:
-        gen_kwargs["repetition_penalty"] = repetition_penalty
-    if expanded.encoded is not None:
-        media = module.encoded_generate_kwargs(thinker, expanded)
-    else:
-        media = expanded.media_kwargs()
-    # The thinkers' forward has no `logits_to_keep`: the prefill would project every prompt position onto the
-    # vocabulary ([B*G, P, V], 6.6 GB for 8 x 1.4k tokens in float32) while `generate` keeps the last one. Hand
-    # the LM head the last position only (a module hook, so ZeRO-3 still gathers lm_head).
-    handle = thinker.lm_head.register_forward_pre_hook(lambda _module, args: (args[0][:, -1:],))
-    try:
-        out = thinker.generate(input_ids=expanded.input_ids, attention_mask=expanded.attention_mask, **media,
-                               **gen_kwargs)
-    finally:
-        handle.remove()
-    prompt_len = expanded.input_ids.shape[1]
-    completion_ids = out[:, prompt_len:] if out.shape[1] > prompt_len else out[:, :0]
-    return finish_completions(completion_ids, stop_ids, pad_id)
+        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+    banned = module.banned_token_ids(tokenizer)
+    if banned:
+        processors.append(SuppressTokensLogitsProcessor(banned, device=device))
+    if do_sample:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+    stops = torch.tensor(stop_ids, device=device)
+    seen = inputs.input_ids[rows]  # prompt + tokens so far (the repetition penalty reads them)
+    done = torch.zeros(rows.shape[0], dtype=torch.bool, device=device)
+    embed_tokens = thinker.get_input_embeddings()
+    tokens = []
+    for t in range(max_new_tokens):
+        scores = processors(seen, thinker.lm_head(hidden).float())
+        if t < min_new_tokens:
+            scores[:, stops] = -math.inf
+        if do_sample:
+            token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            token = scores.argmax(dim=-1)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        done |= torch.isin(token, stops)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        seen = torch.cat([seen, token[:, None]], dim=1)
+        step = lm(inputs_embeds=embed_tokens(token[:, None]), position_ids=positions[..., p + t : p + t + 1],
+                  attention_mask=mask[:, : p + t + 1], past_key_values=cache, use_cache=True)
+        hidden = step.last_hidden_state[:, -1]
+    return finish_completions(torch.stack(tokens, dim=1), stop_ids, pad_id)
 
 
 def finish_completions(completion_ids: torch.Tensor, stop_ids: list[int], pad_id: int) -> Completions:

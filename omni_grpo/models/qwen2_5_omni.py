@@ -215,9 +215,8 @@ class Qwen25OmniModule(OmniModule):
         embeds, position_ids, _ = self._embed(model, inputs, ids, mask)
         return embeds, position_ids
 
-    def _embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor, splice_video: bool = True):
-        """(embeddings, positions, encoded media) for `ids`; video slots keep their token embedding when
-        `splice_video` is False (a thinker forward that fills them itself, as Qwen3's generation does)."""
+    def _embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor):
+        """(embeddings, positions, encoded media) for `ids`."""
         thinker = base_thinker(model)
         cfg = thinker.config
         embeds = thinker.get_input_embeddings()(ids)  # [N, L, H]
@@ -231,7 +230,7 @@ class Qwen25OmniModule(OmniModule):
                     f"{name} tokens and {name} features do not match: {n_slots} placeholder tokens, {n_feats} "
                     "feature rows. The inputs were not built by build_inputs, or a completion contains a media token."
                 )
-            if n_slots and (name == "audio" or splice_video):
+            if n_slots:
                 values = torch.cat(feats).to(embeds.dtype)
                 embeds = embeds.masked_scatter(slots.unsqueeze(-1), values)
         if enc.dummy is not None:

@@ -121,22 +121,3 @@ class Qwen3OmniModule(Qwen25OmniModule):
             raise ValueError("a completion contains a video token")
         keep = torch.isin(masks.nonzero()[:, 0], rows)  # features are in row-major order of the mask
         return {"visual_pos_masks": masks[rows, :prompt_len], "deepstack_visual_embeds": [e[keep] for e in embeds]}, {}
-
-    def encoded_generate_kwargs(self, model, inputs: ModelInputs) -> dict:
-        """Encode-once generation: audio spliced into the prompt embeddings here; the video embeddings and
-        their deepstack features go through the thinker's `mm_encoder_outputs`, so its forward splices the
-        video and feeds the deepstack features to the language model as it does for raw pixels."""
-        embeds, _, enc = self._embed(model, inputs, inputs.input_ids, inputs.attention_mask, splice_video=False)
-        media = {k: v for k, v in inputs.media_kwargs().items() if k not in ("pixel_values_videos", "input_features")}
-        kwargs = {"inputs_embeds": embeds, **media}
-        if enc.video:
-            from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import (
-                BaseModelOutputWithDeepstackFeatures,
-            )
-
-            levels = enc.video_deepstack[0].shape[0]
-            kwargs["mm_encoder_outputs"] = {"video": BaseModelOutputWithDeepstackFeatures(
-                pooler_output=tuple(enc.video),
-                deepstack_features=[tuple(d[level] for d in enc.video_deepstack) for level in range(levels)],
-            )}
-        return kwargs
