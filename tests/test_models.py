@@ -169,15 +169,16 @@ def test_one_flag_and_all_media_reach_every_pass(tiny, samples, monkeypatch, fla
             log_probs(module, reference, expanded, comps.completion_ids, comps.completion_mask)  # reference
     finally:
         spy.remove()
+    # the G copies of a prompt share one prompt forward: media and positions once per distinct prompt
     for tag in ("policy", "ref"):
         (rope,) = spy.of(f"{tag}:rope")
         args = rope[1]
         assert args[4] is flag  # use_audio_in_video
-        assert torch.equal(args[2], expanded.video_grid_thw)
-        assert torch.equal(args[6], expanded.video_second_per_grid)
+        assert torch.equal(args[2], inputs.video_grid_thw)
+        assert torch.equal(args[6], inputs.video_second_per_grid)
         (video,) = spy.of(f"{tag}:video")
-        assert torch.equal(video[1][0], expanded.pixel_values_videos)
-        assert torch.equal(video[2]["grid_thw"], expanded.video_grid_thw)
+        assert torch.equal(video[1][0], inputs.pixel_values_videos)
+        assert torch.equal(video[2]["grid_thw"], inputs.video_grid_thw)
         assert len(spy.of(f"{tag}:audio")) == (1 if flag else 0)
 
 
@@ -283,10 +284,14 @@ def test_encode_once_equals_plain_path_and_cuts_tower_calls(tiny, samples):
     expanded = inputs.repeat(g)
     module.tower_calls.vision = module.tower_calls.audio = 0
     with torch.no_grad():
-        plain = [log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask)[0]
+        plain = [log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask, share_prompt=False)[0]
                  for _ in range(passes)]
-    plain_calls = module.tower_calls.vision
-    assert plain_calls == passes * g * len(samples)
+    assert module.tower_calls.vision == passes * g * len(samples)  # every row of every pass
+    module.tower_calls.vision = module.tower_calls.audio = 0
+    with torch.no_grad():
+        shared = [log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask)[0]
+                  for _ in range(passes)]
+    assert module.tower_calls.vision == passes * len(samples)  # shared prompt: once per prompt per pass
     module.tower_calls.vision = module.tower_calls.audio = 0
     with torch.no_grad():
         inputs.encoded = module.encode_media(model, inputs)
@@ -295,8 +300,8 @@ def test_encode_once_equals_plain_path_and_cuts_tower_calls(tiny, samples):
                 for _ in range(passes)]
         comps_enc = generate(module, model, processor, inputs, num_generations=g, max_new_tokens=5, do_sample=False)
     assert module.tower_calls.vision == len(samples) and module.tower_calls.audio == len(samples)
-    for a, b in zip(plain, once):
-        assert torch.allclose(a, b, atol=1e-5)
+    for a, b, c in zip(plain, shared, once):
+        assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
     assert torch.equal(comps_enc.completion_ids, comps.completion_ids)
 
 

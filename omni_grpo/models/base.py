@@ -242,13 +242,13 @@ class OmniModule:
         embeds, position_ids = self.embed(model, inputs, ids, mask)
         return {"inputs_embeds": embeds, "position_ids": position_ids}
 
-    def split_prompt_kwargs(self, extra: dict, rows: torch.Tensor, prompt_len: int) -> tuple[dict, dict]:
-        """The language-model keyword arguments beyond embeddings and positions (`extra`, for all rows and the
-        whole sequence), split for the shared-prompt forward: (for the prompt positions of `rows`, for the
-        completion positions of every row). Families whose language model takes more override this."""
+    def prompt_kwargs(self, extra: dict, prompt_len: int) -> dict:
+        """The language-model keyword arguments beyond embeddings and positions (`extra`, from
+        :meth:`language_model_inputs` over prompt + completion slots), cut to the prompt positions for a
+        forward over the prompt alone. Families whose language model takes more override this."""
         if extra:
-            raise NotImplementedError(f"{type(self).__name__} cannot split {sorted(extra)}; set share_prompt=false")
-        return {}, {}
+            raise NotImplementedError(f"{type(self).__name__} cannot cut {sorted(extra)} to the prompt")
+        return {}
 
 
 def _getattr_path(obj, path: str):
@@ -278,21 +278,39 @@ def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_id
 
     With `share_prompt`, rows that are copies of one prompt (`inputs.prompt_index`, set by `repeat`) run the
     prompt through the language model once: its per-layer keys/values are reused by each row's completion
-    (:func:`_shared_prompt_hidden`). Same result up to float rounding; the prompt costs 1/G of the compute
-    and activation memory, with gradient flowing into the shared prompt pass.
+    (:func:`_shared_prompt_hidden`), and its embeddings, media splice and TMRoPE positions are computed once.
+    Same result up to float rounding; the prompt costs 1/G of the compute and activation memory, with
+    gradient flowing into the shared prompt pass.
     """
-    ids = torch.cat([inputs.input_ids, completion_ids], dim=1)  # [N, P+C]
-    mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)
-    lm_inputs = module.language_model_inputs(model, inputs, ids, mask)
     thinker = base_thinker(model)
     lm = _getattr_path(thinker, module.language_model)
     prompt_len = inputs.input_ids.shape[1]
     if share_prompt and completion_ids.shape[1] > 0:
         first, inverse = inputs.distinct_prompts()
         if len(first) < inputs.batch_size:
-            return _shared_prompt_hidden(module, lm, lm_inputs, mask, prompt_len, first, inverse)
+            return _shared_prompt_hidden(module, thinker, lm, inputs, completion_ids, completion_mask, first, inverse)
+    ids = torch.cat([inputs.input_ids, completion_ids], dim=1)  # [N, P+C]
+    mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)
+    lm_inputs = module.language_model_inputs(model, inputs, ids, mask)
     out = lm(**lm_inputs, attention_mask=mask, use_cache=False)
     return out.last_hidden_state[:, prompt_len - 1 : -1]  # position t predicts token t+1
+
+
+def prompt_model_inputs(module: OmniModule, thinker, prompts: ModelInputs, slots: torch.Tensor) -> tuple:
+    """Language-model inputs of `prompts` (one row per distinct prompt) with room for completions.
+
+    `slots` [B, C] are token ids standing in for the completion: a text token's position does not depend on
+    which token it is, so the positions of every completion of a prompt are known from one row. Returns
+    (prompt embeddings [B, P, H], positions [..., B, P+C], the prompt part of any further language-model
+    arguments), all from the module's own `language_model_inputs` (media spliced, TMRoPE with the flag).
+    """
+    p = prompts.input_ids.shape[1]
+    ids = torch.cat([prompts.input_ids, slots], dim=1)
+    mask = torch.cat([prompts.attention_mask, torch.ones_like(slots, dtype=prompts.attention_mask.dtype)], dim=1)
+    kw = module.language_model_inputs(thinker, prompts, ids, mask)
+    embeds, positions = kw.pop("inputs_embeds"), kw.pop("position_ids")
+    prompt_kw = module.prompt_kwargs(kw, p)
+    return embeds[:, :p], positions, prompt_kw
 
 
 class _PromptLayer(DynamicLayer):
@@ -334,23 +352,23 @@ def _replay_safe_cache(layers):
             del layer._can_checkpoint_with_cache  # back to the class attribute
 
 
-def _shared_prompt_hidden(module: OmniModule, lm, lm_inputs: dict, mask: torch.Tensor, prompt_len: int,
-                          first: list[int], inverse: torch.Tensor) -> torch.Tensor:
-    """`forward_hidden` with each distinct prompt run once: prompt pass over the `first` rows recording every
-    layer's keys/values, then one completion pass over all rows attending to their prompt's copy."""
-    kw = dict(lm_inputs)
-    embeds, positions = kw.pop("inputs_embeds"), kw.pop("position_ids")
-    rows = torch.tensor(first, dtype=torch.long, device=embeds.device)
-    prompt_kw, completion_kw = module.split_prompt_kwargs(kw, rows, prompt_len)
-    n_layers = len(lm.layers)
-    prompt_cache = Cache(layers=[_PromptLayer() for _ in range(n_layers)])
+def _shared_prompt_hidden(module: OmniModule, thinker, lm, inputs: ModelInputs, completion_ids: torch.Tensor,
+                          completion_mask: torch.Tensor, first: list[int], inverse: torch.Tensor) -> torch.Tensor:
+    """`forward_hidden` with each distinct prompt run once: embeddings and positions for the `first` rows only
+    (towers and TMRoPE once per prompt), a prompt pass recording every layer's keys/values, then one
+    completion pass over all rows attending to their prompt's copy."""
+    p = inputs.input_ids.shape[1]
+    prompts = inputs.select(first)
+    embeds, positions, prompt_kw = prompt_model_inputs(module, thinker, prompts, completion_ids[first])
+    mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)
+    prompt_cache = Cache(layers=[_PromptLayer() for _ in lm.layers])
     with _replay_safe_cache(lm.layers):
-        prompt = lm(inputs_embeds=embeds[rows, :prompt_len], position_ids=positions[..., rows, :prompt_len],
-                    attention_mask=mask[rows, :prompt_len], past_key_values=prompt_cache, use_cache=False, **prompt_kw)
+        prompt = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=prompts.attention_mask,
+                    past_key_values=prompt_cache, use_cache=False, **prompt_kw)
         prefix = Cache(layers=[_PrefixLayer(layer.keys[inverse], layer.values[inverse]) for layer in prompt_cache.layers])
-        out = lm(inputs_embeds=embeds[:, prompt_len:], position_ids=positions[..., prompt_len:], attention_mask=mask,
-                 past_key_values=prefix, use_cache=False, **completion_kw)
-    last_prompt = prompt.last_hidden_state[inverse, prompt_len - 1 : prompt_len]  # predicts the first completion token
+        out = lm(inputs_embeds=thinker.get_input_embeddings()(completion_ids), position_ids=positions[..., inverse, p:],
+                 attention_mask=mask, past_key_values=prefix, use_cache=False)
+    last_prompt = prompt.last_hidden_state[inverse, p - 1 : p]  # predicts the first completion token
     return torch.cat([last_prompt, out.last_hidden_state[:, :-1]], dim=1)
 
 
@@ -494,14 +512,11 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     if max_new_tokens < 1:
         empty = inputs.input_ids.new_zeros((b * num_generations, 0))
         return finish_completions(empty, stop_ids, pad_id)
-    # Text positions do not depend on the token, so pad slots stand in for the completion.
-    ids = torch.cat([inputs.input_ids, inputs.input_ids.new_full((b, max_new_tokens), pad_id)], dim=1)
-    mask = torch.cat([inputs.attention_mask, inputs.attention_mask.new_ones((b, max_new_tokens))], dim=1)
-    lm_inputs = module.language_model_inputs(thinker, inputs, ids, mask)
-    embeds, positions = lm_inputs.pop("inputs_embeds"), lm_inputs.pop("position_ids")
-    prompt_kw, _ = module.split_prompt_kwargs(lm_inputs, torch.arange(b, device=device), p)
+    slots = inputs.input_ids.new_full((b, max_new_tokens), pad_id)
+    embeds, positions, prompt_kw = prompt_model_inputs(module, thinker, inputs, slots)
+    mask = torch.cat([inputs.attention_mask, torch.ones_like(slots, dtype=inputs.attention_mask.dtype)], dim=1)
     cache = DynamicCache(config=lm.config)
-    out = lm(inputs_embeds=embeds[:, :p], position_ids=positions[..., :p], attention_mask=mask[:, :p],
+    out = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=inputs.attention_mask,
              past_key_values=cache, use_cache=True, **prompt_kw)
     rows = torch.arange(b, device=device).repeat_interleave(num_generations)
     cache.batch_repeat_interleave(num_generations)

@@ -108,16 +108,15 @@ class Qwen3OmniModule(Qwen25OmniModule):
             )
         return kwargs
 
-    def split_prompt_kwargs(self, extra: dict, rows: torch.Tensor, prompt_len: int) -> tuple[dict, dict]:
-        """Deepstack features belong to video positions, which are all in the prompt: the prompt pass takes the
-        mask and the features of `rows`; the completion pass takes neither."""
+    def prompt_kwargs(self, extra: dict, prompt_len: int) -> dict:
+        """Deepstack features belong to video positions, which are all in the prompt: the prompt forward takes
+        the mask cut to the prompt and every feature."""
         extra = dict(extra)
         masks, embeds = extra.pop("visual_pos_masks", None), extra.pop("deepstack_visual_embeds", None)
         if extra:
-            raise NotImplementedError(f"{type(self).__name__} cannot split {sorted(extra)}; set share_prompt=false")
+            raise NotImplementedError(f"{type(self).__name__} cannot cut {sorted(extra)} to the prompt")
         if masks is None:
-            return {}, {}
+            return {}
         if masks[:, prompt_len:].any():
             raise ValueError("a completion contains a video token")
-        keep = torch.isin(masks.nonzero()[:, 0], rows)  # features are in row-major order of the mask
-        return {"visual_pos_masks": masks[rows, :prompt_len], "deepstack_visual_embeds": [e[keep] for e in embeds]}, {}
+        return {"visual_pos_masks": masks[:, :prompt_len], "deepstack_visual_embeds": embeds}
