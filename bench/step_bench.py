@@ -5,8 +5,8 @@ Three systems train the same randomly initialised Qwen2.5-Omni thinker (the tiny
 with the same sampling settings, rewards (format + accuracy), β, learning rate and update micro-batch:
 
 * **ours** — ``omni_grpo.trainer.GRPOTrainer`` in one process: decoded shards, the vision and audio towers
-  run once per prompt (encode once), the G completions in one batched ``generate``, log-probs through the
-  language model with a chunked vocabulary projection. Phases come from its ``timing/*`` metrics; the
+  run once per prompt (encode once), the G completions in one batch with the prompt prefilled once,
+  log-probs with each prompt run once per micro-batch (``share_prompt``) and a chunked vocabulary projection. Phases come from its ``timing/*`` metrics; the
   optimizer phase is timed by wrapping its engine's ``step`` (so "policy" is forward + backward only).
 * **trl** — TRL's ``GRPOTrainer`` on the same thinker as a causal LM on the *text* prompt only (the chat
   turn without the video). It passes no media to generation or to any log-prob pass, so it does less work
