@@ -43,6 +43,15 @@ def qwen3(qwen3_dir):
     return module, model, module.load_processor(qwen3_dir)
 
 
+KITS = {"qwen2_5_omni": ("tiny", "tiny_model_dir"), "qwen3_omni": ("qwen3", "qwen3_dir")}  # fixture names
+
+
+@pytest.fixture(params=list(KITS))
+def kit(request):
+    """(module, model, processor) of each model family in turn: the guarantees every family must keep."""
+    return request.getfixturevalue(KITS[request.param][0])
+
+
 def make_sample(i: int, frames: int = 4, height: int = 56, width: int = 84, seconds: float = 2.0,
                 audio: bool = True, seed: int = 0) -> dict:
     """An in-memory training sample as `preprocess.shards.load` returns it (sizes multiples of 28)."""

@@ -16,11 +16,6 @@ from omni_grpo.models.base import _getattr_path, forward_hidden
 from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT as SYS
 
 
-@pytest.fixture(params=["qwen2_5_omni", "qwen3_omni"])
-def kit(request):
-    return request.getfixturevalue("tiny" if request.param == "qwen2_5_omni" else "qwen3")
-
-
 def rollout(kit, samples, g=3):
     module, model, processor = kit
     inputs = module.build_inputs(processor, samples, SYS, True)
