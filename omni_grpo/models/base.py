@@ -285,12 +285,12 @@ def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_id
     thinker = base_thinker(model)
     lm = _getattr_path(thinker, module.language_model)
     prompt_len = inputs.input_ids.shape[1]
+    mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)  # [N, P+C]
     if share_prompt and completion_ids.shape[1] > 0:
         first, inverse = inputs.distinct_prompts()
         if len(first) < inputs.batch_size:
-            return _shared_prompt_hidden(module, thinker, lm, inputs, completion_ids, completion_mask, first, inverse)
-    ids = torch.cat([inputs.input_ids, completion_ids], dim=1)  # [N, P+C]
-    mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)
+            return _shared_prompt_hidden(module, thinker, lm, inputs, completion_ids, mask, first, inverse)
+    ids = torch.cat([inputs.input_ids, completion_ids], dim=1)
     lm_inputs = module.language_model_inputs(model, inputs, ids, mask)
     out = lm(**lm_inputs, attention_mask=mask, use_cache=False)
     return out.last_hidden_state[:, prompt_len - 1 : -1]  # position t predicts token t+1
@@ -301,8 +301,9 @@ def prompt_model_inputs(module: OmniModule, thinker, prompts: ModelInputs, slots
 
     `slots` [B, C] are token ids standing in for the completion: a text token's position does not depend on
     which token it is, so the positions of every completion of a prompt are known from one row. Returns
-    (prompt embeddings [B, P, H], positions [..., B, P+C], the prompt part of any further language-model
-    arguments), all from the module's own `language_model_inputs` (media spliced, TMRoPE with the flag).
+    (prompt embeddings [B, P, H], positions [..., B, P+C], attention mask [B, P+C] with the slots on, the
+    prompt part of any further language-model arguments), all from the module's own `language_model_inputs`
+    (media spliced, TMRoPE with the flag).
     """
     p = prompts.input_ids.shape[1]
     ids = torch.cat([prompts.input_ids, slots], dim=1)
@@ -310,7 +311,7 @@ def prompt_model_inputs(module: OmniModule, thinker, prompts: ModelInputs, slots
     kw = module.language_model_inputs(thinker, prompts, ids, mask)
     embeds, positions = kw.pop("inputs_embeds"), kw.pop("position_ids")
     prompt_kw = module.prompt_kwargs(kw, p)
-    return embeds[:, :p], positions, prompt_kw
+    return embeds[:, :p], positions, mask, prompt_kw
 
 
 class _PromptLayer(DynamicLayer):
@@ -353,14 +354,13 @@ def _replay_safe_cache(layers):
 
 
 def _shared_prompt_hidden(module: OmniModule, thinker, lm, inputs: ModelInputs, completion_ids: torch.Tensor,
-                          completion_mask: torch.Tensor, first: list[int], inverse: torch.Tensor) -> torch.Tensor:
+                          mask: torch.Tensor, first: list[int], inverse: torch.Tensor) -> torch.Tensor:
     """`forward_hidden` with each distinct prompt run once: embeddings and positions for the `first` rows only
     (towers and TMRoPE once per prompt), a prompt pass recording every layer's keys/values, then one
     completion pass over all rows attending to their prompt's copy."""
     p = inputs.input_ids.shape[1]
     prompts = inputs.select(first)
-    embeds, positions, prompt_kw = prompt_model_inputs(module, thinker, prompts, completion_ids[first])
-    mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)
+    embeds, positions, _, prompt_kw = prompt_model_inputs(module, thinker, prompts, completion_ids[first])
     prompt_cache = Cache(layers=[_PromptLayer() for _ in lm.layers])
     with _replay_safe_cache(lm.layers):
         prompt = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=prompts.attention_mask,
@@ -513,8 +513,7 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
         empty = inputs.input_ids.new_zeros((b * num_generations, 0))
         return finish_completions(empty, stop_ids, pad_id)
     slots = inputs.input_ids.new_full((b, max_new_tokens), pad_id)
-    embeds, positions, prompt_kw = prompt_model_inputs(module, thinker, inputs, slots)
-    mask = torch.cat([inputs.attention_mask, torch.ones_like(slots, dtype=inputs.attention_mask.dtype)], dim=1)
+    embeds, positions, mask, prompt_kw = prompt_model_inputs(module, thinker, inputs, slots)
     cache = DynamicCache(config=lm.config)
     out = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=inputs.attention_mask,
              past_key_values=cache, use_cache=True, **prompt_kw)
