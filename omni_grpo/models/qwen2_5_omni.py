@@ -59,6 +59,14 @@ def format_question(sample: dict) -> str:
     return text
 
 
+def audio_dummy_pass(inner, param) -> torch.Tensor:
+    """The audio tower over 2 s of silence, summed: the pass a rank without audio makes under ZeRO-3 (lesson 10)."""
+    n_mel = inner.audio_tower.config.num_mel_bins
+    feats = torch.zeros(1, n_mel, 200, device=param.device, dtype=param.dtype)
+    mask = torch.ones(1, 200, dtype=torch.long, device=param.device)
+    return inner.get_audio_features(feats, mask, return_dict=True).last_hidden_state.sum()
+
+
 class Qwen25OmniModule(OmniModule):
     family = "qwen2_5_omni"
     media_token_names = (
@@ -199,10 +207,7 @@ class Qwen25OmniModule(OmniModule):
             audio = list(torch.split(out.last_hidden_state, lengths.tolist()))
             self.tower_calls.audio += len(audio)
         elif self.sync_towers:
-            n_mel = inner.audio_tower.config.num_mel_bins
-            feats = torch.zeros(1, n_mel, 200, device=param.device, dtype=param.dtype)
-            mask = torch.ones(1, 200, dtype=torch.long, device=param.device)
-            dummies.append(inner.get_audio_features(feats, mask, return_dict=True).last_hidden_state.sum())
+            dummies.append(audio_dummy_pass(inner, param))
         dummy = sum(dummies) * 0.0 if dummies else None
         return EncodedMedia(video=video, audio=audio, dummy=dummy)
 

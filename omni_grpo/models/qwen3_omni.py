@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from omni_grpo.models.base import EncodedMedia, ModelInputs, base_thinker
-from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule
+from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule, audio_dummy_pass
 
 __all__ = ["Qwen3OmniModule", "FRAME_FACTOR"]
 
@@ -89,10 +89,7 @@ class Qwen3OmniModule(Qwen25OmniModule):
             audio = list(torch.split(out.last_hidden_state, lengths.tolist()))
             self.tower_calls.audio += len(audio)
         elif self.sync_towers:
-            n_mel = inner.audio_tower.config.num_mel_bins
-            feats = torch.zeros(1, n_mel, 200, device=param.device, dtype=param.dtype)
-            mask = torch.ones(1, 200, dtype=torch.long, device=param.device)
-            dummies.append(inner.get_audio_features(feats, mask, return_dict=True).last_hidden_state.sum())
+            dummies.append(audio_dummy_pass(inner, param))
         dummy = sum(dummies) * 0.0 if dummies else None
         return EncodedMedia(video=video, audio=audio, dummy=dummy, video_deepstack=deepstack)
 
