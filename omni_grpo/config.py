@@ -191,7 +191,11 @@ class TrainConfig:
     freeze_vision_tower: bool = field(default=True, metadata=_help("Keep the vision encoder frozen (run once per prompt per step)."))
     freeze_audio_tower: bool = field(default=True, metadata=_help("Keep the audio encoder frozen (run once per prompt per step)."))
     gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in the backward pass to save memory."))
-    bf16: bool = field(default=False, metadata=_help("Train in bfloat16 (needs hardware support); false = float32."))
+    bf16: bool = field(
+        default=False,
+        metadata=_help("Train in bfloat16 (needs hardware support) with float32 master weights for the optimizer "
+                       "(DeepSpeed's own, or ours without DeepSpeed); false = float32."),
+    )
     attn_implementation: str = field(
         default="sdpa",
         metadata=_help("Attention kernel passed to transformers.",
@@ -208,7 +212,6 @@ class TrainConfig:
         default_factory=list,
         metadata=_help("Training shard directories written by `python -m preprocess` (each has manifest.json)."),
     )
-    eval_data: list[str] = field(default_factory=list, metadata=_help("Evaluation shard directories; empty = no evaluation data."))
     dataset_order: str = field(
         default="shuffle",
         metadata=_help("Prompt order each epoch: `shuffle` (seeded by `seed`) or `sequential`.", choices=("shuffle", "sequential")),
@@ -288,7 +291,9 @@ class TrainConfig:
     )
     kl_estimator: str = field(
         default="k3",
-        metadata=_help("Per-token KL estimator: `k1` log-ratio, `k2` ½ squared log-ratio, `k3` Schulman's (GRPO).",
+        metadata=_help("Per-token KL estimator: `k2` ½ squared log-ratio (gradient of KL(π‖ref)), `k3` Schulman's "
+                       "(GRPO; gradient of KL(ref‖π)); `k1` log-ratio has zero expected gradient and is refused "
+                       "as a loss term.",
                        choices=("k1", "k2", "k3")),
     )
     clip_low: float = field(default=0.2, metadata=_help("PPO ratio clip below: 1 - clip_low, in (0, 1)."))
@@ -309,7 +314,11 @@ class TrainConfig:
             choices=("group", "batch", "none"),
         ),
     )
-    num_iterations: int = field(default=1, metadata=_help("μ: policy updates per rollout batch; > 1 uses old log-probs and clipping."))
+    num_iterations: int = field(
+        default=1,
+        metadata=_help("μ: optimizer steps over each step's rollouts (> 1: ratios against the log-probs from before the "
+                       "first, clipping acts from the second); the LR schedule counts all of them."),
+    )
     entropy_coef: float = field(default=0.0, metadata=_help("Weight of the entropy bonus; 0 = off."))
     max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this value; 0 = no clipping."))
     max_consecutive_nonfinite: int = field(
@@ -323,7 +332,11 @@ class TrainConfig:
         default="constant",
         metadata=_help("Learning-rate schedule after warmup.", choices=("constant", "linear", "cosine")),
     )
-    warmup_ratio: float = field(default=0.0, metadata=_help("Fraction of optimizer steps of linear warmup, in [0, 1)."))
+    warmup_ratio: float = field(
+        default=0.0,
+        metadata=_help("Fraction of optimizer steps of linear warmup, in [0, 1); applies to every lr_scheduler, "
+                       "`constant` included."),
+    )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     adam_beta1: float = field(default=0.9, metadata=_help("AdamW β1, in [0, 1)."))
     adam_beta2: float = field(default=0.999, metadata=_help("AdamW β2, in [0, 1)."))
@@ -364,7 +377,6 @@ class TrainConfig:
         default=None,
         metadata=_help("Resume from a checkpoint directory, or `latest` in output_dir; null = start fresh."),
     )
-    eval_steps: int = field(default=0, metadata=_help("Evaluate on eval_data every N optimizer steps; 0 = off."))
 
     def __post_init__(self) -> None:
         _coerce_fields(self)
@@ -455,6 +467,12 @@ class TrainConfig:
         _require(0 < self.clip_low < 1, f"clip_low={self.clip_low} must be in (0, 1); GRPO uses 0.2")
         _require(self.clip_high > 0, f"clip_high={self.clip_high} must be > 0; GRPO uses 0.2, DAPO 0.28")
         _require(self.num_iterations >= 1, f"num_iterations={self.num_iterations} must be >= 1 (1 = one update per rollout)")
+        _require(
+            self.kl_estimator != "k1" or not self.uses_reference_model,
+            "kl_estimator=k1 as a loss term has zero expected gradient (E_π[∇ log π] = 0): it adds noise, not "
+            "regularisation; use kl_estimator=k3 (GRPO's; its gradient is that of KL(π_ref‖π)) or k2 (the "
+            "gradient of KL(π‖π_ref)), or set beta=0",
+        )
         _require(self.entropy_coef >= 0, f"entropy_coef={self.entropy_coef} must be >= 0 (it weights a bonus); 0 turns it off")
         _require(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0; 0 turns clipping off")
         _require(self.max_consecutive_nonfinite >= 1, f"max_consecutive_nonfinite={self.max_consecutive_nonfinite} must be >= 1")
@@ -492,12 +510,8 @@ class TrainConfig:
     def _validate_run(self) -> None:
         _require(bool(self.output_dir), "output_dir is empty; set output_dir=DIR")
         _require(self.logging_steps >= 1, f"logging_steps={self.logging_steps} must be >= 1")
-        for name in ("log_completions", "save_steps", "save_total_limit", "eval_steps"):
+        for name in ("log_completions", "save_steps", "save_total_limit"):
             _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0 (0 turns it off)")
-        _require(
-            self.eval_steps == 0 or len(self.eval_data) > 0,
-            f"eval_steps={self.eval_steps} needs eval_data=[DIR, ...]; add evaluation shards or set eval_steps=0",
-        )
         _require(self.resume_from_checkpoint != "", "resume_from_checkpoint is empty; use null, latest or a directory")
 
     def _validate_reward_settings(self) -> None:
@@ -836,7 +850,7 @@ def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
         )
     if for_training and not cfg.data:
         raise ConfigError("no training data; pass data=[DIR, ...] with shard directories written by python -m preprocess")
-    for key, dirs in (("data", cfg.data), ("eval_data", cfg.eval_data)):
+    for key, dirs in (("data", cfg.data),):
         for shard_dir in dirs:
             _check_shard_dir(key, Path(shard_dir), cfg.use_audio_in_video)
     resume = cfg.resume_from_checkpoint

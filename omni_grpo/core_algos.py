@@ -44,6 +44,7 @@ __all__ = [
     "entropy_bonus",
     "entropy_from_logits",
     "group_advantages",
+    "group_reward_totals",
     "kl_coef_schedule",
     "kl_penalty",
     "loss_normalisers",
@@ -78,6 +79,35 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return total / count
 
 
+def group_reward_totals(scores: torch.Tensor, weights: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Weighted total reward per completion, NaN where it cannot be computed.  `[N, F], [F] -> [N]`.
+
+    `scores[i, f]` is reward f of completion i, NaN where that reward returned None ("cannot score"). Rows
+    are consecutive groups of `group_size`. The rule, per group:
+
+    - a reward that scored none of the group's completions (NaN for all G) is left out of that group's
+      totals: it carries no comparison within the group (e.g. an accuracy reward on a question type it
+      does not grade);
+    - a completion that lacks a score its group mates have (one failed judge call among G) has no total:
+      NaN. `group_advantages` leaves it out of its group's statistics and gives it advantage 0, so a
+      failure never pushes a completion down (summing None as 0 did: totals [.6, .6, 0, .6] → −1.5);
+    - rewards with weight 0 never matter.
+    """
+    if scores.dim() != 2 or scores.shape[1] != weights.numel():
+        raise ValueError(f"scores must be [N, F] with F = {weights.numel()} weights, got {tuple(scores.shape)}")
+    n, f = scores.shape
+    if n % group_size != 0:
+        raise ValueError(f"{n} completions do not split into groups of {group_size}")
+    weights = weights.to(scores)
+    used = (weights != 0).view(1, 1, f)  # [1, 1, F]
+    grouped = scores.view(-1, group_size, f)  # [B, G, F]
+    scored = ~torch.isnan(grouped)  # [B, G, F]
+    counts = scored.any(dim=1, keepdim=True) & used  # [B, 1, F]  rewards that score some of the group
+    complete = (scored | ~counts).all(dim=-1)  # [B, G]
+    total = torch.where(counts & scored, grouped * weights.view(1, 1, f), torch.zeros_like(grouped)).sum(-1)
+    return torch.where(complete, total, torch.full_like(total, float("nan"))).reshape(-1)  # [N]
+
+
 def group_advantages(
     rewards: torch.Tensor,
     group_size: int,
@@ -96,8 +126,11 @@ def group_advantages(
 
     Standard deviations use Bessel's correction (unbiased=True) everywhere, as TRL and verl do. A group whose
     rewards are all equal gets advantage exactly 0 for every member (never NaN, never a rounding residue):
-    it carries no learning signal. Rewards must be finite: the caller replaces missing rewards (`None`)
-    before calling, so a NaN here is a bug upstream and raises ValueError.
+    it carries no learning signal.
+
+    NaN means "no reward" (`group_reward_totals`): such a completion gets advantage exactly 0 (no gradient)
+    and is left out of its group's mean and std and of the batch std; a group with fewer than two rewards
+    left counts as constant. Infinite rewards are a bug upstream and raise ValueError.
     """
     _check_choice("scale", scale, ADVANTAGE_SCALES)
     if rewards.dim() != 1:
@@ -109,22 +142,25 @@ def group_advantages(
             f"{rewards.numel()} rewards do not split into groups of {group_size}; "
             "pass all G completions of every prompt, grouped consecutively"
         )
-    if not torch.isfinite(rewards).all():
-        raise ValueError(
-            "rewards contain NaN or inf; replace rewards that could not be computed before computing advantages"
-        )
+    if torch.isinf(rewards).any():
+        raise ValueError("rewards contain inf; a reward must be finite, or None when it cannot score")
     if not rewards.is_floating_point():
         rewards = rewards.float()
     grouped = rewards.view(-1, group_size)  # [B, G]
-    mean = grouped.mean(dim=1, keepdim=True)  # [B, 1]
-    constant = (grouped == grouped[:, :1]).all(dim=1, keepdim=True)  # [B, 1]
-    centred = torch.where(constant, torch.zeros_like(grouped), grouped - mean)  # [B, G]
+    valid = ~torch.isnan(grouped)  # [B, G]
+    n_valid = valid.sum(dim=1, keepdim=True)  # [B, 1]
+    filled = torch.where(valid, grouped, torch.zeros_like(grouped))  # [B, G]
+    mean = filled.sum(dim=1, keepdim=True) / n_valid.clamp(min=1)  # [B, 1]
+    first = torch.where(valid, grouped, mean).max(dim=1, keepdim=True).values  # [B, 1]
+    constant = (n_valid < 2) | (torch.where(valid, grouped, first) == first).all(dim=1, keepdim=True)  # [B, 1]
+    centred = torch.where(constant | ~valid, torch.zeros_like(grouped), filled - mean)  # [B, G]
     if scale == "group":
-        std = grouped.std(dim=1, unbiased=True, keepdim=True)  # [B, 1]
-        std = torch.where(constant, torch.ones_like(std), std)  # constant groups are 0 already; avoid 0/0
+        var = (centred.square().sum(dim=1, keepdim=True) / (n_valid - 1).clamp(min=1))  # [B, 1]
+        std = torch.where(constant, torch.ones_like(var), var.sqrt())  # constant groups are 0 already
         advantages = centred / (std + eps)
     elif scale == "batch":
-        std = rewards.std(unbiased=True)  # []
+        std = rewards[~torch.isnan(rewards)].std(unbiased=True) if int(valid.sum()) > 1 else rewards.new_ones(())
+        std = torch.nan_to_num(std, nan=1.0)
         advantages = centred / (torch.where(std > 0, std, torch.ones_like(std)) + eps)
     else:
         advantages = centred
@@ -142,6 +178,17 @@ def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str =
       choice (DeepSeekMath eq. 4). The log-ratio is clamped to [-20, 20] before `exp` so one diverged token
       cannot give inf (the gradient is zero outside that range); it is computed as expm1(d) − d and clamped
       at 0, so it is ≥ 0 despite rounding and exactly 0 when the inputs are equal.
+
+    As a loss term the *value* is not what matters but the expected gradient over tokens sampled from π
+    (differentiating through log π of the sampled token, not through the sampling):
+
+    - k1: E_π[∇ log π] = 0. **No regularisation at all**, only noise; `TrainConfig` refuses it as a loss
+      term (it remains fine as a metric).
+    - k2: E_π[(log π − log π_ref) ∇ log π] = ∇ KL(π‖π_ref), the reverse KL the paper intends.
+    - k3: E_π[(1 − π_ref/π) ∇ log π] = −Σ π_ref ∇ log π = ∇ KL(π_ref‖π), the forward KL — its value
+      estimates KL(π‖π_ref) but its gradient is that of KL(π_ref‖π) (as in TRL and DeepSeekMath; both
+      vanish at π = π_ref and agree to second order near it).
+    `tests/test_core_algos.py` checks all three by exact enumeration over a small vocabulary.
     """
     _check_choice("kind", kind, KL_ESTIMATORS)
     log_ratio = log_probs - ref_log_probs  # [B, L]

@@ -14,44 +14,87 @@ from pathlib import Path
 import torch
 
 
+def fp32_masters(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    """Float32 copies of low-precision trainable parameters, for the optimizer to step (mixed precision).
+
+    An AdamW update of ~lr = 1e-6 is below half a bf16 ulp for most weights (|w| > 2.5e-4), so stepping bf16
+    weights directly rounds most updates away. The optimizer steps these fp32 masters instead and the model's
+    bf16 weights are re-rounded from them after every step, as DeepSpeed's bf16 optimizer does.
+    """
+    return [torch.nn.Parameter(p.detach().float().clone()) for p in params]
+
+
 class PlainEngine:
-    """Single-process PyTorch: AdamW + LR schedule + grad clipping."""
+    """Single-process PyTorch: AdamW + LR schedule + grad clipping, with fp32 master weights when given.
+
+    `masters`: the `fp32_masters` of the model's trainable parameters, in the same order, when the optimizer
+    was built over them (bf16 training); None when the optimizer steps the model's own parameters.
+    """
 
     world_size = 1
     zero_stage = 0
 
-    def __init__(self, model, optimizer, scheduler, max_grad_norm: float):
+    def __init__(self, model, optimizer, scheduler, max_grad_norm: float, masters=None):
         self.module, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.max_grad_norm = max_grad_norm
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.masters = masters
+        if masters is not None and [m.shape for m in masters] != [p.shape for p in self.params]:
+            raise ValueError("masters must be the fp32 copies of the model's trainable parameters, in order")
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
     def step(self) -> tuple[float, bool]:
         """Clip, then update unless the gradient norm is non-finite. Returns (grad_norm, stepped)."""
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm if self.max_grad_norm > 0 else math.inf))
+        stepped_params = self.params
+        if self.masters is not None:
+            for p, m in zip(self.params, self.masters):
+                m.grad = None if p.grad is None else p.grad.float()
+                p.grad = None
+            stepped_params = self.masters
+        norm = float(torch.nn.utils.clip_grad_norm_(stepped_params,
+                                                    self.max_grad_norm if self.max_grad_norm > 0 else math.inf))
         stepped = math.isfinite(norm)
         if stepped:
             self.optimizer.step()
             self.scheduler.step()
+            self._copy_masters_to_model()
         self.optimizer.zero_grad(set_to_none=True)
         return norm, stepped
 
+    def _copy_masters_to_model(self) -> None:
+        if self.masters is not None:
+            with torch.no_grad():
+                for p, m in zip(self.params, self.masters):
+                    p.copy_(m)
+
     def skip_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
+        for p in self.params:
+            p.grad = None
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
     def save_state(self, folder: Path) -> None:
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   folder / "optimizer.pt")
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+        if self.masters is not None:
+            state["masters"] = [m.detach() for m in self.masters]
+        torch.save(state, folder / "optimizer.pt")
 
     def load_state(self, folder: Path) -> None:
         state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.masters is not None:
+            if "masters" not in state:
+                raise ValueError(f"{folder / 'optimizer.pt'} has no fp32 master weights; it was not written by a "
+                                 "bf16 run: resume it with the bf16 setting it was trained with")
+            with torch.no_grad():
+                for m, saved in zip(self.masters, state["masters"]):
+                    m.copy_(saved)
+            self._copy_masters_to_model()
 
     def full_state_dict(self) -> dict | None:
         return self.module.state_dict()

@@ -26,6 +26,7 @@ class Rollout:
     texts: [N] decoded completions. samples: [N] reward fields of each row's prompt.
     scores: [N, F] per-reward scores (NaN = not scored); rewards: [N] weighted total; advantages: [N].
     old_log_probs, ref_log_probs: [N, C] or None when μ = 1 / β = 0.
+    temperature: the sampling temperature; every log-prob pass over these rows scores at it.
     """
 
     inputs: ModelInputs
@@ -40,6 +41,7 @@ class Rollout:
     per_sample_rewards: list[dict] | None = None
     old_log_probs: torch.Tensor | None = None
     ref_log_probs: torch.Tensor | None = None
+    temperature: float = 1.0
 
     @property
     def num_rows(self) -> int:
@@ -62,8 +64,10 @@ class Rollout:
             scores=cut(self.scores),
             rewards=cut(self.rewards),
             advantages=cut(self.advantages),
+            per_sample_rewards=None if self.per_sample_rewards is None else self.per_sample_rewards[sl],
             old_log_probs=cut(self.old_log_probs),
             ref_log_probs=cut(self.ref_log_probs),
+            temperature=self.temperature,
         )
 
 

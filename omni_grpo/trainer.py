@@ -36,7 +36,7 @@ from omni_grpo import checkpoint as ckpt
 from omni_grpo import core_algos
 from omni_grpo.config import TrainConfig, config_to_dict, effective_reward_kwargs, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
-from omni_grpo.engine import DeepSpeedEngine, PlainEngine
+from omni_grpo.engine import DeepSpeedEngine, PlainEngine, fp32_masters
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
 from omni_grpo.models import detect_family, generate, get_module, log_probs
 from omni_grpo.models.base import base_thinker
@@ -68,6 +68,7 @@ class GRPOTrainer:
         family = detect_family(cfg.model_name_or_path) if cfg.model_family == "auto" else cfg.model_family
         self.module = get_module(family)
         self.processor = self.module.load_processor(cfg.model_name_or_path)
+        self.banned_token_ids = self.module.banned_token_ids(self.processor.tokenizer)
         self._setup_data()
         self._setup_models()
         self.rewards = build_reward_manager(cfg.reward_funcs, cfg.reward_weights, effective_reward_kwargs(cfg),
@@ -159,27 +160,35 @@ class GRPOTrainer:
             model = get_peft_model(model, LoraConfig(
                 r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                 target_modules=rf".*{lm}\..*\.({targets})$", exclude_modules=rf".*\.({towers})\..*"))
+        # Decided once from the config: a β schedule that starts at 0 still needs the reference later.
         self.reference = None
-        if cfg.beta > 0 and not cfg.lora.enabled:
+        if cfg.uses_reference_model and not cfg.lora.enabled:
             self.reference = self._load_thinker()
             self.reference.requires_grad_(False)
+        if self.ds_config is None:
+            model.to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError("nothing to train: every parameter is frozen (check lora / freeze_* options)")
+        # bf16 without DeepSpeed: the optimizer steps fp32 masters (DeepSpeed's bf16 optimizer keeps its own).
+        masters = fp32_masters(params) if cfg.bf16 and self.ds_config is None else None
         # fused: one kernel over all parameters (CPU and CUDA) instead of torch's per-tensor loop on CPU.
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+        optimizer = torch.optim.AdamW(masters or params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                       eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay,
                                       fused=self.ds_config is None)
         from transformers import get_scheduler
 
-        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * self.total_steps),
-                                  num_training_steps=self.total_steps)
+        # The schedule counts optimizer steps: μ of them per trainer step. transformers' "constant" ignores
+        # the warmup, so a warmup turns it into "constant_with_warmup".
+        optimizer_steps = self.total_steps * cfg.num_iterations
+        warmup = int(cfg.warmup_ratio * optimizer_steps)
+        name = "constant_with_warmup" if cfg.lr_scheduler == "constant" and warmup > 0 else cfg.lr_scheduler
+        scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=optimizer_steps)
         self.param_counts = _param_counts(model)
         if self.ds_config is None:
-            model.to(self.device)
             if self.reference is not None:
                 self.reference.to(self.device).eval()
-            self.engine = PlainEngine(model, optimizer, scheduler, cfg.max_grad_norm)
+            self.engine = PlainEngine(model, optimizer, scheduler, cfg.max_grad_norm, masters=masters)
         else:
             import deepspeed
 
@@ -194,8 +203,10 @@ class GRPOTrainer:
 
     @property
     def backward_per_step(self) -> int:
+        """Backward calls per optimizer step (DeepSpeed's accumulation count); μ does not enter: each of the
+        μ passes over the step's rows ends with its own optimizer step."""
         cfg = self.cfg
-        return cfg.gradient_accumulation_steps * (cfg.rows_per_micro_step // cfg.update_micro_batch_size) * cfg.num_iterations
+        return cfg.gradient_accumulation_steps * (cfg.rows_per_micro_step // cfg.update_micro_batch_size)
 
     def _fill_ds_config(self) -> None:
         """Resolve the DeepSpeed JSON's "auto" values from this config (the optimizer is ours, not DeepSpeed's)."""
@@ -298,23 +309,23 @@ class GRPOTrainer:
         texts = self.processor.tokenizer.batch_decode(comps.completion_ids, skip_special_tokens=True)
         samples = [s for s in batch.samples for _ in range(cfg.num_generations)]
         return Rollout(inputs=inputs.repeat(cfg.num_generations), completion_ids=comps.completion_ids,
-                       completion_mask=comps.completion_mask, truncated=comps.truncated, texts=texts, samples=samples)
+                       completion_mask=comps.completion_mask, truncated=comps.truncated, texts=texts, samples=samples,
+                       temperature=temperature)
 
     def _score(self, rollout: Rollout) -> dict:
-        out = self.rewards(rollout.texts, rollout.samples)
-        rollout.scores, rollout.rewards = out.scores, out.total.to(self.device)
-        rollout.per_sample_rewards = out.per_sample
         g = self.cfg.num_generations
+        out = self.rewards(rollout.texts, rollout.samples, group_size=g)
+        rollout.scores, rollout.rewards = out.scores, out.total.to(self.device)  # total NaN: none (advantage 0)
+        rollout.per_sample_rewards = out.per_sample
         rollout.advantages = core_algos.group_advantages(rollout.rewards.float(), g, scale=self.cfg.advantage_scale)
-        groups = rollout.rewards.view(-1, g)
-        flat = (groups.max(dim=1).values == groups.min(dim=1).values).float().mean().item()
+        flat = (rollout.advantages.view(-1, g) == 0).all(dim=1).float().mean().item()
         return {**out.metrics, "reward/zero_std_group_ratio": flat}
 
     def _reference_and_old(self, rollout: Rollout, beta: float) -> None:
         cfg = self.cfg
         args = (rollout.inputs, rollout.completion_ids, rollout.completion_mask)
-        share = {"share_prompt": cfg.share_prompt}
-        if beta > 0 or cfg.beta > 0:
+        share = self._scoring(rollout)
+        if cfg.uses_reference_model:
             with self.timer("ref_log_probs"), torch.no_grad():
                 if self.reference is not None:
                     rollout.ref_log_probs, _ = log_probs(self.module, self.reference, *args, **share)
@@ -325,8 +336,22 @@ class GRPOTrainer:
             with self.timer("old_log_probs"), torch.no_grad():
                 rollout.old_log_probs, _ = log_probs(self.module, self.policy, *args, **share)
 
+    def _scoring(self, rollout: Rollout) -> dict:
+        """How every log-prob pass scores a rollout's rows: at its sampling temperature, media tokens banned
+        (the distribution `generate` drew from), with the configured prompt sharing."""
+        return {"share_prompt": self.cfg.share_prompt, "temperature": rollout.temperature,
+                "banned_token_ids": self.banned_token_ids}
+
     def _update(self, rollouts: list[Rollout], beta: float) -> dict:
-        """μ passes over the step's rows; loss normalised by the step's global token/sequence counts."""
+        """μ optimizer steps over the same rows (DeepSeekMath's μ; TRL's `num_iterations`).
+
+        Each pass runs every row of the step through the policy and ends with one optimizer step; the ratio
+        compares with `old_log_probs` from before the first pass, so it is 1 in the first pass and clipping acts
+        from the second on. Every pass normalises by the same global token/sequence counts of the step (so a
+        pass's gradient does not depend on how rows split over micro-batches and ranks), and the LR schedule
+        counts optimizer steps (μ per trainer step). A checkpoint is only written between trainer steps, after
+        all μ passes, so resume never lands inside one.
+        """
         cfg = self.cfg
         tokens = sum(r.completion_mask.sum() for r in rollouts).float()
         seqs = sum((r.completion_mask.sum(-1) > 0).sum() for r in rollouts).float()
@@ -338,9 +363,10 @@ class GRPOTrainer:
         global_tokens, global_seqs = counts[0], counts[1]
         mb = cfg.update_micro_batch_size
         parts: list[dict] = []
-        skipped = False
+        norms, skips = [], 0
         with self.timer("update"), training_mode(self.policy):
             for _ in range(cfg.num_iterations):
+                skipped = False
                 for rollout in rollouts:
                     for start in range(0, rollout.num_rows, mb):
                         part = rollout.rows(start, start + mb)
@@ -350,12 +376,24 @@ class GRPOTrainer:
                             loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
                         self.engine.backward(loss)
                         parts.append(m)
-            if skipped and isinstance(self.engine, PlainEngine):
-                self.engine.skip_step()
-                grad_norm, stepped = math.nan, False
-            else:
-                grad_norm, stepped = self.engine.step()
-        self.nonfinite_in_a_row = 0 if (stepped and not skipped) else self.nonfinite_in_a_row + 1
+                if skipped and isinstance(self.engine, PlainEngine):
+                    self.engine.skip_step()
+                    grad_norm, stepped = math.nan, False
+                else:
+                    grad_norm, stepped = self.engine.step()
+                norms.append(grad_norm)
+                skips += int(skipped or not stepped)
+                self._count_nonfinite(stepped and not skipped)
+        metrics = {f"actor/{k}": v for k, v in _mean_dicts(parts).items()}
+        finite = [n for n in norms if math.isfinite(n)]
+        metrics.update({"actor/grad_norm": sum(finite) / len(finite) if finite else math.nan,
+                        "actor/lr": self.engine.lr(), "actor/skipped_updates": float(skips),
+                        "actor/optimizer_steps": float(len(norms) - skips)})
+        return metrics
+
+    def _count_nonfinite(self, ok: bool) -> None:
+        cfg = self.cfg
+        self.nonfinite_in_a_row = 0 if ok else self.nonfinite_in_a_row + 1
         if self.nonfinite_in_a_row:
             logger.warning("step %d: non-finite loss or gradient norm, update skipped (%d in a row)",
                            self.global_step + 1, self.nonfinite_in_a_row)
@@ -363,15 +401,11 @@ class GRPOTrainer:
             raise NonFiniteLossError(
                 f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient norm. "
                 "Lower learning_rate, check the rewards for NaN, and resume with resume_from_checkpoint=latest.")
-        metrics = {f"actor/{k}": v for k, v in _mean_dicts(parts).items()}
-        metrics.update({"actor/grad_norm": grad_norm, "actor/lr": self.engine.lr(),
-                        "actor/skipped_updates": float(not stepped or skipped)})
-        return metrics
 
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs):
         cfg = self.cfg
         lp, entropy = log_probs(self.module, self.policy, part.inputs, part.completion_ids, part.completion_mask,
-                                with_entropy=True, share_prompt=cfg.share_prompt)
+                                with_entropy=True, **self._scoring(part))
         old = part.old_log_probs if part.old_log_probs is not None else lp.detach()
         mask = part.completion_mask.to(lp.dtype)
         loss, m = core_algos.policy_loss(

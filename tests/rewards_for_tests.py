@@ -9,3 +9,8 @@ def length_reward(completions, **kwargs):
 
 def raising_reward(completions, **kwargs):
     raise RuntimeError("judge unavailable")
+
+
+def flaky_judge(completions, **kwargs):
+    """`length_reward`, but it "cannot score" (None) every third completion, like a judge call that failed."""
+    return [None if i % 3 == 0 else s for i, s in enumerate(length_reward(completions))]

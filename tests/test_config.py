@@ -139,7 +139,8 @@ def test_unknown_yaml_key_names_file_key_and_suggestion(tmp_path):
         (["judge.enabled=true", "judge.url=http://127.0.0.1:8000/v1/chat/completions"], "needs judge.model=NAME"),
         (["judge.api_key_env=sk-abc123"], "NAME of an environment variable"),
         (["lora.r=0"], "lora.r=0 must be >= 1"),
-        (["eval_steps=10"], "eval_steps=10 needs eval_data"),
+        (["eval_steps=10"], "unknown config key 'eval_steps'"),
+        (["kl_estimator=k1"], "kl_estimator=k1 as a loss term has zero expected gradient"),
         (["max_steps=0"], "max_steps=0 must be > 0, or -1"),
         (["num_generations=2.5"], "num_generations must be an integer"),
         (["bf16=1"], "bf16 must be true or false"),
@@ -253,7 +254,7 @@ def model_dir(tmp_path):
 
 def test_check_paths_accepts_a_complete_setup(tmp_path, model_dir):
     shards = make_shards(tmp_path / "shards")
-    cfg = TrainConfig(model_name_or_path=str(model_dir), data=[str(shards)], eval_data=[str(shards)])
+    cfg = TrainConfig(model_name_or_path=str(model_dir), data=[str(shards)])
     assert check_paths(cfg) is None
 
 
@@ -276,8 +277,6 @@ def test_check_paths_data_directories(tmp_path, model_dir):
     with pytest.raises(ConfigError, match="has no manifest.json"):
         check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(tmp_path / "unfinished")]))
     good = make_shards(tmp_path / "good")
-    with pytest.raises(ConfigError, match="eval_data directory"):
-        check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(good)], eval_data=[str(tmp_path / "x")]))
     with pytest.raises(ConfigError, match="resume_from_checkpoint"):
         check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(good)], resume_from_checkpoint="ckpt/none"))
 

@@ -13,6 +13,7 @@ from omni_grpo.core_algos import (
     entropy_bonus,
     entropy_from_logits,
     group_advantages,
+    group_reward_totals,
     kl_coef_schedule,
     kl_penalty,
     loss_normalisers,
@@ -73,8 +74,8 @@ def test_equal_reward_group_gets_exactly_zero(scale, eps):
 
 
 def test_group_advantages_rejects_bad_input():
-    with pytest.raises(ValueError, match="NaN"):
-        group_advantages(torch.tensor([1.0, float("nan")]), 2)
+    with pytest.raises(ValueError, match="inf"):
+        group_advantages(torch.tensor([1.0, float("inf")]), 2)
     with pytest.raises(ValueError, match="groups of 3"):
         group_advantages(torch.ones(4), 3)
     with pytest.raises(ValueError, match="group_size"):
@@ -83,7 +84,60 @@ def test_group_advantages_rejects_bad_input():
         group_advantages(torch.ones(4), 2, scale="global")
 
 
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_a_missing_total_gets_advantage_zero_and_stays_out_of_its_group(scale):
+    """Issue 13 item 7: the audit's judge failure on 1 of 4 completions. Summed as 0 it got −1.5; now it gets
+    0 and the other three are compared among themselves (here: all equal, so all 0)."""
+    nan = float("nan")
+    adv = group_advantages(torch.tensor([0.6, 0.6, nan, 0.6]), 4, scale)
+    assert (adv == 0).all()
+    adv = group_advantages(torch.tensor([1.0, 0.0, nan, 0.5, 0.2, 0.2, 0.2, 0.9]), 4, scale)
+    three = group_advantages(torch.tensor([1.0, 0.0, 0.5]), 3, "none")
+    assert adv[2] == 0 and torch.isfinite(adv).all()
+    if scale == "none":
+        assert torch.allclose(adv[[0, 1, 3]], three)
+    if scale == "group":
+        assert torch.allclose(adv[[0, 1, 3]], group_advantages(torch.tensor([1.0, 0.0, 0.5]), 3, "group"))
+    assert adv[[0, 1, 3]].sum().abs() < 1e-6  # centred on the three that have a total
+
+
+def test_group_reward_totals_rule():
+    """A reward absent for the whole group is left out; a completion missing a score its mates have has no
+    total; a weight-0 reward never matters; with groups of 1 it is a sum over the scored rewards."""
+    nan = float("nan")
+    w = torch.tensor([1.0, 0.5, 0.0])
+    scores = torch.tensor([
+        [1.0, nan, 3.0], [0.0, nan, nan],          # group 0: reward 1 scores nobody → left out
+        [1.0, 1.0, 0.0], [1.0, nan, 0.0],          # group 1: row 3 lacks reward 1 → NaN
+    ])
+    totals = group_reward_totals(scores, w, 2)
+    assert totals[:3].tolist() == [1.0, 0.0, 1.5] and torch.isnan(totals[3])
+    assert group_reward_totals(scores, w, 1).tolist() == [1.0, 0.0, 1.5, 1.0]
+
+
 # ------------------------------------------------------------------------------------------------------ KL
+
+
+@pytest.mark.parametrize("kind, want", [("k1", "zero"), ("k2", "reverse"), ("k3", "forward")])
+def test_kl_estimator_expected_gradients_by_exact_enumeration(kind, want):
+    """Issue 13 item 5. Over a 6-token vocabulary, E_{x~π}[∇_θ k(x)] computed exactly (a sum weighted by π, the
+    gradient only through log π(x), as in the loss): k1 → 0, k2 → ∇KL(π‖ref), k3 → ∇KL(ref‖π)."""
+    torch.manual_seed(0)
+    theta = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    ref = torch.log_softmax(torch.randn(6, dtype=torch.float64), -1)
+    logp = torch.log_softmax(theta, -1)
+    pi = logp.exp().detach()
+    per_token = kl_penalty(logp, ref, kind)  # every token of the vocabulary as a "sample"
+    (expected_grad,) = torch.autograd.grad((pi * per_token).sum(), theta, retain_graph=True)
+    if want == "zero":
+        target = torch.zeros(6, dtype=torch.float64)
+    elif want == "reverse":
+        (target,) = torch.autograd.grad((logp.exp() * (logp - ref)).sum(), theta)
+    else:
+        (target,) = torch.autograd.grad((ref.exp() * (ref - logp)).sum(), theta)
+    assert torch.allclose(expected_grad, target, atol=1e-12)
+    if want != "zero":
+        assert target.abs().max() > 0.05  # a real gradient, so the assertion above has teeth
 
 
 def test_kl_estimators_hand_computed():

@@ -116,3 +116,15 @@ def test_zero3_lora_with_gradient_checkpointing(tiny_model_dir, mixed_shards, tm
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # lora_B starts at 0: it moved
     assert torch.isfinite(torch.tensor(scalars(tmp_path / "out", "actor/loss"))).all()
+
+
+def test_zero3_mu_two_makes_two_optimizer_steps_per_trainer_step(tiny_model_dir, mixed_shards, tmp_path):
+    """Issue 13 item 1 under ZeRO-3 on 2 ranks: DeepSpeed's accumulation boundary falls after each of the μ
+    passes, so each trainer step makes μ optimizer steps and the ratio departs from 1 (clipping acts)."""
+    ds = zero3_test_config(tmp_path / "zero3.json")
+    launch(tmp_path, common(tiny_model_dir, mixed_shards, tmp_path / "out", ds, steps=2) +
+           ["num_iterations=2", "learning_rate=3e-3", "beta=0.0", "save_steps=0"])
+    out = tmp_path / "out"
+    assert scalars(out, "actor/optimizer_steps") == [2.0, 2.0]
+    assert max(scalars(out, "actor/clip_ratio")) > 0.0
+    assert torch.isfinite(torch.tensor(scalars(out, "actor/loss"))).all()

@@ -437,7 +437,7 @@ def test_frozen_head_log_probs_gradient_matches_autograd():
     weight = torch.randn(11, 8, dtype=torch.float64)
     targets = torch.randint(0, 11, (2, 5))
     g_lp, g_ent = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
-    lp, ent = _FrozenHeadLogProbs.apply(hidden, weight, targets, 0.7, True)
+    lp, ent = _FrozenHeadLogProbs.apply(hidden, weight, targets, 0.7, True, None)
     (lp * g_lp + ent * g_ent).sum().backward()
     ours = hidden.grad.clone()
     hidden.grad = None

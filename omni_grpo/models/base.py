@@ -16,7 +16,6 @@ log-prob pass, which then splice them into the token embeddings instead of runni
 from __future__ import annotations
 
 import dataclasses
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -158,11 +157,14 @@ class Completions:
 
     completion_ids, completion_mask: [B*G, C]; row i*G + j is completion j of prompt i.
     truncated: [B*G] bool, True where no stop token was produced within the length budget.
+    log_probs: [B*G, C] or None: log-probability of each sampled token under the distribution it was drawn
+      from (after every logits processor), when `generate(..., return_log_probs=True)`.
     """
 
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     truncated: torch.Tensor
+    log_probs: torch.Tensor | None = None
 
 
 @dataclass
@@ -372,8 +374,23 @@ def _shared_prompt_hidden(module: OmniModule, thinker, lm, inputs: ModelInputs, 
     return torch.cat([last_prompt, out.last_hidden_state[:, :-1]], dim=1)
 
 
-def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool):
-    logits = lm_head(hidden).float() / temperature  # [n, c, V] for one chunk only
+BANNED_LOGIT = -1e30  # exp() of it is exactly 0 in float32, and 0 * it is 0 (no NaN in the entropy)
+
+
+def _scored_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor | None) -> torch.Tensor:
+    """The logits of the distribution the sampler draws from: divided by the temperature, media tokens removed.
+
+    `generate` bans the media tokens and then divides by T (Hugging Face's order); the banned entries are
+    removed here after the division, so they carry no probability mass, exactly as in sampling.
+    """
+    logits = logits / temperature
+    if banned is not None and banned.numel():
+        logits = logits.index_fill(-1, banned, BANNED_LOGIT)
+    return logits
+
+
+def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool, banned=None):
+    logits = _scored_logits(lm_head(hidden).float(), temperature, banned)  # [n, c, V] for one chunk only
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     if not with_entropy:
@@ -398,20 +415,20 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, with_entropy):
-        logits = _upcast(hidden @ weight.t()) / temperature  # [n, c, V]
+    def forward(ctx, hidden, weight, targets, temperature, with_entropy, banned):
+        logits = _scored_logits(_upcast(hidden @ weight.t()), temperature, banned)  # [n, c, V]
         logz = torch.logsumexp(logits, dim=-1)
         logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
         entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1) if with_entropy else torch.zeros_like(logp)
         ctx.save_for_backward(hidden, weight, targets)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.banned = temperature, banned
         return logp, entropy
 
     @staticmethod
     def backward(ctx, grad_logp, grad_entropy):
         hidden, weight, targets = ctx.saved_tensors
-        logits = _upcast(hidden @ weight.t()) / ctx.temperature
-        probs = torch.softmax(logits, dim=-1)
+        logits = _scored_logits(_upcast(hidden @ weight.t()), ctx.temperature, ctx.banned)
+        probs = torch.softmax(logits, dim=-1)  # exactly 0 at banned tokens, so they get no gradient
         grad_logp = grad_logp.to(logits.dtype)
         grad_entropy = None if grad_entropy is None else grad_entropy.to(logits.dtype)
         # d logp / d logits = onehot(target) - p
@@ -422,7 +439,7 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
             mean = (probs * logits).sum(-1, keepdim=True)
             dlogits -= probs * (logits - mean) * grad_entropy.unsqueeze(-1)
         grad_hidden = (dlogits / ctx.temperature).to(weight.dtype) @ weight
-        return grad_hidden.to(hidden.dtype), None, None, None, None
+        return grad_hidden.to(hidden.dtype), None, None, None, None, None
 
 
 @contextmanager
@@ -439,8 +456,14 @@ def _whole_weight(param):
 
 def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
               completion_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
-              chunk_size: int = 256, share_prompt: bool = True):
+              chunk_size: int = 256, share_prompt: bool = True, banned_token_ids: list[int] | None = None):
     """Per-token log-probs (and entropies) of the completion tokens: ([N, C], [N, C] or None).
+
+    Scored under the distribution `generate` samples from: logits divided by `temperature` (the rollout's)
+    and `banned_token_ids` (the media tokens, `OmniModule.banned_token_ids`) removed from the normaliser.
+    With top_k = 0, top_p = 1 and no repetition penalty this is exactly the sampler's log-probability of each
+    token (to float rounding), so the policy gradient is the gradient of the policy that sampled. The entropy
+    is that distribution's entropy.
 
     Gradient flows when called under grad mode. The vocabulary projection runs per chunk of `chunk_size`
     positions and is recomputed in backward, so `[N, C, V]` float32 logits never exist at once (Qwen's
@@ -450,6 +473,8 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     """
     hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask, share_prompt)  # [N, C, H]
     lm_head = base_thinker(model).lm_head
+    banned = (torch.tensor(banned_token_ids, dtype=torch.long, device=hidden.device)
+              if banned_token_ids else None)
     if getattr(lm_head, "bias", None) is not None:
         raise NotImplementedError("an lm_head with a bias is not supported")
     head_trains = any(p.requires_grad for p in lm_head.parameters())
@@ -459,18 +484,19 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
               for s in range(0, hidden.shape[1], chunk_size)]
     if grad and head_trains:
         for _, h, t in chunks:
-            lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, use_reentrant=False)
+            lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, banned,
+                                 use_reentrant=False)
             pieces_lp.append(lp)
             pieces_ent.append(ent)
     elif grad:
         with _whole_weight(lm_head.weight) as weight:
             for _, h, t in chunks:
-                lp, ent = _FrozenHeadLogProbs.apply(h, weight, t, temperature, with_entropy)
+                lp, ent = _FrozenHeadLogProbs.apply(h, weight, t, temperature, with_entropy, banned)
                 pieces_lp.append(lp)
                 pieces_ent.append(ent)
     else:
         for _, h, t in chunks:
-            lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy)
+            lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy, banned)
             pieces_lp.append(lp)
             pieces_ent.append(ent)
     lp = torch.cat(pieces_lp, dim=1)
@@ -478,9 +504,49 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     return lp, ent
 
 
+def sampling_processors(module: OmniModule, tokenizer, prompt_length: int, temperature: float = 1.0,
+                        top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0, do_sample: bool = True,
+                        min_new_tokens: int = 0):
+    """Hugging Face's logits processors for our sampling arguments, in Hugging Face's order.
+
+    `GenerationMixin._get_logits_processor` applies: repetition penalty, min-new-tokens (stop tokens banned),
+    suppressed tokens (the media tokens), then the warpers temperature, top-k, top-p. Banning the stop tokens
+    before top-k matters: after it, a stop token inside the top k would leave only k − 1 candidates.
+    `prompt_length` is the width of the prompt ids the processors see before the first new token.
+    """
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinNewTokensLengthLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    processors = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+    if min_new_tokens > 0:
+        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens,
+                                                            module.stop_token_ids(tokenizer)))
+    banned = module.banned_token_ids(tokenizer)
+    if banned:
+        processors.append(SuppressTokensLogitsProcessor(banned))
+    if do_sample:
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+    return processors
+
+
 def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_generations: int,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             repetition_penalty: float = 1.0, do_sample: bool = True, min_new_tokens: int = 0) -> Completions:
+             repetition_penalty: float = 1.0, do_sample: bool = True, min_new_tokens: int = 0,
+             return_log_probs: bool = False) -> Completions:
     """G completions per prompt, sampled as one batch; media tokens banned; each row stops at `<|im_end|>`.
 
     `inputs` holds the B prompts; rows of the result are grouped: row i*G + j is sample j of prompt i.
@@ -488,20 +554,13 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     last position is projected onto the vocabulary. The token loop is ours rather than the thinker's
     `generate`: the thinkers' forward has no `logits_to_keep` (their prefill would compute [B*G, P, V]
     logits) and would prefill every copy. Sampling follows Hugging Face's processors in Hugging Face's order
-    (repetition penalty, banned tokens, temperature, top-k, top-p); only the arguments given here apply, not
-    the checkpoint's generation_config. Positions come from the module (`language_model_inputs` over the
-    prompt plus `max_new_tokens` text slots), so TMRoPE and the `use_audio_in_video` flag are the ones every
-    log-prob pass uses. `min_new_tokens`: stop tokens are banned before that many tokens (benchmarks).
+    (:func:`sampling_processors`); only the arguments given here apply, not the checkpoint's
+    generation_config. Positions come from the module (`language_model_inputs` over the prompt plus
+    `max_new_tokens` text slots), so TMRoPE and the `use_audio_in_video` flag are the ones every log-prob
+    pass uses. `min_new_tokens`: stop tokens are banned before that many tokens (benchmarks).
+    `return_log_probs`: also return each sampled token's log-probability under the processed distribution.
     """
     from transformers.cache_utils import DynamicCache
-    from transformers.generation.logits_process import (
-        LogitsProcessorList,
-        RepetitionPenaltyLogitsProcessor,
-        SuppressTokensLogitsProcessor,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
 
     tokenizer = processor.tokenizer
     thinker = base_thinker(model)
@@ -522,33 +581,22 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     hidden = out.last_hidden_state[rows, -1]  # [N, H]
     positions, mask = positions[..., rows, :], mask[rows]
 
-    processors = LogitsProcessorList()
-    if repetition_penalty != 1.0:
-        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
-    banned = module.banned_token_ids(tokenizer)
-    if banned:
-        processors.append(SuppressTokensLogitsProcessor(banned, device=device))
-    if do_sample:
-        if temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
-        if top_k:
-            processors.append(TopKLogitsWarper(top_k))
-        if top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p))
+    processors = sampling_processors(module, tokenizer, p, temperature, top_p, top_k, repetition_penalty,
+                                     do_sample, min_new_tokens)
     stops = torch.tensor(stop_ids, device=device)
     seen = inputs.input_ids[rows]  # prompt + tokens so far (the repetition penalty reads them)
     done = torch.zeros(rows.shape[0], dtype=torch.bool, device=device)
     embed_tokens = thinker.get_input_embeddings()
-    tokens = []
+    tokens, token_log_probs = [], []
     for t in range(max_new_tokens):
         scores = processors(seen, thinker.lm_head(hidden).float())
-        if t < min_new_tokens:
-            scores[:, stops] = -math.inf
         if do_sample:
             token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:
             token = scores.argmax(dim=-1)
         token = torch.where(done, torch.full_like(token, pad_id), token)
+        if return_log_probs:
+            token_log_probs.append(torch.log_softmax(scores, dim=-1).gather(-1, token[:, None]).squeeze(1))
         tokens.append(token)
         done |= torch.isin(token, stops)
         if bool(done.all()) or t == max_new_tokens - 1:
@@ -557,7 +605,10 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
         step = lm(inputs_embeds=embed_tokens(token[:, None]), position_ids=positions[..., p + t : p + t + 1],
                   attention_mask=mask[:, : p + t + 1], past_key_values=cache, use_cache=True)
         hidden = step.last_hidden_state[:, -1]
-    return finish_completions(torch.stack(tokens, dim=1), stop_ids, pad_id)
+    out = finish_completions(torch.stack(tokens, dim=1), stop_ids, pad_id)
+    if return_log_probs:
+        out.log_probs = torch.stack(token_log_probs, dim=1).masked_fill(~out.completion_mask.bool(), 0.0)
+    return out
 
 
 def finish_completions(completion_ids: torch.Tensor, stop_ids: list[int], pad_id: int) -> Completions:

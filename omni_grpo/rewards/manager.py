@@ -5,9 +5,12 @@
 
 - ``scores[i, f]``: reward f of completion i (float32), NaN where the reward returned None ("cannot
   score"), returned NaN/inf, or failed on the batch.
-- ``total[i] = Σ_f w_f · scores[i, f]`` with NaN terms counted as 0 — the value the advantages are
-  computed from, so every reward with a non-zero weight reaches the loss.
-- ``metrics``: ``reward/total``, ``reward/total_std`` and per reward ``reward/<name>`` (mean over scored
+- ``total[i] = Σ_f w_f · scores[i, f]`` per `core_algos.group_reward_totals`: a reward that scored none of
+  a completion's group is left out of its total; a completion missing a score its group mates have has
+  total NaN (no total: advantage 0, never pushed down). The advantages are computed from it, so every
+  reward with a non-zero weight reaches the loss.
+- ``metrics``: ``reward/total``, ``reward/total_std`` (over completions with a total),
+  ``reward/total/none_ratio`` (share without one), and per reward ``reward/<name>`` (mean over scored
   completions, NaN if none), ``reward/<name>_std``, ``reward/<name>/none_ratio`` (fraction of NaN in its
   column), ``reward/<name>/errors`` (failed batches so far), ``reward/<name>/nonfinite`` (NaN/inf
   values, or values too large for float32, returned in this batch). Standard deviations are population
@@ -35,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from omni_grpo.core_algos import group_reward_totals
 
 from . import REWARDS
 
@@ -139,7 +144,9 @@ class RewardManager:
     def __repr__(self) -> str:
         return f"RewardManager(names={self.names}, weights={self.weights})"
 
-    def __call__(self, completions: list[str], samples: list[dict]) -> RewardOutput:
+    def __call__(self, completions: list[str], samples: list[dict], group_size: int = 1) -> RewardOutput:
+        """Score `completions` (consecutive groups of `group_size`, the G completions of one prompt); the
+        totals follow `core_algos.group_reward_totals` (with group_size 1: None terms are left out)."""
         if not completions:
             raise ValueError("RewardManager got no completions")
         if len(samples) != len(completions):
@@ -173,9 +180,11 @@ class RewardManager:
             metrics[f"reward/{reward.name}/errors"] = float(reward.errors)
             metrics[f"reward/{reward.name}/nonfinite"] = float(nonfinite)
         weights = torch.tensor(self.weights, dtype=torch.float32)  # [F]
-        total = torch.nansum(scores * weights, dim=1)  # [N]
-        metrics["reward/total"] = total.mean().item()
-        metrics["reward/total_std"] = total.std(correction=0).item()
+        total = group_reward_totals(scores, weights, group_size)  # [N], NaN where it cannot be computed
+        scored = total[~torch.isnan(total)]
+        metrics["reward/total"] = scored.mean().item() if scored.numel() else float("nan")
+        metrics["reward/total_std"] = scored.std(correction=0).item() if scored.numel() else float("nan")
+        metrics["reward/total/none_ratio"] = 1.0 - scored.numel() / n
         per_sample = [dict(zip(self.names, row)) for row in zip(*columns)]
         return RewardOutput(scores=scores, total=total, metrics=metrics, per_sample=per_sample)
 

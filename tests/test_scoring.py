@@ -1,0 +1,102 @@
+"""What the trainer scores is what the sampler drew from (issue 13, items 2 and 8).
+
+`generate` samples from softmax(suppress_media(logits) / T); every log-prob pass must score the same
+distribution: divided by the rollout's temperature, media tokens out of the normaliser. Checked per token
+against the sampler's own log-probabilities on both families, both `use_audio_in_video` values and three
+temperatures, through every head path (no grad, trainable head, frozen head)."""
+
+import math
+
+import pytest
+import torch
+
+from omni_grpo.models import generate, log_probs
+from omni_grpo.models.base import sampling_processors
+from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
+from tests.conftest import make_sample
+
+
+@pytest.fixture
+def audio_and_silent():
+    return [make_sample(0), make_sample(1, frames=6, height=84, width=56, seconds=3.0)]
+
+
+def sampled(kit, samples, flag, temperature, g=3, n=8, seed=0):
+    module, model, processor = kit
+    inputs = module.build_inputs(processor, samples, DEFAULT_SYSTEM_PROMPT, flag)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        comps = generate(module, model, processor, inputs, g, n, temperature=temperature, return_log_probs=True)
+    return inputs.repeat(g), comps
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.3])
+@pytest.mark.parametrize("flag", [True, False])
+def test_sampler_log_prob_of_each_token_equals_the_trainers(kit, audio_and_silent, flag, temperature):
+    module, model, processor = kit
+    rows, comps = sampled(kit, audio_and_silent, flag, temperature)
+    banned = module.banned_token_ids(processor.tokenizer)
+    mask = comps.completion_mask.bool()
+    args = (module, model, rows, comps.completion_ids, comps.completion_mask)
+    with torch.no_grad():
+        lp, ent = log_probs(*args, temperature=temperature, banned_token_ids=banned, with_entropy=True)
+    assert mask.sum() > 10
+    assert (lp - comps.log_probs)[mask].abs().max() < 1e-5
+    assert torch.isfinite(ent[mask]).all() and (ent[mask] > 0).all()
+    # With gradient, through the trainable-head (checkpointed) and the frozen-head (custom backward) paths.
+    head = model.lm_head.weight
+    for trainable in (True, False):
+        head.requires_grad_(trainable)
+        try:
+            lp_grad, _ = log_probs(*args, temperature=temperature, banned_token_ids=banned, with_entropy=True)
+        finally:
+            head.requires_grad_(True)
+        assert lp_grad.requires_grad
+        assert (lp_grad.detach() - comps.log_probs)[mask].abs().max() < 1e-5
+    # Each half of the fix is needed: scoring at T = 1, or with the media tokens in the normaliser, differs.
+    with torch.no_grad():
+        with_media, _ = log_probs(*args, temperature=temperature)
+        at_one, _ = log_probs(*args, banned_token_ids=banned)
+    assert (with_media - comps.log_probs)[mask].abs().max() > 1e-3
+    if temperature != 1.0:
+        assert (at_one - comps.log_probs)[mask].abs().max() > 1e-2
+
+
+def test_banned_tokens_get_no_gradient_and_the_entropy_is_the_sampled_distributions(tiny):
+    """The frozen-head backward with media tokens removed equals autograd through the masked softmax."""
+    from omni_grpo.models.base import _FrozenHeadLogProbs
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 8, dtype=torch.float64)
+    targets = torch.randint(0, 9, (2, 5))
+    banned = torch.tensor([9, 10])
+    g_lp, g_ent = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
+    lp, ent = _FrozenHeadLogProbs.apply(hidden, weight, targets, 0.7, True, banned)
+    (lp * g_lp + ent * g_ent).sum().backward()
+    ours = hidden.grad.clone()
+    hidden.grad = None
+    logits = ((hidden @ weight[:9].t()) / 0.7)  # the 9 tokens that can be sampled
+    ref_lp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ref_ent = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    (ref_lp * g_lp + ref_ent * g_ent).sum().backward()
+    assert torch.allclose(lp, ref_lp) and torch.allclose(ent, ref_ent)
+    assert torch.allclose(ours, hidden.grad, atol=1e-10)
+
+
+def test_min_new_tokens_bans_stop_tokens_before_top_k(tiny):
+    """Hugging Face's order: the stop tokens are banned first, then the k most likely of the rest are kept.
+    Banned after top-k (the old order), a stop token among the top k left only k − 1 candidates."""
+    module, _, processor = tiny
+    tok = processor.tokenizer
+    stop = module.stop_token_ids(tok)[0]
+    vocab = len(tok)
+    scores = torch.linspace(0, 1, vocab).repeat(2, 1)
+    scores[:, stop] = 10.0  # the most likely token is a stop token
+    prompt = torch.zeros(2, 7, dtype=torch.long)
+    procs = sampling_processors(module, tok, prompt_length=7, top_k=5, min_new_tokens=3)
+    out = procs(prompt, scores.clone())
+    assert (out > -math.inf).sum(-1).tolist() == [5, 5]
+    assert (out[:, stop] == -math.inf).all()
+    after = procs(torch.zeros(2, 10, dtype=torch.long), scores.clone())  # 3 new tokens: stop allowed again
+    assert (after[:, stop] > -math.inf).all()
