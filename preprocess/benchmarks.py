@@ -28,6 +28,7 @@ from .sources import (LineError, Sample, SourceData, SourceError, _check_text, _
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LABEL = re.compile(r"^\s*[(\[]?([A-Za-z])\s*[)\].:]\s*")
 _ANSWER_TAG = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
+_LETTER_FORM = re.compile(r"[(\[]?([A-Za-z])[)\]]?\.?")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _options(raw, sample_id, name: str) -> tuple[str, ...]:
 def _letter(value, n_options: int, sample_id, name: str) -> str:
     """A gold letter ("B", "b", "(B)", "B.") naming one of ``n_options`` options."""
     text = value.strip() if isinstance(value, str) else None
-    match = re.fullmatch(r"[(\[]?([A-Za-z])[)\]]?\.?", text) if text else None
+    match = _LETTER_FORM.fullmatch(text) if text else None
     if match is None:
         raise LineError(f"field {name!r} must be an option letter, got {value!r}", sample_id)
     letter = match.group(1).upper()
@@ -274,8 +275,10 @@ def read_intentbench(root, split: str = "") -> SourceData:
             raise LineError(f"problem_type {source_type!r} is not one IntentBench uses "
                             f"({', '.join(INTENTBENCH_TYPES)})", sample_id)
         question = _text(obj, "problem", sample_id)
-        options = () if problem_type == "yes_no" else _options(obj.get("options"), sample_id, "options")
-        answer = _intentbench_answer(obj, problem_type, len(options), sample_id)
+        needs_options = problem_type != "yes_no" or obj.get("options")
+        listed = _options(obj.get("options"), sample_id, "options") if needs_options else ()
+        options = () if problem_type == "yes_no" else listed
+        answer = _intentbench_answer(obj, problem_type, listed, sample_id)
         path = obj.get("video", obj.get("path"))
         if isinstance(path, dict):
             raise LineError("the sample is not a video (its path lists separate media: "
@@ -291,7 +294,9 @@ def read_intentbench(root, split: str = "") -> SourceData:
     return _collect("intentbench", root, _records(data, "qa.json"), "qa.json", parse)
 
 
-def _intentbench_answer(obj: dict, problem_type: str, n_options: int, sample_id) -> str:
+def _intentbench_answer(obj: dict, problem_type: str, options: tuple[str, ...], sample_id) -> str:
+    """The gold answer: a letter, sorted letters "B,E", or yes/no (a judge record that letters its Yes/No
+    options may give the letter)."""
     if "solution" in obj:
         solution = _text(obj, "solution", sample_id)
         tagged = _ANSWER_TAG.findall(solution)
@@ -299,12 +304,14 @@ def _intentbench_answer(obj: dict, problem_type: str, n_options: int, sample_id)
     else:
         text = _text(obj, "answer", sample_id)
     if problem_type == "multiple_choice":
-        return _letter(text, n_options, sample_id, "solution")
+        return _letter(text, len(options), sample_id, "solution")
     if problem_type == "multi_label":
         parts = [p for p in re.split(r"[\s,;]+", text) if p]
         if not parts:
             raise LineError("the answer names no option letter", sample_id)
-        return ",".join(sorted({_letter(p, n_options, sample_id, "solution") for p in parts}))
+        return ",".join(sorted({_letter(p, len(options), sample_id, "solution") for p in parts}))
+    if options and _LETTER_FORM.fullmatch(text.strip()):
+        text = options[LETTERS.index(_letter(text, len(options), sample_id, "solution"))]
     word = text.strip().strip(".").lower()
     if word not in ("yes", "no"):
         raise LineError(f"a judge answer must be Yes or No, got {text!r}", sample_id)

@@ -139,6 +139,8 @@ def test_intentbench_reads_each_problem_type(tmp_path):
          "video": "emer/e1.mp4", "Type": "emotion"},
         {"qid": "q3", "problem": 'Is the person lying when asked "Where were you?"', "solution": "<answer>Yes</answer>",
          "problem_type": "judge", "data_type": "video", "video": "social/s1.mp4", "Type": "deception"},
+        {"qid": "q3b", "problem": "Is she lying?", "options": ["A. Yes", "B. No"], "solution": "<answer>B</answer>",
+         "problem_type": "judge", "data_type": "video", "video": "social/s1.mp4", "Type": "deception"},
         {"qid": "q4", "problem": "What?", "options": ["A. x", "B. y"], "solution": "<answer>A</answer>",
          "problem_type": "multiple choice", "data_type": "video", "video": "social/missing.mp4", "Type": "what"},
         {"qid": "q5", "problem": "How many?", "solution": "<answer>3</answer>", "problem_type": "numerical",
@@ -150,11 +152,12 @@ def test_intentbench_reads_each_problem_type(tmp_path):
     (root / "qa.json").write_text(json.dumps(records))
     run("intentbench", root, tmp_path / "out")
     items = written(tmp_path / "out")
-    assert set(items) == {"q1", "q2", "q3"}
+    assert set(items) == {"q1", "q2", "q3", "q3b"}
     assert items["q1"]["options"] == ["Joy", "Fear", "Anger", "Pity"]
     assert (items["q1"]["answer"], items["q1"]["problem_type"]) == ("C", "multiple_choice")
     assert (items["q2"]["answer"], items["q2"]["problem_type"]) == ("B,E", "multi_label")
     assert (items["q3"]["answer"], items["q3"]["problem_type"], items["q3"]["options"]) == ("yes", "yes_no", [])
+    assert (items["q3b"]["answer"], items["q3b"]["options"]) == ("no", [])
     assert items["q1"]["extra"] == {"qid": "q1", "data_type": "video", "Type": "why",
                                     "source_problem_type": "multiple choice"}
     assert items["q2"]["extra"]["Type"] == "emotion" and items["q3"]["extra"]["source_problem_type"] == "judge"
