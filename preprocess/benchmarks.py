@@ -82,6 +82,14 @@ def _index_letter(value, n_options: int, sample_id, name: str) -> str:
     return LETTERS[value]
 
 
+def _named_id(obj: dict, name: str, sample_id) -> str:
+    """``sources._id`` (a string or integer field) with the failure tied to ``sample_id`` when it is known."""
+    try:
+        return _id(obj, name)
+    except LineError as exc:
+        raise LineError(exc.reason, sample_id) from None
+
+
 def _plain_name(value: str, name: str, sample_id) -> str:
     if "/" in value or "\\" in value or "\x00" in value or value.strip(".") == "":
         raise LineError(f"{name} {value!r} is not a plain file name", sample_id)
@@ -90,7 +98,7 @@ def _plain_name(value: str, name: str, sample_id) -> str:
 
 def _relative(value: str, name: str, sample_id) -> str:
     """A path inside the dataset folder (POSIX, no ``..``, not absolute)."""
-    text = value.replace("\\", "/").strip()
+    text = _check_text(value, name, sample_id).replace("\\", "/").strip()
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if not parts or text.startswith("/") or ".." in parts or "\x00" in text:
         raise LineError(f"{name} path {value!r} must be a relative path inside the dataset folder", sample_id)
@@ -136,9 +144,12 @@ def _records(data, qa_name: str) -> Iterator[tuple[int, tuple[str | None, object
     yield from enumerate(items, 1)
 
 
-def _record(raw, sample_id=None) -> dict:
+def _record(raw, key=None) -> dict:
+    """The record ``raw`` (a JSON object); ``key`` is its entry name in an object-shaped file, if any."""
+    if key is not None:
+        _check_text(key, "entry name", None)
     if not isinstance(raw, dict):
-        raise LineError(f"expected a JSON object, got {_type(raw)}", sample_id)
+        raise LineError(f"expected a JSON object, got {_type(raw)}", key)
     return raw
 
 
@@ -166,7 +177,7 @@ def read_dailyomni(root, split: str = "") -> SourceData:
     def parse(item, number):
         key, raw = item
         obj = _record(raw, key)
-        video_id = _plain_name(_id(obj, "video_id"), "video_id", key)
+        video_id = _plain_name(_named_id(obj, "video_id", key), "video_id", key)
         sample_id = key
         if sample_id is None:
             sample_id = f"{video_id}#{per_video.get(video_id, 0)}"
@@ -219,6 +230,7 @@ def read_worldsense(root, split: str = "") -> SourceData:
 
     def parse(item, number):
         video, task, shared, raw = item
+        _check_text(video, "video id", None)
         if task is None:
             raise LineError(f"video entry must be a JSON object, got {_type(raw)}", video)
         sample_id = f"{video}_{task}"
@@ -346,7 +358,7 @@ def read_avqa(root, split: str = "train") -> SourceData:
         _, raw = item
         obj = _record(raw)
         sample_id = _id(obj, "id") if "id" in obj else f"{split}-{number - 1}"
-        video_name = _plain_name(_id(obj, "video_name"), "video_name", sample_id)
+        video_name = _plain_name(_named_id(obj, "video_name", sample_id), "video_name", sample_id)
         question = _text(obj, "question_text", sample_id)
         options = _options(obj.get("multi_choice"), sample_id, "multi_choice")
         if "answer" not in obj:

@@ -263,3 +263,20 @@ def test_option_labels_removed_only_when_every_option_has_its_own(raw, expected)
 def test_options_must_be_strings():
     with pytest.raises(LineError, match="list of strings"):
         _options(["A. one", 2], "id", "options")
+
+
+def test_bad_records_become_failures_and_a_bad_file_an_error(tmp_path):
+    root = tmp_path / "d"
+    clip(root / "Videos" / "v1" / "v1_video.mp4")
+    text = json.dumps({"ok": daily_record("v1", "A"), "KEY": daily_record("v1", "B"), "list": [1],
+                       "no_video": {k: v for k, v in daily_record("v1").items() if k != "video_id"}})
+    (root / "qa.json").write_text(text.replace('"KEY"', '"\\ud800"'))  # a lone surrogate as an entry name
+    run("dailyomni", root, tmp_path / "out")
+    assert set(written(tmp_path / "out")) == {"ok"}
+    lines = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    by_id = {f["id"]: f["reason"] for f in lines}
+    assert len(lines) == 3 and "invalid character" in by_id[None]
+    assert "JSON object" in by_id["list"] and "missing field 'video_id'" in by_id["no_video"]
+    (root / "qa.json").write_text('[{"Question": ')
+    with pytest.raises(PreprocessError, match="not a valid JSON document"):
+        run("dailyomni", root, tmp_path / "out2")
