@@ -112,12 +112,13 @@ def load_predictions(path) -> list[dict]:
 
 
 def run_label(path) -> str:
-    """The model an evaluation folder's run.json names, else the predictions path itself."""
+    """The model an evaluation folder's run.json names (relative to here when below it), else the path itself."""
     path = Path(path)
     run_file = (path if path.is_dir() else path.parent) / RUN_FILE
-    if run_file.is_file():
-        return str(json.loads(run_file.read_text(encoding="utf-8")).get("model", path))
-    return str(path)
+    if not run_file.is_file():
+        return str(path)
+    model = Path(json.loads(run_file.read_text(encoding="utf-8")).get("model", path))
+    return str(model.relative_to(Path.cwd()) if model.is_relative_to(Path.cwd()) else model)
 
 
 def write_json(path, obj) -> None:
@@ -311,9 +312,9 @@ def format_compare(result: dict, label_a: str, label_b: str) -> str:
     dropped = (f"{result['only_in_a']} only in A, {result['only_in_b']} only in B, "
                f"{result['not_scored']} not scored in one of them")
     return "\n".join([f"A: {label_a}", f"B: {label_b}",
-                      f"paired {result['paired_questions']} questions (dropped: {dropped}); A - B interval: "
-                      f"paired bootstrap over questions, {result['bootstrap_resamples']} resamples, "
-                      f"seed {result['bootstrap_seed']}",
+                      f"paired {result['paired_questions']} questions (dropped: {dropped})",
+                      f"A - B: paired bootstrap over questions ({result['bootstrap_resamples']} resamples, seed "
+                      f"{result['bootstrap_seed']}); McNemar: exact, on the questions where A and B differ",
                       format_table(header, lines)])
 
 

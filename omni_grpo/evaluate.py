@@ -190,6 +190,8 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
     max_new_tokens = max_new_tokens or cfg.max_completion_length
     seed = cfg.seed if seed is None else seed
     ids = question_ids(dataset)[:limit]
+    if not ids:
+        raise EvalError(f"--data {' '.join(data)}: the shards hold no questions")
     out_dir = Path(output)
     header = run_header(model_dir, data, cfg, base_model, num_generations=num_generations,
                         max_new_tokens=max_new_tokens, seed=seed, dtype=str(float_dtype).removeprefix("torch."))
@@ -296,16 +298,19 @@ def _prediction(sample: dict, generation: int, text: str, parsed: str | None, sc
 
 
 OUTPUTS_HELP = """outputs, in --output (default outputs/eval):
-  run.json           the run header (model, data, settings): re-running the same command resumes where it
-                     stopped; a different model or setting into the same folder is refused
-  predictions.jsonl  one line per completion (question, answer, completion, parsed answer, every reward),
-                     written after every batch
-  summary.json       accuracy, format rate and every reward's mean, overall and per --group-by category, each
-                     with a 95% confidence interval; also printed as a table
-  compare.json       with --compare: both runs' accuracy per category, A - B with a 95% paired-bootstrap
-                     interval and McNemar's exact p (A = this run, B = the file given)
---compare A B without --model compares two finished runs (prints the table; writes compare.json only with
---output)."""
+  run.json           the run header (model, data, settings): re-running the same
+                     command resumes where it stopped; a different model or
+                     setting into the same folder is refused
+  predictions.jsonl  one line per completion (question, answer, completion,
+                     parsed answer, every reward), written after every batch
+  summary.json       accuracy, format rate and every reward's mean, overall and
+                     per --group-by category, each with a 95% confidence
+                     interval; also printed as a table
+  compare.json       with --compare: both runs' accuracy per category, A - B
+                     with a 95% paired-bootstrap interval, McNemar's exact p
+                     (A = this run, B = the file given)
+--compare A B without --model compares two finished runs: it prints the table
+and writes compare.json only when --output is given."""
 
 
 def main(argv: list[str] | None = None) -> int:
