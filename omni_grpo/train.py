@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,25 +31,31 @@ def main(argv: list[str] | None = None) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     configure_logging(rank, verbose=args.verbose or os.environ.get("OMNI_GRPO_VERBOSE", "") not in ("", "0"))
+    try:
+        return run(args.config, args.overrides, check_only=args.check)
+    except Exception as err:  # a bug of ours: the traceback is what to report
+        import traceback
+
+        frames = traceback.extract_tb(err.__traceback__)
+        ours = [f for f in frames if {"omni_grpo", "preprocess"} & set(Path(f.filename).parts)] or frames
+        where = f"{os.path.relpath(ours[-1].filename)}:{ours[-1].lineno}"  # the innermost line of ours
+        summary = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return report_error(f"{traceback.format_exc()}internal error (a bug in omni-grpo; please report it with the "
+                            f"traceback above): {summary} at {where}", 1)
+
+
+def run(config: str | None, overrides: list[str], check_only: bool = False) -> int:
+    """Check the config and the paths (exit code 2 with one line if wrong), then train unless `check_only`."""
     from omni_grpo.config import ConfigError, check_paths, load_config
+    from omni_grpo.logging import report_error
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(config, overrides)
         check_paths(cfg)
         check_output_dir(cfg.output_dir)
     except (ConfigError, FileNotFoundError) as err:
         return report_error(f"config error: {err}", 2)
-    if args.check:
-        return 0
-    try:
-        return train(cfg)
-    except Exception as err:  # a bug of ours: the traceback is what to report
-        import traceback
-
-        frame = traceback.extract_tb(err.__traceback__)[-1]
-        where = f"{os.path.relpath(frame.filename)}:{frame.lineno}"
-        return report_error(f"{traceback.format_exc()}internal error (a bug in omni-grpo; please report it with the "
-                            f"traceback above): {type(err).__name__}: {err} at {where}", 1)
+    return 0 if check_only else train(cfg)
 
 
 def train(cfg) -> int:
@@ -89,7 +96,6 @@ def skip_deepspeed_shm_op() -> None:
 def check_output_dir(output_dir: str) -> None:
     """Create `output_dir` and write a file in it, or raise ConfigError (root ignores permission bits, so try)."""
     import tempfile
-    from pathlib import Path
 
     from omni_grpo.config import ConfigError
 
