@@ -23,6 +23,13 @@ SCALARS = [
 TEXT = "samples/completions"
 
 
+def demo_env(demo: Path, **extra) -> dict:
+    """The environment of `bash run_scripts/stage4.sh` on the built-in default in `demo`, 2 ranks."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MODEL", "DATA", "OUTPUT_DIR", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "PY": sys.executable, "NPROC": "2", "DEMO_DIR": str(demo), **extra}
+
+
 def documented(tag: str) -> bool:
     """Whether `tag` is in the README's TensorBoard table, where `<name>` and `<phase>` stand for any one word."""
     text = (REPO / "README.md").read_text()
@@ -78,9 +85,7 @@ def test_stage4_demo_end_to_end(tmp_path):
     ds["zero_optimization"].update(stage3_max_reuse_distance=0, stage3_param_persistence_threshold=0)
     (tmp_path / "zero3.json").write_text(json.dumps(ds))
     demo = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MODEL", "DATA", "OUTPUT_DIR", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PY=sys.executable, NPROC="2", DEMO_DIR=str(demo))
+    env = demo_env(demo)
     # About 40 s of work on 2 cores; DeepSpeed builds no op (its CPU shared-memory op is skipped).
     proc = _run(["bash", str(REPO / "run_scripts" / "stage4.sh"), "max_steps=2", f"deepspeed={tmp_path / 'zero3.json'}"],
                 timeout=420, cwd=tmp_path, env=env)
@@ -134,9 +139,7 @@ def test_stage4_demo_end_to_end(tmp_path):
 @pytest.mark.slow
 def test_stage4_failure_inside_ranks_is_one_line(tmp_path):
     """Both ranks stop on a reward that keeps failing: its message once, the launcher's traceback not at all."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MODEL", "DATA", "OUTPUT_DIR", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PY=sys.executable, NPROC="2", DEMO_DIR=str(tmp_path / "demo"), PYTHONPATH=str(REPO))
+    env = demo_env(tmp_path / "demo", PYTHONPATH=str(REPO))
     proc = _run(["bash", str(REPO / "run_scripts" / "stage4.sh"), "reward_funcs=[format,tests.rewards_for_tests:raising_reward]",
                  "reward_weights=[1.0,1.0]", "save_steps=0"], timeout=420, cwd=REPO, env=env)
     assert proc.returncode == 1, _failure(proc)
