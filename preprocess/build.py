@@ -466,12 +466,14 @@ def _nothing_written(counts: dict, out: Path) -> str:
     failures = _read_json_lines(out / fmt.FAILURES_NAME)
     if not failures:
         return "no sample was written: the source has no samples"
-    reasons: dict[str, int] = {}
+    reasons: dict[str, list[dict]] = {}  # the reason with its file's name taken out → the failures
     for failure in failures:
-        reasons[failure["reason"]] = reasons.get(failure["reason"], 0) + 1
-    reason, n = max(reasons.items(), key=lambda item: item[1])
-    return (f"no sample was written: all {counts['failed']} failed; the most common reason ({n} of them): "
-            f"{reason} (every failure is in {out / fmt.FAILURES_NAME})")
+        name = Path(failure.get("path") or "").name
+        key = failure["reason"].replace(name, "FILE") if name else failure["reason"]
+        reasons.setdefault(key, []).append(failure)
+    group = max(reasons.values(), key=len)
+    return (f"no sample was written: all {counts['failed']} failed; the most common reason ({len(group)} of them), "
+            f"e.g. {group[0]['path']}: {group[0]['reason']} (every failure is in {out / fmt.FAILURES_NAME})")
 
 
 def _read_json_lines(path: Path) -> list[dict]:

@@ -315,10 +315,11 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
         vstream = container.streams.video[0]
         source_size = (vstream.codec_context.height, vstream.codec_context.width)
         has_track = bool(container.streams.audio)
-        total_frames = 0
+        total_frames = discarded = 0
         try:
             for packet in container.demux(vstream):
                 total_frames += packet.size > 0
+                discarded += packet.size > 0 and packet.is_discard
         except Exception as exc:
             raise MediaError(f"{name} is damaged or truncated after {total_frames} video packets "
                              f"({_short(exc)})") from None
@@ -347,7 +348,8 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
             indices = torch.linspace(0, total_frames - 1, n).round().long().tolist()
             sample_fps = n / total_frames * video_fps
     with _open_video(video_path) as container:
-        frames, track = _decode(container, indices, audio=file_audio is None, threads=threads, name=name)
+        frames, track = _decode(container, indices, audio=file_audio is None, threads=threads, name=name,
+                                discarded=discarded)
     height, width = frames.shape[1:3]
     if size is None:
         size = resized_size(height, width, len(indices), options)
@@ -388,9 +390,12 @@ def _open_video(path: Path):
     return container
 
 
-def _decode(container, indices: list[int], audio: bool, threads: int, name: str):
+def _decode(container, indices: list[int], audio: bool, threads: int, name: str, discarded: int = 0):
     """The frames at ``indices`` (uint8 ``[T, H, W, 3]``, presentation order) and, if ``audio``, the first
-    audio track as ``(float32 [channels, n], sample_rate)`` (``None`` when there is none)."""
+    audio track as ``(float32 [channels, n], sample_rate)`` (``None`` when there is none).
+
+    The last ``discarded`` packets may yield no frame (packets an edit list trims: decord counts them and
+    returns the last decoded frame for them, and so does this)."""
     import av
 
     vstream = container.streams.video[0]
@@ -403,14 +408,14 @@ def _decode(container, indices: list[int], audio: bool, threads: int, name: str)
     frames: list[np.ndarray | None] = [None] * len(indices)
     chunks, audio_rate = [], None
     resampler = av.AudioResampler(format="fltp") if astream is not None else None
-    position = 0
+    position, last = 0, None
 
     def take(decoded):
-        nonlocal position
+        nonlocal position, last
         for frame in decoded:
             for slot in slots.get(position, ()):
                 frames[slot] = frame.to_ndarray(format="rgb24")
-            position += 1
+            position, last = position + 1, frame
 
     where = "video"
     try:
@@ -428,6 +433,10 @@ def _decode(container, indices: list[int], audio: bool, threads: int, name: str)
     except Exception as exc:
         raise MediaError(f"{name}: the {where} cannot be decoded ({_short(exc)}); "
                          "the file is damaged or truncated") from None
+    missing = [slot for slot, frame in enumerate(frames) if frame is None]
+    if missing and last is not None and all(indices[slot] < position + discarded for slot in missing):
+        for slot in missing:
+            frames[slot] = last.to_ndarray(format="rgb24")
     if any(frame is None for frame in frames):
         raise MediaError(f"{name}: only {position} frames could be decoded, frame {max(indices)} is needed; "
                          "the file is damaged or truncated")

@@ -30,9 +30,8 @@ from pathlib import Path
 LETTERS = "ABCD"
 SIQ2_REQUIRED = ("qid", "q", "vid_name", "a0", "a1", "a2", "a3", "answer_idx")
 JSONL_KNOWN = ("id", "video", "audio", "image", "question", "options", "answer", "problem_type")
-SIQ2_LAYOUT = ("qa/qa_{split}.json      (JSON Lines: qid, q, vid_name, ts, a0..a3, answer_idx)\n"
-               "  video/{{vid_name}}.mp4\n"
-               "  audio/wav/{{vid_name}}.wav  (optional; else the mp4's sound track is used)")
+SIQ2_LAYOUT = ("qa/qa_{split}.json (JSON Lines: qid, q, vid_name, ts, a0..a3, answer_idx), video/{{vid_name}}.mp4 "
+               "and, optionally, audio/wav/{{vid_name}}.wav")
 
 
 class SourceError(Exception):
@@ -299,7 +298,7 @@ def read_siq2(root, split: str = "train") -> SourceData:
         raise SourceError(f"split {split!r} is not a plain name such as train, val or test")
     qa_display = f"qa/qa_{split}.json"
     if not root.is_dir():
-        raise SourceError(f"Social-IQ 2.0 root {root} is not a folder; --root must hold\n  "
+        raise SourceError(f"Social-IQ 2.0 root {root} is not a folder; --root must hold "
                           + SIQ2_LAYOUT.format(split=split))
     missing = [p for p in (qa_display, "video") if not (root / p).exists()]
     if missing:
@@ -308,7 +307,7 @@ def read_siq2(root, split: str = "train") -> SourceData:
         splits = sorted(p.name[3:-5] for p in (root / "qa").glob("qa_*.json")) if (root / "qa").is_dir() else []
         hint = f" (qa/ has the splits {', '.join(splits)}: pass --split)" if splits and qa_display in missing else ""
         raise SourceError(f"{root} does not have the Social-IQ 2.0 layout: {' and '.join(missing)} not found"
-                          f"{hint}. Expected under --root:\n  {SIQ2_LAYOUT.format(split=split)}\nfound: {shown}")
+                          f"{hint}; expected under --root: {SIQ2_LAYOUT.format(split=split)}; found: {shown}")
     data = _collect("siq2", root, root / "qa" / f"qa_{split}.json", qa_display, parse_siq2_line)
     wavs: dict[str, bool] = {}
     for i, sample in enumerate(data.samples):
