@@ -5,7 +5,9 @@ Clips can look like real encodes: NTSC rates (``fps=Fraction(30000, 1001)`` for 
 ``Fraction(24000, 1001)`` for 23.976, or the floats ``30000 / 1001`` …), any duration (``seconds=7.3``),
 no audio track (``audio=None``), mono to 5.1 AAC at any rate AAC takes (22.05 / 44.1 / 48 kHz).
 ``make_audio`` writes audio-only files (wav, flac with libsndfile; mp3, m4a with PyAV), ``make_image`` png or
-jpg pictures. ``REAL_LIKE_CLIPS`` lists the variants the tests run preprocess on.
+jpg pictures. ``REAL_LIKE_CLIPS`` lists the variants the tests run preprocess on; ``make_mixed_manifest`` one
+jsonl manifest holding all of them, and ``make_siq2_dataset(..., real_like=True)`` a Social-IQ 2.0 folder of
+clips at mixed frame rates.
 
 Everything is written with PyAV and soundfile (no ffmpeg binary) and is deterministic per ``seed``.
 The picture is a square that moves left to right while its colour changes; the sound is a linear chirp whose
@@ -203,6 +205,36 @@ REAL_LIKE_CLIPS = {
 }
 
 
+# Audio-only files (name, rate, channels) of make_mixed_manifest: every format at the rates real datasets ship
+# (MP3 holds at most 2 channels), and images (name, (H, W)).
+MIXED_AUDIO = [("a22k_mono.wav", 22050, 1), ("a48k_51.flac", 48000, 6), ("a44k_stereo.mp3", 44100, 2),
+               ("a22k_mono.mp3", 22050, 1), ("a48k_51.m4a", 48000, 6), ("a44k_mono.m4a", 44100, 1)]
+MIXED_IMAGES = [("pic.png", (300, 500)), ("pic.jpg", (720, 1280))]
+
+
+def make_mixed_manifest(folder, audio_seconds: float = 3.3, seed: int = 0) -> Path:
+    """A jsonl manifest (``folder/manifest.jsonl``, returned) mixing every sample layout: each short
+    ``REAL_LIKE_CLIPS`` video (with and without a sound track), each ``MIXED_AUDIO`` audio-only file and each
+    ``MIXED_IMAGES`` image, one two-option question each; a sample's id is its file's stem."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    qa = {"question": "What happens?", "options": ["x", "y"], "answer": "A"}
+    rows = []
+    for name, kwargs in REAL_LIKE_CLIPS.items():
+        if kwargs["seconds"] < 30:
+            make_clip(folder / f"{name}.mp4", **{**kwargs, "seed": seed})
+            rows.append({"id": name, "video": f"{name}.mp4", **qa})
+    for name, rate, channels in MIXED_AUDIO:
+        make_audio(folder / name, seconds=audio_seconds, sample_rate=rate, channels=channels, seed=seed)
+        rows.append({"id": name, "audio": name, **qa})
+    for name, size in MIXED_IMAGES:
+        make_image(folder / name, size=size, seed=seed)
+        rows.append({"id": name, "image": name, **qa})
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def make_truncated(src, dst, keep: float = 0.5) -> Path:
     """Copy the first ``keep`` fraction of ``src`` to ``dst`` (an mp4 cut short, as by a failed download)."""
     data = Path(src).read_bytes()
@@ -258,13 +290,16 @@ _QUESTIONS = [
 _ID_CHARS = string.ascii_letters + string.digits + "_-"
 
 
-def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 0, seconds: float = 3.0) -> Path:
+def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 0, seconds: float = 3.0,
+                      real_like: bool = False) -> Path:
     """Write a small dataset in the Social-IQ 2.0 layout under ``root`` and return ``root``.
 
     ``root/qa/qa_{split}.json`` is JSON Lines (one object per line: ``qid, q, vid_name, ts, a0..a3,
     answer_idx``); ``root/video/{vid_name}.mp4`` holds each clip (H.264 + AAC at 16 kHz) and
     ``root/audio/wav/{vid_name}.wav`` the same chirp at 22.05 kHz mono 16-bit, as the real dataset ships it.
-    Each video gets 2 or 3 questions; the correct answer is moved to a varying index.
+    Each video gets 2 or 3 questions; the correct answer is moved to a varying index. With ``real_like``
+    clip ``i`` is the short ``REAL_LIKE_CLIPS`` variant ``i % 4`` (25 / 29.97 / 23.976 / 30 fps, odd
+    durations; the 30 fps one has neither a sound track nor a wav) and ``seconds`` is not used.
     """
     root = Path(root)
     rng = random.Random(seed)
@@ -273,9 +308,15 @@ def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 
     for clip in range(n_clips):
         vid_name = "".join(rng.choice(_ID_CHARS) for _ in range(11))
         clip_seed = seed * 1000 + clip
-        make_clip(root / "video" / f"{vid_name}.mp4", seconds=seconds, seed=clip_seed)
-        make_wav(root / "audio" / "wav" / f"{vid_name}.wav", seconds=seconds, sample_rate=22050, seed=clip_seed)
-        end = int(round(seconds))
+        kwargs = dict(seconds=seconds)
+        if real_like:
+            variants = [v for v in REAL_LIKE_CLIPS.values() if v["seconds"] < 30]
+            kwargs = variants[clip % len(variants)]
+        make_clip(root / "video" / f"{vid_name}.mp4", **{**kwargs, "seed": clip_seed})
+        if kwargs.get("audio", "tone") is not None:
+            make_wav(root / "audio" / "wav" / f"{vid_name}.wav", seconds=kwargs["seconds"], sample_rate=22050,
+                     seed=clip_seed)
+        end = int(round(kwargs["seconds"]))
         for k in range(2 + clip % 2):
             question, answers = _QUESTIONS[(clip + k) % len(_QUESTIONS)]
             answer_idx = rng.randrange(4)

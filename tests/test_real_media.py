@@ -14,12 +14,10 @@ from omni_grpo import synthetic
 from preprocess import shards
 from preprocess.build import BuildOptions, build
 
-VIDEOS = {k: v for k, v in synthetic.REAL_LIKE_CLIPS.items() if v.get("seconds", 3.0) < 30}
-# (file name, rate, channels): every audio-only format, at the rates real datasets ship (mp3 holds 2 channels)
-AUDIO_FILES = [("a22k_mono.wav", 22050, 1), ("a48k_51.flac", 48000, 6), ("a44k_stereo.mp3", 44100, 2),
-               ("a22k_mono.mp3", 22050, 1), ("a48k_51.m4a", 48000, 6), ("a44k_mono.m4a", 44100, 1)]
+VIDEOS = {k: v for k, v in synthetic.REAL_LIKE_CLIPS.items() if v["seconds"] < 30}
+AUDIO_FILES = synthetic.MIXED_AUDIO
 AUDIO_SECONDS = 3.3
-IMAGES = [("pic.png", (300, 500)), ("pic.jpg", (720, 1280))]
+IMAGES = synthetic.MIXED_IMAGES
 QA = {"question": "What happens?", "options": ["x", "y"], "answer": "A"}
 
 
@@ -39,18 +37,8 @@ def chirp_hz(t: float, seconds: float, seed: int = 0) -> float:
 def mixed(tmp_path_factory):
     """One manifest with each real-like video, each audio-only file and each image; preprocessed once."""
     folder = tmp_path_factory.mktemp("real_like")
-    rows = []
-    for name, kwargs in VIDEOS.items():
-        synthetic.make_clip(folder / f"{name}.mp4", **kwargs)
-        rows.append({"id": name, "video": f"{name}.mp4", **QA})
-    for name, rate, channels in AUDIO_FILES:
-        synthetic.make_audio(folder / name, seconds=AUDIO_SECONDS, sample_rate=rate, channels=channels)
-        rows.append({"id": name, "audio": name, **QA})
-    for name, size in IMAGES:
-        synthetic.make_image(folder / name, size=size)
-        rows.append({"id": name, "image": name, **QA})
-    (folder / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    build(BuildOptions(source="jsonl", manifest=folder / "m.jsonl", output=folder / "out", workers=0,
+    synthetic.make_mixed_manifest(folder, audio_seconds=AUDIO_SECONDS)
+    build(BuildOptions(source="jsonl", manifest=folder / "manifest.jsonl", output=folder / "out", workers=0,
                        progress=False))
     data = shards.load(folder / "out")
     return folder, {data[i]["id"]: data[i] for i in range(len(data))}
@@ -141,23 +129,26 @@ def test_images(mixed, name, size):
 
 def test_require_audio_fails_only_the_video_without_sound(mixed, tmp_path):
     folder, _ = mixed
-    build(BuildOptions(source="jsonl", manifest=folder / "m.jsonl", output=tmp_path / "o", workers=0,
+    build(BuildOptions(source="jsonl", manifest=folder / "manifest.jsonl", output=tmp_path / "o", workers=0,
                        progress=False, require_audio=True))
     failures = [json.loads(line) for line in (tmp_path / "o" / "failures.jsonl").read_text().splitlines()]
     assert [f["id"] for f in failures] == ["web30_6s1_silent_track"]
     assert "--require-audio" in failures[0]["reason"]
 
 
-def test_a_siq2_clip_without_sound_is_a_video_only_sample(tmp_path):
-    root = synthetic.make_siq2_dataset(tmp_path / "siq2", n_clips=2)
-    vid = json.loads((root / "qa" / "qa_train.json").read_text().splitlines()[0])["vid_name"]
-    synthetic.make_clip(root / "video" / f"{vid}.mp4", seconds=3.0, audio=None)
-    (root / "audio" / "wav" / f"{vid}.wav").unlink()
+def test_a_real_like_siq2_folder_keeps_each_clips_fps_and_its_silent_clip(tmp_path):
+    root = synthetic.make_siq2_dataset(tmp_path / "siq2", n_clips=4, real_like=True)
     build(BuildOptions(source="siq2", root=root, output=tmp_path / "o", workers=0, progress=False))
-    data = shards.load(tmp_path / "o")
-    silent = [data[i] for i in range(len(data)) if data[i]["id"].startswith(vid)]
-    assert silent and all(s["modality"] == "video" and not s["has_audio"] for s in silent)
     assert (tmp_path / "o" / "failures.jsonl").read_text() == ""
+    data = shards.load(tmp_path / "o")
+    clips = {}
+    for i in range(len(data)):
+        clips.setdefault(data[i]["video"], data[i])
+    assert len(clips) == 4 and len({round(c["fps"], 4) for c in clips.values()}) == 4
+    silent = [c for c in clips.values() if not c["has_audio"]]
+    assert len(silent) == 1 and silent[0]["modality"] == "video" and silent[0]["audio_source"] == "none"
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["modalities"]["video_only"] == manifest["counts"]["without_audio"] > 0
 
 
 def test_image_and_video_in_one_sample_is_one_clear_failure(tmp_path):
