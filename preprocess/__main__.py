@@ -11,6 +11,9 @@ from .budget import DEFAULT_MAX_PROMPT_TOKENS
 EXAMPLES = """examples:
   python -m preprocess --source siq2 --root data/siq2 --split train --output shards/siq2-train
   python -m preprocess --source jsonl --manifest data/my.jsonl --output shards/my --workers 8
+  # a 4096-token prompt budget (set max_prompt_length=4096 in the training config too), text counted exactly:
+  python -m preprocess --source siq2 --root data/siq2 --output shards/siq2 --max-prompt-tokens 4096 \
+      --tokenizer models/Qwen2.5-Omni-7B
   # on 4 machines sharing one output folder, machine I runs:
   python -m preprocess --source siq2 --root data/siq2 --output shards/siq2 --num-shards 4 --shard-index I
 """

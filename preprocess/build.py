@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import shards as fmt
-from .budget import DEFAULT_MAX_PROMPT_TOKENS, GRID, MIN_FRAME_TOKENS, PromptBudget, TextCounter
+from .budget import DEFAULT_MAX_PROMPT_TOKENS, GRID, PromptBudget, TextCounter
 from .media import VideoOptions
 from .sources import SourceData, SourceError, read_jsonl, read_siq2
 
@@ -231,19 +231,31 @@ def process_clip(task: dict) -> dict:
     """Decode one clip and encode its media columns; never raises (a failure is ``{"ok": False, ...}``)."""
     import torch
 
-    from .media import MediaError, decode_audio_only, decode_clip, load_image
+    from .media import MediaError, OverBudgetError, decode_audio_only, decode_clip, load_image
 
     if torch.get_num_threads() != task["threads"]:
         torch.set_num_threads(task["threads"])
-    budget = PromptBudget(*task["budget"]) if task.get("budget") else None
-    try:
+    def decode(budget):
         if task.get("modality") == "image":
-            decoded = load_image(task["image"], budget)
-        elif task.get("modality") == "audio":
-            decoded = decode_audio_only(task["audio"], budget)
+            return load_image(task["image"], budget)
+        if task.get("modality") == "audio":
+            return decode_audio_only(task["audio"], budget)
+        return decode_clip(task["video"], task["audio"], VideoOptions(**task["video_options"]),
+                           threads=task["threads"], budget=budget)
+
+    try:
+        if task.get("budget"):
+            # plan for the longest question that fits; a longer one becomes its own failure (see _add_clip)
+            max_tokens, texts = task["budget"]
+            for k, text in enumerate(texts):
+                try:
+                    decoded = decode(PromptBudget(max_tokens, text))
+                    break
+                except OverBudgetError:
+                    if k == len(texts) - 1:
+                        raise
         else:
-            decoded = decode_clip(task["video"], task["audio"], VideoOptions(**task["video_options"]),
-                                  threads=task["threads"], budget=budget)
+            decoded = decode(None)
         if task["require_audio"] and decoded.audio is None and decoded.modality == "video":
             return {"ok": False, "reason": "no audio: the video has no audio track and there is no audio file "
                                            "(--require-audio)"}
@@ -426,8 +438,8 @@ def build(options: BuildOptions) -> dict:
             i = n * size + k
             clip_shard[i] = n
             budget = None
-            if options.max_prompt_tokens:
-                budget = (options.max_prompt_tokens, max(text_tokens[s.id] for s in clip.samples), MIN_FRAME_TOKENS)
+            if options.max_prompt_tokens:  # the clip's distinct question lengths, longest first
+                budget = (options.max_prompt_tokens, sorted({text_tokens[s.id] for s in clip.samples}, reverse=True))
             tasks.append((i, {
                 "modality": clip.modality, "video": str(base / clip.video) if clip.video else None,
                 "audio": str(base / clip.audio) if clip.audio else None,
@@ -558,7 +570,7 @@ def _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers, 
                 shard = open_shards.get(n)
                 if shard is None:
                     shard = open_shards[n] = _Open(index=n, remaining=len(shard_clips[n]))
-                _add_clip(out, shard, clips[j], results.pop(j), text_tokens)
+                _add_clip(out, shard, clips[j], results.pop(j), text_tokens, options.max_prompt_tokens)
                 shard.remaining -= 1
                 if shard.remaining == 0:
                     _close_shard(out, open_shards.pop(n), plans[n])
@@ -573,7 +585,17 @@ def _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers, 
     return {"clips": len(tasks)}
 
 
-def _add_clip(out: Path, shard: _Open, clip: Clip, result: dict, text_tokens: dict[str, int]) -> None:
+def too_long(media_tokens: int, text_tokens: int, budget: int) -> str | None:
+    """Why a sample whose prompt is over the budget cannot be used (its question is too long), or None."""
+    if not budget or media_tokens + text_tokens <= budget:
+        return None
+    return (f"the prompt is {media_tokens + text_tokens} tokens, over --max-prompt-tokens {budget}: the question, its "
+            f"options and the system prompt take {text_tokens} tokens and this file's media {media_tokens} (planned "
+            "for its shorter questions); shorten the question or raise --max-prompt-tokens (and max_prompt_length "
+            "of the training config to match)")
+
+
+def _add_clip(out: Path, shard: _Open, clip: Clip, result: dict, text_tokens: dict[str, int], budget: int) -> None:
     if not result["ok"]:
         shard.clips_failed += 1
         for sample in clip.samples:
@@ -584,8 +606,9 @@ def _add_clip(out: Path, shard: _Open, clip: Clip, result: dict, text_tokens: di
     samples = []
     for sample in clip.samples:
         late = ts_past_the_end(sample.extra.get("ts"), media["duration"]) if clip.modality != "image" else None
-        if late:
-            shard.failures.append({"id": sample.id, "path": clip.path, "line": sample.line, "reason": late})
+        long = too_long(media["media_tokens"], text_tokens[sample.id], budget)
+        if late or long:
+            shard.failures.append({"id": sample.id, "path": clip.path, "line": sample.line, "reason": late or long})
         else:
             samples.append(sample)
     if not samples:
@@ -684,11 +707,11 @@ def _finalize(options: BuildOptions, data: SourceData, config: dict, states: dic
         "sample_rate": fmt.SAMPLE_RATE,
         "modalities": modalities,
         "problem_types": problem_types,
-        "max_prompt_tokens": options.max_prompt_tokens or None,
-        "longest_prompt_tokens": max((s.get("max_prompt_tokens", 0) for s in ordered), default=0),
-        "prompt_tokens_exact": options.tokenizer is not None,
+        "prompt_tokens": {"budget": options.max_prompt_tokens or None, "exact": options.tokenizer is not None,
+                          "longest": max((s.get("max_prompt_tokens", 0) for s in ordered), default=0)},
         "shards": [{"file": s["file"], "rows": s["rows"], "samples": s["samples"], "with_audio": s["with_audio"],
-                    "bytes": s["bytes"], "sha256": s["sha256"]} for s in ordered if s["file"]],
+                    "longest_prompt_tokens": s.get("max_prompt_tokens"), "bytes": s["bytes"], "sha256": s["sha256"]}
+                   for s in ordered if s["file"]],
     }
     fmt.write_json_atomic(out / fmt.FAILURES_NAME, failures, lines=True)
     fmt.write_json_atomic(out / fmt.MANIFEST_NAME, manifest)

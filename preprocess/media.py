@@ -48,6 +48,10 @@ class MediaError(Exception):
     """A video or audio file that cannot be used; the message says why in words a person understands."""
 
 
+class OverBudgetError(MediaError):
+    """Media that do not fit the prompt budget with the text planned for (a shorter question may fit)."""
+
+
 @dataclass(frozen=True)
 class VideoOptions:
     """Frame sampling options with qwen-omni-utils' meaning; ``None`` means its default."""
@@ -235,7 +239,7 @@ def decode_audio_only(audio_path, budget: PromptBudget | None = None) -> Decoded
         raise MediaError(f"audio file {Path(audio_path).name} holds no audio samples")
     tokens = media_tokens("audio", audio_samples=audio.shape[0])
     if budget is not None and budget.text_tokens + tokens > budget.max_tokens:
-        raise MediaError(_over_budget(Path(audio_path).name, budget,
+        raise OverBudgetError(_over_budget(Path(audio_path).name, budget,
                                       f"needs {budget.text_tokens + tokens} tokens ({tokens} for "
                                       f"{audio.shape[0] / SAMPLE_RATE:.1f} s of audio, {budget.text_tokens} for text)"))
     return DecodedClip(frames=None, frame_indices=[], fps=None, source_fps=None, source_frames=0, source_size=None,
@@ -261,12 +265,12 @@ def load_image(image_path, budget: PromptBudget | None = None) -> DecodedClip:
     if budget is not None:
         room = budget.max_tokens - budget.text_tokens
         if room < 1:
-            raise MediaError(_over_budget(path.name, budget, f"its text alone takes {budget.text_tokens} tokens"))
+            raise OverBudgetError(_over_budget(path.name, budget, f"its text alone takes {budget.text_tokens} tokens"))
         max_pixels = min(max_pixels, room * factor * factor)
         min_pixels = min(min_pixels, factor * factor)
     size = _grid_size(height, width, min_pixels, max_pixels, f"image {path.name}")
     if budget is not None and budget.text_tokens + grid_tokens(*size) > budget.max_tokens:
-        raise MediaError(_over_budget(path.name, budget, f"its smallest size {size[1]}x{size[0]} needs "
+        raise OverBudgetError(_over_budget(path.name, budget, f"its smallest size {size[1]}x{size[0]} needs "
                                       f"{grid_tokens(*size)} tokens"))
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), resample=Image.BICUBIC)
@@ -340,7 +344,7 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
             n, size = fit_video(len(indices), size, source_size, budget.text_tokens + sound, budget,
                                 min_frames(options), lambda h, w, pixels: _grid_size(h, w, GRID_CELL, pixels, "video"))
         except BudgetError as exc:
-            raise MediaError(_over_budget(name, budget, f"{exc}, {sound} for its {audio_bound / SAMPLE_RATE:.1f} s "
+            raise OverBudgetError(_over_budget(name, budget, f"{exc}, {sound} for its {audio_bound / SAMPLE_RATE:.1f} s "
                                           f"of audio, {budget.text_tokens} for the text")) from None
         if n != len(indices):
             import torch

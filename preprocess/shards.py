@@ -13,8 +13,11 @@ An output folder holds
   the whole prompt's length: media + system prompt + question + chat template). An item is stored once
   however many questions it has (Social-IQ 2.0 asks about six per video). The file's key-value metadata
   carries ``omni_grpo.format_version``.
-* ``manifest.json``: format version, options, counts, and per shard its row and sample counts, size and
-  sha256. Written last, so its presence means the run finished.
+* ``manifest.json``: format version, options, counts, samples per modality (``modalities``: ``video``,
+  ``video_only``, ``audio``, ``image``), ``problem_types`` (matched / unknown spellings), ``prompt_tokens``
+  (``budget``, ``longest``, ``exact``: counted with the model's tokenizer rather than estimated), and per
+  shard its row and sample counts, longest prompt, size and sha256. Written last, so its presence means the
+  run finished.
 * ``failures.jsonl``: one line per sample that was not written.
 * ``_state/``: what resuming needs (one small JSON file per finished shard).
 
@@ -358,6 +361,12 @@ class ShardDataset(Sequence):
     def ids(self) -> list[str]:
         """Every sample id, in index order (reads no media)."""
         return [s["id"] for block in self._iter_samples() for s in block]
+
+    @property
+    def prompt_tokens(self) -> list[int | None]:
+        """Every sample's prompt length in tokens as preprocess counted it, in index order (reads no media;
+        None for version-1 shards)."""
+        return [s.get("prompt_tokens") for block in self._iter_samples() for s in block]
 
     def _iter_samples(self):
         for position, row, _ in self._blocks:

@@ -125,7 +125,8 @@ def test_default_preprocess_of_a_60s_clip_fits_stage4(siq2_minute, tmp_path, qwe
     processor = module.load_processor(qwen_vocab_dir)
     real = processor_length(module, processor, sample)
     assert real <= sample["prompt_tokens"] <= limit  # the estimate is an upper bound; both fit
-    assert summary["longest_prompt_tokens"] == sample["prompt_tokens"]
+    assert summary["prompt_tokens"] == {"budget": limit, "exact": False, "longest": sample["prompt_tokens"]}
+    assert shards.load(tmp_path / "o").prompt_tokens == [sample["prompt_tokens"]]
     total = 1798  # round(60 s x 29.97 fps)
     n = len(sample["frame_indices"])
     assert sample["frame_indices"][0] == 0 and sample["frame_indices"][-1] == total - 1  # the whole clip
@@ -144,7 +145,7 @@ def test_exact_count_with_the_models_tokenizer(siq2_minute, tmp_path, qwen_vocab
     module = get_module("qwen2_5_omni")
     assert processor_length(module, module.load_processor(qwen_vocab_dir), sample) == sample["prompt_tokens"]
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert manifest["prompt_tokens_exact"] is True and 2900 < sample["prompt_tokens"] <= 3000
+    assert manifest["prompt_tokens"]["exact"] is True and 2900 < sample["prompt_tokens"] <= 3000
 
 
 def test_no_budget_gives_qwen_omni_utils_frames(siq2_minute):
@@ -168,3 +169,17 @@ def test_a_budget_below_the_template_is_an_argument_error(tmp_path):
         build(BuildOptions(source="jsonl", manifest=tmp_path / "missing.jsonl", output=tmp_path / "o",
                            workers=0, progress=False, max_prompt_tokens=50))
     assert not (tmp_path / "o").exists()
+
+
+def test_an_over_long_question_fails_alone_and_the_clip_keeps_its_other_questions(tmp_path):
+    synthetic.make_clip(tmp_path / "clip.mp4", seconds=2.0)
+    rows = [{"id": "short", "video": "clip.mp4", "question": "Why?", "answer": "A"},
+            {"id": "long", "video": "clip.mp4", "question": "Why does she smile? " * 400, "answer": "A"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build(BuildOptions(source="jsonl", manifest=tmp_path / "m.jsonl", output=tmp_path / "o", workers=0,
+                       progress=False))
+    data = shards.load(tmp_path / "o")
+    assert [data[i]["id"] for i in range(len(data))] == ["short"] and data[0]["prompt_tokens"] <= 2048
+    (failure,) = [json.loads(line) for line in (tmp_path / "o" / "failures.jsonl").read_text().splitlines()]
+    assert failure["id"] == "long" and failure["line"] == 2 and failure["path"] == "clip.mp4"
+    assert "over --max-prompt-tokens 2048" in failure["reason"] and "shorten the question" in failure["reason"]
