@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
                              "0: no budget, qwen-omni-utils' frames)")
     budget.add_argument("--tokenizer", type=Path, metavar="MODEL_DIR",
                         help="count text tokens exactly with this model's tokenizer (default: a character-based "
-                             "upper estimate, about 2x the real count on English)")
+                             "upper estimate, about 1.6x the real count on English)")
     budget.add_argument("--system-prompt", metavar="TEXT",
                         help="the training config's system_prompt, if not the default one")
     vid.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames, 90-100 (default: 90)")

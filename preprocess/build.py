@@ -71,6 +71,10 @@ class BuildOptions:
     tokenizer: Path | None = None
     system_prompt: str | None = None
 
+    def __post_init__(self):
+        if self.tokenizer is not None:
+            self.tokenizer = Path(self.tokenizer)
+
     def prompt_system(self) -> str:
         """The system prompt counted in the budget (default: the training recipe's)."""
         if self.system_prompt is not None:
