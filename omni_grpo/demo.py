@@ -3,18 +3,19 @@
 The task. Every clip is one solid colour with pixel noise (a per-clip shade of red, green, blue or yellow) and a
 pure tone whose pitch goes with the colour; every sample asks the same question with the same options in the
 same order ("What colour is the video?  A. red  B. green  C. blue  D. yellow"). The text is identical for all
-samples, so the correct letter can only come from the video (or its audio): a policy that ignores the media
-scores chance (1 / the number of options) in expectation, since the answers are balanced. ``blank=True``
-writes the control set: the same ids, questions and answers, but every frame the same grey and the audio
-silent — GRPO must not learn it beyond chance.
+samples, so the correct letter can only come from the video or its audio: a policy that ignores the media
+scores chance (1 / the number of options) in expectation, since the answers are balanced. ``blank`` writes the
+controls: the same ids, questions and answers with every frame the same grey (``video``), the audio silent
+(``audio``) or both (``both``: every prompt is then the same, and GRPO cannot learn beyond chance).
 
 The warm-up. A random tiny model almost never writes ``<answer>X</answer>``, so every reward is 0 and GRPO has
-no signal. `warm_up` first fits the model for a few seconds, by plain maximum likelihood, to emit the reply
-format ``<think>…</think><answer>L</answer>`` after the demo's prompts, with the letter L drawn uniformly at
-random for each target, independently of the clip: it teaches the format and a uniform prior over the
-letters, never which letter is right. GRPO then has to do the learning. The towers stay frozen.
+no signal. `warm_up` first fits, for a few seconds, the output layer alone to emit the reply format
+``<think>I see.</think><answer>L</answer>`` after the demo's prompts, with the uniform distribution over the
+option letters as the target in the answer slot, the same for every clip: it teaches the format, never which
+letter is right (it does not read the answers). The rest of the model, whose hidden states carry the clip,
+is untouched; GRPO then has to do the learning.
 
-    python -m omni_grpo.demo data ROOT [--n-clips 32] [--options 4] [--seed 0] [--blank]
+    python -m omni_grpo.demo data ROOT [--n-clips 32] [--options 4] [--seed 0] [--blank [video|audio|both]]
     python -m omni_grpo.demo warmup --model DIR --data SHARDS --output DIR [--config configs/demo.yaml]
 
 `data` writes ``ROOT/manifest.jsonl`` and ``ROOT/video/*.mp4`` (H.264 + AAC at 16 kHz) for
@@ -43,7 +44,7 @@ COLOURS = (
     ("yellow", (215, 205, 50), 1760.0),
 )
 QUESTION = "What colour is the video?"
-# The warm-up's target reply; `{letter}` is drawn at random. Sections match the demo's format reward tags.
+# The warm-up's target reply, one per option letter; its sections are the demo's format reward tags.
 REPLY = "<think>I see.</think><answer>{letter}</answer>"
 GREY = 128
 BLANK = (None, "video", "audio", "both")  # what `clip_arrays` blanks
@@ -109,7 +110,7 @@ def make_demo_dataset(root, n_clips: int = 32, n_options: int = 4, seed: int = 0
 
     Clip k shows colour ``k % n_options`` (balanced answers; the preprocess order is then shuffled by training),
     one question per clip, options the first ``n_options`` colour names in `COLOURS` order. ``blank``: the same
-    manifest with every clip grey and silent. Deterministic for a given ``seed``.
+    manifest with the clips' video, audio or both blanked (`clip_arrays`). Deterministic for a given ``seed``.
     """
     if not 2 <= n_options <= len(COLOURS):
         raise ValueError(f"n_options must be 2-{len(COLOURS)}, got {n_options}")
@@ -224,7 +225,7 @@ def _main(argv=None) -> int:
     d.add_argument("--blank", nargs="?", const="both", choices=BLANK[1:],
                    help="the control: same questions and answers, grey frames (video), silent audio (audio) or both "
                         "(the default with no value)")
-    w = sub.add_parser("warmup", help="fit the reply format (random letters, never the answers)")
+    w = sub.add_parser("warmup", help="fit the reply format (never the answers)")
     w.add_argument("--model", required=True, help="the model to start from (e.g. the tiny random thinker)")
     w.add_argument("--data", required=True, help="shard folder(s), comma-separated, whose prompts to use")
     w.add_argument("--output", required=True, help="where to write the warmed-up model")
