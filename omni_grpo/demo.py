@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import string
 from fractions import Fraction
 from pathlib import Path
@@ -48,6 +49,7 @@ QUESTION = "What colour is the video?"
 REPLY = "<think>I see.</think><answer>{letter}</answer>"
 GREY = 128
 BLANK = (None, "video", "audio", "both")  # what `clip_arrays` blanks
+WARM_UP_RECORD = "warm_up.json"  # written next to the warmed-up weights: what was fitted, on what
 _AAC_FRAME = 1024
 
 
@@ -144,7 +146,8 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     clip they carry) are the model's own; GRPO trains the rest. Prompts are built as training builds them (the
     config's system prompt, ``use_audio_in_video`` and prompt limit) and run once through the trainer's
     `forward_hidden` (the first ``max_prompts`` of ``data``); then ``steps`` full-batch AdamW steps fit the head
-    on those hidden states (deterministic). Writes the model and processor to ``output_dir`` and returns it.
+    on those hidden states (deterministic). Writes the model, the processor and `WARM_UP_RECORD` (what was
+    fitted, on which data) to ``output_dir`` and returns it.
     """
     import torch
 
@@ -184,6 +187,7 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     lm_head = base_thinker(model).lm_head
     weight = lm_head.weight.detach().float().clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([weight], lr=learning_rate, weight_decay=0.0)
+    loss = torch.tensor(math.nan)
     for _ in range(steps):
         loss = _batch_reply_nll(hidden, targets, slots, slot_letters, weight, banned)
         optimizer.zero_grad(set_to_none=True)
@@ -194,6 +198,10 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     out = Path(output_dir)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    record = {"base_model": str(model_dir), "data": [str(d) for d in cfg.data], "prompts": len(hidden),
+              "trained": "lm_head", "steps": steps, "learning_rate": learning_rate, "final_loss": float(loss),
+              "slot_target": "uniform over the option letters (answers not read)"}
+    (out / WARM_UP_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return out
 
 

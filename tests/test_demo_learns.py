@@ -134,9 +134,10 @@ def test_warm_up_never_reads_the_answer_and_changes_only_the_output_layer(tiny_m
     weights = []
     for name, path in (("a", manifest), ("b", moved)):
         shards = _preprocess(path, tmp_path / f"shards_{name}")
-        out = warm_up(tiny_model_dir, [str(shards)], tmp_path / f"warm_{name}", config=str(REPO / "configs" / "demo.yaml"),
-                      steps=5)
+        out = warm_up(tiny_model_dir, [str(shards)], tmp_path / f"warm_{name}",
+                      config=str(REPO / "configs" / "demo.yaml"), steps=5)
         weights.append(load_file(str(out / "model.safetensors")))
+        assert json.loads((out / "warm_up.json").read_text())["trained"] == "lm_head"
     before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys() == before.keys()
     assert all(weights[0][k].equal(weights[1][k]) for k in before)
