@@ -176,10 +176,12 @@ def test_stage4_config_is_the_recipe():
     assert cfg.deepspeed == "configs/deepspeed/zero3.json" and (REPO / cfg.deepspeed).is_file()
 
 
-def test_demo_config_is_tiny():
+def test_demo_config_is_small():
+    """Minutes on 2 CPU cores (tests/test_demo_learns.py checks that it learns)."""
     from omni_grpo.config import load_config
 
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    assert cfg.num_generations == 2 and 16 <= cfg.max_completion_length <= 32 and 2 <= cfg.max_steps <= 3
+    assert cfg.num_generations * cfg.per_device_prompts <= 32 and 16 <= cfg.max_completion_length <= 32
+    assert cfg.max_steps <= 100 and cfg.max_prompt_length <= 1024
     assert cfg.dataloader_num_workers <= 1 and cfg.logging_steps == 1
-    assert 0 < cfg.save_steps <= cfg.max_steps and cfg.learning_rate >= 1e-4
+    assert 0 < cfg.save_steps <= cfg.max_steps
