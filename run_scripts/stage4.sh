@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 4 GRPO under DeepSpeed ZeRO-3; arguments are key=value config overrides (e.g. learning_rate=5e-7).
 #   MODEL=DIR DATA=SHARDS[,SHARDS] [OUTPUT_DIR=outputs/stage4] bash run_scripts/stage4.sh   # configs/stage4.yaml
-#   bash run_scripts/stage4.sh   # none of the three set: tiny model + synthetic clips, 3 CPU steps in DEMO_DIR
+#   bash run_scripts/stage4.sh   # none of the three set: the built-in demo (tiny model, colour/tone clips, 60 CPU steps) in DEMO_DIR
 # NPROC processes per node (default: every GPU, else 2 on CPU); NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT span nodes.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"

@@ -133,9 +133,10 @@ def test_stage4_needs_model_and_data_together(tmp_path):
 def test_stage4_default_is_the_cpu_demo(tmp_path):
     proc, calls = stage4(tmp_path, "max_steps=2", DEMO_DIR="demo")
     assert proc.returncode == 0, proc.stderr
-    assert any("-m omni_grpo.testing model demo/model" in c for c in calls)
-    assert any("-m omni_grpo.testing siq2 demo/raw --n-clips 6" in c for c in calls)
-    assert any("-m preprocess --source siq2 --root demo/raw --output demo/shards" in c for c in calls)
+    assert any("-m omni_grpo.testing model demo/base" in c for c in calls)
+    assert any("-m omni_grpo.demo data demo/clips" in c for c in calls)
+    assert any("-m preprocess --source jsonl --manifest demo/clips/manifest.jsonl --output demo/shards" in c for c in calls)
+    assert any("-m omni_grpo.demo warmup --model demo/base --data demo/shards --output demo/model" in c for c in calls)
     line, flags = launch_args(calls)
     assert line.startswith("CUDA_VISIBLE_DEVICES= ") and flags["--num_processes"] == "2"
     assert line.endswith("--config configs/demo.yaml model_name_or_path=demo/model data=[demo/shards] "
@@ -144,18 +145,22 @@ def test_stage4_default_is_the_cpu_demo(tmp_path):
 
 
 def test_stage4_demo_reuses_what_exists(tmp_path):
-    (tmp_path / "demo" / "model").mkdir(parents=True)
-    (tmp_path / "demo" / "model" / "config.json").write_text("{}")
-    (tmp_path / "demo" / "raw" / "qa").mkdir(parents=True)
+    demo = tmp_path / "demo"
+    for path in ("base/config.json", "clips/manifest.jsonl", "model/config.json"):
+        (demo / path).parent.mkdir(parents=True, exist_ok=True)
+        (demo / path).write_text("{}")
     # The script runs from the repository root, so DEMO_DIR is absolute here.
-    proc, calls = stage4(tmp_path, DEMO_DIR=str(tmp_path / "demo"))
+    proc, calls = stage4(tmp_path, DEMO_DIR=str(demo))
     assert proc.returncode == 0, proc.stderr
-    assert not any("omni_grpo.testing" in c for c in calls)
+    assert not any("omni_grpo.testing" in c or "omni_grpo.demo data" in c for c in calls)
     assert any("-m preprocess" in c for c in calls)  # no manifest.json: not finished, so run (it resumes)
-    (tmp_path / "demo" / "shards").mkdir()
-    (tmp_path / "demo" / "shards" / "manifest.json").write_text("{}")
-    proc, calls = stage4(tmp_path, DEMO_DIR=str(tmp_path / "demo"))
-    assert proc.returncode == 0 and not any("-m preprocess" in c for c in calls) and launch_args(calls)
+    assert any("omni_grpo.demo warmup" in c for c in calls)  # a model without warm_up.json is not the fitted one
+    (demo / "shards").mkdir()
+    (demo / "shards" / "manifest.json").write_text("{}")
+    (demo / "model" / "warm_up.json").write_text("{}")
+    proc, calls = stage4(tmp_path, DEMO_DIR=str(demo))
+    assert proc.returncode == 0 and launch_args(calls)
+    assert not any("-m preprocess" in c or "omni_grpo.demo" in c for c in calls)
 
 
 # ------------------------------------------------------------------------------------------------- configs
