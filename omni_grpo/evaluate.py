@@ -161,7 +161,7 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
     from tqdm.auto import tqdm
 
     from omni_grpo.data import Collate
-    from omni_grpo.models import generate
+    from omni_grpo.rollout import sample
 
     if num_generations < 1 or batch_size < 1 or (limit is not None and limit < 1):
         raise EvalError("--num-generations, --batch-size and --limit must be >= 1")
@@ -186,13 +186,10 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
     with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as predictions:
         for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, dynamic_ncols=True):
             inputs = batch.inputs.to(device, dtype=float_dtype if float_dtype != torch.float32 else None)
-            with torch.no_grad():
-                inputs.encoded = module.encode_media(net, inputs)
-                comps = generate(module, net, processor, inputs, num_generations, max_new_tokens,
-                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                 repetition_penalty=cfg.repetition_penalty, do_sample=num_generations > 1)
-            texts = processor.tokenizer.batch_decode(comps.completion_ids, skip_special_tokens=True)
-            samples = [s for s in batch.samples for _ in range(num_generations)]
+            comps = sample(module, net, processor, inputs, batch.samples, num_generations, max_new_tokens,
+                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                           repetition_penalty=cfg.repetition_penalty, do_sample=num_generations > 1)
+            texts, samples = comps.texts, comps.samples
             scored = rewards(texts, samples)
             row_lengths = comps.completion_mask.sum(-1).tolist()
             for i, text in enumerate(texts):
