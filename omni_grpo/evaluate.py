@@ -1,18 +1,27 @@
-"""python -m omni_grpo.evaluate --model DIR --data SHARDS [SHARDS ...] [--output OUT] [key=value ...]
+"""python -m omni_grpo.evaluate --model DIR --data SHARDS [SHARDS ...] [--output OUT] [--group-by FIELD[,FIELD]]
+                            [--compare OTHER/predictions.jsonl] [key=value ...]
+python -m omni_grpo.evaluate --compare A/predictions.jsonl B/predictions.jsonl [--group-by FIELD] [--output OUT]
 
 Answers held-out questions with a base checkpoint, a trained thinker or a LoRA adapter, through exactly the
 path training takes: the same model module (`build_inputs` with the same system prompt and
-`use_audio_in_video`, towers run once per batch, `models.generate` with media tokens banned) and the same
-reward functions and options. Writes
+`use_audio_in_video`, towers run once per batch, `rollout.sample`, the trainer's sampling path, with media tokens banned) and the same
+reward functions and options. Writes (see `omni_grpo.eval_report` for the formats and the statistics)
 
-  OUT/metrics.json       accuracy, format_rate, people_focus (means over the completions each reward could
-                         score), reward_total (the weighted sum training optimises), every reward's mean and
-                         none ratio, completion length, truncation; pass_at_k when k = --num-generations > 1
-  OUT/predictions.jsonl  one line per completion: id, question, options, answer, generation, completion,
-                         rewards {name: score or null}, total, length, truncated
+  OUT/run.json           the run header (model, data, settings); a different run into OUT is refused
+  OUT/predictions.jsonl  one line per completion, appended after every batch: id, question, options, answer,
+                         problem_type, extra (the sample's category fields), generation (the sample index k),
+                         completion, parsed_answer (what the accuracy reward read), rewards {name: score or
+                         null}, total, length, truncated
+  OUT/summary.json       accuracy, format_rate, people_focus, reward_total (the weighted sum training
+                         optimises), every reward's mean with a 95 % interval and none ratio, per `--group-by`
+                         category the same, completion length, truncation; pass_at_k when k = --samples > 1
+  OUT/compare.json       with --compare: both runs per category, A - B with its interval, McNemar's p
 
-and prints the metrics. `--num-generations 1` (the default) decodes greedily; k > 1 samples k completions per
-question with the config's temperature / top_p / top_k.
+and prints the summary as a table. `--samples 1` (the default) decodes greedily; k > 1 samples k completions
+per question with the config's temperature / top_p / top_k and reports pass@1 averaged over the k.
+Re-running the same command into the same OUT resumes: questions already complete in predictions.jsonl are
+skipped and the summary covers all of the run's questions. `--compare A B` without --model compares two
+finished runs.
 
 --model takes a checkpoint directory with config.json (a full Qwen2.5-Omni checkpoint or a thinker-only one),
 a trainer checkpoint `output_dir/checkpoints/step-NNNNNNN` (its `model/` folder is used) or that `model/`
@@ -29,12 +38,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-BUILT_IN_METRICS = {"accuracy": "accuracy", "format": "format_rate", "people_focus": "people_focus"}
+from omni_grpo import eval_report
+
+BUILT_IN_METRICS = eval_report.HEADLINE_METRICS
+EVAL_SETTINGS = ("model_family", "attn_implementation", "system_prompt", "use_audio_in_video", "max_prompt_length",
+                 "temperature", "top_p", "top_k", "repetition_penalty", "reward_funcs", "reward_weights",
+                 "reward_kwargs")  # the config fields that change a completion or its scores
 
 
 class EvalError(RuntimeError):
@@ -154,37 +167,55 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
              overrides: list[str] = (), num_generations: int = 1, max_new_tokens: int | None = None,
              limit: int | None = None, batch_size: int = 4, base_model: str | None = None, dtype: str = "auto",
              device: str | None = None, num_workers: int = 2, seed: int | None = None,
-             progress: bool = True) -> dict:
-    """Generate, score and write OUT/metrics.json and OUT/predictions.jsonl; returns the metrics."""
+             group_by: list[str] = (), compare_with: str | None = None, progress: bool = True) -> dict:
+    """Generate and score the questions OUT/predictions.jsonl lacks, write OUT/summary.json (and
+    OUT/compare.json against the predictions `compare_with`); returns the summary (plus "compare")."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
 
     from omni_grpo.data import Collate
+    from omni_grpo.rewards.accuracy import extract_answer
     from omni_grpo.rollout import sample
 
     if num_generations < 1 or batch_size < 1 or (limit is not None and limit < 1):
-        raise EvalError("--num-generations, --batch-size and --limit must be >= 1")
+        raise EvalError("--samples, --batch-size and --limit must be >= 1")
+    other = eval_report.load_predictions(compare_with) if compare_with else None
     model_dir = resolve_model_dir(model)
     cfg = eval_config(model_dir, config, list(overrides))
     dataset = open_data(data)
     rewards = reward_manager(cfg)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     float_dtype = _dtype(dtype, device)
+    max_new_tokens = max_new_tokens or cfg.max_completion_length
+    seed = cfg.seed if seed is None else seed
+    ids = question_ids(dataset)[:limit]
+    if not ids:
+        raise EvalError(f"--data {' '.join(data)}: the shards hold no questions")
+    out_dir = Path(output)
+    header = run_header(model_dir, data, cfg, base_model, num_generations=num_generations,
+                        max_new_tokens=max_new_tokens, seed=seed, dtype=str(float_dtype).removeprefix("torch."))
+    done = eval_report.open_run(out_dir, header, num_generations)
+    todo = [i for i, question in enumerate(ids) if question not in done]
+    info = dict(model=str(model_dir), data=[str(d) for d in data], num_generations=num_generations,
+                decoding="greedy" if num_generations == 1 else "sampled", max_new_tokens=max_new_tokens,
+                resumed_questions=len(ids) - len(todo))
+    start = time.time()
+    if not todo:
+        return _finish(out_dir, ids, rewards, group_by, other, info, start)
     module, net, processor = load_for_eval(model_dir, float_dtype, device, base_model, cfg.model_family,
                                            cfg.attn_implementation)
-    max_new_tokens = max_new_tokens or cfg.max_completion_length
-    n = len(dataset) if limit is None else min(limit, len(dataset))
     collate = Collate(module, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length)
-    loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, collate_fn=collate,
+    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate,
                         num_workers=num_workers)
-    out_dir = Path(output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed if seed is None else seed)
-    scores, lengths, truncated = [], [], []
-    start = time.time()
-    with open(out_dir / "predictions.jsonl", "w", encoding="utf-8") as predictions:
-        for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, dynamic_ncols=True):
+    accuracy_options = cfg.reward_kwargs.get("accuracy", {})
+    answer_tag = accuracy_options.get("answer_tag", "answer")
+    fallback = accuracy_options.get("fallback_to_completion", False)
+    torch.manual_seed(seed)
+    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="evaluate", unit="question",
+               disable=not progress, dynamic_ncols=True)
+    with bar, eval_report.PredictionLog(out_dir) as predictions:
+        for batch in loader:
             inputs = batch.inputs.to(device, dtype=float_dtype if float_dtype != torch.float32 else None)
             comps = sample(module, net, processor, inputs, batch.samples, num_generations, max_new_tokens,
                            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
@@ -192,18 +223,44 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
             texts, samples = comps.texts, comps.samples
             scored = rewards(texts, samples)
             row_lengths = comps.completion_mask.sum(-1).tolist()
-            for i, text in enumerate(texts):
-                predictions.write(json.dumps(_prediction(samples[i], i % num_generations, text, scored, i,
-                                                         row_lengths[i], bool(comps.truncated[i]))) + "\n")
-            scores.append(scored.scores)
-            lengths += row_lengths
-            truncated += comps.truncated.tolist()
-    metrics = _metrics(rewards, torch.cat(scores), lengths, truncated, num_generations)
-    metrics.update(model=str(model_dir), data=[str(d) for d in data], num_questions=n,
-                   num_generations=num_generations, decoding="greedy" if num_generations == 1 else "sampled",
-                   max_new_tokens=max_new_tokens, seconds=round(time.time() - start, 2))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n", encoding="utf-8")
-    return metrics
+            predictions.append(_prediction(samples[i], i % num_generations, text,
+                                           extract_answer(text, answer_tag, fallback), scored, i,
+                                           row_lengths[i], bool(comps.truncated[i])) for i, text in enumerate(texts))
+            bar.update(len(batch.samples))
+    return _finish(out_dir, ids, rewards, group_by, other, info, start)
+
+
+def question_ids(dataset) -> list[str]:
+    """Every question id of the shards in order (reads no media); a repeated id is an EvalError."""
+    ids = [question for part in dataset.parts for question in part.ids]
+    seen = set()
+    for question in ids:
+        if question in seen:
+            raise EvalError(f"--data holds question id {question!r} twice; predictions are keyed by id, so "
+                            "evaluate each copy into its own --output")
+        seen.add(question)
+    return ids
+
+
+def run_header(model_dir: Path, data: list[str], cfg, base_model: str | None = None, **settings) -> dict:
+    """What OUT/run.json records: resolved model, base model and data paths, `settings` and EVAL_SETTINGS."""
+    base = adapter_base(model_dir, base_model)
+    return {"model": str(model_dir.resolve()), "base_model": None if base is None else str(base.resolve()),
+            "data": [str(Path(d).resolve()) for d in data], **settings,
+            **{name: getattr(cfg, name) for name in EVAL_SETTINGS}}
+
+
+def _finish(out_dir: Path, ids: list[str], rewards, group_by, other, info: dict, start: float) -> dict:
+    """Summarise the run's questions into OUT/summary.json, and compare them with `other` if given."""
+    wanted = set(ids)
+    rows = [row for row in eval_report.load_predictions(out_dir) if row["id"] in wanted]
+    summary = eval_report.summarize(rows, rewards.names, rewards.weights, info["num_generations"], group_by)
+    summary.update(info, seconds=round(time.time() - start, 2))
+    eval_report.write_json(out_dir / eval_report.SUMMARY_FILE, summary)
+    if other is not None:
+        summary["compare"] = eval_report.compare(rows, other, group_by)
+        eval_report.write_json(out_dir / eval_report.COMPARE_FILE, summary["compare"])
+    return summary
 
 
 def _dtype(name: str, device):
@@ -215,14 +272,18 @@ def _dtype(name: str, device):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def _prediction(sample: dict, generation: int, text: str, scored, row: int, length: int, truncated: bool) -> dict:
+def _prediction(sample: dict, generation: int, text: str, parsed: str | None, scored, row: int, length: int,
+                truncated: bool) -> dict:
     return {
         "id": sample.get("id"),
         "question": sample.get("question"),
         "options": sample.get("options"),
         "answer": sample.get("answer"),
+        "problem_type": sample.get("problem_type"),
+        "extra": sample.get("extra") or {},
         "generation": generation,
         "completion": text,
+        "parsed_answer": parsed,
         "rewards": scored.per_sample[row],
         "total": float(scored.total[row]),
         "length": int(length),
@@ -230,50 +291,42 @@ def _prediction(sample: dict, generation: int, text: str, scored, row: int, leng
     }
 
 
-def _metrics(rewards, scores, lengths: list[int], truncated: list[bool], k: int) -> dict:
-    """Means over the completions each reward could score (NaN = could not), as JSON-safe numbers."""
-    import torch
-
-    weights = torch.tensor(rewards.weights)
-    per_reward = {}
-    for f, name in enumerate(rewards.names):
-        column = scores[:, f]
-        ok = ~torch.isnan(column)
-        per_reward[name] = {"mean": _num(column[ok].mean()) if ok.any() else None,
-                            "none_ratio": _num(1.0 - ok.float().mean()), "weight": float(weights[f])}
-    metrics = {key: per_reward[name]["mean"] for name, key in BUILT_IN_METRICS.items()}
-    metrics["reward_total"] = _num(torch.nansum(scores * weights, dim=1).mean())
-    if k > 1:
-        accuracy = scores[:, rewards.names.index("accuracy")].view(-1, k)
-        metrics[f"pass_at_{k}"] = _num((accuracy == 1.0).any(dim=1).float().mean())
-    metrics["completion_length"] = sum(lengths) / len(lengths)
-    metrics["truncated_ratio"] = sum(truncated) / len(truncated)
-    metrics["rewards"] = per_reward
-    return metrics
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _num(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 # ---------------------------------------------------------------------------------------------- command line
 
 
+OUTPUTS_HELP = """outputs, in --output (default outputs/eval):
+  run.json           the run header (model, data, settings): re-running the same
+                     command resumes where it stopped; a different model or
+                     setting into the same folder is refused
+  predictions.jsonl  one line per completion (question, answer, completion,
+                     parsed answer, every reward), written after every batch
+  summary.json       accuracy, format rate and every reward's mean, overall and
+                     per --group-by category, each with a 95% confidence
+                     interval; also printed as a table
+  compare.json       with --compare: both runs' accuracy per category, A - B
+                     with a 95% paired-bootstrap interval, McNemar's exact p
+                     (A = this run, B = the file given)
+--compare A B without --model compares two finished runs: it prints the table
+and writes compare.json only when --output is given."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omni_grpo.evaluate",
+    parser = argparse.ArgumentParser(prog="python -m omni_grpo.evaluate", epilog=OUTPUTS_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Answer held-out questions and score them with the training rewards.")
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model",
                         help="checkpoint dir, trainer checkpoint (step-NNNNNNN or its model/), output_dir, or LoRA adapter")
-    parser.add_argument("--data", required=True, nargs="+", help="shard directories written by python -m preprocess")
-    parser.add_argument("--output", default="outputs/eval", help="where metrics.json and predictions.jsonl go")
+    parser.add_argument("--data", nargs="+", default=[], help="shard directories written by python -m preprocess")
+    parser.add_argument("--output", help="the evaluation folder (default outputs/eval); see the list below")
     parser.add_argument("--config", help="training YAML for the system prompt, generation and reward options "
                                          "(default: the checkpoint's config.yaml, else the defaults)")
-    parser.add_argument("--num-generations", type=int, default=1, help="completions per question; 1 = greedy")
+    parser.add_argument("--samples", "--num-generations", dest="num_generations", type=int, default=1, metavar="K",
+                        help="completions per question; 1 = greedy, K > 1 = sampled, pass@1 averaged over K")
+    parser.add_argument("--group-by", default="", metavar="FIELD[,FIELD]",
+                        help="also report per value of these sample fields (problem_type or a benchmark field)")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="PREDICTIONS",
+                        help="with --model: another run's predictions.jsonl (or its folder) to compare with; "
+                             "without: two of them, A B")
     parser.add_argument("--max-new-tokens", type=int, help="default: the config's max_completion_length")
     parser.add_argument("--limit", type=int, help="evaluate only the first N questions")
     parser.add_argument("--batch-size", type=int, default=4, help="questions per generate call")
@@ -286,27 +339,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. use_audio_in_video=false")
     args = parser.parse_args(argv)
-    overrides, data = list(args.overrides), []
-    for item in args.data:  # `--data A B key=value`: nargs="+" also takes the overrides that follow it
-        (overrides if "=" in item and not Path(item).exists() else data).append(item)
+    overrides = list(args.overrides)
+    data, compare = _paths(args.data, overrides), _paths(args.compare, overrides)
+    group_by = [field.strip() for field in args.group_by.split(",") if field.strip()]
+    if args.model is None:
+        if len(compare) != 2 or data or overrides:
+            parser.error("--model and --data are required, or --compare A B (two predictions files) alone")
+        return _compare_runs(compare, group_by, args.output)
+    if not data or len(compare) > 1:
+        parser.error("--model needs --data, and --compare with --model takes one predictions file (B)")
+    output = Path(args.output or "outputs/eval")
 
     from omni_grpo.config import ConfigError
     from omni_grpo.rewards import RewardError
 
     try:
-        metrics = evaluate(args.model, data, args.output, config=args.config, overrides=overrides,
+        metrics = evaluate(args.model, data, str(output), config=args.config, overrides=overrides,
                            num_generations=args.num_generations, max_new_tokens=args.max_new_tokens,
                            limit=args.limit, batch_size=args.batch_size, base_model=args.base_model,
                            dtype=args.dtype, device=args.device, num_workers=args.num_workers, seed=args.seed,
+                           group_by=group_by, compare_with=compare[0] if compare else None,
                            progress=not args.no_progress)
     except (EvalError, ConfigError, FileNotFoundError, ValueError, RewardError) as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
+    print(eval_report.format_summary(metrics))
     headline = "  ".join(f"{key} {_fmt(metrics[key])}" for key in (*BUILT_IN_METRICS.values(), "reward_total"))
-    print(f"{headline}  ({metrics['num_questions']} questions x {metrics['num_generations']}, {metrics['decoding']}, "
-          f"{metrics['seconds']:.1f} s)")
-    print(f"wrote {Path(args.output) / 'metrics.json'} and {Path(args.output) / 'predictions.jsonl'}")
+    resumed = f", {metrics['resumed_questions']} from an earlier run" if metrics["resumed_questions"] else ""
+    print(f"{headline}  ({metrics['num_questions']} questions x {metrics['num_generations']}, {metrics['decoding']}"
+          f"{resumed}, {metrics['seconds']:.1f} s)")
+    written = [eval_report.PREDICTIONS_FILE, eval_report.SUMMARY_FILE]
+    if "compare" in metrics:
+        print(eval_report.format_compare(metrics["compare"], metrics["model"], eval_report.run_label(compare[0])))
+        written.append(eval_report.COMPARE_FILE)
+    print(f"wrote {', '.join(str(output / name) for name in written)}")
     return 0
+
+
+def _compare_runs(paths: list[str], group_by: list[str], output: str | None) -> int:
+    """--compare A B without a model: print the table, and write OUT/compare.json when --output is given."""
+    try:
+        result = eval_report.compare(*(eval_report.load_predictions(p) for p in paths), group_by)
+    except eval_report.ReportError as err:
+        return _error(err)
+    print(eval_report.format_compare(result, *map(eval_report.run_label, paths)))
+    if output:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        eval_report.write_json(Path(output) / eval_report.COMPARE_FILE, result)
+        print(f"wrote {Path(output) / eval_report.COMPARE_FILE}")
+    return 0
+
+
+def _paths(items: list[str], overrides: list[str]) -> list[str]:
+    """The paths among `items`; `key=value` items that are not paths go to `overrides` (nargs="+" takes them)."""
+    paths = []
+    for item in items:
+        (overrides if "=" in item and not Path(item).exists() else paths).append(item)
+    return paths
+
+
+def _error(err: Exception) -> int:
+    print(f"evaluate: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":

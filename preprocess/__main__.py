@@ -6,9 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from .benchmarks import BENCHMARKS
+
 EXAMPLES = """examples:
   python -m preprocess --source siq2 --root data/siq2 --split train --output shards/siq2-train
   python -m preprocess --source jsonl --manifest data/my.jsonl --output shards/my --workers 8
+  python -m preprocess --source dailyomni --root data/Daily-Omni --output shards/dailyomni   # also worldsense,
+  python -m preprocess --source avqa --root data/avqa --split val --output shards/avqa-val   # intentbench
   # on 4 machines sharing one output folder, machine I runs:
   python -m preprocess --source siq2 --root data/siq2 --output shards/siq2 --num-shards 4 --shard-index I
 """
@@ -21,10 +25,13 @@ def parser() -> argparse.ArgumentParser:
                     "sample) and 16 kHz mono audio, with their questions. Bad samples are listed in "
                     "OUT/failures.jsonl; re-running the same command resumes.")
     src = p.add_argument_group("source")
-    src.add_argument("--source", required=True, choices=["siq2", "jsonl"],
-                     help="siq2: the Social-IQ 2.0 folder layout; jsonl: a JSON Lines manifest")
-    src.add_argument("--root", type=Path, help="siq2: the folder holding qa/, video/ and audio/wav/")
-    src.add_argument("--split", default="train", help="siq2: reads qa/qa_{split}.json (default: train)")
+    src.add_argument("--source", required=True, choices=["siq2", "jsonl", *BENCHMARKS],
+                     help="siq2: the Social-IQ 2.0 folder layout; jsonl: a JSON Lines manifest; "
+                          f"{', '.join(BENCHMARKS)}: those benchmarks' released layouts (docs/benchmarks.md)")
+    src.add_argument("--root", type=Path, help="siq2: the folder holding qa/, video/ and audio/wav/; a benchmark: "
+                                               "the folder its annotation file and videos were extracted into")
+    src.add_argument("--split", default="train", help="siq2: reads qa/qa_{split}.json; avqa: annotation/"
+                                                      "{split}_qa.json (default: train)")
     src.add_argument("--manifest", type=Path, help="jsonl: the manifest; its paths are relative to its folder")
     p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
     vid = p.add_argument_group("frames (same meaning and defaults as qwen-omni-utils)")

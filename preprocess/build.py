@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import shards as fmt
+from .benchmarks import BENCHMARKS
 from .media import VideoOptions
 from .sources import SourceData, SourceError, read_jsonl, read_siq2
 
@@ -63,10 +64,12 @@ class BuildOptions:
     progress: bool = True
 
     def validate(self) -> None:
-        if self.source not in ("siq2", "jsonl"):
-            raise PreprocessError(f"--source must be siq2 or jsonl, got {self.source!r}")
+        if self.source not in ("siq2", "jsonl", *BENCHMARKS):
+            raise PreprocessError(f"--source must be one of siq2, jsonl, {', '.join(BENCHMARKS)}; got {self.source!r}")
         if self.source == "siq2" and self.root is None:
             raise PreprocessError("--source siq2 needs --root DIR (the folder holding qa/ and video/)")
+        if self.source in BENCHMARKS and self.root is None:
+            raise PreprocessError(f"--source {self.source} needs --root DIR:\n{BENCHMARKS[self.source].layout}")
         if self.source == "jsonl" and self.manifest is None:
             raise PreprocessError("--source jsonl needs --manifest FILE")
         v = self.video
@@ -116,6 +119,8 @@ def _read_source(options: BuildOptions) -> SourceData:
     try:
         if options.source == "siq2":
             return read_siq2(options.root, options.split)
+        if options.source in BENCHMARKS:
+            return BENCHMARKS[options.source].read(options.root, options.split)
         return read_jsonl(options.manifest)
     except SourceError as exc:
         raise PreprocessError(str(exc)) from None
@@ -143,8 +148,9 @@ def plan_clips(data: SourceData) -> list[Clip]:
 
 def content_options(options: BuildOptions) -> dict:
     """The options that change what a shard holds (not where or how fast it is made)."""
+    split_counts = options.source == "siq2" or getattr(BENCHMARKS.get(options.source), "uses_split", False)
     return {"format_version": fmt.FORMAT_VERSION, "source": options.source, "split": options.split
-            if options.source == "siq2" else None, **options.video.to_dict(),
+            if split_counts else None, **options.video.to_dict(),
             "jpeg_quality": options.jpeg_quality, "require_audio": options.require_audio,
             "shard_size": options.shard_size}
 
@@ -516,7 +522,7 @@ def _finalize(options: BuildOptions, data: SourceData, config: dict, states: dic
     manifest = {
         "format_version": fmt.FORMAT_VERSION,
         "source": {"kind": data.kind, "qa_file": data.qa_file,
-                   "root": str(options.root) if options.source == "siq2" else None,
+                   "root": str(options.root) if options.source != "jsonl" else None,
                    "manifest": str(options.manifest) if options.source == "jsonl" else None},
         "options": {**config, "num_shards": options.num_shards},
         "qwen_omni_utils": {"version": qwen_version, "defaults": qwen_defaults()},

@@ -260,9 +260,10 @@ def _read_lines(path: Path, what: str):
             yield number, raw
 
 
-def _collect(kind, base, qa_path: Path, qa_display: str, parse) -> SourceData:
+def _collect(kind, base, records, qa_display: str, parse) -> SourceData:
+    """``records`` yields ``(number, raw)``; ``parse(raw, number)`` makes a Sample or raises ``LineError``."""
     samples, failures, seen, lines = [], [], {}, 0
-    for number, raw in _read_lines(qa_path, "QA file" if kind == "siq2" else "manifest"):
+    for number, raw in records:
         lines += 1
         try:
             sample = parse(raw, number)
@@ -286,7 +287,8 @@ def read_siq2(root, split: str = "train") -> SourceData:
     if not split or "/" in split or "\\" in split or split.strip(".") == "":
         raise SourceError(f"split {split!r} is not a plain name such as train, val or test")
     qa_display = f"qa/qa_{split}.json"
-    data = _collect("siq2", root, root / "qa" / f"qa_{split}.json", qa_display, parse_siq2_line)
+    data = _collect("siq2", root, _read_lines(root / "qa" / f"qa_{split}.json", "QA file"), qa_display,
+                    parse_siq2_line)
     wavs: dict[str, bool] = {}
     for i, sample in enumerate(data.samples):
         vid_name = sample.video[len("video/"):-len(".mp4")]
@@ -304,5 +306,5 @@ def read_jsonl(manifest) -> SourceData:
     base = os.path.abspath(manifest.parent)
     if os.sep == "\\":
         base = base.replace("\\", "/")
-    return _collect("jsonl", manifest.parent, manifest, manifest.name,
+    return _collect("jsonl", manifest.parent, _read_lines(manifest, "manifest"), manifest.name,
                     lambda raw, number: parse_jsonl_line(raw, base, number))

@@ -1,5 +1,6 @@
 """`python -m omni_grpo.evaluate` on the tiny model: a base checkpoint, a trainer-written thinker checkpoint and a
-LoRA adapter, each scored through the training prompt and rewards."""
+LoRA adapter, each scored through the training prompt and rewards; a killed run resumes, a run compares with
+another."""
 
 import json
 
@@ -22,7 +23,7 @@ def run(model, shards, out, *extra):
     argv = ["--model", str(model), "--data", str(shards), "--output", str(out), "--max-new-tokens", "8",
             "--batch-size", "2", "--num-workers", "0", "--no-progress", *extra]
     assert main(argv) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "summary.json").read_text())
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     return metrics, lines
 
@@ -33,14 +34,19 @@ def check(metrics, lines, n_completions):
         assert key in metrics
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["format_rate"] <= 1.0
     for line in lines:
-        assert {"id", "question", "answer", "completion", "rewards"} <= set(line)
+        assert {"id", "question", "answer", "problem_type", "extra", "completion", "parsed_answer", "rewards"} <= set(line)
         assert set(line["rewards"]) == {"format", "accuracy", "people_focus"}
         assert line["answer"] in "ABCD" and 1 <= line["length"] <= 8
 
 
 @pytest.fixture(scope="module")
-def base_run(tiny_model_dir, shards, tmp_path_factory):
-    return run(tiny_model_dir, shards, tmp_path_factory.mktemp("base"))
+def base_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("base")
+
+
+@pytest.fixture(scope="module")
+def base_run(tiny_model_dir, shards, base_dir):
+    return run(tiny_model_dir, shards, base_dir)
 
 
 def test_base_checkpoint_greedy(base_run, tiny_model_dir, shards, tmp_path, capsys):
@@ -51,7 +57,60 @@ def test_base_checkpoint_greedy(base_run, tiny_model_dir, shards, tmp_path, caps
     again, again_lines = run(tiny_model_dir, shards, tmp_path / "again", "--limit", "2", "use_audio_in_video=true")
     assert [x["completion"] for x in again_lines] == [x["completion"] for x in lines[:2]]
     printed = capsys.readouterr().out
-    assert "accuracy " in printed and "format_rate " in printed and "metrics.json" in printed
+    assert "accuracy " in printed and "format_rate " in printed and "summary.json" in printed
+
+
+def test_a_killed_run_resumes_where_it_stopped(base_run, tiny_model_dir, shards, tmp_path, monkeypatch, capsys):
+    """Killed after its first batch, the same command continues: the rows and the summary equal one pass."""
+    from omni_grpo import eval_report
+
+    real_append, batches = eval_report.PredictionLog.append, []
+
+    def append_then_die(self, rows):
+        if batches:
+            raise KeyboardInterrupt
+        real_append(self, rows)
+        batches.append(1)
+
+    out = tmp_path / "killed"
+    monkeypatch.setattr(eval_report.PredictionLog, "append", append_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_model_dir, shards, out)
+    monkeypatch.undo()
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 2  # one batch of --batch-size 2
+    capsys.readouterr()
+    argv = ["--model", str(tiny_model_dir), "--data", str(shards), "--output", str(out), "--max-new-tokens", "8",
+            "--batch-size", "2", "--num-workers", "0"]
+    assert main(argv) == 0  # the same command, with its progress bar over questions
+    printed = capsys.readouterr()
+    assert f"2/{N_QUESTIONS}" in printed.err and f"{N_QUESTIONS}/{N_QUESTIONS}" in printed.err
+    assert "question" in printed.err and "2 from an earlier run" in printed.out
+    metrics = json.loads((out / "summary.json").read_text())
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    base_metrics, base_lines = base_run
+    assert lines == base_lines and metrics["resumed_questions"] == 2
+    session = ("seconds", "resumed_questions")
+    assert {k: v for k, v in metrics.items() if k not in session} == {
+        k: v for k, v in base_metrics.items() if k not in session}
+    assert main([*argv, "system_prompt=Other."]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another system_prompt" in err and "--output" in err
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == N_QUESTIONS
+
+
+def test_group_by_and_compare_with_a_finished_run(base_run, base_dir, tiny_model_dir, shards, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    metrics, lines = run(tiny_model_dir, shards, out, "--limit", "3", "--group-by", "problem_type,vid_name",
+                         "--compare", str(base_dir / "predictions.jsonl"))
+    vids = {line["extra"]["vid_name"] for line in lines}
+    assert len(vids) == 2 and set(metrics["groups"]["vid_name"]) == vids
+    assert metrics["groups"]["problem_type"]["multiple_choice"]["questions"] == 3
+    result = json.loads((out / "compare.json").read_text())
+    assert result["paired_questions"] == 3 and result["only_in_b"] == N_QUESTIONS - 3 and result["only_in_a"] == 0
+    assert result["overall"]["difference"]["mean"] == 0.0 and result["overall"]["mcnemar_p"] == 1.0  # same model
+    assert set(result["groups"]["vid_name"]) == vids
+    printed = capsys.readouterr().out
+    assert f"A: {tiny_model_dir}" in printed and "McNemar p" in printed and "vid_name=" in printed
 
 
 def test_overrides_reach_the_prompt(base_run, tiny_model_dir, shards, tmp_path):

@@ -109,7 +109,7 @@ def test_stage4_demo_end_to_end(tmp_path):
                  "--output", str(out), "--limit", "4", "--max-new-tokens", "8", "--num-workers", "0", "--no-progress"],
                 timeout=300, cwd=REPO, env=env)
     assert proc.returncode == 0, _failure(proc)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "summary.json").read_text())
     assert metrics["num_questions"] == 4 and metrics["model"] == str(step / "model")
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all("completion" in json.loads(line) for line in lines)
