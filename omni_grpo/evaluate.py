@@ -4,8 +4,8 @@ python -m omni_grpo.evaluate --compare A/predictions.jsonl B/predictions.jsonl [
 
 Answers held-out questions with a base checkpoint, a trained thinker or a LoRA adapter, through exactly the
 path training takes: the same model module (`build_inputs` with the same system prompt and
-`use_audio_in_video`, towers run once per batch, `rollout.sample`, the trainer's sampling path, with media tokens banned) and the same
-reward functions and options. Writes (see `omni_grpo.eval_report` for the formats and the statistics)
+`use_audio_in_video`), the trainer's sampling path (`rollout.sample`: towers once per batch, media tokens
+banned) and the same reward functions and options. Writes (see `omni_grpo.eval_report` for the formats and the statistics)
 
   OUT/run.json           the run header (model, data, settings); a different run into OUT is refused
   OUT/predictions.jsonl  one line per completion, appended after every batch: id, question, options, answer,
