@@ -1,13 +1,39 @@
-"""TensorBoard scalars, per-phase timers and the sample-completions table. Only rank 0 writes."""
+"""What a run shows: the CLI's log set-up and one-line errors, TensorBoard scalars, per-phase timers and the
+sample-completions table. Only rank 0 writes TensorBoard files."""
 
 from __future__ import annotations
 
+import html
+import logging
 import math
+import os
+import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
+REPORT_DIR_ENV = "OMNI_GRPO_REPORT_DIR"  # set by omni_grpo.launch: ranks leave their error line there
+
+
+def configure_logging(rank: int, verbose: bool = False) -> None:
+    """Our INFO lines on rank 0 (WARNING on the others); dependencies' deprecation warnings only when `verbose`."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+
+
+def report_error(message: str, code: int) -> int:
+    """Print `message` on stderr and return `code`; under omni_grpo.launch, leave it for the launcher instead,
+    which prints each distinct message of all ranks once."""
+    report_dir = os.environ.get(REPORT_DIR_ENV)
+    if report_dir:
+        Path(report_dir, f"rank-{os.environ.get('RANK', '0')}.txt").write_text(message, encoding="utf-8")
+    else:
+        print(message, file=sys.stderr)
+    return code
 
 
 class PhaseTimer:
@@ -34,6 +60,7 @@ def reduce_metrics(metrics: dict[str, float], world_size: int) -> dict[str, floa
     """Mean of each metric over ranks, ignoring NaN (e.g. a reward no rank could score). Collective."""
     if world_size <= 1:
         return metrics
+    import torch
     import torch.distributed as dist
 
     keys = sorted(metrics)
@@ -65,17 +92,20 @@ class MetricsWriter:
         self.writer.flush()
 
     def completions(self, rows: list[dict], step: int) -> None:
-        """Markdown table: prompt id, reward total and each reward, the completion text."""
+        """A table, one row per completion: prompt id, answer, each reward, total, advantage, the completion.
+
+        Written as a 2-D text tensor, which TensorBoard shows as an HTML table with one Markdown cell each; the id,
+        answer and completion cells are HTML-escaped `<pre>` blocks, so text shows exactly as generated (line
+        breaks, `|`, `*`, `<tags>`) and cannot break the table.
+        """
         if self.writer is None or not rows:
             return
         names = [k for k in rows[0] if k not in ("id", "completion", "answer")]
-        header = "| id | answer | " + " | ".join(names) + " | completion |\n|" + "---|" * (len(names) + 3)
-        lines = [header]
+        table = [["id", "answer", *names, "completion"]]
         for r in rows:
-            cells = [_fmt(r.get(n)) for n in names]
-            text = str(r["completion"]).replace("|", "\\|").replace("\n", " ")[:1500]
-            lines.append(f"| {r['id']} | {r.get('answer')} | " + " | ".join(cells) + f" | {text} |")
-        self.writer.add_text("samples/completions", "\n".join(lines), step)
+            table.append([verbatim(r.get("id")), verbatim(r.get("answer")), *(_fmt(r.get(n)) for n in names),
+                          verbatim(r["completion"])])
+        self.writer._get_file_writer().add_summary(text_table_summary("samples/completions", table), step)
         self.writer.flush()
 
     def close(self) -> None:
@@ -89,3 +119,24 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return "nan" if math.isnan(v) else f"{v:.3f}"
     return str(v)
+
+
+def verbatim(value) -> str:
+    """`value` as a Markdown cell that TensorBoard renders character for character (one line of markup)."""
+    text = html.escape(str(value), quote=False).replace("\r", "&#13;").replace("\n", "&#10;")
+    return f"<pre>{text}</pre>"
+
+
+def text_table_summary(tag: str, table: list[list[str]]):
+    """A TensorBoard text summary holding `table` as a [rows, columns] string tensor (`tag/text_summary`)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.compat.proto.tensor_pb2 import TensorProto
+    from tensorboard.compat.proto.tensor_shape_pb2 import TensorShapeProto
+    from tensorboard.plugins.text.plugin_data_pb2 import TextPluginData
+
+    plugin = SummaryMetadata.PluginData(plugin_name="text", content=TextPluginData(version=0).SerializeToString())
+    shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(table)), TensorShapeProto.Dim(size=len(table[0]))])
+    tensor = TensorProto(dtype="DT_STRING", tensor_shape=shape,
+                         string_val=[cell.encode("utf-8") for row in table for cell in row])
+    return Summary(value=[Summary.Value(tag=f"{tag}/text_summary", metadata=SummaryMetadata(plugin_data=plugin),
+                                        tensor=tensor)])

@@ -1,60 +1,101 @@
 """python -m omni_grpo.train --config FILE [key=value ...]
 
 Runs GRPO training. Launch it directly for one process, or under
-`accelerate launch --config_file configs/accelerate/zero3.yaml -m omni_grpo.train ...` for DeepSpeed.
-Configuration errors are reported before any model is loaded.
+`accelerate launch --config_file configs/accelerate/zero3.yaml -m omni_grpo.train ...` for DeepSpeed
+(`run_scripts/stage4.sh` launches it through `omni_grpo.launch`, which reports a failed rank in one line).
+Configuration errors are reported before any model is loaded; `--check` stops there (what stage4.sh runs once
+before it starts the ranks). Every error ends in one line on stderr: `config error: …`, `data error: …`,
+`training stopped: …`, or, for a bug of ours, the traceback and an `internal error: …` line to report.
+Dependencies' deprecation warnings are hidden unless `--verbose` or `OMNI_GRPO_VERBOSE=1`.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omni_grpo.train", description="GRPO training for omni thinkers.")
     parser.add_argument("--config", help="YAML config file (see docs/config_reference.md)")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config, the model and data folders and output_dir, then exit")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show dependencies' deprecation warnings (same as OMNI_GRPO_VERBOSE=1)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learning_rate=5e-7 lora.enabled=true")
     args = parser.parse_args(argv)
 
+    from omni_grpo.logging import configure_logging, report_error
+
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(rank, verbose=args.verbose or os.environ.get("OMNI_GRPO_VERBOSE", "") not in ("", "0"))
+    try:
+        return run(args.config, args.overrides, check_only=args.check)
+    except Exception as err:  # a bug of ours: the traceback is what to report
+        import traceback
+
+        frames = traceback.extract_tb(err.__traceback__)
+        ours = [f for f in frames if {"omni_grpo", "preprocess"} & set(Path(f.filename).parts)] or frames
+        where = f"{os.path.relpath(ours[-1].filename)}:{ours[-1].lineno}"  # the innermost line of ours
+        summary = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return report_error(f"{traceback.format_exc()}internal error (a bug in omni-grpo; please report it with the "
+                            f"traceback above): {summary} at {where}", 1)
+
+
+def run(config: str | None, overrides: list[str], check_only: bool = False) -> int:
+    """Check the config and the paths (exit code 2 with one line if wrong), then train unless `check_only`."""
     from omni_grpo.config import ConfigError, check_paths, load_config
+    from omni_grpo.logging import report_error
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(config, overrides)
         check_paths(cfg)
         check_output_dir(cfg.output_dir)
     except (ConfigError, FileNotFoundError) as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
+        return report_error(f"config error: {err}", 2)
+    return 0 if check_only else train(cfg)
 
+
+def train(cfg) -> int:
+    """Build the trainer and run it; a known failure becomes one line and exit code 1 or 2."""
     from omni_grpo.checkpoint import CheckpointError
+    from omni_grpo.logging import report_error
     from omni_grpo.models.qwen2_5_omni import PromptTooLongError
     from omni_grpo.rewards import RewardError
     from omni_grpo.trainer import GRPOTrainer, NonFiniteLossError
     from preprocess.shards import ShardCorruptError, ShardFormatError
 
+    if cfg.deepspeed or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        skip_deepspeed_shm_op()
     try:
         trainer = GRPOTrainer(cfg)
     except (ShardCorruptError, ShardFormatError) as err:
-        print(f"data error: {err}", file=sys.stderr)
-        return 2
+        return report_error(f"data error: {err}", 2)
     try:
         trainer.train()
     except (RewardError, NonFiniteLossError, CheckpointError, PromptTooLongError) as err:
-        print(f"training stopped: {err}", file=sys.stderr)
-        return 1
+        return report_error(f"training stopped: {err}", 1)
     return 0
+
+
+def skip_deepspeed_shm_op() -> None:
+    """Mark DeepSpeed's CPU shared-memory op unbuildable, so that its process group does not JIT-compile it.
+
+    On a CPU accelerator `deepspeed.init_distributed` compiles `deepspeed_shm_comm` (2–3 minutes, cached in
+    ~/.cache/torch_extensions, which other checkouts overwrite). Only `inference_all_reduce` uses it, and that
+    falls back to torch.distributed without it; training never calls it. DeepSpeed documents its op table
+    `deepspeed.ops.__compatible_ops__` as one dict whose edits persist; GPU accelerators have no such op.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def check_output_dir(output_dir: str) -> None:
     """Create `output_dir` and write a file in it, or raise ConfigError (root ignores permission bits, so try)."""
     import tempfile
-    from pathlib import Path
 
     from omni_grpo.config import ConfigError
 
@@ -68,4 +109,4 @@ def check_output_dir(output_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

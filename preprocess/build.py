@@ -378,12 +378,12 @@ def build(options: BuildOptions) -> dict:
         summary = _finalize(options, data, config, states, n_shards)
     elapsed = time.monotonic() - start
     decoded = stats["clips"]
-    timing = (f"{decoded} clips processed in {elapsed:.1f} s ({decoded / max(elapsed, 1e-9):.2f} clips/s), "
-              f"{len(mine) - len(todo_shards)} of {len(mine)} shards already done")
+    timing = (f"{_count(decoded, 'clip')} processed in {elapsed:.1f} s ({decoded / max(elapsed, 1e-9):.2f} clips/s), "
+              f"{len(mine) - len(todo_shards)} of {_count(len(mine), 'shard')} already done")
     if summary is not None:
         c = summary["counts"]
         see = f" (see {out / fmt.FAILURES_NAME})" if c["failed"] else ""
-        print(f"preprocess: wrote {c['written']} samples from {c['clips_written']} clips "
+        print(f"preprocess: wrote {_count(c['written'], 'sample')} from {_count(c['clips_written'], 'clip')} "
               f"({summary['hours_of_video']:.3f} h of video), {c['failed']} failed{see}; {timing}", flush=True)
     else:
         print(f"preprocess: part {options.shard_index} of {options.num_shards} done; {timing}; manifest.json is "
@@ -431,6 +431,11 @@ def _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers, 
     finally:
         bar.close()
     return {"clips": len(tasks)}
+
+
+def _count(n: int, noun: str) -> str:
+    """`1 clip`, `2 clips`."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _add_clip(out: Path, shard: _Open, clip: Clip, result: dict) -> None:

@@ -6,20 +6,20 @@
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 cd "$REPO_ROOT"
-if [[ -z "${MODEL:-}${DATA:-}${OUTPUT_DIR:-}" ]]; then
-  demo="${DEMO_DIR:-outputs/demo}" && export CUDA_VISIBLE_DEVICES=""
-  [[ -f "$demo/model/config.json" ]] || "$PY" -m omni_grpo.testing model "$demo/model"
-  [[ -d "$demo/raw/qa" ]] || "$PY" -m omni_grpo.testing siq2 "$demo/raw" --n-clips 6
-  "$PY" -m preprocess --source siq2 --root "$demo/raw" --output "$demo/shards" --max-pixels 50176 --min-pixels 3136 --no-progress
+if [[ -z "${MODEL:-}${DATA:-}${OUTPUT_DIR:-}" ]]; then  # the built-in tiny default, on CPU
+  export CUDA_VISIBLE_DEVICES="" DS_ACCELERATOR=cpu
+  demo="${DEMO_DIR:-outputs/demo}" && bash run_scripts/demo_setup.sh "$demo"
   set -- --config configs/demo.yaml model_name_or_path="$demo/model" data="[$demo/shards]" output_dir="$demo/run" "$@"
 else
   set -- --config configs/stage4.yaml model_name_or_path="${MODEL:?set MODEL=DIR and DATA=SHARDS}" \
     data="[${DATA:?set DATA=SHARDS}]" output_dir="${OUTPUT_DIR:-outputs/stage4}" "$@"
 fi
-read -r ndev port < <("$PY" -c 'import socket, torch; s = socket.socket(); s.bind(("", 0)); print(torch.cuda.device_count() or 2, s.getsockname()[1])')
-nodes="${NNODES:-1}" && per_node="${NPROC:-$ndev}" && ((nodes == 1)) || port=29500  # every node must use the same port
-"$PY" -m accelerate.commands.launch --config_file configs/accelerate/zero3.yaml --num_processes $((per_node * nodes)) \
+"$PY" -m omni_grpo.train --check "$@"  # config, model, data and output_dir: one line, before any rank starts
+read -r gpus free_port < <("$PY" -c 'import socket, torch; s = socket.socket(); s.bind(("", 0)); print(torch.cuda.device_count(), s.getsockname()[1])')
+nodes="${NNODES:-1}" && per_node="${NPROC:-$((gpus > 0 ? gpus : 2))}"
+port="${MASTER_PORT:-$((nodes > 1 ? 29500 : free_port))}"  # every node must agree on the port; one node takes a free one
+"$PY" -m omni_grpo.launch --config_file configs/accelerate/zero3.yaml --num_processes $((per_node * nodes)) \
   --num_machines "$nodes" --machine_rank "${NODE_RANK:-0}" --main_process_ip "${MASTER_ADDR:-127.0.0.1}" \
-  --main_process_port "${MASTER_PORT:-$port}" --deepspeed_multinode_launcher standard -m omni_grpo.train "$@"
+  --main_process_port "$port" --deepspeed_multinode_launcher standard -m omni_grpo.train "$@"
 for arg in "$@"; do case "$arg" in output_dir=*) out="${arg#output_dir=}" ;; esac; done
-echo "TensorBoard logs: $out/runs"$'\n'"  tensorboard --logdir $out/runs"
+echo "TensorBoard logs: $out/runs"$'\n'"  bash run_scripts/tensorboard.sh $out/runs"

@@ -181,7 +181,7 @@ def test_cli_completed_run_with_failures_exits_zero(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     summary = result.stdout.strip().splitlines()[-1]
-    assert "wrote 1 samples" in summary and "1 failed" in summary and "clips/s" in summary
+    assert "wrote 1 sample from 1 clip " in summary and "1 failed" in summary and "clips/s" in summary
     assert "clip" in result.stderr  # the progress bar
     assert [f["id"] for f in failures_of(tmp_path / "out")] == ["bad"]
 

@@ -11,13 +11,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((REPO / "run_scripts").glob("*.sh"))
 ENTRY = [s for s in SCRIPTS if not s.name.startswith("_")]  # `_env.sh` is sourced, not run
+FIXED_ARGS = {"demo_setup.sh"}  # takes one folder, passes nothing on
+OWN_CWD = {"python.sh", "tensorboard.sh"}  # paths are relative to where the user runs them, as with plain python
 # A path that starts at the root: "/" at the start of a word (not `$dir/x`, `$(...)/x` or a URL's `//`).
 ABSOLUTE = re.compile(r"(?:^|[\s'\"=:(])/(?!dev/null\b)[\w.~-]")
 LAUNCH_ENV = ("MODEL", "DATA", "OUTPUT_DIR", "DEMO_DIR", "NPROC", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def test_scripts_exist():
-    assert {"stage4.sh", "test.sh", "_env.sh"} <= {s.name for s in SCRIPTS}
+    assert {"stage4.sh", "test.sh", "_env.sh", "demo_setup.sh", "python.sh", "tensorboard.sh"} <= {s.name for s in SCRIPTS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -45,9 +47,11 @@ def test_no_absolute_paths(script):
 def test_entry_scripts_are_short_and_pass_arguments_through(script):
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
-    assert 'source "$(dirname "$0")/_env.sh"' in text and 'cd "$REPO_ROOT"' in text
-    assert '"$@"' in text
+    assert 'source "$(dirname "$0")/_env.sh"' in text
+    assert ('cd "$REPO_ROOT"' in text) != (script.name in OWN_CWD)
+    assert ('"$@"' in text or '"${@:2}"' in text) != (script.name in FIXED_ARGS)
     assert len(text.splitlines()) <= 25
+    assert "&& ((" not in text and ") ||" not in text  # no `a && b || c` puzzles: if/else or $((c ? a : b))
 
 
 # ------------------------------------------------------------------------------------- stage4.sh, recorded
@@ -56,6 +60,7 @@ FAKE_PY = """#!/usr/bin/env bash
 # Stands in for Python: answers the script's probe (device count, free port), records every other call.
 if [[ "$1" == "-c" ]]; then echo "$FAKE_DEVICES 40123"; exit 0; fi
 echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset} $*" >> "$FAKE_LOG"
+if [[ "$*" == *" --check "* ]]; then exit "${FAKE_CHECK_RC:-0}"; fi
 """
 
 
@@ -73,7 +78,7 @@ def stage4(tmp_path, *args, devices=2, **env):
 
 
 def launch_args(calls):
-    launches = [c for c in calls if "-m accelerate.commands.launch" in c]
+    launches = [c for c in calls if "-m omni_grpo.launch " in c]
     assert len(launches) == 1, calls
     words = launches[0].split()
     return launches[0], dict(zip(words, words[1:]))  # each --flag to the word after it
@@ -89,7 +94,16 @@ def test_stage4_real_run_single_node(tmp_path):
     assert line.endswith("-m omni_grpo.train --config configs/stage4.yaml model_name_or_path=ckpt/omni "
                          "data=[shards/a,shards/b] output_dir=outputs/stage4 learning_rate=5e-7")
     assert "CUDA_VISIBLE_DEVICES=unset" in line
-    assert "tensorboard --logdir outputs/stage4/runs" in proc.stdout
+    assert "bash run_scripts/tensorboard.sh outputs/stage4/runs" in proc.stdout
+    # The config and the paths are checked once, with the same arguments, before any rank starts.
+    checks = [i for i, c in enumerate(calls) if " -m omni_grpo.train --check " in c]
+    assert len(checks) == 1 and checks[0] < calls.index(line)
+    assert calls[checks[0]].split(" --check ")[1] == line.split(" -m omni_grpo.train ")[1]
+
+
+def test_stage4_stops_when_the_check_fails(tmp_path):
+    proc, calls = stage4(tmp_path, MODEL="m", DATA="d", FAKE_CHECK_RC="2")
+    assert proc.returncode == 2 and not any("omni_grpo.launch" in c for c in calls)
 
 
 def test_stage4_multi_node(tmp_path):
@@ -101,7 +115,14 @@ def test_stage4_multi_node(tmp_path):
     assert flags["--main_process_ip"] == "10.0.0.1"
     assert flags["--main_process_port"] == "29500"  # every node must agree; a random free port would not
     assert flags["--deepspeed_multinode_launcher"] == "standard"
-    assert "tensorboard --logdir runs/x/runs" in proc.stdout  # the last output_dir wins, as in the config
+    assert "tensorboard.sh runs/x/runs" in proc.stdout  # the last output_dir wins, as in the config
+
+
+def test_stage4_master_port_wins(tmp_path):
+    for nodes in ("1", "2"):
+        proc, calls = stage4(tmp_path, MODEL="m", DATA="d", NNODES=nodes, MASTER_PORT="31000")
+        assert proc.returncode == 0, proc.stderr
+        assert launch_args(calls)[1]["--main_process_port"] == "31000"
 
 
 def test_stage4_needs_model_and_data_together(tmp_path):
@@ -119,7 +140,7 @@ def test_stage4_default_is_the_cpu_demo(tmp_path):
     assert line.startswith("CUDA_VISIBLE_DEVICES= ") and flags["--num_processes"] == "2"
     assert line.endswith("--config configs/demo.yaml model_name_or_path=demo/model data=[demo/shards] "
                          "output_dir=demo/run max_steps=2")
-    assert "tensorboard --logdir demo/run/runs" in proc.stdout
+    assert "bash run_scripts/tensorboard.sh demo/run/runs" in proc.stdout
 
 
 def test_stage4_demo_reuses_what_exists(tmp_path):
@@ -130,7 +151,11 @@ def test_stage4_demo_reuses_what_exists(tmp_path):
     proc, calls = stage4(tmp_path, DEMO_DIR=str(tmp_path / "demo"))
     assert proc.returncode == 0, proc.stderr
     assert not any("omni_grpo.testing" in c for c in calls)
-    assert any("-m preprocess" in c for c in calls)  # resumable: finished shards are skipped by preprocess itself
+    assert any("-m preprocess" in c for c in calls)  # no manifest.json: not finished, so run (it resumes)
+    (tmp_path / "demo" / "shards").mkdir()
+    (tmp_path / "demo" / "shards" / "manifest.json").write_text("{}")
+    proc, calls = stage4(tmp_path, DEMO_DIR=str(tmp_path / "demo"))
+    assert proc.returncode == 0 and not any("-m preprocess" in c for c in calls) and launch_args(calls)
 
 
 # ------------------------------------------------------------------------------------------------- configs

@@ -1,10 +1,12 @@
 """End to end, the README's main job: `bash run_scripts/stage4.sh` from an empty folder builds the tiny model and the
 synthetic Social-IQ-style clips, preprocesses them, trains 2 GRPO steps on 2 CPU processes under DeepSpeed ZeRO-3
 (gloo), logs the documented TensorBoard tags and writes a checkpoint that `python -m omni_grpo.evaluate` answers
-with. The first DeepSpeed start on a machine also JIT-builds its shared-memory op (about 2 minutes, once)."""
+with. Every tag it writes is documented in the README; no dependency deprecation warning and no DeepSpeed op build shows.
+A reward that fails inside the ranks ends the run with one line, not the launcher's traceback."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +21,23 @@ SCALARS = [
     "throughput/samples_per_s",
 ]
 TEXT = "samples/completions"
+
+
+def demo_env(demo: Path, **extra) -> dict:
+    """The environment of `bash run_scripts/stage4.sh` on the built-in default in `demo`, 2 ranks."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MODEL", "DATA", "OUTPUT_DIR", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "PY": sys.executable, "NPROC": "2", "DEMO_DIR": str(demo), **extra}
+
+
+def documented(tag: str) -> bool:
+    """Whether `tag` is in the README's TensorBoard table, where `<name>` and `<phase>` stand for any one word."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## TensorBoard"):text.index("A healthy run:")]
+    cells = [row.split("|")[1] for row in section.splitlines() if row.startswith("| `")]
+    names = [n for cell in cells for n in re.findall(r"`([^`]+)`", cell)]
+    word = "[A-Za-z0-9_.:-]+"
+    return any(re.fullmatch(word.join(map(re.escape, re.split(r"<\w+>", n))), tag) for n in names)
 
 
 def _events(log_dir: Path):
@@ -66,15 +85,15 @@ def test_stage4_demo_end_to_end(tmp_path):
     ds["zero_optimization"].update(stage3_max_reuse_distance=0, stage3_param_persistence_threshold=0)
     (tmp_path / "zero3.json").write_text(json.dumps(ds))
     demo = tmp_path / "demo"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MODEL", "DATA", "OUTPUT_DIR", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(PY=sys.executable, NPROC="2", DEMO_DIR=str(demo))
-    # 420 s: about 40 s of work, plus DeepSpeed's one-time build of its shared-memory op on a fresh machine.
+    env = demo_env(demo)
+    # About 40 s of work on 2 cores; DeepSpeed builds no op (its CPU shared-memory op is skipped).
     proc = _run(["bash", str(REPO / "run_scripts" / "stage4.sh"), "max_steps=2", f"deepspeed={tmp_path / 'zero3.json'}"],
                 timeout=420, cwd=tmp_path, env=env)
     assert proc.returncode == 0, _failure(proc)
     run = demo / "run"
-    assert f"tensorboard --logdir {run / 'runs'}" in proc.stdout
+    assert f"bash run_scripts/tensorboard.sh {run / 'runs'}" in proc.stdout
+    for noise in ("FutureWarning", "DeprecationWarning", "shm_comm", "Setting accelerator to CPU", "OMP_NUM_THREADS"):
+        assert noise not in proc.stderr, noise
 
     assert len(list((run / "runs").glob("events.out.tfevents.*"))) == 1  # rank 0 only
     events = _events(run / "runs")
@@ -82,8 +101,10 @@ def test_stage4_demo_end_to_end(tmp_path):
     missing = [t for t in SCALARS if t not in tags["scalars"]]
     assert not missing, f"missing TensorBoard scalars {missing}; have {sorted(tags['scalars'])}"
     assert f"{TEXT}/text_summary" in tags["tensors"]
-    table = events.Tensors(f"{TEXT}/text_summary")[0].tensor_proto.string_val[0].decode()
-    assert table.startswith("| id | answer |")
+    header = [c.decode() for c in events.Tensors(f"{TEXT}/text_summary")[0].tensor_proto.string_val[:2]]
+    assert header == ["id", "answer"]
+    undocumented = [t for t in tags["scalars"] + [TEXT] if not documented(t)]
+    assert not undocumented, f"TensorBoard tags missing from the README's table: {undocumented}"
     kl = {e.step: e.value for e in events.Scalars("actor/kl")}
     assert sorted(kl) == [1, 2]
     assert kl[1] == 0.0, f"KL(policy || reference) before the first update must be exactly 0, got {kl[1]}"
@@ -113,3 +134,16 @@ def test_stage4_demo_end_to_end(tmp_path):
     assert metrics["num_questions"] == 4 and metrics["model"] == str(step / "model")
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all("completion" in json.loads(line) for line in lines)
+
+
+@pytest.mark.slow
+def test_stage4_failure_inside_ranks_is_one_line(tmp_path):
+    """Both ranks stop on a reward that keeps failing: its message once, the launcher's traceback not at all."""
+    env = demo_env(tmp_path / "demo", PYTHONPATH=str(REPO))
+    proc = _run(["bash", str(REPO / "run_scripts" / "stage4.sh"), "reward_funcs=[format,tests.rewards_for_tests:raising_reward]",
+                 "reward_weights=[1.0,1.0]", "save_steps=0"], timeout=420, cwd=REPO, env=env)
+    assert proc.returncode == 1, _failure(proc)
+    assert proc.stderr.count("training stopped: reward 'tests.rewards_for_tests:raising_reward' failed") == 1, proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("training stopped:")
+    for noise in ("Traceback", "ChildFailedError", "elastic"):
+        assert noise not in proc.stderr, noise
