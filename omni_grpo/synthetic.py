@@ -1,5 +1,13 @@
-"""Synthetic media for tests and the demo: small mp4 clips, wav files, a Social-IQ 2.0 style dataset and
+"""Synthetic media for tests and the demo: mp4 clips, audio files, images, a Social-IQ 2.0 style dataset and
 deliberately broken files.
+
+Clips can look like real encodes: NTSC rates (``fps=Fraction(30000, 1001)`` for 29.97,
+``Fraction(24000, 1001)`` for 23.976, or the floats ``30000 / 1001`` …), any duration (``seconds=7.3``),
+no audio track (``audio=None``), mono to 5.1 AAC at any rate AAC takes (22.05 / 44.1 / 48 kHz).
+``make_audio`` writes audio-only files (wav, flac with libsndfile; mp3, m4a with PyAV), ``make_image`` png or
+jpg pictures. ``REAL_LIKE_CLIPS`` lists the variants the tests run preprocess on; ``make_mixed_manifest`` one
+jsonl manifest holding all of them, and ``make_siq2_dataset(..., real_like=True)`` a Social-IQ 2.0 folder of
+clips at mixed frame rates.
 
 Everything is written with PyAV and soundfile (no ffmpeg binary) and is deterministic per ``seed``.
 The picture is a square that moves left to right while its colour changes; the sound is a linear chirp whose
@@ -69,7 +77,7 @@ def _background(size: tuple[int, int], seed: int) -> np.ndarray:
 def make_clip(
     path,
     seconds: float = 3.0,
-    fps: int = 8,
+    fps: float | Fraction = 8,
     size: tuple[int, int] = (96, 128),
     audio: str | None = "tone",
     sample_rate: int = 16000,
@@ -79,7 +87,8 @@ def make_clip(
 ) -> Path:
     """Write an mp4 (H.264 by default, ``video_codec="libx265"`` for HEVC) with an AAC track.
 
-    ``size`` is ``(H, W)`` and must be even; the clip has ``max(1, round(seconds * fps))`` frames.
+    ``size`` is ``(H, W)`` and must be even; the clip has ``max(1, round(seconds * fps))`` frames at the stream
+    rate ``Fraction(fps).limit_denominator(1001)`` (so ``30000 / 1001`` gives exactly 29.97 fps).
     ``audio``: ``"tone"`` (``chirp``, each channel scaled by ``1 - 0.1 * c``), ``"silence"`` (zeros) or
     ``None`` (no audio stream). Raises ``av.codec.codec.UnknownCodecError`` if the codec is not built in.
     """
@@ -88,12 +97,14 @@ def make_clip(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = size
+    rate = Fraction(fps).limit_denominator(1001)
+    fps = float(rate)
     n_frames = max(1, int(round(seconds * fps)))
     with av.open(str(path), "w", format="mp4") as container:
         options = {"preset": "veryfast", "crf": "18"}
         if video_codec == "libx265":
             options = {"preset": "ultrafast", "x265-params": "log-level=none"}
-        vstream = container.add_stream(video_codec, rate=Fraction(fps).limit_denominator(1001), options=options)
+        vstream = container.add_stream(video_codec, rate=rate, options=options)
         vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
         astream = None
         if audio is not None:
@@ -110,15 +121,7 @@ def make_clip(
             if audio == "silence":
                 mono = np.zeros_like(mono)
             gains = (1.0 - 0.1 * np.arange(channels, dtype=np.float32))[:, None]
-            signal = np.ascontiguousarray(gains * mono[None, :], dtype=np.float32)
-            for start in range(0, signal.shape[1], _AAC_FRAME):
-                chunk = np.zeros((channels, _AAC_FRAME), dtype=np.float32)
-                part = signal[:, start:start + _AAC_FRAME]
-                chunk[:, :part.shape[1]] = part
-                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=_LAYOUTS[channels])
-                frame.sample_rate, frame.pts = sample_rate, start
-                container.mux(astream.encode(frame))
-            container.mux(astream.encode(None))
+            _mux_audio(container, astream, gains * mono[None, :], sample_rate, _AAC_FRAME, _LAYOUTS[channels])
     return path
 
 
@@ -138,6 +141,97 @@ def make_wav(
     mono = chirp(seconds, sample_rate, seed)
     gains = 1.0 - 0.1 * np.arange(channels, dtype=np.float32)
     soundfile.write(str(path), mono[:, None] * gains[None, :], sample_rate, subtype=subtype)
+    return path
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a")
+_PYAV_AUDIO = {".mp3": ("mp3", "mp3", 1152), ".m4a": ("ipod", "aac", _AAC_FRAME)}  # container, codec, frame
+
+
+def make_audio(path, seconds: float = 3.0, sample_rate: int = 22050, channels: int = 1, seed: int = 0) -> Path:
+    """An audio-only file of ``chirp`` (channel c scaled by ``1 - 0.1 * c``), its format from the suffix:
+    ``.wav`` / ``.flac`` (libsndfile, 16-bit) or ``.mp3`` / ``.m4a`` (PyAV: MP3, AAC in an MP4 container)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".wav", ".flac"):
+        return make_wav(path, seconds=seconds, sample_rate=sample_rate, channels=channels, seed=seed)
+    if suffix not in _PYAV_AUDIO:
+        raise ValueError(f"make_audio writes {', '.join(AUDIO_SUFFIXES)}, got {path.name}")
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    container_format, codec, frame_size = _PYAV_AUDIO[suffix]
+    mono = chirp(seconds, sample_rate, seed)
+    gains = (1.0 - 0.1 * np.arange(channels, dtype=np.float32))[:, None]
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=sample_rate, layout=_LAYOUTS[channels])
+        _mux_audio(container, stream, gains * mono[None, :], sample_rate, frame_size, _LAYOUTS[channels])
+    return path
+
+
+def _mux_audio(container, stream, signal: np.ndarray, sample_rate: int, frame_size: int, layout: str) -> None:
+    """Encode float ``[channels, n]`` into ``stream`` in frames of ``frame_size`` (the last zero-padded)."""
+    import av
+
+    signal = np.ascontiguousarray(signal, dtype=np.float32)
+    for start in range(0, signal.shape[1], frame_size):
+        chunk = np.zeros((signal.shape[0], frame_size), dtype=np.float32)
+        part = signal[:, start:start + frame_size]
+        chunk[:, :part.shape[1]] = part
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+        frame.sample_rate, frame.pts = sample_rate, start
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def make_image(path, size: tuple[int, int] = (360, 640), seed: int = 0) -> Path:
+    """A picture (``size`` = ``(H, W)``; png or jpg by suffix): frame 0 of ``make_clip`` with the same seed."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(frame_image(0, 1.0, 1.0, size, seed)).save(path, quality=95)
+    return path
+
+
+# The real-encode variants (name → make_clip keyword arguments): frame rates, odd and Social-IQ lengths,
+# no audio track, mono / 5.1 at the rates real datasets ship.
+REAL_LIKE_CLIPS = {
+    "pal25_7s3_mono22k": dict(fps=25, seconds=7.3, sample_rate=22050, channels=1),
+    "ntsc2997_5s_51_48k": dict(fps=Fraction(30000, 1001), seconds=5.0, sample_rate=48000, channels=6),
+    "film23976_4s7_stereo44k": dict(fps=Fraction(24000, 1001), seconds=4.7, sample_rate=44100, channels=2),
+    "web30_6s1_silent_track": dict(fps=30, seconds=6.1, audio=None),
+    "siq2_60s_640x360": dict(fps=Fraction(30000, 1001), seconds=60.0, size=(360, 640), sample_rate=44100),
+}
+
+
+# Audio-only files (name, rate, channels) of make_mixed_manifest: every format at the rates real datasets ship
+# (MP3 holds at most 2 channels), and images (name, (H, W)).
+MIXED_AUDIO = [("a22k_mono.wav", 22050, 1), ("a48k_51.flac", 48000, 6), ("a44k_stereo.mp3", 44100, 2),
+               ("a22k_mono.mp3", 22050, 1), ("a48k_51.m4a", 48000, 6), ("a44k_mono.m4a", 44100, 1)]
+MIXED_IMAGES = [("pic.png", (300, 500)), ("pic.jpg", (720, 1280))]
+
+
+def make_mixed_manifest(folder, audio_seconds: float = 3.3, seed: int = 0) -> Path:
+    """A jsonl manifest (``folder/manifest.jsonl``, returned) mixing every sample layout: each short
+    ``REAL_LIKE_CLIPS`` video (with and without a sound track), each ``MIXED_AUDIO`` audio-only file and each
+    ``MIXED_IMAGES`` image, one two-option question each; a sample's id is its file's stem."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    qa = {"question": "What happens?", "options": ["x", "y"], "answer": "A"}
+    rows = []
+    for name, kwargs in REAL_LIKE_CLIPS.items():
+        if kwargs["seconds"] < 30:
+            make_clip(folder / f"{name}.mp4", **{**kwargs, "seed": seed})
+            rows.append({"id": name, "video": f"{name}.mp4", **qa})
+    for name, rate, channels in MIXED_AUDIO:
+        make_audio(folder / name, seconds=audio_seconds, sample_rate=rate, channels=channels, seed=seed)
+        rows.append({"id": name, "audio": name, **qa})
+    for name, size in MIXED_IMAGES:
+        make_image(folder / name, size=size, seed=seed)
+        rows.append({"id": name, "image": name, **qa})
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
 
@@ -196,13 +290,16 @@ _QUESTIONS = [
 _ID_CHARS = string.ascii_letters + string.digits + "_-"
 
 
-def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 0, seconds: float = 3.0) -> Path:
+def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 0, seconds: float = 3.0,
+                      real_like: bool = False) -> Path:
     """Write a small dataset in the Social-IQ 2.0 layout under ``root`` and return ``root``.
 
     ``root/qa/qa_{split}.json`` is JSON Lines (one object per line: ``qid, q, vid_name, ts, a0..a3,
     answer_idx``); ``root/video/{vid_name}.mp4`` holds each clip (H.264 + AAC at 16 kHz) and
     ``root/audio/wav/{vid_name}.wav`` the same chirp at 22.05 kHz mono 16-bit, as the real dataset ships it.
-    Each video gets 2 or 3 questions; the correct answer is moved to a varying index.
+    Each video gets 2 or 3 questions; the correct answer is moved to a varying index. With ``real_like``
+    clip ``i`` is the short ``REAL_LIKE_CLIPS`` variant ``i % 4`` (25 / 29.97 / 23.976 / 30 fps, odd
+    durations; the 30 fps one has neither a sound track nor a wav) and ``seconds`` is not used.
     """
     root = Path(root)
     rng = random.Random(seed)
@@ -211,9 +308,15 @@ def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 
     for clip in range(n_clips):
         vid_name = "".join(rng.choice(_ID_CHARS) for _ in range(11))
         clip_seed = seed * 1000 + clip
-        make_clip(root / "video" / f"{vid_name}.mp4", seconds=seconds, seed=clip_seed)
-        make_wav(root / "audio" / "wav" / f"{vid_name}.wav", seconds=seconds, sample_rate=22050, seed=clip_seed)
-        end = int(round(seconds))
+        kwargs = dict(seconds=seconds)
+        if real_like:
+            variants = [v for v in REAL_LIKE_CLIPS.values() if v["seconds"] < 30]
+            kwargs = variants[clip % len(variants)]
+        make_clip(root / "video" / f"{vid_name}.mp4", **{**kwargs, "seed": clip_seed})
+        if kwargs.get("audio", "tone") is not None:
+            make_wav(root / "audio" / "wav" / f"{vid_name}.wav", seconds=kwargs["seconds"], sample_rate=22050,
+                     seed=clip_seed)
+        end = int(round(kwargs["seconds"]))
         for k in range(2 + clip % 2):
             question, answers = _QUESTIONS[(clip + k) % len(_QUESTIONS)]
             answer_idx = rng.randrange(4)

@@ -7,7 +7,8 @@ trained in-process (`vocab="tiny"`) or the real Qwen2 BPE shipped by the PyPI pa
 Two families: Qwen2.5-Omni (dense thinker) and Qwen3-Omni (MoE thinker with deepstack vision features).
 
     python -m omni_grpo.testing model OUT_DIR [--family qwen2_5_omni] [--vocab tiny] [--seed 0]
-    python -m omni_grpo.testing siq2 ROOT [--n-clips 8] [--split train]
+    python -m omni_grpo.testing siq2 ROOT [--n-clips 8] [--split train] [--real-like]
+    python -m omni_grpo.testing mixed FOLDER   (a jsonl manifest mixing videos, audio-only files and images)
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import importlib.util
 import json
 from pathlib import Path
 
-from omni_grpo.synthetic import make_clip, make_siq2_dataset
+from omni_grpo.synthetic import make_audio, make_clip, make_image, make_mixed_manifest, make_siq2_dataset
 
-__all__ = ["build_tiny_model", "make_clip", "make_siq2_dataset", "SPECIAL_TOKENS", "CHAT_TEMPLATE",
+__all__ = ["build_tiny_model", "make_clip", "make_audio", "make_image", "make_mixed_manifest", "make_siq2_dataset",
+           "SPECIAL_TOKENS", "CHAT_TEMPLATE",
            "QWEN3_OMNI_ADDED_TOKENS", "QWEN3_OMNI_CHAT_TEMPLATE"]
 
 # Qwen2.5-Omni's added tokens in id order; in the real checkpoint the first one has id 151643.
@@ -517,13 +519,20 @@ def _main(argv=None) -> int:
     s.add_argument("--split", default="train")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--seconds", type=float, default=3.0)
+    s.add_argument("--real-like", action="store_true", help="clips at 25 / 29.97 / 23.976 / 30 fps, one without sound")
+    x = sub.add_parser("mixed", help="write a jsonl manifest mixing videos, audio-only files and images")
+    x.add_argument("folder")
+    x.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.cmd == "model":
         path = build_tiny_model(
             args.out_dir, family=args.family, vocab=args.vocab, seed=args.seed, hidden=args.hidden, layers=args.layers
         )
+    elif args.cmd == "mixed":
+        path = make_mixed_manifest(args.folder, seed=args.seed)
     else:
-        path = make_siq2_dataset(args.root, n_clips=args.n_clips, split=args.split, seed=args.seed, seconds=args.seconds)
+        path = make_siq2_dataset(args.root, n_clips=args.n_clips, split=args.split, seed=args.seed,
+                                 seconds=args.seconds, real_like=args.real_like)
     print(path)
     return 0
 

@@ -7,12 +7,16 @@ import sys
 from pathlib import Path
 
 from .benchmarks import BENCHMARKS
+from .budget import DEFAULT_MAX_PROMPT_TOKENS
 
 EXAMPLES = """examples:
   python -m preprocess --source siq2 --root data/siq2 --split train --output shards/siq2-train
   python -m preprocess --source jsonl --manifest data/my.jsonl --output shards/my --workers 8
   python -m preprocess --source dailyomni --root data/Daily-Omni --output shards/dailyomni   # also worldsense,
   python -m preprocess --source avqa --root data/avqa --split val --output shards/avqa-val   # intentbench
+  # a 4096-token prompt budget (set max_prompt_length=4096 in the training config too), text counted exactly:
+  python -m preprocess --source siq2 --root data/siq2 --output shards/siq2 --max-prompt-tokens 4096 \
+      --tokenizer models/Qwen2.5-Omni-7B
   # on 4 machines sharing one output folder, machine I runs:
   python -m preprocess --source siq2 --root data/siq2 --output shards/siq2 --num-shards 4 --shard-index I
 """
@@ -41,6 +45,18 @@ def parser() -> argparse.ArgumentParser:
     vid.add_argument("--total-pixels", type=float, help="pixel budget of the whole clip (default: qwen-omni-utils')")
     vid.add_argument("--min-frames", type=int, help="fewest frames per clip (default: qwen-omni-utils', 4)")
     vid.add_argument("--max-frames", type=int, help="most frames per clip (default: qwen-omni-utils', 768)")
+    budget = p.add_argument_group(
+        "prompt budget", "frames are reduced (fewer, then smaller; always spanning the whole clip, audio kept whole) "
+        "until each sample's prompt fits; the count is stored per sample as prompt_tokens")
+    budget.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS, metavar="N",
+                        help="most tokens of a prompt: video + audio + system prompt + question; match the training "
+                             f"config's max_prompt_length (default: {DEFAULT_MAX_PROMPT_TOKENS}, as configs/stage4.yaml; "
+                             "0: no budget, qwen-omni-utils' frames)")
+    budget.add_argument("--tokenizer", type=Path, metavar="MODEL_DIR",
+                        help="count text tokens exactly with this model's tokenizer (default: a character-based "
+                             "upper estimate, about 1.6x the real count on English)")
+    budget.add_argument("--system-prompt", metavar="TEXT",
+                        help="the training config's system_prompt, if not the default one")
     vid.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames, 90-100 (default: 90)")
     run = p.add_argument_group("run")
     run.add_argument("--workers", type=int, help="decoding processes (default: all cores; 0 decodes in this process)")
@@ -49,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--shard-index", type=int, default=0, help="which of the K parts this machine does (0-based)")
     run.add_argument("--overwrite", action="store_true", help="rebuild this part's shards from scratch")
     run.add_argument("--require-audio", action="store_true",
-                     help="treat a clip without audio as a failure (default: keep it with audio=None)")
+                     help="treat a video without audio as a failure (default: keep it as a video-only sample)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -65,7 +81,8 @@ def main(argv=None) -> int:
                            total_pixels=args.total_pixels, min_frames=args.min_frames, max_frames=args.max_frames),
         jpeg_quality=args.jpeg_quality, workers=args.workers, shard_size=args.shard_size,
         num_shards=args.num_shards, shard_index=args.shard_index, overwrite=args.overwrite,
-        require_audio=args.require_audio, progress=not args.no_progress)
+        require_audio=args.require_audio, progress=not args.no_progress, max_prompt_tokens=args.max_prompt_tokens,
+        tokenizer=args.tokenizer, system_prompt=args.system_prompt)
     try:
         build(options)
     except PreprocessError as exc:

@@ -13,6 +13,11 @@ since) or whose file was damaged is rebuilt. When every shard of the plan
 is done, ``manifest.json`` and ``failures.jsonl`` are written; with several machines, the last one to
 finish writes them, or any of them re-run after all parts are copied into one folder.
 
+Prompt budget. Each sample's prompt (media + system prompt + question + chat template) must fit
+``max_prompt_tokens`` (the training config's ``max_prompt_length``): the text of every sample is counted here
+(``preprocess.budget.TextCounter``), each clip is decoded with frames that fit its longest question, and each
+sample's ``prompt_tokens`` is stored. A clip that cannot fit (its audio alone is too long) is a failure.
+
 Workers are spawned processes (``concurrent.futures`` with the spawn context). A clip that kills its worker
 (a decoder crash, out of memory) is retried alone in a fresh pool and, if it kills that one too, becomes a
 failure; the run goes on.
@@ -33,6 +38,7 @@ from pathlib import Path
 
 from . import shards as fmt
 from .benchmarks import BENCHMARKS
+from .budget import DEFAULT_MAX_PROMPT_TOKENS, GRID, PromptBudget, TextCounter
 from .media import VideoOptions
 from .sources import SourceData, SourceError, read_jsonl, read_siq2
 
@@ -62,6 +68,21 @@ class BuildOptions:
     overwrite: bool = False
     require_audio: bool = False
     progress: bool = True
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
+    tokenizer: Path | None = None
+    system_prompt: str | None = None
+
+    def __post_init__(self):
+        if self.tokenizer is not None:
+            self.tokenizer = Path(self.tokenizer)
+
+    def prompt_system(self) -> str:
+        """The system prompt counted in the budget (default: the training recipe's)."""
+        if self.system_prompt is not None:
+            return self.system_prompt
+        from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT
+
+        return DEFAULT_SYSTEM_PROMPT
 
     def validate(self) -> None:
         if self.source not in ("siq2", "jsonl", *BENCHMARKS):
@@ -79,10 +100,12 @@ class BuildOptions:
             value = getattr(v, name)
             if value is not None and not value > 0:
                 raise PreprocessError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if v.min_pixels is not None and v.max_pixels is not None and v.min_pixels > v.max_pixels:
-            raise PreprocessError(f"--min-pixels ({v.min_pixels}) is larger than --max-pixels ({v.max_pixels})")
-        if v.min_frames is not None and v.max_frames is not None and v.min_frames > v.max_frames:
-            raise PreprocessError(f"--min-frames ({v.min_frames}) is larger than --max-frames ({v.max_frames})")
+        _check_pairs(v)
+        if self.max_prompt_tokens < 0:
+            raise PreprocessError(f"--max-prompt-tokens must be 0 (no budget) or more, got {self.max_prompt_tokens}")
+        if self.tokenizer is not None and not (self.tokenizer / "tokenizer_config.json").is_file():
+            raise PreprocessError(f"--tokenizer {self.tokenizer} has no tokenizer_config.json; pass the model "
+                                  "(or processor) folder of the model you will train")
         if not 90 <= self.jpeg_quality <= 100:
             raise PreprocessError(f"--jpeg-quality must be 90-100, got {self.jpeg_quality}")
         if self.workers is not None and self.workers < 0:
@@ -97,13 +120,48 @@ class BuildOptions:
             raise PreprocessError(f"--output {self.output} exists and is not a folder")
 
 
+def _check_pairs(v: VideoOptions) -> None:
+    """Options that contradict each other or qwen-omni-utils' defaults: one error before any file is read."""
+    from .media import qwen_defaults
+
+    defaults = qwen_defaults()
+
+    def value(name):
+        given = getattr(v, name)
+        return (given, f"--{name.replace('_', '-')} {given:g}") if given is not None else \
+            (defaults[name], f"the default --{name.replace('_', '-')} {defaults[name]:g}")
+
+    for low, high, fix in (("min_pixels", "max_pixels", "pass a --min-pixels no larger than --max-pixels"),
+                           ("min_frames", "max_frames", "pass a --min-frames no larger than --max-frames"),
+                           ("min_pixels", "total_pixels", "lower --min-pixels or raise --total-pixels")):
+        (lo, lo_text), (hi, hi_text) = value(low), value(high)
+        if (getattr(v, low) is not None or getattr(v, high) is not None) and lo > hi:
+            raise PreprocessError(f"{lo_text} is larger than {hi_text}: no frame could be sampled; {fix}")
+    if v.max_pixels is not None and v.max_pixels < GRID * GRID:
+        raise PreprocessError(f"--max-pixels {v.max_pixels} is smaller than one {GRID}x{GRID} patch "
+                              f"({GRID * GRID} pixels), the smallest frame the model takes")
+
+
 @dataclass
 class Clip:
-    video: str
+    """One media item (a video with or without a separate audio file, an audio file, or an image) and the
+    samples that ask about it."""
+
+    video: str | None
     audio: str | None
     samples: list
     video_size: int
     audio_size: int
+    image: str | None = None
+
+    @property
+    def modality(self) -> str:
+        return "video" if self.video is not None else "image" if self.image is not None else "audio"
+
+    @property
+    def path(self) -> str:
+        """The media file named in failures and stored as the row's ``video`` (provenance)."""
+        return self.video or self.image or self.audio
 
 
 def default_workers() -> int:
@@ -135,13 +193,14 @@ def _size(path: Path) -> int:
 
 def plan_clips(data: SourceData) -> list[Clip]:
     """Group samples by (video, audio), sorted by path; samples keep their file order within a clip."""
-    groups: dict[tuple[str, str | None], list] = {}
+    groups: dict[tuple, list] = {}
     for sample in data.samples:
-        groups.setdefault((sample.video, sample.audio), []).append(sample)
+        groups.setdefault((sample.video, sample.audio, sample.image), []).append(sample)
     clips = []
-    for (video, audio) in sorted(groups, key=lambda k: (k[0], k[1] or "")):
-        clips.append(Clip(video=video, audio=audio, samples=groups[(video, audio)],
-                          video_size=_size(data.base / video),
+    for (video, audio, image) in sorted(groups, key=lambda k: tuple(p or "" for p in k)):
+        main = video or image
+        clips.append(Clip(video=video, audio=audio, image=image, samples=groups[(video, audio, image)],
+                          video_size=_size(data.base / main) if main else -1,
                           audio_size=_size(data.base / audio) if audio else -1))
     return clips
 
@@ -152,12 +211,15 @@ def content_options(options: BuildOptions) -> dict:
     return {"format_version": fmt.FORMAT_VERSION, "source": options.source, "split": options.split
             if split_counts else None, **options.video.to_dict(),
             "jpeg_quality": options.jpeg_quality, "require_audio": options.require_audio,
-            "shard_size": options.shard_size}
+            "shard_size": options.shard_size, "max_prompt_tokens": options.max_prompt_tokens,
+            "tokenizer": str(options.tokenizer) if options.tokenizer is not None else None,
+            "system_prompt": options.prompt_system()}
 
 
 def shard_plan_hash(config: dict, clips: list[Clip]) -> str:
     body = {"config": config, "clips": [
-        {"video": c.video, "audio": c.audio, "video_size": c.video_size, "audio_size": c.audio_size,
+        {"video": c.video, "audio": c.audio, **({"image": c.image} if c.image else {}),
+         "video_size": c.video_size, "audio_size": c.audio_size,
          "samples": [s.record() for s in c.samples]} for c in clips]}
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
 
@@ -179,14 +241,32 @@ def process_clip(task: dict) -> dict:
     """Decode one clip and encode its media columns; never raises (a failure is ``{"ok": False, ...}``)."""
     import torch
 
-    from .media import MediaError, decode_clip
+    from .media import MediaError, OverBudgetError, decode_audio_only, decode_clip, load_image
 
     if torch.get_num_threads() != task["threads"]:
         torch.set_num_threads(task["threads"])
+    def decode(budget):
+        if task.get("modality") == "image":
+            return load_image(task["image"], budget)
+        if task.get("modality") == "audio":
+            return decode_audio_only(task["audio"], budget)
+        return decode_clip(task["video"], task["audio"], VideoOptions(**task["video_options"]),
+                           threads=task["threads"], budget=budget)
+
     try:
-        decoded = decode_clip(task["video"], task["audio"], VideoOptions(**task["video_options"]),
-                              threads=task["threads"])
-        if task["require_audio"] and decoded.audio is None:
+        if task.get("budget"):
+            # plan for the longest question that fits; a longer one becomes its own failure (see _add_clip)
+            max_tokens, texts = task["budget"]
+            for k, text in enumerate(texts):
+                try:
+                    decoded = decode(PromptBudget(max_tokens, text))
+                    break
+                except OverBudgetError:
+                    if k == len(texts) - 1:
+                        raise
+        else:
+            decoded = decode(None)
+        if task["require_audio"] and decoded.audio is None and decoded.modality == "video":
             return {"ok": False, "reason": "no audio: the video has no audio track and there is no audio file "
                                            "(--require-audio)"}
         return {"ok": True, "media": fmt.encode_media(decoded, task["jpeg_quality"])}
@@ -335,6 +415,8 @@ class _Open:
     with_audio: int = 0
     without_audio: int = 0
     clip_seconds: float = 0.0
+    modalities: dict = field(default_factory=dict)  # "video" / "video_only" / "audio" / "image" → samples
+    max_prompt_tokens: int = 0
 
 
 def build(options: BuildOptions) -> dict:
@@ -342,6 +424,7 @@ def build(options: BuildOptions) -> dict:
     ``PreprocessError`` for unusable arguments or inputs; bad samples become failure lines instead."""
     start = time.monotonic()
     options.validate()
+    counter = text_counter(options)
     data = _read_source(options)
     clips = plan_clips(data)
     config = content_options(options)
@@ -352,6 +435,8 @@ def build(options: BuildOptions) -> dict:
     mine = [n for n in range(n_shards) if n % options.num_shards == options.shard_index]
     out = options.output
     _prepare_output(options, config, mine, n_shards)
+    text_tokens = count_text_tokens(counter, data)
+    warn_unknown_problem_types(data)
 
     todo_shards = [n for n in mine if _shard_done(out, n, plans[n], verify=True) is None]
     workers = default_workers() if options.workers is None else options.workers
@@ -362,14 +447,19 @@ def build(options: BuildOptions) -> dict:
         for k, clip in enumerate(shard_clips[n]):
             i = n * size + k
             clip_shard[i] = n
+            budget = None
+            if options.max_prompt_tokens:  # the clip's distinct question lengths, longest first
+                budget = (options.max_prompt_tokens, sorted({text_tokens[s.id] for s in clip.samples}, reverse=True))
             tasks.append((i, {
-                "video": str(base / clip.video), "audio": str(base / clip.audio) if clip.audio else None,
+                "modality": clip.modality, "video": str(base / clip.video) if clip.video else None,
+                "audio": str(base / clip.audio) if clip.audio else None,
+                "image": str(base / clip.image) if clip.image else None,
                 "video_options": options.video.to_dict(), "jpeg_quality": options.jpeg_quality,
-                "require_audio": options.require_audio, "threads": threads,
+                "require_audio": options.require_audio, "threads": threads, "budget": budget,
             }))
     order = [i for i, _ in tasks]
     stats = _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers,
-                 failed_before=len(data.failures))
+                 failed_before=len(data.failures), text_tokens=text_tokens)
 
     states = {n: _shard_done(out, n, plans[n]) for n in range(n_shards)}
     complete = all(s is not None for s in states.values())
@@ -389,10 +479,82 @@ def build(options: BuildOptions) -> dict:
         print(f"preprocess: part {options.shard_index} of {options.num_shards} done; {timing}; manifest.json is "
               "written when every part is done (re-run any part's command once all outputs share one folder)",
               flush=True)
+    if summary is not None and summary["counts"]["written"] == 0:
+        raise PreprocessError(_nothing_written(summary["counts"], out))
     return {"complete": complete, "seconds": elapsed, "clips_processed": decoded, **(summary or {})}
 
 
-def _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers, failed_before) -> dict:
+def _nothing_written(counts: dict, out: Path) -> str:
+    failures = _read_json_lines(out / fmt.FAILURES_NAME)
+    if not failures:
+        return "no sample was written: the source has no samples"
+    reasons: dict[str, list[dict]] = {}  # the reason with its file's name taken out → the failures
+    for failure in failures:
+        name = Path(failure.get("path") or "").name
+        key = failure["reason"].replace(name, "FILE") if name else failure["reason"]
+        reasons.setdefault(key, []).append(failure)
+    group = max(reasons.values(), key=len)
+    return (f"no sample was written: all {counts['failed']} failed; the most common reason ({len(group)} of them), "
+            f"e.g. {group[0]['path']}: {group[0]['reason']} (every failure is in {out / fmt.FAILURES_NAME})")
+
+
+def _read_json_lines(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def text_counter(options: BuildOptions) -> TextCounter:
+    """The prompt text counter; refuses a budget that not even the system prompt and the fewest frames fit."""
+    try:
+        counter = TextCounter(options.prompt_system(), options.tokenizer)
+    except (OSError, ValueError) as exc:
+        raise PreprocessError(f"--tokenizer {options.tokenizer} cannot be loaded: {exc}") from None
+    least = counter.count("") + 2  # no question, 4 frames of one 28x28 cell
+    if 0 < options.max_prompt_tokens < least:
+        raise PreprocessError(f"--max-prompt-tokens {options.max_prompt_tokens} cannot hold any prompt: the chat "
+                              f"template and system prompt alone take {least - 2} tokens; raise it (it should "
+                              "equal the training config's max_prompt_length, 2048 in configs/stage4.yaml)")
+    return counter
+
+
+def count_text_tokens(counter: TextCounter, data: SourceData) -> dict[str, int]:
+    """Sample id → its prompt's text tokens (system prompt, question with options, chat template)."""
+    from omni_grpo.models.qwen2_5_omni import format_question
+
+    return {s.id: counter.count(format_question({"question": s.question, "options": list(s.options)}))
+            for s in data.samples}
+
+
+def problem_type_counts(data: SourceData) -> dict:
+    """``{"matched": {matcher: n}, "unknown": {spelling: n}}`` over the samples read."""
+    from omni_grpo.rewards.accuracy import normalise_problem_type
+
+    matched: dict[str, int] = {}
+    unknown: dict[str, int] = {}
+    for sample in data.samples:
+        kind = normalise_problem_type(sample.problem_type)
+        if kind is None:
+            unknown[sample.problem_type] = unknown.get(sample.problem_type, 0) + 1
+        else:
+            matched[kind] = matched.get(kind, 0) + 1
+    return {"matched": matched, "unknown": unknown}
+
+
+def warn_unknown_problem_types(data: SourceData) -> None:
+    """One warning line when some samples' ``problem_type`` is not one the accuracy reward knows."""
+    from omni_grpo.rewards.accuracy import describe_known_problem_types
+
+    unknown = problem_type_counts(data)["unknown"]
+    if unknown:
+        listed = ", ".join(f"{k!r} ({n})" for k, n in sorted(unknown.items(), key=lambda kv: -kv[1]))
+        print(f"preprocess: warning: {sum(unknown.values())} samples have a problem_type the accuracy reward does "
+              f"not know: {listed}; it will score them None. Known types: {describe_known_problem_types()}",
+              file=sys.stderr, flush=True)
+
+
+def _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers, failed_before, text_tokens) -> dict:
     from tqdm import tqdm
 
     out = options.output
@@ -418,7 +580,7 @@ def _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers, 
                 shard = open_shards.get(n)
                 if shard is None:
                     shard = open_shards[n] = _Open(index=n, remaining=len(shard_clips[n]))
-                _add_clip(out, shard, clips[j], results.pop(j))
+                _add_clip(out, shard, clips[j], results.pop(j), text_tokens, options.max_prompt_tokens)
                 shard.remaining -= 1
                 if shard.remaining == 0:
                     _close_shard(out, open_shards.pop(n), plans[n])
@@ -438,31 +600,45 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _add_clip(out: Path, shard: _Open, clip: Clip, result: dict) -> None:
+def too_long(media_tokens: int, text_tokens: int, budget: int) -> str | None:
+    """Why a sample whose prompt is over the budget cannot be used (its question is too long), or None."""
+    if not budget or media_tokens + text_tokens <= budget:
+        return None
+    return (f"the prompt is {media_tokens + text_tokens} tokens, over --max-prompt-tokens {budget}: the question, its "
+            f"options and the system prompt take {text_tokens} tokens and this file's media {media_tokens} (planned "
+            "for its shorter questions); shorten the question or raise --max-prompt-tokens (and max_prompt_length "
+            "of the training config to match)")
+
+
+def _add_clip(out: Path, shard: _Open, clip: Clip, result: dict, text_tokens: dict[str, int], budget: int) -> None:
     if not result["ok"]:
         shard.clips_failed += 1
         for sample in clip.samples:
-            shard.failures.append({"id": sample.id, "path": clip.video, "line": sample.line,
+            shard.failures.append({"id": sample.id, "path": clip.path, "line": sample.line,
                                    "reason": result["reason"]})
         return
     media = result["media"]
     samples = []
     for sample in clip.samples:
-        late = ts_past_the_end(sample.extra.get("ts"), media["duration"])
-        if late:
-            shard.failures.append({"id": sample.id, "path": clip.video, "line": sample.line, "reason": late})
+        late = ts_past_the_end(sample.extra.get("ts"), media["duration"]) if clip.modality != "image" else None
+        long = too_long(media["media_tokens"], text_tokens[sample.id], budget)
+        if late or long:
+            shard.failures.append({"id": sample.id, "path": clip.path, "line": sample.line, "reason": late or long})
         else:
             samples.append(sample)
     if not samples:
         return
     if shard.writer is None:
         shard.writer = fmt.ShardWriter(out / fmt.shard_name(shard.index))
-    shard.writer.add({"video": clip.video, "audio_path": clip.audio, **media,
-                      "samples": [s.record() for s in samples]})
+    records = [{**s.record(), "prompt_tokens": media["media_tokens"] + text_tokens[s.id]} for s in samples]
+    shard.writer.add({"video": clip.path, "audio_path": clip.audio, **media, "samples": records})
     if media["audio"] is not None:
         shard.with_audio += len(samples)
     else:
         shard.without_audio += len(samples)
+    kind = "video_only" if clip.modality == "video" and media["audio"] is None else clip.modality
+    shard.modalities[kind] = shard.modalities.get(kind, 0) + len(samples)
+    shard.max_prompt_tokens = max([shard.max_prompt_tokens] + [r["prompt_tokens"] for r in records])
     shard.clip_seconds += media["duration"]
 
 
@@ -491,6 +667,7 @@ def _close_shard(out: Path, shard: _Open, plan: str) -> None:
     fmt.write_json_atomic(_state_path(out, shard.index), {
         "plan": plan, **info, "with_audio": shard.with_audio, "without_audio": shard.without_audio,
         "clip_seconds": shard.clip_seconds, "clips_failed": shard.clips_failed, "failures": shard.failures,
+        "modalities": shard.modalities, "max_prompt_tokens": shard.max_prompt_tokens,
     })
 
 
@@ -517,6 +694,12 @@ def _finalize(options: BuildOptions, data: SourceData, config: dict, states: dic
         "clips_written": sum(s["rows"] for s in ordered),
         "clips_failed": sum(s["clips_failed"] for s in ordered),
     }
+    modalities: dict[str, int] = {}
+    for state in ordered:
+        for kind, n in state.get("modalities", {}).items():
+            modalities[kind] = modalities.get(kind, 0) + n
+    problem_types = problem_type_counts(data)
+    counts["unknown_problem_type"] = sum(problem_types["unknown"].values())
     from .media import qwen_defaults
 
     try:
@@ -537,8 +720,13 @@ def _finalize(options: BuildOptions, data: SourceData, config: dict, states: dic
         "bytes": total_bytes,
         "bytes_per_clip_second": total_bytes / clip_seconds if clip_seconds else None,
         "sample_rate": fmt.SAMPLE_RATE,
+        "modalities": modalities,
+        "problem_types": problem_types,
+        "prompt_tokens": {"budget": options.max_prompt_tokens or None, "exact": options.tokenizer is not None,
+                          "longest": max((s.get("max_prompt_tokens", 0) for s in ordered), default=0)},
         "shards": [{"file": s["file"], "rows": s["rows"], "samples": s["samples"], "with_audio": s["with_audio"],
-                    "bytes": s["bytes"], "sha256": s["sha256"]} for s in ordered if s["file"]],
+                    "longest_prompt_tokens": s.get("max_prompt_tokens"), "bytes": s["bytes"], "sha256": s["sha256"]}
+                   for s in ordered if s["file"]],
     }
     fmt.write_json_atomic(out / fmt.FAILURES_NAME, failures, lines=True)
     fmt.write_json_atomic(out / fmt.MANIFEST_NAME, manifest)

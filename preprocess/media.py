@@ -19,6 +19,14 @@ file when the dataset ships one, else from the video's first audio track (decode
 program is needed). Departure: the audio is cut at the end of the video stream
 (``total_frames / video_fps`` seconds), so a longer wav or the encoder's padding at the end of an AAC track
 does not outlast the frames.
+
+Prompt budget (``budget``, see ``preprocess.budget``): when qwen-omni-utils' frames would make the prompt
+longer than the budget, fewer and smaller frames are taken (still spread uniformly over the whole clip, on
+the 28-pixel grid); the audio is kept whole. ``DecodedClip.media_tokens`` is the count the processor emits.
+
+Other media: ``decode_audio_only`` reads an audio file alone (wav, flac, ogg with libsndfile; mp3, m4a and
+anything else PyAV decodes), ``load_image`` an image (resized as qwen-omni-utils' ``fetch_image``: PIL
+bicubic to ``smart_resize``'s size with its image pixel limits, shrunk further under a budget).
 """
 
 from __future__ import annotations
@@ -30,12 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .budget import BudgetError, PromptBudget, fit_video, grid_tokens, media_tokens
+
 SAMPLE_RATE = 16000
 DEFAULT_FPS = 2.0
 
 
 class MediaError(Exception):
     """A video or audio file that cannot be used; the message says why in words a person understands."""
+
+
+class OverBudgetError(MediaError):
+    """Media that do not fit the prompt budget with the text planned for (a shorter question may fit)."""
 
 
 @dataclass(frozen=True)
@@ -55,19 +69,28 @@ class VideoOptions:
 
 @dataclass
 class DecodedClip:
-    """One video decoded for the model. ``frames`` is uint8 ``[T, H, W, 3]``; ``audio`` float32 mono 16 kHz."""
+    """One sample's media decoded for the model. ``modality``: ``video`` (``frames`` uint8 ``[T, H, W, 3]``,
+    ``audio`` its sound or None), ``audio`` (``frames`` None) or ``image`` (``frames`` ``[1, H, W, 3]``,
+    ``fps`` None). ``audio`` is float32 mono 16 kHz; ``media_tokens`` the prompt tokens of these media."""
 
-    frames: np.ndarray
+    frames: np.ndarray | None
     frame_indices: list[int]
-    fps: float
-    source_fps: float
+    fps: float | None
+    source_fps: float | None
     source_frames: int
-    source_size: tuple[int, int]
+    source_size: tuple[int, int] | None
     audio: np.ndarray | None
     audio_source: str
+    modality: str = "video"
+    media_tokens: int = 0
 
     @property
     def duration(self) -> float:
+        """Seconds of video (of audio for an audio-only sample; 0 for an image)."""
+        if self.modality == "audio":
+            return self.audio.shape[0] / SAMPLE_RATE
+        if self.modality == "image":
+            return 0.0
         return self.source_frames / self.source_fps
 
 
@@ -165,12 +188,18 @@ def to_16k_mono(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return out
 
 
+SOUNDFILE_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
+
+
 def load_audio_file(path) -> np.ndarray:
-    """A wav/flac/ogg file (any rate, channel count or bit depth) as float32 mono 16 kHz."""
+    """An audio file (any rate, channel count or bit depth) as float32 mono 16 kHz: wav/flac/ogg/aiff with
+    libsndfile, anything else (mp3, m4a, the audio track of a video) with PyAV."""
     import soundfile
 
     path = Path(path)
     _check_file(path, "audio")
+    if path.suffix.lower() not in SOUNDFILE_SUFFIXES:
+        return to_16k_mono(*_read_audio_pyav(path))
     try:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:
@@ -178,11 +207,108 @@ def load_audio_file(path) -> np.ndarray:
     return to_16k_mono(data.T, rate)
 
 
-def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOptions(), threads: int = 1) -> DecodedClip:
+def _read_audio_pyav(path: Path):
+    """The first audio track of ``path`` as ``(float32 [channels, n], sample_rate)``."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise MediaError(f"{path.name} has no audio track")
+            astream = container.streams.audio[0]
+            resampler = av.AudioResampler(format="fltp")
+            chunks, rate = [], None
+            for frame in container.decode(astream):
+                rate = frame.sample_rate
+                chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+            chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    except MediaError:
+        raise
+    except Exception as exc:
+        raise MediaError(f"cannot read audio file {path.name} ({_short(exc)}); the file is damaged, truncated "
+                         "or not audio") from None
+    if not chunks:
+        raise MediaError(f"audio file {path.name} holds no audio samples")
+    return np.concatenate(chunks, axis=1), rate
+
+
+def decode_audio_only(audio_path, budget: PromptBudget | None = None) -> DecodedClip:
+    """An audio-only sample: the whole file as 16 kHz mono (never cut; too long for ``budget`` is an error)."""
+    audio = load_audio_file(audio_path)
+    if audio.shape[0] == 0:
+        raise MediaError(f"audio file {Path(audio_path).name} holds no audio samples")
+    tokens = media_tokens("audio", audio_samples=audio.shape[0])
+    if budget is not None and budget.text_tokens + tokens > budget.max_tokens:
+        raise OverBudgetError(_over_budget(Path(audio_path).name, budget,
+                                      f"needs {budget.text_tokens + tokens} tokens ({tokens} for "
+                                      f"{audio.shape[0] / SAMPLE_RATE:.1f} s of audio, {budget.text_tokens} for text)"))
+    return DecodedClip(frames=None, frame_indices=[], fps=None, source_fps=None, source_frames=0, source_size=None,
+                       audio=audio, audio_source="file", modality="audio", media_tokens=tokens)
+
+
+def load_image(image_path, budget: PromptBudget | None = None) -> DecodedClip:
+    """An image sample: RGB, resized on the 28-pixel grid as qwen-omni-utils' ``fetch_image`` (within
+    its image pixel limits), smaller when ``budget`` requires it."""
+    from PIL import Image
+
+    path = Path(image_path)
+    _check_file(path, "image")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except Exception as exc:
+        raise MediaError(f"cannot read image {path.name} ({_short(exc)}); the file is damaged or not an image") from None
+    vp = _vision_process()
+    factor = qwen_defaults()["image_factor"]
+    min_pixels, max_pixels = vp.IMAGE_MIN_TOKEN_NUM * factor ** 2, vp.IMAGE_MAX_TOKEN_NUM * factor ** 2
+    width, height = image.size
+    if budget is not None:
+        room = budget.max_tokens - budget.text_tokens
+        if room < 1:
+            raise OverBudgetError(_over_budget(path.name, budget, f"its text alone takes {budget.text_tokens} tokens"))
+        max_pixels = min(max_pixels, room * factor * factor)
+        min_pixels = min(min_pixels, factor * factor)
+    size = _grid_size(height, width, min_pixels, max_pixels, f"image {path.name}")
+    if budget is not None and budget.text_tokens + grid_tokens(*size) > budget.max_tokens:
+        raise OverBudgetError(_over_budget(path.name, budget, f"its smallest size {size[1]}x{size[0]} needs "
+                                      f"{grid_tokens(*size)} tokens"))
+    if image.size != (size[1], size[0]):
+        image = image.resize((size[1], size[0]), resample=Image.BICUBIC)
+    frames = np.asarray(image, dtype=np.uint8)[None]
+    return DecodedClip(frames=frames, frame_indices=[0], fps=None, source_fps=None, source_frames=1,
+                       source_size=(height, width), audio=None, audio_source="none", modality="image",
+                       media_tokens=grid_tokens(*size))
+
+
+def _grid_size(height: int, width: int, min_pixels: float, max_pixels: float, what: str) -> tuple[int, int]:
+    """``smart_resize`` on the 28-pixel grid, each side at least one cell; MediaError instead of its errors."""
+    vp = _vision_process()
+    factor = qwen_defaults()["image_factor"]
+    try:
+        h, w = vp.smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    except (ValueError, AssertionError) as exc:
+        raise MediaError(f"cannot resize a {width}x{height} {what} with these pixel limits: {exc}") from None
+    return max(h, factor), max(w, factor)
+
+
+def _over_budget(name: str, budget: PromptBudget, why: str) -> str:
+    return (f"{name} does not fit the prompt budget of {budget.max_tokens} tokens: {why}. Raise "
+            "--max-prompt-tokens (and max_prompt_length of the training config to match), or shorten the clip")
+
+
+def min_frames(options: VideoOptions) -> int:
+    """The fewest frames a clip may get (``--min-frames`` or qwen-omni-utils' default), even."""
+    n = options.min_frames if options.min_frames is not None else qwen_defaults()["min_frames"]
+    return int(math.ceil(n / 2) * 2)
+
+
+def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOptions(), threads: int = 1,
+                budget: PromptBudget | None = None) -> DecodedClip:
     """Decode ``video_path`` into sampled, resized frames and 16 kHz audio (from ``audio_path`` if given).
 
     Two passes over the file: the first counts the video packets (decord's frame count), the second decodes
-    the needed frames and the audio track, so memory does not grow with the video's length.
+    the needed frames and the audio track, so memory does not grow with the video's length. With ``budget``
+    the frames are planned so that the prompt fits it (see ``preprocess.budget.fit_video``).
     Raises ``MediaError`` for anything that makes the file unusable.
     """
     video_path = Path(video_path)
@@ -191,10 +317,13 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
     file_audio = load_audio_file(audio_path) if audio_path is not None else None
     with _open_video(video_path) as container:
         vstream = container.streams.video[0]
-        total_frames = 0
+        source_size = (vstream.codec_context.height, vstream.codec_context.width)
+        has_track = bool(container.streams.audio)
+        total_frames = discarded = 0
         try:
             for packet in container.demux(vstream):
                 total_frames += packet.size > 0
+                discarded += packet.size > 0 and packet.is_discard
         except Exception as exc:
             raise MediaError(f"{name} is damaged or truncated after {total_frames} video packets "
                              f"({_short(exc)})") from None
@@ -205,20 +334,43 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
         raise MediaError(f"{name} has no usable frame rate")
     video_fps = float(rate)
     indices, sample_fps = sample_indices(total_frames, video_fps, options)
-    with _open_video(video_path) as container:
-        frames, track = _decode(container, indices, audio=file_audio is None, threads=threads, name=name)
-    height, width = frames.shape[1:3]
-    frames = resize_frames(frames, resized_size(height, width, len(indices), options))
     keep = int(round(total_frames / video_fps * SAMPLE_RATE))
+    size = None
+    if budget is not None and min(source_size) > 0:
+        size = resized_size(*source_size, len(indices), options)
+        audio_bound = min(keep, file_audio.shape[0]) if file_audio is not None else keep if has_track else 0
+        sound = media_tokens("video", audio_samples=audio_bound)
+        try:
+            n, size = fit_video(len(indices), size, source_size, budget.text_tokens + sound, budget,
+                                min_frames(options), lambda h, w, pixels: _grid_size(h, w, GRID_CELL, pixels, "video"))
+        except BudgetError as exc:
+            raise OverBudgetError(_over_budget(name, budget, f"{exc}, {sound} for its {audio_bound / SAMPLE_RATE:.1f} s "
+                                          f"of audio, {budget.text_tokens} for the text")) from None
+        if n != len(indices):
+            import torch
+
+            indices = torch.linspace(0, total_frames - 1, n).round().long().tolist()
+            sample_fps = n / total_frames * video_fps
+    with _open_video(video_path) as container:
+        frames, track = _decode(container, indices, audio=file_audio is None, threads=threads, name=name,
+                                discarded=discarded)
+    height, width = frames.shape[1:3]
+    if size is None:
+        size = resized_size(height, width, len(indices), options)
+    frames = resize_frames(frames, size)
     if file_audio is not None:
         audio, audio_source = file_audio[:keep], "file"
     elif track is not None:
         audio, audio_source = to_16k_mono(*track)[:keep], "video"
     else:
         audio, audio_source = None, "none"
+    tokens = media_tokens("video", len(indices), *size, audio_samples=None if audio is None else audio.shape[0])
     return DecodedClip(frames=frames, frame_indices=indices, fps=float(sample_fps), source_fps=video_fps,
                        source_frames=total_frames, source_size=(height, width), audio=audio,
-                       audio_source=audio_source)
+                       audio_source=audio_source, media_tokens=tokens)
+
+
+GRID_CELL = 28 * 28  # the smallest frame: one cell of the 28-pixel grid
 
 
 # Video files opened for decoding in this process. Training reads shards only; the trainer logs the
@@ -242,9 +394,12 @@ def _open_video(path: Path):
     return container
 
 
-def _decode(container, indices: list[int], audio: bool, threads: int, name: str):
+def _decode(container, indices: list[int], audio: bool, threads: int, name: str, discarded: int = 0):
     """The frames at ``indices`` (uint8 ``[T, H, W, 3]``, presentation order) and, if ``audio``, the first
-    audio track as ``(float32 [channels, n], sample_rate)`` (``None`` when there is none)."""
+    audio track as ``(float32 [channels, n], sample_rate)`` (``None`` when there is none).
+
+    The last ``discarded`` packets may yield no frame (packets an edit list trims: decord counts them and
+    returns the last decoded frame for them, and so does this)."""
     import av
 
     vstream = container.streams.video[0]
@@ -257,14 +412,14 @@ def _decode(container, indices: list[int], audio: bool, threads: int, name: str)
     frames: list[np.ndarray | None] = [None] * len(indices)
     chunks, audio_rate = [], None
     resampler = av.AudioResampler(format="fltp") if astream is not None else None
-    position = 0
+    position, last = 0, None
 
     def take(decoded):
-        nonlocal position
+        nonlocal position, last
         for frame in decoded:
             for slot in slots.get(position, ()):
                 frames[slot] = frame.to_ndarray(format="rgb24")
-            position += 1
+            position, last = position + 1, frame
 
     where = "video"
     try:
@@ -282,6 +437,10 @@ def _decode(container, indices: list[int], audio: bool, threads: int, name: str)
     except Exception as exc:
         raise MediaError(f"{name}: the {where} cannot be decoded ({_short(exc)}); "
                          "the file is damaged or truncated") from None
+    missing = [slot for slot, frame in enumerate(frames) if frame is None]
+    if missing and last is not None and all(indices[slot] < position + discarded for slot in missing):
+        for slot in missing:
+            frames[slot] = last.to_ndarray(format="rgb24")
     if any(frame is None for frame in frames):
         raise MediaError(f"{name}: only {position} frames could be decoded, frame {max(indices)} is needed; "
                          "the file is damaged or truncated")

@@ -2,19 +2,29 @@
 
 An output folder holds
 
-* ``shard-NNNNN.parquet``: one row (and one row group) per video clip, so that reading one sample reads
-  one row group, memory-mapped. Columns: ``frames`` (one JPEG per sampled frame), ``audio`` (FLAC, 16 kHz
-  mono 16-bit, null when the clip has none), the sampling facts (``frame_indices``, ``fps``, ``height``,
-  ``width``, ``source_*``), provenance (``video``, ``audio_path``, ``audio_source``) and ``samples``: the
-  questions asked about the clip (``id, question, options, answer, problem_type, extra`` with ``extra`` a
-  JSON string). A clip is stored once however many questions it has (Social-IQ 2.0 asks about six per
-  video). The file's key-value metadata carries ``omni_grpo.format_version``.
-* ``manifest.json``: format version, options, counts, and per shard its row and sample counts, size and
-  sha256. Written last, so its presence means the run finished.
+* ``shard-NNNNN.parquet``: one row (and one row group) per media item (a video clip, an audio file or an
+  image), so that reading one sample reads one row group, memory-mapped. Columns: ``modality``
+  (``video``, ``audio`` or ``image``), ``frames`` (one JPEG per sampled frame; an image is one frame; empty
+  for audio), ``audio`` (FLAC, 16 kHz mono 16-bit, null when there is none), the sampling facts
+  (``frame_indices``, ``fps``, ``height``, ``width``, ``source_*``; null where they do not apply),
+  ``media_tokens`` (the prompt tokens of these media), provenance (``video`` = the media file's path,
+  ``audio_path``, ``audio_source``) and ``samples``: the questions asked about the item (``id, question,
+  options, answer, problem_type, extra, prompt_tokens`` with ``extra`` a JSON string and ``prompt_tokens``
+  the whole prompt's length: media + system prompt + question + chat template). An item is stored once
+  however many questions it has (Social-IQ 2.0 asks about six per video). The file's key-value metadata
+  carries ``omni_grpo.format_version``.
+* ``manifest.json``: format version, options, counts, samples per modality (``modalities``: ``video``,
+  ``video_only``, ``audio``, ``image``), ``problem_types`` (matched / unknown spellings), ``prompt_tokens``
+  (``budget``, ``longest``, ``exact``: counted with the model's tokenizer rather than estimated), and per
+  shard its row and sample counts, longest prompt, size and sha256. Written last, so its presence means the
+  run finished.
 * ``failures.jsonl``: one line per sample that was not written.
 * ``_state/``: what resuming needs (one small JSON file per finished shard).
 
 No pickle anywhere: Parquet, JPEG, FLAC and JSON only.
+
+Versions: 2 added ``modality``, ``media_tokens`` and ``prompt_tokens``; version 1 folders are still read
+(every row a video, ``prompt_tokens`` None).
 """
 
 from __future__ import annotations
@@ -30,13 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SAMPLE_RATE = 16000
 MANIFEST_NAME = "manifest.json"
 FAILURES_NAME = "failures.jsonl"
 STATE_DIR = "_state"
 VERSION_KEY = b"omni_grpo.format_version"
 MEDIA_COLUMNS = ["frames", "frame_indices", "fps", "audio", "video", "audio_source"]
+MEDIA_COLUMNS_V2 = MEDIA_COLUMNS + ["modality"]
 
 
 class ShardCorruptError(Exception):
@@ -57,8 +69,11 @@ def schema():
     sample = pa.struct([
         ("id", pa.string()), ("question", pa.string()), ("options", pa.list_(pa.string())),
         ("answer", pa.string()), ("problem_type", pa.string()), ("extra", pa.string()),
+        ("prompt_tokens", pa.int32()),
     ])
     return pa.schema([
+        ("modality", pa.string()),
+        ("media_tokens", pa.int32()),
         ("video", pa.string()),
         ("audio_path", pa.string()),
         ("audio_source", pa.string()),
@@ -126,19 +141,22 @@ def decode_audio(blob: bytes) -> np.ndarray:
 
 def encode_media(decoded, jpeg_quality: int = 90) -> dict:
     """A ``preprocess.media.DecodedClip`` → the media columns of one row (plain Python values)."""
-    height, width = decoded.frames.shape[1:3]
+    height, width = decoded.frames.shape[1:3] if decoded.frames is not None else (None, None)
     audio = decoded.audio
+    source = decoded.source_size or (None, None)
     return {
+        "modality": decoded.modality,
+        "media_tokens": decoded.media_tokens,
         "audio_source": decoded.audio_source,
-        "frames": encode_frames(decoded.frames, jpeg_quality),
+        "frames": [] if decoded.frames is None else encode_frames(decoded.frames, jpeg_quality),
         "frame_indices": list(decoded.frame_indices),
         "fps": decoded.fps,
         "height": height,
         "width": width,
         "source_fps": decoded.source_fps,
         "source_frames": decoded.source_frames,
-        "source_height": decoded.source_size[0],
-        "source_width": decoded.source_size[1],
+        "source_height": source[0],
+        "source_width": source[1],
         "duration": decoded.duration,
         "audio": None if audio is None else encode_audio(audio),
         "audio_samples": None if audio is None else int(audio.shape[0]),
@@ -240,7 +258,7 @@ def read_manifest(out) -> dict:
     except (OSError, ValueError) as exc:
         raise ShardFormatError(f"cannot read {path}: {exc}; re-run preprocess with --overwrite") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ShardFormatError(f"{path} has format version {version!r}, this reader reads version "
                                f"{FORMAT_VERSION}; re-run preprocess with this version (--overwrite)")
     return manifest
@@ -270,6 +288,7 @@ class ShardDataset(Sequence):
         problems = self._verify(entries) if verify else {}
         self.files: list[str] = []
         self._samples = []     # per kept shard: pyarrow ListArray of the samples column
+        self._versions = []    # per kept shard: its format version
         self._rows = []        # per kept shard: (row → row group) lookup, as cumulative row-group starts
         starts = []            # first global sample index of each (shard, row) block
         self._blocks = []      # (shard position, row, n_samples)
@@ -279,7 +298,7 @@ class ShardDataset(Sequence):
             problem = problems.get(name)
             if problem is None:
                 try:
-                    samples, rg_starts = self._read_index(self.root / name)
+                    samples, rg_starts, version = self._read_index(self.root / name)
                 except Exception as exc:
                     problem = f"cannot be read as Parquet ({exc})"
             if problem is not None:
@@ -293,6 +312,7 @@ class ShardDataset(Sequence):
             position = len(self.files)
             self.files.append(name)
             self._samples.append(samples)
+            self._versions.append(version)
             self._rows.append(rg_starts)
             for row in range(len(samples)):
                 n = len(samples[row])
@@ -325,14 +345,14 @@ class ShardDataset(Sequence):
 
         pf = pq.ParquetFile(str(path), memory_map=True)
         version = (pf.schema_arrow.metadata or {}).get(VERSION_KEY)
-        if version != str(FORMAT_VERSION).encode():
-            raise ValueError(f"format version {version!r}, expected {FORMAT_VERSION}")
+        if version not in {str(v).encode() for v in READABLE_VERSIONS}:
+            raise ValueError(f"format version {version!r}, expected one of {READABLE_VERSIONS}")
         samples = pf.read(columns=["samples"]).column("samples").combine_chunks()
         rg_starts, total = [], 0
         for rg in range(pf.metadata.num_row_groups):
             rg_starts.append(total)
             total += pf.metadata.row_group(rg).num_rows
-        return samples, rg_starts
+        return samples, rg_starts, int(version)
 
     def __len__(self) -> int:
         return self._len
@@ -341,6 +361,12 @@ class ShardDataset(Sequence):
     def ids(self) -> list[str]:
         """Every sample id, in index order (reads no media)."""
         return [s["id"] for block in self._iter_samples() for s in block]
+
+    @property
+    def prompt_tokens(self) -> list[int | None]:
+        """Every sample's prompt length in tokens as preprocess counted it, in index order (reads no media;
+        None for version-1 shards)."""
+        return [s.get("prompt_tokens") for block in self._iter_samples() for s in block]
 
     def _iter_samples(self):
         for position, row, _ in self._blocks:
@@ -367,10 +393,12 @@ class ShardDataset(Sequence):
         return handle
 
     def __getitem__(self, index):
-        """A dict: ``id, question, options (list[str]), answer, problem_type, extra (dict)``, ``frames``
-        (uint8 ``[T, H, W, 3]``), ``fps`` (of the sampled frames), ``frame_indices``, ``audio`` (float32
-        mono at ``sample_rate`` = 16000, ``None`` when the clip has no audio), ``video`` and
-        ``audio_source`` (provenance) and ``shard``."""
+        """A dict: ``id, question, options (list[str]), answer, problem_type, extra (dict)``,
+        ``prompt_tokens`` (int, None for version-1 shards), ``modality`` (``video``, ``audio`` or ``image``),
+        ``has_audio`` (bool), ``frames`` (uint8 ``[T, H, W, 3]``; None unless a video), ``fps`` (of the
+        sampled frames; None unless a video), ``frame_indices``, ``image`` (uint8 ``[H, W, 3]``; None unless
+        an image), ``audio`` (float32 mono at ``sample_rate`` = 16000, None when there is none), ``video``
+        (the media file's path) and ``audio_source`` (provenance) and ``shard``."""
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         index = int(index)
@@ -384,9 +412,11 @@ class ShardDataset(Sequence):
         sample = self._samples[position][row][index - self._starts[block]].as_py()
         rg_starts = self._rows[position]
         rg = bisect.bisect_right(rg_starts, row) - 1
-        table = self._file(position).read_row_group(rg, columns=MEDIA_COLUMNS)
-        media = {name: table.column(name)[row - rg_starts[rg]] for name in MEDIA_COLUMNS}
-        audio_blob = media["audio"].as_py()
+        columns = MEDIA_COLUMNS_V2 if self._versions[position] >= 2 else MEDIA_COLUMNS
+        table = self._file(position).read_row_group(rg, columns=columns)
+        media = {name: table.column(name)[row - rg_starts[rg]].as_py() for name in columns}
+        modality = media.get("modality") or "video"
+        frames = decode_frames(media["frames"], self._decoder()) if media["frames"] else None
         return {
             "id": sample["id"],
             "question": sample["question"],
@@ -394,13 +424,17 @@ class ShardDataset(Sequence):
             "answer": sample["answer"],
             "problem_type": sample["problem_type"],
             "extra": json.loads(sample["extra"]) if sample["extra"] else {},
-            "frames": decode_frames(media["frames"].as_py(), self._decoder()),
-            "frame_indices": media["frame_indices"].as_py(),
-            "fps": float(media["fps"].as_py()),
-            "audio": None if audio_blob is None else decode_audio(audio_blob),
+            "prompt_tokens": sample.get("prompt_tokens"),
+            "modality": modality,
+            "has_audio": media["audio"] is not None,
+            "frames": frames if modality == "video" else None,
+            "frame_indices": media["frame_indices"],
+            "fps": float(media["fps"]) if modality == "video" else None,
+            "image": frames[0] if modality == "image" else None,
+            "audio": None if media["audio"] is None else decode_audio(media["audio"]),
             "sample_rate": SAMPLE_RATE,
-            "video": media["video"].as_py(),
-            "audio_source": media["audio_source"].as_py(),
+            "video": media["video"],
+            "audio_source": media["audio_source"],
             "shard": self.files[position],
         }
 

@@ -9,9 +9,10 @@ Social-IQ 2.0: ``ROOT/qa/qa_{split}.json`` is JSON Lines despite its name, one o
 kept in ``extra``); videos are ``ROOT/video/{vid_name}.mp4`` and, when the download has it, audio is
 ``ROOT/audio/wav/{vid_name}.wav``.
 
-Generic manifest: one object per line with ``id``, ``video`` (relative to the manifest's folder),
-``question``, optional ``options`` (list of strings), ``answer``, optional ``problem_type`` and ``audio``
-(a separate audio file, same path rules as ``video``); every other field is kept in ``extra``.
+Generic manifest: one object per line with ``id``, its media, ``question``, optional ``options`` (list of
+strings), ``answer`` and optional ``problem_type``; every other field is kept in ``extra``. The media are one
+of: ``video`` (its own sound track, if any, is used), ``video`` + ``audio`` (a separate audio file for the
+video), ``audio`` alone (an audio-only question), or ``image``; paths are relative to the manifest's folder.
 A path that leaves the manifest's folder (``../x``, or an absolute path elsewhere) is refused. The check is
 on the path's text, so a symbolic link inside the folder that points elsewhere (a dataset on another
 disk) is followed.
@@ -28,7 +29,9 @@ from pathlib import Path
 
 LETTERS = "ABCD"
 SIQ2_REQUIRED = ("qid", "q", "vid_name", "a0", "a1", "a2", "a3", "answer_idx")
-JSONL_KNOWN = ("id", "video", "audio", "question", "options", "answer", "problem_type")
+JSONL_KNOWN = ("id", "video", "audio", "image", "question", "options", "answer", "problem_type")
+SIQ2_LAYOUT = ("qa/qa_{split}.json (JSON Lines: qid, q, vid_name, ts, a0..a3, answer_idx), video/{{vid_name}}.mp4 "
+               "and, optionally, audio/wav/{{vid_name}}.wav")
 
 
 class SourceError(Exception):
@@ -46,10 +49,11 @@ class LineError(Exception):
 
 @dataclass(frozen=True)
 class Sample:
-    """One question about one video. Paths are POSIX, relative to the dataset root / manifest folder."""
+    """One question about one video, audio file or image. Paths are POSIX, relative to the dataset root /
+    manifest folder; ``video`` is None for an audio-only or image sample."""
 
     id: str
-    video: str
+    video: str | None
     question: str
     options: tuple[str, ...]
     answer: str
@@ -57,6 +61,12 @@ class Sample:
     extra: dict = field(default_factory=dict, hash=False, compare=False)
     audio: str | None = None
     line: int = 0
+    image: str | None = None
+
+    @property
+    def modality(self) -> str:
+        """``video`` (with or without sound), ``audio`` (alone) or ``image``."""
+        return "video" if self.video is not None else "image" if self.image is not None else "audio"
 
     def record(self) -> dict:
         """The QA fields as stored in a shard (``extra`` as a JSON string)."""
@@ -211,12 +221,15 @@ def parse_jsonl_line(raw, base: str, line: int = 0) -> Sample:
     (absolute). Raises ``LineError``."""
     obj = _load_object(raw)
     sample_id = _id(obj, "id")
-    video = relative_path(obj.get("video"), base, "video", sample_id) if "video" in obj else None
-    if video is None:
-        raise LineError("missing field 'video'", sample_id)
-    audio = None
-    if obj.get("audio") is not None:
-        audio = relative_path(obj["audio"], base, "audio", sample_id)
+    paths = {name: relative_path(obj[name], base, name, sample_id)
+             for name in ("video", "audio", "image") if obj.get(name) is not None}
+    if not paths:
+        raise LineError("no media: give 'video' (optionally with 'audio'), 'audio' or 'image'", sample_id)
+    if "image" in paths and len(paths) > 1:
+        raise LineError(f"'image' cannot be combined with {' and '.join(repr(k) for k in paths if k != 'image')}: "
+                        "a sample holds a video (optionally with an audio file), an audio file or an image",
+                        sample_id)
+    video, audio, image = paths.get("video"), paths.get("audio"), paths.get("image")
     question = _text(obj, "question", sample_id)
     options: tuple[str, ...] = ()
     if obj.get("options") is not None:
@@ -239,7 +252,7 @@ def parse_jsonl_line(raw, base: str, line: int = 0) -> Sample:
         _check_text(problem_type, "problem_type", sample_id)
     extra = _extra(obj, JSONL_KNOWN, sample_id)
     return Sample(id=sample_id, video=video, question=question, options=options, answer=answer,
-                  problem_type=problem_type, extra=extra, audio=audio, line=line)
+                  problem_type=problem_type, extra=extra, audio=audio, line=line, image=image)
 
 
 # --- readers --------------------------------------------------------------------------------------------
@@ -282,11 +295,20 @@ def _collect(kind, base, records, qa_display: str, parse) -> SourceData:
 def read_siq2(root, split: str = "train") -> SourceData:
     """Read ``ROOT/qa/qa_{split}.json``; each sample's ``audio`` is set where ``audio/wav/{vid}.wav`` exists."""
     root = Path(root)
-    if not root.is_dir():
-        raise SourceError(f"Social-IQ 2.0 root {root} is not a folder")
     if not split or "/" in split or "\\" in split or split.strip(".") == "":
         raise SourceError(f"split {split!r} is not a plain name such as train, val or test")
     qa_display = f"qa/qa_{split}.json"
+    if not root.is_dir():
+        raise SourceError(f"Social-IQ 2.0 root {root} is not a folder; --root must hold "
+                          + SIQ2_LAYOUT.format(split=split))
+    missing = [p for p in (qa_display, "video") if not (root / p).exists()]
+    if missing:
+        found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+        shown = ", ".join(found[:8]) + (", …" if len(found) > 8 else "") if found else "nothing"
+        splits = sorted(p.name[3:-5] for p in (root / "qa").glob("qa_*.json")) if (root / "qa").is_dir() else []
+        hint = f" (qa/ has the splits {', '.join(splits)}: pass --split)" if splits and qa_display in missing else ""
+        raise SourceError(f"{root} does not have the Social-IQ 2.0 layout: {' and '.join(missing)} not found"
+                          f"{hint}; expected under --root: {SIQ2_LAYOUT.format(split=split)}; found: {shown}")
     data = _collect("siq2", root, _read_lines(root / "qa" / f"qa_{split}.json", "QA file"), qa_display,
                     parse_siq2_line)
     wavs: dict[str, bool] = {}

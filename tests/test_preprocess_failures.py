@@ -4,6 +4,7 @@ unusable arguments exit non-zero with one line and no traceback."""
 import json
 import os
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -147,7 +148,10 @@ def test_siq2_bad_lines_and_media(tmp_path):
 
 
 def _cli(*args, cwd):
+    """``python -m preprocess ARGS`` in ``cwd``, importing this checkout's package (not an installed copy)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
     return subprocess.run([sys.executable, "-m", "preprocess", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -160,7 +164,7 @@ def _cli(*args, cwd):
     (["--source", "siq2", "--root", ".", "--output", "out", "--fps", "0"], "--fps must be positive"),
     (["--source", "siq2", "--root", ".", "--output", "out", "--num-shards", "2", "--shard-index", "2"],
      "--shard-index"),
-    (["--source", "siq2", "--root", ".", "--output", "out"], "qa_train.json does not exist"),
+    (["--source", "siq2", "--root", ".", "--output", "out"], "qa/qa_train.json and video not found"),
 ])
 def test_cli_unusable_arguments_exit_nonzero_with_one_line(tmp_path, args, fragment):
     result = _cli(*args, cwd=tmp_path)

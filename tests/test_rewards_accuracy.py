@@ -9,7 +9,9 @@ from omni_grpo.rewards.accuracy import (
     PROBLEM_TYPES,
     accuracy_reward,
     extract_answer,
+    known_problem_types,
     named_options,
+    normalise_problem_type,
     normalize_text,
     prepare_options,
 )
@@ -218,3 +220,53 @@ def test_accuracy_never_raises_on_arbitrary_text(text, problem_type, gold):
     (score,) = accuracy_reward([text], answer=[gold], options=[OPTS], problem_type=[problem_type], fallback_to_completion=True)
     assert score is None or score in (0.0, 1.0)
     assert score is None or not math.isnan(score)
+
+
+# (problem_type as datasets spell it, gold, options, content of <answer>, expected): every spelling scores
+# (issue 14: "yes/no" and Video-R1's types used to give None every step)
+SPELLINGS = [
+    ("yes/no", "yes", None, "Yes, she is.", 1.0),
+    ("Yes/No", "no", None, "yes", 0.0),
+    ("yes_no", "no", None, "No", 1.0),
+    ("yes or no", "yes", None, "yes", 1.0),
+    ("boolean", True, None, "yes", 1.0),
+    ("multiple choice", "B", OPTS, "B", 1.0),
+    ("multiple_choice", "B", OPTS, "(C)", 0.0),
+    ("Multiple-Choice", "B", OPTS, "b", 1.0),
+    ("MCQ", "C", OPTS, "C. She is angry at him.", 1.0),
+    ("multi-label", "B, E", None, "E,B", 1.0),
+    ("multi_label", ["B", "E"], None, "b and e", 1.0),
+    ("multilabel", "A,C", None, "A", 0.0),
+    ("multiple answers", "A, C", None, "C, A", 1.0),
+    ("numerical", "12", None, "twelve", 1.0),
+    ("numeric", "3.5", None, "3.6", 0.0),
+    ("regression", "40%", None, "40", 1.0),
+    ("counting", 7, None, "There are 7 people.", 1.0),
+    ("free-form", "a red car", None, "A red car.", 1.0),
+    ("free_form", "a red car", None, "a blue car", 0.0),
+    ("Free Form", "hello", None, "Hello!", 1.0),
+    ("OCR", "STOP", None, "stop", 1.0),
+    ("ocr", "EXIT 12", None, "exit 13", 0.0),
+    ("open-ended", "happy", None, "happy", 1.0),
+]
+
+
+@pytest.mark.parametrize("problem_type, gold, options, answer, expected", SPELLINGS)
+def test_dataset_spellings_of_problem_types(problem_type, gold, options, answer, expected):
+    scores = accuracy_reward([wrap(answer)], answer=[gold], options=[options], problem_type=[problem_type])
+    assert scores == [expected]
+
+
+@pytest.mark.parametrize("spelling, kind", [
+    ("yes/no", YN), ("YES_NO", YN), ("multiple choice", MC), ("multi-label", ML), ("numerical", NUM),
+    ("regression", NUM), ("free-form", FT), ("OCR", FT), (" Free  Form ", FT), ("essay", None), ("", None), (3, None),
+])
+def test_normalise_problem_type(spelling, kind):
+    assert normalise_problem_type(spelling) == kind
+
+
+def test_known_problem_types_lists_every_matcher_and_spelling():
+    known = known_problem_types()
+    assert list(known) == list(PROBLEM_TYPES)
+    for kind, spellings in known.items():
+        assert kind in spellings and all(normalise_problem_type(s) == kind for s in spellings)

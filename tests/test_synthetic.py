@@ -1,6 +1,7 @@
 """Synthetic media: the clips and datasets other tests build on have the layout, rates and content claimed."""
 
 import json
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -133,3 +134,42 @@ def test_siq2_dataset_layout(tmp_path):
     assert len({row["qid"] for row in rows}) == len(rows)
     assert len({row["answer_idx"] for row in rows}) > 1
     assert all(sum(r["vid_name"] == v for r in rows) >= 2 for v in videos)
+
+
+@pytest.mark.parametrize("fps,rate", [(Fraction(30000, 1001), Fraction(30000, 1001)), (30000 / 1001, Fraction(30000, 1001)),
+                                      (Fraction(24000, 1001), Fraction(24000, 1001)), (25, Fraction(25))])
+def test_clip_at_ntsc_and_pal_rates_with_odd_duration(tmp_path, fps, rate):
+    path = synthetic.make_clip(tmp_path / "a.mp4", seconds=2.3, fps=fps, size=(64, 96))
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].average_rate == rate
+    _, frames = _decode(path)
+    assert frames.shape[0] == round(2.3 * rate)
+
+
+@pytest.mark.parametrize("name,rate,channels", [("a.wav", 22050, 1), ("a.flac", 48000, 6), ("a.mp3", 44100, 2),
+                                                ("a.m4a", 48000, 6), ("b.m4a", 22050, 1)])
+def test_audio_only_files(tmp_path, name, rate, channels):
+    path = synthetic.make_audio(tmp_path / name, seconds=1.5, sample_rate=rate, channels=channels)
+    with av.open(str(path)) as container:
+        assert not container.streams.video
+        stream = container.streams.audio[0]
+        assert (stream.codec_context.sample_rate, stream.codec_context.channels) == (rate, channels)
+    audio = _decode_audio(path)
+    assert audio.shape[1] / rate == pytest.approx(1.5, abs=1152 / rate + 1e-3)
+    rms = np.sqrt((audio[:, rate // 4: rate] ** 2).mean(axis=1))
+    assert rms[-1] / rms[0] == pytest.approx(1 - 0.1 * (channels - 1), abs=0.05)
+
+
+def test_audio_only_file_rejects_unknown_suffix(tmp_path):
+    with pytest.raises(ValueError, match=".wav, .flac, .mp3, .m4a"):
+        synthetic.make_audio(tmp_path / "a.ogg")
+
+
+@pytest.mark.parametrize("name", ["p.png", "p.jpg"])
+def test_image_is_frame_zero(tmp_path, name):
+    from PIL import Image
+
+    path = synthetic.make_image(tmp_path / name, size=(60, 80), seed=2)
+    image = np.asarray(Image.open(path).convert("RGB"), dtype=int)
+    assert image.shape == (60, 80, 3)
+    assert np.abs(image - synthetic.frame_image(0, 1.0, 1.0, (60, 80), seed=2)).mean() < 3

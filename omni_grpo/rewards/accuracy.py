@@ -4,9 +4,13 @@ Extraction. The predicted answer is the content of the last complete ``<answer>�
 (tag configurable with ``answer_tag``), stripped. With no such pair the prediction is missing and
 scores 0.0, unless ``fallback_to_completion`` is set, in which case the whole completion is used.
 
-Matchers. The sample's ``problem_type`` picks one (case, spaces and hyphens normalised; a missing
-type uses ``default_problem_type``). Each returns 1.0 (match) or 0.0 (no match); ``None`` means the
-sample cannot be scored: unknown or missing problem type, missing or unreadable gold ``answer``.
+Matchers. The sample's ``problem_type`` picks one (a missing type uses ``default_problem_type``).
+``normalise_problem_type`` maps the spellings of common datasets onto the five matchers (case, spaces,
+hyphens and slashes ignored): see ``PROBLEM_TYPE_ALIASES`` — e.g. Video-R1's "multiple choice",
+"numerical", "regression", "OCR", "free-form", "yes/no"; ``known_problem_types()`` lists them for a
+startup check. Each matcher returns 1.0 (match) or 0.0 (no match); ``None`` means the sample cannot be
+scored: unknown or missing problem type, missing or unreadable gold ``answer``. ``python -m preprocess``
+reports unknown types once, with this list, so they never turn into a silent ``None`` every step.
 
 - ``multiple_choice``: gold ``answer`` is a letter ("B", also "(B)", "b"); ``options`` lists the option
   texts for letters A, B, C… in order (a leading "A." / "(A)" on an option text is ignored). The
@@ -25,9 +29,10 @@ sample cannot be scored: unknown or missing problem type, missing or unreadable 
   one of yes/no occurring as a whole word ("no" never matches "not" or "nobody"); both or neither: 0.0.
 - ``numeric``: gold a number ("1,200", "3.5", "40%", 7). The prediction must hold exactly one distinct
   number (digits or the words zero…twenty) and it must be within ``numeric_rel_tol`` /
-  ``numeric_abs_tol`` of the gold (``math.isclose``).
+  ``numeric_abs_tol`` of the gold (``math.isclose``). "regression" uses it too (Video-R1 scores regression
+  by relative error; here it is 1.0 within the tolerance, else 0.0).
 - ``free_text``: normalised exact match (Unicode NFKC, case-folded, punctuation and symbols removed,
-  whitespace collapsed).
+  whitespace collapsed); also "OCR" (Video-R1 scores OCR by word error rate; here exact after normalising).
 """
 
 from __future__ import annotations
@@ -39,6 +44,18 @@ import unicodedata
 from collections.abc import Callable, Sequence
 
 PROBLEM_TYPES = ("multiple_choice", "multi_label", "yes_no", "numeric", "free_text")
+
+# Spellings used by common datasets → matcher; keys are in the form ``_problem_type_key`` gives them.
+PROBLEM_TYPE_ALIASES: dict[str, str] = {
+    **{k: "multiple_choice" for k in ("multiple_choice", "mc", "mcq", "choice", "single_choice",
+                                      "multiple_choice_question")},
+    **{k: "multi_label" for k in ("multi_label", "multilabel", "multiple_label", "multi_select",
+                                  "multiple_select", "multiple_answer", "multiple_answers", "multi_answer")},
+    **{k: "yes_no" for k in ("yes_no", "yesno", "yes_or_no", "boolean", "binary")},
+    **{k: "numeric" for k in ("numeric", "numerical", "number", "count", "counting", "regression")},
+    **{k: "free_text" for k in ("free_text", "free_form", "freeform", "open", "open_ended", "short_answer",
+                                "ocr", "text")},
+}
 
 _LETTERS = string.ascii_uppercase
 _KEYWORD = r"(?:the\s+)?(?:final\s+|correct\s+|best\s+)?(?:answers?|options?|choices?)(?:\s+(?:is|are))?"
@@ -322,11 +339,32 @@ def _numbers_in(text: str):
             yield float(_NUMBER_WORDS[word])
 
 
-def _problem_type(value: object) -> str | None:
+def _problem_type_key(value: str) -> str:
+    return re.sub(r"[\s/\-_]+", "_", value.strip().lower()).strip("_")
+
+
+def normalise_problem_type(value: object) -> str | None:
+    """The matcher (one of ``PROBLEM_TYPES``) a dataset's ``problem_type`` spelling names, or None."""
     if not isinstance(value, str):
         return None
-    kind = value.strip().lower().replace("-", "_").replace(" ", "_")
-    return kind if kind in PROBLEM_TYPES else None
+    return PROBLEM_TYPE_ALIASES.get(_problem_type_key(value))
+
+
+def known_problem_types() -> dict[str, list[str]]:
+    """Each matcher with the spellings that select it (as normalised keys), for messages and startup checks."""
+    known: dict[str, list[str]] = {kind: [] for kind in PROBLEM_TYPES}
+    for alias, kind in PROBLEM_TYPE_ALIASES.items():
+        known[kind].append(alias)
+    return known
+
+
+def describe_known_problem_types() -> str:
+    """One line: every matcher and its accepted spellings."""
+    return "; ".join(f"{kind} ({', '.join(a for a in aliases if a != kind)})"
+                     for kind, aliases in known_problem_types().items())
+
+
+_problem_type = normalise_problem_type
 
 
 def _column(fields: dict[str, object], name: str, n: int) -> list:
