@@ -198,8 +198,14 @@ def test_printed_commands_run_as_typed():
     seen = set()
     for command in commands:
         words = command.split()
-        if "python.sh" in command:  # the module, its arguments replaced by --help; python.sh alone: the interpreter
-            words = words[:words.index("-m") + 2] + ["--help"] if "-m" in words else [*words, "-c", "print('usage')"]
+        if "python.sh" in command:  # a module or script, its arguments replaced by --help; alone: the interpreter
+            after = words[words.index("run_scripts/python.sh") + 1:]
+            if "-m" in words:
+                words = words[:words.index("-m") + 2] + ["--help"]
+            elif after and after[0].endswith(".py"):
+                words = words[:words.index(after[0]) + 1] + ["--help"]
+            else:
+                words = [*words, "-c", "print('usage')"]
         else:
             words.append("--help")
         if " ".join(words) in seen:
