@@ -235,7 +235,8 @@ class DeepSpeedEngine(Engine):
 
         config = {k: v for k, v in self.ds_config.items() if k not in ("optimizer", "scheduler")}
         reference, *_ = deepspeed.initialize(model=model, config=config)
-        return reference.eval()
+        reference.eval()  # DeepSpeed's engine.eval() returns None, not the engine
+        return reference
 
 
 def configure_deepspeed(ds: dict | None, cfg, world_size: int):
