@@ -6,8 +6,8 @@ No checkpoint is needed for speed: the thinker is built from the public config.j
 The processor is the offline one of ``omni_grpo.testing`` with the real Qwen2 BPE, whose special tokens sit
 at the real ids.
 
-One step on one prompt, through the package's own functions (``encode_media``, ``generate``'s encode-once
-path, ``log_probs``, ``core_algos.policy_loss``):
+One step on one prompt, through the package's own functions (``rollout.sample`` — encode once, one batched
+``generate`` — then ``log_probs`` and ``core_algos.policy_loss``):
 
 * a 30 s clip sampled at 2 fps (60 frames of 140x224) with its audio in the video: about 2k prompt tokens;
 * encode: the vision and audio towers once for the prompt;
@@ -200,19 +200,19 @@ class Bench:
         import torch
 
         from omni_grpo import core_algos
-        from omni_grpo.models.base import generate, log_probs
-        from omni_grpo.trainer import training_mode
+        from omni_grpo.models import log_probs
+        from omni_grpo.rollout import sample
+        from omni_grpo.engine import training_mode
 
         a, g, c = self.args, self.args.generations, self.args.completion_length
         ph = Phases(self.device)
         inputs = self.inputs
-        with ph("encode"), torch.no_grad():
-            inputs.encoded = self.module.encode_media(self.policy, inputs)
-        with ph("rollout"), torch.no_grad():
-            comps = generate(self.module, self.policy, self.processor, inputs, g, c, do_sample=True, min_new_tokens=c)
+        # The trainer's sampling path (encode once, one batched generate, texts decoded, rows repeated).
+        comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True,
+                       min_new_tokens=c)
         # Forced length: no stop token ends a row, so every completion token is scored.
         ids, mask = comps.completion_ids, torch.ones_like(comps.completion_ids)
-        rows = inputs.repeat(g)
+        rows = comps.inputs
         advantages = core_algos.group_advantages(torch.randn(g, device=self.device), g)
         mb = a.micro_batch or g
         share = not a.no_share_prompt

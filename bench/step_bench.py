@@ -189,7 +189,7 @@ class Ours:
     def _prompt_tokens(self) -> int:
         if self._prompt_len is None:
             first = self.trainer.dataset[0]
-            self._prompt_len = int(self.trainer.collate([dict(first, _cursor=None)]).inputs.attention_mask.sum())
+            self._prompt_len = int(self.trainer.collate([first]).inputs.attention_mask.sum())
         return self._prompt_len
 
     def close(self) -> None:
@@ -397,7 +397,7 @@ class Anchor:
         import torch
 
         from omni_grpo import core_algos
-        from omni_grpo.models.base import finish_completions
+        from omni_grpo.models.sampling import finish_completions
 
         s, t, g = self.s, self.timer, self.s.generations
         start = time.perf_counter()

@@ -10,20 +10,33 @@ A checkpoint folder holds
   COMPLETE         written last, inside the temporary folder, before the rename
 A crash at any point leaves either the previous checkpoints untouched plus a `.tmp-*` folder (ignored and
 removed by the next save) or a complete new one. `resume_from_checkpoint: latest` picks the newest complete one.
+
+This module owns every save and load of the policy: `load_policy` (the pretrained policy and reference),
+`save_checkpoint` / `load_checkpoint` (the folder above, through the engine's `save_state` / `load_state`),
+`save_model` (HF weights or LoRA adapter, LoRA merge, ZeRO-3 export) and the folder names (`step_name`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 STEP_RE = re.compile(r"^step-(\d+)$")
+TMP_PREFIX = ".tmp-"
+logger = logging.getLogger("omni_grpo")
+
+
+def step_name(step: int) -> str:
+    """The folder name of the checkpoint of `step` (the one place its format lives; `STEP_RE` parses it)."""
+    return f"step-{step:07d}"
 
 
 class CheckpointError(RuntimeError):
@@ -82,9 +95,9 @@ def begin(output_dir, step: int) -> Path:
     """A fresh temporary folder for the checkpoint of `step` (leftovers of a crashed save are removed)."""
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
+    for stale in root.glob(TMP_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = root / f".tmp-step-{step:07d}"
+    tmp = root / (TMP_PREFIX + step_name(step))
     tmp.mkdir()
     return tmp
 
@@ -92,7 +105,7 @@ def begin(output_dir, step: int) -> Path:
 def finish(tmp: Path, step: int, keep: int) -> Path:
     """Mark complete, rename into place, prune to the newest `keep` (0 = keep all)."""
     (tmp / "COMPLETE").write_text("ok\n")
-    final = tmp.parent / f"step-{step:07d}"
+    final = tmp.parent / step_name(step)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -151,3 +164,176 @@ def _py_rng_to_json(state):
 def _py_rng_from_json(obj):
     version, internal, gauss = obj
     return (version, tuple(internal), gauss)
+
+
+# ------------------------------------------------------------------------------------------ the policy
+def load_thinker(family, cfg):
+    """The pretrained thinker of `cfg.model_name_or_path`, towers frozen as configured."""
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    model = family.load_model(cfg.model_name_or_path, dtype=dtype, attn_implementation=cfg.attn_implementation)
+    towers = family.tower_modules(model)
+    for name, frozen in (("vision", cfg.freeze_vision_tower), ("audio", cfg.freeze_audio_tower)):
+        if frozen:
+            towers[name].requires_grad_(False)
+    return model
+
+
+def load_policy(family, cfg):
+    """(policy, reference or None): the pretrained thinker to train (gradient checkpointing, LoRA as
+    configured) and, when some step has β > 0 without LoRA, a frozen second copy as the reference (with LoRA
+    the reference is the policy with its adapters off). Decided once from the config: a β schedule that starts
+    at 0 still needs the reference later."""
+    model = load_thinker(family, cfg)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled:
+        model = add_lora(family, model, cfg.lora)
+    reference = None
+    if cfg.uses_reference_model and not cfg.lora.enabled:
+        reference = load_thinker(family, cfg).requires_grad_(False)
+    return model, reference
+
+
+def add_lora(family, model, lora):
+    """`model` with LoRA adapters on the language model only. peft rewrites a regex target for some model
+    types (Qwen3's MoE), so the towers are also excluded explicitly."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = "|".join(lora.target_modules)
+    lm = family.language_model.replace(".", r"\.")
+    towers = "|".join(p.split(".")[-1] for p in (family.vision_tower, family.audio_tower))
+    return get_peft_model(model, LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=rf".*{lm}\..*\.({targets})$", exclude_modules=rf".*\.({towers})\..*"))
+
+
+# ------------------------------------------------------------------------------------------ one checkpoint
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def save_checkpoint(cfg, engine, family, processor, step: int, rank: int, world_size: int,
+                    trainer_state: dict) -> Path | None:
+    """Atomic checkpoint of everything needed to continue exactly (collective: call on every rank).
+
+    `trainer_state`: the trainer's counters and data cursor (JSON). Any failure to write it (full disk,
+    read-only or vanished output_dir) is a `CheckpointError` that names the folder and what to do; the
+    previous checkpoints are never touched before the new one is complete. Returns the folder on rank 0.
+    """
+    from omni_grpo.config import save_config
+
+    tmp = checkpoints_dir(cfg.output_dir) / (TMP_PREFIX + step_name(step))
+    final = None
+    try:
+        if rank == 0:
+            tmp = begin(cfg.output_dir, step)
+        _barrier(world_size)
+        engine.save_state(tmp / "state")
+        state_dict = engine.full_state_dict()
+        save_rng(tmp, rank)
+        if rank == 0:
+            save_model(tmp / "model", cfg, engine, family, processor, state_dict)
+            save_config(cfg, tmp / "config.yaml")
+            write_trainer_state(tmp, {**trainer_state, "world_size": world_size})
+        _barrier(world_size)
+        if rank == 0:
+            final = finish(tmp, step, cfg.save_total_limit)
+    except WRITE_ERRORS as err:
+        raise CheckpointError(
+            f"saving the checkpoint of step {step} to {tmp} failed: {type(err).__name__}: {err} "
+            f"({free_space(cfg.output_dir)}). The previous checkpoints are intact; free disk space or fix "
+            f"permissions on {cfg.output_dir}, then resume with resume_from_checkpoint=latest.") from err
+    _barrier(world_size)
+    return final
+
+
+def save_model(folder: Path, cfg, engine, family, processor, state_dict: dict) -> None:
+    """The policy as a loadable HF folder (rank 0): the thinker's weights, or the LoRA adapter (and, with
+    `lora.merge_on_save`, the merged model in `merged/`); the processor beside them."""
+    from omni_grpo.models.base import base_thinker
+
+    model = engine.module
+    if cfg.lora.enabled:
+        from peft import get_peft_model_state_dict
+
+        model.save_pretrained(folder, state_dict=get_peft_model_state_dict(model, state_dict=state_dict))
+        if cfg.lora.merge_on_save:
+            with hf_zero3_disabled():  # rank 0 alone: no zero.Init collectives
+                merged = load_thinker(family, cfg)
+            merged = merge_lora(merged, folder)
+            merged.save_pretrained(folder / "merged")
+            processor.save_pretrained(folder / "merged")
+    else:
+        export_model(base_thinker(model), state_dict, partitioned=engine.is_partitioned).save_pretrained(folder)
+    processor.save_pretrained(folder)
+
+
+def load_checkpoint(folder: Path, cfg, engine, family, rank: int, world_size: int) -> dict:
+    """Restore weights, optimizer, LR schedule and RNG from `folder`; returns the trainer state it saved."""
+    state = read_trainer_state(folder)
+    if state.get("world_size", 1) != world_size:
+        raise CheckpointError(
+            f"{folder} was written by {state['world_size']} rank(s); resume it with the same number of processes")
+    if not engine.state_holds_weights:
+        _load_weights(folder / "model", cfg, engine.module, family)
+    engine.load_state(folder / "state")
+    load_rng(folder, rank)
+    if rank == 0:
+        logger.info("resumed from %s at step %d", folder, state["global_step"])
+    return state
+
+
+def _load_weights(folder: Path, cfg, model, family) -> None:
+    from safetensors.torch import load_file
+
+    from omni_grpo.models.base import base_thinker
+
+    if cfg.lora.enabled:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        return
+    # transformers renames keys on save/load (its conversion mapping): load through it, then copy.
+    saved = family.load_model(folder, dtype=next(model.parameters()).dtype)
+    base_thinker(model).load_state_dict(saved.state_dict())
+
+
+@contextmanager
+def hf_zero3_disabled():
+    """HF's global ZeRO-3 switch off for a block that builds a model on one rank only: with it on, the
+    submodules are wrapped in `zero.Init`, whose broadcasts wait for the other ranks forever."""
+    from transformers.integrations import deepspeed as hf_ds
+
+    keep = hf_ds._hf_deepspeed_config_weak_ref
+    hf_ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_ds._hf_deepspeed_config_weak_ref = keep
+
+
+def export_model(thinker, state_dict: dict, partitioned: bool):
+    """A model whose `save_pretrained` writes the standard checkpoint format.
+
+    `save_pretrained(state_dict=...)` re-applies transformers' key conversion to keys that are already in
+    module form (measured: `thinker.model.thinker.audio_tower...`), so under ZeRO-3 — where the live
+    weights are partitioned — the consolidated weights are assigned to a fresh model built on the meta
+    device instead, which costs no extra memory until the assignment.
+    """
+    if not partitioned:
+        return thinker
+    with hf_zero3_disabled(), torch.device("meta"):
+        fresh = type(thinker)(thinker.config)
+    fresh.load_state_dict(state_dict, assign=True, strict=True)
+    fresh.generation_config = thinker.generation_config
+    return fresh
+
+
+def merge_lora(base, adapter_dir: Path):
+    """`base` with the adapter of `adapter_dir` merged in (a plain model again)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

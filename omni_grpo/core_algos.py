@@ -20,7 +20,8 @@ Departures from the paper, each one opt-in or documented where it happens:
   how an optimizer step's rows are split over micro-batches and ranks.
 - Log-ratios are clamped to [-20, 20] before exponentiation (ratio and k3), as verl does, to keep a stale
   or diverging token from producing inf; inside that range the values are exact.
-- Entropy bonus (`entropy_bonus`): optional, off by default (coefficient 0); not in the paper.
+- Entropy bonus (`policy_loss`'s `entropy_coef`, per token before aggregation): optional, off by default;
+  not in the paper. The entropy itself comes from the log-prob pass (`models.logprobs.log_probs`).
 - Schedules: β and the sampling temperature may ramp linearly over training (HumanOmniV2's dynamic KL,
   arXiv:2506.21277); constant by default, as in the paper.
 
@@ -41,8 +42,6 @@ __all__ = [
     "LOSS_AGGS",
     "SCHEDULE_KINDS",
     "agg_loss",
-    "entropy_bonus",
-    "entropy_from_logits",
     "group_advantages",
     "group_reward_totals",
     "kl_coef_schedule",
@@ -344,7 +343,7 @@ def policy_loss(
         per_token = per_token - entropy_coef * entropy
         metrics["entropy"] = masked_mean(entropy.detach(), mask)
     elif entropy_coef != 0.0:
-        raise ValueError("entropy_coef != 0 needs entropy; pass entropy_from_logits(logits) or set entropy_coef=0")
+        raise ValueError("entropy_coef != 0 needs entropy; pass the log-prob pass's entropy or set entropy_coef=0")
     loss = agg_loss(per_token, mask, loss_agg, **agg)
 
     with torch.no_grad():
@@ -355,47 +354,6 @@ def policy_loss(
         metrics["clip_ratio_high"] = masked_mean(high.to(pg.dtype), mask)
         metrics["clip_ratio"] = masked_mean((low | high).to(pg.dtype), mask)
     return loss, metrics
-
-
-def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
-    """Entropy of softmax(logits) over the last axis.  `[..., V] -> [...]`, float32.
-
-    H = logsumexp(z) − Σ_v softmax(z)_v · z_v (verl's `entropy_from_logits`). Rows are processed `chunk_size`
-    at a time and upcast to float32 per chunk, so a bf16 `[B, L, V]` tensor never gets a full float32 copy.
-    Differentiable.
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    lead_shape = logits.shape[:-1]
-    flat = logits.reshape(-1, logits.shape[-1])  # [N, V]
-    pieces = []
-    for start in range(0, flat.shape[0], chunk_size):
-        z = flat[start : start + chunk_size].float()  # [n, V]
-        lse = torch.logsumexp(z, dim=-1)  # [n]
-        probs = torch.exp(z - lse.unsqueeze(-1))  # [n, V]
-        pieces.append(lse - (probs * z).sum(dim=-1))  # [n]
-    if not pieces:
-        return flat.new_zeros(lead_shape, dtype=torch.float32)
-    return torch.cat(pieces).reshape(lead_shape)
-
-
-def entropy_bonus(
-    entropy: torch.Tensor,
-    completion_mask: torch.Tensor,
-    loss_agg: str,
-    *,
-    global_tokens: float | torch.Tensor | None = None,
-    global_seqs: float | torch.Tensor | None = None,
-    max_length: int | None = None,
-) -> torch.Tensor:
-    """Policy entropy `[B, L]` aggregated exactly like the loss (via `agg_loss`), so it splits the same way.
-
-    The bonus is maximised: subtract `entropy_coef * entropy_bonus(...)` from the loss (or pass `entropy`
-    to `policy_loss`, which does it per token). Entropy regularisation as in verl's `entropy_coeff`.
-    """
-    return agg_loss(
-        entropy, completion_mask, loss_agg, global_tokens=global_tokens, global_seqs=global_seqs, max_length=max_length
-    )
 
 
 def _linear_schedule(

@@ -7,18 +7,19 @@ template, video patches, Whisper features) runs inside DataLoader workers, so th
 Order: each epoch is one permutation of all prompts (seeded by `seed + epoch`, or the identity for
 `dataset_order: sequential`), cut into `world_size` equal interleaved slices (the remainder is dropped so
 every rank runs the same number of steps — ranks that disagree hang under ZeRO-3). A `Cursor` (epoch,
-position within this rank's slice) is saved in checkpoints and resumes the exact same order.
+position within this rank's slice) is saved in checkpoints and resumes the exact same order. The cursor and the
+count of mp4 decodes travel beside each sample (`Loaded`) into the `Batch`, never inside the sample.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from omni_grpo.models.base import ModelInputs
+from omni_grpo.models.inputs import ModelInputs
 
 REWARD_FIELDS = ("id", "question", "options", "answer", "problem_type", "extra")
 
@@ -39,18 +40,17 @@ class PromptDataset(Dataset):
         return self.offsets[-1]
 
     def __getitem__(self, index):
-        cursor = None
-        if isinstance(index, tuple):  # (index, cursor after it) from RankSampler
+        """The sample at a global index; given `(index, cursor)` (what `RankSampler` yields), a `Loaded`."""
+        if isinstance(index, tuple):
             index, cursor = index
-        from preprocess import media
+            from preprocess import media
 
+            before = media.VIDEO_DECODES
+            sample = self[index]
+            return Loaded(sample, cursor, media.VIDEO_DECODES - before)  # 0 unless something decodes an mp4
         for k, part in enumerate(self.parts):
             if index < self.offsets[k + 1]:
-                before = media.VIDEO_DECODES
-                sample = dict(part[index - self.offsets[k]])
-                sample["_cursor"] = cursor
-                sample["_video_decodes"] = media.VIDEO_DECODES - before  # 0 unless something decodes an mp4
-                return sample
+                return dict(part[index - self.offsets[k]])
         raise IndexError(index)
 
 
@@ -107,6 +107,15 @@ class RankSampler(Sampler):
             epoch, pos = epoch + 1, 0
 
 
+class Loaded(NamedTuple):
+    """One sample as the loader's workers hand it to `Collate`: the sample, the cursor after its batch, and
+    the mp4 files decoded to read it (in the process that read it)."""
+
+    sample: dict
+    cursor: "Cursor | None" = None
+    video_decodes: int = 0
+
+
 @dataclass
 class Batch:
     """A batch of prompts ready for the model: ModelInputs plus the fields rewards need."""
@@ -118,17 +127,20 @@ class Batch:
 
 
 class Collate:
-    """Runs the model module's processor call in the loader worker."""
+    """Runs the model family's processor call in the loader worker."""
 
-    def __init__(self, module, processor, system_prompt: str, use_audio_in_video: bool, max_prompt_length: int):
-        self.module, self.processor = module, processor
+    def __init__(self, family, processor, system_prompt: str, use_audio_in_video: bool, max_prompt_length: int):
+        self.family, self.processor = family, processor
         self.system_prompt, self.flag, self.max_len = system_prompt, use_audio_in_video, max_prompt_length
 
-    def __call__(self, samples: list[dict]) -> Batch:
-        inputs = self.module.build_inputs(self.processor, samples, self.system_prompt, self.flag, self.max_len)
+    def __call__(self, items: list) -> Batch:
+        """`items`: what `PromptDataset` returns for `RankSampler` indices (`Loaded`), or plain sample dicts."""
+        loaded = [item if isinstance(item, Loaded) else Loaded(item) for item in items]
+        samples = [x.sample for x in loaded]
+        inputs = self.family.build_inputs(self.processor, samples, self.system_prompt, self.flag, self.max_len)
         meta = [{k: s.get(k) for k in REWARD_FIELDS} for s in samples]
-        decodes = sum(s.get("_video_decodes", 0) for s in samples)
-        return Batch(inputs=inputs, samples=meta, cursor=samples[-1]["_cursor"], video_decodes=decodes)
+        return Batch(inputs=inputs, samples=meta, cursor=loaded[-1].cursor,
+                     video_decodes=sum(x.video_decodes for x in loaded))
 
 
 def make_loader(dataset: PromptDataset, collate: Collate, sampler: RankSampler, num_workers: int,
@@ -142,8 +154,3 @@ def make_loader(dataset: PromptDataset, collate: Collate, sampler: RankSampler, 
                       multiprocessing_context="fork" if torch.multiprocessing.get_start_method(True) in (None, "fork")
                       else None)
     return DataLoader(dataset, **kwargs)
-
-
-def repeat_samples(samples: list[dict], g: int) -> list[dict]:
-    """Sample fields for the B*G completion rows (row i*G + j belongs to prompt i)."""
-    return [dataclasses.replace(s) if dataclasses.is_dataclass(s) else s for s in samples for _ in range(g)]

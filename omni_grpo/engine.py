@@ -1,4 +1,11 @@
-"""Two optimizer back ends behind one small interface: plain PyTorch (one process) and DeepSpeed (ZeRO-2/3).
+"""Two optimizer back ends behind one interface: plain PyTorch (one process) and DeepSpeed (ZeRO-2/3).
+
+`Engine` is the interface the trainer and `checkpoint` use, and nothing else: `module` (the nn.Module),
+`stage` / `is_partitioned`, `backward`, `step` / `skip` (an optimizer step, or a skipped one), `lr`,
+`gathered_for_generation`, `save_state` / `load_state` (collective: called on every rank),
+`state_holds_weights`, `full_state_dict` and `prepare_reference`. `build_engine` makes the right one from the
+config (optimizer, LR schedule, fp32 masters, the DeepSpeed JSON's "auto" values); `setup_distributed` reads
+the launcher's environment and starts the process group.
 
 `backward(loss)` takes the micro-batch loss already divided by the *global* normaliser of the optimizer
 step (see `core_algos.agg_loss`), so the step's gradient is the plain sum of micro-batch gradients over
@@ -8,7 +15,10 @@ gradients over ranks; `DeepSpeedEngine.backward` multiplies that back out.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -24,15 +34,59 @@ def fp32_masters(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
     return [torch.nn.Parameter(p.detach().float().clone()) for p in params]
 
 
-class PlainEngine:
+class Engine:
+    """What the trainer needs from an optimizer back end (see the module docstring)."""
+
+    module: torch.nn.Module
+    stage: int = 0  # ZeRO stage; 0 without DeepSpeed
+    world_size: int = 1
+    state_holds_weights: bool = False  # True: `load_state` restores the weights too (else checkpoint loads them)
+
+    @property
+    def is_partitioned(self) -> bool:
+        """Every weight sharded over the ranks (ZeRO-3): gather before reading a whole tensor."""
+        return self.stage == 3
+
+    def backward(self, loss: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def step(self) -> tuple[float, bool]:
+        """The optimizer step after this step's backward calls. Returns (grad_norm, stepped)."""
+        raise NotImplementedError
+
+    def skip(self) -> tuple[float, bool]:
+        """End an optimizer step whose loss was non-finite (and zeroed) without moving the weights if the
+        back end allows it. Returns (grad_norm, stepped)."""
+        raise NotImplementedError
+
+    def lr(self) -> float:
+        raise NotImplementedError
+
+    def gathered_for_generation(self):
+        """Context manager: inside, every weight is whole on every rank (the token loop)."""
+        return nullcontext()
+
+    def save_state(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def load_state(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def full_state_dict(self) -> dict | None:
+        """The whole model's weights on rank 0 (collective under ZeRO-3; None on other ranks)."""
+        return self.module.state_dict()
+
+    def prepare_reference(self, model):
+        """The frozen reference policy, placed as this back end places the policy, in eval mode."""
+        raise NotImplementedError
+
+
+class PlainEngine(Engine):
     """Single-process PyTorch: AdamW + LR schedule + grad clipping, with fp32 master weights when given.
 
     `masters`: the `fp32_masters` of the model's trainable parameters, in the same order, when the optimizer
     was built over them (bf16 training); None when the optimizer steps the model's own parameters.
     """
-
-    world_size = 1
-    zero_stage = 0
 
     def __init__(self, model, optimizer, scheduler, max_grad_norm: float, masters=None):
         self.module, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -69,15 +123,18 @@ class PlainEngine:
                 for p, m in zip(self.params, self.masters):
                     p.copy_(m)
 
-    def skip_step(self) -> None:
+    def skip(self) -> tuple[float, bool]:
+        """Drop this step's gradients; the weights, optimizer state and LR schedule do not move."""
         self.optimizer.zero_grad(set_to_none=True)
         for p in self.params:
             p.grad = None
+        return math.nan, False
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
     def save_state(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
         if self.masters is not None:
             state["masters"] = [m.detach() for m in self.masters]
@@ -96,53 +153,190 @@ class PlainEngine:
                     m.copy_(saved)
             self._copy_masters_to_model()
 
-    def full_state_dict(self) -> dict | None:
-        return self.module.state_dict()
+    def prepare_reference(self, model):
+        return model.to(next(self.module.parameters()).device).eval()
 
 
-class DeepSpeedEngine:
+class DeepSpeedEngine(Engine):
     """A DeepSpeed engine whose `gradient_accumulation_steps` equals the backward calls per optimizer step."""
 
-    def __init__(self, engine, backward_per_step: int, world_size: int):
-        self.engine = engine
+    state_holds_weights = True
+
+    def __init__(self, engine, backward_per_step: int, world_size: int, ds_config: dict | None = None):
+        self._ds = engine
         self.module = engine.module
         self.optimizer = engine.optimizer
         self.backward_per_step = backward_per_step
         self.world_size = world_size
-        self.zero_stage = engine.zero_optimization_stage()
+        self.stage = engine.zero_optimization_stage()
+        self.ds_config = ds_config or {}
         self._calls = 0
 
     def backward(self, loss: torch.Tensor) -> None:
         # DeepSpeed pairs every backward with a step(); the optimizer only moves at the accumulation boundary.
-        self.engine.backward(loss * (self.backward_per_step * self.world_size))
-        self.engine.step()
+        self._ds.backward(loss * (self.backward_per_step * self.world_size))
+        self._ds.step()
         self._calls += 1
 
     def step(self) -> tuple[float, bool]:
         if self._calls != self.backward_per_step:
             raise RuntimeError(f"{self._calls} backward calls in a step that expects {self.backward_per_step}")
         self._calls = 0
-        norm = self.engine.get_global_grad_norm()
+        norm = self._ds.get_global_grad_norm()
         norm = float(norm) if norm is not None else float("nan")
         return norm, math.isfinite(norm)
 
-    def skip_step(self) -> None:
-        raise RuntimeError("a DeepSpeed step cannot be skipped once started; the trainer zeroes the loss instead")
+    def skip(self) -> tuple[float, bool]:
+        """A DeepSpeed step cannot be skipped once its backward calls ran: the trainer zeroed the loss, so this
+        is an ordinary step over zero gradients."""
+        return self.step()
 
     def lr(self) -> float:
-        return self.engine.get_lr()[0]
+        return self._ds.get_lr()[0]
+
+    @contextmanager
+    def gathered_for_generation(self):
+        """Under ZeRO-3 each rank holds a shard of every weight, and generating through DeepSpeed's per-module
+        gather hooks costs one all-gather per module per token. As TRL's `unwrap_model_for_generation` does,
+        the hooks are removed, all weights gathered once for the block, and the hooks put back afterwards."""
+        offload = getattr(self.optimizer, "parameter_offload", None)
+        if offload is None:  # ZeRO-1/2: weights are already whole
+            yield
+            return
+        import deepspeed
+
+        for p in self.module.parameters():
+            if hasattr(p, "ds_active_sub_modules"):
+                p.ds_active_sub_modules.clear()
+        offload._remove_module_hooks()
+        try:
+            with deepspeed.zero.GatheredParameters(list(self.module.parameters())):
+                yield
+        finally:
+            offload.setup_zero_stage3_hooks()
 
     def save_state(self, folder: Path) -> None:
-        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+        self._ds.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
 
     def load_state(self, folder: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag="state",
+        path, _ = self._ds.load_checkpoint(str(folder / "deepspeed"), tag="state",
                                               load_module_strict=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state in {folder / 'deepspeed'}")
 
     def full_state_dict(self) -> dict | None:
         """The whole model's weights on rank 0 (collective under ZeRO-3; None on other ranks)."""
-        if self.zero_stage == 3:
-            return self.engine._zero3_consolidated_16bit_state_dict()
+        if self.is_partitioned:
+            return self._ds._zero3_consolidated_16bit_state_dict()
         return self.module.state_dict()
+
+    def prepare_reference(self, model):
+        import deepspeed
+
+        config = {k: v for k, v in self.ds_config.items() if k not in ("optimizer", "scheduler")}
+        reference, *_ = deepspeed.initialize(model=model, config=config)
+        reference.eval()  # DeepSpeed's engine.eval() returns None, not the engine
+        return reference
+
+
+def configure_deepspeed(ds: dict | None, cfg, world_size: int):
+    """Resolve the DeepSpeed JSON's "auto" values from the training config, in place, before any model is
+    loaded. The optimizer is ours, not DeepSpeed's (an "optimizer" section would JIT-build DeepSpeed's own,
+    ~100 s). Under ZeRO-3 returns the `HfDeepSpeedConfig` that makes `from_pretrained` partition the weights as
+    they load; the caller keeps it alive (transformers holds only a weak reference). None otherwise."""
+    if ds is None:
+        return None
+    backward_per_step = cfg.backward_calls_per_step
+    ds.pop("optimizer", None)
+    ds.pop("scheduler", None)
+    ds["train_micro_batch_size_per_gpu"] = cfg.update_micro_batch_size
+    ds["gradient_accumulation_steps"] = backward_per_step
+    ds["train_batch_size"] = cfg.update_micro_batch_size * backward_per_step * world_size
+    ds["gradient_clipping"] = cfg.max_grad_norm
+    ds.setdefault("bf16", {})["enabled"] = cfg.bf16
+    ds.setdefault("steps_per_print", 10**9)
+    if ds.get("zero_optimization", {}).get("stage", 0) != 3:
+        return None
+    from transformers.integrations import HfDeepSpeedConfig
+
+    return HfDeepSpeedConfig(ds)
+
+
+def build_engine(model, cfg, ds_config: dict | None, total_steps: int, world_size: int, device) -> Engine:
+    """AdamW + LR schedule over `model`'s trainable parameters, behind the back end `ds_config` asks for.
+
+    The schedule counts optimizer steps: μ of them per trainer step. transformers' "constant" ignores the
+    warmup, so a warmup turns it into "constant_with_warmup". bf16 without DeepSpeed: the optimizer steps fp32
+    masters (DeepSpeed's bf16 optimizer keeps its own). `fused`: one kernel over all parameters (CPU and CUDA)
+    instead of torch's per-tensor loop on CPU.
+    """
+    from transformers import get_scheduler
+
+    if ds_config is None:
+        model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RuntimeError("nothing to train: every parameter is frozen (check lora / freeze_* options)")
+    masters = fp32_masters(params) if cfg.bf16 and ds_config is None else None
+    optimizer = torch.optim.AdamW(masters or params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay, fused=ds_config is None)
+    optimizer_steps = total_steps * cfg.num_iterations
+    warmup = int(cfg.warmup_ratio * optimizer_steps)
+    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" and warmup > 0 else cfg.lr_scheduler
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=optimizer_steps)
+    if ds_config is None:
+        return PlainEngine(model, optimizer, scheduler, cfg.max_grad_norm, masters=masters)
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return DeepSpeedEngine(engine, cfg.backward_calls_per_step, world_size, ds_config)
+
+
+def setup_distributed(deepspeed_json: str | None) -> tuple[int, int, torch.device, dict | None]:
+    """(rank, world size, device, DeepSpeed config or None) from the launcher's environment; starts DeepSpeed's
+    process group when there is a DeepSpeed config (`deepspeed_json`, else accelerate's
+    ACCELERATE_DEEPSPEED_CONFIG_FILE)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    ds_path = deepspeed_json or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    ds_config = json.loads(Path(ds_path).read_text()) if ds_path else None
+    if world_size > 1 and ds_config is None:
+        raise RuntimeError("several processes need a DeepSpeed config: pass deepspeed=configs/deepspeed/zero3.json")
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(device)
+    if ds_config is not None:
+        import deepspeed
+
+        # On a machine without GPUs DeepSpeed runs over gloo (no oneCCL here).
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return rank, world_size, device, ds_config
+
+
+def param_counts(model) -> tuple[int, int]:
+    """(trainable, frozen) parameter counts, whole sizes also when ZeRO-3 has partitioned them."""
+    trainable = frozen = 0
+    for p in model.parameters():
+        n = getattr(p, "ds_numel", p.numel())
+        if p.requires_grad:
+            trainable += n
+        else:
+            frozen += n
+    return trainable, frozen
+
+
+@contextmanager
+def training_mode(model):
+    """The policy in training mode for the gradient passes only.
+
+    Hugging Face checkpoints a decoder layer only when the layer is `training`, and `from_pretrained` returns
+    the model in eval mode: without this, `gradient_checkpointing` does nothing. Generation and the no-grad
+    passes stay in eval mode, where the KV cache is kept.
+    """
+    was = model.training
+    model.train()
+    try:
+        yield
+    finally:
+        model.train(was)

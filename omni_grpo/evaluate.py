@@ -4,8 +4,8 @@ python -m omni_grpo.evaluate --compare A/predictions.jsonl B/predictions.jsonl [
 
 Answers held-out questions with a base checkpoint, a trained thinker or a LoRA adapter, through exactly the
 path training takes: the same model module (`build_inputs` with the same system prompt and
-`use_audio_in_video`, towers run once per batch, `models.generate` with media tokens banned) and the same
-reward functions and options. Writes (see `omni_grpo.eval_report` for the formats and the statistics)
+`use_audio_in_video`), the trainer's sampling path (`rollout.sample`: towers once per batch, media tokens
+banned) and the same reward functions and options. Writes (see `omni_grpo.eval_report` for the formats and the statistics)
 
   OUT/run.json           the run header (model, data, settings); a different run into OUT is refused
   OUT/predictions.jsonl  one line per completion, appended after every batch: id, question, options, answer,
@@ -175,8 +175,8 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
     from tqdm.auto import tqdm
 
     from omni_grpo.data import Collate
-    from omni_grpo.models import generate
     from omni_grpo.rewards.accuracy import extract_answer
+    from omni_grpo.rollout import sample
 
     if num_generations < 1 or batch_size < 1 or (limit is not None and limit < 1):
         raise EvalError("--samples, --batch-size and --limit must be >= 1")
@@ -217,13 +217,10 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
     with bar, eval_report.PredictionLog(out_dir) as predictions:
         for batch in loader:
             inputs = batch.inputs.to(device, dtype=float_dtype if float_dtype != torch.float32 else None)
-            with torch.no_grad():
-                inputs.encoded = module.encode_media(net, inputs)
-                comps = generate(module, net, processor, inputs, num_generations, max_new_tokens,
-                                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                 repetition_penalty=cfg.repetition_penalty, do_sample=num_generations > 1)
-            texts = processor.tokenizer.batch_decode(comps.completion_ids, skip_special_tokens=True)
-            samples = [s for s in batch.samples for _ in range(num_generations)]
+            comps = sample(module, net, processor, inputs, batch.samples, num_generations, max_new_tokens,
+                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                           repetition_penalty=cfg.repetition_penalty, do_sample=num_generations > 1)
+            texts, samples = comps.texts, comps.samples
             scored = rewards(texts, samples)
             row_lengths = comps.completion_mask.sum(-1).tolist()
             predictions.append(_prediction(samples[i], i % num_generations, text,

@@ -290,7 +290,7 @@ def test_check_paths_rejects_silent_shards_when_audio_is_used(tmp_path, model_di
 
 
 def test_top_level_judge_reaches_people_focus_without_the_key():
-    from omni_grpo.config import effective_reward_kwargs
+    from omni_grpo.rewards import effective_reward_kwargs
 
     cfg = load_config(None, ["model_name_or_path=m", "judge.enabled=true", "judge.url=http://127.0.0.1:9/v1",
                              "judge.model=judge", "judge.api_key_env=JUDGE_KEY"])

@@ -10,8 +10,6 @@ from hypothesis import strategies as st
 
 from omni_grpo.core_algos import (
     agg_loss,
-    entropy_bonus,
-    entropy_from_logits,
     group_advantages,
     group_reward_totals,
     kl_coef_schedule,
@@ -362,33 +360,7 @@ def test_local_normalisers_would_depend_on_the_split(loss_agg):
     assert not torch.allclose(weight.grad, full_grad, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------------ entropy
-
-
-def test_entropy_from_logits_hand_computed():
-    logits = torch.tensor([[0.0, 0.0, -math.inf], [math.log(0.5), math.log(0.25), math.log(0.25)]])
-    logits[0, 2] = -1e4
-    close(entropy_from_logits(logits), [math.log(2), 1.5 * math.log(2)], tol=1e-5)
-    close(entropy_from_logits(torch.tensor([1000.0, 0.0])), 0.0, tol=1e-5)
-
-
-def test_entropy_from_logits_chunks_match_reference_and_keep_grad():
-    logits = torch.randn(3, 5, 11, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    expected = torch.distributions.Categorical(logits=logits).entropy()
-    chunked = entropy_from_logits(logits, chunk_size=2)
-    close(chunked, expected.detach(), tol=1e-5)
-    assert chunked.shape == (3, 5)
-    chunked.sum().backward()
-    assert logits.grad is not None and logits.grad.abs().sum() > 0
-    assert entropy_from_logits(logits.detach().bfloat16()).dtype == torch.float32
-
-
-def test_entropy_bonus_aggregates_like_the_loss():
-    entropy = torch.tensor([[1.0, 2.0], [3.0, 7.0]])
-    mask = torch.tensor([[1, 1], [1, 0]])
-    close(entropy_bonus(entropy, mask, "token_mean"), 2.0)
-    close(entropy_bonus(entropy, mask, "seq_mean_token_mean"), (1.5 + 3.0) / 2)
-    close(entropy_bonus(entropy, mask, "token_mean", global_tokens=6), 1.0)
+# ------------------------------------------------------------------------------------------------ masked mean
 
 
 def test_masked_mean():

@@ -43,7 +43,7 @@ def launch(tmp_path: Path, overrides: list[str], timeout: int = 420) -> subproce
 
 @pytest.fixture(scope="module")
 def mixed_shards(tmp_path_factory):
-    """Two clips: the first with an audio track, the second without (lesson 10: ranks differ in modality)."""
+    """Two clips: the first with an audio track, the second without (ranks differ in modality, and every rank must still run every tower)."""
     root = tmp_path_factory.mktemp("mixed")
     make_clip(root / "a.mp4", seconds=2.0, audio="tone", seed=1)
     make_clip(root / "b.mp4", seconds=2.0, audio=None, seed=2)
@@ -82,7 +82,7 @@ def full_run(tiny_model_dir, mixed_shards, tmp_path_factory):
 
 
 def test_zero3_two_ranks_mixed_modalities_train_trainable_only(full_run, tiny_model_dir, tiny):
-    """Lessons 2 and 10: no hang when one rank has no audio; LM weights move, the towers do not."""
+    """No hang when one rank has no audio; LM weights move, the towers do not."""
     tmp, _ = full_run
     module, model, _ = tiny
     losses = scalars(tmp / "out", "actor/loss")

@@ -8,22 +8,14 @@ import pytest
 import torch
 
 from omni_grpo.evaluate import EvalError, evaluate, main, resolve_model_dir
+from tests.helpers import build_shards
 
 N_QUESTIONS = 5  # 2 synthetic clips: 2 + 3 questions
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from preprocess.build import BuildOptions, build
-    from preprocess.media import VideoOptions
-
-    from omni_grpo.testing import make_siq2_dataset
-
-    root = tmp_path_factory.mktemp("eval-data")
-    make_siq2_dataset(root / "raw", n_clips=2, seconds=2.0)
-    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
-                       video=VideoOptions(min_pixels=3136, max_pixels=12544)))
-    return root / "shards"
+    return build_shards(tmp_path_factory.mktemp("eval-data"), n_clips=2, seconds=2.0, max_pixels=12544)
 
 
 def run(model, shards, out, *extra):

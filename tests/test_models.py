@@ -1,4 +1,4 @@
-"""The model module: one ModelInputs through generation and every log-prob pass (lessons 1–10).
+"""The model module: one ModelInputs through generation and every log-prob pass.
 
 Tests that take `kit` run on every family (Qwen2.5-Omni and Qwen3-Omni-MoE, deepstack included); those that
 take `tiny` are Qwen2.5-only. The Qwen3-only extras are in test_models_qwen3.py."""
@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
+from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
 from omni_grpo.core_algos import kl_penalty
 from omni_grpo.models import OmniModule, detect_family, generate, get_module, log_probs
-from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT
 from tests.conftest import KITS, make_sample
 
 SYS = DEFAULT_SYSTEM_PROMPT
@@ -43,7 +43,7 @@ def hf_greedy(kit, inputs, n=6, **kwargs):
 
 
 def test_processor_output_holds_media_and_token_counts_match_features(tiny, samples):
-    """Lesson 3: the prompt carries the video pixels and audio features, one placeholder per feature row."""
+    """The prompt carries the video pixels and audio features, one placeholder per feature row."""
     module, model, processor = tiny
     inputs = build(tiny, samples)
     assert inputs.pixel_values_videos is not None and inputs.pixel_values_videos.abs().sum() > 0
@@ -61,7 +61,7 @@ def test_processor_output_holds_media_and_token_counts_match_features(tiny, samp
 
 
 def test_batch_of_two_keeps_both_prompts_with_their_own_media(kit, samples):
-    """Lesson 4: no `[0]` — each row's prompt and media are its own sample's."""
+    """No `[0]` — each row's prompt and media are its own sample's."""
     both = build(kit, samples)
     assert both.batch_size == 2
     assert not torch.equal(both.input_ids[0], both.input_ids[1])
@@ -81,7 +81,7 @@ def test_batch_of_two_keeps_both_prompts_with_their_own_media(kit, samples):
 
 
 def test_greedy_rollout_equals_plain_generate_and_batched_equals_one_by_one(kit, samples):
-    """Lessons 5 and 7: our rollout is plain inference; left-padded batching changes nothing."""
+    """Our rollout is plain inference; left-padded batching changes nothing."""
     batched = greedy(kit, build(kit, samples), g=2)
     for row, sample in enumerate(samples):
         alone = build(kit, [sample])
@@ -95,7 +95,7 @@ def test_greedy_rollout_equals_plain_generate_and_batched_equals_one_by_one(kit,
 
 
 def test_right_padding_would_change_the_rollout(tiny, samples):
-    """Lesson 7, the test can fail: the same batch right-padded generates different tokens."""
+    """The test can fail: the same batch right-padded generates different tokens."""
     module, model, processor = tiny
     inputs = build(tiny, samples)
     plain_short = hf_greedy(tiny, build(tiny, [samples[0]]))
@@ -156,7 +156,7 @@ class Spy:
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_one_flag_and_all_media_reach_every_pass(kit, samples, monkeypatch, flag):
-    """Lessons 5 and 6: processor, generate, policy and reference passes all get the same flag and media."""
+    """Processor, generate, policy and reference passes all get the same flag and media."""
     module, model, processor = kit
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
     spy = Spy(monkeypatch, processor, {"policy": policy, "ref": reference})
@@ -194,14 +194,14 @@ def test_one_flag_and_all_media_reach_every_pass(kit, samples, monkeypatch, flag
 
 
 def test_flag_changes_the_sequence(tiny, samples):
-    """Why lesson 5 matters: with and without audio-in-video the model scores different sequences."""
+    """Why the flag must reach every pass: with and without audio-in-video the model scores different sequences."""
     on, off = build(tiny, samples, True), build(tiny, samples, False)
     assert on.input_ids.shape != off.input_ids.shape or not torch.equal(on.input_ids, off.input_ids)
     assert off.input_features is None
 
 
 def test_kl_is_exactly_zero_at_step_zero_and_not_without_media(kit, samples):
-    """Lesson 1: reference = policy at step 0 gives KL exactly 0 on a video+audio batch."""
+    """Reference = policy at step 0 gives KL exactly 0 on a video+audio batch."""
     module, model, processor = kit
     inputs = build(kit, samples).repeat(2)
     comps = greedy(kit, build(kit, samples), g=2, n=8)
@@ -221,7 +221,7 @@ def test_kl_is_exactly_zero_at_step_zero_and_not_without_media(kit, samples):
 
 
 def test_g_copies_give_identical_rows_and_scrambled_patches_do_not(kit, samples):
-    """Lesson 9: `repeat` copies whole patch blocks; repeat_interleave on flat patches would scramble them."""
+    """`repeat` copies whole patch blocks; repeat_interleave on flat patches would scramble them."""
     module, model, processor = kit
     g = 3
     inputs = build(kit, samples)
@@ -259,7 +259,7 @@ def test_log_probs_equal_generation_logits(kit, samples, monkeypatch):
 
 
 def test_log_probs_have_gradient(kit, samples):
-    """Lesson 2: log-probs come from a forward with gradient, not from `generate` scores; for Qwen3 with a
+    """Log-probs come from a forward with gradient, not from `generate` scores; for Qwen3 with a
     trainable vision tower the deepstack mergers get gradient too (their features reach the loss)."""
     module, model, processor = kit
     policy = copy.deepcopy(model)
@@ -305,31 +305,31 @@ def test_encode_once_equals_plain_path_and_cuts_tower_calls(kit, samples):
     inputs = build(kit, samples)
     comps = greedy(kit, inputs, g=g, n=5)
     expanded = inputs.repeat(g)
-    module.tower_calls.vision = module.tower_calls.audio = 0
+    inputs.tower_calls.vision = inputs.tower_calls.audio = 0
     with torch.no_grad():
         plain = [log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask, share_prompt=False)[0]
                  for _ in range(passes)]
-    assert module.tower_calls.vision == passes * g * len(samples)  # every row of every pass
-    module.tower_calls.vision = module.tower_calls.audio = 0
+    assert inputs.tower_calls.vision == passes * g * len(samples)  # every row of every pass
+    inputs.tower_calls.vision = inputs.tower_calls.audio = 0
     with torch.no_grad():
         shared = [log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask)[0]
                   for _ in range(passes)]
-    assert module.tower_calls.vision == passes * len(samples)  # shared prompt: once per prompt per pass
-    module.tower_calls.vision = module.tower_calls.audio = 0
+    assert inputs.tower_calls.vision == passes * len(samples)  # shared prompt: once per prompt per pass
+    inputs.tower_calls.vision = inputs.tower_calls.audio = 0
     with torch.no_grad():
         inputs.encoded = module.encode_media(model, inputs)
         enc_expanded = inputs.repeat(g)
         once = [log_probs(module, model, enc_expanded, comps.completion_ids, comps.completion_mask)[0]
                 for _ in range(passes)]
         comps_enc = generate(module, model, processor, inputs, num_generations=g, max_new_tokens=5, do_sample=False)
-    assert module.tower_calls.vision == len(samples) and module.tower_calls.audio == len(samples)
+    assert inputs.tower_calls.vision == len(samples) and inputs.tower_calls.audio == len(samples)
     for a, b, c in zip(plain, shared, once):
         assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5)
     assert torch.equal(comps_enc.completion_ids, comps.completion_ids)
 
 
 def test_sync_towers_dummy_pass_keeps_results(kit, samples):
-    """Lesson 10: a batch without audio still runs the audio tower (ZeRO-3), and scores do not change."""
+    """A batch without audio still runs the audio tower (ZeRO-3), and scores do not change."""
     module, model, processor = kit
     inputs = build(kit, samples, flag=False)
     comps = greedy(kit, inputs, n=4)
@@ -345,7 +345,7 @@ def test_sync_towers_dummy_pass_keeps_results(kit, samples):
 
 
 def test_completions_stop_at_im_end_and_track_truncation():
-    from omni_grpo.models.base import finish_completions
+    from omni_grpo.models.sampling import finish_completions
 
     ids = torch.tensor([[5, 6, 9, 7], [5, 6, 7, 8]])
     c = finish_completions(ids, stop_ids=[9], pad_id=0)
@@ -355,7 +355,7 @@ def test_completions_stop_at_im_end_and_track_truncation():
 
 
 def test_lora_with_gradient_checkpointing_gets_gradients(tiny, samples):
-    """Lesson 8: frozen embeddings + checkpointing must still give LoRA adapters non-zero gradients."""
+    """Frozen embeddings + checkpointing must still give LoRA adapters non-zero gradients."""
     from peft import LoraConfig, get_peft_model
 
     module, model, processor = tiny
@@ -430,7 +430,7 @@ def test_sample_without_audio_in_an_audio_batch(kit):
 
 def test_frozen_head_log_probs_gradient_matches_autograd():
     """The analytic backward of the frozen-lm_head path equals autograd through plain log_softmax."""
-    from omni_grpo.models.base import _FrozenHeadLogProbs
+    from omni_grpo.models.logprobs import _FrozenHeadLogProbs
 
     torch.manual_seed(0)
     hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)

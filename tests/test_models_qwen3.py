@@ -1,6 +1,6 @@
 """The Qwen3-Omni-MoE extras: loading and detection, the released special-token ids, the 32-pixel grid with
 deepstack rows and audio interleaved in the video, and audio-in-video positions. The model-module guarantees
-(lessons 1-10, deepstack included) run on this family too, in test_models.py."""
+(deepstack included) run on this family too, in test_models.py."""
 
 import importlib.util
 
@@ -42,7 +42,7 @@ def test_real_vocab_puts_special_tokens_at_the_released_ids():
 
 
 def test_token_counts_match_features_and_audio_is_interleaved_in_the_video(qwen3, samples):
-    """Lesson 3: media present, one placeholder per feature row, deepstack rows aligned with video rows."""
+    """Media present, one placeholder per feature row, deepstack rows aligned with video rows."""
     module, model, processor = qwen3
     inputs = build(qwen3, samples)
     assert inputs.pixel_values_videos.abs().sum() > 0 and inputs.input_features.abs().sum() > 0

@@ -15,6 +15,7 @@ from omni_grpo import synthetic
 from preprocess import shards
 from preprocess.build import BuildOptions, build
 from preprocess.media import VideoOptions
+from tests.helpers import flip_byte
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,6 @@ def copy(output, tmp_path):
     target = tmp_path / "out"
     shutil.copytree(output, target)
     return target
-
-
-def flip_byte(path, offset=None):
-    data = bytearray(path.read_bytes())
-    offset = len(data) // 2 if offset is None else offset
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def test_item_fields_and_types(output):

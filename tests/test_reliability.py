@@ -29,10 +29,10 @@ from omni_grpo.trainer import GRPOTrainer
 from preprocess import shards as shard_fmt
 from preprocess.build import BuildOptions, build
 from preprocess.media import VideoOptions, qwen_defaults
+from tests.helpers import CLI_RUN, LENGTH, build_shards, flip_byte, run_args, same_params, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = VideoOptions(min_pixels=3136, max_pixels=50176)
-LENGTH = "tests.rewards_for_tests:length_reward"
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -40,24 +40,12 @@ LENGTH = "tests.rewards_for_tests:length_reward"
 
 def train_args(model_dir, data_dir, out, **overrides) -> list[str]:
     """`key=value` arguments of a tiny run: G=2, one prompt per micro-step, sequential data, no saves."""
-    base = dict(model_name_or_path=model_dir, data=f"[{data_dir}]", output_dir=out, num_generations=2,
-                per_device_prompts=1, max_completion_length=8, max_prompt_length=4096, max_steps=2,
-                learning_rate=1e-3, dataloader_num_workers=0, dataset_order="sequential", save_steps=0, seed=3,
-                reward_funcs=f"[format, {LENGTH}]")
-    base.update(overrides)
-    return [f"{k}={v}" for k, v in base.items()]
+    return run_args(model_dir, data_dir, out, CLI_RUN, **{"save_steps": 0, "reward_funcs": f"[format, {LENGTH}]",
+                                                         **overrides})
 
 
 def make_trainer(model_dir, data_dir, out, **overrides) -> GRPOTrainer:
     return GRPOTrainer(load_config(None, train_args(model_dir, data_dir, out, **overrides)))
-
-
-def snapshot(model) -> dict:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def same_params(model, before: dict) -> bool:
-    return all(torch.equal(p, before[n]) for n, p in model.named_parameters() if n in before)
 
 
 def one_line(err: str, prefix: str) -> str:
@@ -68,20 +56,10 @@ def one_line(err: str, prefix: str) -> str:
     return lines[0]
 
 
-def flip_byte(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """A Social-IQ 2.0 style dataset of 3 one-second clips (7 questions), one clip per shard."""
-    root = tmp_path_factory.mktemp("rel_data")
-    synthetic.make_siq2_dataset(root / "raw", n_clips=3, seconds=1.0, seed=0)
-    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
-                       shard_size=1, video=VIDEO))
-    return root / "shards"
+    return build_shards(tmp_path_factory.mktemp("rel_data"), n_clips=3, seconds=1.0, shard_size=1)
 
 
 @pytest.fixture
@@ -93,7 +71,7 @@ def no_model_loads(monkeypatch):
         raise AssertionError("a model was loaded")
 
     monkeypatch.setattr(Qwen25OmniModule, "load_model", refuse)
-    monkeypatch.setattr(trainer_mod.GRPOTrainer, "_setup_models", refuse)
+    monkeypatch.setattr(ckpt, "load_policy", refuse)
 
 
 # ------------------------------------------------------------------------------- kill -9 during training
@@ -110,12 +88,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni_grpo import train
+from omni_grpo import checkpoint, train
 from omni_grpo.trainer import GRPOTrainer
 
 FAULT, RECORD, ARGV = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 real_step, real_rollout, real_save_model, real_rename = (
-    GRPOTrainer.step, GRPOTrainer._rollout, GRPOTrainer._save_model, Path.rename)
+    GRPOTrainer.step, GRPOTrainer.rollout, checkpoint.save_model, Path.rename)
 seen = {}
 
 
@@ -149,9 +127,9 @@ def rollout(self, batch, temperature):
     return out
 
 
-def save_model(self, folder, state_dict):
-    real_save_model(self, folder, state_dict)
-    if FAULT == "mid_save" and self.global_step == 4:
+def save_model(folder, *args):
+    real_save_model(folder, *args)
+    if FAULT == "mid_save" and folder.parent.name == ".tmp-step-0000004":
         die()  # model weights written; optimizer, trainer state and COMPLETE not yet
 
 
@@ -161,7 +139,7 @@ def rename(self, target):
     return real_rename(self, target)
 
 
-GRPOTrainer.step, GRPOTrainer._rollout, GRPOTrainer._save_model, Path.rename = step, rollout, save_model, rename
+GRPOTrainer.step, GRPOTrainer.rollout, checkpoint.save_model, Path.rename = step, rollout, save_model, rename
 sys.exit(train.main(ARGV))
 '''
 
@@ -296,7 +274,7 @@ def saving(tiny_model_dir, shards, tmp_path_factory):
     trainer = make_trainer(tiny_model_dir, shards, out, max_steps=4, save_total_limit=0)
     trainer.step()
     good = trainer.save()
-    weights = snapshot(trainer.policy)
+    weights = snapshot(trainer.policy, trainable_only=True)
     loss_2 = trainer.step()["actor/loss"]
     return {"trainer": trainer, "out": out, "good": good, "weights": weights, "loss_2": loss_2}
 
@@ -322,7 +300,7 @@ def _torch_save_full_disk(*args, **kwargs):
 
 
 SAVE_FAULTS = {
-    "model_weights_enospc": ("_save_model", _enospc, "No space left"),
+    "model_weights_enospc": ("save_model", _enospc, "No space left"),
     "rng_state_safetensors_enospc": ("save_file", _safetensors_enospc, "No space left"),
     "optimizer_torch_save_full_disk": ("torch_save", _torch_save_full_disk, "RuntimeError"),
     "read_only_output_dir": ("begin", _read_only_begin, "Read-only file system"),
@@ -333,9 +311,7 @@ SAVE_FAULTS = {
 def _inject(monkeypatch, where, fault):
     import safetensors.torch
 
-    if where == "_save_model":
-        monkeypatch.setattr(GRPOTrainer, "_save_model", fault)
-    elif where == "save_file":
+    if where == "save_file":
         monkeypatch.setattr(safetensors.torch, "save_file", fault)
     elif where == "torch_save":
         monkeypatch.setattr(torch, "save", fault)
@@ -357,7 +333,7 @@ def test_failed_save_says_what_and_where_and_keeps_the_last_good_checkpoint(savi
 
 
 def test_resume_from_the_last_good_checkpoint_after_a_failed_save(saving, tiny_model_dir, shards, monkeypatch):
-    monkeypatch.setattr(GRPOTrainer, "_save_model", _enospc)
+    monkeypatch.setattr(ckpt, "save_model", _enospc)
     with pytest.raises(ckpt.CheckpointError):
         saving["trainer"].save()
     assert list((saving["out"] / "checkpoints").glob(".tmp-*"))  # the failed save's leftovers
@@ -414,7 +390,7 @@ def test_nan_and_inf_rewards_are_counted_and_training_goes_on(tiny_model_dir, sh
     reward = "tests.test_reliability:nonfinite_reward"
     trainer = make_trainer(tiny_model_dir, shards, tmp_path / "out", per_device_prompts=2,
                            reward_funcs=f"[{LENGTH}, {reward}]")
-    before = snapshot(trainer.policy)
+    before = snapshot(trainer.policy, trainable_only=True)
     metrics = trainer.step()
     assert metrics[f"reward/{reward}/nonfinite"] == 3.0 and metrics[f"reward/{reward}/none_ratio"] == 0.75
     assert math.isfinite(metrics["reward/total"]) and math.isfinite(metrics["actor/loss"])
@@ -438,7 +414,7 @@ def test_a_nonfinite_loss_skips_the_update_is_logged_and_training_recovers(tiny_
                                                                            monkeypatch, caplog):
     trainer = make_trainer(tiny_model_dir, shards, tmp_path / "out", max_steps=3)
     nan_policy_log_probs(monkeypatch, when=lambda: trainer.global_step == 0)
-    before = snapshot(trainer.policy)
+    before = snapshot(trainer.policy, trainable_only=True)
     optimizer_state = repr(trainer.engine.optimizer.state_dict())
     with caplog.at_level(logging.WARNING, logger="omni_grpo"):
         metrics = trainer.step()

@@ -26,7 +26,7 @@ def wrap(answer: str) -> str:
 
 # (problem_type, gold answer, options, content of <answer>, expected score)
 CASES = [
-    # multiple choice: every letter form (lessons item 12: bare letter only was accepted)
+    # multiple choice: every letter form (a past bug: bare letter only was accepted)
     (MC, "B", OPTS, "B", 1.0),
     (MC, "B", OPTS, "b", 1.0),
     (MC, "B", OPTS, "(B)", 1.0),
@@ -62,7 +62,7 @@ CASES = [
     (MC, "A", OPTS, "A man is talking", 0.0),  # "A" used as an article names no option
     (MC, "A", OPTS, "A", 1.0),
     (MC, "D", OPTS, "answer: d.", 1.0),
-    # multi-label (lessons item 12: "B, E" != "B,E")
+    # multi-label (a past bug: "B, E" != "B,E")
     (ML, "B, E", None, "B,E", 1.0),
     (ML, "B, E", None, "B, E", 1.0),
     (ML, "B, E", None, "E,B", 1.0),
@@ -72,7 +72,7 @@ CASES = [
     (ML, "B, E", None, "B", 0.0),
     (ML, "B, E", None, "B, C, E", 0.0),
     (ML, "B", None, "B", 1.0),
-    # yes / no with word boundaries (lessons item 12: "no" matched "not")
+    # yes / no with word boundaries (a past bug: "no" matched "not")
     (YN, "no", None, "No", 1.0),
     (YN, "no", None, "no.", 1.0),
     (YN, "no", None, "It is not clear", 0.0),

@@ -87,7 +87,8 @@ def key(monkeypatch):
 
 def client(server, mode, **overrides):
     port = server.server_address[1]
-    settings = dict(url=f"http://127.0.0.1:{port}/{mode}/v1/chat/completions", model="judge-test", api_key_env=KEY_ENV, timeout_s=5.0)
+    settings = dict(url=f"http://127.0.0.1:{port}/{mode}/v1/chat/completions", model="judge-test", api_key_env=KEY_ENV, timeout_s=5.0,
+                    batch_size=1)  # one text per request (the config default is 8)
     settings.update(overrides)
     return JudgeClient(JudgeConfig(**settings))
 

@@ -213,7 +213,7 @@ def test_weights_scale_the_total(monkeypatch):
     assert build_reward_manager(["a", "b"], reward_weights=[-1.0, 1.0])(["x"], [{}]).total.tolist() == [9.0]
 
 
-# every reward reaches the advantages (lessons item 11)
+# every reward reaches the advantages
 
 G = 4
 COMPLETIONS = [

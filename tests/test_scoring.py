@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from omni_grpo.models import generate, log_probs
-from omni_grpo.models.base import sampling_processors
+from omni_grpo.models.sampling import sampling_processors
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
 from tests.conftest import make_sample
 
@@ -64,7 +64,7 @@ def test_sampler_log_prob_of_each_token_equals_the_trainers(kit, audio_and_silen
 
 def test_banned_tokens_get_no_gradient_and_the_entropy_is_the_sampled_distributions(tiny):
     """The frozen-head backward with media tokens removed equals autograd through the masked softmax."""
-    from omni_grpo.models.base import _FrozenHeadLogProbs
+    from omni_grpo.models.logprobs import _FrozenHeadLogProbs
 
     torch.manual_seed(0)
     hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)

@@ -28,6 +28,8 @@ from omni_grpo import synthetic
 from omni_grpo import train as train_cli
 from omni_grpo.config import load_config
 from omni_grpo.engine import PlainEngine
+from tests import helpers
+from tests.helpers import CLI_RUN, build_shards
 from omni_grpo.rewards.manager import resolve_reward
 from omni_grpo.trainer import GRPOTrainer
 from preprocess.build import BuildOptions, build
@@ -142,7 +144,7 @@ def unsafe_calls(path: Path) -> list[str]:
 def test_no_pickle_no_unsafe_torch_load_no_eval_in_the_source():
     findings = [f for path in SOURCES for f in unsafe_calls(path)]
     assert not findings, "\n".join(findings)
-    from omni_grpo.config import _yaml_loader
+    from omni_grpo.config.loading import _yaml_loader
 
     assert issubclass(_yaml_loader(), yaml.SafeLoader)  # the one yaml.load in the code uses it
 
@@ -217,19 +219,11 @@ GOOD = ("<context>The woman smiles at the man and says that the trip went well, 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sec_data")
-    synthetic.make_siq2_dataset(root / "raw", n_clips=2, seconds=1.0, seed=0)
-    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
-                       video=VideoOptions(min_pixels=3136, max_pixels=50176)))
-    return root / "shards"
+    return build_shards(tmp_path_factory.mktemp("sec_data"), n_clips=2, seconds=1.0)
 
 
 def run_args(model_dir, data_dir, out, **overrides) -> list[str]:
-    base = dict(model_name_or_path=model_dir, data=f"[{data_dir}]", output_dir=out, num_generations=2,
-                per_device_prompts=1, max_completion_length=8, max_prompt_length=4096, max_steps=2, save_steps=1,
-                learning_rate=1e-3, dataloader_num_workers=0, dataset_order="sequential", seed=3)
-    base.update(overrides)
-    return [f"{k}={v}" for k, v in base.items()]
+    return helpers.run_args(model_dir, data_dir, out, CLI_RUN, **{"save_steps": 1, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +238,7 @@ def judge_run(tiny_model_dir, shards, tmp_path_factory):
         "judge.enabled": "true", "judge.url": f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions",
         "judge.model": "fake-judge", "judge.api_key_env": KEY_ENV, "judge.timeout_s": 10})
     counter = itertools.count()
-    real_rollout = GRPOTrainer._rollout
+    real_rollout = GRPOTrainer.rollout
 
     def rollout(self, batch, temperature):
         result = real_rollout(self, batch, temperature)
@@ -260,7 +254,7 @@ def judge_run(tiny_model_dir, shards, tmp_path_factory):
     try:
         with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             mp.setenv(KEY_ENV, SECRET)
-            mp.setattr(GRPOTrainer, "_rollout", rollout)
+            mp.setattr(GRPOTrainer, "rollout", rollout)
             rc = train_cli.main(args)
     finally:
         root.removeHandler(handler)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from omni_grpo.config import load_config
 from omni_grpo.trainer import GRPOTrainer
+from tests.helpers import LENGTH, TINY_RUN, snapshot, tiny_config
 
 REQUIRED_TAGS = [
     "reward/total", "reward/format", "reward/accuracy", "reward/people_focus", "reward/format/none_ratio",
@@ -17,22 +17,17 @@ REQUIRED_TAGS = [
 ]
 
 
+# The pinned loss curve's run: two prompts per micro-step, the length reward beside format.
+TRAINER_RUN = dict(TINY_RUN, per_device_prompts=2, max_completion_length=12, max_steps=3, save_steps=0,
+                   logging_steps=1, reward_funcs=["format", LENGTH])
+
+
 def make_config(model_dir, shards, out, **overrides):
-    base = dict(model_name_or_path=str(model_dir), data=[str(shards)], num_generations=2, per_device_prompts=2,
-                max_completion_length=12, max_prompt_length=4096, max_steps=3, learning_rate=1e-3,
-                dataloader_num_workers=0, save_steps=0, output_dir=str(out), seed=3, logging_steps=1,
-                reward_funcs=["format", "tests.rewards_for_tests:length_reward"])
-    base.update(overrides)
-    return load_config(None, [f"{k}={v}" if not isinstance(v, list) else f"{k}=[{', '.join(map(str, v))}]"
-                              for k, v in base.items()])
-
-
-def snapshot(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return tiny_config(model_dir, shards, out, TRAINER_RUN, **overrides)
 
 
 def test_full_training_changes_trainable_and_keeps_frozen(tiny_model_dir, tiny_shards, tmp_path):
-    """Lesson 2: after a step every trainable parameter changed, every frozen one (the towers) did not."""
+    """After a step every trainable parameter changed, every frozen one (the towers) did not."""
     trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, beta=0.0))
     before = snapshot(trainer.policy)
     trainer.train()
@@ -44,7 +39,7 @@ def test_full_training_changes_trainable_and_keeps_frozen(tiny_model_dir, tiny_s
 
 
 def test_lora_with_gradient_checkpointing_trains_only_adapters(tiny_model_dir, tiny_shards, tmp_path):
-    """Lessons 2 and 8 through the trainer: adapters move under checkpointing, the base does not; the
+    """Through the trainer: adapters move under checkpointing, the base does not; the
     reference is the base with the adapter off (no second copy)."""
     cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, gradient_checkpointing=True,
                       **{"lora.enabled": True, "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0})
@@ -123,13 +118,19 @@ def test_video_decode_counter_is_measured(tiny_model_dir, tiny_shards, tmp_path,
 
     trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2))
     assert trainer.step()["counters/video_decodes"] == 0.0
-    real_step = trainer._rollout
+    parts = trainer.dataset.parts
 
-    def decoding_rollout(*args, **kwargs):
-        media.VIDEO_DECODES += 1  # what `preprocess.media._open_video` does for each mp4
-        return real_step(*args, **kwargs)
+    class DecodingPart:  # a shard reader that opens one mp4, as `preprocess.media._open_video` counts it
+        def __init__(self, part):
+            self.part, self.opened = part, False
 
-    monkeypatch.setattr(trainer, "_rollout", decoding_rollout)
+        def __getitem__(self, i):
+            if not self.opened:
+                self.opened = True
+                media.VIDEO_DECODES += 1
+            return self.part[i]
+
+    monkeypatch.setattr(trainer.dataset, "parts", [DecodingPart(p) for p in parts])
     assert trainer.step()["counters/video_decodes"] == 1.0
 
 
@@ -140,12 +141,12 @@ def update_layer_calls(model_dir, shards, out, checkpointing):
 
     trainer = GRPOTrainer(make_config(model_dir, shards, out, max_steps=1, beta=0.0,
                                       gradient_checkpointing=checkpointing))
-    mlp = _getattr_path(base_thinker(trainer.policy), trainer.module.language_model).layers[0].mlp
+    mlp = _getattr_path(base_thinker(trainer.policy), trainer.family.language_model).layers[0].mlp
     phase = {"now": "rollout"}
     seen = {"rollout": [], "update": []}
     mlp.register_forward_pre_hook(lambda m, args: seen[phase["now"]].append(m.training))
     backwards = []
-    engine_backward, update = trainer.engine.backward, trainer._update
+    engine_backward, update = trainer.engine.backward, trainer.update
     trainer.engine.backward = lambda loss: (backwards.append(1), engine_backward(loss))
 
     def in_update(*args, **kwargs):
@@ -155,7 +156,7 @@ def update_layer_calls(model_dir, shards, out, checkpointing):
         finally:
             phase["now"] = "rollout"
 
-    trainer._update = in_update
+    trainer.update = in_update
     trainer.step()
     assert not trainer.policy.training  # back in eval mode for the next rollout
     return len(seen["update"]), len(backwards), all(seen["update"]), not any(seen["rollout"])

@@ -65,7 +65,7 @@ def test_every_log_prob_pass_scores_at_the_rollout_temperature_with_media_banned
     cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=4, num_iterations=2, temperature=0.7,
                       temperature_schedule="linear", temperature_final=1.3)
     trainer = GRPOTrainer(cfg)
-    banned = tuple(trainer.module.banned_token_ids(trainer.processor.tokenizer))
+    banned = tuple(trainer.family.banned_token_ids(trainer.processor.tokenizer))
     assert banned
     for step in range(2):
         seen.clear()

@@ -1,11 +1,16 @@
-"""Model families behind one interface. `module_for(path_or_family)` picks the right one."""
+"""Model families behind one interface: `detect_family(checkpoint)` names it, `get_module(family)` builds its
+adapter. Re-exports the input container (`models.inputs`) and the two passes every caller uses: `generate`
+(`models.sampling`) and `log_probs` (`models.logprobs`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from omni_grpo.models.base import Completions, EncodedMedia, ModelInputs, OmniModule, generate, log_probs
+from omni_grpo.models.base import OmniModule
+from omni_grpo.models.inputs import EncodedMedia, ModelInputs
+from omni_grpo.models.logprobs import log_probs
+from omni_grpo.models.sampling import Completions, generate
 
 _MODEL_TYPES = {
     "qwen2_5_omni": "qwen2_5_omni",

@@ -5,7 +5,7 @@ The user-facing flag is ``use_audio_in_video``. transformers 5.23 renamed the pr
 is the one place that translates it. With the flag on, each video's own audio is passed to the processor
 with ``audio_from_video_indices`` and the processor interleaves 2-second video and audio chunks inside one
 ``<|vision_bos|><|audio_bos|> … <|audio_eos|><|vision_eos|>`` block; the forward then needs the same flag
-for its TMRoPE positions (lesson 5).
+for its TMRoPE positions (without it a forward silently scores other positions).
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni_grpo.models.base import EncodedMedia, ModelInputs, OmniModule, base_thinker
+from omni_grpo.models.base import OmniModule, base_thinker
+from omni_grpo.models.inputs import EncodedMedia, ModelInputs
 
+
+# The system prompt `python -m preprocess` counts in its prompt budget (preprocess/build.py). It is NOT the
+# training default (`omni_grpo.config.DEFAULT_SYSTEM_PROMPT`, longer): kept as is for the preprocess budget's
+# pinned numbers; the model code and its tests use the config's.
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant who understands people in videos. Watch the video and listen to its audio. "
     "Describe the relevant people, what they do and how they sound in <context> </context>, reason step by "
@@ -59,8 +64,17 @@ def format_question(sample: dict) -> str:
     return text
 
 
+def video_dummy_inputs(inner, param) -> tuple[torch.Tensor, torch.Tensor]:
+    """(patches, grid) of one 4×4-patch blank frame: the vision tower's input for the ZeRO-3 sync pass."""
+    p = inner.visual.patch_embed
+    dim = p.in_channels * p.temporal_patch_size * p.patch_size**2
+    return (torch.zeros(16, dim, device=param.device, dtype=param.dtype),
+            torch.tensor([[1, 4, 4]], device=param.device))
+
+
 def audio_dummy_pass(inner, param) -> torch.Tensor:
-    """The audio tower over 2 s of silence, summed: the pass a rank without audio makes under ZeRO-3 (lesson 10)."""
+    """The audio tower over 2 s of silence, summed: the pass a rank without audio makes under ZeRO-3
+    (every rank must call every tower, or the others wait in its parameter gather)."""
     n_mel = inner.audio_tower.config.num_mel_bins
     feats = torch.zeros(1, n_mel, 200, device=param.device, dtype=param.dtype)
     mask = torch.ones(1, 200, dtype=torch.long, device=param.device)
@@ -182,31 +196,29 @@ class Qwen25OmniModule(OmniModule):
     def encode_media(self, model, inputs: ModelInputs) -> EncodedMedia:
         """Run the vision and audio towers over the batch's media; one tensor per video / audio.
 
-        With `self.sync_towers` (ZeRO-3, several ranks) every rank must call every tower each pass (lesson
-        10): a batch without a modality runs a dummy pass through that tower, carried as a scalar 0 in
+        When the towers must sync (`must_sync_towers`: ZeRO-3, several ranks) every rank calls every tower each
+        pass (a skipped tower leaves the other ranks waiting in its parameter gather): a batch without a modality runs a dummy pass through that tower, carried as a scalar 0 in
         `EncodedMedia.dummy` that `embed` adds, so the parameters still gather and gradients still sync.
         """
         thinker = base_thinker(model)
         inner = thinker.model
         video, audio, dummies = [], [], []
         param = next(inner.visual.parameters())
+        sync = self.must_sync_towers(inner)
         if inputs.pixel_values_videos is not None and len(inputs.video_rows):
             out = inner.get_video_features(inputs.pixel_values_videos, inputs.video_grid_thw, return_dict=True)
             video = list(out.pooler_output)
-            self.tower_calls.vision += len(video)
-        elif self.sync_towers:
-            p = inner.visual.patch_embed
-            dim = p.in_channels * p.temporal_patch_size * p.patch_size**2
-            pix = torch.zeros(16, dim, device=param.device, dtype=param.dtype)
-            grid = torch.tensor([[1, 4, 4]], device=param.device)
-            dummies.append(inner.get_video_features(pix, grid, return_dict=True).last_hidden_state.sum())
+            inputs.tower_calls.vision += len(video)
+        elif sync:
+            dummies.append(inner.get_video_features(*video_dummy_inputs(inner, param), return_dict=True)
+                           .last_hidden_state.sum())
         if inputs.input_features is not None and len(inputs.audio_rows):
             fam = inputs.feature_attention_mask
             out = inner.get_audio_features(inputs.input_features, fam, return_dict=True)
             _, lengths = inner.audio_tower._get_feat_extract_output_lengths(fam.sum(-1))
             audio = list(torch.split(out.last_hidden_state, lengths.tolist()))
-            self.tower_calls.audio += len(audio)
-        elif self.sync_towers:
+            inputs.tower_calls.audio += len(audio)
+        elif sync:
             dummies.append(audio_dummy_pass(inner, param))
         dummy = sum(dummies) * 0.0 if dummies else None
         return EncodedMedia(video=video, audio=audio, dummy=dummy)

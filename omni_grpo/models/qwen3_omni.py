@@ -14,8 +14,8 @@ Same interface and the same one user flag as Qwen2.5-Omni (:mod:`omni_grpo.model
 * Deepstack: the vision tower also returns features from intermediate blocks, which the language model adds
   to the hidden states of the video positions after its first decoder layers. They are part of the video's
   encoding: :meth:`Qwen3OmniModule.encode_media` keeps them (``EncodedMedia.video_deepstack``), every
-  log-prob pass hands them to the language model exactly as the Hugging Face forward does, and encode-once
-  generation passes them through the thinker's own ``mm_encoder_outputs`` argument.
+  log-prob pass and the token loop hand them to the language model exactly as the Hugging Face forward does
+  (`language_model_inputs`, cut to the prompt by `prompt_kwargs`).
 * Language model: a sparse mixture of experts. The router's load-balancing loss is not part of the GRPO loss.
 """
 
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from omni_grpo.models.base import EncodedMedia, ModelInputs, base_thinker
-from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule, audio_dummy_pass
+from omni_grpo.models.base import base_thinker
+from omni_grpo.models.inputs import EncodedMedia, ModelInputs
+from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule, audio_dummy_pass, video_dummy_inputs
 
 __all__ = ["Qwen3OmniModule", "FRAME_FACTOR"]
 
@@ -61,25 +62,22 @@ class Qwen3OmniModule(Qwen25OmniModule):
         """Run the vision and audio towers over the batch's media; one tensor per video / audio.
 
         Each video also keeps its deepstack features (`video_deepstack[k]`: [levels, n_tokens_k, H]). With
-        `self.sync_towers` (ZeRO-3, several ranks) a batch without a modality runs a dummy pass through that
-        tower (lesson 10), carried as a scalar 0 in `EncodedMedia.dummy` that `embed` adds.
+        `must_sync_towers` (ZeRO-3, several ranks) a batch without a modality runs a dummy pass through that
+        tower (so no rank waits in its parameter gather), carried as a scalar 0 in `EncodedMedia.dummy` that `embed` adds.
         """
         from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
 
         inner = base_thinker(model).model
         video, deepstack, audio, dummies = [], [], [], []
         param = next(inner.visual.parameters())
+        sync = self.must_sync_towers(inner)
         if inputs.pixel_values_videos is not None and len(inputs.video_rows):
             out = inner.get_video_features(inputs.pixel_values_videos, inputs.video_grid_thw, return_dict=True)
             video = list(out.pooler_output)
             deepstack = [torch.stack([level[k] for level in out.deepstack_features]) for k in range(len(video))]
-            self.tower_calls.vision += len(video)
-        elif self.sync_towers:
-            p = inner.visual.patch_embed
-            dim = p.in_channels * p.temporal_patch_size * p.patch_size**2
-            pix = torch.zeros(16, dim, device=param.device, dtype=param.dtype)
-            grid = torch.tensor([[1, 4, 4]], device=param.device)
-            out = inner.get_video_features(pix, grid, return_dict=True)
+            inputs.tower_calls.vision += len(video)
+        elif sync:
+            out = inner.get_video_features(*video_dummy_inputs(inner, param), return_dict=True)
             dummies.append(sum(t.sum() for t in out.pooler_output)
                            + sum(t.sum() for level in out.deepstack_features for t in level))
         if inputs.input_features is not None and len(inputs.audio_rows):
@@ -87,8 +85,8 @@ class Qwen3OmniModule(Qwen25OmniModule):
             out = inner.get_audio_features(inputs.input_features, fam, return_dict=True)
             lengths = _get_feat_extract_output_lengths(fam.sum(-1), inner.audio_tower.config.n_window)
             audio = list(torch.split(out.last_hidden_state, lengths.tolist()))
-            self.tower_calls.audio += len(audio)
-        elif self.sync_towers:
+            inputs.tower_calls.audio += len(audio)
+        elif sync:
             dummies.append(audio_dummy_pass(inner, param))
         dummy = sum(dummies) * 0.0 if dummies else None
         return EncodedMedia(video=video, audio=audio, dummy=dummy, video_deepstack=deepstack)

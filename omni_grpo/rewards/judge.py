@@ -1,6 +1,8 @@
 """Optional LLM judge for the people-focus reward: an OpenAI-compatible chat-completions endpoint.
 
-Off by default; turned on by ``reward_kwargs: {people_focus: {judge: {url: …, model: …}}}``.
+Off by default; turned on by the config's ``judge:`` section (``judge.enabled=true``, ``judge.url``, ``judge.model``;
+one ``config.JudgeConfig``, whose defaults apply everywhere), or ``reward_kwargs: {people_focus: {judge: {url: …,
+model: …}}}``.
 
 - Request: ``POST url`` with ``{"model", "messages", "temperature", "max_tokens"}``; each request
   holds up to ``batch_size`` reasoning texts as ``<reasoning k>…</reasoning k>`` blocks and asks for
@@ -24,15 +26,14 @@ import asyncio
 import http.client
 import json
 import logging
-import math
 import os
 import re
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields
+
+from omni_grpo.config.schema import JudgeConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,58 +45,12 @@ RUBRIC = (
     "could have been written without watching the clip, or that is a list of keywords, gets 0 to 2."
 )
 
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REPLY_LIST = re.compile(r"\[[^\[\]]*\]")
 _REPLY_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 class JudgeError(RuntimeError):
     """The judge cannot run at all (for example its key variable is unset)."""
-
-
-@dataclass(frozen=True)
-class JudgeConfig:
-    """Where and how to call the judge. Holds no secret: only the name of the key's variable."""
-
-    url: str  # full chat-completions URL, e.g. http://127.0.0.1:8000/v1/chat/completions
-    model: str  # model name sent in the request body
-    api_key_env: str | None = None  # NAME of the env var holding the API key; None sends no key
-    timeout_s: float = 30.0  # socket timeout per request, seconds
-    batch_size: int = 1  # reasoning texts per request
-    concurrency: int = 4  # requests in flight at once
-    temperature: float = 0.0  # sampling temperature sent to the judge
-    max_cache_entries: int = 100_000  # ratings kept in memory
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.url, str) or not self.url.startswith(("http://", "https://")):
-            raise ValueError("judge 'url' must be an http(s) URL of a chat-completions endpoint")
-        if not isinstance(self.model, str) or not self.model.strip():
-            raise ValueError("judge 'model' must be a non-empty model name")
-        env = self.api_key_env
-        if env is not None and (not isinstance(env, str) or not _ENV_NAME.fullmatch(env)):
-            raise ValueError(
-                "judge 'api_key_env' must be the NAME of an environment variable that holds the key "
-                "(letters, digits, '_'), never the key itself"
-            )
-        if not _is_number(self.timeout_s) or not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ValueError(f"judge 'timeout_s' must be a number of seconds > 0, got {self.timeout_s!r}")
-        for key in ("batch_size", "concurrency", "max_cache_entries"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"judge {key!r} must be an integer >= 1, got {value!r}")
-        if not _is_number(self.temperature) or not 0 <= self.temperature <= 2:
-            raise ValueError(f"judge 'temperature' must be a number in [0, 2], got {self.temperature!r}")
-
-    @classmethod
-    def from_dict(cls, settings: Mapping[str, object]) -> JudgeConfig:
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(settings) - set(valid))
-        if unknown:
-            raise ValueError(f"judge settings: unknown key(s) {unknown}; valid keys are {valid}")
-        missing = [k for k in ("url", "model") if k not in settings]
-        if missing:
-            raise ValueError(f"judge settings: missing {missing}; 'url' and 'model' are required")
-        return cls(**settings)
 
 
 class JudgeClient:
@@ -136,7 +91,7 @@ class JudgeClient:
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
         name = self.config.api_key_env
-        if name is not None:
+        if name:  # empty: no key is sent
             key = os.environ.get(name)
             if not key:
                 raise JudgeError(f"judge: environment variable {name} (named by api_key_env) is not set or empty")
@@ -233,10 +188,6 @@ def _describe(exc: BaseException, headers: dict[str, str]) -> str:
         text = f"{type(exc).__name__}: {exc}"
     secret = headers.get("Authorization", "").removeprefix("Bearer ")
     return text.replace(secret, "***") if secret else text
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _run(coro):

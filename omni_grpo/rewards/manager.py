@@ -283,3 +283,19 @@ def _check_options(name: str, fn: Callable, options: dict) -> dict[str, object]:
         return dict(prepare(**options))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"reward {name!r}: bad option: {exc}") from exc
+
+
+def effective_reward_kwargs(cfg) -> dict:
+    """A training config's `reward_kwargs`, with its `judge:` section handed to `people_focus` when enabled.
+
+    The judge is configured in one place (`config.JudgeConfig`, the `judge:` section); the reward receives its
+    settings as a mapping (never the key itself, only `api_key_env`, the name of the variable read at call time).
+    """
+    import dataclasses
+
+    out = {name: dict(opts) for name, opts in (cfg.reward_kwargs or {}).items()}
+    if cfg.judge.enabled and "people_focus" in cfg.reward_funcs:
+        settings = {f.name: getattr(cfg.judge, f.name) for f in dataclasses.fields(cfg.judge) if f.name != "enabled"}
+        out.setdefault("people_focus", {})["judge"] = settings
+    return out
+

@@ -1,15 +1,9 @@
-"""Training configuration: documented dataclasses, YAML files and `key=value` command-line overrides.
+"""The training configuration's schema: documented dataclasses with validation, and nothing heavy.
 
 Every option is a dataclass field whose `metadata["help"]` says what it does (TRL style); fields with a
 fixed set of values list them in `metadata["choices"]`. `__post_init__` converts values to the declared
-types and rejects bad values with a `ConfigError` that says what to do. A misspelled key, in a file or an
-override, is an error that names the closest valid key — never a silently ignored option.
-
-    cfg = load_config("configs/stage4.yaml", ["learning_rate=5e-7", "lora.enabled=true"])
-
-Values are parsed as YAML (`true`, `1e-6`, `[a, b]`, `null`), nested keys are joined with dots.
-`docs/config_reference.md` is `reference_markdown()`; regenerate it with
-`python -m omni_grpo.config > docs/config_reference.md`.
+types (`convert.py`) and rejects bad values with a `ConfigError` that says what to do. Building a config
+imports neither torch nor any reward module: reward names are resolved by `load_config` (`loading.py`).
 
 Counting: a *prompt* is one sample (video + question); each prompt yields `num_generations` (G)
 completions, one *row* each. One micro-step on one device handles `per_device_prompts` prompts, i.e.
@@ -20,38 +14,14 @@ device, so it sees `per_device_prompts × gradient_accumulation_steps × world_s
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import json
-import math
 import os
 import re
-import sys
-import textwrap
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
+from omni_grpo.config.convert import ConfigError, _coerce_fields, _did_you_mean, _require
 
-__all__ = [
-    "ConfigError",
-    "JudgeConfig",
-    "LoraConfig",
-    "TrainConfig",
-    "check_paths",
-    "config_to_dict",
-    "load_config",
-    "reference_markdown",
-    "save_config",
-]
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, misspelled or invalid; the message says what to change."""
-
+__all__ = ["ConfigError", "DEFAULT_SYSTEM_PROMPT", "JudgeConfig", "LoraConfig", "TrainConfig"]
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant who watches a video and listens to its audio to answer a question about "
@@ -60,26 +30,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "and relationships inside <think> </think>. Finally give only the answer inside <answer> </answer>. "
     "Reply exactly as <context>...</context><think>...</think><answer>...</answer>."
 )
-
-# Keys of other trainers (TRL GRPOConfig, verl) that people type out of habit, mapped to ours.
-_RENAMED = {
-    "per_device_train_batch_size": "per_device_prompts",
-    "num_train_epochs": "num_epochs",
-    "epsilon": "clip_low",
-    "epsilon_high": "clip_high",
-    "loss_type": "loss_agg",
-    "scale_rewards": "advantage_scale",
-    "lr": "learning_rate",
-    "lr_scheduler_type": "lr_scheduler",
-    "max_new_tokens": "max_completion_length",
-    "kl_coef": "beta",
-    "entropy_coeff": "entropy_coef",
-    "use_peft": "lora.enabled",
-    "lora_r": "lora.r",
-    "lora_alpha": "lora.alpha",
-    "lora_dropout": "lora.dropout",
-}
-
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
@@ -118,7 +68,9 @@ class LoraConfig:
 
 @dataclass
 class JudgeConfig:
-    """An OpenAI-compatible LLM judge endpoint. Holds the NAME of the variable with the API key, never the key."""
+    """An OpenAI-compatible LLM judge endpoint (`rewards.judge.JudgeClient` calls it). Holds the NAME of the
+    variable with the API key, never the key. The one judge config: the `judge:` section of a training config,
+    and what `people_focus`'s `judge` option takes (as this class or a mapping of its fields)."""
 
     _section: ClassVar[str] = "judge"
 
@@ -135,8 +87,13 @@ class JudgeConfig:
     timeout_s: float = field(default=30.0, metadata=_help("Seconds to wait for one judge request."))
     batch_size: int = field(default=8, metadata=_help("Completions rated per judge request."))
     concurrency: int = field(default=4, metadata=_help("Judge requests in flight at once."))
+    temperature: float = field(default=0.0, metadata=_help("Sampling temperature sent to the judge, in [0, 2]."))
+    max_cache_entries: int = field(
+        default=100_000, metadata=_help("Ratings kept in memory (keyed by the rated text; oldest evicted first)."))
 
     def __post_init__(self) -> None:
+        if self.api_key_env is None:  # a mapping may say null for "no key"
+            self.api_key_env = ""
         _coerce_fields(self)
         if self.enabled:
             _require(
@@ -145,14 +102,30 @@ class JudgeConfig:
                 "set judge.url=... or judge.enabled=false",
             )
             _require(bool(self.model.strip()), "judge.enabled=true needs judge.model=NAME (the model the endpoint serves)")
+        elif self.url:  # a client built from settings (people_focus's `judge` option) is not "enabled"
+            _require(self.url.startswith(("http://", "https://")),
+                     "judge.url must be the http(s) URL of a chat-completions endpoint")
         _require(
             self.api_key_env == "" or re.fullmatch(r"[A-Z_][A-Z0-9_]*", self.api_key_env) is not None,
             "judge.api_key_env must be the NAME of an environment variable in capitals (e.g. JUDGE_API_KEY) that "
             "holds the key, never the key itself; export JUDGE_API_KEY=... and set judge.api_key_env=JUDGE_API_KEY",
         )
         _require(self.timeout_s > 0, f"judge.timeout_s={self.timeout_s} must be > 0 seconds")
-        _require(self.batch_size >= 1, f"judge.batch_size={self.batch_size} must be >= 1")
-        _require(self.concurrency >= 1, f"judge.concurrency={self.concurrency} must be >= 1")
+        for name in ("batch_size", "concurrency", "max_cache_entries"):
+            _require(getattr(self, name) >= 1, f"judge.{name}={getattr(self, name)} must be >= 1")
+        _require(0 <= self.temperature <= 2, f"judge.temperature={self.temperature} must be in [0, 2]")
+
+    @classmethod
+    def from_dict(cls, settings) -> "JudgeConfig":
+        """From a mapping of its fields (`people_focus`'s `judge` option); `url` and `model` are required."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(settings) - set(valid))
+        if unknown:
+            raise ConfigError(f"judge settings: unknown key(s) {unknown}; valid keys are {valid}")
+        missing = [k for k in ("url", "model") if k not in settings]
+        if missing:
+            raise ConfigError(f"judge settings: missing {missing}; 'url' and 'model' are required")
+        return cls(**settings)
 
     def api_key(self) -> str | None:
         """The API key from the environment variable named by `api_key_env` (None when it is empty)."""
@@ -386,13 +359,6 @@ class TrainConfig:
         self._validate_optimiser()
         self._validate_run()
         self._validate_reward_settings()
-        try:
-            import omni_grpo.rewards.manager  # noqa: F401
-        except ModuleNotFoundError as exc:
-            if exc.name not in ("omni_grpo.rewards", "omni_grpo.rewards.manager"):
-                raise
-        else:
-            self.validate_rewards()
 
     # Derived quantities, so that callers do not re-derive them differently.
     @property
@@ -406,21 +372,16 @@ class TrainConfig:
         return self.micro_batch_size or self.rows_per_micro_step
 
     @property
+    def backward_calls_per_step(self) -> int:
+        """Backward calls per optimizer step (DeepSpeed's accumulation count): update micro-batches per
+        micro-step × gradient_accumulation_steps. μ does not enter: each of the μ passes over the step's rows
+        ends with its own optimizer step."""
+        return self.gradient_accumulation_steps * (self.rows_per_micro_step // self.update_micro_batch_size)
+
+    @property
     def uses_reference_model(self) -> bool:
         """Whether any step has β > 0, so reference log-probs are needed."""
         return self.beta > 0 or (self.beta_schedule == "linear" and (self.beta_final or 0.0) > 0)
-
-    def validate_rewards(self) -> None:
-        """Resolve every reward name with the reward registry; ConfigError names the one that fails."""
-        from omni_grpo import rewards
-        from omni_grpo.rewards.manager import resolve_reward
-
-        built_in = sorted(getattr(rewards, "REWARDS", {}))
-        for name in self.reward_funcs:
-            try:
-                resolve_reward(name)
-            except (ValueError, LookupError) as exc:
-                raise ConfigError(f"reward_funcs: {exc}{_did_you_mean(name, built_in)}") from None
 
     def _validate_model_and_data(self) -> None:
         _require(
@@ -539,429 +500,3 @@ class TrainConfig:
             self.max_consecutive_reward_errors >= 1,
             f"max_consecutive_reward_errors={self.max_consecutive_reward_errors} must be >= 1",
         )
-
-
-# -------------------------------------------------------------------------------------- value conversion
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce_fields(obj: Any) -> None:
-    """Convert every field of a config dataclass to its declared type, or raise ConfigError."""
-    section = getattr(obj, "_section", "")
-    prefix = f"{section}." if section else ""
-    hints = _hints(type(obj))
-    for f in dataclasses.fields(type(obj)):
-        value = _coerce(getattr(obj, f.name), hints[f.name], prefix + f.name)
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise ConfigError(
-                f"{prefix}{f.name}={value!r} is not one of {', '.join(choices)}{_did_you_mean(str(value), list(choices))}"
-            )
-        setattr(obj, f.name, value)
-
-
-def _is_optional(tp: Any) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if _is_optional(tp):
-        if value is None or (isinstance(value, str) and value in ("None", "none", "null")):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], name)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if value is None:
-            return tp()
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be a mapping of its options (e.g. {name}.KEY=VALUE), got {_describe(value)}")
-        _check_keys(value, tp, f"{name}.", where="")
-        return tp(**value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name} must be true or false, got {_describe(value)}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer, got {_describe(value)}")
-        if isinstance(value, int):
-            return value
-        number = _to_float(value)
-        if number is not None and number.is_integer():
-            return int(number)
-        raise ConfigError(f"{name} must be an integer, got {_describe(value)}")
-    if tp is float:
-        number = None if isinstance(value, bool) else _to_float(value)
-        if number is None:
-            raise ConfigError(f"{name} must be a number, got {_describe(value)}")
-        if not math.isfinite(number):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{name} must be a string, got {_describe(value)}")
-    if origin is list:
-        if value is None:
-            return []
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name} must be a list such as [a, b], got {_describe(value)}")
-        return [_coerce(item, args[0], f"{name}[{i}]") for i, item in enumerate(value)]
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be a mapping such as {{key: value}}, got {_describe(value)}")
-        return {_coerce(k, args[0], f"{name} key"): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
-    raise TypeError(f"config field {name} has an unsupported type {tp!r}")
-
-
-def _to_float(value: Any) -> float | None:
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
-
-
-# ------------------------------------------------------------------------------------------------ key names
-
-
-def _all_paths(cls: type, prefix: str = "") -> list[str]:
-    paths = []
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        paths.append(prefix + f.name)
-        if dataclasses.is_dataclass(hints[f.name]):
-            paths.extend(_all_paths(hints[f.name], f"{prefix}{f.name}."))
-    return paths
-
-
-def _did_you_mean(key: str, candidates: list[str]) -> str:
-    match = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
-def _unknown_key(cls: type, prefix: str, key: str, where: str) -> ConfigError:
-    full = prefix + str(key)
-    local = [f.name for f in dataclasses.fields(cls)]
-    hint = ""
-    if full in _RENAMED:
-        hint = f"; did you mean {_RENAMED[full]!r}?"
-    if not hint:
-        match = difflib.get_close_matches(str(key), local, n=1, cutoff=0.6)
-        hint = f"; did you mean {prefix + match[0]!r}?" if match else ""
-    if not hint:
-        paths = _all_paths(TrainConfig)
-        nested = [p for p in paths if "." in p and p.rsplit(".", 1)[1] == str(key)]
-        hint = f"; did you mean {nested[0]!r}?" if nested else _did_you_mean(full, paths)
-    if not hint:
-        hint = "; see docs/config_reference.md for every option"
-    return ConfigError(f"unknown config key {full!r}{where}{hint}")
-
-
-def _check_keys(raw: dict, cls: type, prefix: str, where: str) -> None:
-    """Reject keys that are not fields of `cls` (recursively for nested config sections)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    hints = _hints(cls)
-    for key, value in raw.items():
-        if key not in names:
-            raise _unknown_key(cls, prefix, key, where)
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if isinstance(value, dict):
-                _check_keys(value, tp, f"{prefix}{key}.", where)
-        elif isinstance(value, dict) and typing.get_origin(tp) is not dict:
-            raise ConfigError(f"{prefix}{key}{where} is an option, not a section with sub-keys; set it as {prefix}{key}=VALUE")
-
-
-def _field_type(path: list[str]) -> Any:
-    """Declared type at a dotted path, or None if the path leads into a free-form mapping."""
-    cls: Any = TrainConfig
-    tp: Any = None
-    for part in path:
-        if not dataclasses.is_dataclass(cls):
-            return None
-        tp = _hints(cls).get(part)
-        if tp is None:
-            return None
-        cls = tp
-    return tp
-
-
-# --------------------------------------------------------------------------------------- YAML and overrides
-
-
-@functools.cache
-def _yaml_loader() -> type:
-    """yaml.SafeLoader that also reads `1e-6` as a float (YAML 1.2), not as the string PyYAML makes of it."""
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-        list("-+0123456789"),
-    )
-    return Loader
-
-
-def _parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
-
-
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    text = item[2:] if item.startswith("--") else item
-    key, sep, raw_value = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {item!r} must look like key=value, e.g. learning_rate=1e-6 or lora.r=8")
-    path = key.split(".")
-    if any(not part for part in path):
-        raise ConfigError(f"override {item!r} has an empty key part; write nested keys as section.key=value")
-    tp = _field_type(path)
-    try:
-        value = _parse_yaml(raw_value)
-    except yaml.YAMLError:
-        value = raw_value
-    plain_str = tp is str or (_is_optional(tp) and str in typing.get_args(tp))
-    if plain_str and value is not None and not isinstance(value, str):
-        value = raw_value  # e.g. system_prompt=Answer: yes — a string, not a mapping
-    return path, value
-
-
-def _nest(path: list[str], value: Any) -> dict:
-    for part in reversed(path):
-        value = {part: value}
-    return value
-
-
-def _merge(base: dict, update: dict) -> None:
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-
-
-def load_config(path: str | os.PathLike | None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML file (or nothing, if `path` is None), apply `key=value` overrides, return a validated config.
-
-    Overrides are applied in order, after the file; nested sections merge key by key.
-    """
-    raw: dict = {}
-    if path is not None:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/stage4.yaml")
-        try:
-            loaded = _parse_yaml(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of option: value, got {type(loaded).__name__}")
-        _check_keys(loaded, TrainConfig, "", where=f" in {path}")
-        raw = loaded
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    for item in overrides:
-        key_path, value = _parse_override(item)
-        update = _nest(key_path, value)
-        _check_keys(update, TrainConfig, "", where=f" in override {item!r}")
-        _merge(raw, update)
-    return TrainConfig(**raw)
-
-
-def config_to_dict(cfg: TrainConfig) -> dict:
-    """Plain dict of every option (nested sections as dicts), as `save_config` writes it."""
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    """Write the full config as YAML; `load_config(path)` gives it back. Holds no secret (see JudgeConfig)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    header = "# Full omni-grpo training config, written by omni_grpo.config.save_config.\n"
-    body = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True, width=120)
-    target.write_text(header + body, encoding="utf-8")
-
-
-# --------------------------------------------------------------------------------------------- path checks
-
-
-def effective_reward_kwargs(cfg: TrainConfig) -> dict:
-    """`reward_kwargs` with the top-level `judge` section handed to `people_focus` when it is enabled.
-
-    The judge is configured in one place (`judge:`); the reward receives its settings (never the key
-    itself, only `api_key_env`, the name of the variable read at call time).
-    """
-    out = {name: dict(opts) for name, opts in (cfg.reward_kwargs or {}).items()}
-    if cfg.judge.enabled and "people_focus" in cfg.reward_funcs:
-        j = cfg.judge
-        out.setdefault("people_focus", {})["judge"] = {
-            "url": j.url, "model": j.model, "api_key_env": j.api_key_env or None, "timeout_s": j.timeout_s,
-            "batch_size": j.batch_size, "concurrency": j.concurrency}
-    return out
-
-
-def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
-    """Check the model and data directories before any model is loaded; ConfigError says what to fix.
-
-    With `for_training`, `data` must list at least one shard directory. Every shard directory must hold the
-    `manifest.json` that `python -m preprocess` writes last; with `use_audio_in_video`, a shard whose manifest
-    counts no clip with audio is rejected.
-    """
-    model_dir = Path(cfg.model_name_or_path)
-    if not (model_dir / "config.json").is_file():
-        what = "has no config.json" if model_dir.is_dir() else "not found"
-        raise ConfigError(
-            f"model_name_or_path={cfg.model_name_or_path!r} {what}; pass model_name_or_path=DIR "
-            "(a Qwen2.5-Omni checkpoint directory containing config.json)"
-        )
-    if for_training and not cfg.data:
-        raise ConfigError("no training data; pass data=[DIR, ...] with shard directories written by python -m preprocess")
-    for key, dirs in (("data", cfg.data),):
-        for shard_dir in dirs:
-            _check_shard_dir(key, Path(shard_dir), cfg.use_audio_in_video)
-    resume = cfg.resume_from_checkpoint
-    if resume not in (None, "latest") and not Path(resume).is_dir():
-        raise ConfigError(
-            f"resume_from_checkpoint={resume!r} is not a directory; pass a checkpoint directory, latest, or null"
-        )
-
-
-def _check_shard_dir(key: str, shard_dir: Path, use_audio_in_video: bool) -> None:
-    if not shard_dir.is_dir():
-        raise ConfigError(
-            f"{key} directory {str(shard_dir)!r} not found; build it with python -m preprocess or fix {key}=[...]"
-        )
-    manifest_path = shard_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise ConfigError(
-            f"{key} directory {str(shard_dir)!r} has no manifest.json, so python -m preprocess did not finish "
-            "writing it; re-run preprocess for this directory"
-        )
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{manifest_path} cannot be read ({exc}); re-run python -m preprocess for it") from None
-    counts = manifest.get("counts", {}) if isinstance(manifest, dict) else {}
-    if counts.get("written") == 0:
-        raise ConfigError(f"{key} directory {str(shard_dir)!r} holds no samples (counts.written = 0); check the preprocess failures.jsonl")
-    if use_audio_in_video and counts.get("with_audio") == 0:
-        raise ConfigError(
-            f"{key} directory {str(shard_dir)!r} has no clip with audio (counts.with_audio = 0) but "
-            "use_audio_in_video=true; re-run python -m preprocess on clips with audio, or set use_audio_in_video=false"
-        )
-
-
-# ------------------------------------------------------------------------------------------- documentation
-
-_LONG_DEFAULT = 60  # longer string defaults are printed after the tables
-
-_SECTION_TITLES = {
-    "model_name_or_path": "Model",
-    "data": "Data",
-    "num_generations": "Rollout",
-    "beta": "Algorithm",
-    "learning_rate": "Optimiser",
-    "reward_funcs": "Rewards",
-    "seed": "Run",
-}
-
-
-def _format_default(f: dataclasses.Field) -> str:
-    if f.default is not dataclasses.MISSING:
-        value = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        value = f.default_factory()
-    else:
-        return "required"
-    if f.name == "model_name_or_path":
-        return "required"
-    if value is None:
-        text = "null"
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str) and len(value) > _LONG_DEFAULT:
-        return "see below"
-    elif isinstance(value, str):
-        text = value if value else '""'
-    elif isinstance(value, list):
-        text = "[" + ", ".join(str(v) for v in value) + "]"
-    elif isinstance(value, dict):
-        text = "{}" if not value else json.dumps(value)
-    else:
-        text = repr(value)
-    return f"`{text}`"
-
-
-def _row(f: dataclasses.Field, prefix: str) -> str:
-    meaning = f.metadata["help"]
-    if "choices" in f.metadata:
-        meaning += " One of: " + ", ".join(f"`{c}`" for c in f.metadata["choices"]) + "."
-    return f"| `{prefix}{f.name}` | {_format_default(f)} | {meaning} |".replace("\n", " ")
-
-
-def reference_markdown() -> str:
-    """The configuration reference as Markdown tables, one per section, generated from the help strings."""
-    lines = [
-        "# Configuration reference",
-        "",
-        "Every option of `omni_grpo.config.TrainConfig`. Set options in a YAML file or on the command line as",
-        "`key=value` (values are YAML: `true`, `1e-6`, `[a, b]`, `null`; nested options take dots: `lora.r=8`).",
-        "A misspelled key is an error. Counting: each prompt yields `num_generations` (G) completions, one row",
-        "each; a micro-step on one device holds `per_device_prompts × G` rows; an optimizer step is",
-        "`gradient_accumulation_steps` micro-steps on every device.",
-        "",
-        "Generated from the help strings by `python -m omni_grpo.config > docs/config_reference.md`;",
-        "a test fails when this file is out of date.",
-    ]
-    hints = _hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in _SECTION_TITLES:
-            lines += ["", f"## {_SECTION_TITLES[f.name]}", "", "| Option | Default | Meaning |", "|---|---|---|"]
-        section = hints[f.name]
-        if dataclasses.is_dataclass(section):
-            lines.extend(_row(sub, f"{f.name}.") for sub in dataclasses.fields(section))
-        else:
-            lines.append(_row(f, ""))
-    for f in dataclasses.fields(TrainConfig):
-        if isinstance(f.default, str) and len(f.default) > _LONG_DEFAULT:
-            lines += ["", f"## Default `{f.name}`", "", "One line, wrapped here for reading:", "",
-                      "```text", *textwrap.wrap(f.default, 100), "```"]
-    return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    sys.stdout.write(reference_markdown())

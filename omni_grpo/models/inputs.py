@@ -1,0 +1,167 @@
+"""The one container that carries a batch's inputs to every pass, and the tower outputs it may carry.
+
+Every pass over a batch — generation, policy log-probs, reference log-probs, old-policy log-probs — takes
+the same :class:`ModelInputs`, built once per batch by :meth:`OmniModule.build_inputs`. Nothing downstream
+re-derives media tensors or the ``use_audio_in_video`` flag: a forward that omits the flag silently scores
+a different sequence (other TMRoPE positions).
+
+Media bookkeeping is per row: ``video_rows[k]`` / ``audio_rows[k]`` say which prompt row the k-th video /
+audio belongs to, and ``select(rows)`` copies whole per-video patch blocks, so G copies of a prompt get G
+identical inputs (``repeat_interleave`` on flattened patches would scramble them).
+
+Encode once: when the towers are frozen, ``OmniModule.encode_media`` runs the vision and audio towers once
+per prompt, and the embeddings travel inside the ``ModelInputs`` (``encoded``) to generation and every
+log-prob pass, which then splice them into the token embeddings instead of running the towers again.
+``tower_calls`` counts the videos and audios the towers encoded for this batch, in every pass: it is shared
+by every selection and copy of the batch (``select``, ``repeat``, ``to``), so the count travels with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+@dataclass
+class TowerCounter:
+    """Counts tower forward calls (the encode-once saving is visible in `counters/tower_calls`)."""
+
+    vision: int = 0
+    audio: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.vision + self.audio
+
+
+
+MEDIA_FIELDS = (
+    "pixel_values_videos",
+    "video_grid_thw",
+    "video_second_per_grid",
+    "input_features",
+    "feature_attention_mask",
+)
+
+
+@dataclass
+class EncodedMedia:
+    """Tower outputs for one batch: one tensor per video / audio, in the order of ``ModelInputs``."""
+
+    video: list[torch.Tensor]  # each [n_video_tokens_k, H]
+    audio: list[torch.Tensor]  # each [n_audio_tokens_k, H]
+    dummy: torch.Tensor | None = None  # scalar 0 carrying a ZeRO-3 sync pass through an unused tower
+    # Per video, vision features the language model adds to early layers (Qwen3-Omni's deepstack); else empty.
+    video_deepstack: list[torch.Tensor] = field(default_factory=list)  # each [levels, n_video_tokens_k, H]
+
+    def select(self, video_idx: list[int], audio_idx: list[int]) -> "EncodedMedia":
+        deepstack = [self.video_deepstack[i] for i in video_idx] if self.video_deepstack else []
+        return EncodedMedia([self.video[i] for i in video_idx], [self.audio[i] for i in audio_idx], self.dummy,
+                            deepstack)
+
+
+@dataclass
+class ModelInputs:
+    """Prompt ids, every media tensor, and the one ``use_audio_in_video`` value for a batch of prompts.
+
+    Shapes (B prompt rows, P prompt length, V videos, A audios):
+      input_ids, attention_mask: [B, P], left-padded.
+      pixel_values_videos: [sum_k T_k*H_k*W_k, C*tp*p*p] patches of video 0, then video 1, ...
+      video_grid_thw: [V, 3]; video_second_per_grid: [V]; video_rows: [V] (row of each video).
+      input_features: [A, mel, F]; feature_attention_mask: [A, F]; audio_rows: [A].
+      prompt_index: [B] or None: rows with the same value are copies of one prompt (same ids and media), as
+        `repeat` and `select` make them; None means every row is its own prompt.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    use_audio_in_video: bool
+    pixel_values_videos: torch.Tensor | None = None
+    video_grid_thw: torch.Tensor | None = None
+    video_second_per_grid: torch.Tensor | None = None
+    input_features: torch.Tensor | None = None
+    feature_attention_mask: torch.Tensor | None = None
+    video_rows: list[int] = field(default_factory=list)
+    audio_rows: list[int] = field(default_factory=list)
+    encoded: EncodedMedia | None = None
+    prompt_index: list[int] | None = None
+    tower_calls: TowerCounter = field(default_factory=TowerCounter)  # shared by selections and copies
+
+    @property
+    def batch_size(self) -> int:
+        return self.input_ids.shape[0]
+
+    def distinct_prompts(self) -> tuple[list[int], torch.Tensor]:
+        """(first row of each distinct prompt, ascending; [B] index of each row's prompt in that list)."""
+        index = self.prompt_index if self.prompt_index is not None else list(range(self.batch_size))
+        first: dict[int, int] = {}
+        for row, p in enumerate(index):
+            first.setdefault(p, row)
+        position = {p: k for k, p in enumerate(first)}
+        inverse = torch.tensor([position[p] for p in index], dtype=torch.long, device=self.input_ids.device)
+        return list(first.values()), inverse
+
+    def _video_patch_offsets(self) -> list[int]:
+        sizes = self.video_grid_thw.prod(-1).tolist() if self.video_grid_thw is not None else []
+        offsets = [0]
+        for s in sizes:
+            offsets.append(offsets[-1] + int(s))
+        return offsets
+
+    def select(self, rows: list[int]) -> "ModelInputs":
+        """The inputs of `rows` (repeats allowed), media copied per whole video/audio in the new row order."""
+        rows = list(rows)
+        video_idx = [k for r in rows for k, vr in enumerate(self.video_rows) if vr == r]
+        video_rows = [i for i, r in enumerate(rows) for vr in self.video_rows if vr == r]
+        audio_idx = [k for r in rows for k, ar in enumerate(self.audio_rows) if ar == r]
+        audio_rows = [i for i, r in enumerate(rows) for ar in self.audio_rows if ar == r]
+        index = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        new = dataclasses.replace(
+            self,
+            input_ids=self.input_ids[index],
+            attention_mask=self.attention_mask[index],
+            video_rows=video_rows,
+            audio_rows=audio_rows,
+            encoded=self.encoded.select(video_idx, audio_idx) if self.encoded is not None else None,
+            prompt_index=[self.prompt_index[r] if self.prompt_index is not None else r for r in rows],
+        )
+        if self.pixel_values_videos is not None:
+            off = self._video_patch_offsets()
+            blocks = [self.pixel_values_videos[off[k] : off[k + 1]] for k in video_idx]
+            new.pixel_values_videos = torch.cat(blocks) if blocks else self.pixel_values_videos[:0]
+            new.video_grid_thw = self.video_grid_thw[video_idx]
+            new.video_second_per_grid = self.video_second_per_grid[video_idx]
+        if self.input_features is not None:
+            new.input_features = self.input_features[audio_idx]
+            new.feature_attention_mask = self.feature_attention_mask[audio_idx]
+        return new
+
+    def repeat(self, g: int) -> "ModelInputs":
+        """G consecutive copies of each row: row i*g + j is a copy of row i."""
+        return self.select([r for r in range(self.batch_size) for _ in range(g)])
+
+    def to(self, device=None, dtype=None) -> "ModelInputs":
+        """Move every tensor; floating media tensors are cast to `dtype` when given."""
+
+        def move(t):
+            if t is None:
+                return None
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        kw = {name: move(getattr(self, name)) for name in ("input_ids", "attention_mask", *MEDIA_FIELDS)}
+        enc = self.encoded
+        if enc is not None:
+            enc = EncodedMedia([move(v) for v in enc.video], [move(a) for a in enc.audio], move(enc.dummy),
+                               [move(d) for d in enc.video_deepstack])
+        return dataclasses.replace(self, encoded=enc, **kw)
+
+    def media_kwargs(self) -> dict:
+        """The keyword arguments a Hugging Face thinker forward / generate takes for these media."""
+        kw = {name: getattr(self, name) for name in MEDIA_FIELDS if getattr(self, name) is not None}
+        kw["use_audio_in_video"] = self.use_audio_in_video
+        return kw
+
+
