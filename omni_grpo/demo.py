@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import string
 from fractions import Fraction
 from pathlib import Path
@@ -154,7 +155,8 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     from omni_grpo.config import load_config
     from omni_grpo.data import PromptDataset
     from omni_grpo.models import detect_family, get_module
-    from omni_grpo.models.base import base_thinker, forward_hidden
+    from omni_grpo.models.base import base_thinker
+    from omni_grpo.models.logprobs import forward_hidden
 
     cfg = load_config(config, [f"model_name_or_path={model_dir}", f"data=[{','.join(map(str, data))}]",
                                *(overrides or [])])
@@ -199,7 +201,7 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     model.save_pretrained(out)
     processor.save_pretrained(out)
     record = {"base_model": str(model_dir), "data": [str(d) for d in cfg.data], "prompts": len(hidden),
-              "trained": "lm_head", "steps": steps, "learning_rate": learning_rate, "final_loss": float(loss),
+              "trained": "lm_head", "steps": steps, "learning_rate": learning_rate, "final_loss": loss.item(),
               "slot_target": "uniform over the option letters (answers not read)"}
     (out / WARM_UP_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return out
@@ -242,6 +244,9 @@ def _main(argv=None) -> int:
     w.add_argument("--learning-rate", type=float, default=3e-2)
     w.add_argument("--max-prompts", type=int, default=64, help="prompts of --data to fit on")
     args = parser.parse_args(argv)
+    from omni_grpo.logging import configure_logging
+
+    configure_logging(0, verbose=os.environ.get("OMNI_GRPO_VERBOSE", "") not in ("", "0"))
     if args.cmd == "data":
         path = make_demo_dataset(args.root, n_clips=args.n_clips, n_options=args.options, seed=args.seed,
                                  blank=args.blank)
