@@ -91,7 +91,7 @@ class MetricsWriter:
                 self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
-    def completions(self, rows: list[dict], step: int) -> None:
+    def completions(self, rows: list[dict], step: int, tag: str = "samples/completions") -> None:
         """A table, one row per completion: prompt id, answer, each reward, total, advantage, the completion.
 
         Written as a 2-D text tensor, which TensorBoard shows as an HTML table with one Markdown cell each; the id,
@@ -105,7 +105,7 @@ class MetricsWriter:
         for r in rows:
             table.append([verbatim(r.get("id")), verbatim(r.get("answer")), *(_fmt(r.get(n)) for n in names),
                           verbatim(r["completion"])])
-        self.writer._get_file_writer().add_summary(text_table_summary("samples/completions", table), step)
+        self.writer._get_file_writer().add_summary(text_table_summary(tag, table), step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -81,6 +81,12 @@ class GRPOTrainer:
             self.global_step, self.cursor = state["global_step"], Cursor(*state["cursor"])
             self.nonfinite_in_a_row, self.samples_seen = state["nonfinite_in_a_row"], state["samples_seen"]
         self.loader_iter = None
+        self.evaluator = None
+        if cfg.eval_steps > 0:
+            from omni_grpo.eval_loop import TrainingEvaluator
+
+            self.evaluator = TrainingEvaluator(cfg, self.family, self.processor, self.rank, self.world_size,
+                                               self.device, self.encode_once)
 
     # ------------------------------------------------------------------------------------- setup
     def _setup_data(self) -> None:
@@ -133,9 +139,13 @@ class GRPOTrainer:
                                 kl=f"{metrics.get('actor/kl', math.nan):.4f}")
                 if cfg.save_steps > 0 and self.global_step % cfg.save_steps == 0:
                     self.save()
+                if self.evaluator is not None and self.global_step % cfg.eval_steps == 0:
+                    self.evaluate()
         saved = ckpt.list_checkpoints(cfg.output_dir)
         if not saved or saved[-1].name != ckpt.step_name(self.global_step):
             self.save()
+        if self.evaluator is not None and self.evaluator.last_step != self.global_step:
+            self.evaluate()
         self.writer.close()
         if self.rank == 0:
             logger.info("done: %d steps in %.1f s; last reward %.3f; checkpoints in %s", self.global_step,
@@ -323,6 +333,10 @@ class GRPOTrainer:
             f"  use_audio_in_video={cfg.use_audio_in_video}, encode media once={self.encode_once}, "
             f"output {cfg.output_dir}",
             "  config: " + json.dumps(config_to_dict(cfg), default=str)]))
+
+    def evaluate(self) -> dict:
+        """Greedy evaluation on `eval_data` (`eval_loop`; collective; the random state is left as it was)."""
+        return self.evaluator.run(self.policy, self.engine.gathered_for_generation, self.global_step, self.writer)
 
     def save(self) -> Path | None:
         """Atomic checkpoint of everything needed to continue exactly (`checkpoint.save_checkpoint`)."""

@@ -139,7 +139,7 @@ def test_unknown_yaml_key_names_file_key_and_suggestion(tmp_path):
         (["judge.enabled=true", "judge.url=http://127.0.0.1:8000/v1/chat/completions"], "needs judge.model=NAME"),
         (["judge.api_key_env=sk-abc123"], "NAME of an environment variable"),
         (["lora.r=0"], "lora.r=0 must be >= 1"),
-        (["eval_steps=10"], "unknown config key 'eval_steps'"),
+        (["eval_steps=10"], "eval_steps=10 needs held-out data; pass eval_data="),
         (["kl_estimator=k1"], "kl_estimator=k1 as a loss term has zero expected gradient"),
         (["max_steps=0"], "max_steps=0 must be > 0, or -1"),
         (["num_generations=2.5"], "num_generations must be an integer"),

@@ -13,9 +13,9 @@ from omni_grpo.config.schema import TrainConfig
 def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
     """Check the model and data directories before any model is loaded; ConfigError says what to fix.
 
-    With `for_training`, `data` must list at least one shard directory. Every shard directory must hold the
-    `manifest.json` that `python -m preprocess` writes last; with `use_audio_in_video`, a shard whose manifest
-    counts no clip with audio is rejected.
+    With `for_training`, `data` must list at least one shard directory. Every shard directory (of `data` and of
+    `eval_data`) must hold the `manifest.json` that `python -m preprocess` writes last; with
+    `use_audio_in_video`, a shard whose manifest counts no clip with audio is rejected.
     """
     model_dir = Path(cfg.model_name_or_path)
     if not (model_dir / "config.json").is_file():
@@ -26,7 +26,7 @@ def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
         )
     if for_training and not cfg.data:
         raise ConfigError("no training data; pass data=[DIR, ...] with shard directories written by python -m preprocess")
-    for key, dirs in (("data", cfg.data),):
+    for key, dirs in (("data", cfg.data), ("eval_data", cfg.eval_data)):
         for shard_dir in dirs:
             _check_shard_dir(key, Path(shard_dir), cfg.use_audio_in_video)
     resume = cfg.resume_from_checkpoint

@@ -193,6 +193,18 @@ class TrainConfig:
         default=False,
         metadata=_help("Skip (with a warning) a shard file or sample that cannot be read or decoded instead of stopping."),
     )
+    eval_data: list[str] = field(
+        default_factory=list,
+        metadata=_help("Held-out shard directories evaluated during training (greedy, every `eval_steps`); see `omni_grpo.eval_loop`."),
+    )
+    eval_steps: int = field(
+        default=0,
+        metadata=_help("Evaluate the policy on `eval_data` every N optimizer steps and at the end; 0 = off."),
+    )
+    eval_group_by: list[str] = field(
+        default_factory=lambda: ["problem_type"],
+        metadata=_help("Sample fields whose values get their own `eval/<value>/accuracy` (a field no eval sample has is skipped)."),
+    )
     dataloader_num_workers: int = field(default=2, metadata=_help("Data-loading worker processes per device; 0 = load in the main process."))
     dataloader_prefetch_factor: int = field(default=2, metadata=_help("Batches each worker loads ahead (used when workers > 0)."))
 
@@ -393,6 +405,12 @@ class TrainConfig:
             f"dataloader_num_workers={self.dataloader_num_workers} must be >= 0 (0 loads in the main process)",
         )
         _require(self.dataloader_prefetch_factor >= 1, f"dataloader_prefetch_factor={self.dataloader_prefetch_factor} must be >= 1")
+        _require(self.eval_steps >= 0, f"eval_steps={self.eval_steps} must be >= 0 (0 turns evaluation off)")
+        _require(
+            self.eval_steps == 0 or bool(self.eval_data),
+            f"eval_steps={self.eval_steps} needs held-out data; pass eval_data=[DIR, ...] (shard directories written "
+            "by python -m preprocess) or set eval_steps=0",
+        )
 
     def _validate_rollout(self) -> None:
         g = self.num_generations
