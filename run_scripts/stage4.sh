@@ -9,7 +9,7 @@ cd "$REPO_ROOT"
 if [[ -z "${MODEL:-}${DATA:-}${OUTPUT_DIR:-}" ]]; then  # the built-in tiny default, on CPU
   export CUDA_VISIBLE_DEVICES="" DS_ACCELERATOR=cpu
   demo="${DEMO_DIR:-outputs/demo}" && bash run_scripts/demo_setup.sh "$demo"
-  set -- --config configs/demo.yaml model_name_or_path="$demo/model" data="[$demo/shards]" output_dir="$demo/run" "$@"
+  set -- --config configs/demo.yaml model_name_or_path="$demo/model" data="[$demo/shards]" eval_data="[$demo/shards]" output_dir="$demo/run" "$@"
 else
   set -- --config configs/stage4.yaml model_name_or_path="${MODEL:?set MODEL=DIR and DATA=SHARDS}" \
     data="[${DATA:?set DATA=SHARDS}]" output_dir="${OUTPUT_DIR:-outputs/stage4}" "$@"

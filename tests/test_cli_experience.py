@@ -55,7 +55,8 @@ def test_stage4_config_errors_are_one_line_before_any_rank(case, tmp_path, tiny_
 
 def test_train_check_passes_and_a_bug_reports_its_line(tmp_path, tiny_model_dir, tiny_shards):
     args = [sys.executable, "-m", "omni_grpo.train", "--config", str(REPO / "configs" / "demo.yaml"),
-            f"model_name_or_path={tiny_model_dir}", f"data=[{tiny_shards}]", f"output_dir={tmp_path / 'out'}"]
+            f"model_name_or_path={tiny_model_dir}", f"data=[{tiny_shards}]", f"eval_data=[{tiny_shards}]",
+            f"output_dir={tmp_path / 'out'}"]
     ok = subprocess.run([*args, "--check"], cwd=tmp_path, env=user_env(PYTHONPATH=str(REPO)), capture_output=True,
                         text=True, timeout=120)
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr

@@ -48,7 +48,8 @@ def _demo(folder: Path, model: Path, env: dict, seed: int, blank: str | None = N
     _run(["-m", "omni_grpo.demo", "warmup", "--model", str(model), "--data", str(folder / "shards"),
           "--output", str(folder / "model"), "--config", "configs/demo.yaml"], env)
     _run(["-m", "omni_grpo.train", "--config", "configs/demo.yaml", f"model_name_or_path={folder / 'model'}",
-          f"data=[{folder / 'shards'}]", f"output_dir={folder / 'run'}", f"seed={seed}"], env)
+          f"data=[{folder / 'shards'}]", f"eval_data=[{folder / 'shards'}]", f"output_dir={folder / 'run'}",
+          f"seed={seed}"], env)
     return _curves(folder / "run")
 
 

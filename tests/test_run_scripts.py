@@ -140,7 +140,7 @@ def test_stage4_default_is_the_cpu_demo(tmp_path):
     line, flags = launch_args(calls)
     assert line.startswith("CUDA_VISIBLE_DEVICES= ") and flags["--num_processes"] == "2"
     assert line.endswith("--config configs/demo.yaml model_name_or_path=demo/model data=[demo/shards] "
-                         "output_dir=demo/run max_steps=2")
+                         "eval_data=[demo/shards] output_dir=demo/run max_steps=2")
     assert "bash run_scripts/tensorboard.sh demo/run/runs" in proc.stdout
 
 
