@@ -105,3 +105,22 @@ def test_eval_steps_needs_eval_data_and_eval_data_is_checked_like_data(tiny_mode
     cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, eval_steps=5, eval_data=[str(tmp_path / "nowhere")])
     with pytest.raises(ConfigError, match="eval_data directory .*nowhere.* not found"):
         check_paths(cfg)
+
+
+@pytest.mark.slow
+def test_zero3_two_ranks_split_the_questions_and_log_each_eval_step(tiny_model_dir, tiny_shards, tmp_path):
+    """2 CPU ranks, ZeRO-3: both ranks generate for every batch (a padded share does not hang the gathered
+    generate), rank 0 gets every question's row exactly once, eval/accuracy once per evaluated step."""
+    from omni_grpo.data import PromptDataset
+    from omni_grpo.evaluate import question_ids
+    from tests.test_distributed import common, launch, scalars, zero3_test_config
+
+    ids = question_ids(PromptDataset([str(tiny_shards)]))
+    assert len(ids) % 2 == 1 or (len(ids) // 2) % 2 == 1  # some rank pads a batch (2 rows per generate call)
+    out = tmp_path / "out"
+    overrides = common(tiny_model_dir, tiny_shards, out, zero3_test_config(tmp_path / "zero3.json"), steps=2)
+    launch(tmp_path, overrides + [f"eval_data=[{tiny_shards}]", "eval_steps=1"])
+    assert len(scalars(out, "eval/accuracy")) == 2
+    for step in (1, 2):
+        rows = eval_report.load_predictions(eval_loop.step_dir(out, step))
+        assert [r["id"] for r in rows] == ids
