@@ -41,6 +41,7 @@ from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loa
 from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
+from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE
 from omni_grpo.rewards import build_reward_manager, effective_reward_kwargs
 from omni_grpo.rollout import Rollout, rollout_metrics, sample
 
@@ -224,12 +225,13 @@ class GRPOTrainer:
             with self.timer("old_log_probs"), torch.no_grad():
                 rollout.old_log_probs, _ = self._log_probs(self.policy, rollout)
 
-    def _log_probs(self, model, rows: Rollout, with_entropy: bool = False):
+    def _log_probs(self, model, rows: Rollout, with_entropy: bool = False, entropy_stride: int = 1):
         """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the
         distribution `generate` drew from), with the configured prompt sharing."""
         return log_probs(self.family, model, rows.inputs, rows.completion_ids, rows.completion_mask,
                          with_entropy=with_entropy, share_prompt=self.cfg.share_prompt,
-                         temperature=rows.temperature, banned_token_ids=self.banned_token_ids)
+                         temperature=rows.temperature, banned_token_ids=self.banned_token_ids,
+                         entropy_stride=entropy_stride)
 
     def update(self, rollouts: list[Rollout], beta: float) -> dict:
         """μ optimizer steps over the same rows (DeepSeekMath's μ; TRL's `num_iterations`).
@@ -269,7 +271,10 @@ class GRPOTrainer:
 
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs):
         cfg = self.cfg
-        lp, entropy = self._log_probs(self.policy, part, with_entropy=True)
+        # the entropy bonus needs every position's entropy with gradient; otherwise actor/entropy is a metric
+        # read on every METRIC_ENTROPY_STRIDE-th completion position (a softmax over V costs ~1/6 of the pass)
+        stride = 1 if cfg.entropy_coef > 0 else METRIC_ENTROPY_STRIDE
+        lp, entropy = self._log_probs(self.policy, part, with_entropy=True, entropy_stride=stride)
         old = part.old_log_probs if part.old_log_probs is not None else lp.detach()
         mask = part.completion_mask.to(lp.dtype)
         loss, m = core_algos.policy_loss(
@@ -278,7 +283,7 @@ class GRPOTrainer:
             entropy=entropy if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef,
             global_tokens=global_tokens, global_seqs=global_seqs, max_length=cfg.max_completion_length)
         out = {k: float(v) for k, v in m.items()}
-        out["entropy"] = float(core_algos.masked_mean(entropy.detach(), mask))
+        out["entropy"] = float(core_algos.masked_mean(entropy.detach(), mask[:, ::stride]))
         if part.ref_log_probs is not None:
             kl = core_algos.kl_penalty(lp.detach(), part.ref_log_probs, cfg.kl_estimator)
             out["kl"] = float(core_algos.masked_mean(kl, mask))
