@@ -252,14 +252,16 @@ class GRPOTrainer:
             for _ in range(cfg.num_iterations):
                 skipped = False
                 for rollout in rollouts:
-                    for start in range(0, rollout.num_rows, cfg.update_micro_batch_size):
-                        loss, m = self._micro_loss(rollout.rows(start, start + cfg.update_micro_batch_size),
-                                                   beta, global_tokens, global_seqs)
+                    for part, dummy in self._update_parts(rollout, beta):
+                        loss, m = self._micro_loss(part, beta, global_tokens, global_seqs)
+                        if dummy:
+                            loss, m = loss * 0.0, {}
                         if not self._all_finite(loss):
                             skipped = True
                             loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
                         self.engine.backward(loss)
-                        parts.append(m)
+                        if m:
+                            parts.append(m)
                 grad_norm, stepped = self.engine.skip() if skipped else self.engine.step()
                 norms.append(grad_norm)
                 skips += int(skipped or not stepped)
@@ -267,7 +269,39 @@ class GRPOTrainer:
         finite = [n for n in norms if math.isfinite(n)]
         return {**{f"actor/{k}": v for k, v in _mean_dicts(parts).items()},
                 "actor/grad_norm": sum(finite) / len(finite) if finite else math.nan, "actor/lr": self.engine.lr(),
-                "actor/skipped_updates": float(skips), "actor/optimizer_steps": float(len(norms) - skips)}
+                "actor/skipped_updates": float(skips), "actor/optimizer_steps": float(len(norms) - skips),
+                "actor/skipped_rows": float(sum(self._zero_rows(r, beta).sum() for r in rollouts))}
+
+    def _zero_rows(self, rollout: Rollout, beta: float) -> torch.Tensor:
+        """[N] bool: rows that contribute exactly nothing to this step's loss and gradient (advantage 0, β = 0,
+        no entropy bonus); all False when `skip_zero_advantage_rows` is off."""
+        cfg = self.cfg
+        if not cfg.skip_zero_advantage_rows or beta > 0 or cfg.entropy_coef > 0:
+            return torch.zeros(rollout.num_rows, dtype=torch.bool)
+        return (rollout.advantages == 0).cpu()
+
+    def _update_parts(self, rollout: Rollout, beta: float):
+        """The update micro-batches of `rollout` as (rows, dummy) pairs.
+
+        Zero rows (`_zero_rows`) are left out and the rest packed into micro-batches of
+        `update_micro_batch_size`. The number of backward calls stays that of the unskipped update (DeepSpeed
+        counts them per optimizer step, and under ZeRO-3 every rank must run the same forwards): the missing
+        ones are dummies, a one-row pass whose loss is multiplied by 0 — they give every trainable parameter a
+        (zero) gradient as the full update would, so the optimizer step is the same. The loss normalisers are
+        the global counts over all rows, so the kept rows' loss terms and the total are unchanged.
+        """
+        mb = self.cfg.update_micro_batch_size
+        count = -(-rollout.num_rows // mb)
+        zero = self._zero_rows(rollout, beta)
+        if not zero.any():
+            for start in range(0, rollout.num_rows, mb):
+                yield rollout.rows(start, start + mb), False
+            return
+        kept = [i for i in range(rollout.num_rows) if not zero[i]]
+        for start in range(0, len(kept), mb):
+            yield rollout.select(kept[start:start + mb]), False
+        for _ in range(count - -(-len(kept) // mb)):
+            yield rollout.rows(0, 1), True
 
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs):
         cfg = self.cfg

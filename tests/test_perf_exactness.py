@@ -65,3 +65,49 @@ def test_entropy_subsample_without_gradient(kit, samples):
     torch.testing.assert_close(ent_k, ent[:, ::3], atol=0, rtol=0)
     with pytest.raises(ValueError, match="entropy_stride"):
         log_probs(*args, with_entropy=True, entropy_stride=0)
+
+
+def test_skipping_zero_advantage_rows_keeps_every_gradient(tiny_model_dir, tiny_shards, tmp_path):
+    """β = 0, no entropy bonus: a group whose advantages are all 0 is left out of the update, and every
+    trainable parameter's gradient is the one of the full update (global normalisers count all rows)."""
+    from omni_grpo.trainer import GRPOTrainer
+    from tests.helpers import TINY_RUN, tiny_config
+
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, dict(TINY_RUN, per_device_prompts=2,
+                      num_generations=3, micro_batch_size=2, max_completion_length=8, save_steps=0, beta=0.0,
+                      reward_funcs=["format"]))
+    trainer = GRPOTrainer(cfg)
+    rollout = trainer.rollout(trainer._next_batch(), 1.0)
+    trainer.score(rollout)
+    rollout.advantages = torch.tensor([0.0, 0.0, 0.0, 0.7, -1.1, 0.4], device=rollout.advantages.device)
+    policy = trainer.policy
+    start = {k: v.clone() for k, v in policy.state_dict().items()}
+    step, micro = trainer.engine.step, trainer._micro_loss
+    runs = {}
+    for skip in (False, True):
+        policy.load_state_dict(start)
+        trainer.cfg.skip_zero_advantage_rows = skip
+        seen, grads = [], {}
+
+        def counting(part, *a, _micro=micro, _seen=seen):
+            _seen.append(part.num_rows)
+            return _micro(part, *a)
+
+        def capture(_grads=grads):
+            _grads.update({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
+            return step()
+
+        trainer._micro_loss, trainer.engine.step = counting, capture
+        metrics = trainer.update([rollout], beta=0.0)
+        runs[skip] = (seen, grads, metrics)
+    (seen, grads, m), (seen_s, grads_s, m_s) = runs[False], runs[True]
+    assert seen == [2, 2, 2] and seen_s == [2, 1, 1]  # the same backward count; a one-row dummy fills in
+    assert m["actor/skipped_rows"] == 0 and m_s["actor/skipped_rows"] == 3
+    assert grads.keys() == grads_s.keys() and grads
+    assert any(g.abs().max() > 0 for g in grads.values())
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_s[name], g, atol=1e-6, rtol=0, msg=name)
+    assert m_s["actor/loss"] * 2 == pytest.approx(m["actor/loss"] * 3, abs=1e-6)  # the same total over micro-batches
+    assert not trainer._zero_rows(rollout, beta=0.1).any()  # with β > 0 their KL term trains: they run
+    trainer.cfg.entropy_coef = 0.01
+    assert not trainer._zero_rows(rollout, beta=0.0).any()  # so does an entropy bonus
