@@ -54,6 +54,21 @@ class Rollout:
     def num_rows(self) -> int:
         return self.completion_ids.shape[0]
 
+    def select(self, index: list[int]) -> "Rollout":
+        """The rows at `index`, in that order (media follow their rows); every field kept."""
+        idx = torch.tensor(index, dtype=torch.long, device=self.completion_ids.device)
+
+        def take(t):
+            return None if t is None else t[idx] if isinstance(t, torch.Tensor) else [t[i] for i in index]
+
+        return Rollout(
+            inputs=self.inputs.select(list(index)), completion_ids=take(self.completion_ids),
+            completion_mask=take(self.completion_mask), truncated=take(self.truncated), texts=take(self.texts),
+            samples=take(self.samples), scores=take(self.scores), rewards=take(self.rewards),
+            advantages=take(self.advantages), per_sample_rewards=take(self.per_sample_rewards),
+            old_log_probs=take(self.old_log_probs), ref_log_probs=take(self.ref_log_probs),
+            temperature=self.temperature)
+
     def rows(self, start: int, stop: int) -> "Rollout":
         """Rows [start, stop) for one update micro-batch (media follow their rows); every field kept."""
         sl = slice(start, stop)

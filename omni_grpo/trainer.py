@@ -41,6 +41,7 @@ from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loa
 from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
+from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE
 from omni_grpo.rewards import build_reward_manager, effective_reward_kwargs
 from omni_grpo.rollout import Rollout, rollout_metrics, sample
 
@@ -234,12 +235,13 @@ class GRPOTrainer:
             with self.timer("old_log_probs"), torch.no_grad():
                 rollout.old_log_probs, _ = self._log_probs(self.policy, rollout)
 
-    def _log_probs(self, model, rows: Rollout, with_entropy: bool = False):
+    def _log_probs(self, model, rows: Rollout, with_entropy: bool = False, entropy_stride: int = 1):
         """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the
         distribution `generate` drew from), with the configured prompt sharing."""
         return log_probs(self.family, model, rows.inputs, rows.completion_ids, rows.completion_mask,
                          with_entropy=with_entropy, share_prompt=self.cfg.share_prompt,
-                         temperature=rows.temperature, banned_token_ids=self.banned_token_ids)
+                         temperature=rows.temperature, banned_token_ids=self.banned_token_ids,
+                         entropy_stride=entropy_stride)
 
     def update(self, rollouts: list[Rollout], beta: float) -> dict:
         """μ optimizer steps over the same rows (DeepSeekMath's μ; TRL's `num_iterations`).
@@ -260,14 +262,16 @@ class GRPOTrainer:
             for _ in range(cfg.num_iterations):
                 skipped = False
                 for rollout in rollouts:
-                    for start in range(0, rollout.num_rows, cfg.update_micro_batch_size):
-                        loss, m = self._micro_loss(rollout.rows(start, start + cfg.update_micro_batch_size),
-                                                   beta, global_tokens, global_seqs)
+                    for part, dummy in self._update_parts(rollout, beta):
+                        loss, m = self._micro_loss(part, beta, global_tokens, global_seqs)
+                        if dummy:
+                            loss, m = loss * 0.0, {}
                         if not self._all_finite(loss):
                             skipped = True
                             loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
                         self.engine.backward(loss)
-                        parts.append(m)
+                        if m:
+                            parts.append(m)
                 grad_norm, stepped = self.engine.skip() if skipped else self.engine.step()
                 norms.append(grad_norm)
                 skips += int(skipped or not stepped)
@@ -275,11 +279,46 @@ class GRPOTrainer:
         finite = [n for n in norms if math.isfinite(n)]
         return {**{f"actor/{k}": v for k, v in _mean_dicts(parts).items()},
                 "actor/grad_norm": sum(finite) / len(finite) if finite else math.nan, "actor/lr": self.engine.lr(),
-                "actor/skipped_updates": float(skips), "actor/optimizer_steps": float(len(norms) - skips)}
+                "actor/skipped_updates": float(skips), "actor/optimizer_steps": float(len(norms) - skips),
+                "actor/skipped_rows": float(sum(self._zero_rows(r, beta).sum() for r in rollouts))}
+
+    def _zero_rows(self, rollout: Rollout, beta: float) -> torch.Tensor:
+        """[N] bool: rows that contribute exactly nothing to this step's loss and gradient (advantage 0, β = 0,
+        no entropy bonus); all False when `skip_zero_advantage_rows` is off."""
+        cfg = self.cfg
+        if not cfg.skip_zero_advantage_rows or beta > 0 or cfg.entropy_coef > 0:
+            return torch.zeros(rollout.num_rows, dtype=torch.bool)
+        return (rollout.advantages == 0).cpu()
+
+    def _update_parts(self, rollout: Rollout, beta: float):
+        """The update micro-batches of `rollout` as (rows, dummy) pairs.
+
+        Zero rows (`_zero_rows`) are left out and the rest packed into micro-batches of
+        `update_micro_batch_size`. The number of backward calls stays that of the unskipped update (DeepSpeed
+        counts them per optimizer step, and under ZeRO-3 every rank must run the same forwards): the missing
+        ones are dummies, a one-row pass whose loss is multiplied by 0 — they give every trainable parameter a
+        (zero) gradient as the full update would, so the optimizer step is the same. The loss normalisers are
+        the global counts over all rows, so the kept rows' loss terms and the total are unchanged.
+        """
+        mb = self.cfg.update_micro_batch_size
+        count = -(-rollout.num_rows // mb)
+        zero = self._zero_rows(rollout, beta)
+        if not zero.any():
+            for start in range(0, rollout.num_rows, mb):
+                yield rollout.rows(start, start + mb), False
+            return
+        kept = [i for i in range(rollout.num_rows) if not zero[i]]
+        for start in range(0, len(kept), mb):
+            yield rollout.select(kept[start:start + mb]), False
+        for _ in range(count - -(-len(kept) // mb)):
+            yield rollout.rows(0, 1), True
 
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs):
         cfg = self.cfg
-        lp, entropy = self._log_probs(self.policy, part, with_entropy=True)
+        # the entropy bonus needs every position's entropy with gradient; otherwise actor/entropy is a metric
+        # read on every METRIC_ENTROPY_STRIDE-th completion position (a softmax over V costs ~1/6 of the pass)
+        stride = 1 if cfg.entropy_coef > 0 else METRIC_ENTROPY_STRIDE
+        lp, entropy = self._log_probs(self.policy, part, with_entropy=True, entropy_stride=stride)
         old = part.old_log_probs if part.old_log_probs is not None else lp.detach()
         mask = part.completion_mask.to(lp.dtype)
         loss, m = core_algos.policy_loss(
@@ -288,7 +327,7 @@ class GRPOTrainer:
             entropy=entropy if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef,
             global_tokens=global_tokens, global_seqs=global_seqs, max_length=cfg.max_completion_length)
         out = {k: float(v) for k, v in m.items()}
-        out["entropy"] = float(core_algos.masked_mean(entropy.detach(), mask))
+        out["entropy"] = float(core_algos.masked_mean(entropy.detach(), mask[:, ::stride]))
         if part.ref_log_probs is not None:
             kl = core_algos.kl_penalty(lp.detach(), part.ref_log_probs, cfg.kl_estimator)
             out["kl"] = float(core_algos.masked_mean(kl, mask))

@@ -233,6 +233,15 @@ class TrainConfig:
             "compute and activation memory drop G-fold when a micro-batch holds whole groups)."
         ),
     )
+    skip_zero_advantage_rows: bool = field(
+        default=True,
+        metadata=_help(
+            "In the update, leave out the rows whose advantage is exactly 0 when they contribute exactly nothing "
+            "(β = 0 in that step and entropy_coef = 0; with β > 0 their KL term still trains, so they run). "
+            "Same gradient to float rounding: the loss normalisers still count every row. Counted in "
+            "actor/skipped_rows."
+        ),
+    )
     gradient_accumulation_steps: int = field(
         default=1,
         metadata=_help("Micro-steps per optimizer step (leave it `auto` in the DeepSpeed JSON)."),

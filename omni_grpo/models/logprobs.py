@@ -132,15 +132,30 @@ def _scored_logits(logits: torch.Tensor, temperature: float, banned: torch.Tenso
     return logits
 
 
-def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool, banned=None):
+METRIC_ENTROPY_STRIDE = 8  # the entropy metric (entropy_coef = 0) reads every 8th completion position
+
+
+def _entropy(logits: torch.Tensor, logz: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per position: logZ − E_p[logit]."""
+    return logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def _entropy_sample(logits: torch.Tensor, logz: torch.Tensor, offset: int, stride: int) -> torch.Tensor:
+    """Detached entropy at this chunk's positions offset, offset + stride, ... (the metric subsample)."""
+    with torch.no_grad():
+        return _entropy(logits[:, offset::stride].detach(), logz[:, offset::stride].detach())
+
+
+def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool, banned=None,
+                    offset: int = 0, stride: int = 1):
     logits = _scored_logits(lm_head(hidden).float(), temperature, banned)  # [n, c, V] for one chunk only
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
     if not with_entropy:
         return logp, torch.zeros_like(logp)
-    probs = torch.softmax(logits, dim=-1)
-    entropy = logz - (probs * logits).sum(-1)
-    return logp, entropy
+    if stride > 1:
+        return logp, _entropy_sample(logits, logz, offset, stride)
+    return logp, _entropy(logits, logz)
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -158,13 +173,19 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, with_entropy, banned):
+    def forward(ctx, hidden, weight, targets, temperature, with_entropy, banned, offset=0, stride=1):
         logits = _scored_logits(_upcast(hidden @ weight.t()), temperature, banned)  # [n, c, V]
         logz = torch.logsumexp(logits, dim=-1)
         logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-        entropy = logz - (torch.softmax(logits, dim=-1) * logits).sum(-1) if with_entropy else torch.zeros_like(logp)
+        if not with_entropy:
+            entropy = torch.zeros_like(logp)
+        elif stride > 1:
+            entropy = _entropy_sample(logits, logz, offset, stride)
+            ctx.mark_non_differentiable(entropy)
+        else:
+            entropy = _entropy(logits, logz)
         ctx.save_for_backward(hidden, weight, targets)
-        ctx.temperature, ctx.banned = temperature, banned
+        ctx.temperature, ctx.banned, ctx.entropy_grad = temperature, banned, with_entropy and stride == 1
         return logp, entropy
 
     @staticmethod
@@ -173,7 +194,7 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
         logits = _scored_logits(_upcast(hidden @ weight.t()), ctx.temperature, ctx.banned)
         probs = torch.softmax(logits, dim=-1)  # exactly 0 at banned tokens, so they get no gradient
         grad_logp = grad_logp.to(logits.dtype)
-        grad_entropy = None if grad_entropy is None else grad_entropy.to(logits.dtype)
+        grad_entropy = None if grad_entropy is None or not ctx.entropy_grad else grad_entropy.to(logits.dtype)
         # d logp / d logits = onehot(target) - p
         dlogits = -probs * grad_logp.unsqueeze(-1)
         dlogits.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))
@@ -182,7 +203,7 @@ class _FrozenHeadLogProbs(torch.autograd.Function):
             mean = (probs * logits).sum(-1, keepdim=True)
             dlogits -= probs * (logits - mean) * grad_entropy.unsqueeze(-1)
         grad_hidden = (dlogits / ctx.temperature).to(weight.dtype) @ weight
-        return grad_hidden.to(hidden.dtype), None, None, None, None, None
+        return grad_hidden.to(hidden.dtype), None, None, None, None, None, None, None
 
 
 @contextmanager
@@ -199,7 +220,8 @@ def _whole_weight(param):
 
 def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
               completion_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
-              chunk_size: int = 256, share_prompt: bool = True, banned_token_ids: list[int] | None = None):
+              chunk_size: int = 256, share_prompt: bool = True, banned_token_ids: list[int] | None = None,
+              entropy_stride: int = 1):
     """Per-token log-probs (and entropies) of the completion tokens: ([N, C], [N, C] or None).
 
     Scored under the distribution `generate` samples from: logits divided by `temperature` (the rollout's)
@@ -213,6 +235,12 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row). A trainable `lm_head`
     is called as a module under activation checkpointing (so ZeRO-3's hooks gather it); a frozen one goes
     through `_FrozenHeadLogProbs`. `share_prompt`: see :func:`forward_hidden`.
+
+    Entropy (float32, over the whole vocabulary: a softmax per position, ~1/6 of the pass at a 152k vocabulary)
+    is only computed with `with_entropy`. `entropy_stride = 1`: at every position, differentiable (what an
+    entropy bonus needs). `entropy_stride = k > 1`: a detached metric at completion positions 0, k, 2k, ...
+    only, shape `[N, ceil(C / k)]` (mask it with `completion_mask[:, ::k]`), at 1/k of the cost; the
+    log-probs and their gradients are the same as without it.
     """
     hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask, share_prompt)  # [N, C, H]
     lm_head = base_thinker(model).lm_head
@@ -225,21 +253,24 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     pieces_lp, pieces_ent = [], []
     chunks = [(s, hidden[:, s : s + chunk_size], completion_ids[:, s : s + chunk_size])
               for s in range(0, hidden.shape[1], chunk_size)]
+    if entropy_stride < 1:
+        raise ValueError(f"entropy_stride={entropy_stride} must be >= 1")
+    k = entropy_stride
     if grad and head_trains:
-        for _, h, t in chunks:
-            lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, banned,
+        for s, h, t in chunks:
+            lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, banned, -s % k, k,
                                  use_reentrant=False)
             pieces_lp.append(lp)
             pieces_ent.append(ent)
     elif grad:
         with _whole_weight(lm_head.weight) as weight:
-            for _, h, t in chunks:
-                lp, ent = _FrozenHeadLogProbs.apply(h, weight, t, temperature, with_entropy, banned)
+            for s, h, t in chunks:
+                lp, ent = _FrozenHeadLogProbs.apply(h, weight, t, temperature, with_entropy, banned, -s % k, k)
                 pieces_lp.append(lp)
                 pieces_ent.append(ent)
     else:
-        for _, h, t in chunks:
-            lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy, banned)
+        for s, h, t in chunks:
+            lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy, banned, -s % k, k)
             pieces_lp.append(lp)
             pieces_ent.append(ent)
     lp = torch.cat(pieces_lp, dim=1)

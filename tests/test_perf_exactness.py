@@ -1,0 +1,113 @@
+"""Work saved in the update changes nothing but the cost: each saving is held to the path without it.
+
+- Entropy: without an entropy bonus, `log_probs(entropy_stride=k)` computes the entropy metric at every
+  k-th completion position only; those values equal the full computation's, and the log-probs and their
+  gradients are bit-identical to a pass that computes the entropy everywhere. With stride 1 (entropy_coef > 0)
+  the entropy is everywhere and carries gradient.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from omni_grpo.models import generate, log_probs
+from omni_grpo.models.base import base_thinker
+from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
+
+
+def _rollout(kit, samples, g=3, new_tokens=7):
+    module, model, processor = kit
+    inputs = module.build_inputs(processor, samples, SYS, True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        comps = generate(module, model, processor, inputs, num_generations=g, max_new_tokens=new_tokens,
+                         temperature=2.0)
+    return inputs.repeat(g), comps
+
+
+def _pass(module, model, inputs, comps, **kw):
+    model.zero_grad(set_to_none=True)
+    lp, ent = log_probs(module, model, inputs, comps.completion_ids, comps.completion_mask, with_entropy=True,
+                        chunk_size=4, temperature=1.3, **kw)
+    (lp * comps.completion_mask).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return lp.detach(), ent, grads
+
+
+@pytest.mark.parametrize("head", ["trainable", "frozen"])
+def test_entropy_subsample_is_exact_and_leaves_the_gradient_alone(kit, samples, head):
+    module, model, _ = kit
+    inputs, comps = _rollout(kit, samples)
+    policy = copy.deepcopy(model)
+    if head == "frozen":
+        for p in base_thinker(policy).lm_head.parameters():
+            p.requires_grad_(False)
+    lp, ent, grads = _pass(module, policy, inputs, comps, entropy_stride=1)
+    lp_k, ent_k, grads_k = _pass(module, policy, inputs, comps, entropy_stride=3)
+    c = comps.completion_ids.shape[1]
+    assert ent.shape[1] == c and ent.requires_grad  # the bonus gets every position, differentiable
+    assert ent_k.shape[1] == -(-c // 3) and not ent_k.requires_grad  # the metric: positions 0, 3, 6, ...
+    torch.testing.assert_close(ent_k, ent.detach()[:, ::3], atol=0, rtol=0)
+    torch.testing.assert_close(lp_k, lp, atol=0, rtol=0)
+    assert grads.keys() == grads_k.keys() and grads
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_k[name], g, atol=0, rtol=0, msg=name)
+
+
+def test_entropy_subsample_without_gradient(kit, samples):
+    module, model, _ = kit
+    inputs, comps = _rollout(kit, samples)
+    with torch.no_grad():
+        args = (module, model, inputs, comps.completion_ids, comps.completion_mask)
+        _, ent = log_probs(*args, with_entropy=True, chunk_size=4)
+        _, ent_k = log_probs(*args, with_entropy=True, chunk_size=4, entropy_stride=3)
+    torch.testing.assert_close(ent_k, ent[:, ::3], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="entropy_stride"):
+        log_probs(*args, with_entropy=True, entropy_stride=0)
+
+
+def test_skipping_zero_advantage_rows_keeps_every_gradient(tiny_model_dir, tiny_shards, tmp_path):
+    """β = 0, no entropy bonus: a group whose advantages are all 0 is left out of the update, and every
+    trainable parameter's gradient is the one of the full update (global normalisers count all rows)."""
+    from omni_grpo.trainer import GRPOTrainer
+    from tests.helpers import TINY_RUN, tiny_config
+
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, dict(TINY_RUN, per_device_prompts=2,
+                      num_generations=3, micro_batch_size=2, max_completion_length=8, save_steps=0, beta=0.0,
+                      reward_funcs=["format"]))
+    trainer = GRPOTrainer(cfg)
+    rollout = trainer.rollout(trainer._next_batch(), 1.0)
+    trainer.score(rollout)
+    rollout.advantages = torch.tensor([0.0, 0.0, 0.0, 0.7, -1.1, 0.4], device=rollout.advantages.device)
+    policy = trainer.policy
+    start = {k: v.clone() for k, v in policy.state_dict().items()}
+    step, micro = trainer.engine.step, trainer._micro_loss
+    runs = {}
+    for skip in (False, True):
+        policy.load_state_dict(start)
+        trainer.cfg.skip_zero_advantage_rows = skip
+        seen, grads = [], {}
+
+        def counting(part, *a, _micro=micro, _seen=seen):
+            _seen.append(part.num_rows)
+            return _micro(part, *a)
+
+        def capture(_grads=grads):
+            _grads.update({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
+            return step()
+
+        trainer._micro_loss, trainer.engine.step = counting, capture
+        metrics = trainer.update([rollout], beta=0.0)
+        runs[skip] = (seen, grads, metrics)
+    (seen, grads, m), (seen_s, grads_s, m_s) = runs[False], runs[True]
+    assert seen == [2, 2, 2] and seen_s == [2, 1, 1]  # the same backward count; a one-row dummy fills in
+    assert m["actor/skipped_rows"] == 0 and m_s["actor/skipped_rows"] == 3
+    assert grads.keys() == grads_s.keys() and grads
+    assert any(g.abs().max() > 0 for g in grads.values())
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_s[name], g, atol=1e-6, rtol=0, msg=name)
+    assert m_s["actor/loss"] * 2 == pytest.approx(m["actor/loss"] * 3, abs=1e-6)  # the same total over micro-batches
+    assert not trainer._zero_rows(rollout, beta=0.1).any()  # with β > 0 their KL term trains: they run
+    trainer.cfg.entropy_coef = 0.01
+    assert not trainer._zero_rows(rollout, beta=0.0).any()  # so does an entropy bonus
