@@ -43,6 +43,7 @@ from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
 from omni_grpo.rewards import build_reward_manager, effective_reward_kwargs
 from omni_grpo.rollout import Rollout, rollout_metrics, sample
+from omni_grpo.run_summary import is_main_reward, plural, reward_trend
 
 logger = logging.getLogger("omni_grpo")
 
@@ -124,10 +125,13 @@ class GRPOTrainer:
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=self.rank != 0,
                    dynamic_ncols=True)
         metrics: dict = {}
+        history: dict[str, list[float]] = {}  # main reward -> its value at each step of this run (the done line)
         start = time.time()
         with bar:  # closed (its line ended) also when a step raises, so an error message starts a new line
             while self.global_step < self.total_steps:
                 metrics = self.step()
+                for key in (k for k in metrics if is_main_reward(k)):
+                    history.setdefault(key, []).append(float(metrics[key]))
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics.get('reward/total', math.nan):.3f}",
                                 kl=f"{metrics.get('actor/kl', math.nan):.4f}")
@@ -138,8 +142,9 @@ class GRPOTrainer:
             self.save()
         self.writer.close()
         if self.rank == 0:
-            logger.info("done: %d steps in %.1f s; last reward %.3f; checkpoints in %s", self.global_step,
-                        time.time() - start, metrics.get("reward/total", math.nan), ckpt.checkpoints_dir(cfg.output_dir))
+            trend = reward_trend(history)
+            logger.info("done: %s in %.1f s; %s; checkpoints in %s", plural(self.global_step, "step"),
+                        time.time() - start, trend or "no reward was scored", ckpt.checkpoints_dir(cfg.output_dir))
         return metrics
 
     def step(self) -> dict:
