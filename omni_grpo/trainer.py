@@ -24,7 +24,6 @@ defaults to 0) so that KL(π‖π_ref) is exactly 0 at step 0 and the ratio is 1
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -36,7 +35,7 @@ import torch
 
 from omni_grpo import checkpoint as ckpt
 from omni_grpo import core_algos
-from omni_grpo.config import TrainConfig, config_to_dict, save_config
+from omni_grpo.config import TrainConfig, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
 from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
@@ -89,7 +88,7 @@ class GRPOTrainer:
         self.dataset = PromptDataset(cfg.data, skip_corrupt=cfg.skip_corrupt_shards)
         if self.dataset.skipped:
             n = sum(k for _, k in self.dataset.skipped)
-            logger.warning("skipping %d samples in %d corrupt shard(s): %s", n, len(self.dataset.skipped),
+            logger.warning("skipping %s in %d corrupt shard(s): %s", plural(n, "sample"), len(self.dataset.skipped),
                            ", ".join(str(s) for s, _ in self.dataset.skipped))
         self.collate = Collate(self.family, self.processor, cfg.system_prompt, cfg.use_audio_in_video,
                                cfg.max_prompt_length)
@@ -322,12 +321,12 @@ class GRPOTrainer:
             f"omni-grpo: {self.family.family} from {cfg.model_name_or_path}",
             f"  world size {self.world_size}, {backend}, device {self.device}",
             f"  parameters: {trainable:,} trainable, {frozen:,} frozen{' (LoRA)' if cfg.lora.enabled else ''}",
-            f"  {len(self.dataset)} prompts; {self.total_steps} optimizer steps of "
-            f"{cfg.per_device_prompts * cfg.gradient_accumulation_steps * self.world_size} prompts × "
-            f"{cfg.num_generations} completions",
+            f"  {plural(len(self.dataset), 'prompt')}; {plural(self.total_steps, 'optimizer step')} of "
+            f"{plural(cfg.per_device_prompts * cfg.gradient_accumulation_steps * self.world_size, 'prompt')} × "
+            f"{plural(cfg.num_generations, 'completion')}",
             f"  use_audio_in_video={cfg.use_audio_in_video}, encode media once={self.encode_once}, "
             f"output {cfg.output_dir}",
-            "  config: " + json.dumps(config_to_dict(cfg), default=str)]))
+            f"  config: {Path(cfg.output_dir) / 'config.yaml'} (every setting, resolved)"]))
 
     def save(self) -> Path | None:
         """Atomic checkpoint of everything needed to continue exactly (`checkpoint.save_checkpoint`)."""

@@ -41,7 +41,8 @@ def test_plural():
     assert (plural(1, "step"), plural(0, "step"), plural(2, "step")) == ("1 step", "0 steps", "2 steps")
 
 
-def test_the_done_line_of_a_real_run_says_how_the_rewards_moved(tmp_path, tiny_model_dir, tiny_shards):
+def test_a_real_run_banner_points_to_the_config_and_the_done_line_says_how_the_rewards_moved(
+        tmp_path, tiny_model_dir, tiny_shards):
     args = run_args(tiny_model_dir, tiny_shards, tmp_path / "out", CLI_RUN, save_steps=0,
                     reward_funcs=f"[format, {LENGTH}]")
     proc = subprocess.run([sys.executable, "-m", "omni_grpo.train", *args], cwd=tmp_path, capture_output=True,
@@ -51,3 +52,7 @@ def test_the_done_line_of_a_real_run_says_how_the_rewards_moved(tmp_path, tiny_m
     assert len(done) == 1, proc.stderr
     assert "length_reward" in done[0] and "total " in done[0], done[0]
     assert "(reward/*, mean of the first and last 1 step)" in done[0], done[0]
+    # The banner: one line pointing to the saved config (not the config itself), and singulars right for 1.
+    config = tmp_path / "out" / "config.yaml"
+    assert f"  config: {config} (every setting, resolved)" in proc.stderr and config.is_file(), proc.stderr
+    assert '"model_name_or_path"' not in proc.stderr and "1 prompt × 2 completions" in proc.stderr, proc.stderr
