@@ -183,7 +183,7 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------------- data
     data: list[str] = field(
         default_factory=list,
-        metadata=_help("Training shard directories written by `python -m preprocess` (each has manifest.json)."),
+        metadata=_help("Training shard directories written by `bash run_scripts/python.sh -m preprocess` (each has manifest.json)."),
     )
     dataset_order: str = field(
         default="shuffle",
