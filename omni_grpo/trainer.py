@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from omni_grpo import checkpoint as ckpt
-from omni_grpo import core_algos
+from omni_grpo import core_algos, run_control
 from omni_grpo.config import TrainConfig, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
 from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
@@ -73,13 +73,18 @@ class GRPOTrainer:
         self._setup_models()
         self.rewards = build_reward_manager(cfg.reward_funcs, cfg.reward_weights, effective_reward_kwargs(cfg),
                                             max_consecutive_errors=cfg.max_consecutive_reward_errors)
-        self.writer = MetricsWriter(cfg.output_dir, enabled=self.rank == 0)
         self.global_step, self.cursor, self.nonfinite_in_a_row, self.samples_seen = 0, Cursor(), 0, 0
-        resume = ckpt.resolve(cfg.output_dir, cfg.resume_from_checkpoint)
+        resume = run_control.decide_resume(cfg)  # (checked before launch too; see run_control)
+        if cfg.overwrite_output_dir and self.rank == 0:
+            moved = run_control.move_old_run(cfg.output_dir)
+            if moved is not None:
+                logger.info("overwrite_output_dir: moved the old run to %s", moved)
         if resume is not None:
             state = ckpt.load_checkpoint(resume, cfg, self.engine, self.family, self.rank, self.world_size)
             self.global_step, self.cursor = state["global_step"], Cursor(*state["cursor"])
             self.nonfinite_in_a_row, self.samples_seen = state["nonfinite_in_a_row"], state["samples_seen"]
+        # TensorBoard hides older files' events from the first step this segment logs on: no step shows twice.
+        self.writer = MetricsWriter(cfg.output_dir, enabled=self.rank == 0, purge_step=self.global_step + 1)
         self.loader_iter = None
 
     # ------------------------------------------------------------------------------------- setup

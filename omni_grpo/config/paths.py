@@ -32,9 +32,9 @@ def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
         for shard_dir in dirs:
             _check_shard_dir(key, Path(shard_dir), cfg.use_audio_in_video)
     resume = cfg.resume_from_checkpoint
-    if resume not in (None, "latest") and not Path(resume).is_dir():
+    if resume not in (None, "auto", "latest", "none") and not Path(resume).is_dir():
         raise ConfigError(
-            f"resume_from_checkpoint={resume!r} is not a directory; pass a checkpoint directory, latest, or null"
+            f"resume_from_checkpoint={resume!r} is not a directory; pass a checkpoint directory, auto, latest, or null"
         )
 
 
