@@ -130,6 +130,7 @@ class GRPOTrainer:
                    dynamic_ncols=True)
         metrics: dict = {}
         history: dict[str, list[float]] = {}  # main reward -> its value at each step of this run (the done line)
+        first_step = self.global_step
         start = time.time()
         with bar:  # closed (its line ended) also when a step raises, so an error message starts a new line
             while self.global_step < self.total_steps:
@@ -146,9 +147,11 @@ class GRPOTrainer:
             self.save()
         self.writer.close()
         if self.rank == 0:
-            trend = reward_trend(history)
+            trend = reward_trend(history) or ("no reward was scored" if history or first_step < self.global_step else
+                                              "nothing left to train: output_dir holds the last step; pass "
+                                              "overwrite_output_dir=true or a new output_dir=DIR to train again")
             logger.info("done: %s in %.1f s; %s; checkpoints in %s", plural(self.global_step, "step"),
-                        time.time() - start, trend or "no reward was scored", ckpt.checkpoints_dir(cfg.output_dir))
+                        time.time() - start, trend, ckpt.checkpoints_dir(cfg.output_dir))
         return metrics
 
     def step(self) -> dict:

@@ -45,8 +45,11 @@ def test_a_real_run_banner_points_to_the_config_and_the_done_line_says_how_the_r
         tmp_path, tiny_model_dir, tiny_shards):
     args = run_args(tiny_model_dir, tiny_shards, tmp_path / "out", CLI_RUN, save_steps=0,
                     reward_funcs=f"[format, {LENGTH}]")
-    proc = subprocess.run([sys.executable, "-m", "omni_grpo.train", *args], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    def train():
+        return subprocess.run([sys.executable, "-m", "omni_grpo.train", *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    proc = train()
     assert proc.returncode == 0, proc.stderr
     done = [line for line in proc.stderr.splitlines() if "done: 2 steps in" in line]
     assert len(done) == 1, proc.stderr
@@ -56,3 +59,8 @@ def test_a_real_run_banner_points_to_the_config_and_the_done_line_says_how_the_r
     config = tmp_path / "out" / "config.yaml"
     assert f"  config: {config} (every setting, resolved)" in proc.stderr and config.is_file(), proc.stderr
     assert '"model_name_or_path"' not in proc.stderr and "1 prompt × 2 completions" in proc.stderr, proc.stderr
+    # The same command again resumes at the last step: the line says there is nothing left and how to train again.
+    again = train()
+    assert again.returncode == 0, again.stderr
+    assert "done: 2 steps in" in again.stderr and "nothing left to train" in again.stderr, again.stderr
+    assert "overwrite_output_dir=true" in again.stderr
