@@ -153,7 +153,7 @@ def open_data(dirs: list[str]):
 
     for d in dirs:
         if not Path(d).is_dir():
-            raise EvalError(f"--data {d!r}: directory not found; build it with python -m preprocess --output {d}")
+            raise EvalError(f"--data {d!r}: directory not found; build it with bash run_scripts/python.sh -m preprocess --output {d}")
     try:
         return PromptDataset(list(dirs))
     except (ShardFormatError, ShardCorruptError) as err:
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Answer held-out questions and score them with the training rewards.")
     parser.add_argument("--model",
                         help="checkpoint dir, trainer checkpoint (step-NNNNNNN or its model/), output_dir, or LoRA adapter")
-    parser.add_argument("--data", nargs="+", default=[], help="shard directories written by python -m preprocess")
+    parser.add_argument("--data", nargs="+", default=[], help="shard directories written by bash run_scripts/python.sh -m preprocess")
     parser.add_argument("--output", help="the evaluation folder (default outputs/eval); see the list below")
     parser.add_argument("--config", help="training YAML for the system prompt, generation and reward options "
                                          "(default: the checkpoint's config.yaml, else the defaults)")

@@ -76,12 +76,14 @@ def reduce_metrics(metrics: dict[str, float], world_size: int) -> dict[str, floa
 class MetricsWriter:
     """Writes scalars and a markdown table of completions to `output_dir/runs` (rank 0 only)."""
 
-    def __init__(self, output_dir: str, enabled: bool):
+    def __init__(self, output_dir: str, enabled: bool, purge_step: int | None = None):
+        """`purge_step`: the first step this run segment logs; TensorBoard drops earlier files' events from that
+        step on (a resumed run, or a restart in a folder whose run never saved), so no step shows twice."""
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(output_dir) / "runs"))
+            self.writer = SummaryWriter(log_dir=str(Path(output_dir) / "runs"), purge_step=purge_step)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         if self.writer is None:

@@ -46,14 +46,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: str | None, overrides: list[str], check_only: bool = False) -> int:
     """Check the config and the paths (exit code 2 with one line if wrong), then train unless `check_only`."""
+    from omni_grpo.checkpoint import CheckpointError
     from omni_grpo.config import ConfigError, check_paths, load_config
     from omni_grpo.logging import report_error
+    from omni_grpo.run_control import decide_resume
 
     try:
         cfg = load_config(config, overrides)
         check_paths(cfg)
         check_output_dir(cfg.output_dir)
-    except (ConfigError, FileNotFoundError) as err:
+        decide_resume(cfg)  # refuses a folder holding a different run, before ranks launch
+    except (ConfigError, FileNotFoundError, CheckpointError) as err:
         return report_error(f"config error: {err}", 2)
     return 0 if check_only else train(cfg)
 

@@ -24,7 +24,6 @@ defaults to 0) so that KL(π‖π_ref) is exactly 0 at step 0 and the ratio is 1
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -35,8 +34,8 @@ import numpy as np
 import torch
 
 from omni_grpo import checkpoint as ckpt
-from omni_grpo import core_algos
-from omni_grpo.config import TrainConfig, config_to_dict, save_config
+from omni_grpo import core_algos, run_control
+from omni_grpo.config import TrainConfig, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
 from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
@@ -44,6 +43,7 @@ from omni_grpo.models import detect_family, get_module, log_probs
 from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE
 from omni_grpo.rewards import build_reward_manager, effective_reward_kwargs
 from omni_grpo.rollout import Rollout, rollout_metrics, sample
+from omni_grpo.run_summary import is_main_reward, plural, reward_trend
 
 logger = logging.getLogger("omni_grpo")
 
@@ -74,13 +74,18 @@ class GRPOTrainer:
         self._setup_models()
         self.rewards = build_reward_manager(cfg.reward_funcs, cfg.reward_weights, effective_reward_kwargs(cfg),
                                             max_consecutive_errors=cfg.max_consecutive_reward_errors)
-        self.writer = MetricsWriter(cfg.output_dir, enabled=self.rank == 0)
         self.global_step, self.cursor, self.nonfinite_in_a_row, self.samples_seen = 0, Cursor(), 0, 0
-        resume = ckpt.resolve(cfg.output_dir, cfg.resume_from_checkpoint)
+        resume = run_control.decide_resume(cfg)  # (checked before launch too; see run_control)
+        if cfg.overwrite_output_dir and self.rank == 0:
+            moved = run_control.move_old_run(cfg.output_dir)
+            if moved is not None:
+                logger.info("overwrite_output_dir: moved the old run to %s", moved)
         if resume is not None:
             state = ckpt.load_checkpoint(resume, cfg, self.engine, self.family, self.rank, self.world_size)
             self.global_step, self.cursor = state["global_step"], Cursor(*state["cursor"])
             self.nonfinite_in_a_row, self.samples_seen = state["nonfinite_in_a_row"], state["samples_seen"]
+        # TensorBoard hides older files' events from the first step this segment logs on: no step shows twice.
+        self.writer = MetricsWriter(cfg.output_dir, enabled=self.rank == 0, purge_step=self.global_step + 1)
         self.loader_iter = None
         self.evaluator = None
         if cfg.eval_steps > 0:
@@ -95,7 +100,7 @@ class GRPOTrainer:
         self.dataset = PromptDataset(cfg.data, skip_corrupt=cfg.skip_corrupt_shards)
         if self.dataset.skipped:
             n = sum(k for _, k in self.dataset.skipped)
-            logger.warning("skipping %d samples in %d corrupt shard(s): %s", n, len(self.dataset.skipped),
+            logger.warning("skipping %s in %d corrupt shard(s): %s", plural(n, "sample"), len(self.dataset.skipped),
                            ", ".join(str(s) for s, _ in self.dataset.skipped))
         self.collate = Collate(self.family, self.processor, cfg.system_prompt, cfg.use_audio_in_video,
                                cfg.max_prompt_length)
@@ -131,10 +136,14 @@ class GRPOTrainer:
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=self.rank != 0,
                    dynamic_ncols=True)
         metrics: dict = {}
+        history: dict[str, list[float]] = {}  # main reward -> its value at each step of this run (the done line)
+        first_step = self.global_step
         start = time.time()
         with bar:  # closed (its line ended) also when a step raises, so an error message starts a new line
             while self.global_step < self.total_steps:
                 metrics = self.step()
+                for key in (k for k in metrics if is_main_reward(k)):
+                    history.setdefault(key, []).append(float(metrics[key]))
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics.get('reward/total', math.nan):.3f}",
                                 kl=f"{metrics.get('actor/kl', math.nan):.4f}")
@@ -149,8 +158,11 @@ class GRPOTrainer:
             self.evaluate()
         self.writer.close()
         if self.rank == 0:
-            logger.info("done: %d steps in %.1f s; last reward %.3f; checkpoints in %s", self.global_step,
-                        time.time() - start, metrics.get("reward/total", math.nan), ckpt.checkpoints_dir(cfg.output_dir))
+            trend = reward_trend(history) or ("no reward was scored" if history or first_step < self.global_step else
+                                              "nothing left to train: output_dir holds the last step; pass "
+                                              "overwrite_output_dir=true or a new output_dir=DIR to train again")
+            logger.info("done: %s in %.1f s; %s; checkpoints in %s", plural(self.global_step, "step"),
+                        time.time() - start, trend, ckpt.checkpoints_dir(cfg.output_dir))
         return metrics
 
     def step(self) -> dict:
@@ -366,12 +378,12 @@ class GRPOTrainer:
             f"omni-grpo: {self.family.family} from {cfg.model_name_or_path}",
             f"  world size {self.world_size}, {backend}, device {self.device}",
             f"  parameters: {trainable:,} trainable, {frozen:,} frozen{' (LoRA)' if cfg.lora.enabled else ''}",
-            f"  {len(self.dataset)} prompts; {self.total_steps} optimizer steps of "
-            f"{cfg.per_device_prompts * cfg.gradient_accumulation_steps * self.world_size} prompts × "
-            f"{cfg.num_generations} completions",
+            f"  {plural(len(self.dataset), 'prompt')}; {plural(self.total_steps, 'optimizer step')} of "
+            f"{plural(cfg.per_device_prompts * cfg.gradient_accumulation_steps * self.world_size, 'prompt')} × "
+            f"{plural(cfg.num_generations, 'completion')}",
             f"  use_audio_in_video={cfg.use_audio_in_video}, encode media once={self.encode_once}, "
             f"output {cfg.output_dir}",
-            "  config: " + json.dumps(config_to_dict(cfg), default=str)]))
+            f"  config: {Path(cfg.output_dir) / 'config.yaml'} (every setting, resolved)"]))
 
     def evaluate(self) -> dict:
         """Greedy evaluation on `eval_data` (`eval_loop`; collective; the random state is left as it was)."""

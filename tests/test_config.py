@@ -271,11 +271,21 @@ def test_check_paths_data_directories(tmp_path, model_dir):
     with pytest.raises(ConfigError, match=r"no training data; pass data=\[DIR, \.\.\.\]"):
         check_paths(TrainConfig(model_name_or_path=str(model_dir)))
     check_paths(TrainConfig(model_name_or_path=str(model_dir)), for_training=False)
-    with pytest.raises(ConfigError, match="not found; build it with python -m preprocess"):
+    with pytest.raises(ConfigError, match="not found; build it with bash run_scripts/python.sh -m preprocess"):
         check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(tmp_path / "missing")]))
-    (tmp_path / "unfinished").mkdir()
-    with pytest.raises(ConfigError, match="has no manifest.json"):
-        check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(tmp_path / "unfinished")]))
+    # An empty folder: no preprocess ran there, so the message says how to write shards, not that one was cut short.
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"holds no shards \(no manifest.json\); write them with "
+                                          r"bash run_scripts/python\.sh -m preprocess --output .*empty") as empty:
+        check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(tmp_path / "empty")]))
+    assert "did not finish" not in str(empty.value)
+    for leftover in ("shard-00000.parquet", ".shard-00000.parquet.partial"):  # what an interrupted preprocess leaves
+        unfinished = tmp_path / f"unfinished{leftover}"
+        unfinished.mkdir()
+        (unfinished / leftover).write_bytes(b"")
+        with pytest.raises(ConfigError, match="has no manifest.json, so preprocess did not finish writing it; "
+                                              "re-run bash run_scripts/python.sh -m preprocess"):
+            check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(unfinished)]))
     good = make_shards(tmp_path / "good")
     with pytest.raises(ConfigError, match="resume_from_checkpoint"):
         check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(good)], resume_from_checkpoint="ckpt/none"))
@@ -284,7 +294,7 @@ def test_check_paths_data_directories(tmp_path, model_dir):
 def test_check_paths_rejects_silent_shards_when_audio_is_used(tmp_path, model_dir):
     silent = make_shards(tmp_path / "silent", with_audio=0)
     cfg = TrainConfig(model_name_or_path=str(model_dir), data=[str(silent)])
-    with pytest.raises(ConfigError, match="re-run python -m preprocess on clips with audio, or set use_audio_in_video=false"):
+    with pytest.raises(ConfigError, match="re-run bash run_scripts/python.sh -m preprocess on clips with audio, or set use_audio_in_video=false"):
         check_paths(cfg)
     check_paths(dataclasses.replace(cfg, use_audio_in_video=False))
 

@@ -192,7 +192,7 @@ def test_clear_errors(tiny_model_dir, shards, tmp_path, capsys):
     assert "directory not found" in capsys.readouterr().err
     assert main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "--data" in err and "python -m preprocess" in err
+    assert "--data" in err and "bash run_scripts/python.sh -m preprocess --output" in err
     (tmp_path / "empty").mkdir()
     assert main(["--model", str(tmp_path / "empty"), "--data", str(shards), "--output", str(tmp_path / "o")]) == 2
     assert "config.json" in capsys.readouterr().err

@@ -9,6 +9,8 @@ from pathlib import Path
 from omni_grpo.config.convert import ConfigError
 from omni_grpo.config.schema import TrainConfig
 
+_PREPROCESS = "bash run_scripts/python.sh -m preprocess"  # the command as typed on a fresh clone (README)
+
 
 def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
     """Check the model and data directories before any model is loaded; ConfigError says what to fix.
@@ -25,37 +27,43 @@ def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
             "(a Qwen2.5-Omni checkpoint directory containing config.json)"
         )
     if for_training and not cfg.data:
-        raise ConfigError("no training data; pass data=[DIR, ...] with shard directories written by python -m preprocess")
+        raise ConfigError(f"no training data; pass data=[DIR, ...] with shard directories written by {_PREPROCESS}")
     for key, dirs in (("data", cfg.data), ("eval_data", cfg.eval_data)):
         for shard_dir in dirs:
             _check_shard_dir(key, Path(shard_dir), cfg.use_audio_in_video)
     resume = cfg.resume_from_checkpoint
-    if resume not in (None, "latest") and not Path(resume).is_dir():
+    if resume not in (None, "auto", "latest", "none") and not Path(resume).is_dir():
         raise ConfigError(
-            f"resume_from_checkpoint={resume!r} is not a directory; pass a checkpoint directory, latest, or null"
+            f"resume_from_checkpoint={resume!r} is not a directory; pass a checkpoint directory, auto, latest, or null"
         )
 
 
 def _check_shard_dir(key: str, shard_dir: Path, use_audio_in_video: bool) -> None:
     if not shard_dir.is_dir():
         raise ConfigError(
-            f"{key} directory {str(shard_dir)!r} not found; build it with python -m preprocess or fix {key}=[...]"
+            f"{key} directory {str(shard_dir)!r} not found; build it with {_PREPROCESS} --output {shard_dir} ... "
+            f"or fix {key}=[...]"
         )
     manifest_path = shard_dir / "manifest.json"
     if not manifest_path.is_file():
+        if any(shard_dir.glob("shard-*")) or any(shard_dir.glob(".*.partial")):
+            raise ConfigError(
+                f"{key} directory {str(shard_dir)!r} has no manifest.json, so preprocess did not finish writing it; "
+                f"re-run {_PREPROCESS} --output {shard_dir} ... (it resumes)"
+            )
         raise ConfigError(
-            f"{key} directory {str(shard_dir)!r} has no manifest.json, so python -m preprocess did not finish "
-            "writing it; re-run preprocess for this directory"
+            f"{key} directory {str(shard_dir)!r} holds no shards (no manifest.json); write them with "
+            f"{_PREPROCESS} --output {shard_dir} ..."
         )
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{manifest_path} cannot be read ({exc}); re-run python -m preprocess for it") from None
+        raise ConfigError(f"{manifest_path} cannot be read ({exc}); re-run {_PREPROCESS} for it") from None
     counts = manifest.get("counts", {}) if isinstance(manifest, dict) else {}
     if counts.get("written") == 0:
         raise ConfigError(f"{key} directory {str(shard_dir)!r} holds no samples (counts.written = 0); check the preprocess failures.jsonl")
     if use_audio_in_video and counts.get("with_audio") == 0:
         raise ConfigError(
             f"{key} directory {str(shard_dir)!r} has no clip with audio (counts.with_audio = 0) but "
-            "use_audio_in_video=true; re-run python -m preprocess on clips with audio, or set use_audio_in_video=false"
+            f"use_audio_in_video=true; re-run {_PREPROCESS} on clips with audio, or set use_audio_in_video=false"
         )

@@ -183,7 +183,7 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------------- data
     data: list[str] = field(
         default_factory=list,
-        metadata=_help("Training shard directories written by `python -m preprocess` (each has manifest.json)."),
+        metadata=_help("Training shard directories written by `bash run_scripts/python.sh -m preprocess` (each has manifest.json)."),
     )
     dataset_order: str = field(
         default="shuffle",
@@ -368,8 +368,16 @@ class TrainConfig:
     save_steps: int = field(default=50, metadata=_help("Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end."))
     save_total_limit: int = field(default=2, metadata=_help("Keep the newest N checkpoints; 0 = keep all."))
     resume_from_checkpoint: str | None = field(
-        default=None,
-        metadata=_help("Resume from a checkpoint directory, or `latest` in output_dir; null = start fresh."),
+        default="auto",
+        metadata=_help("`auto`: resume output_dir's newest checkpoint if this config wrote it, refuse a folder "
+                       "holding a different run, else start fresh; `latest`: the newest checkpoint whatever its "
+                       "config; a checkpoint directory; null: never resume (refuses a folder with checkpoints). "
+                       "See omni_grpo/run_control.py."),
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata=_help("Start at step 0 even if output_dir holds a run: its checkpoints/, runs/ and config.yaml "
+                       "are first moved to output_dir/overwritten-<UTC time>/."),
     )
 
     def __post_init__(self) -> None:
@@ -500,7 +508,7 @@ class TrainConfig:
         _require(self.logging_steps >= 1, f"logging_steps={self.logging_steps} must be >= 1")
         for name in ("log_completions", "save_steps", "save_total_limit"):
             _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0 (0 turns it off)")
-        _require(self.resume_from_checkpoint != "", "resume_from_checkpoint is empty; use null, latest or a directory")
+        _require(self.resume_from_checkpoint != "", "resume_from_checkpoint is empty; use auto, latest, null or a directory")
 
     def _validate_reward_settings(self) -> None:
         names = self.reward_funcs
