@@ -81,6 +81,28 @@ def audio_dummy_pass(inner, param) -> torch.Tensor:
     return inner.get_audio_features(feats, mask, return_dict=True).last_hidden_state.sum()
 
 
+def merge_processor_outputs(parts: list, pad_token_id: int) -> dict:
+    """One batch from per-sample processor outputs, as one left-padded processor call would give it: ids and
+    masks left-padded to the longest prompt, videos and audio features stacked in row order (audio features
+    right-padded to the widest, masked out beyond each clip)."""
+    width = max(p["input_ids"].shape[1] for p in parts)
+
+    def left_pad(t, value):
+        return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+    out = {"input_ids": torch.cat([left_pad(p["input_ids"], pad_token_id) for p in parts]),
+           "attention_mask": torch.cat([left_pad(p["attention_mask"], 0) for p in parts]),
+           "video_second_per_grid": [s for p in parts for s in p["video_second_per_grid"]]}
+    for key in ("pixel_values_videos", "video_grid_thw", "input_features", "feature_attention_mask"):
+        found = [p[key] for p in parts if p.get(key) is not None]
+        if key in ("input_features", "feature_attention_mask") and found:  # a processor may pad to its call's longest
+            frames = max(t.shape[-1] for t in found)
+            found = [torch.nn.functional.pad(t, (0, frames - t.shape[-1])) for t in found]
+        if found:
+            out[key] = torch.cat(found)
+    return out
+
+
 class Qwen25OmniModule(OmniModule):
     family = "qwen2_5_omni"
     media_token_names = (
@@ -131,9 +153,15 @@ class Qwen25OmniModule(OmniModule):
 
     def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
                      max_prompt_length: int | None = None) -> ModelInputs:
-        """One processor call for the whole batch of samples (each with its own video and audio)."""
-        texts, videos, audios, audio_from_video, audio_rows = [], [], [], [], []
-        fps = None
+        """The processor output for the whole batch of samples (each with its own video, audio and frame rate).
+
+        The processor takes one frame rate per call, and the frame rate sets both a video's TMRoPE timing
+        (``video_second_per_grid``) and, with audio in the video, how its video and audio chunks interleave. A
+        batch whose samples share one rate is one call; a batch of clips at different rates (real clips keep
+        their own effective rate) is one call per sample, merged by :func:`merge_processor_outputs`, so every
+        row is exactly what the sample gives alone.
+        """
+        texts, videos, audios, audio_from_video, audio_rows, rates = [], [], [], [], [], []
         for row, sample in enumerate(samples):
             messages = self.build_messages(sample, system_prompt, use_audio_in_video)
             texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
@@ -141,9 +169,7 @@ class Qwen25OmniModule(OmniModule):
             if frames.ndim != 4 or frames.shape[-1] != 3:
                 raise ValueError(f"sample {sample.get('id')}: frames must be [T, H, W, 3], got {frames.shape}")
             videos.append(frames)
-            if fps is not None and abs(float(sample["fps"]) - fps) > 1e-6:
-                raise ValueError("all samples of a batch must share one frame rate; preprocess with one --fps")
-            fps = float(sample["fps"])
+            rates.append(float(sample["fps"]))
             if use_audio_in_video and sample.get("audio") is not None:
                 audios.append(np.asarray(sample["audio"], dtype=np.float32))
                 audio_from_video.append(row)
@@ -152,20 +178,23 @@ class Qwen25OmniModule(OmniModule):
         if audios:
             # The processor pads Whisper features to 300 s ("max_length" only). Pad to the longest clip plus a few
             # frames instead: the same features for every real frame (the tail is dropped below anyway), and
-            # 10-30x less feature extraction for short clips.
+            # 10-30x less feature extraction for short clips. One length for the whole batch, so that per-sample
+            # calls give features of one width.
             fe = processor.feature_extractor
             frames = max(len(a) for a in audios) // fe.hop_length + 4
             kwargs["audio_kwargs"] = {"max_length": min(frames * fe.hop_length, fe.n_samples)}
-        batch = processor(
-            text=texts,
-            videos=videos,
-            audio=audios or None,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-            videos_kwargs=self.video_processor_kwargs(fps),
-            **kwargs,
-        )
+        if all(r == rates[0] for r in rates):
+            batch = processor(text=texts, videos=videos, audio=audios or None, padding=True, padding_side="left",
+                              return_tensors="pt", videos_kwargs=self.video_processor_kwargs(rates[0]), **kwargs)
+        else:
+            parts, by_row = [], dict(zip(audio_from_video, audios))
+            for row in range(len(samples)):
+                own = [by_row[row]] if row in by_row else []
+                row_kwargs = dict(kwargs, **processor_audio_kwargs(use_audio_in_video, [0] if own else []))
+                parts.append(processor(text=[texts[row]], videos=[videos[row]], audio=own or None, padding=True,
+                                       padding_side="left", return_tensors="pt",
+                                       videos_kwargs=self.video_processor_kwargs(rates[row]), **row_kwargs))
+            batch = merge_processor_outputs(parts, processor.tokenizer.pad_token_id)
         inputs = ModelInputs(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
