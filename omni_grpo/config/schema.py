@@ -193,6 +193,11 @@ class TrainConfig:
         default=False,
         metadata=_help("Skip (with a warning) a shard file or sample that cannot be read or decoded instead of stopping."),
     )
+    skip_long_prompts: bool = field(
+        default=False,
+        metadata=_help("Leave out (counted, logged at startup) samples whose prompt is longer than "
+                       "`max_prompt_length` instead of stopping before training."),
+    )
     dataloader_num_workers: int = field(default=2, metadata=_help("Data-loading worker processes per device; 0 = load in the main process."))
     dataloader_prefetch_factor: int = field(default=2, metadata=_help("Batches each worker loads ahead (used when workers > 0)."))
 

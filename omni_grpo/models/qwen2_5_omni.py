@@ -216,8 +216,8 @@ class Qwen25OmniModule(OmniModule):
                 if n > max_prompt_length:
                     raise PromptTooLongError(
                         f"sample {sample.get('id')!r}: prompt is {n} tokens (video and audio included), over "
-                        f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with a "
-                        "lower --fps / --max-pixels / --max-frames."
+                        f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with "
+                        "--max-prompt-tokens N (or a lower --fps / --max-pixels / --max-frames)."
                     )
         return inputs
 
