@@ -4,6 +4,8 @@ Real clips keep their own effective frame rate (a 25 / 29.97 / 23.976 / 30 fps s
 an odd duration gives 1.92, 2.0, 1.87 ... frames per second); a batch of them must build each video's own
 TMRoPE timing and, with audio in the video, its own video/audio interleave. Both families."""
 
+import copy
+
 import pytest
 import torch
 
@@ -99,3 +101,47 @@ def test_trainer_and_evaluate_take_batches_of_real_frame_rates(tiny_model_dir, r
     summary = evaluate(str(tiny_model_dir), [str(real_like_shards)], str(tmp_path / "eval"), max_new_tokens=4,
                        num_workers=0, progress=False)
     assert summary["num_questions"] == 10
+
+
+def flag_samples() -> list[dict]:
+    """A clip whose audio rides in the video, one that keeps its audio out (its own flag), a silent clip."""
+    on, off, silent = make_sample(0, seed=20), make_sample(1, seconds=3.0, frames=6, seed=20), make_sample(2, audio=False)
+    off["use_audio_in_video"] = False
+    return [on, off, silent]
+
+
+def test_per_sample_audio_in_video_equals_one_by_one(kit):
+    """Each row keeps its own flag through the processor, positions, greedy rollout (= HF generate alone) and
+    log-probs; KL is exactly 0 at step 0 on the mixed batch."""
+    from omni_grpo.core_algos import kl_penalty
+    from tests.test_models import hf_greedy
+
+    module, model, processor = kit
+    samples = flag_samples()
+    both = module.build_inputs(processor, samples, SYS, True)
+    assert both.audio_in_video == [True, False, True] and both.audio_rows == [0]
+    with torch.no_grad():
+        comps = generate(module, model, processor, both, num_generations=2, max_new_tokens=5, do_sample=False)
+        rep = both.repeat(2)
+        lp_both, _ = log_probs(module, model, rep, comps.completion_ids, comps.completion_mask)
+        ref, _ = log_probs(module, copy.deepcopy(model), rep, comps.completion_ids, comps.completion_mask)
+        _, pos_both = module.embed(model, both, both.input_ids, both.attention_mask)
+    assert torch.equal(kl_penalty(lp_both, ref, kind="k3") * comps.completion_mask,
+                       torch.zeros_like(lp_both))
+    for row, sample in enumerate(samples):
+        alone = module.build_inputs(processor, [sample], SYS, True)
+        assert torch.equal(real_ids(both, row), real_ids(alone, 0))
+        plain = hf_greedy(kit, alone, n=5)
+        n = plain.shape[1]
+        for j in range(2):
+            assert torch.equal(comps.completion_ids[2 * row + j, :n], plain[0])
+        with torch.no_grad():
+            _, pos_alone = module.embed(model, alone, alone.input_ids, alone.attention_mask)
+            assert torch.equal(pos_both[:, row, both.attention_mask[row].bool()], pos_alone[:, 0])
+            one = comps.completion_ids[2 * row : 2 * row + 1], comps.completion_mask[2 * row : 2 * row + 1]
+            lp_alone, _ = log_probs(module, model, alone, *one)
+        m = int(one[1].sum())
+        assert torch.allclose(lp_both[2 * row, :m], lp_alone[0, :m], atol=1e-5)
+    # the override is real: the clip with audio built under the batch's flag differs
+    shared = module.build_inputs(processor, [dict(samples[1], use_audio_in_video=None)], SYS, True)
+    assert not torch.equal(real_ids(shared, 0), real_ids(both, 1))
