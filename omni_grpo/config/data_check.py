@@ -61,7 +61,8 @@ def check_data(cfg, token_lists: list[list[int | None]] | None = None) -> Prompt
     if token_lists is None:
         from preprocess.shards import load
 
-        token_lists = [load(d, verify=False).prompt_tokens for d in cfg.data]
+        skip = getattr(cfg, "skip_corrupt_shards", False)
+        token_lists = [load(d, verify=False, skip_corrupt=skip).prompt_tokens for d in cfg.data]
     found = find_long_prompts(cfg.data, token_lists, cfg.max_prompt_length)
     total = sum(len(t) for t in token_lists)
     if found.over and not cfg.skip_long_prompts:
