@@ -35,9 +35,15 @@ class PromptDataset(Dataset):
         self.offsets = [0]
         for p in self.parts:
             self.offsets.append(self.offsets[-1] + len(p))
+        self.kept: list[int] | None = None  # global indices left after `drop`, or None for all
+
+    def drop(self, indices: list[int]) -> None:
+        """Leave the samples at these global indices out (e.g. prompts over `max_prompt_length`)."""
+        gone = set(indices)
+        self.kept = [i for i in range(self.offsets[-1]) if i not in gone]
 
     def __len__(self) -> int:
-        return self.offsets[-1]
+        return self.offsets[-1] if self.kept is None else len(self.kept)
 
     def __getitem__(self, index):
         """The sample at a global index; given `(index, cursor)` (what `RankSampler` yields), a `Loaded`."""
@@ -48,6 +54,8 @@ class PromptDataset(Dataset):
             before = media.VIDEO_DECODES
             sample = self[index]
             return Loaded(sample, cursor, media.VIDEO_DECODES - before)  # 0 unless something decodes an mp4
+        if self.kept is not None:
+            index = self.kept[index]
         for k, part in enumerate(self.parts):
             if index < self.offsets[k + 1]:
                 return dict(part[index - self.offsets[k]])

@@ -3,7 +3,7 @@
 Runs GRPO training. Launch it directly for one process, or under
 `accelerate launch --config_file configs/accelerate/zero3.yaml -m omni_grpo.train ...` for DeepSpeed
 (`run_scripts/stage4.sh` launches it through `omni_grpo.launch`, which reports a failed rank in one line).
-Configuration errors are reported before any model is loaded; `--check` stops there (what stage4.sh runs once
+Configuration errors (over-long prompts in the data included) are reported before any model is loaded; `--check` stops there (what stage4.sh runs once
 before it starts the ranks). Every error ends in one line on stderr: `config error: …`, `data error: …`,
 `training stopped: …`, or, for a bug of ours, the traceback and an `internal error: …` line to report.
 Dependencies' deprecation warnings are hidden unless `--verbose` or `OMNI_GRPO_VERBOSE=1`.
@@ -47,17 +47,21 @@ def main(argv: list[str] | None = None) -> int:
 def run(config: str | None, overrides: list[str], check_only: bool = False) -> int:
     """Check the config and the paths (exit code 2 with one line if wrong), then train unless `check_only`."""
     from omni_grpo.checkpoint import CheckpointError
-    from omni_grpo.config import ConfigError, check_paths, load_config
+    from omni_grpo.config import ConfigError, check_data, check_paths, load_config
     from omni_grpo.logging import report_error
     from omni_grpo.run_control import decide_resume
+    from preprocess.shards import ShardCorruptError, ShardFormatError
 
     try:
         cfg = load_config(config, overrides)
         check_paths(cfg)
+        check_data(cfg)
         check_output_dir(cfg.output_dir)
         decide_resume(cfg)  # refuses a folder holding a different run, before ranks launch
     except (ConfigError, FileNotFoundError, CheckpointError) as err:
         return report_error(f"config error: {err}", 2)
+    except (ShardCorruptError, ShardFormatError) as err:
+        return report_error(f"data error: {err}", 2)
     return 0 if check_only else train(cfg)
 
 

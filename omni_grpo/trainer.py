@@ -35,7 +35,7 @@ import torch
 
 from omni_grpo import checkpoint as ckpt
 from omni_grpo import core_algos, run_control
-from omni_grpo.config import TrainConfig, save_config
+from omni_grpo.config import TrainConfig, check_data, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
 from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
@@ -102,6 +102,9 @@ class GRPOTrainer:
             n = sum(k for _, k in self.dataset.skipped)
             logger.warning("skipping %s in %d corrupt shard(s): %s", plural(n, "sample"), len(self.dataset.skipped),
                            ", ".join(str(s) for s, _ in self.dataset.skipped))
+        long = check_data(cfg, [p.prompt_tokens for p in self.dataset.parts])  # ConfigError unless skip_long_prompts
+        self.dataset.drop(long.over)
+        self.skipped_long_prompts = len(long.over)
         self.collate = Collate(self.family, self.processor, cfg.system_prompt, cfg.use_audio_in_video,
                                cfg.max_prompt_length)
         self.batches_per_epoch = self._sampler().batches_per_epoch()

@@ -585,7 +585,7 @@ def test_a_clip_shorter_than_its_qa_timestamps_is_a_failure_naming_ts(tmp_path):
     assert summary["counts"]["written"] == len(rows) and summary["counts"]["failed"] == 1
 
 
-def test_a_very_long_question_is_kept_and_training_stops_with_one_line_naming_it(tiny_model_dir, tmp_path, capsys):
+def test_a_very_long_question_is_kept_and_training_refuses_it_at_startup(tiny_model_dir, tmp_path, capsys):
     d = tmp_path / "data"
     synthetic.make_clip(d / "clip.mp4", seconds=1.0)
     question = "Why does she smile? " * 2000  # 40 000 characters
@@ -596,8 +596,8 @@ def test_a_very_long_question_is_kept_and_training_stops_with_one_line_naming_it
     items = {item["id"]: item for item in shard_fmt.load(tmp_path / "shards")}
     assert items["long"]["question"] == question  # stored whole: never silently truncated
     rc = train_cli.main(train_args(tiny_model_dir, tmp_path / "shards", tmp_path / "out", max_prompt_length=4096))
-    line = one_line(capsys.readouterr().err, "training stopped:")
-    assert rc == 1 and "sample 'long'" in line and "max_prompt_length=4096" in line
+    line = one_line(capsys.readouterr().err, "config error:")  # before any model loads (issue 14)
+    assert rc == 2 and "1 of 2 samples" in line and "max_prompt_length=4096" in line
 
 
 def test_fault_driver_compiles():

@@ -8,10 +8,12 @@ The package, one job per module:
   convert.py    YAML values to declared types; unknown keys to did-you-mean errors
   loading.py    load_config (YAML + overrides, reward names resolved), save_config, config_to_dict
   paths.py      check_paths: model, shard and checkpoint directories before anything is loaded
+  data_check.py check_data: prompt lengths and problem types of the data before any model is loaded
   reference.py  reference_markdown(), the source of docs/config_reference.md (`python -m omni_grpo.config`)
 """
 
 from omni_grpo.config.convert import ConfigError
+from omni_grpo.config.data_check import check_data
 from omni_grpo.config.loading import config_to_dict, load_config, save_config
 from omni_grpo.config.paths import check_paths
 from omni_grpo.config.reference import reference_markdown
@@ -23,6 +25,7 @@ __all__ = [
     "JudgeConfig",
     "LoraConfig",
     "TrainConfig",
+    "check_data",
     "check_paths",
     "config_to_dict",
     "load_config",

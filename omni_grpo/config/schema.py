@@ -205,6 +205,11 @@ class TrainConfig:
         default_factory=lambda: ["problem_type"],
         metadata=_help("Sample fields whose values get their own `eval/<value>/accuracy` (a field no eval sample has is skipped)."),
     )
+    skip_long_prompts: bool = field(
+        default=False,
+        metadata=_help("Leave out (counted, logged at startup) samples whose prompt is longer than "
+                       "`max_prompt_length` instead of stopping before training."),
+    )
     dataloader_num_workers: int = field(default=2, metadata=_help("Data-loading worker processes per device; 0 = load in the main process."))
     dataloader_prefetch_factor: int = field(default=2, metadata=_help("Batches each worker loads ahead (used when workers > 0)."))
 

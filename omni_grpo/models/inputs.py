@@ -63,7 +63,9 @@ class EncodedMedia:
 
 @dataclass
 class ModelInputs:
-    """Prompt ids, every media tensor, and the one ``use_audio_in_video`` value for a batch of prompts.
+    """Prompt ids, every media tensor, and the ``use_audio_in_video`` value for a batch of prompts: one for the
+    batch, or one per row (``audio_in_video``) when a sample overrides the config's (each row's processor call,
+    generation and log-prob passes then use the row's own; positions are computed row by row).
 
     Shapes (B prompt rows, P prompt length, V videos, A audios):
       input_ids, attention_mask: [B, P], left-padded.
@@ -77,6 +79,7 @@ class ModelInputs:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     use_audio_in_video: bool
+    audio_in_video: list[bool] | None = None  # [B] per-row flags when samples override it; None: every row the batch's
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None
     video_second_per_grid: torch.Tensor | None = None
@@ -125,6 +128,7 @@ class ModelInputs:
             audio_rows=audio_rows,
             encoded=self.encoded.select(video_idx, audio_idx) if self.encoded is not None else None,
             prompt_index=[self.prompt_index[r] if self.prompt_index is not None else r for r in rows],
+            audio_in_video=[self.audio_in_video[r] for r in rows] if self.audio_in_video is not None else None,
         )
         if self.pixel_values_videos is not None:
             off = self._video_patch_offsets()
@@ -161,7 +165,10 @@ class ModelInputs:
     def media_kwargs(self) -> dict:
         """The keyword arguments a Hugging Face thinker forward / generate takes for these media."""
         kw = {name: getattr(self, name) for name in MEDIA_FIELDS if getattr(self, name) is not None}
-        kw["use_audio_in_video"] = self.use_audio_in_video
+        if self.audio_in_video is not None and len(set(self.audio_in_video)) > 1:
+            raise ValueError("rows with different use_audio_in_video values: a Hugging Face forward takes one; "
+                             "use select() to split them")
+        kw["use_audio_in_video"] = self.audio_in_video[0] if self.audio_in_video else self.use_audio_in_video
         return kw
 
 

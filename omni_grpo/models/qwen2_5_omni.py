@@ -5,7 +5,9 @@ The user-facing flag is ``use_audio_in_video``. transformers 5.23 renamed the pr
 is the one place that translates it. With the flag on, each video's own audio is passed to the processor
 with ``audio_from_video_indices`` and the processor interleaves 2-second video and audio chunks inside one
 ``<|vision_bos|><|audio_bos|> … <|audio_eos|><|vision_eos|>`` block; the forward then needs the same flag
-for its TMRoPE positions (without it a forward silently scores other positions).
+for its TMRoPE positions (without it a forward silently scores other positions). The config sets the flag; a
+sample may carry its own (`use_audio_in_video` key, :func:`sample_audio_in_video`), kept per row in
+``ModelInputs.audio_in_video`` and used row by row for the positions of every pass.
 """
 
 from __future__ import annotations
@@ -81,6 +83,34 @@ def audio_dummy_pass(inner, param) -> torch.Tensor:
     return inner.get_audio_features(feats, mask, return_dict=True).last_hidden_state.sum()
 
 
+def sample_audio_in_video(sample: dict, default: bool) -> bool:
+    """A sample's own `use_audio_in_video`: its `use_audio_in_video` field when set, else `default`."""
+    own = sample.get("use_audio_in_video")
+    return bool(default if own is None else own)
+
+
+def merge_processor_outputs(parts: list, pad_token_id: int) -> dict:
+    """One batch from per-sample processor outputs, as one left-padded processor call would give it: ids and
+    masks left-padded to the longest prompt, videos and audio features stacked in row order (audio features
+    right-padded to the widest, masked out beyond each clip)."""
+    width = max(p["input_ids"].shape[1] for p in parts)
+
+    def left_pad(t, value):
+        return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+    out = {"input_ids": torch.cat([left_pad(p["input_ids"], pad_token_id) for p in parts]),
+           "attention_mask": torch.cat([left_pad(p["attention_mask"], 0) for p in parts]),
+           "video_second_per_grid": [s for p in parts for s in p["video_second_per_grid"]]}
+    for key in ("pixel_values_videos", "video_grid_thw", "input_features", "feature_attention_mask"):
+        found = [p[key] for p in parts if p.get(key) is not None]
+        if key in ("input_features", "feature_attention_mask") and found:  # a processor may pad to its call's longest
+            frames = max(t.shape[-1] for t in found)
+            found = [torch.nn.functional.pad(t, (0, frames - t.shape[-1])) for t in found]
+        if found:
+            out[key] = torch.cat(found)
+    return out
+
+
 class Qwen25OmniModule(OmniModule):
     family = "qwen2_5_omni"
     media_token_names = (
@@ -131,20 +161,32 @@ class Qwen25OmniModule(OmniModule):
 
     def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
                      max_prompt_length: int | None = None) -> ModelInputs:
-        """One processor call for the whole batch of samples (each with its own video and audio)."""
-        texts, videos, audios, audio_from_video, audio_rows = [], [], [], [], []
-        fps = None
+        """The processor output for the whole batch of samples (each with its own video, audio and frame rate).
+
+        The processor takes one frame rate per call, and the frame rate sets both a video's TMRoPE timing
+        (``video_second_per_grid``) and, with audio in the video, how its video and audio chunks interleave. A
+        batch whose samples share one rate is one call; a batch of clips at different rates (real clips keep
+        their own effective rate), or of samples whose own `use_audio_in_video` (:func:`sample_audio_in_video`)
+        differ, is one call per sample, merged by :func:`merge_processor_outputs`, so every row is exactly what
+        the sample gives alone; per-row flags are kept in `ModelInputs.audio_in_video`.
+        """
+        texts, videos, audios, audio_from_video, audio_rows, rates = [], [], [], [], [], []
+        flags = [sample_audio_in_video(s, use_audio_in_video) for s in samples]
+        # A row without audio has nothing to interleave: it follows the rows with audio unless those disagree.
+        heard = {f for f, s in zip(flags, samples) if s.get("audio") is not None}
+        mixed_flags = len(heard) > 1
+        if not mixed_flags:
+            use_audio_in_video = heard.pop() if heard else use_audio_in_video
+            flags = [use_audio_in_video] * len(samples)
         for row, sample in enumerate(samples):
-            messages = self.build_messages(sample, system_prompt, use_audio_in_video)
+            messages = self.build_messages(sample, system_prompt, flags[row])
             texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
             frames = np.asarray(sample["frames"])
             if frames.ndim != 4 or frames.shape[-1] != 3:
                 raise ValueError(f"sample {sample.get('id')}: frames must be [T, H, W, 3], got {frames.shape}")
             videos.append(frames)
-            if fps is not None and abs(float(sample["fps"]) - fps) > 1e-6:
-                raise ValueError("all samples of a batch must share one frame rate; preprocess with one --fps")
-            fps = float(sample["fps"])
-            if use_audio_in_video and sample.get("audio") is not None:
+            rates.append(float(sample["fps"]))
+            if flags[row] and sample.get("audio") is not None:
                 audios.append(np.asarray(sample["audio"], dtype=np.float32))
                 audio_from_video.append(row)
                 audio_rows.append(row)
@@ -152,24 +194,29 @@ class Qwen25OmniModule(OmniModule):
         if audios:
             # The processor pads Whisper features to 300 s ("max_length" only). Pad to the longest clip plus a few
             # frames instead: the same features for every real frame (the tail is dropped below anyway), and
-            # 10-30x less feature extraction for short clips.
+            # 10-30x less feature extraction for short clips. One length for the whole batch, so that per-sample
+            # calls give features of one width.
             fe = processor.feature_extractor
             frames = max(len(a) for a in audios) // fe.hop_length + 4
             kwargs["audio_kwargs"] = {"max_length": min(frames * fe.hop_length, fe.n_samples)}
-        batch = processor(
-            text=texts,
-            videos=videos,
-            audio=audios or None,
-            padding=True,
-            padding_side="left",
-            return_tensors="pt",
-            videos_kwargs=self.video_processor_kwargs(fps),
-            **kwargs,
-        )
+        if all(r == rates[0] for r in rates) and not mixed_flags:
+            batch = processor(text=texts, videos=videos, audio=audios or None, padding=True, padding_side="left",
+                              return_tensors="pt", videos_kwargs=self.video_processor_kwargs(rates[0]), **kwargs)
+        else:
+            parts, by_row = [], dict(zip(audio_from_video, audios))
+            for row in range(len(samples)):
+                own = [by_row[row]] if row in by_row else []
+                row_kwargs = {k: v for k, v in kwargs.items() if k == "audio_kwargs"}
+                row_kwargs.update(processor_audio_kwargs(flags[row], [0] if own else []))
+                parts.append(processor(text=[texts[row]], videos=[videos[row]], audio=own or None, padding=True,
+                                       padding_side="left", return_tensors="pt",
+                                       videos_kwargs=self.video_processor_kwargs(rates[row]), **row_kwargs))
+            batch = merge_processor_outputs(parts, processor.tokenizer.pad_token_id)
         inputs = ModelInputs(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             use_audio_in_video=use_audio_in_video,
+            audio_in_video=flags if mixed_flags else None,
             pixel_values_videos=batch["pixel_values_videos"],
             video_grid_thw=batch["video_grid_thw"],
             video_second_per_grid=torch.as_tensor(batch["video_second_per_grid"], dtype=torch.float32),
@@ -187,8 +234,8 @@ class Qwen25OmniModule(OmniModule):
                 if n > max_prompt_length:
                     raise PromptTooLongError(
                         f"sample {sample.get('id')!r}: prompt is {n} tokens (video and audio included), over "
-                        f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with a "
-                        "lower --fps / --max-pixels / --max-frames."
+                        f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with "
+                        "--max-prompt-tokens N (or a lower --fps / --max-pixels / --max-frames)."
                     )
         return inputs
 
@@ -252,14 +299,23 @@ class Qwen25OmniModule(OmniModule):
                 embeds = embeds.masked_scatter(slots.unsqueeze(-1), values)
         if enc.dummy is not None:
             embeds = embeds + enc.dummy.to(embeds.dtype)
+        if inputs.audio_in_video is not None and len(set(inputs.audio_in_video)) > 1:  # each row its own flag
+            rows = [self._positions(thinker, inputs.select([r]), ids[r : r + 1], mask[r : r + 1])
+                    for r in range(ids.shape[0])]
+            return embeds, torch.cat(rows, dim=-2), enc
+        return embeds, self._positions(thinker, inputs, ids, mask), enc
+
+    def _positions(self, thinker, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """TMRoPE positions [3, N, L] of `ids` from the thinker's own `get_rope_index`, with the rows' flag."""
+        flag = inputs.audio_in_video[0] if inputs.audio_in_video else inputs.use_audio_in_video
         audio_seqlens = inputs.feature_attention_mask.sum(-1) if inputs.feature_attention_mask is not None else None
         position_ids, _ = thinker.model.get_rope_index(
             ids,
             None,
             inputs.video_grid_thw,
             mask,
-            inputs.use_audio_in_video,
+            flag,
             audio_seqlens,
             inputs.video_second_per_grid,
         )
-        return embeds, position_ids, enc
+        return position_ids

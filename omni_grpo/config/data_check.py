@@ -1,0 +1,112 @@
+"""Checks of the training data's own facts before any model is loaded: every sample's prompt length against
+`max_prompt_length` (from the counts `python -m preprocess` stores per sample) and the `problem_type`
+spellings the accuracy reward does not know.
+
+A prompt longer than `max_prompt_length` stops the run here, with the count, the longest and both fixes, rather
+than at the step that first draws it; with `skip_long_prompts` those samples are left out instead (counted and
+logged). Version-1 shards carry no counts: their check is skipped, with a line saying so. The counts are what
+preprocess counted (on the Qwen2.5 pixel grid); `build_inputs` still refuses a prompt that turns out longer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omni_grpo.config.convert import ConfigError
+
+logger = logging.getLogger("omni_grpo")
+_reported: set[str] = set()  # startup lines already logged in this process (train.py and the trainer both check)
+
+
+@dataclass
+class PromptLengths:
+    """Which samples (global indices over `data`, in order) are longer than the limit."""
+
+    over: list[int] = field(default_factory=list)
+    longest: int = 0
+    unchecked: list[str] = field(default_factory=list)  # shard directories without per-sample counts
+
+
+def find_long_prompts(dirs: list[str], token_lists: list[list[int | None]], limit: int) -> PromptLengths:
+    """The samples of `token_lists` (one list per directory, in dataset order) longer than `limit` tokens."""
+    out, offset = PromptLengths(), 0
+    for shard_dir, tokens in zip(dirs, token_lists):
+        if any(t is None for t in tokens):
+            out.unchecked.append(str(shard_dir))
+        for i, n in enumerate(tokens):
+            if n is not None:
+                out.longest = max(out.longest, int(n))
+                if n > limit:
+                    out.over.append(offset + i)
+        offset += len(tokens)
+    return out
+
+
+def long_prompt_message(found: PromptLengths, total: int, limit: int) -> str:
+    """One line: how many exceed the limit, the longest, and the two fixes."""
+    return (f"{len(found.over)} of {total} samples have prompts longer than max_prompt_length={limit} tokens "
+            f"(the longest is {found.longest}); re-run python -m preprocess with --max-prompt-tokens {limit} to fit "
+            f"them, raise max_prompt_length to {found.longest} or more, or set skip_long_prompts=true to leave them out")
+
+
+def check_data(cfg, token_lists: list[list[int | None]] | None = None) -> PromptLengths:
+    """Check `cfg.data` (token counts read from the shards when `token_lists` is None, no media read).
+
+    Raises ConfigError for over-long prompts unless `cfg.skip_long_prompts`; logs the skipped count, the
+    directories without counts and the unknown problem types, each once per process.
+    """
+    if token_lists is None:
+        from preprocess.shards import load
+
+        skip = getattr(cfg, "skip_corrupt_shards", False)
+        token_lists = [load(d, verify=False, skip_corrupt=skip).prompt_tokens for d in cfg.data]
+    found = find_long_prompts(cfg.data, token_lists, cfg.max_prompt_length)
+    total = sum(len(t) for t in token_lists)
+    if found.over and not cfg.skip_long_prompts:
+        raise ConfigError(long_prompt_message(found, total, cfg.max_prompt_length))
+    if found.over:
+        _report(f"skip_long_prompts: leaving out {len(found.over)} of {total} samples longer than "
+                f"max_prompt_length={cfg.max_prompt_length} (the longest is {found.longest})")
+    if found.unchecked:
+        _report("prompt length check skipped for " + ", ".join(found.unchecked) + " (shards written before "
+                "per-sample token counts; re-run python -m preprocess to have them checked)")
+    report_unknown_problem_types(cfg.data)
+    return found
+
+
+def unknown_problem_types(dirs: list[str]) -> dict[str, int]:
+    """Spellings of `problem_type` in the manifests that the accuracy reward does not recognise, with counts."""
+    from omni_grpo.rewards.accuracy import normalise_problem_type
+
+    unknown: dict[str, int] = {}
+    for shard_dir in dirs:
+        try:
+            manifest = json.loads((Path(shard_dir) / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # check_paths reports an unreadable manifest
+        types = manifest.get("problem_types") or {}
+        for group in ("matched", "unknown"):
+            for spelling, n in (types.get(group) or {}).items():
+                if normalise_problem_type(spelling) is None:
+                    unknown[spelling] = unknown.get(spelling, 0) + int(n)
+    return unknown
+
+
+def report_unknown_problem_types(dirs: list[str]) -> None:
+    """One warning for all unknown spellings, with the list of known ones."""
+    from omni_grpo.rewards.accuracy import describe_known_problem_types
+
+    unknown = unknown_problem_types(dirs)
+    if unknown:
+        listed = ", ".join(f"{k!r} ({n} samples)" for k, n in sorted(unknown.items()))
+        _report(f"unknown problem_type in the data: {listed}; the accuracy reward scores them None. Known types: "
+                f"{describe_known_problem_types()}")
+
+
+def _report(line: str) -> None:
+    if line not in _reported:
+        _reported.add(line)
+        logger.warning(line)

@@ -1,0 +1,84 @@
+"""The data checks before any model loads: prompt lengths against `max_prompt_length` (stop, or skip with
+`skip_long_prompts`), shards without counts, unknown problem types reported once."""
+
+import json
+import logging
+import shutil
+from types import SimpleNamespace
+
+import pytest
+
+from omni_grpo.config import ConfigError, check_data
+from omni_grpo.config.data_check import find_long_prompts
+from tests.helpers import TINY_RUN, run_args, tiny_config
+
+
+def lengths(shards_dir):
+    from preprocess import shards
+
+    return shards.load(shards_dir, verify=False).prompt_tokens
+
+
+def test_check_stops_on_long_prompts_with_count_longest_and_fixes(tiny_model_dir, tiny_shards, tmp_path, capsys):
+    """`python -m omni_grpo.train --check` exits 2 with one line: how many, the longest, both fixes."""
+    from omni_grpo.train import main
+
+    tokens = lengths(tiny_shards)
+    limit = sorted(tokens)[len(tokens) // 2]
+    over = sum(t > limit for t in tokens)
+    assert 0 < over < len(tokens)
+    argv = run_args(tiny_model_dir, tiny_shards, tmp_path / "out", TINY_RUN, max_prompt_length=limit)
+    assert main(["--check", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("config error:")
+    assert f"{over} of {len(tokens)} samples" in err and f"longest is {max(tokens)}" in err
+    assert f"--max-prompt-tokens {limit}" in err and "raise max_prompt_length" in err and "skip_long_prompts" in err
+    argv = run_args(tiny_model_dir, tiny_shards, tmp_path / "out", TINY_RUN, max_prompt_length=max(tokens))
+    assert main(["--check", *argv]) == 0
+
+
+def test_trainer_refuses_before_loading_the_model(tiny_model_dir, tiny_shards, tmp_path, monkeypatch):
+    from omni_grpo import checkpoint
+    from omni_grpo.trainer import GRPOTrainer
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the data check")
+
+    monkeypatch.setattr(checkpoint, "load_policy", no_load)
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, max_prompt_length=min(lengths(tiny_shards)) - 1)
+    with pytest.raises(ConfigError, match="longer than max_prompt_length"):
+        GRPOTrainer(cfg)
+
+
+def test_skip_long_prompts_leaves_them_out_counted_and_logged(tiny_model_dir, tiny_shards, tmp_path, caplog):
+    from omni_grpo.trainer import GRPOTrainer
+
+    tokens = lengths(tiny_shards)
+    limit = sorted(tokens)[len(tokens) // 2]
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, max_prompt_length=limit, skip_long_prompts=True)
+    with caplog.at_level(logging.WARNING, logger="omni_grpo"):
+        trainer = GRPOTrainer(cfg)
+    kept = [t for t in tokens if t <= limit]
+    assert len(trainer.dataset) == len(kept) and trainer.skipped_long_prompts == len(tokens) - len(kept)
+    assert sorted(trainer.dataset[i]["prompt_tokens"] for i in range(len(trainer.dataset))) == sorted(kept)
+    assert any(f"leaving out {len(tokens) - len(kept)} of {len(tokens)}" in r.getMessage() for r in caplog.records)
+
+
+def test_shards_without_counts_are_reported_as_unchecked():
+    found = find_long_prompts(["v2", "v1"], [[10, 30], [None, None]], limit=20)
+    assert found.over == [1] and found.longest == 30 and found.unchecked == ["v1"]
+
+
+def test_unknown_problem_types_reported_once_with_the_known_ones(tiny_shards, tmp_path, caplog):
+    data = tmp_path / "shards"
+    shutil.copytree(tiny_shards, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["problem_types"] = {"matched": {"multiple_choice": 3}, "unknown": {"essay": 2}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    cfg = SimpleNamespace(data=[str(data)], max_prompt_length=10**6, skip_long_prompts=False)
+    with caplog.at_level(logging.WARNING, logger="omni_grpo"):
+        check_data(cfg)
+        check_data(cfg)
+    lines = [r.getMessage() for r in caplog.records if "unknown problem_type" in r.getMessage()]
+    assert len(lines) == 1 and "'essay' (2 samples)" in lines[0] and "multiple_choice" in lines[0]
+    assert "multiple_choice" not in lines[0].split("Known types")[0]
