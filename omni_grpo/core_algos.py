@@ -150,8 +150,9 @@ def group_advantages(
     n_valid = valid.sum(dim=1, keepdim=True)  # [B, 1]
     filled = torch.where(valid, grouped, torch.zeros_like(grouped))  # [B, G]
     mean = filled.sum(dim=1, keepdim=True) / n_valid.clamp(min=1)  # [B, 1]
-    first = torch.where(valid, grouped, mean).max(dim=1, keepdim=True).values  # [B, 1]
-    constant = (n_valid < 2) | (torch.where(valid, grouped, first) == first).all(dim=1, keepdim=True)  # [B, 1]
+    highest = torch.where(valid, grouped, -math.inf).amax(dim=1, keepdim=True)  # [B, 1]
+    lowest = torch.where(valid, grouped, math.inf).amin(dim=1, keepdim=True)  # [B, 1]
+    constant = (n_valid < 2) | (highest == lowest)  # [B, 1]
     centred = torch.where(constant | ~valid, torch.zeros_like(grouped), filled - mean)  # [B, G]
     if scale == "group":
         var = (centred.square().sum(dim=1, keepdim=True) / (n_valid - 1).clamp(min=1))  # [B, 1]
@@ -159,7 +160,6 @@ def group_advantages(
         advantages = centred / (std + eps)
     elif scale == "batch":
         std = rewards[~torch.isnan(rewards)].std(unbiased=True) if int(valid.sum()) > 1 else rewards.new_ones(())
-        std = torch.nan_to_num(std, nan=1.0)
         advantages = centred / (torch.where(std > 0, std, torch.ones_like(std)) + eps)
     else:
         advantages = centred
