@@ -18,7 +18,12 @@ from tests.conftest import make_sample
 
 @pytest.fixture
 def audio_and_silent():
-    return [make_sample(0), make_sample(1, frames=6, height=84, width=56, seconds=3.0)]
+    """Like real encodes: effective frame rates of 29.97 and 25 fps sources sampled at 2 fps, odd durations,
+    the second clip without a sound track."""
+    with_audio = make_sample(0, frames=4, seconds=2.07)
+    silent = make_sample(1, frames=6, height=84, width=56, seconds=3.47, audio=False)
+    with_audio["fps"], silent["fps"] = 1.93, 1.73
+    return [with_audio, silent]
 
 
 def sampled(kit, samples, flag, temperature, g=3, n=8, seed=0):
