@@ -148,6 +148,23 @@ def test_exact_count_with_the_models_tokenizer(siq2_minute, tmp_path, qwen_vocab
     assert manifest["prompt_tokens"]["exact"] is True and 2900 < sample["prompt_tokens"] <= 3000
 
 
+def test_system_prompt_option_is_counted(siq2_minute, tmp_path, qwen_vocab_dir):
+    """--system-prompt changes the count exactly as the model's tokenizer counts the extra words."""
+    from omni_grpo.models import get_module
+
+    long_prompt = "Think step by step about every person in the clip, their words and their faces. " * 8
+    counts = {}
+    for name, extra in (("default", {}), ("long", {"system_prompt": long_prompt})):
+        build(BuildOptions(source="jsonl", manifest=siq2_minute / "m.jsonl", output=tmp_path / name, workers=0,
+                           progress=False, tokenizer=qwen_vocab_dir, max_prompt_tokens=0, **extra))
+        counts[name] = _first_sample(tmp_path / name)["prompt_tokens"]
+    module = get_module("qwen2_5_omni")
+    tok = module.load_processor(qwen_vocab_dir).tokenizer
+    default = BuildOptions(source="jsonl", manifest=siq2_minute / "m.jsonl", output=tmp_path).prompt_system()
+    assert counts["long"] > counts["default"]  # the option reaches the count
+    assert counts["long"] - counts["default"] == len(tok(long_prompt)["input_ids"]) - len(tok(default)["input_ids"])
+
+
 def test_no_budget_gives_qwen_omni_utils_frames(siq2_minute):
     clip = decode_clip(siq2_minute / "clip.mp4")
     assert clip.media_tokens > 15000  # what the issue measured: ~19.5k tokens with audio and text
