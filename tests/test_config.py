@@ -303,9 +303,14 @@ def test_top_level_judge_reaches_people_focus_without_the_key():
     from omni_grpo.rewards import effective_reward_kwargs
 
     cfg = load_config(None, ["model_name_or_path=m", "judge.enabled=true", "judge.url=http://127.0.0.1:9/v1",
-                             "judge.model=judge", "judge.api_key_env=JUDGE_KEY"])
+                             "judge.model=judge", "judge.api_key_env=JUDGE_KEY", "judge.temperature=0.3",
+                             "judge.max_cache_entries=7"])
     kw = effective_reward_kwargs(cfg)
     assert kw["people_focus"]["judge"]["api_key_env"] == "JUDGE_KEY"
+    from omni_grpo.rewards.judge import JudgeConfig
+
+    judge = JudgeConfig.from_dict(kw["people_focus"]["judge"])  # what the reward builds its client from
+    assert (judge.temperature, judge.max_cache_entries) == (0.3, 7)
     assert "sk-" not in repr(kw)
     off = effective_reward_kwargs(load_config(None, ["model_name_or_path=m"]))
     assert "people_focus" not in off or "judge" not in off["people_focus"]
