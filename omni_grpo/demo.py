@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from omni_grpo.synthetic import write_mp4
+
 __all__ = ["COLOURS", "QUESTION", "REPLY", "clip_arrays", "make_demo_dataset", "warm_up"]
 
 # (name, RGB, tone in Hz). The tones are an octave apart, far inside the 8 kHz band of 16 kHz audio.
@@ -51,7 +53,6 @@ REPLY = "<think>I see.</think><answer>{letter}</answer>"
 GREY = 128
 BLANK = (None, "video", "audio", "both")  # what `clip_arrays` blanks
 WARM_UP_RECORD = "warm_up.json"  # written next to the warmed-up weights: what was fitted, on what
-_AAC_FRAME = 1024
 
 
 def clip_arrays(colour: int, seed: int, blank: str | None = None, seconds: float = 2.0, fps: int = 4,
@@ -80,33 +81,6 @@ def clip_arrays(colour: int, seed: int, blank: str | None = None, seconds: float
     return frames, audio
 
 
-def write_clip(path, frames: np.ndarray, audio: np.ndarray, fps: int, sample_rate: int = 16000) -> Path:
-    """Write ``frames`` ``[T, H, W, 3]`` and mono ``audio`` as an H.264 + AAC mp4 (as `synthetic.make_clip` does,
-    with the pictures and the sound given)."""
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as container:
-        vstream = container.add_stream("libx264", rate=Fraction(fps), options={"preset": "veryfast", "crf": "18"})
-        vstream.height, vstream.width, vstream.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
-        astream = container.add_stream("aac", rate=sample_rate, layout="mono")
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-            frame.pts = i
-            container.mux(vstream.encode(frame))
-        container.mux(vstream.encode(None))
-        for start in range(0, len(audio), _AAC_FRAME):
-            chunk = np.zeros((1, _AAC_FRAME), dtype=np.float32)
-            part = audio[start:start + _AAC_FRAME]
-            chunk[0, :len(part)] = part
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = sample_rate, start
-            container.mux(astream.encode(frame))
-        container.mux(astream.encode(None))
-    return path
-
-
 def make_demo_dataset(root, n_clips: int = 32, n_options: int = 4, seed: int = 0, blank: str | None = None,
                       seconds: float = 2.0, fps: int = 4, size: int = 56) -> Path:
     """Write the demo task under ``root`` (``manifest.jsonl`` + ``video/*.mp4``) and return the manifest path.
@@ -127,7 +101,7 @@ def make_demo_dataset(root, n_clips: int = 32, n_options: int = 4, seed: int = 0
         colour = k % n_options
         clip_id = f"demo{k:04d}"
         frames, audio = clip_arrays(colour, seed * 100_003 + k, blank, seconds, fps, size)
-        write_clip(root / "video" / f"{clip_id}.mp4", frames, audio, fps)
+        write_mp4(root / "video" / f"{clip_id}.mp4", frames, frames.shape[1:3], Fraction(fps), audio[None, :])
         lines.append({"id": clip_id, "video": f"video/{clip_id}.mp4", "question": QUESTION, "options": names,
                       "answer": string.ascii_uppercase[colour], "problem_type": "multiple_choice"})
     manifest = root / "manifest.jsonl"

@@ -92,14 +92,31 @@ def make_clip(
     ``audio``: ``"tone"`` (``chirp``, each channel scaled by ``1 - 0.1 * c``), ``"silence"`` (zeros) or
     ``None`` (no audio stream). Raises ``av.codec.codec.UnknownCodecError`` if the codec is not built in.
     """
+    rate = Fraction(fps).limit_denominator(1001)
+    fps = float(rate)
+    n_frames = max(1, int(round(seconds * fps)))
+    signal = None
+    if audio is not None:
+        if audio not in ("tone", "silence"):
+            raise ValueError(f"audio must be 'tone', 'silence' or None, got {audio!r}")
+        mono = chirp(n_frames / fps, sample_rate, seed)
+        if audio == "silence":
+            mono = np.zeros_like(mono)
+        signal = (1.0 - 0.1 * np.arange(channels, dtype=np.float32))[:, None] * mono[None, :]
+    frames = (frame_image(i, fps, seconds, size, seed) for i in range(n_frames))
+    return write_mp4(path, frames, size, rate, signal, sample_rate, video_codec)
+
+
+def write_mp4(path, frames, size: tuple[int, int], rate: Fraction, audio: np.ndarray | None = None,
+              sample_rate: int = 16000, video_codec: str = "libx264") -> Path:
+    """Encode ``frames`` (an iterable of uint8 ``[H, W, 3]``, ``size`` = ``(H, W)``, even) at the stream rate
+    ``rate`` and, unless None, float ``audio`` ``[channels, n]`` as AAC into an mp4 (H.264, or HEVC with
+    ``video_codec="libx265"``). Frames are encoded as they come, so a long clip is never held in memory."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = size
-    rate = Fraction(fps).limit_denominator(1001)
-    fps = float(rate)
-    n_frames = max(1, int(round(seconds * fps)))
     with av.open(str(path), "w", format="mp4") as container:
         options = {"preset": "veryfast", "crf": "18"}
         if video_codec == "libx265":
@@ -108,20 +125,14 @@ def make_clip(
         vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
         astream = None
         if audio is not None:
-            if audio not in ("tone", "silence"):
-                raise ValueError(f"audio must be 'tone', 'silence' or None, got {audio!r}")
-            astream = container.add_stream("aac", rate=sample_rate, layout=_LAYOUTS[channels])
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, fps, seconds, size, seed), format="rgb24")
+            astream = container.add_stream("aac", rate=sample_rate, layout=_LAYOUTS[audio.shape[0]])
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
             frame.pts = i
             container.mux(vstream.encode(frame))
         container.mux(vstream.encode(None))
         if astream is not None:
-            mono = chirp(n_frames / fps, sample_rate, seed)
-            if audio == "silence":
-                mono = np.zeros_like(mono)
-            gains = (1.0 - 0.1 * np.arange(channels, dtype=np.float32))[:, None]
-            _mux_audio(container, astream, gains * mono[None, :], sample_rate, _AAC_FRAME, _LAYOUTS[channels])
+            _mux_audio(container, astream, audio, sample_rate, _AAC_FRAME, _LAYOUTS[audio.shape[0]])
     return path
 
 
