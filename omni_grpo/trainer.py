@@ -19,8 +19,12 @@ the model family an adapter (`self.family`, stateless), every save/load `checkpo
 Departures from the paper, each a config choice: loss aggregation (`loss_agg`, default DAPO's token mean
 over the whole optimizer step, normalised by the global token count so the gradient does not depend on how
 rows are split over micro-batches or ranks); asymmetric clipping (`clip_high`, DAPO); advantage scaling
-(`advantage_scale`, Dr.GRPO's "none"); β and temperature schedules. Dropout stays off (LoRA dropout
-defaults to 0) so that KL(π‖π_ref) is exactly 0 at step 0 and the ratio is 1 when μ = 1.
+(`advantage_scale`, Dr.GRPO's "none"); β and temperature schedules; DAPO's dynamic sampling
+(`dynamic_sampling`), which here fills each rank's quota of groups separately, drops the groups with a spread
+beyond it, and at the extra-round cap trains on constant groups rather than stopping (verl raises there);
+advantages are computed per drawn round, before the filter (this matters only for `advantage_scale: batch`).
+Dropout stays off (LoRA dropout defaults to 0) so that KL(π‖π_ref) is exactly 0 at step 0 and the ratio is
+1 when μ = 1.
 """
 
 from __future__ import annotations
