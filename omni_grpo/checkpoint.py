@@ -3,7 +3,8 @@
 A checkpoint folder holds
   model/           HF thinker weights (safetensors) or the LoRA adapter, plus the processor: loadable as is
   state/           optimizer + LR scheduler (`optimizer.pt`, tensors only, loaded with weights_only=True)
-                   or DeepSpeed's own state (`deepspeed/`)
+                   or DeepSpeed's own state (`deepspeed/`); never the frozen weights (the towers, LoRA's base
+                   model): resume loads those from `model_name_or_path` again
   config.yaml      the resolved training config (no secrets)
   trainer_state.json  step, data cursor, counters, Python/NumPy RNG state
   rng-rank{R}.safetensors  torch CPU (and CUDA) generator state of each rank
@@ -232,7 +233,7 @@ def save_checkpoint(cfg, engine, family, processor, step: int, rank: int, world_
             tmp = begin(cfg.output_dir, step)
         _barrier(world_size)
         engine.save_state(tmp / "state")
-        state_dict = engine.full_state_dict()
+        state_dict = engine.trainable_state_dict() if cfg.lora.enabled else engine.full_state_dict()
         save_rng(tmp, rank)
         if rank == 0:
             save_model(tmp / "model", cfg, engine, family, processor, state_dict)

@@ -2,10 +2,11 @@
 
 `Engine` is the interface the trainer and `checkpoint` use, and nothing else: `module` (the nn.Module),
 `stage` / `is_partitioned`, `backward`, `step` / `skip` (an optimizer step, or a skipped one), `lr`,
-`gathered_for_generation`, `save_state` / `load_state` (collective: called on every rank),
-`state_holds_weights`, `full_state_dict` and `prepare_reference`. `build_engine` makes the right one from the
-config (optimizer, LR schedule, fp32 masters, the DeepSpeed JSON's "auto" values); `setup_distributed` reads
-the launcher's environment and starts the process group.
+`gathered_for_generation`, `save_state` / `load_state` (collective: called on every rank; the frozen weights
+are not in the state), `state_holds_weights`, `full_state_dict`, `trainable_state_dict` and
+`prepare_reference`. `build_engine` makes the right one from the config (optimizer, LR schedule, fp32 masters,
+the DeepSpeed JSON's "auto" values); `setup_distributed` reads the launcher's environment and starts the
+process group.
 
 `backward(loss)` takes the micro-batch loss already divided by the *global* normaliser of the optimizer
 step (see `core_algos.agg_loss`), so the step's gradient is the plain sum of micro-batch gradients over
@@ -75,6 +76,11 @@ class Engine:
     def full_state_dict(self) -> dict | None:
         """The whole model's weights on rank 0 (collective under ZeRO-3; None on other ranks)."""
         return self.module.state_dict()
+
+    def trainable_state_dict(self) -> dict | None:
+        """The trainable parameters' weights by name on rank 0, e.g. the LoRA adapter: under ZeRO-3 only they
+        are gathered, not the frozen base (collective under ZeRO-3; None on other ranks)."""
+        return {n: p.detach() for n, p in self.module.named_parameters() if p.requires_grad}
 
     def prepare_reference(self, model):
         """The frozen reference policy, placed as this back end places the policy, in eval mode."""
@@ -216,9 +222,15 @@ class DeepSpeedEngine(Engine):
             offload.setup_zero_stage3_hooks()
 
     def save_state(self, folder: Path) -> None:
-        self._ds.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+        """DeepSpeed's checkpoint without the frozen weights: they never change, and the resumed run loads
+        them again from `model_name_or_path` (the frozen towers, and under LoRA the whole base model — 1.7 GB
+        at Qwen2.5-Omni-3B widths with 2 layers, bench/RESULTS.md "LoRA checkpoints"). Without
+        `exclude_frozen_parameters` ZeRO-2/3 write them twice: in the module state and as "frozen fragments"."""
+        self._ds.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False,
+                                 exclude_frozen_parameters=True)
 
     def load_state(self, folder: Path) -> None:
+        """Trainable weights, optimizer, LR schedule (non-strict: the frozen weights are not in the state)."""
         path, _ = self._ds.load_checkpoint(str(folder / "deepspeed"), tag="state",
                                               load_module_strict=False)
         if path is None:
@@ -229,6 +241,18 @@ class DeepSpeedEngine(Engine):
         if self.is_partitioned:
             return self._ds._zero3_consolidated_16bit_state_dict()
         return self.module.state_dict()
+
+    def trainable_state_dict(self) -> dict | None:
+        """Only the trainable parameters, gathered together (collective under ZeRO-3; None on other ranks)."""
+        if not self.is_partitioned:
+            return super().trainable_state_dict()
+        import deepspeed
+
+        named = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters([p for _, p in named]):
+            if self._ds.global_rank != 0:
+                return None
+            return {n: p.detach().cpu().clone() for n, p in named}
 
     def prepare_reference(self, model):
         import deepspeed

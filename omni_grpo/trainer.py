@@ -9,8 +9,9 @@ One optimizer step, top to bottom (`GRPOTrainer.step`), one method per phase:
   for each of `gradient_accumulation_steps` micro-steps: take `per_device_prompts` prompts → `rollout`
   (`rollout.sample`: media encoded once, G completions each, weights gathered under ZeRO-3) → `score`
   (rewards → advantages) → `reference_and_old` (reference log-probs if β > 0, old log-probs if μ > 1, no
-  gradient); then `update`: μ times, policy log-probs with gradient per update micro-batch → `policy_loss`
-  → backward; optimizer step.
+  gradient) — `collect_rollouts`, which with `dynamic_sampling` (DAPO) drops the groups of equal rewards
+  and draws more rounds until the step holds as many groups with a spread; then `update`: μ times, policy
+  log-probs with gradient per update micro-batch → `policy_loss` → backward; optimizer step.
 
 The trainer only orchestrates: the optimizer back end is `engine.Engine` (plain or DeepSpeed, one interface),
 the model family an adapter (`self.family`, stateless), every save/load `checkpoint`, the RL math `core_algos`.
@@ -18,8 +19,12 @@ the model family an adapter (`self.family`, stateless), every save/load `checkpo
 Departures from the paper, each a config choice: loss aggregation (`loss_agg`, default DAPO's token mean
 over the whole optimizer step, normalised by the global token count so the gradient does not depend on how
 rows are split over micro-batches or ranks); asymmetric clipping (`clip_high`, DAPO); advantage scaling
-(`advantage_scale`, Dr.GRPO's "none"); β and temperature schedules. Dropout stays off (LoRA dropout
-defaults to 0) so that KL(π‖π_ref) is exactly 0 at step 0 and the ratio is 1 when μ = 1.
+(`advantage_scale`, Dr.GRPO's "none"); β and temperature schedules; DAPO's dynamic sampling
+(`dynamic_sampling`), which here fills each rank's quota of groups separately, drops the groups with a spread
+beyond it, and at the extra-round cap trains on constant groups rather than stopping (verl raises there);
+advantages are computed per drawn round, before the filter (this matters only for `advantage_scale: batch`).
+Dropout stays off (LoRA dropout defaults to 0) so that KL(π‖π_ref) is exactly 0 at step 0 and the ratio is
+1 when μ = 1.
 """
 
 from __future__ import annotations
@@ -177,27 +182,17 @@ class GRPOTrainer:
         temperature = core_algos.temperature_schedule(self.global_step, self.total_steps, cfg.temperature,
                                                       cfg.temperature_final, cfg.temperature_schedule,
                                                       cfg.temperature_schedule_fraction)
-        rollouts, reward_metrics, video_decodes = [], [], 0
-        for _ in range(cfg.gradient_accumulation_steps):
-            with self.timer("data"):
-                batch = self._next_batch()
-            video_decodes += batch.video_decodes
-            rollout = self.rollout(batch, temperature)
-            with self.timer("rewards"):
-                reward_metrics.append(self.score(rollout))
-            self.reference_and_old(rollout)
-            rollouts.append(rollout)
+        drawn, rollouts, collected = self.collect_rollouts(temperature)
         update = self.update(rollouts, beta)
         self.global_step += 1
-        rows = sum(r.num_rows for r in rollouts)
+        rows = sum(r.num_rows for r in drawn)
         self.samples_seen += rows * self.world_size
-        metrics = {**_mean_dicts(reward_metrics), **update, **rollout_metrics(rollouts, temperature)}
+        metrics = {**collected, **update, **rollout_metrics(drawn, temperature)}
         metrics.update(self.timer.pop())
         metrics["timing/step"] = time.perf_counter() - t0
         metrics["throughput/samples_per_s"] = rows / metrics["timing/step"]
         # Counted by the batch's inputs in every pass over its rows (update included).
-        metrics["counters/tower_calls"] = float(sum(r.inputs.tower_calls.total for r in rollouts))
-        metrics["counters/video_decodes"] = float(video_decodes)
+        metrics["counters/tower_calls"] = float(sum(r.inputs.tower_calls.total for r in drawn))
         metrics["actor/beta"] = beta
         metrics["data/epoch"] = float(self.cursor.epoch)
         metrics = reduce_metrics(metrics, self.world_size)
@@ -206,6 +201,59 @@ class GRPOTrainer:
             self.writer.scalars(metrics, self.global_step)
             self.writer.completions(rollouts[0].table(cfg.log_completions), self.global_step)
         return metrics
+
+    def collect_rollouts(self, temperature: float) -> tuple[list[Rollout], list[Rollout], dict]:
+        """(every rollout drawn, the step's rollouts for the update, reward / data / dynamic-sampling metrics).
+
+        One rollout round per micro-step: `per_device_prompts` prompts → `rollout` → `score` →
+        `reference_and_old`. Without `dynamic_sampling` the step trains on the `gradient_accumulation_steps`
+        rounds as drawn. With it (DAPO §3.2), groups whose rewards are all equal (advantage 0) are left out
+        and more rounds are drawn, up to `dynamic_sampling_max_extra_rounds`, until every rank holds
+        per_device_prompts × gradient_accumulation_steps groups with a spread (`pick_groups`). The ranks
+        decide together after each round (a rank that has enough still draws while another is short), so every
+        rank runs the same generation rounds and no-gradient passes; each trains on exactly that many groups,
+        so the update's forward/backward count is that of a normal step (an update micro-batch never spans
+        groups: `TrainConfig` checks that it divides G). The update's loss normalisers count the rows trained.
+        """
+        cfg = self.cfg
+        drawn, reward_metrics, video_decodes = [], [], 0
+        target = cfg.per_device_prompts * cfg.gradient_accumulation_steps
+        cap = cfg.gradient_accumulation_steps + (cfg.dynamic_sampling_max_extra_rounds if cfg.dynamic_sampling else 0)
+        while True:
+            with self.timer("data"):
+                batch = self._next_batch()
+            video_decodes += batch.video_decodes
+            rollout = self.rollout(batch, temperature)
+            with self.timer("rewards"):
+                reward_metrics.append(self.score(rollout))
+            self.reference_and_old(rollout)
+            drawn.append(rollout)
+            if len(drawn) < cfg.gradient_accumulation_steps:
+                continue
+            if len(drawn) >= cap:
+                break
+            short = float(sum(int(s.sum()) for s in self._spread(drawn)) < target)
+            if self._all_reduce(torch.tensor([short], device=self.device)).item() == 0:
+                break
+        metrics = {**_mean_dicts(reward_metrics), "counters/video_decodes": float(video_decodes)}
+        if not cfg.dynamic_sampling:
+            return drawn, drawn, metrics
+        picks, counts = pick_groups(self._spread(drawn), target)
+        g = cfg.num_generations
+        rollouts = []
+        for rollout, groups in zip(drawn, picks):
+            if len(groups) == len(rollout.samples) // g:
+                rollouts.append(rollout)
+            elif groups:
+                rollouts.append(rollout.select([k * g + j for k in groups for j in range(g)]))
+        metrics.update({f"rollout/dynamic_sampling_{k}": float(v) for k, v in counts.items()})
+        metrics["rollout/dynamic_sampling_rounds"] = float(len(drawn))
+        return drawn, rollouts, metrics
+
+    def _spread(self, rollouts: list[Rollout]) -> list[torch.Tensor]:
+        """[B] bool per rollout: the groups whose rewards differ (some advantage is not 0)."""
+        g = self.cfg.num_generations
+        return [(r.advantages.view(-1, g) != 0).any(dim=1).cpu() for r in rollouts]
 
     def _next_batch(self):
         if self.loader_iter is None:
@@ -400,6 +448,25 @@ class GRPOTrainer:
                                         "cursor": [self.cursor.epoch, self.cursor.position],
                                         "nonfinite_in_a_row": self.nonfinite_in_a_row,
                                         "samples_seen": self.samples_seen})
+
+
+def pick_groups(spread: list[torch.Tensor], target: int) -> tuple[list[list[int]], dict[str, int]]:
+    """Dynamic sampling's choice: which groups of each drawn round the step trains on.
+
+    `spread`: one [B] bool per round, in draw order (True: the group's rewards differ). The first `target`
+    spread groups are taken; when there are fewer (the extra-round cap was reached), the earliest constant
+    groups fill the remainder (advantage 0: with β = 0 they contribute nothing). Returns (per round, the
+    indices of its groups to train, ascending; counts: `drawn` groups, constant groups `dropped` (left out)
+    and `filled` (trained), spread groups beyond the target left out as `surplus`).
+    """
+    flags = [(r, k, bool(x)) for r, s in enumerate(spread) for k, x in enumerate(s.tolist())]
+    chosen = [(r, k) for r, k, x in flags if x][:target]
+    constant = [(r, k) for r, k, x in flags if not x]
+    filled = constant[:max(0, target - len(chosen))]
+    picked = set(chosen) | set(filled)
+    picks = [[k for k in range(len(s)) if (r, k) in picked] for r, s in enumerate(spread)]
+    return picks, {"drawn": len(flags), "dropped": len(constant) - len(filled), "filled": len(filled),
+                   "surplus": len(flags) - len(constant) - len(chosen)}
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:

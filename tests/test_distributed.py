@@ -106,16 +106,36 @@ def test_zero3_resume_equals_uninterrupted(full_run, tiny_model_dir, mixed_shard
     assert scalars(out, "actor/loss") == scalars(tmp / "out", "actor/loss")[2:]
 
 
-def test_zero3_lora_with_gradient_checkpointing(tiny_model_dir, mixed_shards, tmp_path):
-    ds = zero3_test_config(tmp_path / "zero3.json")
-    launch(tmp_path, common(tiny_model_dir, mixed_shards, tmp_path / "out", ds, steps=2) +
-           ["lora.enabled=true", "lora.r=4", "lora.alpha=8", "gradient_checkpointing=true"])
+def test_zero3_lora_dynamic_sampling_saves_no_frozen_weight_and_resumes_exactly(tiny_model_dir, mixed_shards,
+                                                                               tmp_path):
+    """LoRA with gradient checkpointing under ZeRO-3 on 2 ranks: the adapters move; the checkpoint's DeepSpeed
+    state holds no frozen weight (issue 17 item 4), and a resume from step 2 continues exactly (step 3's loss
+    and adapter). With dynamic sampling (item 1(b)), where rank 0's prompt always scores one constant value and
+    rank 1's never does: rank 1 has its group after one round but draws on with rank 0 until the cap, so both
+    run 1 + 1 rounds per step (no hang), and the counters are the two ranks' mean."""
     from safetensors.torch import load_file
 
-    adapter = load_file(str(tmp_path / "out" / "checkpoints" / "step-0000002" / "model" / "adapter_model.safetensors"))
+    from tests.test_lora_checkpoint import frozen_weights_in_state
+
+    ds = zero3_test_config(tmp_path / "zero3.json")
+    lora = ["lora.enabled=true", "lora.r=4", "lora.alpha=8", "gradient_checkpointing=true", "dynamic_sampling=true",
+            "dynamic_sampling_max_extra_rounds=1", "reward_funcs=[tests.rewards_for_tests:half_constant_reward]"]
+    out, resumed = tmp_path / "out", tmp_path / "resumed"
+    launch(tmp_path, common(tiny_model_dir, mixed_shards, out, ds) + lora)
+    step2, step3 = (out / "checkpoints" / f"step-000000{k}" for k in (2, 3))
+    adapter = load_file(str(step3 / "model" / "adapter_model.safetensors"))
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # lora_B starts at 0: it moved
-    assert torch.isfinite(torch.tensor(scalars(tmp_path / "out", "actor/loss"))).all()
+    assert torch.isfinite(torch.tensor(scalars(out, "actor/loss"))).all()
+    assert frozen_weights_in_state(step2 / "state") == []
+    assert scalars(out, "rollout/dynamic_sampling_rounds") == [2.0] * 3
+    assert scalars(out, "rollout/dynamic_sampling_filled") == [0.5] * 3  # rank 0: its first group, constant
+    assert scalars(out, "rollout/dynamic_sampling_dropped") == [0.5] * 3  # rank 0: the second
+    assert scalars(out, "rollout/dynamic_sampling_surplus") == [0.5] * 3  # rank 1: the round beyond its one
+    launch(tmp_path, common(tiny_model_dir, mixed_shards, resumed, ds) + lora + [f"resume_from_checkpoint={step2}"])
+    assert scalars(resumed, "actor/loss") == scalars(out, "actor/loss")[2:]
+    again = load_file(str(resumed / "checkpoints" / "step-0000003" / "model" / "adapter_model.safetensors"))
+    assert again.keys() == adapter.keys() and all(torch.equal(again[k], adapter[k]) for k in adapter)
 
 
 def test_zero3_mu_two_makes_two_optimizer_steps_per_trainer_step(tiny_model_dir, mixed_shards, tmp_path):

@@ -251,6 +251,25 @@ class TrainConfig:
         default=1,
         metadata=_help("Micro-steps per optimizer step (leave it `auto` in the DeepSpeed JSON)."),
     )
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata=_help(
+            "DAPO's dynamic sampling (Yu et al. 2025, §3.2): leave out the groups whose G rewards are all equal "
+            "(advantage 0) and draw more rollout rounds of per_device_prompts prompts until every rank holds "
+            "per_device_prompts × gradient_accumulation_steps groups with a reward spread (the ranks decide "
+            "together). Spread groups beyond that are dropped; at the cap the remainder is filled with the "
+            "step's constant groups (advantage 0). Needs num_generations divisible by the update micro-batch. "
+            "Counted in rollout/dynamic_sampling_*."
+        ),
+    )
+    dynamic_sampling_max_extra_rounds: int = field(
+        default=8,
+        metadata=_help(
+            "With dynamic_sampling: at most this many rollout rounds beyond the gradient_accumulation_steps "
+            "ones per optimizer step; 0 draws none (the step then trains on the same groups as without "
+            "dynamic_sampling)."
+        ),
+    )
     max_prompt_length: int = field(
         default=16384,
         metadata=_help(
@@ -453,6 +472,17 @@ class TrainConfig:
         _require(
             self.gradient_accumulation_steps >= 1,
             f"gradient_accumulation_steps={self.gradient_accumulation_steps} must be >= 1",
+        )
+        _require(
+            self.dynamic_sampling_max_extra_rounds >= 0,
+            f"dynamic_sampling_max_extra_rounds={self.dynamic_sampling_max_extra_rounds} must be >= 0",
+        )
+        _require(
+            not self.dynamic_sampling or g % self.update_micro_batch_size == 0,
+            f"dynamic_sampling packs the kept groups of several rollout rounds into one step, so an update "
+            f"micro-batch must not span groups: its {self.update_micro_batch_size} rows must divide "
+            f"num_generations={g}; set micro_batch_size to a divisor of {g} (e.g. micro_batch_size={g}) or "
+            "per_device_prompts=1",
         )
         for name in ("max_prompt_length", "max_completion_length"):
             _require(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0 tokens")
