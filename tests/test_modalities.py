@@ -79,6 +79,10 @@ def test_mixed_layouts_batch_equals_one_by_one(kit):
         plain = dataclasses.replace(batch, encoded=None)
         _, positions = module.embed(model, plain, plain.input_ids, plain.attention_mask)
     assert torch.equal(kl_penalty(lp, ref, kind="k3") * comps.completion_mask, torch.zeros_like(lp))
+    cfg = model.config
+    for row in (0, 1, 2, 4):  # every video and the image sit on a height x width grid, not on a text line
+        visual = torch.isin(plain.input_ids[row], torch.tensor([cfg.video_token_id, cfg.image_token_id]))
+        assert not torch.equal(positions[1, row, visual], positions[2, row, visual]), LAYOUTS[row]
     for row, sample in enumerate(samples):
         alone = module.build_inputs(processor, [sample], SYS, True)
         assert torch.equal(real_ids(batch, row), real_ids(alone, 0)), LAYOUTS[row]
