@@ -77,10 +77,11 @@ class BuildOptions:
             self.tokenizer = Path(self.tokenizer)
 
     def prompt_system(self) -> str:
-        """The system prompt counted in the budget (default: the training recipe's)."""
+        """The system prompt counted in the budget: the one training builds its prompts with (the default of
+        `TrainConfig.system_prompt`, which `configs/stage4.yaml` keeps) unless given."""
         if self.system_prompt is not None:
             return self.system_prompt
-        from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT
+        from omni_grpo.config.schema import DEFAULT_SYSTEM_PROMPT
 
         return DEFAULT_SYSTEM_PROMPT
 

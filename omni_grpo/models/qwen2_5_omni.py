@@ -23,16 +23,6 @@ from omni_grpo.models.base import OmniModule, base_thinker
 from omni_grpo.models.inputs import EncodedMedia, ModelInputs
 
 
-# The system prompt `python -m preprocess` counts in its prompt budget (preprocess/build.py). It is NOT the
-# training default (`omni_grpo.config.DEFAULT_SYSTEM_PROMPT`, longer): kept as is for the preprocess budget's
-# pinned numbers; the model code and its tests use the config's.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant who understands people in videos. Watch the video and listen to its audio. "
-    "Describe the relevant people, what they do and how they sound in <context> </context>, reason step by "
-    "step in <think> </think>, and give the final answer in <answer> </answer>."
-)
-
-
 class PromptTooLongError(ValueError):
     """A prompt (media tokens included) is longer than `max_prompt_length`."""
 
