@@ -32,6 +32,7 @@ __all__ = ["Qwen3OmniModule", "FRAME_FACTOR"]
 FRAME_FACTOR = 32  # patch 16 × spatial merge 2: frame sides the vision tower takes
 MAX_TOKENS_PER_FRAME = 768  # the released processor's per-frame cap, in merged vision tokens
 PIXEL_GRID = {"shortest_edge": FRAME_FACTOR**2, "longest_edge": MAX_TOKENS_PER_FRAME * FRAME_FACTOR**2}
+IMAGE_MAX_PIXELS = 16384 * 28 * 28  # the released processors' image max_pixels (= qwen-omni-utils' image limit)
 
 
 class Qwen3OmniModule(Qwen25OmniModule):
@@ -58,8 +59,9 @@ class Qwen3OmniModule(Qwen25OmniModule):
         return {"fps": fps, "do_resize": True, "size": PIXEL_GRID, "cap_pixels_per_frame": True}
 
     def image_processor_kwargs(self) -> dict:
-        """Snap images to this family's 32-pixel grid, as frames (never enlarged to the released minimum)."""
-        return {"do_resize": True, "size": PIXEL_GRID}
+        """Snap images to this family's 32-pixel grid (never enlarged to the released minimum; images keep the
+        released processor's larger pixel limit)."""
+        return {"do_resize": True, "size": {"shortest_edge": FRAME_FACTOR**2, "longest_edge": IMAGE_MAX_PIXELS}}
 
     # --- towers: Qwen2.5-Omni's encode_media, with deepstack features and this family's audio lengths -------
     def _vision_pass(self, inner, pixels: torch.Tensor, grid_thw: torch.Tensor):
