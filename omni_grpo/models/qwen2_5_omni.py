@@ -261,7 +261,7 @@ class Qwen25OmniModule(OmniModule):
             for sample, n in zip(samples, lengths):
                 if n > max_prompt_length:
                     raise PromptTooLongError(
-                        f"sample {sample.get('id')!r}: prompt is {n} tokens (video and audio included), over "
+                        f"sample {sample.get('id')!r}: prompt is {n} tokens (its media included), over "
                         f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with "
                         "--max-prompt-tokens N (or a lower --fps / --max-pixels / --max-frames)."
                     )
