@@ -84,10 +84,10 @@ MODALITIES = ("video", "audio", "image")
 
 def sample_modality(sample: dict) -> str:
     """`video`, `audio` (an audio clip alone) or `image`: the sample's `modality` field (shards), else what it
-    carries (`frames`, then `image`, then `audio`)."""
+    carries (`frames`, then `image`, then a `video` path as in a manifest row, then `audio`)."""
     modality = sample.get("modality")
     if modality is None:
-        for key, kind in (("frames", "video"), ("image", "image"), ("audio", "audio")):
+        for key, kind in (("frames", "video"), ("image", "image"), ("video", "video"), ("audio", "audio")):
             if sample.get(key) is not None:
                 return kind
     if modality not in MODALITIES:
