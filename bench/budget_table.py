@@ -1,7 +1,7 @@
 """The prompt budget's trade-off: what ``python -m preprocess --max-prompt-tokens N`` gives a 60 s 640x360
 29.97 fps clip with 44.1 kHz audio and one Social-IQ style question (the README's table).
 
-    python bench/budget_table.py [--budgets 2048 3072 4096 8192 16384 0] [--tokenizer MODEL_DIR]
+    python bench/budget_table.py [--budgets 2048 3072 4096 8192 16384 0] [--tokenizer MODEL_DIR] [--family F]
 
 Each budget runs the real preprocess (one clip, in this process) and reads the shard back; ``prompt tokens``
 is the count stored per sample (the text estimated unless ``--tokenizer`` is given); 0 means no budget
@@ -20,6 +20,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=int, nargs="+", default=[2048, 3072, 4096, 8192, 16384, 0])
     parser.add_argument("--tokenizer", type=Path)
+    parser.add_argument("--family", default="qwen2_5_omni", choices=["qwen2_5_omni", "qwen3_omni"])
     args = parser.parse_args(argv)
 
     from omni_grpo import synthetic
@@ -43,12 +44,12 @@ def main(argv=None) -> int:
         for n in args.budgets:
             out = folder / f"out{n}"
             build(BuildOptions(source="jsonl", manifest=folder / "m.jsonl", output=out, workers=0, progress=False,
-                               max_prompt_tokens=n, tokenizer=args.tokenizer))
+                               max_prompt_tokens=n, tokenizer=args.tokenizer, family=args.family))
             sample = shards.load(out)[0]
             frames, height, width = sample["frames"].shape[:3]
             seconds = sample["audio"].shape[0] / 16000
-            video = B.video_tokens(frames, height, width)
-            audio = B.audio_tokens(sample["audio"].shape[0]) + B.AUDIO_IN_VIDEO_TOKENS
+            video = B.video_tokens(frames, height, width, args.family)
+            audio = B.audio_tokens(sample["audio"].shape[0], args.family) + B.AUDIO_IN_VIDEO_TOKENS
             print(f"| {n or 'none'} | {frames} | {width}x{height} | {sample['fps']:.2f} | {video} | "
                   f"{video / seconds:.1f} | {audio} | {sample['prompt_tokens']} |")
     return 0

@@ -135,7 +135,9 @@ class Batch:
 
 
 class Collate:
-    """Runs the model family's processor call in the loader worker."""
+    """Runs the model family's processor call in the loader worker. `use_audio_in_video` is the config's
+    default; a sample's own value (`use_audio_in_video` in its shard, from the jsonl manifest) overrides it
+    for that row."""
 
     def __init__(self, family, processor, system_prompt: str, use_audio_in_video: bool, max_prompt_length: int):
         self.family, self.processor = family, processor

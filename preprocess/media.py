@@ -21,8 +21,12 @@ program is needed). Departure: the audio is cut at the end of the video stream
 does not outlast the frames.
 
 Prompt budget (``budget``, see ``preprocess.budget``): when qwen-omni-utils' frames would make the prompt
-longer than the budget, fewer and smaller frames are taken (still spread uniformly over the whole clip, on
-the 28-pixel grid); the audio is kept whole. ``DecodedClip.media_tokens`` is the count the processor emits.
+longer than the budget, fewer and smaller frames are taken (still spread uniformly over the whole clip); the
+audio is kept whole. ``DecodedClip.media_tokens`` is the count the processor emits.
+
+Family (``family``): frames and images are sized on the model family's pixel grid (``budget.PIXEL_GRID``: 28
+pixels for Qwen2.5-Omni as in qwen-omni-utils, 32 for Qwen3-Omni, with qwen-omni-utils' pixel limits), so
+that the family's processor takes them as they are and the counts are that family's.
 
 Other media: ``decode_audio_only`` reads an audio file alone (wav, flac, ogg with libsndfile; mp3, m4a and
 anything else PyAV decodes), ``load_image`` an image (resized as qwen-omni-utils' ``fetch_image``: PIL
@@ -38,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .budget import BudgetError, PromptBudget, fit_video, grid_tokens, media_tokens
+from .budget import DEFAULT_FAMILY, BudgetError, PromptBudget, fit_video, grid_tokens, media_tokens, pixel_grid
 
 SAMPLE_RATE = 16000
 DEFAULT_FPS = 2.0
@@ -142,8 +146,10 @@ def sample_indices(total_frames: int, video_fps: float, options: VideoOptions) -
     return indices, nframes / max(total_frames, 1e-6) * video_fps
 
 
-def resized_size(height: int, width: int, nframes: int, options: VideoOptions) -> tuple[int, int]:
-    """``(H, W)`` of the sampled frames, as qwen-omni-utils' ``fetch_video`` computes it."""
+def resized_size(height: int, width: int, nframes: int, options: VideoOptions,
+                 family: str = DEFAULT_FAMILY) -> tuple[int, int]:
+    """``(H, W)`` of the sampled frames, as qwen-omni-utils' ``fetch_video`` computes it, on ``family``'s pixel
+    grid (its pixel limits kept)."""
     vp = _vision_process()
     defaults = qwen_defaults()
     min_pixels = options.min_pixels if options.min_pixels is not None else defaults["min_pixels"]
@@ -152,8 +158,7 @@ def resized_size(height: int, width: int, nframes: int, options: VideoOptions) -
     if options.max_pixels is not None:
         max_pixels = min(options.max_pixels, max_pixels)
     try:
-        return vp.smart_resize(height, width, factor=defaults["image_factor"],
-                               min_pixels=min_pixels, max_pixels=max_pixels)
+        return vp.smart_resize(height, width, factor=pixel_grid(family), min_pixels=min_pixels, max_pixels=max_pixels)
     except (ValueError, AssertionError) as exc:
         raise MediaError(f"cannot resize a {width}x{height} video with these pixel limits: {exc}") from None
 
@@ -232,12 +237,12 @@ def _read_audio_pyav(path: Path):
     return np.concatenate(chunks, axis=1), rate
 
 
-def decode_audio_only(audio_path, budget: PromptBudget | None = None) -> DecodedClip:
+def decode_audio_only(audio_path, budget: PromptBudget | None = None, family: str = DEFAULT_FAMILY) -> DecodedClip:
     """An audio-only sample: the whole file as 16 kHz mono (never cut; too long for ``budget`` is an error)."""
     audio = load_audio_file(audio_path)
     if audio.shape[0] == 0:
         raise MediaError(f"audio file {Path(audio_path).name} holds no audio samples")
-    tokens = media_tokens("audio", audio_samples=audio.shape[0])
+    tokens = media_tokens("audio", audio_samples=audio.shape[0], family=family)
     if budget is not None and budget.text_tokens + tokens > budget.max_tokens:
         raise OverBudgetError(_over_budget(Path(audio_path).name, budget,
                                       f"needs {budget.text_tokens + tokens} tokens ({tokens} for "
@@ -246,9 +251,9 @@ def decode_audio_only(audio_path, budget: PromptBudget | None = None) -> Decoded
                        audio=audio, audio_source="file", modality="audio", media_tokens=tokens)
 
 
-def load_image(image_path, budget: PromptBudget | None = None) -> DecodedClip:
-    """An image sample: RGB, resized on the 28-pixel grid as qwen-omni-utils' ``fetch_image`` (within
-    its image pixel limits), smaller when ``budget`` requires it."""
+def load_image(image_path, budget: PromptBudget | None = None, family: str = DEFAULT_FAMILY) -> DecodedClip:
+    """An image sample: RGB, resized as qwen-omni-utils' ``fetch_image`` (within its image pixel limits) on
+    ``family``'s pixel grid (28 or 32 pixels), smaller when ``budget`` requires it."""
     from PIL import Image
 
     path = Path(image_path)
@@ -261,6 +266,7 @@ def load_image(image_path, budget: PromptBudget | None = None) -> DecodedClip:
     vp = _vision_process()
     factor = qwen_defaults()["image_factor"]
     min_pixels, max_pixels = vp.IMAGE_MIN_TOKEN_NUM * factor ** 2, vp.IMAGE_MAX_TOKEN_NUM * factor ** 2
+    factor = pixel_grid(family)
     width, height = image.size
     if budget is not None:
         room = budget.max_tokens - budget.text_tokens
@@ -268,22 +274,24 @@ def load_image(image_path, budget: PromptBudget | None = None) -> DecodedClip:
             raise OverBudgetError(_over_budget(path.name, budget, f"its text alone takes {budget.text_tokens} tokens"))
         max_pixels = min(max_pixels, room * factor * factor)
         min_pixels = min(min_pixels, factor * factor)
-    size = _grid_size(height, width, min_pixels, max_pixels, f"image {path.name}")
-    if budget is not None and budget.text_tokens + grid_tokens(*size) > budget.max_tokens:
+    size = _grid_size(height, width, min_pixels, max_pixels, f"image {path.name}", family)
+    tokens = grid_tokens(*size, family)
+    if budget is not None and budget.text_tokens + tokens > budget.max_tokens:
         raise OverBudgetError(_over_budget(path.name, budget, f"its smallest size {size[1]}x{size[0]} needs "
-                                      f"{grid_tokens(*size)} tokens"))
+                                      f"{tokens} tokens"))
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), resample=Image.BICUBIC)
     frames = np.asarray(image, dtype=np.uint8)[None]
     return DecodedClip(frames=frames, frame_indices=[0], fps=None, source_fps=None, source_frames=1,
                        source_size=(height, width), audio=None, audio_source="none", modality="image",
-                       media_tokens=grid_tokens(*size))
+                       media_tokens=tokens)
 
 
-def _grid_size(height: int, width: int, min_pixels: float, max_pixels: float, what: str) -> tuple[int, int]:
-    """``smart_resize`` on the 28-pixel grid, each side at least one cell; MediaError instead of its errors."""
+def _grid_size(height: int, width: int, min_pixels: float, max_pixels: float, what: str,
+               family: str = DEFAULT_FAMILY) -> tuple[int, int]:
+    """``smart_resize`` on ``family``'s pixel grid, each side at least one cell; MediaError instead of its errors."""
     vp = _vision_process()
-    factor = qwen_defaults()["image_factor"]
+    factor = pixel_grid(family)
     try:
         h, w = vp.smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
     except (ValueError, AssertionError) as exc:
@@ -303,12 +311,13 @@ def min_frames(options: VideoOptions) -> int:
 
 
 def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOptions(), threads: int = 1,
-                budget: PromptBudget | None = None) -> DecodedClip:
+                budget: PromptBudget | None = None, family: str = DEFAULT_FAMILY) -> DecodedClip:
     """Decode ``video_path`` into sampled, resized frames and 16 kHz audio (from ``audio_path`` if given).
 
     Two passes over the file: the first counts the video packets (decord's frame count), the second decodes
-    the needed frames and the audio track, so memory does not grow with the video's length. With ``budget``
-    the frames are planned so that the prompt fits it (see ``preprocess.budget.fit_video``).
+    the needed frames and the audio track, so memory does not grow with the video's length. Frames are sized on
+    ``family``'s pixel grid. With ``budget`` the frames are planned so that the prompt fits it (see
+    ``preprocess.budget.fit_video``).
     Raises ``MediaError`` for anything that makes the file unusable.
     """
     video_path = Path(video_path)
@@ -337,12 +346,13 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
     keep = int(round(total_frames / video_fps * SAMPLE_RATE))
     size = None
     if budget is not None and min(source_size) > 0:
-        size = resized_size(*source_size, len(indices), options)
+        size = resized_size(*source_size, len(indices), options, family)
         audio_bound = min(keep, file_audio.shape[0]) if file_audio is not None else keep if has_track else 0
-        sound = media_tokens("video", audio_samples=audio_bound)
+        sound = media_tokens("video", audio_samples=audio_bound, family=family)
+        cell = pixel_grid(family) ** 2  # the smallest frame: one cell of the grid
         try:
             n, size = fit_video(len(indices), size, source_size, budget.text_tokens + sound, budget,
-                                min_frames(options), lambda h, w, pixels: _grid_size(h, w, GRID_CELL, pixels, "video"))
+                                min_frames(options), lambda h, w, pixels: _grid_size(h, w, cell, pixels, "video", family))
         except BudgetError as exc:
             raise OverBudgetError(_over_budget(name, budget, f"{exc}, {sound} for its {audio_bound / SAMPLE_RATE:.1f} s "
                                           f"of audio, {budget.text_tokens} for the text")) from None
@@ -356,7 +366,7 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
                                 discarded=discarded)
     height, width = frames.shape[1:3]
     if size is None:
-        size = resized_size(height, width, len(indices), options)
+        size = resized_size(height, width, len(indices), options, family)
     frames = resize_frames(frames, size)
     if file_audio is not None:
         audio, audio_source = file_audio[:keep], "file"
@@ -364,13 +374,11 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
         audio, audio_source = to_16k_mono(*track)[:keep], "video"
     else:
         audio, audio_source = None, "none"
-    tokens = media_tokens("video", len(indices), *size, audio_samples=None if audio is None else audio.shape[0])
+    tokens = media_tokens("video", len(indices), *size, audio_samples=None if audio is None else audio.shape[0],
+                          family=family)
     return DecodedClip(frames=frames, frame_indices=indices, fps=float(sample_fps), source_fps=video_fps,
                        source_frames=total_frames, source_size=(height, width), audio=audio,
                        audio_source=audio_source, media_tokens=tokens)
-
-
-GRID_CELL = 28 * 28  # the smallest frame: one cell of the 28-pixel grid
 
 
 # Video files opened for decoding in this process. Training reads shards only; the trainer logs the

@@ -9,8 +9,9 @@ An output folder holds
   (``frame_indices``, ``fps``, ``height``, ``width``, ``source_*``; null where they do not apply),
   ``media_tokens`` (the prompt tokens of these media), provenance (``video`` = the media file's path,
   ``audio_path``, ``audio_source``) and ``samples``: the questions asked about the item (``id, question,
-  options, answer, problem_type, extra, prompt_tokens`` with ``extra`` a JSON string and ``prompt_tokens``
-  the whole prompt's length: media + system prompt + question + chat template). An item is stored once
+  options, answer, problem_type, extra, prompt_tokens, use_audio_in_video`` with ``extra`` a JSON string,
+  ``prompt_tokens`` the whole prompt's length: media + system prompt + question + chat template, and
+  ``use_audio_in_video`` the sample's own flag from the manifest, null for the training config's). An item is stored once
   however many questions it has (Social-IQ 2.0 asks about six per video). The file's key-value metadata
   carries ``omni_grpo.format_version``.
 * ``manifest.json``: format version, options, counts, samples per modality (``modalities``: ``video``,
@@ -23,8 +24,9 @@ An output folder holds
 
 No pickle anywhere: Parquet, JPEG, FLAC and JSON only.
 
-Versions: 2 added ``modality``, ``media_tokens`` and ``prompt_tokens``; version 1 folders are still read
-(every row a video, ``prompt_tokens`` None).
+Versions: 2 added ``modality``, ``media_tokens`` and ``prompt_tokens``; 3 added the samples'
+``use_audio_in_video``. Version 1 and 2 folders are still read (version 1: every row a video, ``prompt_tokens``
+None; both: ``use_audio_in_video`` None).
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 SAMPLE_RATE = 16000
 MANIFEST_NAME = "manifest.json"
 FAILURES_NAME = "failures.jsonl"
@@ -70,6 +72,7 @@ def schema():
         ("id", pa.string()), ("question", pa.string()), ("options", pa.list_(pa.string())),
         ("answer", pa.string()), ("problem_type", pa.string()), ("extra", pa.string()),
         ("prompt_tokens", pa.int32()),
+        ("use_audio_in_video", pa.bool_()),
     ])
     return pa.schema([
         ("modality", pa.string()),
@@ -394,7 +397,8 @@ class ShardDataset(Sequence):
 
     def __getitem__(self, index):
         """A dict: ``id, question, options (list[str]), answer, problem_type, extra (dict)``,
-        ``prompt_tokens`` (int, None for version-1 shards), ``modality`` (``video``, ``audio`` or ``image``),
+        ``prompt_tokens`` (int, None for version-1 shards), ``use_audio_in_video`` (the sample's own flag, None:
+        the training config's; None before version 3), ``modality`` (``video``, ``audio`` or ``image``),
         ``has_audio`` (bool), ``frames`` (uint8 ``[T, H, W, 3]``; None unless a video), ``fps`` (of the
         sampled frames; None unless a video), ``frame_indices``, ``image`` (uint8 ``[H, W, 3]``; None unless
         an image), ``audio`` (float32 mono at ``sample_rate`` = 16000, None when there is none), ``video``
@@ -425,6 +429,7 @@ class ShardDataset(Sequence):
             "problem_type": sample["problem_type"],
             "extra": json.loads(sample["extra"]) if sample["extra"] else {},
             "prompt_tokens": sample.get("prompt_tokens"),
+            "use_audio_in_video": sample.get("use_audio_in_video"),
             "modality": modality,
             "has_audio": media["audio"] is not None,
             "frames": frames if modality == "video" else None,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 LETTERS = "ABCD"
 SIQ2_REQUIRED = ("qid", "q", "vid_name", "a0", "a1", "a2", "a3", "answer_idx")
-JSONL_KNOWN = ("id", "video", "audio", "image", "question", "options", "answer", "problem_type")
+JSONL_KNOWN = ("id", "video", "audio", "image", "question", "options", "answer", "problem_type", "use_audio_in_video")
 SIQ2_LAYOUT = ("qa/qa_{split}.json (JSON Lines: qid, q, vid_name, ts, a0..a3, answer_idx), video/{{vid_name}}.mp4 "
                "and, optionally, audio/wav/{{vid_name}}.wav")
 
@@ -62,6 +62,7 @@ class Sample:
     audio: str | None = None
     line: int = 0
     image: str | None = None
+    use_audio_in_video: bool | None = None  # the sample's own flag (jsonl manifest); None: the training config's
 
     @property
     def modality(self) -> str:
@@ -72,7 +73,8 @@ class Sample:
         """The QA fields as stored in a shard (``extra`` as a JSON string)."""
         return {"id": self.id, "question": self.question, "options": list(self.options),
                 "answer": self.answer, "problem_type": self.problem_type,
-                "extra": json.dumps(self.extra, ensure_ascii=False, sort_keys=True)}
+                "extra": json.dumps(self.extra, ensure_ascii=False, sort_keys=True),
+                "use_audio_in_video": self.use_audio_in_video}
 
 
 @dataclass
@@ -250,9 +252,13 @@ def parse_jsonl_line(raw, base: str, line: int = 0) -> Sample:
         raise LineError("field 'problem_type' must be a non-empty string", sample_id)
     else:
         _check_text(problem_type, "problem_type", sample_id)
+    own_flag = obj.get("use_audio_in_video")
+    if own_flag is not None and not isinstance(own_flag, bool):
+        raise LineError(f"field 'use_audio_in_video' must be true, false or null, got {_type(own_flag)}", sample_id)
     extra = _extra(obj, JSONL_KNOWN, sample_id)
     return Sample(id=sample_id, video=video, question=question, options=options, answer=answer,
-                  problem_type=problem_type, extra=extra, audio=audio, line=line, image=image)
+                  problem_type=problem_type, extra=extra, audio=audio, line=line, image=image,
+                  use_audio_in_video=own_flag)
 
 
 # --- readers --------------------------------------------------------------------------------------------

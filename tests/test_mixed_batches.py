@@ -119,7 +119,7 @@ def test_per_sample_audio_in_video_equals_one_by_one(kit):
     module, model, processor = kit
     samples = flag_samples()
     both = module.build_inputs(processor, samples, SYS, True)
-    assert both.audio_in_video == [True, False, True] and both.audio_rows == [0]
+    assert both.audio_in_video == [True, False, False] and both.audio_rows == [0, 1]
     with torch.no_grad():
         comps = generate(module, model, processor, both, num_generations=2, max_new_tokens=5, do_sample=False)
         rep = both.repeat(2)

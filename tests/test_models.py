@@ -156,15 +156,16 @@ class Spy:
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_one_flag_and_all_media_reach_every_pass(kit, samples, monkeypatch, flag):
-    """Processor, generate, policy and reference passes all get the same flag and media."""
+    """Processor, generate, policy and reference passes all get the same flag and media (with the flag off the
+    audio is its own item after the video: still fed, not interleaved)."""
     module, model, processor = kit
     policy, reference = copy.deepcopy(model), copy.deepcopy(model)
     spy = Spy(monkeypatch, processor, {"policy": policy, "ref": reference})
     try:
         inputs = module.build_inputs(processor, samples, SYS, flag)
-        proc_kwargs = spy.of("processor")[0][2]
-        assert proc_kwargs["load_audio_from_video"] is flag
-        assert (proc_kwargs["audio"] is not None) is flag
+        for call in spy.of("processor"):  # one call per sample
+            assert call[2]["load_audio_from_video"] is flag
+            assert call[2]["audio"] is not None
         with torch.no_grad():
             comps = generate(module, policy, processor, inputs, num_generations=2, max_new_tokens=3, do_sample=False)
         expanded = inputs.repeat(2)
@@ -173,7 +174,7 @@ def test_one_flag_and_all_media_reach_every_pass(kit, samples, monkeypatch, flag
         assert rope[1][4] is flag and torch.equal(rope[1][2], inputs.video_grid_thw)
         (video,) = spy.of("policy:video")
         assert torch.equal(video[1][0], inputs.pixel_values_videos)
-        assert len(spy.of("policy:audio")) == (1 if flag else 0)
+        assert len(spy.of("policy:audio")) == 1
         spy.calls.clear()
         log_probs(module, policy, expanded, comps.completion_ids, comps.completion_mask)  # policy pass (grad)
         with torch.no_grad():
@@ -190,14 +191,17 @@ def test_one_flag_and_all_media_reach_every_pass(kit, samples, monkeypatch, flag
         (video,) = spy.of(f"{tag}:video")
         assert torch.equal(video[1][0], inputs.pixel_values_videos)
         assert torch.equal(video[2]["grid_thw"], inputs.video_grid_thw)
-        assert len(spy.of(f"{tag}:audio")) == (1 if flag else 0)
+        assert len(spy.of(f"{tag}:audio")) == 1
 
 
 def test_flag_changes_the_sequence(tiny, samples):
-    """Why the flag must reach every pass: with and without audio-in-video the model scores different sequences."""
+    """Why the flag must reach every pass: with and without audio-in-video the model scores different sequences
+    (the audio interleaved in the video block, or after it as its own item)."""
     on, off = build(tiny, samples, True), build(tiny, samples, False)
     assert on.input_ids.shape != off.input_ids.shape or not torch.equal(on.input_ids, off.input_ids)
-    assert off.input_features is None
+    text = tiny[2].tokenizer.decode(off.input_ids[0])
+    assert "<|vision_eos|><|audio_bos|>" in text and "<|vision_bos|><|audio_bos|>" not in text
+    assert torch.equal(off.input_features, on.input_features)
 
 
 def test_kl_is_exactly_zero_at_step_zero_and_not_without_media(kit, samples):
@@ -328,10 +332,10 @@ def test_encode_once_equals_plain_path_and_cuts_tower_calls(kit, samples):
     assert torch.equal(comps_enc.completion_ids, comps.completion_ids)
 
 
-def test_sync_towers_dummy_pass_keeps_results(kit, samples):
+def test_sync_towers_dummy_pass_keeps_results(kit):
     """A batch without audio still runs the audio tower (ZeRO-3), and scores do not change."""
     module, model, processor = kit
-    inputs = build(kit, samples, flag=False)
+    inputs = build(kit, [make_sample(0, audio=False), make_sample(1, frames=6, audio=False)])
     comps = greedy(kit, inputs, n=4)
     synced = get_module(module.family, sync_towers=True)
     with torch.no_grad():
@@ -411,21 +415,24 @@ def test_prompt_longer_than_limit_is_refused_with_a_clear_message(kit, samples):
 
 
 def test_sample_without_audio_in_an_audio_batch(kit):
-    """A clip with no audio track mixes with clips that have one (plain video tokens for that row); we still
-    score what generate sampled."""
+    """A clip with no audio track mixes with clips that have one (plain video tokens and flag-off positions for
+    that row); we still score what generate sampled for each row."""
     module, model, processor = kit
     mixed = [make_sample(0), make_sample(1, audio=False)]
     inputs = build(kit, mixed)
-    assert inputs.audio_rows == [0]
+    assert inputs.audio_rows == [0] and inputs.audio_in_video == [True, False]
     comps = greedy(kit, inputs, g=2, n=4)
-    out = hf_generate(kit, inputs, n=4, output_logits=True, return_dict_in_generate=True)
-    comp = out.sequences[:, inputs.input_ids.shape[1]:]
-    expected = torch.log_softmax(torch.stack(out.logits, 1).float(), -1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
         lp, _ = log_probs(module, model, inputs.repeat(2), comps.completion_ids, comps.completion_mask)
-        lp_hf, _ = log_probs(module, model, inputs, comp, torch.ones_like(comp))
     assert torch.isfinite(lp).all()
-    assert torch.allclose(lp_hf, expected, atol=1e-5)
+    for row in range(2):
+        alone = inputs.select([row])
+        out = hf_generate(kit, alone, n=4, output_logits=True, return_dict_in_generate=True)
+        comp = out.sequences[:, alone.input_ids.shape[1]:]
+        expected = torch.log_softmax(torch.stack(out.logits, 1).float(), -1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            lp_hf, _ = log_probs(module, model, alone, comp, torch.ones_like(comp))
+        assert torch.allclose(lp_hf, expected, atol=1e-5)
 
 
 def test_frozen_head_log_probs_gradient_matches_autograd():

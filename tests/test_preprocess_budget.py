@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from omni_grpo import synthetic
-from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT, format_question
+from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
+from omni_grpo.models.qwen2_5_omni import format_question
 from preprocess import budget as B
 from preprocess import shards
 from preprocess.build import BuildOptions, PreprocessError, build
@@ -133,7 +134,9 @@ def test_default_preprocess_of_a_60s_clip_fits_stage4(siq2_minute, tmp_path, qwe
     assert sample["frame_indices"] == np.linspace(0, total - 1, n).round().astype(int).tolist()
     assert sample["fps"] == pytest.approx(n / total * 30000 / 1001)
     assert sample["audio"].shape[0] == pytest.approx(total / (30000 / 1001) * 16000, abs=2)  # the audio is whole
-    assert n >= 16  # the budget goes to more frames before bigger ones
+    # the budget goes to more frames before bigger ones: 12 frames of the smallest planned size. It was 20
+    # while the budget counted a shorter system prompt than training's default (estimated 23 tokens fewer).
+    assert n == 12 and B.grid_tokens(*sample["frames"].shape[1:3]) <= B.MIN_FRAME_TOKENS
 
 
 def test_exact_count_with_the_models_tokenizer(siq2_minute, tmp_path, qwen_vocab_dir):
@@ -200,3 +203,70 @@ def test_an_over_long_question_fails_alone_and_the_clip_keeps_its_other_question
     (failure,) = [json.loads(line) for line in (tmp_path / "o" / "failures.jsonl").read_text().splitlines()]
     assert failure["id"] == "long" and failure["line"] == 2 and failure["path"] == "clip.mp4"
     assert "over --max-prompt-tokens 2048" in failure["reason"] and "shorten the question" in failure["reason"]
+
+
+# --- every family and layout: the budget's count is the processor's --------------------------------------
+
+def kit_of(request, family):
+    from tests.conftest import KITS
+
+    fixture, model_dir = KITS[family]
+    return request.getfixturevalue(fixture), request.getfixturevalue(model_dir)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_omni", "qwen3_omni"])
+@pytest.mark.parametrize("frames,cells,seconds", [(4, (2, 3), 2.0), (7, (3, 6), 7.3), (10, (1, 2), 0.37)])
+def test_count_equals_the_processor_for_every_layout(request, family, frames, cells, seconds):
+    """Frames and images on the family's pixel grid, audio at its rate: video with its audio interleaved or
+    after it, silent video, audio alone and image, each counted as the family's processor counts it."""
+    (module, _, processor), model_dir = kit_of(request, family)
+    grid = B.pixel_grid(family)
+    height, width = cells[0] * grid, cells[1] * grid
+    counter = B.TextCounter(DEFAULT_SYSTEM_PROMPT, model_dir)
+    audio = np.zeros(int(round(seconds * 16000)), np.float32)
+    video = as_sample(np.zeros((frames, height, width, 3), np.uint8), audio)
+    text = counter.count(format_question(video))
+    with_audio = B.media_tokens("video", frames, height, width, audio.shape[0], family=family)
+    assert processor_length(module, processor, video, flag=True) == text + with_audio
+    assert processor_length(module, processor, video, flag=False) == text + with_audio
+    assert processor_length(module, processor, dict(video, audio=None)) == text + B.video_tokens(
+        frames, height, width, family)
+    alone = dict(video, modality="audio", frames=None, fps=None)
+    assert processor_length(module, processor, alone) == text + B.media_tokens("audio", audio_samples=audio.shape[0],
+                                                                                family=family)
+    image = dict(video, modality="image", frames=None, fps=None, audio=None,
+                 image=np.zeros((height, width, 3), np.uint8))
+    assert processor_length(module, processor, image) == text + B.media_tokens("image", 1, height, width,
+                                                                                family=family)
+
+
+def test_qwen3_audio_runs_at_13_tokens_per_second():
+    assert B.audio_tokens(60 * 16000, "qwen3_omni") == 780 and B.audio_tokens(60 * 16000) == 1500
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_omni", "qwen3_omni"])
+def test_budgeted_samples_count_what_the_family_processor_builds(request, family, siq2_minute, tmp_path):
+    """`--family` plans a 60 s clip, an audio file and an image on that family's grid and rate: each stored
+    `prompt_tokens` equals the family processor's prompt length and fits the budget."""
+    (module, _, processor), model_dir = kit_of(request, family)
+    (tmp_path / "clip.mp4").symlink_to(siq2_minute / "clip.mp4")
+    synthetic.make_audio(tmp_path / "voice.mp3", seconds=4.4, sample_rate=44100, channels=2)
+    synthetic.make_image(tmp_path / "photo.jpg", size=(720, 1280))
+    rows = [{"id": "clip", "video": "clip.mp4", "answer": "A", **SIQ2_QUESTION},
+            {"id": "voice", "audio": "voice.mp3", "answer": "A", **SIQ2_QUESTION},
+            {"id": "photo", "image": "photo.jpg", "answer": "A", **SIQ2_QUESTION}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    build(BuildOptions(source="jsonl", manifest=tmp_path / "m.jsonl", output=tmp_path / "o", workers=0,
+                       progress=False, tokenizer=model_dir, max_prompt_tokens=2048,
+                       family=family))
+    data = shards.load(tmp_path / "o")
+    grid = B.pixel_grid(family)
+    assert len(data) == 3
+    for i in range(3):
+        sample = data[i]
+        assert processor_length(module, processor, sample) == sample["prompt_tokens"], sample["id"]
+        media = sample["frames"] if sample["modality"] == "video" else sample["image"][None] \
+            if sample["modality"] == "image" else None
+        if media is not None:
+            assert media.shape[1] % grid == 0 and media.shape[2] % grid == 0, sample["id"]
+    assert max(data.prompt_tokens) <= 2048

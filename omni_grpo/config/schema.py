@@ -157,8 +157,10 @@ class TrainConfig:
     use_audio_in_video: bool = field(
         default=True,
         metadata=_help(
-            "Feed each clip's soundtrack as audio interleaved with its frames (TMRoPE). The one flag: the "
-            "processor, generation and every log-prob pass receive it. Needs shards with audio."
+            "Feed each clip's soundtrack as audio interleaved with its frames (TMRoPE); false: after the video as "
+            "its own audio item. The default of every sample; a sample's own `use_audio_in_video` (jsonl "
+            "manifest) overrides it; silent videos, audio clips and images have nothing to interleave. The "
+            "processor, generation and every log-prob pass receive each row's value. Needs shards with audio."
         ),
     )
     freeze_vision_tower: bool = field(default=True, metadata=_help("Keep the vision encoder frozen (run once per prompt per step)."))

@@ -5,14 +5,17 @@ the same :class:`ModelInputs`, built once per batch by :meth:`OmniModule.build_i
 re-derives media tensors or the ``use_audio_in_video`` flag: a forward that omits the flag silently scores
 a different sequence (other TMRoPE positions).
 
-Media bookkeeping is per row: ``video_rows[k]`` / ``audio_rows[k]`` say which prompt row the k-th video /
-audio belongs to, and ``select(rows)`` copies whole per-video patch blocks, so G copies of a prompt get G
-identical inputs (``repeat_interleave`` on flattened patches would scramble them).
+A row carries one sample's media in one of five layouts: a video with its audio interleaved
+(``use_audio_in_video`` on for the row), a video followed by its audio as a separate item (flag off), a silent
+video, an audio clip alone, or an image. Media bookkeeping is per row: ``video_rows[k]`` / ``audio_rows[k]`` /
+``image_rows[k]`` say which prompt row the k-th video / audio / image belongs to, and ``select(rows)`` copies
+whole per-video and per-image patch blocks, so G copies of a prompt get G identical inputs
+(``repeat_interleave`` on flattened patches would scramble them).
 
 Encode once: when the towers are frozen, ``OmniModule.encode_media`` runs the vision and audio towers once
 per prompt, and the embeddings travel inside the ``ModelInputs`` (``encoded``) to generation and every
 log-prob pass, which then splice them into the token embeddings instead of running the towers again.
-``tower_calls`` counts the videos and audios the towers encoded for this batch, in every pass: it is shared
+``tower_calls`` counts the images, videos and audios the towers encoded for this batch, in every pass: it is shared
 by every selection and copy of the batch (``select``, ``repeat``, ``to``), so the count travels with it.
 """
 
@@ -37,6 +40,8 @@ class TowerCounter:
 
 
 MEDIA_FIELDS = (
+    "pixel_values",
+    "image_grid_thw",
     "pixel_values_videos",
     "video_grid_thw",
     "video_second_per_grid",
@@ -47,18 +52,29 @@ MEDIA_FIELDS = (
 
 @dataclass
 class EncodedMedia:
-    """Tower outputs for one batch: one tensor per video / audio, in the order of ``ModelInputs``."""
+    """Tower outputs for one batch: one tensor per video / audio / image, in the order of ``ModelInputs``."""
 
     video: list[torch.Tensor]  # each [n_video_tokens_k, H]
     audio: list[torch.Tensor]  # each [n_audio_tokens_k, H]
     dummy: torch.Tensor | None = None  # scalar 0 carrying a ZeRO-3 sync pass through an unused tower
     # Per video, vision features the language model adds to early layers (Qwen3-Omni's deepstack); else empty.
     video_deepstack: list[torch.Tensor] = field(default_factory=list)  # each [levels, n_video_tokens_k, H]
+    image: list[torch.Tensor] = field(default_factory=list)  # each [n_image_tokens_k, H]
+    image_deepstack: list[torch.Tensor] = field(default_factory=list)  # each [levels, n_image_tokens_k, H]
 
-    def select(self, video_idx: list[int], audio_idx: list[int]) -> "EncodedMedia":
-        deepstack = [self.video_deepstack[i] for i in video_idx] if self.video_deepstack else []
-        return EncodedMedia([self.video[i] for i in video_idx], [self.audio[i] for i in audio_idx], self.dummy,
-                            deepstack)
+    def select(self, video_idx: list[int], audio_idx: list[int], image_idx: list[int]) -> "EncodedMedia":
+        def pick(items, idx):
+            return [items[i] for i in idx] if items else []
+
+        return EncodedMedia(pick(self.video, video_idx), pick(self.audio, audio_idx), self.dummy,
+                            pick(self.video_deepstack, video_idx), pick(self.image, image_idx),
+                            pick(self.image_deepstack, image_idx))
+
+    def to(self, move) -> "EncodedMedia":
+        """Every tensor through `move`."""
+        return EncodedMedia([move(v) for v in self.video], [move(a) for a in self.audio], move(self.dummy),
+                            [move(d) for d in self.video_deepstack], [move(i) for i in self.image],
+                            [move(d) for d in self.image_deepstack])
 
 
 @dataclass
@@ -67,11 +83,14 @@ class ModelInputs:
     batch, or one per row (``audio_in_video``) when a sample overrides the config's (each row's processor call,
     generation and log-prob passes then use the row's own; positions are computed row by row).
 
-    Shapes (B prompt rows, P prompt length, V videos, A audios):
+    Shapes (B prompt rows, P prompt length, V videos, A audios, I images; a kind absent from the batch is None):
       input_ids, attention_mask: [B, P], left-padded.
       pixel_values_videos: [sum_k T_k*H_k*W_k, C*tp*p*p] patches of video 0, then video 1, ...
       video_grid_thw: [V, 3]; video_second_per_grid: [V]; video_rows: [V] (row of each video).
-      input_features: [A, mel, F]; feature_attention_mask: [A, F]; audio_rows: [A].
+      pixel_values: [sum_k H_k*W_k, C*tp*p*p] patches of image 0, then image 1, ...; image_grid_thw: [I, 3]
+        (T = 1); image_rows: [I].
+      input_features: [A, mel, F]; feature_attention_mask: [A, F]; audio_rows: [A] (an audio interleaved in its
+        row's video, or standalone: an audio-only sample, or a video's audio with the row's flag off).
       prompt_index: [B] or None: rows with the same value are copies of one prompt (same ids and media), as
         `repeat` and `select` make them; None means every row is its own prompt.
     """
@@ -80,6 +99,8 @@ class ModelInputs:
     attention_mask: torch.Tensor
     use_audio_in_video: bool
     audio_in_video: list[bool] | None = None  # [B] per-row flags when samples override it; None: every row the batch's
+    pixel_values: torch.Tensor | None = None
+    image_grid_thw: torch.Tensor | None = None
     pixel_values_videos: torch.Tensor | None = None
     video_grid_thw: torch.Tensor | None = None
     video_second_per_grid: torch.Tensor | None = None
@@ -87,6 +108,7 @@ class ModelInputs:
     feature_attention_mask: torch.Tensor | None = None
     video_rows: list[int] = field(default_factory=list)
     audio_rows: list[int] = field(default_factory=list)
+    image_rows: list[int] = field(default_factory=list)
     encoded: EncodedMedia | None = None
     prompt_index: list[int] | None = None
     tower_calls: TowerCounter = field(default_factory=TowerCounter)  # shared by selections and copies
@@ -105,20 +127,26 @@ class ModelInputs:
         inverse = torch.tensor([position[p] for p in index], dtype=torch.long, device=self.input_ids.device)
         return list(first.values()), inverse
 
-    def _video_patch_offsets(self) -> list[int]:
-        sizes = self.video_grid_thw.prod(-1).tolist() if self.video_grid_thw is not None else []
+    @staticmethod
+    def _patch_offsets(grid_thw: torch.Tensor | None) -> list[int]:
+        sizes = grid_thw.prod(-1).tolist() if grid_thw is not None else []
         offsets = [0]
         for s in sizes:
             offsets.append(offsets[-1] + int(s))
         return offsets
 
     def select(self, rows: list[int]) -> "ModelInputs":
-        """The inputs of `rows` (repeats allowed), media copied per whole video/audio in the new row order."""
+        """The inputs of `rows` (repeats allowed), media copied per whole video/audio/image in the new row order;
+        a media kind none of `rows` has is None."""
         rows = list(rows)
-        video_idx = [k for r in rows for k, vr in enumerate(self.video_rows) if vr == r]
-        video_rows = [i for i, r in enumerate(rows) for vr in self.video_rows if vr == r]
-        audio_idx = [k for r in rows for k, ar in enumerate(self.audio_rows) if ar == r]
-        audio_rows = [i for i, r in enumerate(rows) for ar in self.audio_rows if ar == r]
+
+        def picked(owners):  # (indices of the items of `rows`, in row order; the new row of each)
+            return ([k for r in rows for k, o in enumerate(owners) if o == r],
+                    [i for i, r in enumerate(rows) for o in owners if o == r])
+
+        video_idx, video_rows = picked(self.video_rows)
+        audio_idx, audio_rows = picked(self.audio_rows)
+        image_idx, image_rows = picked(self.image_rows)
         index = torch.tensor(rows, dtype=torch.long, device=self.input_ids.device)
         new = dataclasses.replace(
             self,
@@ -126,20 +154,30 @@ class ModelInputs:
             attention_mask=self.attention_mask[index],
             video_rows=video_rows,
             audio_rows=audio_rows,
-            encoded=self.encoded.select(video_idx, audio_idx) if self.encoded is not None else None,
+            image_rows=image_rows,
+            encoded=self.encoded.select(video_idx, audio_idx, image_idx) if self.encoded is not None else None,
             prompt_index=[self.prompt_index[r] if self.prompt_index is not None else r for r in rows],
             audio_in_video=[self.audio_in_video[r] for r in rows] if self.audio_in_video is not None else None,
+            pixel_values_videos=None, video_grid_thw=None, video_second_per_grid=None,
+            pixel_values=None, image_grid_thw=None, input_features=None, feature_attention_mask=None,
         )
-        if self.pixel_values_videos is not None:
-            off = self._video_patch_offsets()
-            blocks = [self.pixel_values_videos[off[k] : off[k + 1]] for k in video_idx]
-            new.pixel_values_videos = torch.cat(blocks) if blocks else self.pixel_values_videos[:0]
+        if video_idx:
+            new.pixel_values_videos = self._blocks(self.pixel_values_videos, self.video_grid_thw, video_idx)
             new.video_grid_thw = self.video_grid_thw[video_idx]
             new.video_second_per_grid = self.video_second_per_grid[video_idx]
-        if self.input_features is not None:
+        if image_idx:
+            new.pixel_values = self._blocks(self.pixel_values, self.image_grid_thw, image_idx)
+            new.image_grid_thw = self.image_grid_thw[image_idx]
+        if audio_idx:
             new.input_features = self.input_features[audio_idx]
             new.feature_attention_mask = self.feature_attention_mask[audio_idx]
         return new
+
+    @classmethod
+    def _blocks(cls, patches: torch.Tensor, grid_thw: torch.Tensor, idx: list[int]) -> torch.Tensor:
+        """The patch blocks of items `idx` (each item's T*H*W rows), concatenated in that order."""
+        off = cls._patch_offsets(grid_thw)
+        return torch.cat([patches[off[k] : off[k + 1]] for k in idx])
 
     def repeat(self, g: int) -> "ModelInputs":
         """G consecutive copies of each row: row i*g + j is a copy of row i."""
@@ -156,10 +194,7 @@ class ModelInputs:
             return t.to(device=device)
 
         kw = {name: move(getattr(self, name)) for name in ("input_ids", "attention_mask", *MEDIA_FIELDS)}
-        enc = self.encoded
-        if enc is not None:
-            enc = EncodedMedia([move(v) for v in enc.video], [move(a) for a in enc.audio], move(enc.dummy),
-                               [move(d) for d in enc.video_deepstack])
+        enc = self.encoded.to(move) if self.encoded is not None else None
         return dataclasses.replace(self, encoded=enc, **kw)
 
     def media_kwargs(self) -> dict:

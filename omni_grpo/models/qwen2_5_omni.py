@@ -23,16 +23,6 @@ from omni_grpo.models.base import OmniModule, base_thinker
 from omni_grpo.models.inputs import EncodedMedia, ModelInputs
 
 
-# The system prompt `python -m preprocess` counts in its prompt budget (preprocess/build.py). It is NOT the
-# training default (`omni_grpo.config.DEFAULT_SYSTEM_PROMPT`, longer): kept as is for the preprocess budget's
-# pinned numbers; the model code and its tests use the config's.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful assistant who understands people in videos. Watch the video and listen to its audio. "
-    "Describe the relevant people, what they do and how they sound in <context> </context>, reason step by "
-    "step in <think> </think>, and give the final answer in <answer> </answer>."
-)
-
-
 class PromptTooLongError(ValueError):
     """A prompt (media tokens included) is longer than `max_prompt_length`."""
 
@@ -89,10 +79,36 @@ def sample_audio_in_video(sample: dict, default: bool) -> bool:
     return bool(default if own is None else own)
 
 
+MODALITIES = ("video", "audio", "image")
+
+
+def sample_modality(sample: dict) -> str:
+    """`video`, `audio` (an audio clip alone) or `image`: the sample's `modality` field (shards), else what it
+    carries (`frames`, then `image`, then a `video` path as in a manifest row, then `audio`)."""
+    modality = sample.get("modality")
+    if modality is None:
+        for key, kind in (("frames", "video"), ("image", "image"), ("video", "video"), ("audio", "audio")):
+            if sample.get(key) is not None:
+                return kind
+    if modality not in MODALITIES:
+        raise ValueError(f"sample {sample.get('id')!r}: modality {modality!r} is not one of {MODALITIES}; it needs "
+                         "`frames` (a video), `image` or `audio`")
+    return modality
+
+
+def row_audio_in_video(sample: dict, default: bool) -> bool:
+    """Whether the sample's audio rides inside its video (TMRoPE interleave): a video with audio whose own flag
+    (:func:`sample_audio_in_video`) is on. A silent video, an audio clip or an image has nothing to interleave,
+    and its positions are the flag-off ones whatever the config says (with the flag on, `get_rope_index` would
+    place a silent video as text)."""
+    return (sample_modality(sample) == "video" and sample.get("audio") is not None
+            and sample_audio_in_video(sample, default))
+
+
 def merge_processor_outputs(parts: list, pad_token_id: int) -> dict:
     """One batch from per-sample processor outputs, as one left-padded processor call would give it: ids and
-    masks left-padded to the longest prompt, videos and audio features stacked in row order (audio features
-    right-padded to the widest, masked out beyond each clip)."""
+    masks left-padded to the longest prompt, images, videos and audio features stacked in row order (audio
+    features right-padded to the widest, masked out beyond each clip)."""
     width = max(p["input_ids"].shape[1] for p in parts)
 
     def left_pad(t, value):
@@ -100,8 +116,9 @@ def merge_processor_outputs(parts: list, pad_token_id: int) -> dict:
 
     out = {"input_ids": torch.cat([left_pad(p["input_ids"], pad_token_id) for p in parts]),
            "attention_mask": torch.cat([left_pad(p["attention_mask"], 0) for p in parts]),
-           "video_second_per_grid": [s for p in parts for s in p["video_second_per_grid"]]}
-    for key in ("pixel_values_videos", "video_grid_thw", "input_features", "feature_attention_mask"):
+           "video_second_per_grid": [s for p in parts for s in p.get("video_second_per_grid", [])]}
+    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "input_features",
+                "feature_attention_mask"):
         found = [p[key] for p in parts if p.get(key) is not None]
         if key in ("input_features", "feature_attention_mask") and found:  # a processor may pad to its call's longest
             frames = max(t.shape[-1] for t in found)
@@ -148,82 +165,93 @@ class Qwen25OmniModule(OmniModule):
 
     # --- prompts ---------------------------------------------------------------------------------
     def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:
-        """System turn, then a user turn with the video (its audio rides inside when the flag is on)."""
+        """System turn, then a user turn with the sample's media and its question. A video's audio rides
+        inside it when `use_audio_in_video` is on, else follows it as its own audio item; an audio clip alone
+        or an image is the turn's one media item."""
+        modality = sample_modality(sample)
+        name = sample.get("id", modality)
+        media = [{"type": modality, modality: name}]
+        if modality == "video" and sample.get("audio") is not None and not use_audio_in_video:
+            media.append({"type": "audio", "audio": name})
         return [
             {"role": "system", "content": [{"type": "text", "text": system_prompt}]},
-            {"role": "user", "content": [{"type": "video", "video": sample.get("id", "video")},
-                                         {"type": "text", "text": format_question(sample)}]},
+            {"role": "user", "content": [*media, {"type": "text", "text": format_question(sample)}]},
         ]
 
     def video_processor_kwargs(self, fps: float) -> dict:
         """Frames from the shards are already at the size qwen-omni-utils picks (multiples of 28): keep them."""
         return {"fps": fps, "do_resize": False, "cap_pixels_per_frame": True}
 
+    def image_processor_kwargs(self) -> dict:
+        """Images from the shards are already on the 28-pixel grid (preprocess sizes them as qwen-omni-utils'
+        `fetch_image`): keep them."""
+        return {"do_resize": False}
+
     def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
                      max_prompt_length: int | None = None) -> ModelInputs:
-        """The processor output for the whole batch of samples (each with its own video, audio and frame rate).
+        """The processor output for a batch of samples, each row exactly what its sample gives alone.
 
-        The processor takes one frame rate per call, and the frame rate sets both a video's TMRoPE timing
-        (``video_second_per_grid``) and, with audio in the video, how its video and audio chunks interleave. A
-        batch whose samples share one rate is one call; a batch of clips at different rates (real clips keep
-        their own effective rate), or of samples whose own `use_audio_in_video` (:func:`sample_audio_in_video`)
-        differ, is one call per sample, merged by :func:`merge_processor_outputs`, so every row is exactly what
-        the sample gives alone; per-row flags are kept in `ModelInputs.audio_in_video`.
+        A sample is a video (``frames``, ``fps``; ``audio`` when it has a sound track), an audio clip alone
+        (``modality: audio``) or an image (``image``: ``[H, W, 3]``); see :meth:`build_messages` for its user
+        turn. Each sample is one processor call (its own frame rate sets its video's TMRoPE timing and, with
+        audio in the video, how its chunks interleave; its own flag, :func:`row_audio_in_video`, how its audio
+        enters), merged by :func:`merge_processor_outputs`. The per-row flags are kept in
+        `ModelInputs.audio_in_video` when they differ, else the common one in `use_audio_in_video`.
         """
-        texts, videos, audios, audio_from_video, audio_rows, rates = [], [], [], [], [], []
-        flags = [sample_audio_in_video(s, use_audio_in_video) for s in samples]
-        # A row without audio has nothing to interleave: it follows the rows with audio unless those disagree.
-        heard = {f for f, s in zip(flags, samples) if s.get("audio") is not None}
-        mixed_flags = len(heard) > 1
-        if not mixed_flags:
-            use_audio_in_video = heard.pop() if heard else use_audio_in_video
-            flags = [use_audio_in_video] * len(samples)
-        for row, sample in enumerate(samples):
-            messages = self.build_messages(sample, system_prompt, flags[row])
-            texts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-            frames = np.asarray(sample["frames"])
-            if frames.ndim != 4 or frames.shape[-1] != 3:
-                raise ValueError(f"sample {sample.get('id')}: frames must be [T, H, W, 3], got {frames.shape}")
-            videos.append(frames)
-            rates.append(float(sample["fps"]))
-            if flags[row] and sample.get("audio") is not None:
-                audios.append(np.asarray(sample["audio"], dtype=np.float32))
-                audio_from_video.append(row)
-                audio_rows.append(row)
-        kwargs = processor_audio_kwargs(use_audio_in_video, audio_from_video)
-        if audios:
+        flags = [row_audio_in_video(s, use_audio_in_video) for s in samples]
+        parts, video_rows, audio_rows, image_rows = [], [], [], []
+        heard = [np.asarray(s["audio"], dtype=np.float32) if s.get("audio") is not None else None for s in samples]
+        audio_kwargs = {}
+        if any(a is not None for a in heard):
             # The processor pads Whisper features to 300 s ("max_length" only). Pad to the longest clip plus a few
             # frames instead: the same features for every real frame (the tail is dropped below anyway), and
             # 10-30x less feature extraction for short clips. One length for the whole batch, so that per-sample
             # calls give features of one width.
             fe = processor.feature_extractor
-            frames = max(len(a) for a in audios) // fe.hop_length + 4
-            kwargs["audio_kwargs"] = {"max_length": min(frames * fe.hop_length, fe.n_samples)}
-        if all(r == rates[0] for r in rates) and not mixed_flags:
-            batch = processor(text=texts, videos=videos, audio=audios or None, padding=True, padding_side="left",
-                              return_tensors="pt", videos_kwargs=self.video_processor_kwargs(rates[0]), **kwargs)
-        else:
-            parts, by_row = [], dict(zip(audio_from_video, audios))
-            for row in range(len(samples)):
-                own = [by_row[row]] if row in by_row else []
-                row_kwargs = {k: v for k, v in kwargs.items() if k == "audio_kwargs"}
-                row_kwargs.update(processor_audio_kwargs(flags[row], [0] if own else []))
-                parts.append(processor(text=[texts[row]], videos=[videos[row]], audio=own or None, padding=True,
-                                       padding_side="left", return_tensors="pt",
-                                       videos_kwargs=self.video_processor_kwargs(rates[row]), **row_kwargs))
-            batch = merge_processor_outputs(parts, processor.tokenizer.pad_token_id)
+            frames = max(len(a) for a in heard if a is not None) // fe.hop_length + 4
+            audio_kwargs = {"max_length": min(frames * fe.hop_length, fe.n_samples)}
+        for row, sample in enumerate(samples):
+            modality = sample_modality(sample)
+            messages = self.build_messages(sample, system_prompt, flags[row])
+            text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            kwargs = dict(text=[text], padding=True, padding_side="left", return_tensors="pt",
+                          **processor_audio_kwargs(flags[row], [0]))
+            if modality == "video":
+                frames = np.asarray(sample["frames"])
+                if frames.ndim != 4 or frames.shape[-1] != 3:
+                    raise ValueError(f"sample {sample.get('id')}: frames must be [T, H, W, 3], got {frames.shape}")
+                kwargs.update(videos=[frames], videos_kwargs=self.video_processor_kwargs(float(sample["fps"])))
+                video_rows.append(row)
+            elif modality == "image":
+                image = np.asarray(sample["image"])
+                if image.ndim != 3 or image.shape[-1] != 3:
+                    raise ValueError(f"sample {sample.get('id')}: image must be [H, W, 3], got {image.shape}")
+                kwargs.update(images=[image], images_kwargs=self.image_processor_kwargs())
+                image_rows.append(row)
+            if heard[row] is not None and modality != "image":
+                kwargs.update(audio=[heard[row]], audio_kwargs=audio_kwargs)
+                audio_rows.append(row)
+            elif modality == "audio":
+                raise ValueError(f"sample {sample.get('id')}: an audio sample without audio")
+            parts.append(processor(**kwargs))
+        batch = merge_processor_outputs(parts, processor.tokenizer.pad_token_id)
+        uniform = len(set(flags)) == 1
         inputs = ModelInputs(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
-            use_audio_in_video=use_audio_in_video,
-            audio_in_video=flags if mixed_flags else None,
-            pixel_values_videos=batch["pixel_values_videos"],
-            video_grid_thw=batch["video_grid_thw"],
-            video_second_per_grid=torch.as_tensor(batch["video_second_per_grid"], dtype=torch.float32),
-            video_rows=list(range(len(samples))),
+            use_audio_in_video=flags[0] if uniform else use_audio_in_video,
+            audio_in_video=None if uniform else flags,
+            pixel_values=batch.get("pixel_values"),
+            image_grid_thw=batch.get("image_grid_thw"),
+            pixel_values_videos=batch.get("pixel_values_videos"),
+            video_grid_thw=batch.get("video_grid_thw"),
+            video_second_per_grid=(torch.as_tensor(batch["video_second_per_grid"], dtype=torch.float32)
+                                   if video_rows else None),
+            video_rows=video_rows,
             audio_rows=audio_rows,
+            image_rows=image_rows,
         )
-        if audios:
+        if audio_rows:
             fam = batch["feature_attention_mask"]
             used = int(fam.sum(-1).max())  # Whisper pads to 300 s; the tail is masked out, drop it
             inputs.input_features = batch["input_features"][:, :, :used]
@@ -233,7 +261,7 @@ class Qwen25OmniModule(OmniModule):
             for sample, n in zip(samples, lengths):
                 if n > max_prompt_length:
                     raise PromptTooLongError(
-                        f"sample {sample.get('id')!r}: prompt is {n} tokens (video and audio included), over "
+                        f"sample {sample.get('id')!r}: prompt is {n} tokens (its media included), over "
                         f"max_prompt_length={max_prompt_length}. Raise max_prompt_length, or preprocess with "
                         "--max-prompt-tokens N (or a lower --fps / --max-pixels / --max-frames)."
                     )
@@ -241,40 +269,59 @@ class Qwen25OmniModule(OmniModule):
 
     # --- towers ----------------------------------------------------------------------------------
     def encode_media(self, model, inputs: ModelInputs) -> EncodedMedia:
-        """Run the vision and audio towers over the batch's media; one tensor per video / audio.
+        """Run the vision and audio towers over the batch's media; one tensor per image / video / audio.
 
-        When the towers must sync (`must_sync_towers`: ZeRO-3, several ranks) every rank calls every tower each
-        pass (a skipped tower leaves the other ranks waiting in its parameter gather): a batch without a modality runs a dummy pass through that tower, carried as a scalar 0 in
-        `EncodedMedia.dummy` that `embed` adds, so the parameters still gather and gradients still sync.
+        The vision tower runs once per pass over the batch's images and videos together (images first), and the
+        audio tower once over its audios (in a video or alone). When the towers must sync (`must_sync_towers`:
+        ZeRO-3, several ranks) every rank calls every tower each pass, so a rank's batch of audio clips and
+        another's of videos make the same calls (a skipped tower leaves the other ranks waiting in its parameter
+        gather): a batch without images and videos, or without audio, runs a dummy pass through that tower,
+        carried as a scalar 0 in `EncodedMedia.dummy` that `embed` adds, so the parameters still gather and
+        gradients still sync.
         """
-        thinker = base_thinker(model)
-        inner = thinker.model
-        video, audio, dummies = [], [], []
+        inner = base_thinker(model).model
+        enc, dummies = EncodedMedia(video=[], audio=[]), []
         param = next(inner.visual.parameters())
         sync = self.must_sync_towers(inner)
-        if inputs.pixel_values_videos is not None and len(inputs.video_rows):
-            out = inner.get_video_features(inputs.pixel_values_videos, inputs.video_grid_thw, return_dict=True)
-            video = list(out.pooler_output)
-            inputs.tower_calls.vision += len(video)
+        pixels = [t for t in (inputs.pixel_values, inputs.pixel_values_videos) if t is not None]
+        if pixels:
+            grids = [g for g in (inputs.image_grid_thw, inputs.video_grid_thw) if g is not None]
+            feats, deepstack = self._vision_pass(inner, torch.cat(pixels), torch.cat(grids))
+            n_images = len(inputs.image_rows)
+            enc.image, enc.video = feats[:n_images], feats[n_images:]
+            if deepstack:
+                enc.image_deepstack, enc.video_deepstack = deepstack[:n_images], deepstack[n_images:]
+            inputs.tower_calls.vision += len(feats)
         elif sync:
-            dummies.append(inner.get_video_features(*video_dummy_inputs(inner, param), return_dict=True)
-                           .last_hidden_state.sum())
+            dummies.append(self._vision_dummy_pass(inner, param))
         if inputs.input_features is not None and len(inputs.audio_rows):
             fam = inputs.feature_attention_mask
             out = inner.get_audio_features(inputs.input_features, fam, return_dict=True)
-            _, lengths = inner.audio_tower._get_feat_extract_output_lengths(fam.sum(-1))
-            audio = list(torch.split(out.last_hidden_state, lengths.tolist()))
-            inputs.tower_calls.audio += len(audio)
+            enc.audio = list(torch.split(out.last_hidden_state, self._audio_lengths(inner, fam).tolist()))
+            inputs.tower_calls.audio += len(enc.audio)
         elif sync:
             dummies.append(audio_dummy_pass(inner, param))
-        dummy = sum(dummies) * 0.0 if dummies else None
-        return EncodedMedia(video=video, audio=audio, dummy=dummy)
+        enc.dummy = sum(dummies) * 0.0 if dummies else None
+        return enc
+
+    def _vision_pass(self, inner, pixels: torch.Tensor, grid_thw: torch.Tensor):
+        """(one feature tensor per image / video of `grid_thw`, their deepstack features or []) of one call."""
+        return list(inner.get_video_features(pixels, grid_thw, return_dict=True).pooler_output), []
+
+    def _vision_dummy_pass(self, inner, param) -> torch.Tensor:
+        """The vision tower over one blank frame, summed: the ZeRO-3 sync pass of a batch without images or videos."""
+        return inner.get_video_features(*video_dummy_inputs(inner, param), return_dict=True).last_hidden_state.sum()
+
+    def _audio_lengths(self, inner, feature_mask: torch.Tensor) -> torch.Tensor:
+        """Audio tokens per clip for these feature masks."""
+        return inner.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))[1]
 
     def embed(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor):
-        """Token embeddings of `ids` with the video / audio embeddings spliced in, and TMRoPE positions.
+        """Token embeddings of `ids` with the image / video / audio embeddings spliced in, and TMRoPE positions.
 
         Uses `inputs.encoded` when present (encode once), else runs the towers now (with gradient if they
-        are trainable). Positions come from the thinker's own `get_rope_index` with the batch's flag.
+        are trainable). Positions come from the thinker's own `get_rope_index` with the batch's flag (row by
+        row when the rows' flags differ).
         """
         embeds, position_ids, _ = self._embed(model, inputs, ids, mask)
         return embeds, position_ids
@@ -285,7 +332,8 @@ class Qwen25OmniModule(OmniModule):
         cfg = thinker.config
         embeds = thinker.get_input_embeddings()(ids)  # [N, L, H]
         enc = inputs.encoded if inputs.encoded is not None else self.encode_media(thinker, inputs)
-        for token_id, feats, name in ((cfg.video_token_id, enc.video, "video"), (cfg.audio_token_id, enc.audio, "audio")):
+        for token_id, feats, name in ((cfg.image_token_id, enc.image, "image"), (cfg.video_token_id, enc.video, "video"),
+                                      (cfg.audio_token_id, enc.audio, "audio")):
             slots = ids == token_id
             n_slots = int(slots.sum())
             n_feats = sum(f.shape[0] for f in feats)
@@ -311,7 +359,7 @@ class Qwen25OmniModule(OmniModule):
         audio_seqlens = inputs.feature_attention_mask.sum(-1) if inputs.feature_attention_mask is not None else None
         position_ids, _ = thinker.model.get_rope_index(
             ids,
-            None,
+            inputs.image_grid_thw,
             inputs.video_grid_thw,
             mask,
             flag,

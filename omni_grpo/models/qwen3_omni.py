@@ -12,8 +12,8 @@ Same interface and the same one user flag as Qwen2.5-Omni (:mod:`omni_grpo.model
   released processor resizes them too; unlike the released processor, frames are never enlarged to its
   128-tokens-per-frame minimum, so the preprocess budget (``--max-pixels``) still sets the prompt length.
 * Deepstack: the vision tower also returns features from intermediate blocks, which the language model adds
-  to the hidden states of the video positions after its first decoder layers. They are part of the video's
-  encoding: :meth:`Qwen3OmniModule.encode_media` keeps them (``EncodedMedia.video_deepstack``), every
+  to the hidden states of the image and video positions after its first decoder layers. They are part of the
+  encoding: `encode_media` keeps them (``EncodedMedia.image_deepstack`` / ``video_deepstack``), every
   log-prob pass and the token loop hand them to the language model exactly as the Hugging Face forward does
   (`language_model_inputs`, cut to the prompt by `prompt_kwargs`).
 * Language model: a sparse mixture of experts. The router's load-balancing loss is not part of the GRPO loss.
@@ -24,13 +24,15 @@ from __future__ import annotations
 import torch
 
 from omni_grpo.models.base import base_thinker
-from omni_grpo.models.inputs import EncodedMedia, ModelInputs
-from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule, audio_dummy_pass, video_dummy_inputs
+from omni_grpo.models.inputs import ModelInputs
+from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule, video_dummy_inputs
 
 __all__ = ["Qwen3OmniModule", "FRAME_FACTOR"]
 
 FRAME_FACTOR = 32  # patch 16 × spatial merge 2: frame sides the vision tower takes
 MAX_TOKENS_PER_FRAME = 768  # the released processor's per-frame cap, in merged vision tokens
+PIXEL_GRID = {"shortest_edge": FRAME_FACTOR**2, "longest_edge": MAX_TOKENS_PER_FRAME * FRAME_FACTOR**2}
+IMAGE_MAX_PIXELS = 16384 * 28 * 28  # the released processors' image max_pixels (= qwen-omni-utils' image limit)
 
 
 class Qwen3OmniModule(Qwen25OmniModule):
@@ -54,53 +56,47 @@ class Qwen3OmniModule(Qwen25OmniModule):
 
     def video_processor_kwargs(self, fps: float) -> dict:
         """Snap frames to this family's 32-pixel grid (shards hold Qwen2.5's 28-pixel sizes)."""
-        grid = {"shortest_edge": FRAME_FACTOR**2, "longest_edge": MAX_TOKENS_PER_FRAME * FRAME_FACTOR**2}
-        return {"fps": fps, "do_resize": True, "size": grid, "cap_pixels_per_frame": True}
+        return {"fps": fps, "do_resize": True, "size": PIXEL_GRID, "cap_pixels_per_frame": True}
 
-    # --- towers ----------------------------------------------------------------------------------
-    def encode_media(self, model, inputs: ModelInputs) -> EncodedMedia:
-        """Run the vision and audio towers over the batch's media; one tensor per video / audio.
+    def image_processor_kwargs(self) -> dict:
+        """Snap images to this family's 32-pixel grid (never enlarged to the released minimum; images keep the
+        released processor's larger pixel limit)."""
+        return {"do_resize": True, "size": {"shortest_edge": FRAME_FACTOR**2, "longest_edge": IMAGE_MAX_PIXELS}}
 
-        Each video also keeps its deepstack features (`video_deepstack[k]`: [levels, n_tokens_k, H]). With
-        `must_sync_towers` (ZeRO-3, several ranks) a batch without a modality runs a dummy pass through that
-        tower (so no rank waits in its parameter gather), carried as a scalar 0 in `EncodedMedia.dummy` that `embed` adds.
-        """
+    # --- towers: Qwen2.5-Omni's encode_media, with deepstack features and this family's audio lengths -------
+    def _vision_pass(self, inner, pixels: torch.Tensor, grid_thw: torch.Tensor):
+        """Each image / video also keeps its deepstack features (`[levels, n_tokens_k, H]`)."""
+        out = inner.get_video_features(pixels, grid_thw, return_dict=True)
+        feats = list(out.pooler_output)
+        return feats, [torch.stack([level[k] for level in out.deepstack_features]) for k in range(len(feats))]
+
+    def _vision_dummy_pass(self, inner, param) -> torch.Tensor:
+        out = inner.get_video_features(*video_dummy_inputs(inner, param), return_dict=True)
+        return (sum(t.sum() for t in out.pooler_output)
+                + sum(t.sum() for level in out.deepstack_features for t in level))
+
+    def _audio_lengths(self, inner, feature_mask: torch.Tensor) -> torch.Tensor:
         from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
 
-        inner = base_thinker(model).model
-        video, deepstack, audio, dummies = [], [], [], []
-        param = next(inner.visual.parameters())
-        sync = self.must_sync_towers(inner)
-        if inputs.pixel_values_videos is not None and len(inputs.video_rows):
-            out = inner.get_video_features(inputs.pixel_values_videos, inputs.video_grid_thw, return_dict=True)
-            video = list(out.pooler_output)
-            deepstack = [torch.stack([level[k] for level in out.deepstack_features]) for k in range(len(video))]
-            inputs.tower_calls.vision += len(video)
-        elif sync:
-            out = inner.get_video_features(*video_dummy_inputs(inner, param), return_dict=True)
-            dummies.append(sum(t.sum() for t in out.pooler_output)
-                           + sum(t.sum() for level in out.deepstack_features for t in level))
-        if inputs.input_features is not None and len(inputs.audio_rows):
-            fam = inputs.feature_attention_mask
-            out = inner.get_audio_features(inputs.input_features, fam, return_dict=True)
-            lengths = _get_feat_extract_output_lengths(fam.sum(-1), inner.audio_tower.config.n_window)
-            audio = list(torch.split(out.last_hidden_state, lengths.tolist()))
-            inputs.tower_calls.audio += len(audio)
-        elif sync:
-            dummies.append(audio_dummy_pass(inner, param))
-        dummy = sum(dummies) * 0.0 if dummies else None
-        return EncodedMedia(video=video, audio=audio, dummy=dummy, video_deepstack=deepstack)
+        return _get_feat_extract_output_lengths(feature_mask.sum(-1), inner.audio_tower.config.n_window)
 
     def language_model_inputs(self, model, inputs: ModelInputs, ids: torch.Tensor, mask: torch.Tensor) -> dict:
-        """Embeddings and positions, plus the deepstack features and the mask of the video positions they
-        are added to: the arguments the Hugging Face thinker forward gives its language model."""
+        """Embeddings and positions, plus the deepstack features and the mask of the image and video positions
+        they are added to (each level's features in the order of those positions, as the Hugging Face thinker
+        forward joins them): the arguments it gives its language model."""
         embeds, position_ids, enc = self._embed(model, inputs, ids, mask)
         kwargs = {"inputs_embeds": embeds, "position_ids": position_ids}
-        if enc.video:
-            kwargs.update(
-                visual_pos_masks=ids == base_thinker(model).config.video_token_id,  # [N, L]
-                deepstack_visual_embeds=list(torch.cat(enc.video_deepstack, dim=1).to(embeds.dtype)),  # [n, H] each
-            )
+        if not (enc.video or enc.image):
+            return kwargs
+        cfg = base_thinker(model).config
+        image_mask, video_mask = ids == cfg.image_token_id, ids == cfg.video_token_id  # [N, L]
+        visual = image_mask | video_mask
+        levels = (enc.image_deepstack or enc.video_deepstack)[0].shape[0]
+        joint = embeds.new_zeros(levels, int(visual.sum()), embeds.shape[-1])
+        for mask_k, feats in ((image_mask, enc.image_deepstack), (video_mask, enc.video_deepstack)):
+            if feats:
+                joint[:, mask_k[visual]] = torch.cat(feats, dim=1).to(embeds.dtype)
+        kwargs.update(visual_pos_masks=visual, deepstack_visual_embeds=list(joint))  # [n, H] per level
         return kwargs
 
     def prompt_kwargs(self, extra: dict, prompt_len: int) -> dict:
@@ -113,5 +109,5 @@ class Qwen3OmniModule(Qwen25OmniModule):
         if masks is None:
             return {}
         if masks[:, prompt_len:].any():
-            raise ValueError("a completion contains a video token")
+            raise ValueError("a completion contains an image or video token")
         return {"visual_pos_masks": masks[:, :prompt_len], "deepstack_visual_embeds": embeds}
