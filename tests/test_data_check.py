@@ -75,10 +75,31 @@ def test_unknown_problem_types_reported_once_with_the_known_ones(tiny_shards, tm
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["problem_types"] = {"matched": {"multiple_choice": 3}, "unknown": {"essay": 2}}
     (data / "manifest.json").write_text(json.dumps(manifest))
-    cfg = SimpleNamespace(data=[str(data)], max_prompt_length=10**6, skip_long_prompts=False)
+    cfg = SimpleNamespace(data=[str(data)], max_prompt_length=10**6, skip_long_prompts=False,
+                          model_family="qwen2_5_omni")
     with caplog.at_level(logging.WARNING, logger="omni_grpo"):
         check_data(cfg)
         check_data(cfg)
     lines = [r.getMessage() for r in caplog.records if "unknown problem_type" in r.getMessage()]
     assert len(lines) == 1 and "'essay' (2 samples)" in lines[0] and "multiple_choice" in lines[0]
     assert "multiple_choice" not in lines[0].split("Known types")[0]
+
+
+def test_shards_for_another_family_stop_the_check_with_the_fix(tiny_model_dir, tiny_shards, tmp_path, capsys):
+    """Shards sized for Qwen3-Omni's 32-px grid refused for a Qwen2.5-Omni model before it loads (and accepted
+    as they were written)."""
+    from omni_grpo.train import main
+
+    argv = run_args(tiny_model_dir, tiny_shards, tmp_path / "out", TINY_RUN)
+    assert main(["--check", *argv]) == 0
+    other = tmp_path / "qwen3-shards"
+    shutil.copytree(tiny_shards, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    assert manifest["options"]["family"] == "qwen2_5_omni"
+    manifest["options"]["family"] = "qwen3_omni"
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    argv = run_args(tiny_model_dir, other, tmp_path / "out2", TINY_RUN)
+    assert main(["--check", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "preprocessed for qwen3_omni" in err and "the model is qwen2_5_omni" in err
+    assert "--family qwen2_5_omni" in err

@@ -1,5 +1,6 @@
 """Checks of the training data's own facts before any model is loaded: every sample's prompt length against
-`max_prompt_length` (from the counts `python -m preprocess` stores per sample) and the `problem_type`
+`max_prompt_length` (from the counts `python -m preprocess` stores per sample), the model family the shards were
+sized for (`--family`: its pixel grid and token counts) against the one being trained, and the `problem_type`
 spellings the accuracy reward does not know.
 
 A prompt longer than `max_prompt_length` stops the run here, with the count, the longest and both fixes, rather
@@ -73,8 +74,43 @@ def check_data(cfg, token_lists: list[list[int | None]] | None = None) -> Prompt
     if found.unchecked:
         _report("prompt length check skipped for " + ", ".join(found.unchecked) + " (shards written before "
                 "per-sample token counts; re-run python -m preprocess to have them checked)")
+    check_family(cfg)
     report_unknown_problem_types(cfg.data)
     return found
+
+
+def shard_families(dirs: list[str]) -> dict[str, str]:
+    """Shard directory -> the `--family` its manifest records (directories written before the field: absent)."""
+    out = {}
+    for shard_dir in dirs:
+        try:
+            manifest = json.loads((Path(shard_dir) / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # check_paths reports an unreadable manifest
+        family = (manifest.get("options") or {}).get("family")
+        if family:
+            out[str(shard_dir)] = family
+    return out
+
+
+def check_family(cfg) -> None:
+    """ConfigError when shards were preprocessed for another model family than the one trained: their frames sit
+    on that family's pixel grid (28 px for Qwen2.5-Omni, 32 px for Qwen3-Omni) and its processor would refuse or
+    mis-count them at the first step."""
+    family = cfg.model_family
+    if family == "auto":
+        from omni_grpo.models import detect_family
+
+        try:
+            family = detect_family(cfg.model_name_or_path)
+        except (FileNotFoundError, ValueError):
+            return  # check_paths reports the model directory
+    wrong = {d: f for d, f in shard_families(cfg.data).items() if f != family}
+    if wrong:
+        shard_dir, other = next(iter(wrong.items()))
+        more = f" (and {len(wrong) - 1} more data folders)" if len(wrong) > 1 else ""
+        raise ConfigError(f"data folder {shard_dir} was preprocessed for {other}{more} but the model is {family}; "
+                          f"re-run python -m preprocess with --family {family}, or train a {other} model")
 
 
 def unknown_problem_types(dirs: list[str]) -> dict[str, int]:
