@@ -53,8 +53,8 @@ with preemption.stop_on_signals("RESUME-CMD", 0):
     os.kill(os.getpid(), signal.SIGTERM)  # the same signal again at once: a launcher forwarding it
     time.sleep(0.1)
     child = os.fork()
-    if child == 0:  # a forked data-loader worker: it ignores the signal, its parent decides
-        os.kill(os.getpid(), signal.SIGTERM)
+    if child == 0:  # a forked data-loader worker: it ignores signals, its parent decides
+        os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.1)
         os._exit(7)
     _, status = os.waitpid(child, 0)
