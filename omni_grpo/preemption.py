@@ -9,8 +9,10 @@ into one line, `preempted (SIGTERM) at step N: saved DIR; resume with: COMMAND`,
 code. A repeat of the first signal within `REPEAT_WINDOW_S` counts as the same request: a scheduler may signal
 every process while the launcher forwards the signal to the ranks too.
 
-Forked data-loader workers inherit the handler and ignore the signal: their parent decides when they stop (a
-worker killed by SIGTERM would otherwise fail the batch its parent is waiting for).
+A thread acts on the signals (Python's wakeup socket), so the second one ends the process also while the main
+thread is stuck in a C call, such as a collective waiting for a rank that is gone. Forked data-loader workers
+inherit a handler that ignores both signals: their parent decides when they stop (a worker killed by SIGTERM would
+otherwise fail the batch its parent is waiting for).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 import threading
 import time
@@ -58,13 +61,13 @@ class Preempted(Exception):
 
 
 class _Handler:
+    """The stop flag and what each signal does to it, run by the `_watch` thread."""
+
     def __init__(self, command: str, rank: int):
-        self.command, self.rank, self.pid = command, rank, os.getpid()
+        self.command, self.rank = command, rank
         self.signum, self.at = 0, 0.0
 
-    def __call__(self, signum, frame) -> None:
-        if os.getpid() != self.pid:  # a forked data-loader worker
-            return
+    def on_signal(self, signum: int) -> None:
         now = time.monotonic()
         if not self.signum:
             self.signum, self.at = signum, now
@@ -81,26 +84,56 @@ class _Handler:
         os._exit(128 + signum)
 
 
+def _watch(reader: socket.socket, handler: _Handler) -> None:
+    """Python's C-level signal handler writes each signal's number to the wakeup socket at once, also while the
+    main thread is stuck in a C call (a collective waiting for a rank that is gone), where a Python handler would
+    never run: this thread acts on them."""
+    with reader:
+        while data := reader.recv(64):
+            for signum in data:
+                if signum in SIGNALS:
+                    handler.on_signal(signum)
+
+
+def _noop(signum, frame) -> None:
+    """The Python-level handler: the default action (exit, KeyboardInterrupt) is replaced by `_watch`'s."""
+
+
+def _after_fork_in_child() -> None:
+    if _active is not None:  # a data-loader worker: no wakeup writes into its parent's socket; it ignores signals
+        signal.set_wakeup_fd(-1)
+
+
 _active: _Handler | None = None
+_fork_hook = False
 
 
 @contextmanager
 def stop_on_signals(command: str, rank: int):
     """SIGTERM and SIGINT set the stop flag inside the block (see the module docstring); the previous handlers
     come back after it. `command` is the one the second-signal line names. Only in the main thread."""
-    global _active
+    global _active, _fork_hook
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook = True
     handler = _Handler(command, rank)
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = {s: signal.signal(s, _noop) for s in SIGNALS}
+    old_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    threading.Thread(target=_watch, args=(reader, handler), name="omni-grpo-signals", daemon=True).start()
     _active = handler
     try:
         yield
     finally:
         _active = None
+        signal.set_wakeup_fd(old_fd)
         for s, old in previous.items():
             signal.signal(s, old if old is not None else signal.SIG_DFL)
+        writer.close()  # the thread sees the end of its socket and returns
 
 
 def requested() -> int:

@@ -13,13 +13,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from omni_grpo import checkpoint as ckpt
 from omni_grpo.config import TrainConfig
-from omni_grpo.preemption import COMMAND_ENV, resume_command, stop_on_signals
+from omni_grpo.preemption import COMMAND_ENV, REPEAT_WINDOW_S, resume_command, stop_on_signals
 from tests.helpers import CLI_RUN, LENGTH, run_args
 from tests.test_distributed import common, free_port, mixed_shards, scalars, zero3_test_config  # noqa: F401
 
@@ -51,7 +52,8 @@ from omni_grpo import preemption
 with preemption.stop_on_signals("RESUME-CMD", 0):
     os.kill(os.getpid(), signal.SIGTERM)
     os.kill(os.getpid(), signal.SIGTERM)  # the same signal again at once: a launcher forwarding it
-    time.sleep(0.1)
+    while not preemption.requested():
+        time.sleep(0.01)
     child = os.fork()
     if child == 0:  # a forked data-loader worker: it ignores signals, its parent decides
         os.kill(os.getpid(), signal.SIGINT)
@@ -74,6 +76,34 @@ def test_first_signal_sets_the_flag_a_second_stops_at_once():
     assert proc.stderr.strip().splitlines() == [
         "stopped at once by a second signal (SIGINT), without saving; resume from the newest checkpoint with: "
         "RESUME-CMD"]
+
+
+STUCK_SCRIPT = """import sys
+import torch.distributed as dist
+from omni_grpo import preemption
+with preemption.stop_on_signals("RESUME-CMD", 0):
+    print("ready", flush=True)
+    dist.init_process_group("gloo", init_method=sys.argv[1], rank=0, world_size=2)  # rank 1 never comes
+print("not reached")
+"""
+
+
+def test_a_second_signal_stops_a_process_stuck_in_a_collective():
+    """The main thread waits inside gloo (C++), where no Python signal handler runs, as a rank whose peer is gone
+    would: the second signal still ends it at once (the test's timeout would catch a hang)."""
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_SCRIPT, f"tcp://127.0.0.1:{free_port()}"], env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(2)  # into the C call
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(REPEAT_WINDOW_S + 0.2)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT and "not reached" not in out
+    assert err.strip().splitlines()[-1].startswith("stopped at once by a second signal (SIGINT)")
 
 
 def test_previous_handlers_come_back():
