@@ -186,14 +186,30 @@ def scalar_steps(out: Path, tag: str = "actor/loss") -> list[int]:
 
 # ------------------------------------------------------------------------------------- 2 ranks, ZeRO-3
 
+def run_tree(cmd, tmp: Path, shell: bool = False) -> subprocess.CompletedProcess:
+    """`subprocess.run`, except that a hang (the test fails) also kills the ranks (they run in their own sessions)."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, shell=shell, cwd=tmp, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def launch_driver(tmp: Path, plan: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "omni_grpo.launch", "--config_file", str(REPO / "configs/accelerate/zero3.yaml"),
-           "--num_processes", "2", "--main_process_port", str(free_port()), str(DRIVER), str(plan), *overrides]
-    return subprocess.run(cmd, cwd=tmp, env=env(), capture_output=True, text=True, timeout=300)
+    return run_tree([sys.executable, "-m", "omni_grpo.launch", "--config_file",
+                     str(REPO / "configs/accelerate/zero3.yaml"), "--num_processes", "2", "--main_process_port",
+                     str(free_port()), str(DRIVER), str(plan), *overrides], tmp)
 
 
 def as_printed(tmp: Path, command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, shell=True, cwd=tmp, env=env(), capture_output=True, text=True, timeout=300)
+    return run_tree(command, tmp, shell=True)
 
 
 @pytest.mark.slow
