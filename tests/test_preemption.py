@@ -156,12 +156,15 @@ def test_sigterm_to_a_training_process_saves_and_prints_a_command_that_resumes(t
     proc = subprocess.Popen([sys.executable, "-m", "omni_grpo.train", *args], cwd=tmp_path, env=env(),
                             stderr=subprocess.PIPE, text=False)
     seen = b""
-    while b" 1/1000 " not in seen:  # the progress bar after the first step
-        chunk = os.read(proc.stderr.fileno(), 65536)
-        assert chunk, seen.decode(errors="replace")[-4000:]  # ended before its first step
-        seen += chunk
-    proc.send_signal(signal.SIGTERM)
-    rest = proc.communicate(timeout=120)[1]
+    try:
+        while b" 1/1000 " not in seen:  # the progress bar after the first step
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            assert chunk, seen.decode(errors="replace")[-4000:]  # ended before its first step
+            seen += chunk
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
     stderr = (seen + rest).decode()
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-4000:]
     name, step, saved, command = the_line(stderr).groups()
