@@ -264,7 +264,8 @@ def save_checkpoint(cfg, engine, family, processor, step: int, rank: int, world_
     failure.agree()
     with engine.write_errors_deferred(WRITE_ERRORS) as deferred:  # the back end's own barriers are reached
         failure.run(engine.save_state, tmp / "state")
-    failure.error = failure.error or next(iter(deferred), None)
+    if deferred and failure.error is None:
+        failure.error = deferred[0]
     state_dict = engine.full_state_dict()  # collective under ZeRO-3
     failure.run(save_rng, tmp, rank)
     if rank == 0:

@@ -47,13 +47,12 @@ def main(argv: list[str] | None = None) -> int:
             failed = {rank: f.exitcode for rank, f in err.failures.items()}
             print("\n".join(failure_lines(Path(folder), failed)), file=sys.stderr)
             return next((code for code in failed.values() if code > 0), 1)
-        except (SignalException, KeyboardInterrupt) as err:  # the ranks were sent the signal and have ended
-            signum = err.sigval if isinstance(err, SignalException) else signal.SIGINT
+        except SignalException as err:  # elastic sent the signal on to the ranks, and they have ended
             lines = failure_lines(Path(folder), {}) or [
-                f"stopped by {signal.Signals(signum).name}: no rank reported a checkpoint (not started yet, or "
+                f"stopped by {signal.Signals(err.sigval).name}: no rank reported a checkpoint (not started yet, or "
                 f"killed after TORCH_ELASTIC_SHUTDOWN_TIMEOUT={os.environ['TORCH_ELASTIC_SHUTDOWN_TIMEOUT']} s)"]
             print("\n".join(lines), file=sys.stderr)
-            return 128 + signum
+            return 128 + err.sigval
     return 0
 
 

@@ -36,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args.config, args.overrides, check_only=args.check,
                    argv=list(sys.argv[1:] if argv is None else argv))
-    except KeyboardInterrupt:  # Ctrl-C before training began (in training it stops at a safe point)
-        return report_error("interrupted before training started; nothing was saved", 130)
     except Exception as err:  # a bug of ours: the traceback is what to report
         import traceback
 

@@ -276,3 +276,32 @@ def weights(folder: Path) -> dict:
 
     return {k: v.tolist() for f in sorted((folder / "model").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
 
+
+
+SLEEPER = """import time
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow
+def test_launcher_stopped_by_a_signal_says_so_in_one_line(tmp_path):
+    """SIGTERM to omni_grpo.launch whose ranks cannot save (they die of it): one line and 143, not elastic's log."""
+    script = tmp_path / "sleeper.py"
+    script.write_text(SLEEPER)
+    proc = subprocess.Popen([sys.executable, "-m", "omni_grpo.launch", "--config_file", "configs/accelerate/zero3.yaml",
+                             "--num_processes", "2", "--main_process_port", str(free_port()), str(script)],
+                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = 0
+        while ready < 2:  # both ranks started
+            line = proc.stdout.readline()
+            assert line, "the launcher ended early"
+            ready += line == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert err.strip().splitlines() == ["stopped by SIGTERM: no rank reported a checkpoint (not started yet, or killed "
+                                        "after TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300 s)"], err
