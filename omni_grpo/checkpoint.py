@@ -209,45 +209,74 @@ def add_lora(family, model, lora):
 
 
 # ------------------------------------------------------------------------------------------ one checkpoint
-def _barrier(world_size: int) -> None:
-    if world_size > 1:
-        import torch.distributed as dist
+class _WriteFailure:
+    """A collective save's failed write on this rank, told to every rank at `agree`: a rank whose write fails keeps
+    to the save's collective steps (no rank is left waiting at a barrier), and then every rank raises the same
+    `CheckpointError`, naming the rank that failed and its error."""
 
-        dist.barrier()
+    def __init__(self, cfg, step: int, tmp: Path, rank: int, world_size: int):
+        self.cfg, self.step, self.tmp, self.rank, self.world_size = cfg, step, tmp, rank, world_size
+        self.error: BaseException | None = None
+
+    def run(self, fn, *args):
+        """`fn(*args)` unless a write already failed here; its write error is kept, not raised."""
+        if self.error is None:
+            try:
+                return fn(*args)
+            except WRITE_ERRORS as err:
+                self.error = err
+        return None
+
+    def agree(self) -> None:
+        """Raise CheckpointError on every rank if a write failed on any (collective)."""
+        mine = None
+        if self.error is not None:
+            where = f" on rank {self.rank}" if self.world_size > 1 else ""
+            mine = (f"saving the checkpoint of step {self.step} to {self.tmp} failed{where}: "
+                    f"{type(self.error).__name__}: {self.error} ({free_space(self.cfg.output_dir)}). The previous "
+                    f"checkpoints are intact; free disk space or fix permissions on {self.cfg.output_dir}, then "
+                    "resume with resume_from_checkpoint=latest.")
+        messages = [mine]
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            messages = [None] * self.world_size
+            dist.all_gather_object(messages, mine)
+        failed = next((m for m in messages if m is not None), None)
+        if failed is not None:
+            raise CheckpointError(failed) from self.error
 
 
 def save_checkpoint(cfg, engine, family, processor, step: int, rank: int, world_size: int,
                     trainer_state: dict) -> Path | None:
     """Atomic checkpoint of everything needed to continue exactly (collective: call on every rank).
 
-    `trainer_state`: the trainer's counters and data cursor (JSON). Any failure to write it (full disk,
-    read-only or vanished output_dir) is a `CheckpointError` that names the folder and what to do; the
-    previous checkpoints are never touched before the new one is complete. Returns the folder on rank 0.
+    `trainer_state`: the trainer's counters and data cursor (JSON). Any failure to write it on any rank (full disk,
+    read-only or vanished output_dir) is a `CheckpointError` on every rank, promptly, that names the folder, the
+    rank and what to do; the previous checkpoints are never touched before the new one is complete. Returns the
+    folder on rank 0.
     """
     from omni_grpo.config import save_config
 
     tmp = checkpoints_dir(cfg.output_dir) / (TMP_PREFIX + step_name(step))
-    final = None
-    try:
-        if rank == 0:
-            tmp = begin(cfg.output_dir, step)
-        _barrier(world_size)
-        engine.save_state(tmp / "state")
-        state_dict = engine.trainable_state_dict() if cfg.lora.enabled else engine.full_state_dict()
-        save_rng(tmp, rank)
-        if rank == 0:
-            save_model(tmp / "model", cfg, engine, family, processor, state_dict)
-            save_config(cfg, tmp / "config.yaml")
-            write_trainer_state(tmp, {**trainer_state, "world_size": world_size})
-        _barrier(world_size)
-        if rank == 0:
-            final = finish(tmp, step, cfg.save_total_limit)
-    except WRITE_ERRORS as err:
-        raise CheckpointError(
-            f"saving the checkpoint of step {step} to {tmp} failed: {type(err).__name__}: {err} "
-            f"({free_space(cfg.output_dir)}). The previous checkpoints are intact; free disk space or fix "
-            f"permissions on {cfg.output_dir}, then resume with resume_from_checkpoint=latest.") from err
-    _barrier(world_size)
+    failure = _WriteFailure(cfg, step, tmp, rank, world_size)
+    if rank == 0:
+        failure.run(begin, cfg.output_dir, step)
+    failure.agree()
+    with engine.write_errors_deferred(WRITE_ERRORS) as deferred:  # the back end's own barriers are reached
+        failure.run(engine.save_state, tmp / "state")
+    if deferred and failure.error is None:
+        failure.error = deferred[0]
+    # collective under ZeRO-3; LoRA: only the adapter is gathered
+    state_dict = engine.trainable_state_dict() if cfg.lora.enabled else engine.full_state_dict()
+    failure.run(save_rng, tmp, rank)
+    if rank == 0:
+        failure.run(save_model, tmp / "model", cfg, engine, family, processor, state_dict)
+        failure.run(save_config, cfg, tmp / "config.yaml")
+        failure.run(write_trainer_state, tmp, {**trainer_state, "world_size": world_size})
+    failure.agree()
+    final = failure.run(finish, tmp, step, cfg.save_total_limit) if rank == 0 else None
+    failure.agree()
     return final
 
 

@@ -3,7 +3,8 @@
 `Engine` is the interface the trainer and `checkpoint` use, and nothing else: `module` (the nn.Module),
 `stage` / `is_partitioned`, `backward`, `step` / `skip` (an optimizer step, or a skipped one), `lr`,
 `gathered_for_generation`, `save_state` / `load_state` (collective: called on every rank; the frozen weights
-are not in the state), `state_holds_weights`, `full_state_dict`, `trainable_state_dict` and
+are not in the state) and `write_errors_deferred` (around `save_state`: a rank whose write fails still reaches
+the back end's barriers), `state_holds_weights`, `full_state_dict`, `trainable_state_dict` and
 `prepare_reference`. `build_engine` makes the right one from the config (optimizer, LR schedule, fp32 masters,
 the DeepSpeed JSON's "auto" values); `setup_distributed` reads the launcher's environment and starts the
 process group.
@@ -81,6 +82,13 @@ class Engine:
         """The trainable parameters' weights by name on rank 0, e.g. the LoRA adapter: under ZeRO-3 only they
         are gathered, not the frozen base (collective under ZeRO-3; None on other ranks)."""
         return {n: p.detach() for n, p in self.module.named_parameters() if p.requires_grad}
+
+    @contextmanager
+    def write_errors_deferred(self, errors: tuple[type[BaseException], ...]):
+        """Around `save_state`: a file write that fails with one of `errors` inside the back end's collective
+        save is appended to the yielded list instead of raised, so this rank still reaches the back end's own
+        barriers (the caller raises afterwards). One process has none: errors propagate."""
+        yield []
 
     def prepare_reference(self, model):
         """The frozen reference policy, placed as this back end places the policy, in eval mode."""
@@ -235,6 +243,35 @@ class DeepSpeedEngine(Engine):
                                               load_module_strict=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state in {folder / 'deepspeed'}")
+
+    @contextmanager
+    def write_errors_deferred(self, errors: tuple[type[BaseException], ...]):
+        """DeepSpeed's `save_checkpoint` writes through its checkpoint engine (`makedirs`, `save`: each rank its
+        shards) and copies its recovery scripts (rank 0) between `dist.barrier()`s: a rank that raised there would
+        leave the others waiting at the next barrier. Inside this block those three calls record their error and
+        return; after a failure this rank writes nothing more but keeps to the barriers."""
+        failed: list[BaseException] = []
+
+        def deferred(fn):
+            def call(*args, **kwargs):
+                if failed:
+                    return None
+                try:
+                    return fn(*args, **kwargs)
+                except errors as err:
+                    failed.append(err)
+                    return None
+            return call
+
+        targets = [(self._ds.checkpoint_engine, "makedirs"), (self._ds.checkpoint_engine, "save"),
+                   (self._ds, "_copy_recovery_script")]
+        for obj, name in targets:
+            setattr(obj, name, deferred(getattr(obj, name)))  # an instance attribute over the class's method
+        try:
+            yield failed
+        finally:
+            for obj, name in targets:
+                delattr(obj, name)
 
     def full_state_dict(self) -> dict | None:
         """The whole model's weights on rank 0 (collective under ZeRO-3; None on other ranks)."""

@@ -6,6 +6,8 @@ Runs GRPO training. Launch it directly for one process, or under
 Configuration errors (over-long prompts in the data included) are reported before any model is loaded; `--check` stops there (what stage4.sh runs once
 before it starts the ranks). Every error ends in one line on stderr: `config error: …`, `data error: …`,
 `training stopped: …`, or, for a bug of ours, the traceback and an `internal error: …` line to report.
+SIGTERM or SIGINT stops training at the next safe point with a checkpoint and one line, `preempted (SIGTERM) at
+step N: saved DIR; resume with: COMMAND`, exit code 128 + the signal (143, 130); see `omni_grpo.preemption`.
 Dependencies' deprecation warnings are hidden unless `--verbose` or `OMNI_GRPO_VERBOSE=1`.
 """
 
@@ -32,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     configure_logging(rank, verbose=args.verbose or os.environ.get("OMNI_GRPO_VERBOSE", "") not in ("", "0"))
     try:
-        return run(args.config, args.overrides, check_only=args.check)
+        return run(args.config, args.overrides, check_only=args.check,
+                   argv=list(sys.argv[1:] if argv is None else argv))
     except Exception as err:  # a bug of ours: the traceback is what to report
         import traceback
 
@@ -44,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
                             f"traceback above): {summary} at {where}", 1)
 
 
-def run(config: str | None, overrides: list[str], check_only: bool = False) -> int:
-    """Check the config and the paths (exit code 2 with one line if wrong), then train unless `check_only`."""
+def run(config: str | None, overrides: list[str], check_only: bool = False, argv: list[str] | None = None) -> int:
+    """Check the config and the paths (exit code 2 with one line if wrong), then train unless `check_only`.
+    `argv`: this command's arguments (for the resume command a stopped run prints)."""
     from omni_grpo.checkpoint import CheckpointError
     from omni_grpo.config import ConfigError, check_data, check_paths, load_config
     from omni_grpo.logging import report_error
@@ -62,14 +66,24 @@ def run(config: str | None, overrides: list[str], check_only: bool = False) -> i
         return report_error(f"config error: {err}", 2)
     except (ShardCorruptError, ShardFormatError) as err:
         return report_error(f"data error: {err}", 2)
-    return 0 if check_only else train(cfg)
+    if check_only:
+        return 0
+    from omni_grpo import preemption
+
+    if argv is None:
+        argv = [*(["--config", config] if config else []), *overrides]
+    command = preemption.resume_command(argv, cfg)
+    with preemption.stop_on_signals(command, int(os.environ.get("RANK", "0"))):
+        return train(cfg, command)
 
 
-def train(cfg) -> int:
-    """Build the trainer and run it; a known failure becomes one line and exit code 1 or 2."""
+def train(cfg, command: str = "") -> int:
+    """Build the trainer and run it; a known failure becomes one line and exit code 1 or 2; a stop signal the
+    `preempted …` line with `command` (the one that resumes) and exit code 128 + the signal."""
     from omni_grpo.checkpoint import CheckpointError
     from omni_grpo.logging import report_error
     from omni_grpo.models.qwen2_5_omni import PromptTooLongError
+    from omni_grpo.preemption import Preempted, report
     from omni_grpo.rewards import RewardError
     from omni_grpo.trainer import GRPOTrainer, NonFiniteLossError
     from preprocess.shards import ShardCorruptError, ShardFormatError
@@ -84,6 +98,8 @@ def train(cfg) -> int:
         trainer.train()
     except (RewardError, NonFiniteLossError, CheckpointError, PromptTooLongError) as err:
         return report_error(f"training stopped: {err}", 1)
+    except Preempted as stop:
+        return report(stop.line(command), stop.code, trainer.rank)
     return 0
 
 

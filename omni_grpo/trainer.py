@@ -13,6 +13,10 @@ One optimizer step, top to bottom (`GRPOTrainer.step`), one method per phase:
   and draws more rounds until the step holds as many groups with a spread; then `update`: μ times, policy
   log-probs with gradient per update micro-batch → `policy_loss` → backward; optimizer step.
 
+SIGTERM/SIGINT (`preemption`) stop the loop at a safe point — before a step, or after its rollouts, where the
+step is abandoned (data cursor and random state put back, so the resumed run redoes it exactly) — then the last
+finished step is saved and `preemption.Preempted` raised.
+
 The trainer only orchestrates: the optimizer back end is `engine.Engine` (plain or DeepSpeed, one interface),
 the model family an adapter (`self.family`, stateless), every save/load `checkpoint`, the RL math `core_algos`.
 
@@ -39,7 +43,7 @@ import numpy as np
 import torch
 
 from omni_grpo import checkpoint as ckpt
-from omni_grpo import core_algos, run_control
+from omni_grpo import core_algos, preemption, run_control
 from omni_grpo.config import TrainConfig, check_data, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
 from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
@@ -134,7 +138,8 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------------------------- the loop
     def train(self) -> dict:
-        """Run until `total_steps`; save every `save_steps` and at the end. Returns the last metrics."""
+        """Run until `total_steps`; save every `save_steps` and at the end. Returns the last metrics; raises
+        `preemption.Preempted` after a stop signal (saved at a safe point)."""
         from tqdm.auto import tqdm
 
         cfg = self.cfg
@@ -149,7 +154,13 @@ class GRPOTrainer:
         start = time.time()
         with bar:  # closed (its line ended) also when a step raises, so an error message starts a new line
             while self.global_step < self.total_steps:
-                metrics = self.step()
+                before = self._step_start()
+                try:
+                    self._safe_point()
+                    metrics = self.step()
+                except preemption.StopRequested as stop:
+                    self._restore(before)
+                    self._stop(stop.signum)
                 for key in (k for k in metrics if is_main_reward(k)):
                     history.setdefault(key, []).append(float(metrics[key]))
                 bar.update(1)
@@ -159,9 +170,7 @@ class GRPOTrainer:
                     self.save()
                 if self.evaluator is not None and self.global_step % cfg.eval_steps == 0:
                     self.evaluate()
-        saved = ckpt.list_checkpoints(cfg.output_dir)
-        if not saved or saved[-1].name != ckpt.step_name(self.global_step):
-            self.save()
+        self._save_unless_saved()
         if self.evaluator is not None and self.evaluator.last_step != self.global_step:
             self.evaluate()
         self.writer.close()
@@ -183,6 +192,7 @@ class GRPOTrainer:
                                                       cfg.temperature_final, cfg.temperature_schedule,
                                                       cfg.temperature_schedule_fraction)
         drawn, rollouts, collected = self.collect_rollouts(temperature)
+        self._safe_point()  # nothing of this step is applied yet: a stop here redoes it on resume
         update = self.update(rollouts, beta)
         self.global_step += 1
         rows = sum(r.num_rows for r in drawn)
@@ -254,6 +264,51 @@ class GRPOTrainer:
         """[B] bool per rollout: the groups whose rewards differ (some advantage is not 0)."""
         g = self.cfg.num_generations
         return [(r.advantages.view(-1, g) != 0).any(dim=1).cpu() for r in rollouts]
+
+    # ---------------------------------------------------------------------------------- stopping on a signal
+    def _safe_point(self) -> None:
+        """Where a run may stop after SIGTERM/SIGINT (`preemption`): before a step, and after a step's rollouts
+        before its update. Collective: every rank stops at the same point or none does."""
+        signum = preemption.agreed_signal(self.world_size, self.device)
+        if signum:
+            raise preemption.StopRequested(signum)
+
+    def _step_start(self) -> tuple:
+        """What a step changes before its update: the data cursor and every random state (`_restore`)."""
+        cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+        return self.cursor, random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+    def _restore(self, start: tuple) -> None:
+        """Back to `_step_start`'s state, so that a checkpoint written now redoes the abandoned step exactly."""
+        self.cursor, py_state, np_state, cpu, cuda = start
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+        self.loader_iter = None  # the next batch is read from the cursor again
+
+    def _stop(self, signum: int) -> None:
+        """Save the last finished step (unless it is saved), close the writer, raise `preemption.Preempted`."""
+        saved = None
+        if self.global_step > 0:
+            self._save_unless_saved()
+            saved = ckpt.checkpoints_dir(self.cfg.output_dir) / ckpt.step_name(self.global_step)
+        self.writer.close()
+        raise preemption.Preempted(signum, self.global_step, saved)
+
+    def _save_unless_saved(self) -> None:
+        """Save the current step unless output_dir holds its checkpoint already (agreed by every rank: all save
+        if any rank misses it, so ranks that do not share a disk still save together)."""
+        saved = ckpt.list_checkpoints(self.cfg.output_dir)
+        missing = torch.tensor([float(not saved or saved[-1].name != ckpt.step_name(self.global_step))],
+                               device=self.device)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(missing, op=dist.ReduceOp.MAX)
+        if missing.item():
+            self.save()
 
     def _next_batch(self):
         if self.loader_iter is None:

@@ -3,16 +3,16 @@
 #   MODEL=DIR DATA=SHARDS[,SHARDS] [OUTPUT_DIR=outputs/stage4] bash run_scripts/stage4.sh   # configs/stage4.yaml
 #   bash run_scripts/stage4.sh   # none of the three set: the built-in demo (tiny model, colour/tone clips, 60 CPU steps) in DEMO_DIR
 # NPROC processes per node (default: every GPU, else 2 on CPU); NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT span nodes.
+# SIGTERM or Ctrl-C: the ranks save at the next safe point and print OMNI_GRPO_COMMAND (this command as typed) to resume.
 set -euo pipefail
-source "$(dirname "$0")/_env.sh"
-cd "$REPO_ROOT"
+export OMNI_GRPO_COMMAND="${OMNI_GRPO_COMMAND:-$(for v in PY MODEL DATA OUTPUT_DIR DEMO_DIR NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT; do [[ -z "${!v:-}" ]] || printf '%s=%q ' "$v" "${!v}"; done; printf '%q ' bash "$0" "$@")}"
+source "$(dirname "$0")/_env.sh" && cd "$REPO_ROOT"
 if [[ -z "${MODEL:-}${DATA:-}${OUTPUT_DIR:-}" ]]; then  # the built-in tiny default, on CPU
   export CUDA_VISIBLE_DEVICES="" DS_ACCELERATOR=cpu
   demo="${DEMO_DIR:-outputs/demo}" && bash run_scripts/demo_setup.sh "$demo"
   set -- --config configs/demo.yaml model_name_or_path="$demo/model" data="[$demo/shards]" eval_data="[$demo/shards]" output_dir="$demo/run" "$@"
 else
-  set -- --config configs/stage4.yaml model_name_or_path="${MODEL:?set MODEL=DIR and DATA=SHARDS}" \
-    data="[${DATA:?set DATA=SHARDS}]" output_dir="${OUTPUT_DIR:-outputs/stage4}" "$@"
+  set -- --config configs/stage4.yaml model_name_or_path="${MODEL:?set MODEL=DIR and DATA=SHARDS}" data="[${DATA:?set DATA=SHARDS}]" output_dir="${OUTPUT_DIR:-outputs/stage4}" "$@"
 fi
 "$PY" -m omni_grpo.train --check "$@"  # config, model, data and output_dir: one line, before any rank starts
 read -r gpus free_port < <("$PY" -c 'import socket, torch; s = socket.socket(); s.bind(("", 0)); print(torch.cuda.device_count(), s.getsockname()[1])')
