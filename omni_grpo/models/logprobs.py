@@ -1,8 +1,9 @@
 """Log-prob passes: the hidden states that predict each completion token, and their per-token log-probs.
 
 `forward_hidden` runs prompt + completions through the language model; with `share_prompt`, rows that copy
-one prompt run it once and reuse its per-layer keys/values (the shared-prompt KV trick, `_PromptLayer` /
-`_PrefixLayer`). `log_probs` projects onto the vocabulary per chunk (`_FrozenHeadLogProbs` for a frozen
+one prompt run it once and reuse its per-layer keys/values (the shared-prompt KV trick: `_PromptLayer`
+records them, the completions attend to one copy per prompt through `prefix_attention.SharedPrefix`, or to a
+per-row copy, `_PrefixLayer`, where the attention implementation is not wrapped). `log_probs` projects onto the vocabulary per chunk (`_FrozenHeadLogProbs` for a frozen
 head) and scores under the distribution the sampler draws from (temperature, media tokens banned).
 """
 
@@ -16,6 +17,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from omni_grpo.models.base import OmniModule, _getattr_path, base_thinker
 from omni_grpo.models.inputs import ModelInputs
+from omni_grpo.models.prefix_attention import SharedPrefix, one_copy_ready
 
 def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, share_prompt: bool = True) -> torch.Tensor:
@@ -23,7 +25,8 @@ def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_id
 
     With `share_prompt`, rows that are copies of one prompt (`inputs.prompt_index`, set by `repeat`) run the
     prompt through the language model once: its per-layer keys/values are reused by each row's completion
-    (:func:`_shared_prompt_hidden`), and its embeddings, media splice and TMRoPE positions are computed once.
+    (:func:`_shared_prompt_hidden`; one copy of them for all its rows), and its embeddings, media splice and
+    TMRoPE positions are computed once.
     Same result up to float rounding; the prompt costs 1/G of the compute and activation memory, with
     gradient flowing into the shared prompt pass.
     """
@@ -102,17 +105,29 @@ def _shared_prompt_hidden(module: OmniModule, thinker, lm, inputs: ModelInputs, 
                           mask: torch.Tensor, first: list[int], inverse: torch.Tensor) -> torch.Tensor:
     """`forward_hidden` with each distinct prompt run once: embeddings and positions for the `first` rows only
     (towers and TMRoPE once per prompt), a prompt pass recording every layer's keys/values, then one
-    completion pass over all rows attending to their prompt's copy."""
+    completion pass over all rows attending to them: to one copy per distinct prompt
+    (:mod:`omni_grpo.models.prefix_attention`), or, where the attention implementation is not wrapped, to a
+    per-row copy (`_PrefixLayer`)."""
     p = inputs.input_ids.shape[1]
     prompts = inputs.select(first)
     embeds, positions, _, prompt_kw = prompt_model_inputs(module, thinker, prompts, completion_ids[first])
     prompt_cache = Cache(layers=[_PromptLayer() for _ in lm.layers])
+    one_copy = one_copy_ready(lm.config)
+    completion_embeds = thinker.get_input_embeddings()(completion_ids)
     with _replay_safe_cache(lm.layers):
         prompt = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=prompts.attention_mask,
                     past_key_values=prompt_cache, use_cache=False, **prompt_kw)
-        prefix = Cache(layers=[_PrefixLayer(layer.keys[inverse], layer.values[inverse]) for layer in prompt_cache.layers])
-        out = lm(inputs_embeds=thinker.get_input_embeddings()(completion_ids), position_ids=positions[..., inverse, p:],
-                 attention_mask=mask, past_key_values=prefix, use_cache=False)
+        if one_copy:
+            shared = SharedPrefix([layer.keys for layer in prompt_cache.layers],
+                                  [layer.values for layer in prompt_cache.layers], prompts.attention_mask, inverse,
+                                  completion_mask=mask[:, p:])
+            out = lm(inputs_embeds=completion_embeds, position_ids=positions[..., inverse, p:], attention_mask=None,
+                     use_cache=False, shared_prefix=shared)
+        else:
+            prefix = Cache(layers=[_PrefixLayer(layer.keys[inverse], layer.values[inverse])
+                                   for layer in prompt_cache.layers])
+            out = lm(inputs_embeds=completion_embeds, position_ids=positions[..., inverse, p:], attention_mask=mask,
+                     past_key_values=prefix, use_cache=False)
     last_prompt = prompt.last_hidden_state[inverse, p - 1 : p]  # predicts the first completion token
     return torch.cat([last_prompt, out.last_hidden_state[:, :-1]], dim=1)
 
