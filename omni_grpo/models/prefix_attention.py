@@ -107,7 +107,8 @@ class SharedPrefix:
     """The prompts' keys/values, one copy per distinct prompt, for the completion rows that attend to them.
 
     keys, values: one [P, Hkv, Lp, D] per decoder layer (already rotated: TMRoPE is applied before caching).
-    prompt_mask: [P, Lp] the prompts' attention mask (left padding). inverse: [N] the prompt of each row.
+    prompt_mask: [P, Lp] the prompts' attention mask (left padding). inverse: [N] the prompt of each row (a
+    prompt may have no row).
     completion_mask: [N, Lc] which completion keys may be attended (None: all), right-padded completions.
     """
 
@@ -129,6 +130,8 @@ class SharedPrefix:
         pk, pv = self.keys[layer], self.values[layer]
         parts_o, parts_lse = [], []
         for p, rows in enumerate(self.groups):  # (a): one copy of prompt p for all of its rows' queries
+            if not len(rows):
+                continue
             q = query[rows].reshape(len(rows), hkv, r, lq, d).transpose(0, 1).reshape(1, hkv, -1, d)
             o, lse = _AttentionLSE.apply(q, pk[p : p + 1], pv[p : p + 1], self.prompt_mask[p].view(1, 1, 1, -1), scale)
             parts_o.append(o.view(hkv, len(rows), r, lq, -1).transpose(0, 1).reshape(len(rows), h, lq, -1))
