@@ -5,7 +5,8 @@ a few decoder layers, tiny towers, bf16 on CPU), G completions of one prompt: th
 (`prefix_attention._ENABLED = False`, the path before) against one copy
 (`omni_grpo.models.prefix_attention`). Each variant runs in its own subprocess and reports the peak resident
 memory of its pass above the memory before it (Linux VmHWM, reset before the pass), so the two columns are
-side by side in one run. The prompt is text tokens of the given length: the keys/values' size depends on the
+side by side in one run; for generation also the peak after the prefill (the token loop, where the copies
+live). The last columns: the memory the G − 1 copies take by arithmetic, and seconds (not a speed benchmark). The prompt is text tokens of the given length: the keys/values' size depends on the
 prompt's length only, not on what the tokens are.
 
     python bench/prompt_kv_bench.py                        # 3 s (330 tokens) and 60 s (2,100 tokens) prompts
@@ -88,12 +89,22 @@ def child(args) -> dict:
     if args.phase == "update":
         lp, _ = log_probs(module, model, prompt.repeat(g), ids, mask)
         lp.sum().backward()
-    else:
-        with torch.no_grad():
-            generate(module, model, processor, prompt, num_generations=g, max_new_tokens=args.new_tokens,
-                     min_new_tokens=args.new_tokens)
-    seconds = time.perf_counter() - t0
-    return dict(peak_mb=(_rss_kb("VmHWM") - start) / 1024, seconds=seconds)
+        return dict(peak_mb=(_rss_kb("VmHWM") - start) / 1024, seconds=time.perf_counter() - t0)
+    prefill = {}
+
+    def after_prefill(*_):  # the first vocabulary projection comes right after the prefill
+        if not prefill:
+            prefill["peak"] = _rss_kb("VmHWM")
+            _reset_peak()
+
+    hook = model.lm_head.register_forward_pre_hook(after_prefill)
+    with torch.no_grad():
+        generate(module, model, processor, prompt, num_generations=g, max_new_tokens=args.new_tokens,
+                 min_new_tokens=args.new_tokens)
+    hook.remove()
+    decode = _rss_kb("VmHWM")
+    return dict(peak_mb=(max(prefill["peak"], decode) - start) / 1024, decode_mb=(decode - start) / 1024,
+                seconds=time.perf_counter() - t0)
 
 
 def run_point(args, phase: str, prompt: int, variant: str) -> dict:
@@ -106,19 +117,27 @@ def run_point(args, phase: str, prompt: int, variant: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def copies_mb(args, prompt: int) -> float:
+    """The G − 1 extra copies of the prompt's keys and values over all layers (the saving, by arithmetic)."""
+    kv_heads, head_dim, size = (2, 16, 4) if args.tiny else (2, 128, 2)  # 3B: 2 KV heads of 128, bf16
+    return (args.g - 1) * args.layers * 2 * kv_heads * prompt * head_dim * size / 2**20
+
+
 def table(rows: list[dict], args) -> str:
     head = ("| phase | prompt tokens | layers | G | copies: peak MB | one copy: peak MB | one copy / copies "
-            "| copies − one copy, MB | seconds (copies / one copy) |\n|---|---|---|---|---|---|---|---|---|")
+            "| decode-phase peak MB (copies / one copy) | (G−1) prompt copies, MB by arithmetic "
+            "| seconds (copies / one copy) |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         a, b = r["copies"], r["one copy"]
         if "error" in a or "error" in b:
             lines.append(f"| {r['phase']} | {r['prompt']} | {args.layers} | {args.g} | "
-                         f"{a.get('error', '')} | {b.get('error', '')} | | | |")
+                         f"{a.get('error', '')} | {b.get('error', '')} | | | | |")
             continue
+        decode = f"{a['decode_mb']:,.0f} / {b['decode_mb']:,.0f}" if "decode_mb" in a else "–"
         lines.append(f"| {r['phase']} | {r['prompt']:,} | {args.layers} | {args.g} | {a['peak_mb']:,.0f} | "
-                     f"{b['peak_mb']:,.0f} | {b['peak_mb'] / a['peak_mb']:.2f} | {a['peak_mb'] - b['peak_mb']:,.0f} | "
-                     f"{a['seconds']:.1f} / {b['seconds']:.1f} |")
+                     f"{b['peak_mb']:,.0f} | {b['peak_mb'] / a['peak_mb']:.2f} | {decode} | "
+                     f"{copies_mb(args, r['prompt']):,.0f} | {a['seconds']:.1f} / {b['seconds']:.1f} |")
     return "\n".join(lines)
 
 

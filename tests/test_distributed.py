@@ -107,11 +107,9 @@ def test_zero3_resume_equals_uninterrupted(full_run, tiny_model_dir, mixed_shard
 
 
 def test_zero3_lora_with_gradient_checkpointing(tiny_model_dir, mixed_shards, tmp_path):
-    """Also one row per update micro-batch (< G): the prompt runs once per group, its keys/values detached over
-    the micro-batches and its backward folded into the last one, under ZeRO-3's hooks."""
     ds = zero3_test_config(tmp_path / "zero3.json")
     launch(tmp_path, common(tiny_model_dir, mixed_shards, tmp_path / "out", ds, steps=2) +
-           ["lora.enabled=true", "lora.r=4", "lora.alpha=8", "gradient_checkpointing=true", "micro_batch_size=1"])
+           ["lora.enabled=true", "lora.r=4", "lora.alpha=8", "gradient_checkpointing=true"])
     from safetensors.torch import load_file
 
     adapter = load_file(str(tmp_path / "out" / "checkpoints" / "step-0000002" / "model" / "adapter_model.safetensors"))

@@ -19,16 +19,7 @@ from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
 from omni_grpo.models import generate, log_probs
 from omni_grpo.models import prefix_attention
 from omni_grpo.models.base import _getattr_path, base_thinker
-
-
-def _rollout(kit, samples, g=3, new_tokens=6):
-    module, model, processor = kit
-    inputs = module.build_inputs(processor, samples, SYS, True)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        comps = generate(module, model, processor, inputs, num_generations=g, max_new_tokens=new_tokens,
-                         temperature=2.0)
-    return inputs, comps
+from tests.test_perf_exactness import _rollout
 
 
 def _ragged(mask: torch.Tensor) -> torch.Tensor:
@@ -62,10 +53,10 @@ def _pass(module, model, inputs, ids, mask, share, one_copy, monkeypatch):
 @pytest.mark.parametrize("train,checkpointing", [("full", False), ("lora", True)])
 def test_one_copy_equals_per_row_copies_and_the_plain_forward(kit, samples, train, checkpointing, monkeypatch):
     module, model, _ = kit
-    prompts, comps = _rollout(kit, samples)
-    assert prompts.attention_mask[:, 0].tolist().count(0) == 1  # two prompt lengths, left-padded
+    repeated, comps = _rollout(kit, samples, g=3, new_tokens=6)
     rows = [0, 3, 1, 4, 2]  # prompt 0 three times, prompt 1 twice, interleaved
-    inputs = prompts.repeat(3).select(rows)
+    inputs = repeated.select(rows)
+    assert inputs.attention_mask[:2, 0].tolist().count(0) == 1  # two prompt lengths, left-padded
     ids, mask = comps.completion_ids[rows], _ragged(comps.completion_mask[rows])
     assert len(set(mask.sum(1).tolist())) > 1
     policy = _with_lora(module, model) if train == "lora" else copy.deepcopy(model)
@@ -133,7 +124,8 @@ def test_the_prompt_keys_values_are_not_copied_per_row(tiny, samples, one_copy, 
     and the autograd-saved bytes with the prompt's length do not grow with G."""
     module, model, processor = tiny
     monkeypatch.setattr(prefix_attention, "_ENABLED", one_copy)
-    prompts, comps = _rollout(tiny, samples, g=3)
+    prompts = module.build_inputs(processor, samples, SYS, True)
+    _, comps = _rollout(tiny, samples, g=3, new_tokens=6)
     n, p = comps.completion_ids.shape[0], prompts.input_ids.shape[1]
     probe = _RowWideKeys(n, p, _head_dim(module, model))
     with probe, torch.no_grad():
