@@ -111,3 +111,63 @@ def test_skipping_zero_advantage_rows_keeps_every_gradient(tiny_model_dir, tiny_
     assert not trainer._zero_rows(rollout, beta=0.1).any()  # with β > 0 their KL term trains: they run
     trainer.cfg.entropy_coef = 0.01
     assert not trainer._zero_rows(rollout, beta=0.0).any()  # so does an entropy bonus
+
+
+@pytest.mark.parametrize("train", ["full", "lora"])
+def test_prompt_once_per_group_keeps_every_gradient(tiny_model_dir, tiny_shards, tmp_path, train):
+    """update_micro_batch_size < G: each prompt's forward runs once for its group (its keys/values detached
+    as leaves over the micro-batches, one prompt backward folded into the last one), with gradient
+    checkpointing; every trainable parameter's gradient over one optimizer step's backward calls is the
+    per-micro-batch path's, with the same number of backward calls."""
+    from omni_grpo.models.base import _getattr_path
+    from omni_grpo.trainer import GRPOTrainer
+    from tests.helpers import TINY_RUN, tiny_config
+
+    lora = {"lora.enabled": True, "lora.r": 4, "lora.alpha": 8} if train == "lora" else {}
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, dict(TINY_RUN, per_device_prompts=2,
+                      num_generations=3, micro_batch_size=2, max_completion_length=8, save_steps=0, beta=0.0,
+                      gradient_checkpointing=True, reward_funcs=["format"]), **lora)
+    trainer = GRPOTrainer(cfg)
+    rollout = trainer.rollout(trainer._next_batch(), 1.0)
+    trainer.score(rollout)
+    rollout.advantages = torch.tensor([0.5, -0.2, 0.9, 0.7, -1.1, 0.4], device=rollout.advantages.device)
+    policy = trainer.policy
+    torch.manual_seed(7)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:  # nonzero, so the A matrices and the prompt carry gradient
+            p.data.normal_(0, 0.1)
+    start = {k: v.clone() for k, v in policy.state_dict().items()}
+    lm = _getattr_path(base_thinker(policy), trainer.family.language_model)
+    p_len = rollout.inputs.input_ids.shape[1]
+    step, backward = trainer.engine.step, trainer.engine.backward
+    runs = {}
+    for once in (False, True):
+        policy.load_state_dict(start)
+        trainer.prompt_once_per_group = once
+        grads, calls, prompts = {}, [], []
+
+        def capture(_grads=grads):
+            _grads.update({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
+            return step()
+
+        def counting(loss, _calls=calls):
+            _calls.append(1)
+            return backward(loss)
+
+        hook = lm.layers[0].mlp.register_forward_pre_hook(
+            lambda m, args, _prompts=prompts: _prompts.append(1) if args[0].shape[1] == p_len else None)
+        trainer.engine.step, trainer.engine.backward = capture, counting
+        try:
+            metrics = trainer.update([rollout], beta=0.0)
+        finally:
+            hook.remove()
+            trainer.engine.step, trainer.engine.backward = step, backward
+        runs[once] = grads, len(calls), len(prompts), metrics
+    (grads, calls, prompts, m), (grads_1, calls_1, prompts_1, m_1) = runs[False], runs[True]
+    assert calls == calls_1 == 3  # the engine's backward count per optimizer step
+    assert prompts_1 == 2 < prompts  # forward + checkpoint recompute: once, vs in the micro-batches
+    assert grads.keys() == grads_1.keys() and any("language_model" in n for n in grads)
+    scale = max(g.abs().max() for g in grads.values())
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_1[name], g, atol=1e-5 * scale, rtol=1e-4, msg=name)
+    assert m_1["actor/loss"] == pytest.approx(m["actor/loss"], abs=1e-6)

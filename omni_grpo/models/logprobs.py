@@ -1,14 +1,17 @@
 """Log-prob passes: the hidden states that predict each completion token, and their per-token log-probs.
 
 `forward_hidden` runs prompt + completions through the language model; with `share_prompt`, rows that copy
-one prompt run it once and reuse its per-layer keys/values (the shared-prompt KV trick, `_PromptLayer` /
-`_PrefixLayer`). `log_probs` projects onto the vocabulary per chunk (`_FrozenHeadLogProbs` for a frozen
+one prompt run it once and reuse its per-layer keys/values (the shared-prompt KV trick: `_PromptLayer`
+records them, the completions attend to one copy per prompt through `prefix_attention.SharedPrefix`, or to a
+per-row copy, `_PrefixLayer`, where the attention implementation is not wrapped). `log_probs` projects onto the vocabulary per chunk (`_FrozenHeadLogProbs` for a frozen
 head) and scores under the distribution the sampler draws from (temperature, media tokens banned).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -16,25 +19,32 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from omni_grpo.models.base import OmniModule, _getattr_path, base_thinker
 from omni_grpo.models.inputs import ModelInputs
+from omni_grpo.models.prefix_attention import SharedPrefix, one_copy_ready
 
 def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
-                   completion_mask: torch.Tensor, share_prompt: bool = True) -> torch.Tensor:
+                   completion_mask: torch.Tensor, share_prompt: bool = True,
+                   prompt: PromptPass | None = None) -> torch.Tensor:
     """Last hidden states [N, C, H] that predict each completion token (N = rows of `inputs`).
 
     With `share_prompt`, rows that are copies of one prompt (`inputs.prompt_index`, set by `repeat`) run the
     prompt through the language model once: its per-layer keys/values are reused by each row's completion
-    (:func:`_shared_prompt_hidden`), and its embeddings, media splice and TMRoPE positions are computed once.
-    Same result up to float rounding; the prompt costs 1/G of the compute and activation memory, with
-    gradient flowing into the shared prompt pass.
+    (:func:`prompt_pass`, then :func:`completion_hidden`: one copy of them for all its rows), and its
+    embeddings, media splice and TMRoPE positions are computed once. Same result up to float rounding; the
+    prompt costs 1/G of the compute and activation memory, with gradient flowing into the shared prompt pass.
+    `prompt`: a :class:`PromptPass` of the batch these rows come from, already run (the update runs it once
+    per group for all of its micro-batches); only the completion pass runs.
     """
     thinker = base_thinker(model)
     lm = _getattr_path(thinker, module.language_model)
     prompt_len = inputs.input_ids.shape[1]
     mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)  # [N, P+C]
+    if prompt is not None:
+        return completion_hidden(module, model, prompt, inputs, completion_ids, completion_mask)
     if share_prompt and completion_ids.shape[1] > 0:
-        first, inverse = inputs.distinct_prompts()
+        first, _ = inputs.distinct_prompts()
         if len(first) < inputs.batch_size:
-            return _shared_prompt_hidden(module, thinker, lm, inputs, completion_ids, mask, first, inverse)
+            prompt = prompt_pass(module, model, inputs, completion_ids)
+            return completion_hidden(module, model, prompt, inputs, completion_ids, completion_mask)
     ids = torch.cat([inputs.input_ids, completion_ids], dim=1)
     lm_inputs = module.language_model_inputs(model, inputs, ids, mask)
     out = lm(**lm_inputs, attention_mask=mask, use_cache=False)
@@ -98,23 +108,83 @@ def _replay_safe_cache(layers):
             del layer._can_checkpoint_with_cache  # back to the class attribute
 
 
-def _shared_prompt_hidden(module: OmniModule, thinker, lm, inputs: ModelInputs, completion_ids: torch.Tensor,
-                          mask: torch.Tensor, first: list[int], inverse: torch.Tensor) -> torch.Tensor:
-    """`forward_hidden` with each distinct prompt run once: embeddings and positions for the `first` rows only
-    (towers and TMRoPE once per prompt), a prompt pass recording every layer's keys/values, then one
-    completion pass over all rows attending to their prompt's copy."""
+@dataclass
+class PromptPass:
+    """The prompt half of the shared-prompt forward, kept for completion passes run later.
+
+    prompt_index: the `ModelInputs.prompt_index` value of each distinct prompt. keys, values: one [P, Hkv, Lp, D]
+    per decoder layer. last_hidden: [P, 1, H], the prompt's last position (it predicts the first completion
+    token). positions: [..., P, Lp + C] for the prompt and C completion slots. prompt_mask: [P, Lp].
+    """
+
+    prompt_index: list[int]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    last_hidden: torch.Tensor
+    positions: torch.Tensor
+    prompt_mask: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor a completion pass takes gradient into."""
+        return [*self.keys, *self.values, self.last_hidden]
+
+    def detached(self) -> "PromptPass":
+        """The same pass cut from its graph: its tensors are leaves that collect the completions' gradient."""
+        leaf = [t.detach().requires_grad_(t.requires_grad) for t in self.tensors()]
+        n = len(self.keys)
+        return dataclasses.replace(self, keys=leaf[:n], values=leaf[n : 2 * n], last_hidden=leaf[-1])
+
+    def rows_of(self, inputs: ModelInputs) -> torch.Tensor:
+        """[N] the distinct prompt of each row of `inputs` (rows of the batch this pass ran)."""
+        index = inputs.prompt_index if inputs.prompt_index is not None else list(range(inputs.batch_size))
+        where = {p: k for k, p in enumerate(self.prompt_index)}
+        return torch.tensor([where[p] for p in index], dtype=torch.long, device=self.prompt_mask.device)
+
+
+def prompt_pass(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor) -> PromptPass:
+    """Run each distinct prompt of `inputs` once (embeddings, towers, TMRoPE, every layer's keys/values) for
+    the rows' completions `completion_ids` [N, C] (their width sets the positions kept); with gradient when
+    called under grad mode."""
+    thinker = base_thinker(model)
+    lm = _getattr_path(thinker, module.language_model)
+    one_copy_ready(lm.config)
+    first, _ = inputs.distinct_prompts()
     p = inputs.input_ids.shape[1]
     prompts = inputs.select(first)
-    embeds, positions, _, prompt_kw = prompt_model_inputs(module, thinker, prompts, completion_ids[first])
-    prompt_cache = Cache(layers=[_PromptLayer() for _ in lm.layers])
+    slots = completion_ids[first]
+    embeds, positions, _, prompt_kw = prompt_model_inputs(module, thinker, prompts, slots)
+    cache = Cache(layers=[_PromptLayer() for _ in lm.layers])
     with _replay_safe_cache(lm.layers):
-        prompt = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=prompts.attention_mask,
-                    past_key_values=prompt_cache, use_cache=False, **prompt_kw)
-        prefix = Cache(layers=[_PrefixLayer(layer.keys[inverse], layer.values[inverse]) for layer in prompt_cache.layers])
-        out = lm(inputs_embeds=thinker.get_input_embeddings()(completion_ids), position_ids=positions[..., inverse, p:],
-                 attention_mask=mask, past_key_values=prefix, use_cache=False)
-    last_prompt = prompt.last_hidden_state[inverse, p - 1 : p]  # predicts the first completion token
-    return torch.cat([last_prompt, out.last_hidden_state[:, :-1]], dim=1)
+        out = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=prompts.attention_mask,
+                 past_key_values=cache, use_cache=False, **prompt_kw)
+    return PromptPass(list(prompts.prompt_index), [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                      out.last_hidden_state[:, p - 1 : p], positions, prompts.attention_mask)
+
+
+def completion_hidden(module: OmniModule, model, prompt: PromptPass, inputs: ModelInputs,
+                      completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """`forward_hidden` of rows of `inputs` against a prompt pass already run: one completion pass over all
+    rows attending to their prompt's keys/values, one copy per distinct prompt
+    (:mod:`omni_grpo.models.prefix_attention`), or, where the attention implementation is not wrapped, a
+    per-row copy (`_PrefixLayer`)."""
+    thinker = base_thinker(model)
+    lm = _getattr_path(thinker, module.language_model)
+    inverse = prompt.rows_of(inputs)
+    p, c = prompt.prompt_mask.shape[1], completion_ids.shape[1]
+    embeds = thinker.get_input_embeddings()(completion_ids)
+    positions = prompt.positions[..., inverse, p : p + c]
+    with _replay_safe_cache(lm.layers):
+        if one_copy_ready(lm.config):
+            shared = SharedPrefix(prompt.keys, prompt.values, prompt.prompt_mask, inverse,
+                                  completion_mask=completion_mask)
+            out = lm(inputs_embeds=embeds, position_ids=positions, attention_mask=None, use_cache=False,
+                     shared_prefix=shared)
+        else:
+            prefix = Cache(layers=[_PrefixLayer(k[inverse], v[inverse]) for k, v in zip(prompt.keys, prompt.values)])
+            mask = torch.cat([prompt.prompt_mask[inverse], completion_mask.to(prompt.prompt_mask.dtype)], dim=1)
+            out = lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, past_key_values=prefix,
+                     use_cache=False)
+    return torch.cat([prompt.last_hidden[inverse], out.last_hidden_state[:, :-1]], dim=1)
 
 
 BANNED_LOGIT = -1e30  # exp() of it is exactly 0 in float32, and 0 * it is 0 (no NaN in the entropy)
@@ -221,7 +291,7 @@ def _whole_weight(param):
 def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
               completion_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
               chunk_size: int = 256, share_prompt: bool = True, banned_token_ids: list[int] | None = None,
-              entropy_stride: int = 1):
+              entropy_stride: int = 1, prompt: PromptPass | None = None):
     """Per-token log-probs (and entropies) of the completion tokens: ([N, C], [N, C] or None).
 
     Scored under the distribution `generate` samples from: logits divided by `temperature` (the rollout's)
@@ -234,7 +304,7 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     positions and is recomputed in backward, so `[N, C, V]` float32 logits never exist at once (Qwen's
     vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row). A trainable `lm_head`
     is called as a module under activation checkpointing (so ZeRO-3's hooks gather it); a frozen one goes
-    through `_FrozenHeadLogProbs`. `share_prompt`: see :func:`forward_hidden`.
+    through `_FrozenHeadLogProbs`. `share_prompt`, `prompt`: see :func:`forward_hidden`.
 
     Entropy (float32, over the whole vocabulary: a softmax per position, ~1/6 of the pass at a 152k vocabulary)
     is only computed with `with_entropy`. `entropy_stride = 1`: at every position, differentiable (what an
@@ -242,7 +312,7 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     only, shape `[N, ceil(C / k)]` (mask it with `completion_mask[:, ::k]`), at 1/k of the cost; the
     log-probs and their gradients are the same as without it.
     """
-    hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask, share_prompt)  # [N, C, H]
+    hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask, share_prompt, prompt)  # [N, C, H]
     lm_head = base_thinker(model).lm_head
     banned = (torch.tensor(banned_token_ids, dtype=torch.long, device=hidden.device)
               if banned_token_ids else None)

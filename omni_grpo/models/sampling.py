@@ -14,6 +14,7 @@ import torch
 from omni_grpo.models.base import OmniModule, _getattr_path, base_thinker
 from omni_grpo.models.inputs import ModelInputs
 from omni_grpo.models.logprobs import prompt_model_inputs
+from omni_grpo.models.prefix_attention import SharedPrefix, one_copy_ready
 
 @dataclass
 class Completions:
@@ -78,8 +79,9 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     """G completions per prompt, sampled as one batch; media tokens banned; each row stops at `<|im_end|>`.
 
     `inputs` holds the B prompts; rows of the result are grouped: row i*G + j is sample j of prompt i.
-    Each prompt is prefilled once (B rows, not B*G) and its keys/values copied to its G rows, and only the
-    last position is projected onto the vocabulary. The token loop is ours rather than the thinker's
+    Each prompt is prefilled once (B rows, not B*G) and its G rows attend to that one copy of its
+    keys/values (:mod:`omni_grpo.models.prefix_attention`; a per-row copy where the attention implementation
+    is not wrapped), and only the last position is projected onto the vocabulary. The token loop is ours rather than the thinker's
     `generate`: the thinkers' forward has no `logits_to_keep` (their prefill would compute [B*G, P, V]
     logits) and would prefill every copy. Sampling follows Hugging Face's processors in Hugging Face's order
     (:func:`sampling_processors`); only the arguments given here apply, not the checkpoint's
@@ -105,7 +107,13 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     out = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=inputs.attention_mask,
              past_key_values=cache, use_cache=True, **prompt_kw)
     rows = torch.arange(b, device=device).repeat_interleave(num_generations)
-    cache.batch_repeat_interleave(num_generations)
+    shared = None
+    if one_copy_ready(lm.config):  # the G rows of a prompt read one copy of its keys/values
+        shared = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                              inputs.attention_mask, rows)
+        cache = DynamicCache(config=lm.config)  # the completions' own keys/values
+    else:
+        cache.batch_repeat_interleave(num_generations)
     hidden = out.last_hidden_state[rows, -1]  # [N, H]
     positions, mask = positions[..., rows, :], mask[rows]
 
@@ -130,8 +138,10 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         seen = torch.cat([seen, token[:, None]], dim=1)
+        step_kw = (dict(attention_mask=None, shared_prefix=shared) if shared is not None
+                   else dict(attention_mask=mask[:, : p + t + 1]))
         step = lm(inputs_embeds=embed_tokens(token[:, None]), position_ids=positions[..., p + t : p + t + 1],
-                  attention_mask=mask[:, : p + t + 1], past_key_values=cache, use_cache=True)
+                  past_key_values=cache, use_cache=True, **step_kw)
         hidden = step.last_hidden_state[:, -1]
     out = finish_completions(torch.stack(tokens, dim=1), stop_ids, pad_id)
     if return_log_probs:
