@@ -34,9 +34,9 @@ class Recorder:
             self.trained.append(rollouts)
             return update(rollouts, beta)
 
-        def recording_micro(part, beta, global_tokens, global_seqs):
+        def recording_micro(part, beta, global_tokens, global_seqs, *prompt):
             self.tokens[-1].append(float(global_tokens))
-            return micro(part, beta, global_tokens, global_seqs)
+            return micro(part, beta, global_tokens, global_seqs, *prompt)
 
         trainer.rollout, trainer.update, trainer._micro_loss = recording_rollout, recording_update, recording_micro
         self.trainer = trainer
