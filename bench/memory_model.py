@@ -11,8 +11,8 @@ state over ``W``):
 
 * resident in every phase: weights ``N·b/W`` (+ the reference copy ``N·b/W`` for full fine-tuning; LoRA
   scores the reference with the adapter off), optimizer state ``T·s/W`` (``s`` bytes per trainable parameter:
-  16 under DeepSpeed with fp32 masters — master, Adam m and v, fp32 gradient; 6 for torch AdamW on bf16
-  weights, the CPU check).
+  16 under DeepSpeed with fp32 masters — master, Adam m and v, fp32 gradient; 4 for torch AdamW on bf16
+  weights, the CPU check, whose bf16 gradients are the update's ``gradients`` term).
 * rollout: all weights gathered for the token loop ``N·b·(1 − 1/W)``; KV cache ``L·k·(G·P + G·C)`` with the
   prompt repeated per row (``batch_repeat_interleave``), ``L·k·(P + G·C)`` with one prompt copy; prefill
   working set of one layer ``P·(4H + 3I)·b``.
@@ -20,7 +20,7 @@ state over ``W``):
   head); the prompt's recorded keys/values ``L·k·P``; the per-row copies ``L·k·m·P`` (every layer's
   ``keys[inverse]`` is built before the completion pass), none with one copy; one layer's attention working
   set ``k·m·(P + C)·(1 + e)`` (the concatenated prefix and its GQA expansion); the vocabulary chunk
-  ``3·m·c·V·4`` (``c`` = 256 positions, float32 logits, log-softmax, softmax).
+  ``3·m·min(c, C)·V·4`` (``c`` = 256 positions, float32 logits, log-softmax, softmax).
 * update (gradient, per micro-batch): as the reference, held through backward, plus saved activations: with
   gradient checkpointing the layer inputs ``L·(P + m·C)·H·b`` and one layer's recompute
   ``(P + m·C)·A`` (``A = (10H + 2·n_kv·d + 4I)·b`` saved bytes per token of a Qwen2 decoder layer: norms
@@ -40,9 +40,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
+import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -163,7 +163,7 @@ def terms(d: Dims, r: Run) -> dict[str, dict[str, float]]:
     }
     gathered = (2 * d.layer_params + d.vocab * d.hidden) * b if w > 1 else 0.0
     attention = k * m * (P + C) * (1 + d.expand)
-    vocab = 3 * m * r.vocab_chunk * d.vocab * 4
+    vocab = 3 * m * min(r.vocab_chunk, C) * d.vocab * 4
     copies = 0.0 if r.one_prompt_copy else L * k * m * P
     reference = {"gathered weights (a layer)": gathered, "prompt keys/values": L * k * P,
                  "prompt copies": copies, "transient: attention (one layer)": attention,
@@ -239,18 +239,28 @@ def evaluate() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ check
+MMAP_THRESHOLD = "131072"  # glibc: allocations from 128 KiB up are mapped and unmapped on free
+
+
 def check(args) -> list[dict]:
-    """gpu_bench's step on this CPU at real widths and reduced depth; measured vs modelled growth per phase."""
+    """gpu_bench's step on this CPU at real widths and reduced depth; measured vs modelled growth per phase.
+
+    Run with ``MALLOC_MMAP_THRESHOLD_`` fixed (the script re-executes itself with it): glibc otherwise raises its
+    mmap threshold after the first frees and keeps freed tensors resident in its heap, so a phase would reuse
+    the previous phase's pages and its resident-set growth would read as ~0."""
     gb = load_gpu_bench()
     import torch
 
-    bench_args = gb.parse_args(["--models", args.model, "--modes", *args.modes, "--device", "cpu",
-                                "--layers", str(args.layers), "--tower-layers", str(args.tower_layers),
-                                "--generations", str(args.generations), "--completion-length",
-                                str(args.completion_length), "--seconds", str(args.seconds),
-                                "--max-prompt-tokens", str(args.max_prompt_tokens), "--steps", "1", "--warmup", "1"]
-                               + (["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else []))
-    torch.set_num_threads(torch.get_num_threads())
+    if args.model == "tiny":  # the test kit's thinker in float32 (gpu_bench --tiny), for a fast smoke run
+        bench_args = gb.parse_args(["--tiny", "--modes", *args.modes])
+        bench_args.generations, bench_args.completion_length = args.generations, args.completion_length
+    else:
+        bench_args = gb.parse_args(
+            ["--models", args.model, "--modes", *args.modes, "--device", "cpu", "--layers", str(args.layers),
+             "--tower-layers", str(args.tower_layers), "--generations", str(args.generations),
+             "--completion-length", str(args.completion_length), "--seconds", str(args.seconds),
+             "--max-prompt-tokens", str(args.max_prompt_tokens), "--steps", "1", "--warmup", "1"]
+            + (["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else []))
     d = dims(args.model, args.layers, args.tower_layers)
     records = []
     for mode in args.modes:
@@ -260,10 +270,13 @@ def check(args) -> list[dict]:
             continue
         r = Run(prompt=rec["prompt_tokens"], completion=args.completion_length, generations=args.generations,
                 micro_batch=args.generations, world=1, lora=mode == "lora",
-                checkpointing=not args.no_gradient_checkpointing, optimizer_bytes=6)
+                checkpointing=not bench_args.no_gradient_checkpointing, optimizer_bytes=4,
+                bytes_per_weight=4 if args.model == "tiny" else 2)
         model = phase_peaks(d, r)
+        rec["layers"] = d.layers
         rec["model_gb"] = {"rollout": model["rollout"] / GB, "ref": model["reference"] / GB,
-                           "policy": model["update"] / GB, "resident": model["resident"] / GB}
+                           "policy": model["update"] / GB, "resident": model["resident"] / GB,
+                           "weights": (d.params * r.bytes_per_weight * (1 if r.lora else 2)) / GB}
         rec["terms_gb"] = {ph: {n: v / GB for n, v in items.items()} for ph, items in terms(d, r).items()}
         records.append(rec)
     return records
@@ -278,11 +291,12 @@ def check_table(records: list[dict]) -> str:
             continue
         for phase in ("rollout", "ref", "policy"):
             got, want = rec["added_gb"][phase], rec["model_gb"][phase]
-            lines.append(f"| {rec['model']} | {rec['mode']} | {rec['params']['decoder'] and rec.get('layers', '')} | "
+            lines.append(f"| {rec['model']} | {rec['mode']} | {rec['layers']} | "
                          f"{rec['prompt_tokens']} | {rec['frames'][0]}x{rec['frames'][1]}x{rec['frames'][2]} | "
                          f"{phase} | {got:.2f} | {want:.2f} | {got / want:.2f} |")
         lines.append(f"| {rec['model']} | {rec['mode']} | | | | resident after build | {rec['rss_built_gb']:.2f} | "
-                     f"{rec['model_gb']['resident']:.2f} (+ runtime) | |")
+                     f"{rec['model_gb']['weights']:.2f} weights + the Python/torch runtime (optimizer state is "
+                     "allocated at the first step) | |")
     return "\n".join(lines)
 
 
@@ -321,4 +335,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    if "--check" in sys.argv[1:] and os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
+                  dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD))
     main()
