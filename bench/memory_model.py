@@ -259,7 +259,7 @@ def check(args) -> list[dict]:
             ["--models", args.model, "--modes", *args.modes, "--device", "cpu", "--layers", str(args.layers),
              "--tower-layers", str(args.tower_layers), "--generations", str(args.generations),
              "--completion-length", str(args.completion_length), "--seconds", str(args.seconds),
-             "--max-prompt-tokens", str(args.max_prompt_tokens), "--steps", "1", "--warmup", "1"]
+             "--max-prompt-tokens", str(args.max_prompt_tokens), "--steps", "1", "--warmup", str(args.warmup)]
             + (["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else []))
     d = dims(args.model, args.layers, args.tower_layers)
     records = []
@@ -312,6 +312,7 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--no-gradient-checkpointing", action="store_true")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before the measured one (default: 1)")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 
