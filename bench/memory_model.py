@@ -14,18 +14,20 @@ state over ``W``):
   16 under DeepSpeed with fp32 masters — master, Adam m and v, fp32 gradient; 4 for torch AdamW on bf16
   weights, the CPU check, whose bf16 gradients are the update's ``gradients`` term).
 * rollout: all weights gathered for the token loop ``N·b·(1 − 1/W)``; KV cache ``L·k·(G·P + G·C)`` with the
-  prompt repeated per row (``batch_repeat_interleave``), ``L·k·(P + G·C)`` with one prompt copy; prefill
-  working set of one layer ``P·(4H + 3I)·b``.
+  prompt repeated per row (``batch_repeat_interleave``), ``L·k·(P + G·C)`` with one prompt copy; the prefill's
+  one-layer working set ``F(P) = P·(4H + 4I)·b`` (residual, normed input, attention output, the MLP's gate,
+  up, activation and product alive together).
 * reference (no gradient, per micro-batch): gathered ``(2·N_layer + V·H)·b`` (a layer and its prefetch, the
   head); the prompt's recorded keys/values ``L·k·P``; the per-row copies ``L·k·m·P`` (every layer's
-  ``keys[inverse]`` is built before the completion pass), none with one copy; one layer's attention working
-  set ``k·m·(P + C)·(1 + e)`` (the concatenated prefix and its GQA expansion); the vocabulary chunk
+  ``keys[inverse]`` is built before the completion pass), none with one copy; the prompt pass's ``F(P)``;
+  one layer's attention working set ``k·m·(P + C)·(1 + e)`` (the concatenated prefix and its GQA expansion); the vocabulary chunk
   ``3·m·min(c, C)·V·4`` (``c`` = 256 positions, float32 logits, log-softmax, softmax).
 * update (gradient, per micro-batch): as the reference, held through backward, plus saved activations: with
   gradient checkpointing the layer inputs ``L·(P + m·C)·H·b`` and one layer's recompute
   ``(P + m·C)·A`` (``A = (10H + 2·n_kv·d + 4I)·b`` saved bytes per token of a Qwen2 decoder layer: norms
-  in float32, q/k/v, attention output, the MLP's gate/up/product), without it ``L·(P + m·C)·A`` and every
-  layer's attention working set; gradients ``T·b/W``. The prompt runs once per micro-batch now (its
+  in float32, q/k/v, attention output, the MLP's gate/up/product) with its attention working set, without it
+  ``L·(P + m·C)·A`` and every layer's attention working set; one layer's activation gradients
+  ``F(P + m·C)`` on top; gradients ``T·b/W``. The prompt runs once per micro-batch now (its
   activations ``P`` are in every micro-batch's pass; running it once per group changes compute, not this
   peak). Attention itself is memory-efficient (no ``P²`` score tensor: SDPA's flash/efficient kernels).
 
@@ -146,6 +148,12 @@ def activation_bytes(d: Dims, b: int) -> int:
     return (10 * d.hidden + d.kv_bytes + 4 * d.intermediate) * b
 
 
+def layer_working_set(d: Dims, tokens: int, b: int) -> int:
+    """Bytes alive at once inside one decoder layer's forward (or its activation gradients in backward):
+    the residual, the normed input, the attention output, the MLP's gate, up, activation and product."""
+    return tokens * (4 * d.hidden + 4 * d.intermediate) * b
+
+
 def terms(d: Dims, r: Run) -> dict[str, dict[str, float]]:
     """Phase -> term -> bytes (see the module docstring). `held` terms add up; the phase peak adds the
     largest `transient` term of that phase on top."""
@@ -159,22 +167,23 @@ def terms(d: Dims, r: Run) -> dict[str, dict[str, float]]:
     rollout = {
         "gathered weights (all)": d.params * b * (1 - 1 / w),
         "KV cache": L * k * (prompt_copies * P + G * C),
-        "transient: prefill layer": P * (4 * d.hidden + 3 * d.intermediate) * b,
+        "transient: prefill layer": layer_working_set(d, P, b),
     }
     gathered = (2 * d.layer_params + d.vocab * d.hidden) * b if w > 1 else 0.0
     attention = k * m * (P + C) * (1 + d.expand)
     vocab = 3 * m * min(r.vocab_chunk, C) * d.vocab * 4
     copies = 0.0 if r.one_prompt_copy else L * k * m * P
     reference = {"gathered weights (a layer)": gathered, "prompt keys/values": L * k * P,
-                 "prompt copies": copies, "transient: attention (one layer)": attention,
-                 "transient: vocabulary chunk": vocab}
+                 "prompt copies": copies, "transient: prompt pass layer": layer_working_set(d, P, b),
+                 "transient: attention (one layer)": attention, "transient: vocabulary chunk": vocab}
     a = activation_bytes(d, b)
     tokens = P + m * C
+    backward = layer_working_set(d, tokens, b)  # one layer's activation gradients
     if r.checkpointing:
         saved = {"saved activations (layer inputs)": L * tokens * d.hidden * b,
-                 "transient: recompute of one layer": tokens * a + attention}
+                 "transient: recompute + backward of one layer": tokens * a + attention + backward}
     else:
-        saved = {"saved activations": L * tokens * a + L * attention}
+        saved = {"saved activations": L * tokens * a + L * attention, "transient: backward of one layer": backward}
     update = {"gathered weights (a layer)": gathered, "prompt keys/values": L * k * P, "prompt copies": copies,
               **saved, "gradients": trainable * b / w, "transient: vocabulary chunk": vocab}
     return {"resident": resident, "rollout": rollout, "reference": reference, "update": update}
@@ -268,18 +277,26 @@ def check(args) -> list[dict]:
         if rec["error"]:
             records.append(rec)
             continue
-        r = Run(prompt=rec["prompt_tokens"], completion=args.completion_length, generations=args.generations,
-                micro_batch=args.generations, world=1, lora=mode == "lora",
-                checkpointing=not bench_args.no_gradient_checkpointing, optimizer_bytes=4,
-                bytes_per_weight=4 if args.model == "tiny" else 2)
-        model = phase_peaks(d, r)
-        rec["layers"] = d.layers
-        rec["model_gb"] = {"rollout": model["rollout"] / GB, "ref": model["reference"] / GB,
-                           "policy": model["update"] / GB, "resident": model["resident"] / GB,
-                           "weights": (d.params * r.bytes_per_weight * (1 if r.lora else 2)) / GB}
-        rec["terms_gb"] = {ph: {n: v / GB for n, v in items.items()} for ph, items in terms(d, r).items()}
-        records.append(rec)
+        rec["check"] = {"model": args.model, "layers": args.layers, "tower_layers": args.tower_layers,
+                        "generations": args.generations, "completion": args.completion_length,
+                        "checkpointing": not bench_args.no_gradient_checkpointing}
+        records.append(modelled(rec, d))
     return records
+
+
+def modelled(rec: dict, d: Dims) -> dict:
+    """`rec` (a check's measurement) with the model's terms and phase growths for the same run (W = 1)."""
+    c = rec["check"]
+    r = Run(prompt=rec["prompt_tokens"], completion=c["completion"], generations=c["generations"],
+            micro_batch=c["generations"], world=1, lora=rec["mode"] == "lora", checkpointing=c["checkpointing"],
+            optimizer_bytes=4, bytes_per_weight=4 if c["model"] == "tiny" else 2)
+    model = phase_peaks(d, r)
+    rec["layers"] = d.layers
+    rec["model_gb"] = {"rollout": model["rollout"] / GB, "ref": model["reference"] / GB,
+                       "policy": model["update"] / GB, "resident": model["resident"] / GB,
+                       "weights": (d.params * r.bytes_per_weight * (1 if r.lora else 2)) / GB}
+    rec["terms_gb"] = {ph: {n: v / GB for n, v in items.items()} for ph, items in terms(d, r).items()}
+    return rec
 
 
 def check_table(records: list[dict]) -> str:
@@ -313,7 +330,9 @@ def parse_args(argv=None):
     p.add_argument("--max-prompt-tokens", type=int, default=2048)
     p.add_argument("--no-gradient-checkpointing", action="store_true")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before the measured one (default: 1)")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="--check: also write the measurements here")
+    p.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="print the check table of saved --check runs against the current model")
     return p.parse_args(argv)
 
 
@@ -324,6 +343,15 @@ def main(argv=None):
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
     logging.getLogger("omni_grpo").setLevel(logging.ERROR)
+    if args.report:
+        records = []
+        for path in args.report:
+            for rec in json.loads(path.read_text()):
+                if not rec.get("error"):
+                    c = rec["check"]
+                    records.append(modelled(rec, dims(c["model"], c["layers"], c["tower_layers"])))
+        print(check_table(records))
+        return records
     if not args.check:
         text = evaluate()
         print(text)

@@ -483,6 +483,10 @@ def main(argv=None) -> list[dict]:
             if key in done:  # the base point is in every sweep: measured once
                 records.append(dict(done[key], sweep=sweep, x=x, skipped=skipped))
                 continue
+            if not systems:
+                records.append({"sweep": sweep, "x": x, "point": point, "systems": [], "skipped": skipped,
+                                "errors": {}, "summary": {}, "load": sb.load(), "seconds": 0.0})
+                continue
             manifest, shards = sb.prepare_data(work, point["seconds"], args)
             tag = f"{point['seconds']:g}s-G{point['generations']}-C{point['completion_length']}"
             logs = work / "logs" / tag

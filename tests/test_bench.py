@@ -157,24 +157,24 @@ def memory_model():
     return load("memory_model")
 
 
-def test_scale_bench_quick_sweep_alternates_workers_and_forces_the_length(scale_bench, tmp_path):
-    """The quickest sweep (G = 2, 4; ours and the anchor, each point's systems in their own worker): every
-    point measured, the shared-prompt trainer encodes once where the anchor runs the towers 6·G times, both see
-    the same prompt, completions are the length asked for, and each worker reports a step peak above zero."""
-    records = scale_bench.main(["--quick", "--only", "G", "--systems", "ours", "anchor", "--warmup", "0",
-                                "--no-plot", "--workdir", str(tmp_path / "work"), "--json", str(tmp_path / "r.json")])
-    assert [(r["sweep"], r["x"]) for r in records] == [("G", 2), ("G", 4)]
-    for rec in records:
-        g, c = rec["point"]["generations"], rec["point"]["completion_length"]
-        assert rec["errors"] == {}
-        ours, anchor = rec["summary"]["ours"], rec["summary"]["anchor"]
-        assert ours["tower_calls"] == 2 and anchor["tower_calls"] == 6 * g
-        assert abs(ours["prompt_tokens"] - anchor["prompt_tokens"]) <= 1
-        assert ours["completion_tokens"] == c and anchor["completion_tokens"] == c
-        for x in (ours, anchor):
-            assert 0 < x["memory"]["rss_built_gb"] and 0 < x["memory"]["peak_step_gb"]
+def test_scale_bench_quick_sweep_runs_a_worker_per_system(scale_bench, tmp_path):
+    """The quickest sweep, ours only (G = 2 measured in its own worker process, G = 4 left out): the worker's
+    step reports the shared-prompt trainer's one encode per prompt, the completions' forced length, the step
+    peak and the resident set after the build; the left-out point is in the table as such."""
+    records = scale_bench.main(["--quick", "--only", "G", "--systems", "ours", "--warmup", "0", "--skip",
+                                "ours:G:4", "--no-plot", "--workdir", str(tmp_path / "work"),
+                                "--json", str(tmp_path / "r.json")])
+    assert [(r["sweep"], r["x"], r["skipped"]) for r in records] == [("G", 2, []), ("G", 4, ["ours"])]
+    rec = records[0]
+    assert rec["errors"] == {}
+    ours = rec["summary"]["ours"]
+    assert ours["tower_calls"] == 2 and ours["prompt_tokens"] > 100  # the clip's video and audio are in it
+    assert ours["completion_tokens"] == rec["point"]["completion_length"]
+    assert 0 < ours["memory"]["rss_built_gb"] and 0 < ours["memory"]["peak_step_gb"]
+    assert ours["phases"]["rollout"] > 0 and ours["phases"]["policy"] > 0
     saved = json.loads((tmp_path / "r.json").read_text())
-    assert "| G | G=4 |" in scale_bench.tables(saved, ["ours", "anchor"])
+    (left_out,) = [line for line in scale_bench.tables(saved, ["ours"]).splitlines() if line.startswith("| G | G=4 |")]
+    assert "left out" in left_out
 
 
 def test_scale_bench_step_peak_excludes_the_build(scale_bench):
