@@ -9,7 +9,9 @@ at the real ids.
 One step on one prompt, through the package's own functions (``rollout.sample`` — encode once, one batched
 ``generate`` — then ``log_probs`` and ``core_algos.policy_loss``):
 
-* a 30 s clip sampled at 2 fps (60 frames of 140x224) with its audio in the video: about 2k prompt tokens;
+* a 60 s clip (360x640 source) with its audio in the video, its frames chosen as ``python -m preprocess`` does
+  under the prompt budget (``--max-prompt-tokens``, 2048 by default, ``preprocess.budget``): qwen-omni-utils'
+  2 fps plan reduced until video + audio (1,500 tokens for 60 s) + text fit, about 2k prompt tokens;
 * encode: the vision and audio towers once for the prompt;
 * rollout: G = 8 completions of exactly 512 tokens in one batched ``generate`` (the prompt prefilled once;
   ``min_new_tokens`` = ``max_new_tokens``, so EOS cannot end them early);
@@ -19,8 +21,9 @@ One step on one prompt, through the package's own functions (``rollout.sample`` 
   layers are put in training mode for this pass: Hugging Face checkpoints a layer only when ``training``);
 * optimizer: torch AdamW step (LoRA adapters, or every language-model weight for ``full``), bf16 weights.
 
-Reported per model x mode: rollout tokens/s (G x 512 / rollout seconds), each phase's seconds and peak GPU
-memory, and the update phase's achieved TFLOP/s and MFU against ``--peak-tflops`` (989 = H100 SXM dense
+Reported per model x mode: rollout tokens/s (G x 512 / rollout seconds), each phase's seconds and peak
+memory (GPU: ``max_memory_allocated``; CPU: the process's resident-set high-water mark, reset at each phase
+start through ``/proc/self/clear_refs``, with what the phase added above the resident set it started from), and the update phase's achieved TFLOP/s and MFU against ``--peak-tflops`` (989 = H100 SXM dense
 bf16). FLOPs are counted as 6·N·tokens for the trained language-model part (N = decoder parameters over the
 positions it runs: the prompt once per micro-batch — the package's shared-prompt forward; G times with
 ``--no-share-prompt`` — plus the G·512 completion tokens; and the LM head's parameters over the completion
@@ -33,6 +36,11 @@ utilisation.
     python bench/gpu_bench.py                                # 3B and 7B, LoRA and full, on cuda:0
     python bench/gpu_bench.py --models 7b --modes lora --attn flash_attention_2
     python bench/gpu_bench.py --tiny                         # a tiny config on CPU in seconds (the test)
+    python bench/gpu_bench.py --models 3b --modes lora --layers 2 --tower-layers 1 --device cpu \
+        --completion-length 16 --generations 4                # real widths, reduced depth: bench/memory_model.py --check
+
+One H100/H200 runs the default command (3B and 7B, LoRA and full, one warm-up and one timed step each) in
+about 4-6 minutes by the sizes (not measured: no GPU has been lent to this project's benchmark tasks).
 """
 
 from __future__ import annotations
@@ -70,20 +78,29 @@ TOKENS = dict(audio_token_index=151646, image_token_index=151655, video_token_in
               audio_start_token_id=151647, audio_end_token_id=151648, position_id_per_seconds=25,
               seconds_per_chunk=2, user_token_id=872, initializer_range=0.02)
 PHASES = ("encode", "rollout", "ref", "policy", "optimizer")
+SOURCE_SIZE = (360, 640)  # the synthetic clips' frame size (bench/step_bench.py), as a 640x360 source video
 
 
-def thinker_config(name: str, ids: dict | None = None, vocab_size: int | None = None):
-    """The thinker config of `name` ("3b", "7b"), or the test kit's tiny one ("tiny", with `ids`)."""
+def thinker_config(name: str, ids: dict | None = None, vocab_size: int | None = None, layers: int | None = None,
+                   tower_layers: int | None = None):
+    """The thinker config of `name` ("3b", "7b"), or the test kit's tiny one ("tiny", with `ids`).
+    `layers` / `tower_layers`: fewer decoder / tower layers at the same widths (the CPU memory check)."""
     from transformers import Qwen2_5OmniThinkerConfig
 
     if name == "tiny":
         from omni_grpo.testing import tiny_thinker_config
 
-        return tiny_thinker_config("qwen2_5_omni", vocab_size, ids, hidden=64, layers=2, init_range=0.02)
+        return tiny_thinker_config("qwen2_5_omni", vocab_size, ids, hidden=64, layers=layers or 2, init_range=0.02)
     text = dict(TEXT[name], **TEXT_COMMON)
+    if layers:
+        text["num_hidden_layers"] = layers
+    vision, audio = dict(VISION), dict(AUDIO)
+    if tower_layers:
+        vision["depth"], audio["encoder_layers"] = tower_layers, tower_layers
+        vision["fullatt_block_indexes"] = [i for i in VISION["fullatt_block_indexes"] if i < tower_layers]
     hidden = text["hidden_size"]
-    config = Qwen2_5OmniThinkerConfig(text_config=text, vision_config=dict(VISION, out_hidden_size=hidden),
-                                      audio_config=dict(AUDIO, output_dim=hidden), **TOKENS)
+    config = Qwen2_5OmniThinkerConfig(text_config=text, vision_config=dict(vision, out_hidden_size=hidden),
+                                      audio_config=dict(audio, output_dim=hidden), **TOKENS)
     config.vision_start_token_id, config.vision_end_token_id = 151652, 151653
     config.pad_token_id, config.eos_token_id = 151643, 151645
     return config
@@ -108,19 +125,64 @@ def build_processor(vocab: str):
     return _build_processor(tokenizer, "qwen2_5_omni"), ids
 
 
-def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0) -> dict:
+QUESTION = "Why does the person in the video raise their voice?"
+OPTIONS = ["They are nervous.", "They are excited.", "They are angry.", "They are bored."]
+
+
+def budget_frames(seconds: float, fps: float, max_prompt_tokens: int,
+                  source: tuple[int, int] = SOURCE_SIZE) -> tuple[int, tuple[int, int]]:
+    """Frame count and (H, W) that ``python -m preprocess`` keeps for a `seconds` clip of `source` frames at 30
+    fps with its audio: qwen-omni-utils' plan at `fps`, reduced to fit `max_prompt_tokens` (0: no budget)."""
+    from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT
+    from preprocess.budget import PromptBudget, TextCounter, fit_video, media_tokens
+    from preprocess.media import GRID_CELL, VideoOptions, _grid_size, min_frames, resized_size, sample_indices
+
+    options = VideoOptions(fps=fps)
+    indices, _ = sample_indices(int(round(seconds * 30)), 30.0, options)
+    size = resized_size(*source, len(indices), options)
+    if not max_prompt_tokens:
+        return len(indices), size
+    text = TextCounter(DEFAULT_SYSTEM_PROMPT).count(
+        QUESTION + "\n" + "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(OPTIONS)))
+    sound = media_tokens("video", audio_samples=int(16000 * seconds))
+    budget = PromptBudget(max_prompt_tokens, text)
+    return fit_video(len(indices), size, source, text + sound, budget, min_frames(options),
+                     lambda h, w, pixels: _grid_size(h, w, GRID_CELL, pixels, "video"))
+
+
+def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0, n_frames: int | None = None) -> dict:
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    frames = rng.integers(0, 255, (max(2, int(round(seconds * fps))), size[0], size[1], 3), dtype=np.uint8)
+    n = n_frames or max(2, int(round(seconds * fps)))
+    frames = rng.integers(0, 255, (n, size[0], size[1], 3), dtype=np.uint8)
     audio = (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
-    return dict(id="bench", question="Why does the person in the video raise their voice?",
-                options=["They are nervous.", "They are excited.", "They are angry.", "They are bored."],
-                answer="B", problem_type="multiple_choice", frames=frames, fps=fps, audio=audio, sample_rate=16000)
+    return dict(id="bench", question=QUESTION, options=OPTIONS, answer="B", problem_type="multiple_choice",
+                frames=frames, fps=n / seconds, audio=audio, sample_rate=16000)
+
+
+def _rss_gb(key: str) -> float:
+    """VmRSS / VmHWM of this process in GiB (Linux), nan elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return math.nan
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident set
+        return True
+    except OSError:
+        return False
 
 
 class Phases:
-    """Seconds and peak memory per phase (CUDA-synchronised on a GPU)."""
+    """Seconds and peak memory per phase (CUDA-synchronised on a GPU; resident set on a CPU): `peak_gb` the
+    phase's peak, `added_gb` that peak above the memory in use when the phase started."""
 
     def __init__(self, device):
         import torch
@@ -129,6 +191,7 @@ class Phases:
         self.torch = torch
         self.seconds: dict[str, float] = {}
         self.peak_gb: dict[str, float] = {}
+        self.added_gb: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
@@ -136,11 +199,18 @@ class Phases:
         if self.cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            start_gb = torch.cuda.memory_allocated() / 2**30
+        else:
+            start_gb = _rss_gb("VmRSS") if _reset_rss_peak() else math.nan
         start = time.perf_counter()
         yield
         if self.cuda:
             torch.cuda.synchronize()
             self.peak_gb[name] = torch.cuda.max_memory_allocated() / 2**30
+        elif math.isfinite(start_gb):
+            self.peak_gb[name] = _rss_gb("VmHWM")
+        if name in self.peak_gb:
+            self.added_gb[name] = self.peak_gb[name] - start_gb
         self.seconds[name] = time.perf_counter() - start
 
 
@@ -158,7 +228,8 @@ class Bench:
         self.dtype = torch.float32 if args.tiny and device.type == "cpu" else torch.bfloat16
         self.module = get_module("qwen2_5_omni")
         self.processor, ids = build_processor("tiny" if args.tiny else "qwen")
-        config = thinker_config(name, ids, max(ids.values()) + 1)
+        config = thinker_config(name, ids, max(ids.values()) + 1, args.layers, args.tower_layers)
+        self.config = config
         torch.manual_seed(0)
         policy = build_thinker(config, device, self.dtype, args.attn)
         for tower in self.module.tower_modules(policy).values():
@@ -178,13 +249,19 @@ class Bench:
                                                      target_modules=rf".*{lm}\..*\.({targets})$",
                                                      exclude_modules=rf".*\.({towers})\..*"))
         elif args.beta > 0:
-            self.reference = build_thinker(thinker_config(name, ids, max(ids.values()) + 1), device, self.dtype,
+            self.reference = build_thinker(thinker_config(name, ids, max(ids.values()) + 1, args.layers,
+                                                          args.tower_layers), device, self.dtype,
                                            args.attn).requires_grad_(False)
         self.policy, self.thinker = policy, base_thinker(policy)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in self.params)
         self.optimizer = torch.optim.AdamW(self.params, lr=1e-6)
-        sample = make_sample(args.seconds, args.fps, tuple(args.frame_size))
+        if args.frame_size:
+            n_frames, size = None, tuple(args.frame_size)
+        else:
+            n_frames, size = budget_frames(args.seconds, args.fps, args.max_prompt_tokens)
+        self.frames = (n_frames or max(2, int(round(args.seconds * args.fps))), *size)
+        sample = make_sample(args.seconds, args.fps, size, n_frames=n_frames)
         system = TrainConfig.__dataclass_fields__["system_prompt"].default
         inputs = self.module.build_inputs(self.processor, [sample], system, True)
         self.inputs = inputs.to(device, dtype=self.dtype)
@@ -290,9 +367,11 @@ def run(args, name: str, mode: str, device) -> dict:
         bench = Bench(args, name, mode, device)
         rec.update(prompt_tokens=bench.prompt_tokens, trainable=bench.trainable, params=bench.counts,
                    weights_gb=bench.weights_gb)
+        rec.update(frames=bench.frames, rss_built_gb=_rss_gb("VmRSS") if device.type == "cpu" else math.nan)
         steps = [bench.step() for _ in range(args.warmup + args.steps)][args.warmup:]
         seconds = {p: statistics.median(s.seconds.get(p, 0.0) for s in steps) for p in PHASES}
         peak = {p: max((s.peak_gb.get(p, math.nan) for s in steps), default=math.nan) for p in PHASES}
+        rec["added_gb"] = {p: max((s.added_gb.get(p, math.nan) for s in steps), default=math.nan) for p in PHASES}
         flops = bench.flops()
         update_s = seconds["encode"] + seconds["policy"] + seconds["optimizer"]
         update_flops = flops["encode"] + flops["policy"]
@@ -315,13 +394,13 @@ def run(args, name: str, mode: str, device) -> dict:
 
 def table(records: list[dict], args) -> str:
     head = ("| model | mode | prompt tok | trainable | rollout tok/s | encode s | rollout s | ref s | policy s | "
-            "optimizer s | update TFLOP/s | update MFU | ref TFLOP/s | peak GB enc/roll/ref/pol/opt |\n|"
-            + "---|" * 14)
+            "optimizer s | step s | update TFLOP/s | update MFU | ref TFLOP/s | peak GB enc/roll/ref/pol/opt |\n|"
+            + "---|" * 15)
     lines = [head]
     for r in records:
         if r["error"]:
             lines.append(f"| {r['model']} | {r['mode']} | {r.get('prompt_tokens', '—')} | — | " + " | ".join(
-                ["—"] * 9) + f" | {r['error']} |")
+                ["—"] * 10) + f" | {r['error']} |")
             continue
         s, pk = r["seconds"], r["peak_gb"]
         mfu = f"{100 * r['update_mfu']:.1f}%" if math.isfinite(r["update_mfu"]) else "—"
@@ -329,7 +408,8 @@ def table(records: list[dict], args) -> str:
         lines.append(
             f"| {r['model']} | {r['mode']} | {r['prompt_tokens']} | {r['trainable'] / 1e6:.3g}M | "
             f"{r['rollout_tokens_per_s']:.1f} | {s['encode']:.3f} | {s['rollout']:.2f} | {s['ref']:.3f} | "
-            f"{s['policy']:.3f} | {s['optimizer']:.3f} | {r['update_tflops']:.3g} | {mfu} | {r['ref_tflops']:.3g} | "
+            f"{s['policy']:.3f} | {s['optimizer']:.3f} | {r['step_s']:.2f} | {r['update_tflops']:.3g} | {mfu} | "
+            f"{r['ref_tflops']:.3g} | "
             f"{peaks} |")
     return "\n".join(lines)
 
@@ -340,10 +420,15 @@ def parse_args(argv=None):
     p.add_argument("--modes", nargs="+", default=["lora", "full"], choices=["lora", "full"])
     p.add_argument("--generations", type=int, default=8, help="G (default: 8)")
     p.add_argument("--completion-length", type=int, default=512, help="forced new tokens (default: 512)")
-    p.add_argument("--seconds", type=float, default=30.0, help="clip length (default: 30)")
-    p.add_argument("--fps", type=float, default=2.0, help="frames per second (default: 2)")
-    p.add_argument("--frame-size", type=int, nargs=2, default=[140, 224], metavar=("H", "W"),
-                   help="frame size, multiples of 28 (default: 140 224: ~2k prompt tokens at 30 s)")
+    p.add_argument("--seconds", type=float, default=60.0, help="clip length (default: 60)")
+    p.add_argument("--fps", type=float, default=2.0, help="frames per second before the budget (default: 2)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048,
+                   help="preprocess's prompt budget that chooses the frames (default: 2048; 0: qwen-omni-utils' "
+                        "frames, 19.6k tokens at 60 s)")
+    p.add_argument("--frame-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="frame size, multiples of 28, at --fps, instead of the budget's frames")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
+    p.add_argument("--tower-layers", type=int, default=None, help="vision and audio tower layers (default: 32)")
     p.add_argument("--micro-batch", type=int, default=0, help="rows per log-prob pass; 0 = all G (default)")
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient; 0 = no reference pass")
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r, default r: 16)")
@@ -351,7 +436,7 @@ def parse_args(argv=None):
     p.add_argument("--no-gradient-checkpointing", action="store_true")
     p.add_argument("--no-share-prompt", action="store_true",
                    help="every row runs its own prompt in the log-prob passes (the package's share_prompt=false)")
-    p.add_argument("--steps", type=int, default=2, help="timed steps (default: 2)")
+    p.add_argument("--steps", type=int, default=1, help="timed steps (default: 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -381,9 +466,12 @@ def main(argv=None) -> list[dict]:
     logging.getLogger("omni_grpo").setLevel(logging.ERROR)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    frames = (f"{args.frame_size[0]}x{args.frame_size[1]} at {args.fps:g} fps" if args.frame_size else
+              f"{args.fps:g} fps under a {args.max_prompt_tokens}-token budget")
+    started = time.perf_counter()
     print(f"gpu benchmark on {where}; torch {torch.__version__}, transformers {transformers.__version__}; "
-          f"G={args.generations}, {args.completion_length} forced tokens, {args.seconds:g} s clip at {args.fps:g} fps "
-          f"({args.frame_size[0]}x{args.frame_size[1]}), attn {args.attn}, gradient checkpointing "
+          f"G={args.generations}, {args.completion_length} forced tokens, {args.seconds:g} s clip ({frames}), "
+          f"attn {args.attn}, gradient checkpointing "
           f"{'off' if args.no_gradient_checkpointing else 'on'}"
           f", beta {args.beta}, shared prompt {'off' if args.no_share_prompt else 'on'}", flush=True)
     records = []
@@ -394,6 +482,7 @@ def main(argv=None) -> list[dict]:
             status = rec["error"] or f"step {rec['step_s']:.2f} s, rollout {rec['rollout_tokens_per_s']:.1f} tok/s"
             print(f"[{name} {mode}] {status}", flush=True)
     print(table(records, args))
+    print(f"total {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(records, indent=1, default=str))
     return records

@@ -72,11 +72,13 @@ class Settings:
     beta: float = 0.04
     learning_rate: float = 1e-6
     temperature: float = 1.0
-    max_pixels: int = 12544
-    min_pixels: int = 3136
+    max_pixels: int | None = 12544   # None: qwen-omni-utils' default
+    min_pixels: int | None = 3136
     fps: float = 2.0
     seed: int = 0
     out: Path = Path(".")
+    min_new_tokens: int = 0          # > 0: stop tokens are banned before this many tokens (every system)
+    frames: dict = field(default_factory=dict)  # sample id -> (frames, height, width) of its shard (`frame_plan`)
 
 
 @dataclass
@@ -159,6 +161,8 @@ class Ours:
             seed=s.seed, logging_steps=10**9, log_completions=0, reward_funcs=f"[{', '.join(REWARDS)}]",
         )
         self.trainer = GRPOTrainer(load_config(None, [f"{k}={v}" for k, v in overrides.items()]))
+        if s.min_new_tokens:
+            _force_min_new_tokens(s.min_new_tokens)
         self.timer = Timer()
         engine = self.trainer.engine
         engine.step = self.timer.wrap("optimizer", engine.step)
@@ -194,6 +198,17 @@ class Ours:
 
     def close(self) -> None:
         self.trainer.writer.close()
+
+
+def _force_min_new_tokens(n: int) -> None:
+    """The trainer's rollouts ban stop tokens before `n` new tokens (the config has no such option: it is a
+    benchmark setting, so that completions reach the length being measured)."""
+    import functools
+
+    import omni_grpo.trainer as trainer_module
+
+    base = getattr(trainer_module.sample, "func", trainer_module.sample)
+    trainer_module.sample = functools.partial(base, min_new_tokens=n)
 
 
 # ------------------------------------------------------------------------------------------------- TRL
@@ -245,7 +260,8 @@ class TRL:
             max_steps=total_steps, disable_dropout=True, gradient_checkpointing=False, log_completions=False,
             dataloader_num_workers=0, shuffle_dataset=False, seed=s.seed, num_iterations=1,
             model_init_kwargs={"dtype": torch.float32},
-            generation_kwargs={"suppress_tokens": module.banned_token_ids(tokenizer)},
+            generation_kwargs={"suppress_tokens": module.banned_token_ids(tokenizer),
+                               **({"min_new_tokens": s.min_new_tokens} if s.min_new_tokens else {})},
         )
         self.timer = Timer()
         self.go, self.done = threading.Semaphore(0), threading.Semaphore(0)
@@ -374,8 +390,14 @@ class Anchor:
 
         from omni_grpo.synthetic import audioread_without_ffmpeg
 
-        video = {"type": "video", "video": str(self.s.manifest.parent / row["video"]), "fps": self.s.fps,
-                 "min_pixels": self.s.min_pixels, "max_pixels": self.s.max_pixels}
+        video = {"type": "video", "video": str(self.s.manifest.parent / row["video"])}
+        plan = self.s.frames.get(row["id"])
+        if plan is not None:  # the frames preprocess kept under the prompt budget, decoded from the mp4 here
+            video.update(nframes=plan[0], resized_height=plan[1], resized_width=plan[2])
+        else:
+            video["fps"] = self.s.fps
+            video.update({k: v for k, v in (("min_pixels", self.s.min_pixels), ("max_pixels", self.s.max_pixels))
+                          if v is not None})
         conversation = [{"role": "user", "content": [video]}]
         with audioread_without_ffmpeg():
             audios, _, videos, kwargs = process_mm_info(conversation, use_audio_in_video=True, return_video_kwargs=True)
@@ -417,7 +439,7 @@ class Anchor:
                     input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **inputs.media_kwargs(),
                     max_new_tokens=s.completion_length, do_sample=True, temperature=s.temperature, top_p=1.0,
                     top_k=None, eos_token_id=self.stop_ids, pad_token_id=self.pad_id, suppress_tokens=self.banned,
-                    use_cache=True)
+                    use_cache=True, min_new_tokens=s.min_new_tokens or None)
                 pieces.append(out[0, inputs.input_ids.shape[1]:])
         width = max(p.shape[0] for p in pieces)
         padded = torch.full((g, width), self.pad_id, dtype=torch.long)
@@ -501,12 +523,16 @@ def parse_model(spec: str) -> tuple[int, int, str]:
 
 
 def prepare_data(work: Path, seconds: float, args) -> tuple[Path, Path]:
-    """`args.clips` mp4 clips of `seconds` (H.264 + AAC 44.1 kHz stereo), a JSONL manifest, and their shards."""
+    """`args.clips` mp4 clips of `seconds` (H.264 + AAC 44.1 kHz stereo), a JSONL manifest, and their shards
+    (preprocess's prompt budget `args.max_prompt_tokens`, its default when absent)."""
     from omni_grpo import synthetic
+    from preprocess.budget import DEFAULT_MAX_PROMPT_TOKENS
     from preprocess.build import BuildOptions, build
     from preprocess.media import VideoOptions
 
-    folder = work / f"clips-{seconds:g}s-{args.size[0]}x{args.size[1]}-{args.video_fps}fps-{args.max_pixels}px"
+    budget = getattr(args, "max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS)
+    pixels = args.max_pixels or "default"
+    folder = work / f"clips-{seconds:g}s-{args.size[0]}x{args.size[1]}-{args.video_fps}fps-{pixels}px-{budget}tok"
     manifest, shards = folder / "manifest.jsonl", folder / "shards"
     if (shards / "manifest.json").exists():
         return manifest, shards
@@ -518,8 +544,23 @@ def prepare_data(work: Path, seconds: float, args) -> tuple[Path, Path]:
         rows.append({"id": f"q{i}", "video": name, "question": QUESTION, "options": OPTIONS, "answer": "B"})
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     video = VideoOptions(fps=args.fps, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
-    build(BuildOptions(source="jsonl", manifest=manifest, output=shards, video=video, workers=0, progress=False))
+    build(BuildOptions(source="jsonl", manifest=manifest, output=shards, video=video, workers=0, progress=False,
+                       max_prompt_tokens=budget))
     return manifest, shards
+
+
+def frame_plan(shards: Path) -> dict:
+    """Sample id -> (frames, height, width) stored in `shards`: what the anchor asks qwen-omni-utils for, so
+    that it decodes the same frames from the mp4 where the prompt budget reduced them."""
+    from preprocess.shards import ShardDataset
+
+    ds = ShardDataset(shards, verify=False)
+    plan = {}
+    for i in range(len(ds)):
+        sample = ds[i]
+        if sample["frames"] is not None:
+            plan[sample["id"]] = tuple(int(x) for x in sample["frames"].shape[:3])
+    return plan
 
 
 def make_system(name: str, s: Settings, rounds: int, trl_gpu_path: bool = True):
@@ -717,7 +758,8 @@ def main(argv=None) -> list[dict]:
                     s = Settings(model_dir=model_dir, shards=shards, manifest=manifest, generations=g,
                                  completion_length=args.completion_length, micro_batch=args.micro_batch,
                                  beta=args.beta, max_pixels=args.max_pixels, min_pixels=args.min_pixels,
-                                 fps=args.fps, out=Path(tmp) / f"run-{spec.replace(':', '-')}-{seconds:g}-{g}")
+                                 fps=args.fps, out=Path(tmp) / f"run-{spec.replace(':', '-')}-{seconds:g}-{g}",
+                                 frames=frame_plan(shards))
                     t0 = time.perf_counter()
                     out = run_config(s, args.systems, args.warmup, args.steps, not args.trl_cpu_path)
                     rec = {"model": spec, "G": g, "clip": f"{seconds:g} s", "systems": list(args.systems),

@@ -1,6 +1,7 @@
 """The benchmarks run: gpu_bench on a tiny config on CPU, step_bench on a tiny configuration, and their checks."""
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -144,3 +145,111 @@ def test_step_bench_tiny_configuration_counts_tower_calls(step_bench, tmp_path):
     for name in systems:
         assert summary[name]["steps_per_s"] > 0 and summary[name]["samples_per_s"] == pytest.approx(
             g * summary[name]["steps_per_s"])
+
+
+@pytest.fixture(scope="module")
+def scale_bench():
+    return load("scale_bench")
+
+
+@pytest.fixture(scope="module")
+def memory_model():
+    return load("memory_model")
+
+
+def test_scale_bench_quick_sweep_runs_a_worker_per_system(scale_bench, tmp_path):
+    """The quickest sweep, ours only (G = 2 measured in its own worker process, G = 4 left out): the worker's
+    step reports the shared-prompt trainer's one encode per prompt, the completions' forced length, the step
+    peak and the resident set after the build; the left-out point is in the table as such."""
+    records = scale_bench.main(["--quick", "--only", "G", "--systems", "ours", "--warmup", "0", "--skip",
+                                "ours:G:4", "--no-plot", "--workdir", str(tmp_path / "work"),
+                                "--json", str(tmp_path / "r.json")])
+    assert [(r["sweep"], r["x"], r["skipped"]) for r in records] == [("G", 2, []), ("G", 4, ["ours"])]
+    rec = records[0]
+    assert rec["errors"] == {}
+    ours = rec["summary"]["ours"]
+    assert ours["tower_calls"] == 2 and ours["prompt_tokens"] > 100  # the clip's video and audio are in it
+    assert ours["completion_tokens"] == rec["point"]["completion_length"]
+    assert 0 < ours["memory"]["rss_built_gb"] and 0 < ours["memory"]["peak_step_gb"]
+    assert ours["phases"]["rollout"] > 0 and ours["phases"]["policy"] > 0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    (left_out,) = [line for line in scale_bench.tables(saved, ["ours"]).splitlines() if line.startswith("| G | G=4 |")]
+    assert "left out" in left_out
+
+
+def test_scale_bench_step_peak_excludes_the_build(scale_bench):
+    """The step peak is the resident-set high-water mark after a reset: memory touched and freed before the
+    reset (the build) does not count, memory touched after it does."""
+    import numpy as np
+
+    if not scale_bench._reset_peak():
+        pytest.skip("this kernel cannot reset the resident-set high-water mark")
+    build = np.ones(400 * 2**20 // 8)  # 400 MB touched, then freed: a build's transient
+    del build
+    before_kb = scale_bench._status_kb("VmHWM")
+    scale_bench._reset_peak()
+    quiet_kb = scale_bench._status_kb("VmHWM")
+    step = np.ones(200 * 2**20 // 8)  # touched after the reset: a step's
+    busy_kb = scale_bench._status_kb("VmHWM")
+    del step
+    assert before_kb - quiet_kb > 300 * 2**10  # the build's 400 MB is not in the step peak
+    assert busy_kb - quiet_kb > 150 * 2**10  # the step's 200 MB is
+
+
+def test_scale_bench_exponent_is_the_log_log_slope(scale_bench):
+    xs = [2, 4, 8, 16]
+    assert scale_bench.exponent(xs, [3 * x**1.5 for x in xs]) == pytest.approx(1.5)
+    assert scale_bench.exponent(xs, [7.0] * 4) == pytest.approx(0.0)
+    assert math.isnan(scale_bench.exponent([3], [1.0]))
+
+
+def test_anchor_decodes_the_frames_the_budget_kept(step_bench, tmp_path):
+    """Under a prompt budget that binds, preprocess keeps fewer frames than qwen-omni-utils would sample; the
+    anchor asks qwen-omni-utils for the shard's frame count and size, so both systems see the same video."""
+    from types import SimpleNamespace
+
+    from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT, format_question
+    from preprocess.budget import TextCounter, audio_tokens
+
+    seconds = 4.0  # 8 frames at 2 fps of 56x84 (2x3 cells): 24 video tokens without a budget, 12 fit
+    question = format_question({"question": step_bench.QUESTION, "options": step_bench.OPTIONS})
+    fixed = TextCounter(DEFAULT_SYSTEM_PROMPT).count(question) + audio_tokens(int(16000 * seconds)) + 2
+    args = SimpleNamespace(clips=1, size=[56, 84], video_fps=8, fps=2.0, min_pixels=None, max_pixels=None,
+                           max_prompt_tokens=fixed + 12)
+    manifest, shards = step_bench.prepare_data(tmp_path, seconds, args)
+    plan = step_bench.frame_plan(shards)
+    (frames,) = plan.values()
+    assert frames[0] < 8  # the budget reduced the frames
+    anchor = SimpleNamespace(s=step_bench.Settings(model_dir=tmp_path, shards=shards, manifest=manifest,
+                                                   generations=2, completion_length=4, micro_batch=2,
+                                                   max_pixels=None, min_pixels=None, frames=plan))
+    row = json.loads(manifest.read_text().splitlines()[0])
+    decoded = step_bench.Anchor._decode(anchor, row)
+    assert decoded["frames"].shape[:3] == frames
+
+
+def test_memory_model_kv_term_matches_a_real_cache(memory_model, tiny):
+    """The model's KV-cache term against the bytes of the cache a prefill leaves, one copy and G copies."""
+    from transformers import DynamicCache
+
+    from omni_grpo.models.base import _getattr_path
+
+    module, model, _ = tiny
+    d = memory_model.dims_of(model)
+    lm = _getattr_path(model, module.language_model)
+    p, g = 37, 3
+    cache = DynamicCache(config=lm.config)
+    with torch.no_grad():
+        lm(inputs_embeds=torch.randn(1, p, d.hidden), past_key_values=cache, use_cache=True)
+
+    def nbytes():
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+    def modelled(one_copy):
+        run = memory_model.Run(prompt=p, completion=0, generations=g, micro_batch=g, world=1,
+                               one_prompt_copy=one_copy, bytes_per_weight=4)
+        return memory_model.terms(d, run)["rollout"]["KV cache"]
+
+    assert nbytes() == modelled(one_copy=True)
+    cache.batch_repeat_interleave(g)  # what generation does today
+    assert nbytes() == modelled(one_copy=False)
