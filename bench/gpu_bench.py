@@ -133,7 +133,7 @@ def budget_frames(seconds: float, fps: float, max_prompt_tokens: int,
                   source: tuple[int, int] = SOURCE_SIZE) -> tuple[int, tuple[int, int]]:
     """Frame count and (H, W) that ``python -m preprocess`` keeps for a `seconds` clip of `source` frames at 30
     fps with its audio: qwen-omni-utils' plan at `fps`, reduced to fit `max_prompt_tokens` (0: no budget)."""
-    from omni_grpo.models.qwen2_5_omni import DEFAULT_SYSTEM_PROMPT
+    from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
     from preprocess.budget import PromptBudget, TextCounter, fit_video, media_tokens
     from preprocess.media import GRID_CELL, VideoOptions, _grid_size, min_frames, resized_size, sample_indices
 
