@@ -161,10 +161,10 @@ def test_zero3_gradient_equals_single_process(tiny_model_dir, mixed_shards, tmp_
     the prompt pass shared by them); one process then trains on both ranks' rows, a rollout per backward. Before
     the fix in `DeepSpeedEngine.backward` ZeRO-3 kept only the last micro-batch's gradient (off by 0.64 of the norm)."""
     ds = zero3_test_config(tmp_path / "zero3.json")
-    args = [f"model_name_or_path={tiny_model_dir}", f"data=[{mixed_shards}]", "num_generations=4", "per_device_prompts=1",
-            "max_completion_length=10", "max_prompt_length=4096", "max_steps=1", "learning_rate=1e-3", "beta=0.0",
-            "dataloader_num_workers=0", "dataset_order=sequential", "save_steps=0", "seed=5",
-            "reward_funcs=[format, tests.rewards_for_tests:length_reward]"]
+    args = [f"model_name_or_path={tiny_model_dir}", f"data=[{mixed_shards}]", "num_generations=4",
+            "per_device_prompts=1", "max_completion_length=10", "max_prompt_length=4096", "max_steps=1",
+            "learning_rate=1e-3", "beta=0.0", "dataloader_num_workers=0", "dataset_order=sequential", "save_steps=0",
+            "seed=5", "reward_funcs=[format, tests.rewards_for_tests:length_reward]"]
     rollouts = tmp_path / "rollouts"
     driver = (str(REPO / "tests" / "gradient_driver.py"), str(rollouts))
     launch(tmp_path, [f"output_dir={tmp_path / 'z3'}", f"deepspeed={ds}", "micro_batch_size=1", *args],
