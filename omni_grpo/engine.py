@@ -12,7 +12,8 @@ process group.
 `backward(loss)` takes the micro-batch loss already divided by the *global* normaliser of the optimizer
 step (see `core_algos.agg_loss`), so the step's gradient is the plain sum of micro-batch gradients over
 micro-batches and ranks. DeepSpeed divides each loss by its `gradient_accumulation_steps` and averages
-gradients over ranks; `DeepSpeedEngine.backward` multiplies that back out.
+gradients over ranks; `DeepSpeedEngine.backward` multiplies that back out, and starts each micro-step as
+DeepSpeed's own forward would (the trainer runs the unwrapped module).
 """
 
 from __future__ import annotations
@@ -177,6 +178,8 @@ class DeepSpeedEngine(Engine):
     state_holds_weights = True
 
     def __init__(self, engine, backward_per_step: int, world_size: int, ds_config: dict | None = None):
+        from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
         self._ds = engine
         self.module = engine.module
         self.optimizer = engine.optimizer
@@ -185,8 +188,15 @@ class DeepSpeedEngine(Engine):
         self.stage = engine.zero_optimization_stage()
         self.ds_config = ds_config or {}
         self._calls = 0
+        self._zero = isinstance(self.optimizer, ZeROOptimizer)  # what DeepSpeed's forward asks before the call
 
     def backward(self, loss: torch.Tensor) -> None:
+        # The trainer calls the unwrapped module, so DeepSpeed's own `forward` (which starts each micro-step by
+        # `clear_backward_seen_flag`) never runs: without this call ZeRO-3 never counts a micro-step and copies
+        # each backward's gradient over the last one's instead of adding it (only the step's last update
+        # micro-batch would train; tests/test_distributed.py::test_zero3_gradient_equals_single_process).
+        if self._zero:
+            self.optimizer.clear_backward_seen_flag()
         # DeepSpeed pairs every backward with a step(); the optimizer only moves at the accumulation boundary.
         self._ds.backward(loss * (self.backward_per_step * self.world_size))
         self._ds.step()

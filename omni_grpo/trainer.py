@@ -443,13 +443,9 @@ class GRPOTrainer:
     def _group_prompt_pass(self, rollout: Rollout, parts: list) -> "GroupPrompt | None":
         """The prompt pass of `rollout`, run once for all of its update micro-batches, when a prompt's rows
         fall in more than one of them (`update_micro_batch_size` < G) and the prompt is shared; else None
-        (each micro-batch runs its own prompts).
-
-        Not under DeepSpeed yet: on 2 ZeRO-3 ranks the step's gradient norm differed from the per-micro-batch
-        path's (3.78 vs 3.53 on the tiny model) while the two agree to rounding in one process; until that is
-        understood DeepSpeed runs keep the per-micro-batch prompt."""
-        if not (self.cfg.share_prompt and self.prompt_once_per_group and rollout.completion_ids.shape[1] > 0
-                and self.ds_config is None):
+        (each micro-batch runs its own prompts). Under ZeRO-3 too: the step's gradient is the single-process one
+        (tests/test_distributed.py::test_zero3_gradient_equals_single_process)."""
+        if not (self.cfg.share_prompt and self.prompt_once_per_group and rollout.completion_ids.shape[1] > 0):
             return None
         seen: dict[int, int] = {}
         for k, (part, _) in enumerate(parts):
