@@ -303,13 +303,8 @@ class GRPOTrainer:
         """Save the current step unless output_dir holds its checkpoint already (agreed by every rank: all save
         if any rank misses it, so ranks that do not share a disk still save together)."""
         saved = ckpt.list_checkpoints(self.cfg.output_dir)
-        missing = torch.tensor([float(not saved or saved[-1].name != ckpt.step_name(self.global_step))],
-                               device=self.device)
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(missing, op=dist.ReduceOp.MAX)
-        if missing.item():
+        missing = float(not saved or saved[-1].name != ckpt.step_name(self.global_step))
+        if self._all_reduce(torch.tensor([missing], device=self.device)).item() > 0:  # ranks missing it, summed
             self.save()
 
     def _next_batch(self):
