@@ -20,14 +20,17 @@ state over ``W``):
 * reference (no gradient, per micro-batch): gathered ``(2·N_layer + V·H)·b`` (a layer and its prefetch, the
   head); the prompt's recorded keys/values ``L·k·P``; the per-row copies ``L·k·m·P`` (every layer's
   ``keys[inverse]`` is built before the completion pass), none with one copy; the prompt pass's ``F(P)``;
-  one layer's attention working set ``k·m·(P + C)·(1 + e)`` (the concatenated prefix and its GQA expansion); the vocabulary chunk
+  one layer's attention working set ``k·m·(P + C)·(1 + e)`` (the concatenated prefix and its GQA expansion); the
+  vocabulary projection: sliced (LoRA, or one process) ``3·min(1024, m·C)·min(16384, V)·4`` (one float32 tile of
+  ``head_logprobs``, its exponentials, its gradient), else (a ZeRO-3 trainable head, run as its module) the chunk
   ``3·m·min(c, C)·V·4`` (``c`` = 256 positions, float32 logits, log-softmax, softmax).
 * update (gradient, per micro-batch): as the reference, held through backward, plus saved activations: with
   gradient checkpointing the layer inputs ``L·(P + m·C)·H·b`` and one layer's recompute
   ``(P + m·C)·A`` (``A = (10H + 2·n_kv·d + 4I)·b`` saved bytes per token of a Qwen2 decoder layer: norms
   in float32, q/k/v, attention output, the MLP's gate/up/product) with its attention working set, without it
   ``L·(P + m·C)·A`` and every layer's attention working set; one layer's activation gradients
-  ``F(P + m·C)`` on top; gradients ``T·b/W``. The prompt runs once per micro-batch now (its
+  ``F(P + m·C)`` on top; gradients ``T·b/W``; sliced with a trainable head, the head's float32 gradient
+  ``V·H·4`` while the projection's backward runs. The prompt runs once per micro-batch now (its
   activations ``P`` are in every micro-batch's pass; running it once per group changes compute, not this
   peak). Attention itself is memory-efficient (no ``P²`` score tensor: SDPA's flash/efficient kernels).
 
@@ -46,6 +49,9 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package, when run as a script
+from omni_grpo.models.head_logprobs import POSITION_BLOCK, VOCAB_SLICE  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GB = 2**30
@@ -171,7 +177,16 @@ def terms(d: Dims, r: Run) -> dict[str, dict[str, float]]:
     }
     gathered = (2 * d.layer_params + d.vocab * d.hidden) * b if w > 1 else 0.0
     attention = k * m * (P + C) * (1 + d.expand)
-    vocab = 3 * m * min(r.vocab_chunk, C) * d.vocab * 4
+    # The vocabulary projection: sliced (omni_grpo.models.head_logprobs: a [positions, slice] float32 tile, its
+    # exponentials and its gradient) everywhere but a ZeRO-3 trainable head, which runs as a module per chunk of
+    # `vocab_chunk` positions (float32 logits, log-softmax, softmax over the whole vocabulary).
+    sliced = r.lora or w == 1
+    if sliced:
+        vocab = 3 * min(POSITION_BLOCK, m * C) * min(VOCAB_SLICE, d.vocab) * 4
+    else:
+        vocab = 3 * m * min(r.vocab_chunk, C) * d.vocab * 4
+    # sliced with a trainable head: the head's gradient is summed in float32 over the slices, then cast
+    head_grad = d.vocab * d.hidden * 4 if sliced and not r.lora else 0.0
     copies = 0.0 if r.one_prompt_copy else L * k * m * P
     reference = {"gathered weights (a layer)": gathered, "prompt keys/values": L * k * P,
                  "prompt copies": copies, "transient: prompt pass layer": layer_working_set(d, P, b),
@@ -185,7 +200,7 @@ def terms(d: Dims, r: Run) -> dict[str, dict[str, float]]:
     else:
         saved = {"saved activations": L * tokens * a + L * attention, "transient: backward of one layer": backward}
     update = {"gathered weights (a layer)": gathered, "prompt keys/values": L * k * P, "prompt copies": copies,
-              **saved, "gradients": trainable * b / w, "transient: vocabulary chunk": vocab}
+              **saved, "gradients": trainable * b / w, "transient: vocabulary chunk": vocab + head_grad}
     return {"resident": resident, "rollout": rollout, "reference": reference, "update": update}
 
 

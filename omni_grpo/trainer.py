@@ -49,7 +49,8 @@ from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loa
 from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
-from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE, PromptPass, prompt_pass
+from omni_grpo.models.base import base_thinker
+from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE, PromptPass, prompt_pass, sliced_head
 from omni_grpo.rewards import build_reward_manager, effective_reward_kwargs
 from omni_grpo.rollout import Rollout, rollout_metrics, sample
 from omni_grpo.run_summary import is_main_reward, plural, reward_trend
@@ -83,6 +84,8 @@ class GRPOTrainer:
         self.banned_token_ids = self.family.banned_token_ids(self.processor.tokenizer)
         self._setup_data()
         self._setup_models()
+        # One head path for every pass of the run (reference included), decided by the policy: KL exactly 0 at step 0.
+        self.sliced_head = sliced_head(self.policy)
         self.rewards = build_reward_manager(cfg.reward_funcs, cfg.reward_weights, effective_reward_kwargs(cfg),
                                             max_consecutive_errors=cfg.max_consecutive_reward_errors)
         self.global_step, self.cursor, self.nonfinite_in_a_row, self.samples_seen = 0, Cursor(), 0, 0
@@ -350,14 +353,16 @@ class GRPOTrainer:
             with self.timer("old_log_probs"), torch.no_grad():
                 rollout.old_log_probs, _ = self._log_probs(self.policy, rollout)
 
-    def _log_probs(self, model, rows: Rollout, with_entropy: bool = False, entropy_stride: int = 1, prompt=None):
+    def _log_probs(self, model, rows: Rollout, with_entropy: bool = False, entropy_stride: int = 1, prompt=None,
+                   completion_embeds=None):
         """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the
-        distribution `generate` drew from), with the configured prompt sharing (`prompt`: a prompt pass
-        already run for these rows, see `GroupPrompt`)."""
+        distribution `generate` drew from), with the configured prompt sharing (`prompt`, `completion_embeds`:
+        a prompt pass already run for these rows and their completions' embeddings, see `GroupPrompt`)."""
         return log_probs(self.family, model, rows.inputs, rows.completion_ids, rows.completion_mask,
                          with_entropy=with_entropy, share_prompt=self.cfg.share_prompt,
                          temperature=rows.temperature, banned_token_ids=self.banned_token_ids,
-                         entropy_stride=entropy_stride, prompt=prompt)
+                         entropy_stride=entropy_stride, prompt=prompt, sliced=self.sliced_head,
+                         completion_embeds=completion_embeds)
 
     def update(self, rollouts: list[Rollout], beta: float) -> dict:
         """μ optimizer steps over the same rows (DeepSeekMath's μ; TRL's `num_iterations`).
@@ -380,10 +385,10 @@ class GRPOTrainer:
                 for rollout in rollouts:
                     micro = list(self._update_parts(rollout, beta))
                     shared = self._group_prompt_pass(rollout, micro)
-                    for i, (part, dummy) in enumerate(micro):
+                    for i, (part, dummy, rows) in enumerate(micro):
                         last = i == len(micro) - 1
                         loss, m = self._micro_loss(part, beta, global_tokens, global_seqs,
-                                                   None if shared is None else shared.prompt(last))
+                                                   *((None, None) if shared is None else shared.inputs(rows, last)))
                         if dummy:
                             loss, m = loss * 0.0, {}
                         if shared is not None:
@@ -413,7 +418,7 @@ class GRPOTrainer:
         return (rollout.advantages == 0).cpu()
 
     def _update_parts(self, rollout: Rollout, beta: float):
-        """The update micro-batches of `rollout` as (rows, dummy) pairs.
+        """The update micro-batches of `rollout` as (part, dummy, row indices in `rollout`) triples.
 
         Zero rows (`_zero_rows`) are left out and the rest packed into micro-batches of
         `update_micro_batch_size`. The number of backward calls stays that of the unskipped update (DeepSpeed
@@ -427,13 +432,13 @@ class GRPOTrainer:
         zero = self._zero_rows(rollout, beta)
         if not zero.any():
             for start in range(0, rollout.num_rows, mb):
-                yield rollout.rows(start, start + mb), False
+                yield rollout.rows(start, start + mb), False, list(range(start, min(start + mb, rollout.num_rows)))
             return
         kept = [i for i in range(rollout.num_rows) if not zero[i]]
         for start in range(0, len(kept), mb):
-            yield rollout.select(kept[start:start + mb]), False
+            yield rollout.select(kept[start:start + mb]), False, kept[start:start + mb]
         for _ in range(count - -(-len(kept) // mb)):
-            yield rollout.rows(0, 1), True
+            yield rollout.rows(0, 1), True, [0]
 
     def _group_prompt_pass(self, rollout: Rollout, parts: list) -> "GroupPrompt | None":
         """The prompt pass of `rollout`, run once for all of its update micro-batches, when a prompt's rows
@@ -443,18 +448,22 @@ class GRPOTrainer:
         if not (self.cfg.share_prompt and self.prompt_once_per_group and rollout.completion_ids.shape[1] > 0):
             return None
         seen: dict[int, int] = {}
-        for k, (part, _) in enumerate(parts):
+        for k, (part, _, _) in enumerate(parts):
             for p in set(part.inputs.prompt_index or []):
                 if seen.setdefault(p, k) != k:
-                    return GroupPrompt(prompt_pass(self.family, self.policy, rollout.inputs, rollout.completion_ids))
+                    embed = base_thinker(self.policy).get_input_embeddings()
+                    return GroupPrompt(prompt_pass(self.family, self.policy, rollout.inputs, rollout.completion_ids),
+                                       embed(rollout.completion_ids))
         return None
 
-    def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs, prompt=None):
+    def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs, prompt=None,
+                    completion_embeds=None):
         cfg = self.cfg
         # the entropy bonus needs every position's entropy with gradient; otherwise actor/entropy is a metric
         # read on every METRIC_ENTROPY_STRIDE-th completion position (a softmax over V costs ~1/6 of the pass)
         stride = 1 if cfg.entropy_coef > 0 else METRIC_ENTROPY_STRIDE
-        lp, entropy = self._log_probs(self.policy, part, with_entropy=True, entropy_stride=stride, prompt=prompt)
+        lp, entropy = self._log_probs(self.policy, part, with_entropy=True, entropy_stride=stride, prompt=prompt,
+                                      completion_embeds=completion_embeds)
         old = part.old_log_probs if part.old_log_probs is not None else lp.detach()
         mask = part.completion_mask.to(lp.dtype)
         loss, m = core_algos.policy_loss(
@@ -543,30 +552,40 @@ def pick_groups(spread: list[torch.Tensor], target: int) -> tuple[list[list[int]
 
 
 class GroupPrompt:
-    """A rollout's prompt pass run once for all of its update micro-batches (the prompt once per group).
+    """A rollout's prompt pass, and the embeddings of all its completions, run once for all of its update
+    micro-batches (the prompt once per group).
 
     The micro-batches before the last attend to `leaves`, the pass's keys/values and last hidden state cut
-    from its graph: each `engine.backward` accumulates the parameters' gradients and the leaves'. The last
-    micro-batch attends to the pass itself and adds Σ pass · (leaf gradient / c), so its one backward also
-    carries the earlier micro-batches' gradient through the prompt — the backward count per optimizer step
-    is unchanged. c is how much the engine scales a loss's gradient (DeepSpeed: its accumulation and rank
-    factors): `probe − probe.detach()`, 0 in value, is added to the first loss, and its gradient is c.
+    from its graph, and read their completions' embeddings from `embeds_leaf`, the rollout's completion
+    embeddings cut likewise: each `engine.backward` accumulates the parameters' gradients and the leaves'. The
+    last micro-batch attends to the pass itself, reads the attached embeddings, and adds Σ tensor · (leaf
+    gradient / c), so its one backward also carries the earlier micro-batches' gradient through the prompt and
+    the embedding table — the backward count per optimizer step is unchanged, and the embedding table's
+    [V, H] gradient is made once per step instead of once per micro-batch. c is how much the engine scales a
+    loss's gradient (DeepSpeed: its accumulation and rank factors): `probe − probe.detach()`, 0 in value, is
+    added to the first loss, and its gradient is c.
     """
 
-    def __init__(self, attached: PromptPass):
+    def __init__(self, attached: PromptPass, embeds: torch.Tensor):
         self.attached, self.leaves = attached, attached.detached()
+        self.embeds, self.embeds_leaf = embeds, embeds.detach().requires_grad_(embeds.requires_grad)
         self.probe = torch.zeros((), device=attached.prompt_mask.device, requires_grad=True)
 
-    def prompt(self, last: bool) -> PromptPass:
-        return self.attached if last else self.leaves
+    def inputs(self, rows: list[int], last: bool) -> tuple[PromptPass, torch.Tensor]:
+        """(the prompt pass, the completion embeddings of `rows`) for one micro-batch."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.embeds.device)
+        if last:
+            return self.attached, self.embeds[index]
+        return self.leaves, self.embeds_leaf[index]
 
     def with_prompt_terms(self, loss: torch.Tensor, first: bool, last: bool) -> torch.Tensor:
         if first:
             loss = loss + (self.probe - self.probe.detach())
         scale = self.probe.grad
         if last and not first and scale is not None and bool(torch.isfinite(scale)) and float(scale) != 0.0:
+            pairs = [*zip(self.attached.tensors(), self.leaves.tensors()), (self.embeds, self.embeds_leaf)]
             terms = [(t.float() * (leaf.grad.float().nan_to_num(0.0, 0.0, 0.0) / scale)).sum()
-                     for t, leaf in zip(self.attached.tensors(), self.leaves.tensors()) if leaf.grad is not None]
+                     for t, leaf in pairs if leaf.grad is not None]
             loss = loss + sum(terms)
         return loss
 

@@ -435,19 +435,25 @@ def test_sample_without_audio_in_an_audio_batch(kit):
         assert torch.allclose(lp_hf, expected, atol=1e-5)
 
 
-def test_frozen_head_log_probs_gradient_matches_autograd():
-    """The analytic backward of the frozen-lm_head path equals autograd through plain log_softmax."""
-    from omni_grpo.models.logprobs import _FrozenHeadLogProbs
+@pytest.mark.parametrize("weight_trains", [False, True])
+def test_sliced_head_log_probs_and_gradients_match_autograd(monkeypatch, weight_trains):
+    """The vocabulary-sliced log-probs (online log-sum-exp over slices of 4 tokens, blocks of 3 positions) and
+    their analytic backward equal autograd through one plain log_softmax: log-probs, entropy, and the
+    gradients of the hidden states and, when it trains, of the weight."""
+    from omni_grpo.models import head_logprobs
 
+    monkeypatch.setattr(head_logprobs, "VOCAB_SLICE", 4)
+    monkeypatch.setattr(head_logprobs, "POSITION_BLOCK", 3)
     torch.manual_seed(0)
     hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(11, 8, dtype=torch.float64)
+    weight = torch.randn(11, 8, dtype=torch.float64, requires_grad=weight_trains)
     targets = torch.randint(0, 11, (2, 5))
     g_lp, g_ent = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
-    lp, ent = _FrozenHeadLogProbs.apply(hidden, weight, targets, 0.7, True, None)
+    lp, ent = head_logprobs.head_log_probs(hidden, weight, targets, 0.7, None, entropy_grad=True)
     (lp * g_lp + ent * g_ent).sum().backward()
     ours = hidden.grad.clone()
-    hidden.grad = None
+    ours_w = weight.grad.clone() if weight_trains else None
+    hidden.grad, weight.grad = None, None
     logits = (hidden @ weight.t()) / 0.7
     ref_lp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     p = torch.softmax(logits, -1)
@@ -455,6 +461,8 @@ def test_frozen_head_log_probs_gradient_matches_autograd():
     (ref_lp * g_lp + ref_ent * g_ent).sum().backward()
     assert torch.allclose(lp, ref_lp) and torch.allclose(ent, ref_ent)
     assert torch.allclose(ours, hidden.grad, atol=1e-10)
+    if weight_trains:
+        assert torch.allclose(ours_w, weight.grad, atol=1e-10)
 
 
 def test_audio_features_padded_to_the_clip_equal_the_300_s_features(tiny, samples, monkeypatch):

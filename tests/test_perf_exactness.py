@@ -4,6 +4,12 @@
   k-th completion position only; those values equal the full computation's, and the log-probs and their
   gradients are bit-identical to a pass that computes the entropy everywhere. With stride 1 (entropy_coef > 0)
   the entropy is everywhere and carries gradient.
+- Vocabulary slices: `log_probs` through `HeadLogProbs` (the default) gives the log-probs, entropies and every
+  parameter's gradient of the checkpointed `lm_head` module (`sliced=False`) to float rounding, and no
+  operation in its forward or backward makes a tensor of the [N, C, V] logits' size (the module path does).
+- Prompt once per group: the update runs each prompt once for its G rows and embeds all their completions
+  once (leaves over the micro-batches, one backward folded into the last); every gradient is the
+  per-micro-batch path's, and the embedding table's gradient is made twice per step instead of per micro-batch.
 """
 
 import copy
@@ -158,16 +164,78 @@ def test_prompt_once_per_group_keeps_every_gradient(tiny_model_dir, tiny_shards,
             lambda m, args, _prompts=prompts: _prompts.append(1) if args[0].shape[1] == p_len else None)
         trainer.engine.step, trainer.engine.backward = capture, counting
         try:
-            metrics = trainer.update([rollout], beta=0.0)
+            with _CountOps(torch.ops.aten.embedding_dense_backward.default) as table_grads:
+                metrics = trainer.update([rollout], beta=0.0)
         finally:
             hook.remove()
             trainer.engine.step, trainer.engine.backward = step, backward
-        runs[once] = grads, len(calls), len(prompts), metrics
-    (grads, calls, prompts, m), (grads_1, calls_1, prompts_1, m_1) = runs[False], runs[True]
+        runs[once] = grads, len(calls), len(prompts), metrics, table_grads.count
+    (grads, calls, prompts, m, tables), (grads_1, calls_1, prompts_1, m_1, tables_1) = runs[False], runs[True]
     assert calls == calls_1 == 3  # the engine's backward count per optimizer step
     assert prompts_1 == 2 < prompts  # forward + checkpoint recompute: once, vs in the micro-batches
+    if train == "full":  # the embedding table's [V, H] gradient: once for the prompts, once for the completions
+        assert tables_1 == 2 < tables
+    else:
+        assert tables_1 == tables == 0  # LoRA: the table is frozen
     assert grads.keys() == grads_1.keys() and any("language_model" in n for n in grads)
     scale = max(g.abs().max() for g in grads.values())
     for name, g in grads.items():
         torch.testing.assert_close(grads_1[name], g, atol=1e-5 * scale, rtol=1e-4, msg=name)
     assert m_1["actor/loss"] == pytest.approx(m["actor/loss"], abs=1e-6)
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the calls of one aten operation while active."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.op, self.count = op, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is self.op
+        return func(*args, **(kwargs or {}))
+
+
+class _WholeVocabularyRows(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operation outputs whose last dimension spans the whole vocabulary (logits-like tensors)."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.count = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.vocab:
+                self.count += 1
+        return out
+
+
+@pytest.mark.parametrize("head", ["trainable", "frozen"])
+def test_sliced_head_equals_the_module_path_and_never_holds_the_logits(kit, samples, head, monkeypatch):
+    from omni_grpo.models import head_logprobs
+
+    module, model, _ = kit
+    inputs, comps = _rollout(kit, samples)
+    policy = copy.deepcopy(model)
+    if head == "frozen":
+        for p in base_thinker(policy).lm_head.parameters():
+            p.requires_grad_(False)
+    vocab = base_thinker(policy).lm_head.weight.shape[0]
+    monkeypatch.setattr(head_logprobs, "VOCAB_SLICE", vocab // 4)  # the tiny vocabulary in 4+ slices
+    runs = {}
+    for sliced in (True, False):
+        if head == "frozen" and not sliced:
+            continue  # a frozen head under grad is always sliced
+        with _WholeVocabularyRows(vocab) as probe:
+            runs[sliced] = (*_pass(module, policy, inputs, comps, entropy_stride=1, sliced=sliced), probe.count)
+    lp, ent, grads, whole = runs[True]
+    assert whole == 0, f"the sliced path made {whole} tensors spanning the whole vocabulary"
+    if head == "trainable":
+        lp_m, ent_m, grads_m, whole_m = runs[False]
+        assert whole_m > 0  # the probe sees the module path's logits
+        torch.testing.assert_close(lp, lp_m, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ent, ent_m, atol=1e-5, rtol=1e-5)
+        assert grads.keys() == grads_m.keys() and any(n.endswith("lm_head.weight") for n in grads)
+        for name, g in grads.items():
+            torch.testing.assert_close(g, grads_m[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -67,26 +67,32 @@ def test_sampler_log_prob_of_each_token_equals_the_trainers(kit, audio_and_silen
         assert (at_one - comps.log_probs)[mask].abs().max() > 1e-2
 
 
-def test_banned_tokens_get_no_gradient_and_the_entropy_is_the_sampled_distributions(tiny):
-    """The frozen-head backward with media tokens removed equals autograd through the masked softmax."""
-    from omni_grpo.models.logprobs import _FrozenHeadLogProbs
+def test_banned_tokens_get_no_gradient_and_the_entropy_is_the_sampled_distributions(tiny, monkeypatch):
+    """The sliced head's backward with media tokens removed (two of them in the last slice, one in the first)
+    equals autograd through the masked softmax, for the hidden states and the weight; the banned rows of the
+    weight get exactly zero gradient."""
+    from omni_grpo.models import head_logprobs
 
+    monkeypatch.setattr(head_logprobs, "VOCAB_SLICE", 4)
     torch.manual_seed(0)
     hidden = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(11, 8, dtype=torch.float64)
-    targets = torch.randint(0, 9, (2, 5))
-    banned = torch.tensor([9, 10])
+    weight = torch.randn(11, 8, dtype=torch.float64, requires_grad=True)
+    keep = torch.tensor([1, 2, 3, 4, 5, 6, 7, 8])
+    targets = keep[torch.randint(0, 8, (2, 5))]
+    banned = torch.tensor([9, 10, 0])
     g_lp, g_ent = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 5, dtype=torch.float64)
-    lp, ent = _FrozenHeadLogProbs.apply(hidden, weight, targets, 0.7, True, banned)
+    lp, ent = head_logprobs.head_log_probs(hidden, weight, targets, 0.7, banned, entropy_grad=True)
     (lp * g_lp + ent * g_ent).sum().backward()
-    ours = hidden.grad.clone()
-    hidden.grad = None
-    logits = ((hidden @ weight[:9].t()) / 0.7)  # the 9 tokens that can be sampled
-    ref_lp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    ours, ours_w = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad, weight.grad = None, None
+    logits = ((hidden @ weight[keep].t()) / 0.7)  # the 8 tokens that can be sampled
+    ref_lp = torch.log_softmax(logits, -1).gather(-1, (targets - 1).unsqueeze(-1)).squeeze(-1)
     ref_ent = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
     (ref_lp * g_lp + ref_ent * g_ent).sum().backward()
     assert torch.allclose(lp, ref_lp) and torch.allclose(ent, ref_ent)
     assert torch.allclose(ours, hidden.grad, atol=1e-10)
+    assert torch.allclose(ours_w, weight.grad, atol=1e-10)
+    assert (ours_w[banned] == 0).all()
 
 
 def test_min_new_tokens_bans_stop_tokens_before_top_k(tiny):

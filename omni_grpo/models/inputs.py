@@ -137,7 +137,12 @@ class ModelInputs:
 
     def select(self, rows: list[int]) -> "ModelInputs":
         """The inputs of `rows` (repeats allowed), media copied per whole video/audio/image in the new row order;
-        a media kind none of `rows` has is None."""
+        a media kind none of `rows` has is None.
+
+        Of an encoded batch (`encoded` set) only the tower outputs, grids and masks are selected: the raw
+        patches and audio features are left out (None), since no pass reads them again. At a 3 s clip's
+        default frames the patches are ~17 MB a row, and copying them for the G rows and every micro-batch
+        was a third of a tiny model's step. `media_kwargs` refuses such a selection."""
         rows = list(rows)
 
         def picked(owners):  # (indices of the items of `rows`, in row order; the new row of each)
@@ -161,15 +166,19 @@ class ModelInputs:
             pixel_values_videos=None, video_grid_thw=None, video_second_per_grid=None,
             pixel_values=None, image_grid_thw=None, input_features=None, feature_attention_mask=None,
         )
+        raw = self.encoded is None  # encoded: the tower outputs replace the raw media, which are not copied
         if video_idx:
-            new.pixel_values_videos = self._blocks(self.pixel_values_videos, self.video_grid_thw, video_idx)
+            if raw:
+                new.pixel_values_videos = self._blocks(self.pixel_values_videos, self.video_grid_thw, video_idx)
             new.video_grid_thw = self.video_grid_thw[video_idx]
             new.video_second_per_grid = self.video_second_per_grid[video_idx]
         if image_idx:
-            new.pixel_values = self._blocks(self.pixel_values, self.image_grid_thw, image_idx)
+            if raw:
+                new.pixel_values = self._blocks(self.pixel_values, self.image_grid_thw, image_idx)
             new.image_grid_thw = self.image_grid_thw[image_idx]
         if audio_idx:
-            new.input_features = self.input_features[audio_idx]
+            if raw:
+                new.input_features = self.input_features[audio_idx]
             new.feature_attention_mask = self.feature_attention_mask[audio_idx]
         return new
 
@@ -199,6 +208,12 @@ class ModelInputs:
 
     def media_kwargs(self) -> dict:
         """The keyword arguments a Hugging Face thinker forward / generate takes for these media."""
+        for rows, raw, name in ((self.video_rows, self.pixel_values_videos, "videos"), (self.image_rows, self.pixel_values, "images"),
+                                (self.audio_rows, self.input_features, "audios")):
+            if rows and raw is None:
+                raise ValueError(f"these inputs have {name} but not their raw media: they are a selection of an "
+                                 "encoded batch (select() keeps only the tower outputs). Pass the batch as built, "
+                                 "before encode_media, to a Hugging Face forward or generate.")
         kw = {name: getattr(self, name) for name in MEDIA_FIELDS if getattr(self, name) is not None}
         if self.audio_in_video is not None and len(set(self.audio_in_video)) > 1:
             raise ValueError("rows with different use_audio_in_video values: a Hugging Face forward takes one; "

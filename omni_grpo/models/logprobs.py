@@ -3,13 +3,16 @@
 `forward_hidden` runs prompt + completions through the language model; with `share_prompt`, rows that copy
 one prompt run it once and reuse its per-layer keys/values (the shared-prompt KV trick: `_PromptLayer`
 records them, the completions attend to one copy per prompt through `prefix_attention.SharedPrefix`, or to a
-per-row copy, `_PrefixLayer`, where the attention implementation is not wrapped). `log_probs` projects onto the vocabulary per chunk (`_FrozenHeadLogProbs` for a frozen
-head) and scores under the distribution the sampler draws from (temperature, media tokens banned).
+per-row copy, `_PrefixLayer`, where the attention implementation is not wrapped). `log_probs` projects onto
+the vocabulary one slice at a time (`head_logprobs.HeadLogProbs`; per chunk of positions through the module
+for a ZeRO-3 trainable head) and scores under the distribution the sampler draws from (temperature, media
+tokens banned).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -18,12 +21,13 @@ from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import Cache, DynamicLayer
 
 from omni_grpo.models.base import OmniModule, _getattr_path, base_thinker
+from omni_grpo.models.head_logprobs import BANNED_LOGIT, head_log_probs
 from omni_grpo.models.inputs import ModelInputs
 from omni_grpo.models.prefix_attention import SharedPrefix, one_copy_ready
 
 def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
                    completion_mask: torch.Tensor, share_prompt: bool = True,
-                   prompt: PromptPass | None = None) -> torch.Tensor:
+                   prompt: PromptPass | None = None, completion_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Last hidden states [N, C, H] that predict each completion token (N = rows of `inputs`).
 
     With `share_prompt`, rows that are copies of one prompt (`inputs.prompt_index`, set by `repeat`) run the
@@ -32,14 +36,15 @@ def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_id
     embeddings, media splice and TMRoPE positions are computed once. Same result up to float rounding; the
     prompt costs 1/G of the compute and activation memory, with gradient flowing into the shared prompt pass.
     `prompt`: a :class:`PromptPass` of the batch these rows come from, already run (the update runs it once
-    per group for all of its micro-batches); only the completion pass runs.
+    per group for all of its micro-batches); only the completion pass runs, on `completion_embeds` [N, C, H]
+    when given (the update embeds a group's completions once too) instead of embedding `completion_ids`.
     """
     thinker = base_thinker(model)
     lm = _getattr_path(thinker, module.language_model)
     prompt_len = inputs.input_ids.shape[1]
     mask = torch.cat([inputs.attention_mask, completion_mask.to(inputs.attention_mask.dtype)], dim=1)  # [N, P+C]
     if prompt is not None:
-        return completion_hidden(module, model, prompt, inputs, completion_ids, completion_mask)
+        return completion_hidden(module, model, prompt, inputs, completion_ids, completion_mask, completion_embeds)
     if share_prompt and completion_ids.shape[1] > 0:
         first, _ = inputs.distinct_prompts()
         if len(first) < inputs.batch_size:
@@ -162,7 +167,8 @@ def prompt_pass(module: OmniModule, model, inputs: ModelInputs, completion_ids: 
 
 
 def completion_hidden(module: OmniModule, model, prompt: PromptPass, inputs: ModelInputs,
-                      completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+                      completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                      completion_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """`forward_hidden` of rows of `inputs` against a prompt pass already run: one completion pass over all
     rows attending to their prompt's keys/values, one copy per distinct prompt
     (:mod:`omni_grpo.models.prefix_attention`), or, where the attention implementation is not wrapped, a
@@ -171,7 +177,7 @@ def completion_hidden(module: OmniModule, model, prompt: PromptPass, inputs: Mod
     lm = _getattr_path(thinker, module.language_model)
     inverse = prompt.rows_of(inputs)
     p, c = prompt.prompt_mask.shape[1], completion_ids.shape[1]
-    embeds = thinker.get_input_embeddings()(completion_ids)
+    embeds = thinker.get_input_embeddings()(completion_ids) if completion_embeds is None else completion_embeds
     positions = prompt.positions[..., inverse, p : p + c]
     with _replay_safe_cache(lm.layers):
         if one_copy_ready(lm.config):
@@ -185,9 +191,6 @@ def completion_hidden(module: OmniModule, model, prompt: PromptPass, inputs: Mod
             out = lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, past_key_values=prefix,
                      use_cache=False)
     return torch.cat([prompt.last_hidden[inverse], out.last_hidden_state[:, :-1]], dim=1)
-
-
-BANNED_LOGIT = -1e30  # exp() of it is exactly 0 in float32, and 0 * it is 0 (no NaN in the entropy)
 
 
 def _scored_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor | None) -> torch.Tensor:
@@ -218,6 +221,7 @@ def _entropy_sample(logits: torch.Tensor, logz: torch.Tensor, offset: int, strid
 
 def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool, banned=None,
                     offset: int = 0, stride: int = 1):
+    """One chunk of positions through the `lm_head` module: the path of a ZeRO-3 partitioned trainable head."""
     logits = _scored_logits(lm_head(hidden).float(), temperature, banned)  # [n, c, V] for one chunk only
     logz = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
@@ -228,52 +232,15 @@ def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: 
     return logp, _entropy(logits, logz)
 
 
-def _upcast(x: torch.Tensor) -> torch.Tensor:
-    """At least float32 (bf16 logits lose too much for log-softmax)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-class _FrozenHeadLogProbs(torch.autograd.Function):
-    """Log-probs and entropy of one chunk through a frozen output projection `weight` [V, H].
-
-    Saves only the chunk's hidden states and a reference to the weight, recomputes the logits in backward
-    and returns the gradient for the hidden states (the weight gets none). Used when `lm_head` is frozen
-    (LoRA): under ZeRO-3 a frozen module is not re-gathered when torch's checkpoint recomputes it, so the
-    weight is gathered once by the caller and kept alive by this reference until backward.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, with_entropy, banned, offset=0, stride=1):
-        logits = _scored_logits(_upcast(hidden @ weight.t()), temperature, banned)  # [n, c, V]
-        logz = torch.logsumexp(logits, dim=-1)
-        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-        if not with_entropy:
-            entropy = torch.zeros_like(logp)
-        elif stride > 1:
-            entropy = _entropy_sample(logits, logz, offset, stride)
-            ctx.mark_non_differentiable(entropy)
-        else:
-            entropy = _entropy(logits, logz)
-        ctx.save_for_backward(hidden, weight, targets)
-        ctx.temperature, ctx.banned, ctx.entropy_grad = temperature, banned, with_entropy and stride == 1
-        return logp, entropy
-
-    @staticmethod
-    def backward(ctx, grad_logp, grad_entropy):
-        hidden, weight, targets = ctx.saved_tensors
-        logits = _scored_logits(_upcast(hidden @ weight.t()), ctx.temperature, ctx.banned)
-        probs = torch.softmax(logits, dim=-1)  # exactly 0 at banned tokens, so they get no gradient
-        grad_logp = grad_logp.to(logits.dtype)
-        grad_entropy = None if grad_entropy is None or not ctx.entropy_grad else grad_entropy.to(logits.dtype)
-        # d logp / d logits = onehot(target) - p
-        dlogits = -probs * grad_logp.unsqueeze(-1)
-        dlogits.scatter_add_(-1, targets.unsqueeze(-1), grad_logp.unsqueeze(-1))
-        if grad_entropy is not None:
-            # d entropy / d logit_j = -p_j (logit_j - E_p[logit])
-            mean = (probs * logits).sum(-1, keepdim=True)
-            dlogits -= probs * (logits - mean) * grad_entropy.unsqueeze(-1)
-        grad_hidden = (dlogits / ctx.temperature).to(weight.dtype) @ weight
-        return grad_hidden.to(hidden.dtype), None, None, None, None, None, None, None
+def sliced_head(model) -> bool:
+    """Whether the log-prob passes of a run training `model` score through `HeadLogProbs`: every case but a
+    ZeRO-3 partitioned trainable `lm_head` (it needs its module's gather hooks) and a head that is not a plain
+    `nn.Linear` (an adapter on it). A run passes the same
+    answer to every pass, reference included, so that KL is exactly 0 at step 0."""
+    head = base_thinker(model).lm_head
+    if type(head) is not torch.nn.Linear:  # wrapped (an adapter on the head): only its module knows its output
+        return False
+    return not (hasattr(head.weight, "ds_id") and head.weight.requires_grad)
 
 
 @contextmanager
@@ -291,7 +258,8 @@ def _whole_weight(param):
 def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
               completion_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
               chunk_size: int = 256, share_prompt: bool = True, banned_token_ids: list[int] | None = None,
-              entropy_stride: int = 1, prompt: PromptPass | None = None):
+              entropy_stride: int = 1, prompt: PromptPass | None = None, sliced: bool | None = None,
+              completion_embeds: torch.Tensor | None = None):
     """Per-token log-probs (and entropies) of the completion tokens: ([N, C], [N, C] or None).
 
     Scored under the distribution `generate` samples from: logits divided by `temperature` (the rollout's)
@@ -300,51 +268,56 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     token (to float rounding), so the policy gradient is the gradient of the policy that sampled. The entropy
     is that distribution's entropy.
 
-    Gradient flows when called under grad mode. The vocabulary projection runs per chunk of `chunk_size`
-    positions and is recomputed in backward, so `[N, C, V]` float32 logits never exist at once (Qwen's
-    vocabulary is 152k: one 1k-token completion would otherwise cost 0.6 GB per row). A trainable `lm_head`
-    is called as a module under activation checkpointing (so ZeRO-3's hooks gather it); a frozen one goes
-    through `_FrozenHeadLogProbs`. `share_prompt`, `prompt`: see :func:`forward_hidden`.
+    Gradient flows when called under grad mode. The vocabulary projection goes through
+    :class:`~omni_grpo.models.head_logprobs.HeadLogProbs` (`sliced`, the default wherever it can: see
+    :func:`sliced_head`): one vocabulary slice at a time with an online log-sum-exp, recomputed in backward, so
+    no [N, C, V] logits exist at any time (Qwen's vocabulary is 152k). A ZeRO-3 partitioned trainable `lm_head`
+    is called as a module per `chunk_size` positions under activation checkpointing instead (so ZeRO-3's hooks
+    gather it); a partitioned frozen one is gathered once for the pass (`_whole_weight`).
+    `share_prompt`, `prompt`, `completion_embeds`: see :func:`forward_hidden`.
 
-    Entropy (float32, over the whole vocabulary: a softmax per position, ~1/6 of the pass at a 152k vocabulary)
-    is only computed with `with_entropy`. `entropy_stride = 1`: at every position, differentiable (what an
-    entropy bonus needs). `entropy_stride = k > 1`: a detached metric at completion positions 0, k, 2k, ...
-    only, shape `[N, ceil(C / k)]` (mask it with `completion_mask[:, ::k]`), at 1/k of the cost; the
-    log-probs and their gradients are the same as without it.
+    Entropy is only computed with `with_entropy`. `entropy_stride = 1`: at every position, differentiable
+    (what an entropy bonus needs). `entropy_stride = k > 1`: a detached metric at completion positions 0, k,
+    2k, ... only, shape `[N, ceil(C / k)]` (mask it with `completion_mask[:, ::k]`); the log-probs and their
+    gradients are the same as without it. (Sliced, the entropy of every position costs one more multiply-add
+    per logit; the module path computes only the subsample.)
     """
-    hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask, share_prompt, prompt)  # [N, C, H]
+    hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask, share_prompt, prompt,
+                            completion_embeds)  # [N, C, H]
     lm_head = base_thinker(model).lm_head
     banned = (torch.tensor(banned_token_ids, dtype=torch.long, device=hidden.device)
               if banned_token_ids else None)
     if getattr(lm_head, "bias", None) is not None:
         raise NotImplementedError("an lm_head with a bias is not supported")
     head_trains = any(p.requires_grad for p in lm_head.parameters())
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or head_trains)
-    pieces_lp, pieces_ent = [], []
-    chunks = [(s, hidden[:, s : s + chunk_size], completion_ids[:, s : s + chunk_size])
-              for s in range(0, hidden.shape[1], chunk_size)]
     if entropy_stride < 1:
         raise ValueError(f"entropy_stride={entropy_stride} must be >= 1")
     k = entropy_stride
-    if grad and head_trains:
-        for s, h, t in chunks:
+    if sliced is None:
+        sliced = sliced_head(model)
+    partitioned = hasattr(lm_head.weight, "ds_id")
+    if sliced and ((partitioned and head_trains) or type(lm_head) is not torch.nn.Linear):
+        raise ValueError("this lm_head (ZeRO-3 partitioned and trainable, or not a plain nn.Linear) can only be "
+                         "scored through its module: sliced=False")
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head_trains)
+    if sliced or (grad and not head_trains and type(lm_head) is torch.nn.Linear):
+        with _whole_weight(lm_head.weight) if partitioned else contextlib.nullcontext(lm_head.weight) as weight:
+            lp, ent = head_log_probs(hidden, weight, completion_ids, temperature, banned,
+                                     entropy_grad=with_entropy and k == 1 and grad)
+        if not with_entropy:
+            return lp, None
+        return lp, (ent if k == 1 else ent[:, ::k].detach())
+    pieces_lp, pieces_ent = [], []
+    for s in range(0, hidden.shape[1], chunk_size):
+        h, t = hidden[:, s : s + chunk_size], completion_ids[:, s : s + chunk_size]
+        if grad:
             lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, banned, -s % k, k,
                                  use_reentrant=False)
-            pieces_lp.append(lp)
-            pieces_ent.append(ent)
-    elif grad:
-        with _whole_weight(lm_head.weight) as weight:
-            for s, h, t in chunks:
-                lp, ent = _FrozenHeadLogProbs.apply(h, weight, t, temperature, with_entropy, banned, -s % k, k)
-                pieces_lp.append(lp)
-                pieces_ent.append(ent)
-    else:
-        for s, h, t in chunks:
+        else:
             lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy, banned, -s % k, k)
-            pieces_lp.append(lp)
-            pieces_ent.append(ent)
+        pieces_lp.append(lp)
+        pieces_ent.append(ent)
     lp = torch.cat(pieces_lp, dim=1)
-    ent = torch.cat(pieces_ent, dim=1) if with_entropy else None
-    return lp, ent
+    return lp, (torch.cat(pieces_ent, dim=1) if with_entropy else None)
 
 

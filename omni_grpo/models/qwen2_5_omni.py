@@ -286,7 +286,9 @@ class Qwen25OmniModule(OmniModule):
         pixels = [t for t in (inputs.pixel_values, inputs.pixel_values_videos) if t is not None]
         if pixels:
             grids = [g for g in (inputs.image_grid_thw, inputs.video_grid_thw) if g is not None]
-            feats, deepstack = self._vision_pass(inner, torch.cat(pixels), torch.cat(grids))
+            both = len(pixels) > 1  # a lone tensor goes in as it is (a copy of a 3 s clip's patches is ~17 MB)
+            feats, deepstack = self._vision_pass(inner, torch.cat(pixels) if both else pixels[0],
+                                                 torch.cat(grids) if both else grids[0])
             n_images = len(inputs.image_rows)
             enc.image, enc.video = feats[:n_images], feats[n_images:]
             if deepstack:
