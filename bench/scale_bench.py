@@ -358,8 +358,8 @@ def tables(records: list[dict], systems: list[str]) -> str:
     for sweep, per in curves(records, systems).items():
         cells = []
         for n in systems:
-            if n not in per:
-                cells.append("—")
+            if n not in per or len(per[n][0]) < 2:  # a slope needs two points
+                cells.append("—" if n not in per else "— (1 point)")
                 continue
             xs, ts, ms = per[n]
             cells.append(f"{exponent(xs, ts):.2f} ({exponent(xs, ms):.2f}) over {len(xs)} points")
@@ -386,7 +386,8 @@ def plot(records: list[dict], systems: list[str], path: Path) -> None:
     for col, sweep in enumerate(sweeps):
         for name, (xs, ts, ms) in per_sweep[sweep].items():
             k = exponent(xs, ts)
-            axes[0][col].plot(xs, ts, marker="o", label=f"{name} (slope {k:.2f})")
+            slope = f"slope {k:.2f}" if len(xs) > 1 else "1 point"
+            axes[0][col].plot(xs, ts, marker="o", label=f"{name} ({slope})")
             axes[1][col].plot(xs, ms, marker="o", label=name)
         values = sorted({x for xs, _, _ in per_sweep[sweep].values() for x in xs})
         for row, ylabel in enumerate(("step time (s, median; log)", "peak resident GB during steps")):
