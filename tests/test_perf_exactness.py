@@ -41,14 +41,20 @@ def _pass(module, model, inputs, comps, **kw):
     return lp.detach(), ent, grads
 
 
-@pytest.mark.parametrize("head", ["trainable", "frozen"])
-def test_entropy_subsample_is_exact_and_leaves_the_gradient_alone(kit, samples, head):
+def _policy_and_rollout(kit, samples, head: str):
+    """(module, a copy of the kit's model with its lm_head trainable or frozen, rows, their completions)."""
     module, model, _ = kit
     inputs, comps = _rollout(kit, samples)
     policy = copy.deepcopy(model)
     if head == "frozen":
         for p in base_thinker(policy).lm_head.parameters():
             p.requires_grad_(False)
+    return module, policy, inputs, comps
+
+
+@pytest.mark.parametrize("head", ["trainable", "frozen"])
+def test_entropy_subsample_is_exact_and_leaves_the_gradient_alone(kit, samples, head):
+    module, policy, inputs, comps = _policy_and_rollout(kit, samples, head)
     lp, ent, grads = _pass(module, policy, inputs, comps, entropy_stride=1)
     lp_k, ent_k, grads_k = _pass(module, policy, inputs, comps, entropy_stride=3)
     c = comps.completion_ids.shape[1]
@@ -215,12 +221,7 @@ class _WholeVocabularyRows(torch.utils._python_dispatch.TorchDispatchMode):
 def test_sliced_head_equals_the_module_path_and_never_holds_the_logits(kit, samples, head, monkeypatch):
     from omni_grpo.models import head_logprobs
 
-    module, model, _ = kit
-    inputs, comps = _rollout(kit, samples)
-    policy = copy.deepcopy(model)
-    if head == "frozen":
-        for p in base_thinker(policy).lm_head.parameters():
-            p.requires_grad_(False)
+    module, policy, inputs, comps = _policy_and_rollout(kit, samples, head)
     vocab = base_thinker(policy).lm_head.weight.shape[0]
     monkeypatch.setattr(head_logprobs, "VOCAB_SLICE", vocab // 4)  # the tiny vocabulary in 4+ slices
     runs = {}
