@@ -180,7 +180,7 @@ def test_prompt_once_per_group_keeps_every_gradient(tiny_model_dir, tiny_shards,
     assert calls == calls_1 == 3  # the engine's backward count per optimizer step
     assert prompts_1 == 2 < prompts  # forward + checkpoint recompute: once, vs in the micro-batches
     if train == "full":  # the embedding table's [V, H] gradient: once for the prompts, once for the completions
-        assert tables_1 == 2 < tables
+        assert tables_1 == 2 < tables, (tables_1, tables)
     else:
         assert tables_1 == tables == 0  # LoRA: the table is frozen
     assert grads.keys() == grads_1.keys() and any("language_model" in n for n in grads)
