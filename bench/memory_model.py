@@ -50,8 +50,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the package, when run as a script
-from omni_grpo.models.head_logprobs import POSITION_BLOCK, VOCAB_SLICE  # noqa: E402
+from omni_grpo.models.head_logprobs import POSITION_BLOCK, VOCAB_SLICE
 
 HERE = Path(__file__).resolve().parent
 GB = 2**30

@@ -100,7 +100,7 @@ class HeadLogProbs(torch.autograd.Function):
         if not entropy_grad:
             ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(hidden, weight, targets, logz, mean)
-        ctx.temperature, ctx.banned, ctx.entropy_grad = temperature, banned, entropy_grad
+        ctx.temperature, ctx.slices, ctx.entropy_grad = temperature, slices, entropy_grad
         return logp, entropy
 
     @staticmethod
@@ -113,13 +113,12 @@ class HeadLogProbs(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
         g_lp = grad_logp.to(acc) if grad_logp is not None else torch.zeros_like(logz)
         g_ent = grad_entropy.to(acc) if (grad_entropy is not None and ctx.entropy_grad) else None
-        slices = _slices(weight.shape[0], ctx.banned)
         for b0 in range(0, hidden.shape[0], POSITION_BLOCK):
             b1 = min(b0 + POSITION_BLOCK, hidden.shape[0])
             h, t = hidden[b0:b1], targets[b0:b1]
             lz, mu, glp = logz[b0:b1, None], mean[b0:b1, None], g_lp[b0:b1, None]
             ge = g_ent[b0:b1, None] if g_ent is not None else None
-            for start, end, cols in slices:
+            for start, end, cols in ctx.slices:
                 logits = _scored_slice(h, weight, start, end, temperature, cols)
                 p = torch.exp(logits - lz)  # exactly 0 at banned tokens: they get no gradient
                 # d logp / d logit = onehot(target) - p; d entropy / d logit = -p (logit - E_p[logit])

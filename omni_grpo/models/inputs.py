@@ -208,8 +208,10 @@ class ModelInputs:
 
     def media_kwargs(self) -> dict:
         """The keyword arguments a Hugging Face thinker forward / generate takes for these media."""
-        for rows, raw, name in ((self.video_rows, self.pixel_values_videos, "videos"), (self.image_rows, self.pixel_values, "images"),
-                                (self.audio_rows, self.input_features, "audios")):
+        raw_media = ((self.video_rows, self.pixel_values_videos, "videos"),
+                     (self.image_rows, self.pixel_values, "images"),
+                     (self.audio_rows, self.input_features, "audios"))
+        for rows, raw, name in raw_media:
             if rows and raw is None:
                 raise ValueError(f"these inputs have {name} but not their raw media: they are a selection of an "
                                  "encoded batch (select() keeps only the tower outputs). Pass the batch as built, "

@@ -11,8 +11,8 @@ tokens banned).
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -232,15 +232,19 @@ def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: 
     return logp, _entropy(logits, logz)
 
 
-def sliced_head(model) -> bool:
-    """Whether the log-prob passes of a run training `model` score through `HeadLogProbs`: every case but a
-    ZeRO-3 partitioned trainable `lm_head` (it needs its module's gather hooks) and a head that is not a plain
-    `nn.Linear` (an adapter on it). A run passes the same
-    answer to every pass, reference included, so that KL is exactly 0 at step 0."""
-    head = base_thinker(model).lm_head
-    if type(head) is not torch.nn.Linear:  # wrapped (an adapter on the head): only its module knows its output
+def _can_slice(lm_head) -> bool:
+    """Whether `HeadLogProbs` can score through `lm_head`: a plain `nn.Linear` (an adapter on the head: only its
+    module knows its output) that is not a ZeRO-3 partitioned trainable weight (it needs its module's gather
+    hooks)."""
+    if type(lm_head) is not torch.nn.Linear:
         return False
-    return not (hasattr(head.weight, "ds_id") and head.weight.requires_grad)
+    return not (hasattr(lm_head.weight, "ds_id") and lm_head.weight.requires_grad)
+
+
+def sliced_head(model) -> bool:
+    """Whether the log-prob passes of a run training `model` score through `HeadLogProbs` (`_can_slice` of its
+    head). A run passes the same answer to every pass, reference included, so that KL is exactly 0 at step 0."""
+    return _can_slice(base_thinker(model).lm_head)
 
 
 @contextmanager
@@ -293,14 +297,15 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     if entropy_stride < 1:
         raise ValueError(f"entropy_stride={entropy_stride} must be >= 1")
     k = entropy_stride
+    can_slice = _can_slice(lm_head)
     if sliced is None:
-        sliced = sliced_head(model)
-    partitioned = hasattr(lm_head.weight, "ds_id")
-    if sliced and ((partitioned and head_trains) or type(lm_head) is not torch.nn.Linear):
+        sliced = can_slice
+    if sliced and not can_slice:
         raise ValueError("this lm_head (ZeRO-3 partitioned and trainable, or not a plain nn.Linear) can only be "
                          "scored through its module: sliced=False")
     grad = torch.is_grad_enabled() and (hidden.requires_grad or head_trains)
-    if sliced or (grad and not head_trains and type(lm_head) is torch.nn.Linear):
+    if sliced or (grad and not head_trains and can_slice):  # a frozen head under gradient: always sliced
+        partitioned = hasattr(lm_head.weight, "ds_id")
         with _whole_weight(lm_head.weight) if partitioned else contextlib.nullcontext(lm_head.weight) as weight:
             lp, ent = head_log_probs(hidden, weight, completion_ids, temperature, banned,
                                      entropy_grad=with_entropy and k == 1 and grad)
