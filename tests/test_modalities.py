@@ -104,6 +104,34 @@ def test_mixed_layouts_batch_equals_one_by_one(kit):
     assert not torch.allclose(lp_blank[8], lp[8]) and torch.equal(lp_blank[:8], lp[:8])
 
 
+def test_copies_of_an_encoded_batch_carry_the_tower_outputs_not_the_raw_media(kit):
+    """All five layouts, the first video at 29.97 fps over 2.7 s: G copies of an encoded batch hold the
+    encoded media (and the grids, masks and timing positions need), never the raw patches or audio features;
+    a Hugging Face forward is refused them with the fix; the batch as built still gives its raw media."""
+    module, model, processor = kit
+    samples = layout_samples()
+    samples[0] = dict(samples[0], fps=29.97, audio=chirp(2.7, 16000, seed=5))
+    batch = module.build_inputs(processor, samples, SYS, True)
+    raw = batch.repeat(3)
+    assert raw.pixel_values_videos.shape[0] == 3 * batch.pixel_values_videos.shape[0]
+    assert raw.input_features.shape[0] == 3 * batch.input_features.shape[0]
+    assert "pixel_values_videos" in raw.select([0]).media_kwargs()  # one row: one use_audio_in_video value
+    with torch.no_grad():
+        batch.encoded = module.encode_media(model, batch)
+    rep = batch.repeat(3)
+    assert rep.pixel_values_videos is None and rep.pixel_values is None and rep.input_features is None
+    assert len(rep.encoded.video) == 3 * len(batch.encoded.video) and len(rep.encoded.image) == 3
+    assert torch.equal(rep.video_grid_thw, raw.video_grid_thw)
+    assert torch.equal(rep.feature_attention_mask, raw.feature_attention_mask)
+    assert torch.equal(rep.video_second_per_grid, raw.video_second_per_grid)
+    with pytest.raises(ValueError, match="not their raw media"):
+        rep.select([0]).media_kwargs()
+    with torch.no_grad():  # the copies' positions are the raw copies' (grids and timing survive)
+        _, pos_enc = module.embed(model, rep, rep.input_ids, rep.attention_mask)
+        _, pos_raw = module.embed(model, raw, raw.input_ids, raw.attention_mask)
+    assert torch.equal(pos_enc, pos_raw)
+
+
 def test_sync_towers_run_the_same_calls_for_an_audio_batch_and_a_video_batch(kit):
     """Under ZeRO-3 (towers synced) a batch of audio clips and a batch of silent videos both call the vision
     tower once and the audio tower once (dummy passes where they have none), so two ranks holding them do not
