@@ -134,8 +134,8 @@ def budget_frames(seconds: float, fps: float, max_prompt_tokens: int,
     """Frame count and (H, W) that ``python -m preprocess`` keeps for a `seconds` clip of `source` frames at 30
     fps with its audio: qwen-omni-utils' plan at `fps`, reduced to fit `max_prompt_tokens` (0: no budget)."""
     from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
-    from preprocess.budget import PromptBudget, TextCounter, fit_video, media_tokens
-    from preprocess.media import GRID_CELL, VideoOptions, _grid_size, min_frames, resized_size, sample_indices
+    from preprocess.budget import PromptBudget, TextCounter, fit_video, media_tokens, pixel_grid
+    from preprocess.media import VideoOptions, _grid_size, min_frames, resized_size, sample_indices
 
     options = VideoOptions(fps=fps)
     indices, _ = sample_indices(int(round(seconds * 30)), 30.0, options)
@@ -147,7 +147,7 @@ def budget_frames(seconds: float, fps: float, max_prompt_tokens: int,
     sound = media_tokens("video", audio_samples=int(16000 * seconds))
     budget = PromptBudget(max_prompt_tokens, text)
     return fit_video(len(indices), size, source, text + sound, budget, min_frames(options),
-                     lambda h, w, pixels: _grid_size(h, w, GRID_CELL, pixels, "video"))
+                     lambda h, w, pixels: _grid_size(h, w, pixel_grid() ** 2, pixels, "video"))
 
 
 def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0, n_frames: int | None = None) -> dict:
