@@ -274,3 +274,17 @@ def test_gpu_bench_default_frames_fit_the_prompt_budget():
     n, (h, w) = load("gpu_bench").budget_frames(60.0, 2.0, 2048)
     assert n >= 2 and n % 2 == 0 and h % 28 == 0 and w % 28 == 0
     assert video_tokens(n, h, w) + media_tokens("video", audio_samples=16000 * 60) < 2048
+
+
+def test_version_matrix_refuses_bad_arguments_before_installing(tmp_path):
+    """bench/version_matrix.sh (the version check behind setup.py's ranges) parses, and refuses a malformed pair
+    and a venv folder inside the repository in one line, before creating anything."""
+    script = ROOT / "bench" / "version_matrix.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = dict(os.environ, VENVS=str(tmp_path / "venvs"))
+    bad = subprocess.run(["bash", str(script), "2.11.0:5.23.0"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "TORCH:TORCHVISION:TRANSFORMERS" in bad.stderr and bad.stderr.count("\n") == 1
+    inside = subprocess.run(["bash", str(script)], capture_output=True, text=True,
+                            env=dict(os.environ, VENVS=str(ROOT / "venvs")))
+    assert inside.returncode == 2 and "inside the repository" in inside.stderr
+    assert not (tmp_path / "venvs").exists() and not (ROOT / "venvs").exists()
