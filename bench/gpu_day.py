@@ -583,6 +583,8 @@ def parse_args(argv=None):
     sm.add_argument("--kits", nargs="+", default=None,
                     choices=["qwen2_5_omni-3b", "qwen2_5_omni-tiny", "qwen3_omni-tiny"])
     sm.add_argument("--tiny", action="store_true", help="the tiny thinkers only")
+    sm.add_argument("--generations", type=int, default=4, help="G rows per prompt (default: 4)")
+    sm.add_argument("--tokens", type=int, default=None, help="completion tokens (default: 32 on CUDA, else 8)")
     sm.add_argument("--json", type=Path, default=None, help="write the records here")
     rn = sub.add_parser("run", help="on the GPU machine: install the wheels, then the smoke and the benchmark")
     rn.add_argument("--out", required=True, help="results folder (there: \"$OUT\", which comes back)")
@@ -618,7 +620,7 @@ def main(argv=None) -> int:
         transformers.logging.set_verbosity_error()
         logging.getLogger("omni_grpo").setLevel(logging.ERROR)
         kits = ["qwen2_5_omni-tiny", "qwen3_omni-tiny"] if args.tiny else args.kits
-        records = smoke(args.device, kits, args.dtype)
+        records = smoke(args.device, kits, args.dtype, g=args.generations, c=args.tokens)
         print(smoke_table(records))
         if args.json:
             args.json.write_text(json.dumps(records, indent=1))
