@@ -3,8 +3,8 @@
 # "Tested on" table (not part of CI; about 5 GB of downloads per torch version, ~30 min per pair on 2 cores).
 #
 #   bash bench/version_matrix.sh                          # the floor pair and the newest pair below
-#   bash bench/version_matrix.sh 2.11.0:0.26.0:5.23.0     # TORCH:TORCHVISION:TRANSFORMERS, one or more
-#   VENVS=/somewhere PYTEST_ARGS="tests/test_models.py" bash bench/version_matrix.sh 2.11.0:0.26.0:5.23.0
+#   bash bench/version_matrix.sh 2.11.0:0.26.0:5.24.0     # TORCH:TORCHVISION:TRANSFORMERS, one or more
+#   VENVS=/somewhere PYTEST_ARGS="tests/test_models.py" bash bench/version_matrix.sh 2.11.0:0.26.0:5.24.0
 #
 # Each pair gets its own virtual environment under $VENVS (default: ~/.cache/omni-grpo-versions; never inside
 # the repository), with the project installed from this checkout and every other requirement resolved by pip
@@ -16,7 +16,7 @@ VENVS="${VENVS:-$HOME/.cache/omni-grpo-versions}"
 PYTHON="${PYTHON:-python3}"
 PYTEST_ARGS="${PYTEST_ARGS:-tests}"
 if [[ $# -eq 0 ]]; then
-  set -- 2.11.0:0.26.0:5.23.0 2.14.1:0.29.1:5.25.0
+  set -- 2.11.0:0.26.0:5.24.0 2.14.1:0.29.1:5.25.0
 fi
 case "$VENVS/" in
   "$REPO_ROOT"/*) echo "VENVS=$VENVS is inside the repository: choose a folder outside it" >&2; exit 2 ;;
@@ -24,7 +24,7 @@ esac
 for pair in "$@"; do
   IFS=: read -r torch_v vision_v tf_v <<<"$pair"
   if [[ -z "${torch_v:-}" || -z "${vision_v:-}" || -z "${tf_v:-}" ]]; then
-    echo "'$pair' is not TORCH:TORCHVISION:TRANSFORMERS (e.g. 2.11.0:0.26.0:5.23.0)" >&2; exit 2
+    echo "'$pair' is not TORCH:TORCHVISION:TRANSFORMERS (e.g. 2.11.0:0.26.0:5.24.0)" >&2; exit 2
   fi
 done
 mkdir -p "$VENVS"

