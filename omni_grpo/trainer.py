@@ -43,14 +43,15 @@ import numpy as np
 import torch
 
 from omni_grpo import checkpoint as ckpt
-from omni_grpo import core_algos, preemption, run_control
+from omni_grpo import core_algos, preemption, rng, run_control
 from omni_grpo.config import TrainConfig, check_data, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
-from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
+from omni_grpo.engine import (all_reduce_sum, build_engine, configure_deepspeed, param_counts, setup_distributed,
+                              training_mode)
 from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
-from omni_grpo.models.base import base_thinker
-from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE, PromptPass, prompt_pass, sliced_head
+from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE, sliced_head
+from omni_grpo.models.shared_prompt import group_prompt
 from omni_grpo.rewards import build_reward_manager, effective_reward_kwargs
 from omni_grpo.rollout import Rollout, rollout_metrics, sample
 from omni_grpo.run_summary import is_main_reward, plural, reward_trend
@@ -70,8 +71,6 @@ def seed_everything(seed: int) -> None:
 
 class GRPOTrainer:
     """Setup → `train()` (→ `step()` per optimizer step) → cleanup. Construct with a validated config."""
-
-    prompt_once_per_group = True  # private switch: False runs the prompt in every update micro-batch (tests)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -248,12 +247,12 @@ class GRPOTrainer:
             if len(drawn) >= cap:
                 break
             short = float(sum(int(s.sum()) for s in self._spread(drawn)) < target)
-            if self._all_reduce(torch.tensor([short], device=self.device)).item() == 0:
+            if all_reduce_sum(torch.tensor([short], device=self.device), self.world_size).item() == 0:
                 break
         metrics = {**_mean_dicts(reward_metrics), "counters/video_decodes": float(video_decodes)}
         if not cfg.dynamic_sampling:
             return drawn, drawn, metrics
-        picks, counts = pick_groups(self._spread(drawn), target)
+        picks, counts = core_algos.pick_groups(self._spread(drawn), target)
         g = cfg.num_generations
         rollouts = []
         for rollout, groups in zip(drawn, picks):
@@ -266,9 +265,7 @@ class GRPOTrainer:
         return drawn, rollouts, metrics
 
     def _spread(self, rollouts: list[Rollout]) -> list[torch.Tensor]:
-        """[B] bool per rollout: the groups whose rewards differ (some advantage is not 0)."""
-        g = self.cfg.num_generations
-        return [(r.advantages.view(-1, g) != 0).any(dim=1).cpu() for r in rollouts]
+        return [core_algos.group_spread(r.advantages, self.cfg.num_generations) for r in rollouts]
 
     # ---------------------------------------------------------------------------------- stopping on a signal
     def _safe_point(self) -> None:
@@ -280,17 +277,12 @@ class GRPOTrainer:
 
     def _step_start(self) -> tuple:
         """What a step changes before its update: the data cursor and every random state (`_restore`)."""
-        cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-        return self.cursor, random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+        return self.cursor, rng.capture()
 
     def _restore(self, start: tuple) -> None:
         """Back to `_step_start`'s state, so that a checkpoint written now redoes the abandoned step exactly."""
-        self.cursor, py_state, np_state, cpu, cuda = start
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
+        self.cursor, state = start
+        rng.restore(state)
         self.loader_iter = None  # the next batch is read from the cursor again
 
     def _stop(self, signum: int) -> None:
@@ -307,7 +299,7 @@ class GRPOTrainer:
         if any rank misses it, so ranks that do not share a disk still save together)."""
         saved = ckpt.list_checkpoints(self.cfg.output_dir)
         missing = float(not saved or saved[-1].name != ckpt.step_name(self.global_step))
-        if self._all_reduce(torch.tensor([missing], device=self.device)).item() > 0:  # ranks missing it, summed
+        if all_reduce_sum(torch.tensor([missing], device=self.device), self.world_size).item() > 0:  # ranks missing
             self.save()
 
     def _next_batch(self):
@@ -357,7 +349,8 @@ class GRPOTrainer:
                    completion_embeds=None):
         """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the
         distribution `generate` drew from), with the configured prompt sharing (`prompt`, `completion_embeds`:
-        a prompt pass already run for these rows and their completions' embeddings, see `GroupPrompt`)."""
+        a prompt pass already run for these rows and their completions' embeddings, see
+        `models.shared_prompt.GroupPrompt`)."""
         return log_probs(self.family, model, rows.inputs, rows.completion_ids, rows.completion_mask,
                          with_entropy=with_entropy, share_prompt=self.cfg.share_prompt,
                          temperature=rows.temperature, banned_token_ids=self.banned_token_ids,
@@ -373,40 +366,39 @@ class GRPOTrainer:
         (`core_algos.loss_normalisers`, summed over ranks), so a pass's gradient does not depend on how rows
         split over micro-batches and ranks; the LR schedule counts optimizer steps (μ per trainer step). A
         checkpoint is only written between trainer steps, after all μ passes, so resume never lands inside one.
+
+        Per rollout: the engine's micro-batches (`Engine.micro_batches`: rows that add nothing are left out,
+        the backward count kept), the prompt run once for them when a group spans several
+        (`models.shared_prompt.group_prompt`), then per micro-batch forward → `policy_loss` → backward (the
+        engine zeroes a loss that is non-finite on any rank, and the optimizer step is then skipped).
         """
-        cfg = self.cfg
         counts = sum(torch.stack(core_algos.loss_normalisers(r.completion_mask)) for r in rollouts)
-        counts = self._all_reduce(counts.to(self.device))
-        global_tokens, global_seqs = counts[0], counts[1]
+        global_tokens, global_seqs = all_reduce_sum(counts.to(self.device), self.world_size)
         parts, norms, skips = [], [], 0
         with self.timer("update"), training_mode(self.policy):
-            for _ in range(cfg.num_iterations):
-                skipped = False
+            for _ in range(self.cfg.num_iterations):
+                finite = True
                 for rollout in rollouts:
-                    micro = list(self._update_parts(rollout, beta))
-                    shared = self._group_prompt_pass(rollout, micro)
-                    for i, (part, dummy, rows) in enumerate(micro):
-                        last = i == len(micro) - 1
-                        loss, m = self._micro_loss(part, beta, global_tokens, global_seqs,
-                                                   *((None, None) if shared is None else shared.inputs(rows, last)))
-                        if dummy:
-                            loss, m = loss * 0.0, {}
-                        if shared is not None:
-                            loss = shared.with_prompt_terms(loss, first=i == 0, last=last)
-                        if not self._all_finite(loss):
-                            skipped = True
-                            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-                        self.engine.backward(loss)
-                        if m:
-                            parts.append(m)
-                grad_norm, stepped = self.engine.skip() if skipped else self.engine.step()
+                    batches = self.engine.micro_batches(self._zero_rows(rollout, beta),
+                                                        self.cfg.update_micro_batch_size)
+                    prompt = group_prompt(self.family, self.policy, rollout.inputs, rollout.completion_ids,
+                                          [b.rows for b in batches], self.cfg.share_prompt)
+                    for i, batch in enumerate(batches):
+                        first, last = i == 0, i == len(batches) - 1
+                        loss, m = self._micro_loss(rollout.select(batch.rows), beta, global_tokens, global_seqs,
+                                                   *prompt.inputs(batch.rows, last))
+                        loss = prompt.with_prompt_terms(loss * 0.0 if batch.dummy else loss, first, last)
+                        finite = self.engine.backward(loss) and finite
+                        parts += [] if batch.dummy else [m]
+                grad_norm, stepped = self.engine.step() if finite else self.engine.skip()
                 norms.append(grad_norm)
-                skips += int(skipped or not stepped)
-                self._count_nonfinite(stepped and not skipped)
-        finite = [n for n in norms if math.isfinite(n)]
+                skips += int(not (finite and stepped))
+                self._count_nonfinite(finite and stepped)
+        finite_norms = [n for n in norms if math.isfinite(n)]
         return {**{f"actor/{k}": v for k, v in _mean_dicts(parts).items()},
-                "actor/grad_norm": sum(finite) / len(finite) if finite else math.nan, "actor/lr": self.engine.lr(),
-                "actor/skipped_updates": float(skips), "actor/optimizer_steps": float(len(norms) - skips),
+                "actor/grad_norm": sum(finite_norms) / len(finite_norms) if finite_norms else math.nan,
+                "actor/lr": self.engine.lr(), "actor/skipped_updates": float(skips),
+                "actor/optimizer_steps": float(len(norms) - skips),
                 "actor/skipped_rows": float(sum(self._zero_rows(r, beta).sum() for r in rollouts))}
 
     def _zero_rows(self, rollout: Rollout, beta: float) -> torch.Tensor:
@@ -416,45 +408,6 @@ class GRPOTrainer:
         if not cfg.skip_zero_advantage_rows or beta > 0 or cfg.entropy_coef > 0:
             return torch.zeros(rollout.num_rows, dtype=torch.bool)
         return (rollout.advantages == 0).cpu()
-
-    def _update_parts(self, rollout: Rollout, beta: float):
-        """The update micro-batches of `rollout` as (part, dummy, row indices in `rollout`) triples.
-
-        Zero rows (`_zero_rows`) are left out and the rest packed into micro-batches of
-        `update_micro_batch_size`. The number of backward calls stays that of the unskipped update (DeepSpeed
-        counts them per optimizer step, and under ZeRO-3 every rank must run the same forwards): the missing
-        ones are dummies, a one-row pass whose loss is multiplied by 0 — they give every trainable parameter a
-        (zero) gradient as the full update would, so the optimizer step is the same. The loss normalisers are
-        the global counts over all rows, so the kept rows' loss terms and the total are unchanged.
-        """
-        mb = self.cfg.update_micro_batch_size
-        count = -(-rollout.num_rows // mb)
-        zero = self._zero_rows(rollout, beta)
-        if not zero.any():
-            for start in range(0, rollout.num_rows, mb):
-                yield rollout.rows(start, start + mb), False, list(range(start, min(start + mb, rollout.num_rows)))
-            return
-        kept = [i for i in range(rollout.num_rows) if not zero[i]]
-        for start in range(0, len(kept), mb):
-            yield rollout.select(kept[start:start + mb]), False, kept[start:start + mb]
-        for _ in range(count - -(-len(kept) // mb)):
-            yield rollout.rows(0, 1), True, [0]
-
-    def _group_prompt_pass(self, rollout: Rollout, parts: list) -> "GroupPrompt | None":
-        """The prompt pass of `rollout`, run once for all of its update micro-batches, when a prompt's rows
-        fall in more than one of them (`update_micro_batch_size` < G) and the prompt is shared; else None
-        (each micro-batch runs its own prompts). Under ZeRO-3 too: the step's gradient is the single-process one
-        (tests/test_distributed.py::test_zero3_gradient_equals_single_process)."""
-        if not (self.cfg.share_prompt and self.prompt_once_per_group and rollout.completion_ids.shape[1] > 0):
-            return None
-        seen: dict[int, int] = {}
-        for k, (part, _, _) in enumerate(parts):
-            for p in set(part.inputs.prompt_index or []):
-                if seen.setdefault(p, k) != k:
-                    embed = base_thinker(self.policy).get_input_embeddings()
-                    return GroupPrompt(prompt_pass(self.family, self.policy, rollout.inputs, rollout.completion_ids),
-                                       embed(rollout.completion_ids))
-        return None
 
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs, prompt=None,
                     completion_embeds=None):
@@ -489,18 +442,6 @@ class GRPOTrainer:
                 f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient norm. "
                 "Lower learning_rate, check the rewards for NaN, and resume with resume_from_checkpoint=latest.")
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank (all ranks skip the step together)."""
-        flag = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=self.device)
-        return bool(self._all_reduce(flag).item() == 0)
-
-    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(t)
-        return t
-
     # ---------------------------------------------------------------------------------- banner, saving
     def _banner(self) -> None:
         if self.rank != 0:
@@ -530,64 +471,6 @@ class GRPOTrainer:
                                         "cursor": [self.cursor.epoch, self.cursor.position],
                                         "nonfinite_in_a_row": self.nonfinite_in_a_row,
                                         "samples_seen": self.samples_seen})
-
-
-def pick_groups(spread: list[torch.Tensor], target: int) -> tuple[list[list[int]], dict[str, int]]:
-    """Dynamic sampling's choice: which groups of each drawn round the step trains on.
-
-    `spread`: one [B] bool per round, in draw order (True: the group's rewards differ). The first `target`
-    spread groups are taken; when there are fewer (the extra-round cap was reached), the earliest constant
-    groups fill the remainder (advantage 0: with β = 0 they contribute nothing). Returns (per round, the
-    indices of its groups to train, ascending; counts: `drawn` groups, constant groups `dropped` (left out)
-    and `filled` (trained), spread groups beyond the target left out as `surplus`).
-    """
-    flags = [(r, k, bool(x)) for r, s in enumerate(spread) for k, x in enumerate(s.tolist())]
-    chosen = [(r, k) for r, k, x in flags if x][:target]
-    constant = [(r, k) for r, k, x in flags if not x]
-    filled = constant[:max(0, target - len(chosen))]
-    picked = set(chosen) | set(filled)
-    picks = [[k for k in range(len(s)) if (r, k) in picked] for r, s in enumerate(spread)]
-    return picks, {"drawn": len(flags), "dropped": len(constant) - len(filled), "filled": len(filled),
-                   "surplus": len(flags) - len(constant) - len(chosen)}
-
-
-class GroupPrompt:
-    """A rollout's prompt pass, and the embeddings of all its completions, run once for all of its update
-    micro-batches (the prompt once per group).
-
-    The micro-batches before the last attend to `leaves`, the pass's keys/values and last hidden state cut
-    from its graph, and read their completions' embeddings from `embeds_leaf`, the rollout's completion
-    embeddings cut likewise: each `engine.backward` accumulates the parameters' gradients and the leaves'. The
-    last micro-batch attends to the pass itself, reads the attached embeddings, and adds Σ tensor · (leaf
-    gradient / c), so its one backward also carries the earlier micro-batches' gradient through the prompt and
-    the embedding table — the backward count per optimizer step is unchanged, and the embedding table's
-    [V, H] gradient is made once per step instead of once per micro-batch. c is how much the engine scales a
-    loss's gradient (DeepSpeed: its accumulation and rank factors): `probe − probe.detach()`, 0 in value, is
-    added to the first loss, and its gradient is c.
-    """
-
-    def __init__(self, attached: PromptPass, embeds: torch.Tensor):
-        self.attached, self.leaves = attached, attached.detached()
-        self.embeds, self.embeds_leaf = embeds, embeds.detach().requires_grad_(embeds.requires_grad)
-        self.probe = torch.zeros((), device=attached.prompt_mask.device, requires_grad=True)
-
-    def inputs(self, rows: list[int], last: bool) -> tuple[PromptPass, torch.Tensor]:
-        """(the prompt pass, the completion embeddings of `rows`) for one micro-batch."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.embeds.device)
-        if last:
-            return self.attached, self.embeds[index]
-        return self.leaves, self.embeds_leaf[index]
-
-    def with_prompt_terms(self, loss: torch.Tensor, first: bool, last: bool) -> torch.Tensor:
-        if first:
-            loss = loss + (self.probe - self.probe.detach())
-        scale = self.probe.grad
-        if last and not first and scale is not None and bool(torch.isfinite(scale)) and float(scale) != 0.0:
-            pairs = [*zip(self.attached.tensors(), self.leaves.tensors()), (self.embeds, self.embeds_leaf)]
-            terms = [(t.float() * (leaf.grad.float().nan_to_num(0.0, 0.0, 0.0) / scale)).sum()
-                     for t, leaf in pairs if leaf.grad is not None]
-            loss = loss + sum(terms)
-        return loss
 
 
 def _mean_dicts(dicts: list[dict]) -> dict:

@@ -10,7 +10,7 @@ import torch
 
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
 from omni_grpo.core_algos import kl_penalty
-from omni_grpo.models import OmniModule, detect_family, generate, get_module, log_probs
+from omni_grpo.models import OmniModule, detect_family, generate, get_module, head_logprobs, log_probs
 from tests.conftest import KITS, make_sample
 
 SYS = DEFAULT_SYSTEM_PROMPT
@@ -252,8 +252,9 @@ def test_log_probs_equal_generation_logits(kit, samples, monkeypatch):
     step_logits = torch.stack(out.logits, dim=1).float()  # [B, C, V]
     expected = torch.log_softmax(step_logits, -1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
     mask = torch.ones_like(comp)
+    monkeypatch.setattr(head_logprobs, "HEAD_CHUNK", 4)
     with torch.no_grad():
-        lp, _ = log_probs(module, model, inputs, comp, mask, chunk_size=4)
+        lp, _ = log_probs(module, model, inputs, comp, mask)
     assert torch.allclose(lp, expected, atol=1e-5)
     if module.family == "qwen3_omni":
         monkeypatch.setattr(type(module), "language_model_inputs", OmniModule.language_model_inputs)
@@ -262,14 +263,15 @@ def test_log_probs_equal_generation_logits(kit, samples, monkeypatch):
         assert (lp_flat - expected).abs().max() > 1e-3
 
 
-def test_log_probs_have_gradient(kit, samples):
+def test_log_probs_have_gradient(kit, samples, monkeypatch):
     """Log-probs come from a forward with gradient, not from `generate` scores; for Qwen3 with a
     trainable vision tower the deepstack mergers get gradient too (their features reach the loss)."""
     module, model, processor = kit
     policy = copy.deepcopy(model)
     inputs = build(kit, samples)
     comps = greedy(kit, inputs, n=4)
-    lp, _ = log_probs(module, policy, inputs, comps.completion_ids, comps.completion_mask, chunk_size=2)
+    monkeypatch.setattr(head_logprobs, "HEAD_CHUNK", 2)
+    lp, _ = log_probs(module, policy, inputs, comps.completion_ids, comps.completion_mask)
     assert lp.requires_grad
     lp.sum().backward()
     parts = ["language_model.layers.0"] + (["visual.merger_list"] if module.family == "qwen3_omni" else [])
@@ -440,7 +442,6 @@ def test_sliced_head_log_probs_and_gradients_match_autograd(monkeypatch, weight_
     """The vocabulary-sliced log-probs (online log-sum-exp over slices of 4 tokens, blocks of 3 positions) and
     their analytic backward equal autograd through one plain log_softmax: log-probs, entropy, and the
     gradients of the hidden states and, when it trains, of the weight."""
-    from omni_grpo.models import head_logprobs
 
     monkeypatch.setattr(head_logprobs, "VOCAB_SLICE", 4)
     monkeypatch.setattr(head_logprobs, "POSITION_BLOCK", 3)
