@@ -409,7 +409,7 @@ def test_full_omni_checkpoint_loads_its_thinker(kit, tmp_path, request):
 
 
 def test_prompt_longer_than_limit_is_refused_with_a_clear_message(kit, samples):
-    from omni_grpo.models.qwen2_5_omni import PromptTooLongError
+    from omni_grpo.models.base import PromptTooLongError
 
     module, _, processor = kit
     with pytest.raises(PromptTooLongError, match="max_prompt_length=10"):
@@ -534,3 +534,17 @@ def test_sampling_options_follow_hugging_face(tiny, samples):
         assert torch.equal(top1.completion_ids, greedy(tiny, inputs, g=2, n=6).completion_ids)
         forced = generate(module, model, processor, inputs, 2, 5, do_sample=True, temperature=3.0, min_new_tokens=5)
     assert forced.completion_ids.shape[1] == 5 and bool(forced.completion_mask.all())
+
+
+def test_no_module_outside_models_imports_a_family():
+    """The family modules are reached through `get_module` only: the package outside `models/`, preprocess and
+    the benchmarks import the family-neutral `models.base` (PromptTooLongError, format_question, ...)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    family = re.compile(r"^\s*(from|import)\s+omni_grpo\.models\.(qwen\w+)", re.M)
+    files = [p for d in ("omni_grpo", "preprocess", "bench") for p in (root / d).rglob("*.py")
+             if "models" not in p.relative_to(root).parts]
+    assert files
+    assert [str(p.relative_to(root)) for p in files if family.search(p.read_text())] == []

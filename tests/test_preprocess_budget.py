@@ -10,7 +10,7 @@ import yaml
 
 from omni_grpo import synthetic
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
-from omni_grpo.models.qwen2_5_omni import format_question
+from omni_grpo.models.base import format_question
 from preprocess import budget as B
 from preprocess import shards
 from preprocess.build import BuildOptions, PreprocessError, build
