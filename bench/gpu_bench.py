@@ -3,7 +3,7 @@
 No checkpoint is needed for speed: the thinker is built from the public config.json values written out below
 (language model, 32-layer vision tower, 32-layer audio encoder) on the meta device, then materialised with
 ``to_empty`` and initialised on the GPU (``init_weights`` also recomputes the rotary and sinusoid buffers).
-The processor is the offline one of ``omni_grpo.testing`` with the real Qwen2 BPE, whose special tokens sit
+The processor is the offline one of ``omni_grpo.tiny_models`` with the real Qwen2 BPE, whose special tokens sit
 at the real ids.
 
 One step on one prompt, through the package's own functions (``rollout.sample`` — encode once, one batched
@@ -88,7 +88,7 @@ def thinker_config(name: str, ids: dict | None = None, vocab_size: int | None = 
     from transformers import Qwen2_5OmniThinkerConfig
 
     if name == "tiny":
-        from omni_grpo.testing import tiny_thinker_config
+        from omni_grpo.tiny_models import tiny_thinker_config
 
         return tiny_thinker_config("qwen2_5_omni", vocab_size, ids, hidden=64, layers=layers or 2, init_range=0.02)
     text = dict(TEXT[name], **TEXT_COMMON)
@@ -119,7 +119,7 @@ def build_thinker(config, device, dtype, attn: str):
 
 
 def build_processor(vocab: str):
-    from omni_grpo.testing import _build_processor, _build_tokenizer
+    from omni_grpo.tiny_models import _build_processor, _build_tokenizer
 
     tokenizer, ids = _build_tokenizer(vocab, 400)
     return _build_processor(tokenizer, "qwen2_5_omni"), ids

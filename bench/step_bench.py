@@ -1,7 +1,7 @@
 """Benchmark one GRPO optimizer step, phase by phase, against TRL and against the loop we replace.
 
 Three systems train the same randomly initialised Qwen2.5-Omni thinker (the tiny kit of
-``omni_grpo.testing``) on the same synthetic video+audio question (one prompt per step, G completions),
+``omni_grpo.tiny_models``) on the same synthetic video+audio question (one prompt per step, G completions),
 with the same sampling settings, rewards (format + accuracy), β, learning rate and update micro-batch:
 
 * **ours** — ``omni_grpo.trainer.GRPOTrainer`` in one process: decoded shards, the vision and audio towers
@@ -500,7 +500,7 @@ OPTIONS = ["They are nervous.", "They are excited.", "They are angry.", "They ar
 
 
 def prepare_model(work: Path, spec: str) -> Path:
-    from omni_grpo.testing import build_tiny_model
+    from omni_grpo.tiny_models import build_tiny_model
 
     hidden, layers, vocab = parse_model(spec)
     out = work / f"model-{hidden}x{layers}-{vocab}"
