@@ -2,7 +2,7 @@
 
 The update's shared-prompt pass and the rollout's token loop at Qwen2.5-Omni-3B text widths (random weights,
 a few decoder layers, tiny towers, bf16 on CPU), G completions of one prompt: the per-row copies
-(`prefix_attention._ENABLED = False`, the path before) against one copy
+(`one_copy_ready` answering False, the path before) against one copy
 (`omni_grpo.models.prefix_attention`). Each variant runs in its own subprocess and reports the peak resident
 memory of its pass above the memory before it (Linux VmHWM, reset before the pass), so the two columns are
 side by side in one run; for generation also the peak after the prefill (the token loop, where the copies
@@ -65,12 +65,12 @@ def child(args) -> dict:
     """One variant's pass; returns its peak memory above the start and its seconds."""
     import torch
 
-    from omni_grpo.models import generate, get_module, log_probs
-    from omni_grpo.models import prefix_attention
+    from omni_grpo.models import generate, get_module, log_probs, sampling, shared_prompt
     from omni_grpo.models.inputs import ModelInputs
 
     torch.manual_seed(0)
-    prefix_attention._ENABLED = args.variant == "one copy"
+    if args.variant != "one copy":  # the per-row copies: the passes see no wrapped attention
+        sampling.one_copy_ready = shared_prompt.one_copy_ready = lambda config: False
     module = get_module("qwen2_5_omni")
     model, processor = _model(args)
     vocab = min(model.config.text_config.vocab_size, 150000)

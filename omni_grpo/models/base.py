@@ -35,15 +35,11 @@ class OmniModule:
     media_token_names: tuple[str, ...] = ()  # tokens that must never be generated
     stop_token_names: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
 
-    def __init__(self, sync_towers: bool | None = None):
-        # Under ZeRO-3 with several ranks every rank must run every tower each pass: a tower one rank skips
-        # leaves the others waiting in its parameter all-gather. None: read from the model (`towers_must_sync`);
-        # True / False force it (tests).
-        self.sync_towers = sync_towers
-
     def must_sync_towers(self, model) -> bool:
-        """Whether a batch without a modality still runs that tower (ZeRO-3 over several ranks)."""
-        return towers_must_sync(model) if self.sync_towers is None else self.sync_towers
+        """Whether a batch without a modality still runs that tower: under ZeRO-3 with several ranks every rank
+        must run every tower each pass, or a tower one rank skips leaves the others waiting in its parameter
+        all-gather (`towers_must_sync`)."""
+        return towers_must_sync(model)
 
     # --- loading ---------------------------------------------------------------------------------
     def load_model(self, path, dtype=torch.float32, attn_implementation: str = "sdpa"):
