@@ -1,10 +1,10 @@
 """Every random state a run draws from — Python's, NumPy's, torch's CPU generator and the current CUDA
 device's — captured and restored in one place.
 
-Three callers: the trainer puts a step back when a stop signal abandons it (`capture` / `restore`), the
-evaluation during training leaves the run's state as it found it (`preserved`), and a checkpoint saves and
-loads it (`to_json` / `from_json` for Python's and NumPy's, `to_tensors` / `from_tensors` for torch's, each
-rank its own).
+`seed_all` seeds them at the start of a run. Three callers restore them: the trainer puts a step back when a
+stop signal abandons it (`capture` / `restore`), the evaluation during training leaves the run's state as it
+found it (`preserved`), and a checkpoint saves and loads it (`to_json` / `from_json` for Python's and NumPy's,
+`to_tensors` / `from_tensors` for torch's, each rank its own).
 
 CUDA: the generator of the current device, when CUDA is initialised — the only one a rank's passes draw from
 (each rank runs on its own device). Nothing is read or set on a machine without CUDA.
@@ -18,6 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (torch's seeds every CUDA device too)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def _cuda_ready() -> bool:

@@ -69,28 +69,11 @@ class Rollout:
             old_log_probs=take(self.old_log_probs), ref_log_probs=take(self.ref_log_probs),
             temperature=self.temperature)
 
-    def rows(self, start: int, stop: int) -> "Rollout":
-        """Rows [start, stop) for one update micro-batch (media follow their rows); every field kept."""
-        sl = slice(start, stop)
-
-        def cut(t):
-            return None if t is None else t[sl]
-
-        return Rollout(
-            inputs=self.inputs.select(list(range(start, stop))),
-            completion_ids=self.completion_ids[sl],
-            completion_mask=self.completion_mask[sl],
-            truncated=self.truncated[sl],
-            texts=self.texts[sl],
-            samples=self.samples[sl],
-            scores=cut(self.scores),
-            rewards=cut(self.rewards),
-            advantages=cut(self.advantages),
-            per_sample_rewards=cut(self.per_sample_rewards),
-            old_log_probs=cut(self.old_log_probs),
-            ref_log_probs=cut(self.ref_log_probs),
-            temperature=self.temperature,
-        )
+    def groups(self, index: list[int], group_size: int) -> "Rollout":
+        """The rows of the groups `index` (ascending), G rows each; the rollout itself when that is all of them."""
+        if len(index) == self.num_rows // group_size:
+            return self
+        return self.select([k * group_size + j for k in index for j in range(group_size)])
 
     def table(self, n: int) -> list[dict]:
         """The first `n` rows for the TensorBoard sample table: id, answer, each reward, total, advantage, text."""

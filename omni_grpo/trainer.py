@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from omni_grpo import checkpoint as ckpt
@@ -48,25 +46,19 @@ from omni_grpo.config import TrainConfig, check_data, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
 from omni_grpo.engine import (all_reduce_sum, build_engine, configure_deepspeed, param_counts, setup_distributed,
                               training_mode)
-from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
+from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
 from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE, sliced_head
 from omni_grpo.models.shared_prompt import group_prompt
 from omni_grpo.rewards import build_reward_manager, effective_reward_kwargs
 from omni_grpo.rollout import Rollout, rollout_metrics, sample
-from omni_grpo.run_summary import is_main_reward, plural, reward_trend
+from omni_grpo.run_summary import banner, is_main_reward, plural, reward_trend
 
 logger = logging.getLogger("omni_grpo")
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class GRPOTrainer:
@@ -76,7 +68,7 @@ class GRPOTrainer:
         self.cfg = cfg
         self.timer = PhaseTimer()
         self.rank, self.world_size, self.device, self.ds_config = setup_distributed(cfg.deepspeed)
-        seed_everything(cfg.seed + self.rank)
+        rng.seed_all(cfg.seed + self.rank)
         name = detect_family(cfg.model_name_or_path) if cfg.model_family == "auto" else cfg.model_family
         self.family = get_module(name)  # the model-family adapter (the nn.Module is `self.policy`)
         self.processor = self.family.load_processor(cfg.model_name_or_path)
@@ -249,17 +241,11 @@ class GRPOTrainer:
             short = float(sum(int(s.sum()) for s in self._spread(drawn)) < target)
             if all_reduce_sum(torch.tensor([short], device=self.device), self.world_size).item() == 0:
                 break
-        metrics = {**_mean_dicts(reward_metrics), "counters/video_decodes": float(video_decodes)}
+        metrics = {**mean_metrics(reward_metrics), "counters/video_decodes": float(video_decodes)}
         if not cfg.dynamic_sampling:
             return drawn, drawn, metrics
         picks, counts = core_algos.pick_groups(self._spread(drawn), target)
-        g = cfg.num_generations
-        rollouts = []
-        for rollout, groups in zip(drawn, picks):
-            if len(groups) == len(rollout.samples) // g:
-                rollouts.append(rollout)
-            elif groups:
-                rollouts.append(rollout.select([k * g + j for k in groups for j in range(g)]))
+        rollouts = [rollout.groups(groups, cfg.num_generations) for rollout, groups in zip(drawn, picks) if groups]
         metrics.update({f"rollout/dynamic_sampling_{k}": float(v) for k, v in counts.items()})
         metrics["rollout/dynamic_sampling_rounds"] = float(len(drawn))
         return drawn, rollouts, metrics
@@ -395,7 +381,7 @@ class GRPOTrainer:
                 skips += int(not (finite and stepped))
                 self._count_nonfinite(finite and stepped)
         finite_norms = [n for n in norms if math.isfinite(n)]
-        return {**{f"actor/{k}": v for k, v in _mean_dicts(parts).items()},
+        return {**{f"actor/{k}": v for k, v in mean_metrics(parts).items()},
                 "actor/grad_norm": sum(finite_norms) / len(finite_norms) if finite_norms else math.nan,
                 "actor/lr": self.engine.lr(), "actor/skipped_updates": float(skips),
                 "actor/optimizer_steps": float(len(norms) - skips),
@@ -444,20 +430,10 @@ class GRPOTrainer:
 
     # ---------------------------------------------------------------------------------- banner, saving
     def _banner(self) -> None:
-        if self.rank != 0:
-            return
-        cfg, (trainable, frozen) = self.cfg, self.param_counts
         backend = f"DeepSpeed ZeRO-{self.engine.stage}" if self.ds_config else "single process"
-        logger.info("\n".join([
-            f"omni-grpo: {self.family.family} from {cfg.model_name_or_path}",
-            f"  world size {self.world_size}, {backend}, device {self.device}",
-            f"  parameters: {trainable:,} trainable, {frozen:,} frozen{' (LoRA)' if cfg.lora.enabled else ''}",
-            f"  {plural(len(self.dataset), 'prompt')}; {plural(self.total_steps, 'optimizer step')} of "
-            f"{plural(cfg.per_device_prompts * cfg.gradient_accumulation_steps * self.world_size, 'prompt')} × "
-            f"{plural(cfg.num_generations, 'completion')}",
-            f"  use_audio_in_video={cfg.use_audio_in_video}, encode media once={self.encode_once}, "
-            f"output {cfg.output_dir}",
-            f"  config: {Path(cfg.output_dir) / 'config.yaml'} (every setting, resolved)"]))
+        if self.rank == 0:
+            logger.info(banner(self.cfg, self.family.family, self.world_size, backend, self.device,
+                               self.param_counts, len(self.dataset), self.total_steps, self.encode_once))
 
     def evaluate(self) -> dict:
         """Greedy evaluation on `eval_data` (`eval_loop`; collective; the random state is left as it was)."""
@@ -471,12 +447,3 @@ class GRPOTrainer:
                                         "cursor": [self.cursor.epoch, self.cursor.position],
                                         "nonfinite_in_a_row": self.nonfinite_in_a_row,
                                         "samples_seen": self.samples_seen})
-
-
-def _mean_dicts(dicts: list[dict]) -> dict:
-    keys = {k for d in dicts for k in d}
-    out = {}
-    for k in keys:
-        vals = [float(d[k]) for d in dicts if k in d and d[k] is not None and math.isfinite(float(d[k]))]
-        out[k] = sum(vals) / len(vals) if vals else math.nan
-    return out

@@ -140,7 +140,8 @@ def check_loading_info(path, info: dict) -> None:
     """Refuse a checkpoint whose weights do not all land in the thinker (transformers would silently
     initialise the rest at random). The talker / token2wav weights of a full Omni checkpoint are expected."""
     missing = list(info.get("missing_keys") or [])
-    unexpected = [k for k in info.get("unexpected_keys") or [] if not k.startswith(("talker.", "token2wav.", "code2wav."))]
+    unexpected = [k for k in info.get("unexpected_keys") or []
+                  if not k.startswith(("talker.", "token2wav.", "code2wav."))]
     if missing or unexpected or info.get("mismatched_keys"):
         raise ValueError(f"{path}: the weights do not match the thinker (missing {sorted(missing)[:3]}, unexpected "
                          f"{sorted(unexpected)[:3]}); transformers would initialise them at random. Is this a "

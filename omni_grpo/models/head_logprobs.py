@@ -2,8 +2,9 @@
 predict them, under the distribution the sampler draws from (temperature, media tokens banned).
 
 `head_scores` is the head half of every log-prob pass (`logprobs.log_probs` runs the forward of
-`shared_prompt`, then this). It projects through `HeadLogProbs` wherever it can (`sliced_head`), else — a ZeRO-3 partitioned
-trainable head — through the `lm_head` module per `HEAD_CHUNK` positions under activation checkpointing.
+`shared_prompt`, then this). It projects through `HeadLogProbs` wherever it can (`sliced_head`), else — a
+ZeRO-3 partitioned trainable head — through the `lm_head` module per `HEAD_CHUNK` positions under activation
+checkpointing.
 
 `HeadLogProbs` computes, for hidden states ``h`` [M, H] and the output projection ``W`` [V, H], each position's
 log-probability of its target token and the entropy of its distribution, where the distribution is

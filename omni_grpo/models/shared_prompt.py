@@ -160,8 +160,9 @@ def prompt_pass(module: OmniModule, model, inputs: ModelInputs, completion_ids: 
     with _replay_safe_cache(lm.layers):
         out = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=prompts.attention_mask,
                  past_key_values=cache, use_cache=False, **prompt_kw)
-    return PromptPass(list(prompts.prompt_index), [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
-                      out.last_hidden_state[:, p - 1 : p], positions, prompts.attention_mask)
+    return PromptPass(list(prompts.prompt_index), [layer.keys for layer in cache.layers],
+                      [layer.values for layer in cache.layers], out.last_hidden_state[:, p - 1 : p], positions,
+                      prompts.attention_mask)
 
 
 def completion_hidden(module: OmniModule, model, prompt: PromptPass, inputs: ModelInputs,
