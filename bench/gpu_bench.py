@@ -161,6 +161,17 @@ def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0
                 frames=frames, fps=n / seconds, audio=audio, sample_rate=16000)
 
 
+def _force_min_new_tokens(n: int) -> None:
+    """Every token loop of this process bans stop tokens before `n` new tokens (forced length: no stop token ends
+    a row): `generate` looks up `sampling_processors` at each call, and gets it with `min_new_tokens`."""
+    import functools
+
+    from omni_grpo.models import sampling
+
+    base = getattr(sampling.sampling_processors, "func", sampling.sampling_processors)
+    sampling.sampling_processors = functools.partial(base, min_new_tokens=n)
+
+
 def _rss_gb(key: str) -> float:
     """VmRSS / VmHWM of this process in GiB (Linux), nan elsewhere."""
     try:
@@ -285,8 +296,8 @@ class Bench:
         ph = Phases(self.device)
         inputs = self.inputs
         # The trainer's sampling path (encode once, one batched generate, texts decoded, rows repeated).
-        comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True,
-                       min_new_tokens=c)
+        _force_min_new_tokens(c)
+        comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True)
         # Forced length: no stop token ends a row, so every completion token is scored.
         ids, mask = comps.completion_ids, torch.ones_like(comps.completion_ids)
         rows = comps.inputs

@@ -21,6 +21,7 @@ Generation: `generate` with `--new-tokens` forced new tokens (stop tokens banned
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -99,8 +100,9 @@ def child(args) -> dict:
 
     hook = model.lm_head.register_forward_pre_hook(after_prefill)
     with torch.no_grad():
-        generate(module, model, processor, prompt, num_generations=g, max_new_tokens=args.new_tokens,
-                 min_new_tokens=args.new_tokens)
+        force = functools.partial(sampling.sampling_processors, min_new_tokens=args.new_tokens)
+        sampling.sampling_processors = force  # no stop token ends a row: every row reaches the length
+        generate(module, model, processor, prompt, num_generations=g, max_new_tokens=args.new_tokens)
     hook.remove()
     decode = _rss_kb("VmHWM")
     return dict(peak_mb=(max(prefill["peak"], decode) - start) / 1024, decode_mb=(decode - start) / 1024,

@@ -201,14 +201,15 @@ class Ours:
 
 
 def _force_min_new_tokens(n: int) -> None:
-    """The trainer's rollouts ban stop tokens before `n` new tokens (the config has no such option: it is a
-    benchmark setting, so that completions reach the length being measured)."""
+    """Every token loop of this process bans stop tokens before `n` new tokens (the config has no such option:
+    it is a benchmark setting, so that completions reach the length being measured): `generate` looks up
+    `sampling_processors` at each call, and gets it with Hugging Face's `min_new_tokens`."""
     import functools
 
-    import omni_grpo.trainer as trainer_module
+    from omni_grpo.models import sampling
 
-    base = getattr(trainer_module.sample, "func", trainer_module.sample)
-    trainer_module.sample = functools.partial(base, min_new_tokens=n)
+    base = getattr(sampling.sampling_processors, "func", sampling.sampling_processors)
+    sampling.sampling_processors = functools.partial(base, min_new_tokens=n)
 
 
 # ------------------------------------------------------------------------------------------------- TRL

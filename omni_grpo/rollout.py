@@ -101,7 +101,7 @@ def _untimed(name: str):
 def sample(family, model, processor, inputs: ModelInputs, samples: list[dict], num_generations: int,
            max_new_tokens: int, *, encode_once: bool = True, gathered=nullcontext, timer=_untimed,
            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
-           do_sample: bool = True, min_new_tokens: int = 0) -> Rollout:
+           do_sample: bool = True) -> Rollout:
     """G completions for each of the B prompts of `inputs` (on the model's device), as a `Rollout` of N rows.
 
     `family`: the model-family adapter. `samples`: the B prompts' reward fields. `encode_once`: run the towers
@@ -115,8 +115,7 @@ def sample(family, model, processor, inputs: ModelInputs, samples: list[dict], n
             inputs.encoded = family.encode_media(model, inputs)
     with timer("rollout"), torch.no_grad(), gathered():
         comps = generate(family, model, processor, inputs, num_generations, max_new_tokens, temperature=temperature,
-                         top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, do_sample=do_sample,
-                         min_new_tokens=min_new_tokens)
+                         top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, do_sample=do_sample)
     texts = processor.tokenizer.batch_decode(comps.completion_ids, skip_special_tokens=True)
     return Rollout(inputs=inputs.repeat(num_generations), completion_ids=comps.completion_ids,
                    completion_mask=comps.completion_mask, truncated=comps.truncated, texts=texts,

@@ -4,6 +4,7 @@ Tests that take `kit` run on every family (Qwen2.5-Omni and Qwen3-Omni-MoE, deep
 take `tiny` are Qwen2.5-only. The Qwen3-only extras are in test_models_qwen3.py."""
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -520,7 +521,7 @@ def test_generate_prefills_each_prompt_once_and_projects_one_position_per_row(ti
     assert head_out == [(b * g,)] * steps
 
 
-def test_sampling_options_follow_hugging_face(tiny, samples):
+def test_sampling_options_follow_hugging_face(tiny, samples, monkeypatch):
     """Our token loop against the thinker's own `generate`: the repetition penalty gives the same greedy tokens,
     top-k = 1 sampling is greedy, and `min_new_tokens` bans the stop tokens until then."""
     module, model, processor = tiny
@@ -533,7 +534,11 @@ def test_sampling_options_follow_hugging_face(tiny, samples):
         torch.manual_seed(0)
         top1 = generate(module, model, processor, inputs, 2, 6, do_sample=True, temperature=1.5, top_k=1, top_p=0.9)
         assert torch.equal(top1.completion_ids, greedy(tiny, inputs, g=2, n=6).completion_ids)
-        forced = generate(module, model, processor, inputs, 2, 5, do_sample=True, temperature=3.0, min_new_tokens=5)
+        from omni_grpo.models import sampling
+
+        monkeypatch.setattr(sampling, "sampling_processors",
+                            functools.partial(sampling.sampling_processors, min_new_tokens=5))  # as the benchmarks
+        forced = generate(module, model, processor, inputs, 2, 5, do_sample=True, temperature=3.0)
     assert forced.completion_ids.shape[1] == 5 and bool(forced.completion_mask.all())
 
 

@@ -20,6 +20,7 @@ from omni_grpo.models import generate, log_probs
 from omni_grpo.models import prefix_attention
 from omni_grpo.models.base import _getattr_path, base_thinker
 from tests.test_perf_exactness import _rollout
+from tests.test_scoring import generate_with_log_probs
 
 
 def _one_copy(monkeypatch, on: bool) -> None:
@@ -96,13 +97,13 @@ def test_generation_with_one_copy_gives_the_same_tokens(kit, samples, monkeypatc
         with torch.no_grad():
             greedy = generate(module, model, processor, inputs, num_generations=2, max_new_tokens=6, do_sample=False)
             torch.manual_seed(3)
-            sampled = generate(module, model, processor, inputs, num_generations=3, max_new_tokens=6,
-                               temperature=1.5, return_log_probs=True)
+            sampled = generate_with_log_probs(module, model, processor, inputs, num_generations=3,
+                                              max_new_tokens=6, temperature=1.5)
         out[one_copy] = greedy, sampled
-    (greedy, sampled), (greedy_c, sampled_c) = out[True], out[False]
+    (greedy, (sampled, lp)), (greedy_c, (sampled_c, lp_c)) = out[True], out[False]
     assert torch.equal(greedy.completion_ids, greedy_c.completion_ids)
     assert torch.equal(sampled.completion_ids, sampled_c.completion_ids)
-    torch.testing.assert_close(sampled.log_probs, sampled_c.log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lp, lp_c, atol=1e-5, rtol=1e-5)
     assert len({tuple(r) for r in sampled.completion_ids.tolist()}) > 1
 
 
