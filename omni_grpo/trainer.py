@@ -222,7 +222,7 @@ class GRPOTrainer:
         groups: `TrainConfig` checks that it divides G). The update's loss normalisers count the rows trained.
         """
         cfg = self.cfg
-        drawn, reward_metrics, video_decodes = [], [], 0
+        drawn, spread, reward_metrics, video_decodes = [], [], [], 0
         target = cfg.per_device_prompts * cfg.gradient_accumulation_steps
         cap = cfg.gradient_accumulation_steps + (cfg.dynamic_sampling_max_extra_rounds if cfg.dynamic_sampling else 0)
         while True:
@@ -234,24 +234,22 @@ class GRPOTrainer:
                 reward_metrics.append(self.score(rollout))
             self.reference_and_old(rollout)
             drawn.append(rollout)
+            spread.append(core_algos.group_spread(rollout.advantages, cfg.num_generations))
             if len(drawn) < cfg.gradient_accumulation_steps:
                 continue
             if len(drawn) >= cap:
                 break
-            short = float(sum(int(s.sum()) for s in self._spread(drawn)) < target)
+            short = float(sum(int(s.sum()) for s in spread) < target)
             if all_reduce_sum(torch.tensor([short], device=self.device), self.world_size).item() == 0:
                 break
         metrics = {**mean_metrics(reward_metrics), "counters/video_decodes": float(video_decodes)}
         if not cfg.dynamic_sampling:
             return drawn, drawn, metrics
-        picks, counts = core_algos.pick_groups(self._spread(drawn), target)
+        picks, counts = core_algos.pick_groups(spread, target)
         rollouts = [rollout.groups(groups, cfg.num_generations) for rollout, groups in zip(drawn, picks) if groups]
         metrics.update({f"rollout/dynamic_sampling_{k}": float(v) for k, v in counts.items()})
         metrics["rollout/dynamic_sampling_rounds"] = float(len(drawn))
         return drawn, rollouts, metrics
-
-    def _spread(self, rollouts: list[Rollout]) -> list[torch.Tensor]:
-        return [core_algos.group_spread(r.advantages, self.cfg.num_generations) for r in rollouts]
 
     # ---------------------------------------------------------------------------------- stopping on a signal
     def _safe_point(self) -> None:
@@ -333,10 +331,9 @@ class GRPOTrainer:
 
     def _log_probs(self, model, rows: Rollout, with_entropy: bool = False, entropy_stride: int = 1, prompt=None,
                    completion_embeds=None):
-        """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the
-        distribution `generate` drew from), with the configured prompt sharing (`prompt`, `completion_embeds`:
-        a prompt pass already run for these rows and their completions' embeddings, see
-        `models.shared_prompt.GroupPrompt`)."""
+        """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the distribution
+        `generate` drew from), with the configured prompt sharing (`prompt`, `completion_embeds`: a prompt pass
+        already run for these rows and their completions' embeddings, `models.shared_prompt.GroupPrompt`)."""
         return log_probs(self.family, model, rows.inputs, rows.completion_ids, rows.completion_mask,
                          with_entropy=with_entropy, share_prompt=self.cfg.share_prompt,
                          temperature=rows.temperature, banned_token_ids=self.banned_token_ids,
@@ -380,11 +377,13 @@ class GRPOTrainer:
                 norms.append(grad_norm)
                 skips += int(not (finite and stepped))
                 self._count_nonfinite(finite and stepped)
-        finite_norms = [n for n in norms if math.isfinite(n)]
+        return self._update_metrics(parts, norms, skips, rollouts, beta)
+
+    def _update_metrics(self, parts: list[dict], norms: list[float], skips: int, rollouts, beta: float) -> dict:
+        finite = [n for n in norms if math.isfinite(n)]
         return {**{f"actor/{k}": v for k, v in mean_metrics(parts).items()},
-                "actor/grad_norm": sum(finite_norms) / len(finite_norms) if finite_norms else math.nan,
-                "actor/lr": self.engine.lr(), "actor/skipped_updates": float(skips),
-                "actor/optimizer_steps": float(len(norms) - skips),
+                "actor/grad_norm": sum(finite) / len(finite) if finite else math.nan, "actor/lr": self.engine.lr(),
+                "actor/skipped_updates": float(skips), "actor/optimizer_steps": float(len(norms) - skips),
                 "actor/skipped_rows": float(sum(self._zero_rows(r, beta).sum() for r in rollouts))}
 
     def _zero_rows(self, rollout: Rollout, beta: float) -> torch.Tensor:
