@@ -17,8 +17,10 @@ SIGTERM/SIGINT (`preemption`) stop the loop at a safe point — before a step, o
 step is abandoned (data cursor and random state put back, so the resumed run redoes it exactly) — then the last
 finished step is saved and `preemption.Preempted` raised.
 
-The trainer only orchestrates: the optimizer back end is `engine.Engine` (plain or DeepSpeed, one interface),
-the model family an adapter (`self.family`, stateless), every save/load `checkpoint`, the RL math `core_algos`.
+The trainer only orchestrates: the optimizer back end is `engine.Engine` (plain or DeepSpeed, one interface;
+it pads the backward count and guards against non-finite losses), the model family an adapter (`self.family`,
+stateless), the passes `models` (the prompt once per group: `models.shared_prompt`), every save/load
+`checkpoint`, the RL math `core_algos`, every random state `rng`.
 
 Departures from the paper, each a config choice: loss aggregation (`loss_agg`, default DAPO's token mean
 over the whole optimizer step, normalised by the global token count so the gradient does not depend on how
