@@ -24,7 +24,7 @@ def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
         what = "has no config.json" if model_dir.is_dir() else "not found"
         raise ConfigError(
             f"model_name_or_path={cfg.model_name_or_path!r} {what}; pass model_name_or_path=DIR "
-            "(a Qwen2.5-Omni checkpoint directory containing config.json)"
+            "(a Qwen2.5-Omni or Qwen3-Omni checkpoint directory containing config.json)"
         )
     if for_training and not cfg.data:
         raise ConfigError(f"no training data; pass data=[DIR, ...] with shard directories written by {_PREPROCESS}")
