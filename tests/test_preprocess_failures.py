@@ -11,7 +11,8 @@ import pytest
 
 from omni_grpo import synthetic
 from preprocess import shards
-from preprocess.build import BuildOptions, build, run_tasks
+from preprocess.build import BuildOptions, build
+from preprocess.workers import run_tasks
 from preprocess.media import VideoOptions
 
 SMALL = VideoOptions(min_pixels=28 * 28 * 4)
