@@ -150,9 +150,8 @@ def reward_manager(cfg):
 
 
 def open_data(dirs: list[str]):
-    from preprocess.shards import ShardCorruptError, ShardFormatError
-
     from omni_grpo.data import PromptDataset
+    from preprocess.shards import ShardCorruptError, ShardFormatError
 
     for d in dirs:
         if not Path(d).is_dir():

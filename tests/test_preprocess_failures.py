@@ -4,16 +4,16 @@ unusable arguments exit non-zero with one line and no traceback."""
 import json
 import os
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 
 from omni_grpo import synthetic
 from preprocess import shards
 from preprocess.build import BuildOptions, build
-from preprocess.workers import run_tasks
 from preprocess.media import VideoOptions
+from preprocess.workers import run_tasks
 
 SMALL = VideoOptions(min_pixels=28 * 28 * 4)
 
