@@ -136,7 +136,8 @@ def _coerce(value: Any, tp: Any, name: str, root: type) -> Any:
             return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping such as {{key: value}}, got {_describe(value)}")
-        return {_coerce(k, args[0], f"{name} key", root): _coerce(v, args[1], f"{name}.{k}", root) for k, v in value.items()}
+        return {_coerce(k, args[0], f"{name} key", root): _coerce(v, args[1], f"{name}.{k}", root)
+                for k, v in value.items()}
     raise TypeError(f"config field {name} has an unsupported type {tp!r}")
 
 
