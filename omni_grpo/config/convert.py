@@ -62,7 +62,8 @@ def _coerce_fields(obj: Any) -> None:
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(
-                f"{prefix}{f.name}={value!r} is not one of {', '.join(choices)}{_did_you_mean(str(value), list(choices))}"
+                f"{prefix}{f.name}={value!r} is not one of {', '.join(choices)}"
+                f"{_did_you_mean(str(value), list(choices))}"
             )
         setattr(obj, f.name, value)
 

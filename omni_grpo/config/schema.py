@@ -198,7 +198,8 @@ class TrainConfig:
     )
     eval_data: list[str] = field(
         default_factory=list,
-        metadata=_help("Held-out shard directories evaluated during training (greedy, every `eval_steps`); see `omni_grpo.eval_loop`."),
+        metadata=_help("Held-out shard directories evaluated during training (greedy, every `eval_steps`); "
+            "see `omni_grpo.eval_loop`."),
     )
     eval_steps: int = field(
         default=0,
