@@ -37,11 +37,12 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def banner(cfg, family: str, world_size: int, backend: str, device, param_counts: tuple[int, int],
+def banner(cfg, family: str, world_size: int, zero_stage: int | None, device, param_counts: tuple[int, int],
            num_prompts: int, total_steps: int, encode_once: bool) -> str:
-    """The lines a run starts with: model and family, ranks and back end, parameter counts, the data and the
-    step size, the media flags, and where the resolved config is written."""
+    """The lines a run starts with: model and family, ranks and back end (`zero_stage`: None without DeepSpeed),
+    parameter counts, the data and the step size, the media flags, and where the resolved config is written."""
     trainable, frozen = param_counts
+    backend = f"DeepSpeed ZeRO-{zero_stage}" if zero_stage is not None else "single process"
     return "\n".join([
         f"omni-grpo: {family} from {cfg.model_name_or_path}",
         f"  world size {world_size}, {backend}, device {device}",

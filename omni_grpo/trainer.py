@@ -46,8 +46,14 @@ from omni_grpo import checkpoint as ckpt
 from omni_grpo import core_algos, preemption, rng, run_control
 from omni_grpo.config import TrainConfig, check_data, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
-from omni_grpo.engine import (all_reduce_sum, build_engine, configure_deepspeed, param_counts, setup_distributed,
-                              training_mode)
+from omni_grpo.engine import (
+    all_reduce_sum,
+    build_engine,
+    configure_deepspeed,
+    param_counts,
+    setup_distributed,
+    training_mode,
+)
 from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
 from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE, sliced_head
@@ -93,8 +99,7 @@ class GRPOTrainer:
             self.nonfinite_in_a_row, self.samples_seen = state["nonfinite_in_a_row"], state["samples_seen"]
         # TensorBoard hides older files' events from the first step this segment logs on: no step shows twice.
         self.writer = MetricsWriter(cfg.output_dir, enabled=self.rank == 0, purge_step=self.global_step + 1)
-        self.loader_iter = None
-        self.evaluator = None
+        self.loader_iter, self.evaluator = None, None
         if cfg.eval_steps > 0:
             from omni_grpo.eval_loop import TrainingEvaluator
 
@@ -141,8 +146,9 @@ class GRPOTrainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self._banner()
         if self.rank == 0:
+            logger.info(banner(cfg, self.family.family, self.world_size, self.engine.stage if self.ds_config else None,
+                               self.device, self.param_counts, len(self.dataset), self.total_steps, self.encode_once))
             save_config(cfg, Path(cfg.output_dir) / "config.yaml")
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=self.rank != 0,
                    dynamic_ncols=True)
@@ -429,13 +435,7 @@ class GRPOTrainer:
                 f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient norm. "
                 "Lower learning_rate, check the rewards for NaN, and resume with resume_from_checkpoint=latest.")
 
-    # ---------------------------------------------------------------------------------- banner, saving
-    def _banner(self) -> None:
-        backend = f"DeepSpeed ZeRO-{self.engine.stage}" if self.ds_config else "single process"
-        if self.rank == 0:
-            logger.info(banner(self.cfg, self.family.family, self.world_size, backend, self.device,
-                               self.param_counts, len(self.dataset), self.total_steps, self.encode_once))
-
+    # ---------------------------------------------------------------------------------- evaluating, saving
     def evaluate(self) -> dict:
         """Greedy evaluation on `eval_data` (`eval_loop`; collective; the random state is left as it was)."""
         return self.evaluator.run(self.policy, self.engine.gathered_for_generation, self.global_step, self.writer)

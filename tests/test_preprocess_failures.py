@@ -7,9 +7,9 @@ import os
 import pytest
 
 from omni_grpo import synthetic
-from tests import broken_media
 from preprocess import shards
 from preprocess.workers import run_tasks
+from tests import broken_media
 from tests.helpers import preprocess_cli, preprocess_here
 
 

@@ -16,8 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
-from omni_grpo.models import generate, log_probs
-from omni_grpo.models import prefix_attention
+from omni_grpo.models import generate, log_probs, prefix_attention
 from omni_grpo.models.base import _getattr_path, base_thinker
 from tests.test_perf_exactness import _rollout
 from tests.test_scoring import generate_with_log_probs

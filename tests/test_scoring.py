@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
+from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
 from omni_grpo.models import generate, log_probs, sampling
 from omni_grpo.models.sampling import sampling_processors
-from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
 from tests.conftest import make_sample
 
 

@@ -19,9 +19,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni_grpo.models.base import (OmniModule, PromptTooLongError, audio_dummy_pass, base_thinker,
-                                   check_loading_info, format_question, merge_processor_outputs,
-                                   processor_audio_kwargs, row_audio_in_video, sample_modality, video_dummy_inputs)
+from omni_grpo.models.base import (
+    OmniModule,
+    PromptTooLongError,
+    audio_dummy_pass,
+    base_thinker,
+    check_loading_info,
+    format_question,
+    merge_processor_outputs,
+    processor_audio_kwargs,
+    row_audio_in_video,
+    sample_modality,
+    video_dummy_inputs,
+)
 from omni_grpo.models.inputs import EncodedMedia, ModelInputs
 
 

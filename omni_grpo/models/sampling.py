@@ -13,8 +13,9 @@ import torch
 
 from omni_grpo.models.base import OmniModule, _getattr_path, base_thinker
 from omni_grpo.models.inputs import ModelInputs
-from omni_grpo.models.shared_prompt import prompt_model_inputs
 from omni_grpo.models.prefix_attention import SharedPrefix, one_copy_ready
+from omni_grpo.models.shared_prompt import prompt_model_inputs
+
 
 @dataclass
 class Completions:
