@@ -162,15 +162,21 @@ def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0
                 frames=frames, fps=n / seconds, audio=audio, sample_rate=16000)
 
 
-def _force_min_new_tokens(n: int) -> None:
-    """Every token loop of this process bans stop tokens before `n` new tokens (forced length: no stop token ends
-    a row): `generate` looks up `sampling_processors` at each call, and gets it with `min_new_tokens`."""
+@contextlib.contextmanager
+def _forced_length(n: int):
+    """For the block, every token loop bans stop tokens before `n` new tokens (forced length: no stop token ends a
+    row): `generate` looks up `sampling_processors` at each call, and gets it with `min_new_tokens`. Restored
+    afterwards, so a caller in the same process (the tests) samples as the package does."""
     import functools
 
     from omni_grpo.models import sampling
 
-    base = getattr(sampling.sampling_processors, "func", sampling.sampling_processors)
-    sampling.sampling_processors = functools.partial(base, min_new_tokens=n)
+    real = sampling.sampling_processors
+    sampling.sampling_processors = functools.partial(getattr(real, "func", real), min_new_tokens=n)
+    try:
+        yield
+    finally:
+        sampling.sampling_processors = real
 
 
 def _rss_gb(key: str) -> float:
@@ -297,8 +303,8 @@ class Bench:
         ph = Phases(self.device)
         inputs = self.inputs
         # The trainer's sampling path (encode once, one batched generate, texts decoded, rows repeated).
-        _force_min_new_tokens(c)
-        comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True)
+        with _forced_length(c):
+            comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True)
         # Forced length: no stop token ends a row, so every completion token is scored.
         ids, mask = comps.completion_ids, torch.ones_like(comps.completion_ids)
         rows = comps.inputs

@@ -344,9 +344,10 @@ def _sampling_processors(wrap=None, **extra):
     from omni_grpo.models import sampling
 
     real = sampling.sampling_processors
+    base = getattr(real, "func", real)  # not a forced length (functools.partial) a benchmark left in this process
 
     def replaced(*args, **kwargs):
-        processors = real(*args, **{**kwargs, **extra})
+        processors = base(*args, **{**kwargs, **extra})
         return wrap(processors) if wrap else processors
 
     sampling.sampling_processors = replaced

@@ -203,7 +203,15 @@ def kit(day):
         yield day.Kit("qwen2_5_omni-tiny", torch.device("cpu"), torch.float32, "sdpa", Path(tmp))
 
 
-def test_each_check_passes_on_cpu_in_float32(day, kit):
+def test_each_check_passes_on_cpu_in_float32(day, kit, monkeypatch):
+    import functools
+
+    from omni_grpo.models import sampling
+
+    # a forced length left in the process by a benchmark (step_bench's in-process runs) changes nothing here
+    monkeypatch.setattr(
+        sampling, "sampling_processors", functools.partial(sampling.sampling_processors, min_new_tokens=3)
+    )
     kl = day.check_kl_step_one(kit, "lora", 2, 4)
     assert kl["ok"] and kl["max_abs_kl"] == 0 and kl["tokens"] > 0
     assert day.check_kl_step_one(kit, "full", 2, 4)["ok"]
@@ -332,3 +340,13 @@ def test_version_matrix_refuses_bad_arguments_before_installing(tmp_path):
     )
     assert inside.returncode == 2 and "inside the repository" in inside.stderr
     assert not (tmp_path / "venvs").exists() and not (ROOT / "venvs").exists()
+
+
+def test_gpu_bench_leaves_the_package_sampler_as_it_was():
+    """gpu_bench forces the completion length only around its own rollout: the same process samples as the
+    package does afterwards."""
+    from omni_grpo.models import sampling
+
+    before = sampling.sampling_processors
+    load("gpu_bench").main(["--tiny", "--device", "cpu", "--modes", "lora"])
+    assert sampling.sampling_processors is before
