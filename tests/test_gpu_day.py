@@ -350,3 +350,16 @@ def test_gpu_bench_leaves_the_package_sampler_as_it_was():
     before = sampling.sampling_processors
     load("gpu_bench").main(["--tiny", "--device", "cpu", "--modes", "lora"])
     assert sampling.sampling_processors is before
+
+
+def test_setup_floors_admit_the_gpu_images_torch(day):
+    """setup.py's torch floor admits the GPU image's torch (a CUDA torch cannot travel), and its transformers
+    floor is what the GPU day carries when the image's is older."""
+    tuple_of = day._version_tuple
+    assert tuple_of(day.IMAGE_VERSIONS["torch"]) >= tuple_of(day.setup_floor("torch"))
+    floor = day.setup_floor("transformers")
+    carried = [s for s in day.wheel_specs() if s.startswith("transformers==")]
+    if tuple_of(day.IMAGE_VERSIONS["transformers"]) < tuple_of(floor):
+        assert carried == [f"transformers=={day._padded(floor)}"]
+    else:
+        assert carried == []
