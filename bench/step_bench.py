@@ -54,7 +54,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SYSTEMS = ("ours", "trl", "anchor")
+SYSTEMS = ("ours", "swift", "trl", "anchor")
 PHASES = ("data", "encode", "rollout", "rewards", "ref", "old", "policy", "optimizer")
 REWARDS = ["format", "accuracy"]
 
@@ -348,6 +348,38 @@ def _system_prompt() -> str:
     return TrainConfig.__dataclass_fields__["system_prompt"].default
 
 
+# ---------------------------------------------------------------------------------------------- ms-swift
+def load_swift_system():
+    """bench/swift_system.py as a module (bench/ is a folder of scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    name = "bench_swift_system"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "swift_system.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class Swift:
+    """ms-swift's GRPO in its own environment and process (``bench/swift_system.py``), one step per call."""
+
+    name = "swift"
+
+    def __init__(self, s: Settings, rounds: int, threads: int = 0):
+        self.system = load_swift_system().Swift(s, rounds, threads)
+
+    def step(self) -> StepResult:
+        r = self.system.step()
+        return StepResult(wall=r["wall"], rows=r["rows"], phases=r["phases"], tower_calls=r["tower_calls"],
+                          completion_tokens=r["completion_tokens"], prompt_tokens=r["prompt_tokens"])
+
+    def close(self) -> None:
+        self.system.close()
+
+
 # ---------------------------------------------------------------------------------------------- anchor
 class Anchor:
     """Decode the mp4 every step, one generate per completion, the towers in every pass."""
@@ -563,9 +595,11 @@ def frame_plan(shards: Path) -> dict:
     return plan
 
 
-def make_system(name: str, s: Settings, rounds: int, trl_gpu_path: bool = True):
+def make_system(name: str, s: Settings, rounds: int, trl_gpu_path: bool = True, threads: int = 0):
     if name == "ours":
         return Ours(s)
+    if name == "swift":
+        return Swift(s, rounds, threads)
     if name == "trl":
         return TRL(s, total_steps=rounds, gpu_path=trl_gpu_path)
     return Anchor(s)

@@ -254,3 +254,92 @@ def test_memory_model_kv_term_matches_a_real_cache(memory_model, tiny):
     assert nbytes() == modelled(one_copy=True)
     cache.batch_repeat_interleave(g)  # what generation does today
     assert nbytes() == modelled(one_copy=False)
+
+
+@pytest.fixture(scope="module")
+def swift_system():
+    return load("swift_system")
+
+
+def test_swift_checkpoint_is_a_full_omni_model_around_the_thinker(swift_system, tiny_model_dir, tiny, tmp_path):
+    """ms-swift loads Qwen2_5OmniForConditionalGeneration: the wrapped folder must load as that class (its
+    from_pretrained reads spk_dict.pt), build no talker, and hold the bench thinker's weights unchanged."""
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    out = swift_system.wrap_checkpoint(Path(tiny_model_dir), tmp_path / "full")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_omni" and config["enable_audio_output"] is False
+    assert config["architectures"] == ["Qwen2_5OmniForConditionalGeneration"]
+    assert torch.load(out / "spk_dict.pt") == {}
+    full = Qwen2_5OmniForConditionalGeneration.from_pretrained(out)
+    assert not hasattr(full, "talker")
+    _, thinker, _ = tiny
+    theirs, ours = full.thinker.state_dict(), thinker.state_dict()
+    assert theirs.keys() == ours.keys()
+    assert all(torch.equal(theirs[k], ours[k]) for k in ours)
+    assert (out / "tokenizer_config.json").exists() and (out / "processor_config.json").exists()
+
+
+def test_swift_rows_pin_the_shard_frames(swift_system, step_bench, tmp_path):
+    """Each row: one user turn with <video>, the mp4's absolute path, the answer for the rewards, and the
+    frame plan of our shard in chat_template_kwargs (what qwen-omni-utils' fetch_video reads)."""
+    from types import SimpleNamespace
+
+    from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
+
+    args = SimpleNamespace(clips=2, size=[56, 84], video_fps=8, fps=2.0, min_pixels=None, max_pixels=None)
+    manifest, shards = step_bench.prepare_data(tmp_path, 1.0, args)
+    plan = step_bench.frame_plan(shards)
+    rows = swift_system.dataset_rows(manifest, plan, DEFAULT_SYSTEM_PROMPT)
+    swift_system.check_rows(rows)
+    assert len(rows) == 2
+    for row, frames in zip(rows, plan.values()):
+        assert row["messages"][1]["content"].startswith("<video>" + step_bench.QUESTION)
+        assert row["solution"] == "B" and Path(row["videos"][0]).is_file()
+        kw = row["chat_template_kwargs"]
+        assert (kw["nframes"], kw["resized_height"], kw["resized_width"]) == frames
+    bad = dict(rows[0], messages=[rows[0]["messages"][0], {"role": "user", "content": "no media"}])
+    with pytest.raises(ValueError, match="<video>"):
+        swift_system.check_rows([bad])
+
+
+def test_swift_phases_are_exclusive(swift_system, monkeypatch):
+    """A phase nested in another (the media decode inside the rollout) is taken out of the outer phase."""
+    clock = iter([0.0, 1.0, 3.0, 10.0])
+    monkeypatch.setattr(swift_system.time, "perf_counter", lambda: next(clock))
+    phases = swift_system.Phases()
+    inner = phases.wrap("data", lambda: phases.names[:])
+    outer = phases.wrap("rollout", lambda: inner())
+    assert outer() == ["rollout", "data"]
+    assert phases.pop() == {"data": 2.0, "rollout": 8.0}
+
+
+def test_swift_argv_matches_the_bench_settings(swift_system, step_bench, tmp_path):
+    s = step_bench.Settings(model_dir=tmp_path, shards=tmp_path, manifest=tmp_path, generations=8,
+                            completion_length=16, micro_batch=2, out=tmp_path)
+    argv = swift_system.swift_argv(tmp_path / "ckpt", tmp_path / "data.jsonl", s, rounds=4)
+    opts = dict(a[2:].split("=", 1) for a in argv if "=" in a)
+    assert opts["num_generations"] == "8" and opts["gradient_accumulation_steps"] == "4"
+    assert opts["per_device_train_batch_size"] == "2" and opts["max_completion_length"] == "16"
+    assert opts["beta"] == "0.04" and opts["tuner_type"] == "full" and opts["use_vllm"] == "false"
+    assert opts["external_plugins"].endswith("swift_plugin.py") and argv[-2:] == swift_system.REWARD_FUNCS
+    env = swift_system.worker_env()
+    assert env["USE_AUDIO_IN_VIDEO"] == "true" and env["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.slow
+def test_swift_system_runs_steps_on_the_same_prompt(step_bench, swift_system, tmp_path):
+    """ms-swift in its own environment (created on first use: minutes) runs alternating rounds with ours on the
+    same thinker and clip: same prompt tokens, its towers once per completion and pass, phases reported."""
+    if not swift_system.venv_ready():
+        pytest.skip("no ms-swift environment: `python bench/swift_system.py --setup` creates it")
+    g = 2
+    (rec,) = step_bench.main([
+        "--models", "64x2:tiny", "--generations", str(g), "--seconds", "1", "--systems", "ours", "swift",
+        "--steps", "1", "--warmup", "1", "--completion-length", "4", "--clips", "1", "--size", "56", "84",
+        "--video-fps", "8", "--micro-batch", "2", "--workdir", str(tmp_path / "work")])
+    assert rec["errors"] == {}
+    ours, swift = rec["summary"]["ours"], rec["summary"]["swift"]
+    assert abs(ours["prompt_tokens"] - swift["prompt_tokens"]) <= 1
+    assert swift["tower_calls"] > ours["tower_calls"] == 2
+    assert swift["phases"]["data"] > 0 and swift["phases"]["rollout"] > 0 and swift["phases"]["policy"] > 0
