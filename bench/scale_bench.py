@@ -121,13 +121,15 @@ def worker() -> None:
 
         torch.set_num_threads(request["threads"])
     try:
-        system = sb.make_system(request["system"], s, request["rounds"], request.get("trl_gpu_path", True))
+        system = sb.make_system(request["system"], s, request["rounds"], request.get("trl_gpu_path", True),
+                                request.get("threads", 0))
     except Exception as exc:
         reply({"error": f"{type(exc).__name__}: {exc}"})
         return
     built_kb = _status_kb("VmRSS")
     reset = _reset_peak()
-    reply({"ready": True, "rss_built_gb": built_kb / 2**20, "peak_reset": reset})
+    own = system.memory() if hasattr(system, "memory") else {}  # a system in a process of its own (ms-swift)
+    reply({"ready": True, "rss_built_gb": own.get("rss_built_gb", built_kb / 2**20), "peak_reset": reset})
     for line in sys.stdin:
         command = line.strip()
         if command == "step":
@@ -141,8 +143,8 @@ def worker() -> None:
                    "completion_tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens})
         elif command == "close":
             peak_kb = _status_kb("VmHWM")
-            system.close()
-            reply({"peak_step_gb": peak_kb / 2**20 if reset else math.nan,
+            own = system.close() or {}
+            reply({"peak_step_gb": own.get("peak_step_gb", peak_kb / 2**20 if reset else math.nan),
                    "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
             return
 
@@ -414,7 +416,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="256x4:qwen",
                    help="HIDDENxLAYERS[:tiny|qwen] of the tiny kit, as step_bench (default: 256x4:qwen, the real "
                         "Qwen2 BPE and 152k vocabulary)")
-    p.add_argument("--systems", nargs="+", default=["ours", "trl", "anchor"], choices=["ours", "trl", "anchor"])
+    p.add_argument("--systems", nargs="+", default=["ours", "swift", "trl", "anchor"],
+                   choices=["ours", "swift", "trl", "anchor"],
+                   help="default: all; swift = ms-swift in bench/.swift-venv, created on first use")
     p.add_argument("--skip", nargs="*", default=DEFAULT_SKIP, metavar="SYSTEM:SWEEP:X",
                    help=f"points a system is left out of (default: {' '.join(DEFAULT_SKIP)}; none: run all)")
     p.add_argument("--steps", type=int, default=None, help="timed rounds per point (default: 2; --quick: 1)")
@@ -459,7 +463,7 @@ def main(argv=None) -> list[dict]:
     sb = load_step_bench()
     if args.report:
         records = json.loads(args.report.read_text())
-        systems = [n for n in ("ours", "trl", "anchor") if any(n in r["systems"] + r["skipped"] for r in records)]
+        systems = [n for n in ("ours", "swift", "trl", "anchor") if any(n in r["systems"] + r["skipped"] for r in records)]
         print(tables(records, systems))
         if not args.no_plot:
             plot(records, systems, args.plot)

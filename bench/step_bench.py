@@ -376,8 +376,12 @@ class Swift:
         return StepResult(wall=r["wall"], rows=r["rows"], phases=r["phases"], tower_calls=r["tower_calls"],
                           completion_tokens=r["completion_tokens"], prompt_tokens=r["prompt_tokens"])
 
-    def close(self) -> None:
-        self.system.close()
+    def memory(self) -> dict:
+        """The worker's resident set after the build (GB): ms-swift runs in its own process."""
+        return {"rss_built_gb": self.system.built.get("rss_built_gb", math.nan)}
+
+    def close(self) -> dict:
+        return self.system.close()
 
 
 # ---------------------------------------------------------------------------------------------- anchor
@@ -605,12 +609,13 @@ def make_system(name: str, s: Settings, rounds: int, trl_gpu_path: bool = True, 
     return Anchor(s)
 
 
-def run_config(s: Settings, systems: list[str], warmup: int, steps: int, trl_gpu_path: bool = True) -> dict:
+def run_config(s: Settings, systems: list[str], warmup: int, steps: int, trl_gpu_path: bool = True,
+               threads: int = 0) -> dict:
     """Build every system, then `warmup + steps` rounds of one step each, in turn; keep the timed rounds."""
     built, results, errors = {}, {name: [] for name in systems}, {}
     for name in systems:
         try:
-            built[name] = make_system(name, s, warmup + steps, trl_gpu_path)
+            built[name] = make_system(name, s, warmup + steps, trl_gpu_path, threads)
         except Exception as exc:  # TRL may not run on this stack: report why, still compare the others
             errors[name] = f"{type(exc).__name__}: {exc}"
     try:
@@ -795,7 +800,7 @@ def main(argv=None) -> list[dict]:
                                  fps=args.fps, out=Path(tmp) / f"run-{spec.replace(':', '-')}-{seconds:g}-{g}",
                                  frames=frame_plan(shards))
                     t0 = time.perf_counter()
-                    out = run_config(s, args.systems, args.warmup, args.steps, not args.trl_cpu_path)
+                    out = run_config(s, args.systems, args.warmup, args.steps, not args.trl_cpu_path, args.threads)
                     rec = {"model": spec, "G": g, "clip": f"{seconds:g} s", "systems": list(args.systems),
                            "errors": out["errors"], "load": load(), "seconds": time.perf_counter() - t0,
                            "summary": {k: summarize(v) for k, v in out["results"].items() if v}}

@@ -199,7 +199,8 @@ class Swift:
         self.proc = subprocess.Popen([str(python), str(Path(__file__).resolve()), "--worker"],
                                      env=worker_env(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, text=True, cwd=str(work))
-        self._send(json.dumps({"argv": swift_argv(checkpoint, dataset, s, rounds), "threads": threads}))
+        self._send(json.dumps({"argv": swift_argv(checkpoint, dataset, s, rounds), "threads": threads,
+                               "min_new_tokens": s.min_new_tokens}))
         msg = self._receive()
         if "error" in msg:
             self.close()
@@ -228,19 +229,41 @@ class Swift:
             raise RuntimeError(msg["error"])
         return dict(msg, wall=wall)
 
-    def close(self) -> None:
+    def close(self) -> dict:
+        """Stop the worker; its resident-set peak over the steps (GB) where it could report one."""
+        memory = {}
         if self.proc.poll() is None:
             try:
                 self._send("close")
+                msg = self._receive()
+                if "peak_step_gb" in msg and self.built.get("peak_reset"):
+                    memory = {"peak_step_gb": msg["peak_step_gb"]}
                 self.proc.stdin.close()
                 self.proc.wait(timeout=120)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+        return memory
 
 
 # ------------------------------------------------------------------------------------------- worker
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> bool:
+    """Reset this process's resident-set high-water mark (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 class Phases:
     """Exclusive seconds per phase: time spent in a phase nested in another is not counted in the outer one."""
 
@@ -275,6 +298,21 @@ class Phases:
     def pop(self) -> dict[str, float]:
         out, self.totals = self.totals, {}
         return out
+
+
+def force_min_new_tokens(n: int) -> None:
+    """ms-swift's generation bans its stop tokens before `n` new tokens (it has no such option: a benchmark
+    setting, as for the other systems, so that completions reach the length being measured)."""
+    from swift.infer_engine import TransformersEngine
+
+    prepare = TransformersEngine._prepare_generation_config
+
+    def forced(self, request_config):
+        config = prepare(self, request_config)
+        config.min_new_tokens = n
+        return config
+
+    TransformersEngine._prepare_generation_config = forced
 
 
 def worker() -> None:
@@ -347,8 +385,9 @@ def worker() -> None:
             phases.pop()
             towers["calls"] = 0
             prompt_lengths.clear()
-            reply({"ready": True})
-            self._wait()
+            reply({"ready": True, "rss_built_gb": _status_kb("VmRSS") / 2**20, "peak_reset": _reset_peak()})
+            if not self._wait():
+                control.should_training_stop = True
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
             self._opt = time.perf_counter()
@@ -368,9 +407,14 @@ def worker() -> None:
 
         def _wait(self) -> bool:
             command = sys.stdin.readline().strip()
-            return command == "step"
+            if command == "step":
+                return True
+            reply({"peak_step_gb": _status_kb("VmHWM") / 2**20})  # "close", or the driver went away
+            return False
 
     callbacks_map["omni_bench"] = Pause
+    if request.get("min_new_tokens"):
+        force_min_new_tokens(request["min_new_tokens"])
     try:
         rlhf_main(request["argv"])
     except Exception as exc:
