@@ -343,3 +343,56 @@ def test_swift_system_runs_steps_on_the_same_prompt(step_bench, swift_system, tm
     assert abs(ours["prompt_tokens"] - swift["prompt_tokens"]) <= 1
     assert swift["tower_calls"] > ours["tower_calls"] == 2
     assert swift["phases"]["data"] > 0 and swift["phases"]["rollout"] > 0 and swift["phases"]["policy"] > 0
+
+
+@pytest.fixture(scope="module")
+def limit():
+    return load("limit")
+
+
+def test_limit_peaks_and_fractions(limit):
+    """The peak measurements run and give rates; each phase is held against its dtype's GEMM peak, decode
+    against the read bandwidth."""
+    peaks = limit.peaks(torch.device("cpu"), repeats=1, gib=2**-10, n=64)
+    assert all(peaks[k] > 0 for k in ("float32", "bfloat16", "read", "copy"))
+    step = {"dtype": "bfloat16", "seconds": {"encode": 1.0, "policy": 2.0, "optimizer": 1.0, "ref": 1.0},
+            "flops": {"encode": 4.0, "policy": 12.0, "ref": 3.0}, "decode_s": 2.0, "decode_bytes": 10.0}
+    rows = {r["phase"].split()[0]: r for r in limit.fractions(step, dict(peaks, bfloat16=8.0, read=10.0))}
+    assert rows["update"]["fraction"] == pytest.approx(16.0 / 4.0 / 8.0)
+    assert rows["policy"]["fraction"] == pytest.approx(6.0 / 8.0)
+    assert rows["reference"]["fraction"] == pytest.approx(3.0 / 8.0)
+    assert rows["decode"]["fraction"] == pytest.approx(5.0 / 10.0)
+
+
+def test_limit_decode_bytes_count_weights_per_step_and_the_kv_read(limit, tiny):
+    """C - 1 decode steps; each reads the weights once and the keys/values of the prompt's one copy plus every
+    row's tokens so far."""
+    _, model, _ = tiny
+    text = model.config.text_config
+    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv = text.num_hidden_layers * 2 * text.num_key_value_heads * head * 2
+    got = limit.decode_bytes(model.config, weight_params=1000, prompt=100, g=4, c=3, bytes_per=2)
+    assert got == 2 * 1000 * 2 + kv * (100 + 4 * 1) + kv * (100 + 4 * 2)
+
+
+def test_limit_prefill_timer_times_the_prompt_call_only(limit, tiny, gpu_bench):
+    """Inside generate, the language model's one prompt-length call is the prefill; the token steps are not."""
+    from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
+    from omni_grpo.models.base import _getattr_path, base_thinker
+    from omni_grpo.models.sampling import generate
+
+    module, model, processor = tiny
+    sample = gpu_bench.make_sample(1.0, 2.0, (56, 84))
+    inputs = module.build_inputs(processor, [sample], DEFAULT_SYSTEM_PROMPT, True)
+    inputs.encoded = module.encode_media(model, inputs)
+    lm = _getattr_path(base_thinker(model), module.language_model)
+    timer = limit.PrefillTimer()
+    lm.forward = timer.wrap_forward(lm.forward, torch.device("cpu"))
+    try:
+        generate(module, model, processor, inputs, 2, 4, min_new_tokens=4)
+        assert timer.calls == 0  # outside `generating()` nothing is counted
+        with timer.generating():
+            generate(module, model, processor, inputs, 2, 4, min_new_tokens=4)
+    finally:
+        del lm.forward
+    assert timer.calls == 1 and timer.seconds > 0
