@@ -165,11 +165,13 @@ def quiet() -> None:
 class Worker:
     """The driver's handle on one worker process."""
 
-    def __init__(self, system: str, settings, rounds: int, log: Path, threads: int, trl_gpu_path: bool):
+    def __init__(self, system: str, settings, rounds: int, log: Path, threads: int, trl_gpu_path: bool,
+                 env: dict | None = None):
         self.system, self.log = system, log
         payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
         self.stderr = open(log, "w")
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+        env = dict(os.environ, **(env or {}), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+        env = {k: v for k, v in env.items() if v is not None}  # None: unset for this worker
         self.proc = subprocess.Popen([sys.executable, str(HERE / "scale_bench.py"), "--worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         self.send(json.dumps({"system": system, "settings": payload, "rounds": rounds, "threads": threads,
