@@ -396,3 +396,27 @@ def test_limit_prefill_timer_times_the_prompt_call_only(limit, tiny, gpu_bench):
     finally:
         del lm.forward
     assert timer.calls == 1 and timer.seconds > 0
+
+
+@pytest.fixture(scope="module")
+def decode_bench():
+    return load("decode_bench")
+
+
+def test_decode_bench_static_cache_decodes_the_eager_tokens(decode_bench, tiny_model_dir):
+    """The static-cache loop (mask over the filled positions) gives the growing cache's tokens, greedy and
+    seeded: the comparison the compiled step is held to."""
+    dec = decode_bench.Decoder(Path(tiny_model_dir), g=3, p=20, c=6)
+    for seed in (None, 3):
+        eager, seconds = dec.run("eager", seed)
+        static, _ = dec.run("static", seed)
+        assert eager.shape == (3, 6) and seconds > 0
+        assert torch.equal(eager, static)
+
+
+@pytest.mark.slow
+def test_decode_bench_compiled_step_keeps_the_tokens(decode_bench, tiny_model_dir):
+    dec = decode_bench.Decoder(Path(tiny_model_dir), g=2, p=16, c=4)
+    rec = decode_bench.measure(dec, repeats=1, seed=3)
+    assert all(rec[w]["greedy_identical"] and rec[w]["seeded_identical"] for w in ("eager", "static", "compiled"))
+    assert rec["compiled"]["tokens_per_s"] > 0
