@@ -15,6 +15,9 @@ systems:
   rewards, and ``chat_template_kwargs`` pinning the frame plan of our shard (``nframes``, ``resized_height``,
   ``resized_width``), so ms-swift's prompt holds the same frames as ours;
 * the rewards through ``--external_plugins bench/swift_plugin.py`` (``omni_grpo.rewards``' format + accuracy).
+* sampling as ours: the worker's generation config bans the media placeholder tokens (``banned_tokens``; ms-swift
+  has no option for it, and a sampled ``<|VIDEO|>`` breaks its log-prob forward) and, where the bench forces
+  the completion length, the stop tokens before it (``min_new_tokens``).
 
 The worker (this file with ``--worker``, run by the venv's Python) calls ms-swift's ``rlhf_main`` in-process
 with ``--callbacks omni_bench``: that callback pauses training at the end of every optimizer step until the
@@ -160,6 +163,14 @@ def check_rows(rows: list[dict]) -> None:
             raise ValueError(f"row {i}: chat_template_kwargs must pin nframes and a 28-multiple size, got {kwargs}")
 
 
+def banned_tokens(model_dir: Path) -> list[int]:
+    """The token ids ours never samples (the media placeholders), from the bench model's tokenizer."""
+    from omni_grpo.models import get_module
+
+    module = get_module("qwen2_5_omni")
+    return [int(i) for i in module.banned_token_ids(module.load_processor(model_dir).tokenizer)]
+
+
 def swift_argv(checkpoint: Path, dataset: Path, s, rounds: int) -> list[str]:
     """`swift rlhf` arguments matching the bench's settings `s` (step_bench.Settings)."""
     g, mb = s.generations, s.micro_batch
@@ -200,7 +211,7 @@ class Swift:
                                      env=worker_env(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, text=True, cwd=str(work))
         self._send(json.dumps({"argv": swift_argv(checkpoint, dataset, s, rounds), "threads": threads,
-                               "min_new_tokens": s.min_new_tokens}))
+                               "min_new_tokens": s.min_new_tokens, "suppress_tokens": banned_tokens(s.model_dir)}))
         msg = self._receive()
         if "error" in msg:
             self.close()
@@ -300,19 +311,24 @@ class Phases:
         return out
 
 
-def force_min_new_tokens(n: int) -> None:
-    """ms-swift's generation bans its stop tokens before `n` new tokens (it has no such option: a benchmark
-    setting, as for the other systems, so that completions reach the length being measured)."""
+def sampling_as_ours(min_new_tokens: int, banned: list[int]) -> None:
+    """ms-swift's generation bans the media placeholder tokens, as ours and the other systems do (a sampled
+    `<|VIDEO|>` makes its log-prob forward fail: more placeholders than media features), and with
+    `min_new_tokens` > 0 its stop tokens before that many new tokens (a benchmark setting, as for the other
+    systems, so that completions reach the length being measured). It has no option for either."""
     from swift.infer_engine import TransformersEngine
 
     prepare = TransformersEngine._prepare_generation_config
 
-    def forced(self, request_config):
+    def ours(self, request_config):
         config = prepare(self, request_config)
-        config.min_new_tokens = n
+        if min_new_tokens:
+            config.min_new_tokens = min_new_tokens
+        if banned:
+            config.suppress_tokens = list(banned)
         return config
 
-    TransformersEngine._prepare_generation_config = forced
+    TransformersEngine._prepare_generation_config = ours
 
 
 def worker() -> None:
@@ -413,8 +429,7 @@ def worker() -> None:
             return False
 
     callbacks_map["omni_bench"] = Pause
-    if request.get("min_new_tokens"):
-        force_min_new_tokens(request["min_new_tokens"])
+    sampling_as_ours(request.get("min_new_tokens", 0), request.get("suppress_tokens", []))
     try:
         rlhf_main(request["argv"])
     except Exception as exc:

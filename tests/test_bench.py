@@ -327,6 +327,13 @@ def test_swift_argv_matches_the_bench_settings(swift_system, step_bench, tmp_pat
     assert env["USE_AUDIO_IN_VIDEO"] == "true" and env["HF_HUB_OFFLINE"] == "1"
 
 
+def test_swift_samples_without_the_media_tokens(swift_system, tiny_model_dir, tiny):
+    module, _, processor = tiny
+    banned = swift_system.banned_tokens(Path(tiny_model_dir))
+    video = processor.tokenizer.convert_tokens_to_ids("<|VIDEO|>")
+    assert video in banned and banned == [int(i) for i in module.banned_token_ids(processor.tokenizer)]
+
+
 @pytest.mark.slow
 def test_swift_system_runs_steps_on_the_same_prompt(step_bench, swift_system, tmp_path):
     """ms-swift in its own environment (created on first use: minutes) runs alternating rounds with ours on the
