@@ -1,9 +1,11 @@
-"""How the cost of one GRPO step grows: clip length, G and completion length, ours vs TRL vs the anchor loop.
+"""How the cost of one GRPO step grows: clip length, G and completion length, ours vs ms-swift, TRL, the anchor.
 
 The systems, their settings and their phase timings are ``bench/step_bench.py``'s (imported, not copied):
-``ours`` (``omni_grpo.trainer.GRPOTrainer``), ``trl`` (TRL's ``GRPOTrainer`` on the text prompt only: it
-ignores the video) and ``anchor`` (the loop we replace: decode the mp4 every step, one ``generate`` per
-completion, the towers in every pass). Three sweeps, each from one base point (3 s clip, G = 8, 16 tokens):
+``ours`` (``omni_grpo.trainer.GRPOTrainer``), ``swift`` (ms-swift's GRPO in its own environment,
+``bench/swift_system.py``; its worker process reports its own memory), ``trl`` (TRL's ``GRPOTrainer`` on the
+text prompt only: it ignores the video) and ``anchor`` (the loop we replace: decode the mp4 every step, one
+``generate`` per completion, the towers in every pass). Three sweeps, each from one base point (3 s clip, G = 8,
+16 tokens):
 
 * ``clip``: clip length 3, 15, 30, 60 s at G = 8, 16 tokens;
 * ``G``: G = 2, 4, 8, 16 on the 3 s clip, 16 tokens;
@@ -465,7 +467,8 @@ def main(argv=None) -> list[dict]:
     sb = load_step_bench()
     if args.report:
         records = json.loads(args.report.read_text())
-        systems = [n for n in ("ours", "swift", "trl", "anchor") if any(n in r["systems"] + r["skipped"] for r in records)]
+        systems = [n for n in ("ours", "swift", "trl", "anchor")
+                   if any(n in r["systems"] + r["skipped"] for r in records)]
         print(tables(records, systems))
         if not args.no_plot:
             plot(records, systems, args.plot)

@@ -1,6 +1,6 @@
-"""Benchmark one GRPO optimizer step, phase by phase, against TRL and against the loop we replace.
+"""Benchmark one GRPO optimizer step, phase by phase, against ms-swift, TRL and the loop we replace.
 
-Three systems train the same randomly initialised Qwen2.5-Omni thinker (the tiny kit of
+Four systems train the same randomly initialised Qwen2.5-Omni thinker (the tiny kit of
 ``omni_grpo.testing``) on the same synthetic video+audio question (one prompt per step, G completions),
 with the same sampling settings, rewards (format + accuracy), β, learning rate and update micro-batch:
 
@@ -8,6 +8,9 @@ with the same sampling settings, rewards (format + accuracy), β, learning rate 
   run once per prompt (encode once), the G completions in one batch with the prompt prefilled once,
   log-probs with each prompt run once per micro-batch (``share_prompt``) and a chunked vocabulary projection. Phases come from its ``timing/*`` metrics; the
   optimizer phase is timed by wrapping its engine's ``step`` (so "policy" is forward + backward only).
+* **swift** — ms-swift's GRPO (``swift rlhf --rlhf_type grpo``) in its own environment and process
+  (``bench/swift_system.py``: the thinker wrapped as a full Qwen2.5-Omni checkpoint, rows that pin the shard's
+  frames, the mp4 decoded by ms-swift at every step, phases from a training callback).
 * **trl** — TRL's ``GRPOTrainer`` on the same thinker as a causal LM on the *text* prompt only (the chat
   turn without the video). It passes no media to generation or to any log-prob pass, so it does less work
   than the other two and trains the wrong objective: it is the speed of a text-only GRPO step on this model,
@@ -26,7 +29,7 @@ TRL's fused LM head scores only the completion positions where Triton runs (GPUs
 prompt + completion elsewhere; the bench measures its GPU behaviour (same torch code, compact selection)
 unless ``--trl-cpu-path``.
 
-Rounds alternate ours → trl → anchor in one process so all three see the same background load; each
+Rounds alternate ours → swift → trl → anchor so all of them see the same background load; each
 reports the median over ``--steps`` rounds after ``--warmup`` rounds. Tower calls count how many videos
 and audios went through a tower per step (forward hooks on the towers, all systems; for ours this equals the
 trainer's ``counters/tower_calls``). steps/s is 1 / median step wall time; samples/s counts completions.
@@ -34,6 +37,10 @@ trainer's ``counters/tower_calls``). steps/s is 1 / median step wall time; sampl
     python bench/step_bench.py                    # the full matrix: 2 models x G 4, 8 x clips 3 s, 30 s
     python bench/step_bench.py --quick            # one small configuration, about half a minute
     python bench/step_bench.py --models 256x4:qwen --generations 8 --seconds 30 --systems ours anchor
+    python bench/step_bench.py --models 256x4:qwen --generations 8 --seconds 3 30 --systems ours swift --threads 1
+
+``--threads 1`` on a shared machine: with torch's default threads (one per core) OpenMP's spinning wait makes a
+step many times slower whenever another process holds a core (``bench/contention.py``).
 
 Where no ``ffmpeg`` program is installed, the anchor's audio is read through a PyAV stand-in for audioread's
 ffmpeg reader (``omni_grpo.synthetic.audioread_without_ffmpeg``), as in ``bench/preprocess_bench.py``.
@@ -737,7 +744,7 @@ def parse_args(argv=None):
     p.add_argument("--generations", type=int, nargs="+", default=[4, 8], help="G values (default: 4 8)")
     p.add_argument("--seconds", type=float, nargs="+", default=[3.0, 30.0], help="clip lengths (default: 3 30)")
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
-                   help="default: ours trl anchor")
+                   help="default: ours swift trl anchor (swift: ms-swift in bench/.swift-venv, created on first use)")
     p.add_argument("--steps", type=int, default=3, help="timed rounds per configuration (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--completion-length", type=int, default=16, help="max new tokens (default: 16)")
