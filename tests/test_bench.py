@@ -427,3 +427,36 @@ def test_decode_bench_compiled_step_keeps_the_tokens(decode_bench, tiny_model_di
     rec = decode_bench.measure(dec, repeats=1, seed=3)
     assert all(rec[w]["greedy_identical"] and rec[w]["seeded_identical"] for w in ("eager", "static", "compiled"))
     assert rec["compiled"]["tokens_per_s"] > 0
+
+
+def test_contention_variants_set_the_thread_environment():
+    """Each variant is a worker's thread count and environment: `default` unsets OMP_NUM_THREADS (torch's own
+    count, OpenMP's spinning wait), `passive` adds OMP_WAIT_POLICY=PASSIVE, `one` one thread."""
+    contention = load("contention")
+    assert contention.parse_variant("default") == ("default", 0, {"OMP_NUM_THREADS": None})
+    assert contention.parse_variant("passive") == ("passive", 0, {"OMP_NUM_THREADS": None,
+                                                                   "OMP_WAIT_POLICY": "PASSIVE"})
+    assert contention.parse_variant("one") == ("one", 1, {})
+    assert contention.parse_variant("spin:2:GOMP_SPINCOUNT=1000") == ("spin", 2, {"GOMP_SPINCOUNT": "1000"})
+    with pytest.raises(SystemExit, match="NAME:THREADS"):
+        contention.parse_variant("fast")
+
+
+def test_scale_bench_worker_environment_unsets_none(scale_bench, step_bench, monkeypatch, tmp_path):
+    import io
+
+    seen = {}
+
+    class Popen:
+        def __init__(self, *args, env=None, **kwargs):
+            seen.update(env)
+            self.stdin = io.StringIO()
+
+    monkeypatch.setattr(scale_bench.subprocess, "Popen", Popen)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    s = step_bench.Settings(model_dir=tmp_path, shards=tmp_path, manifest=tmp_path, generations=2,
+                            completion_length=4, micro_batch=2, out=tmp_path)
+    scale_bench.Worker("ours", s, 1, tmp_path / "w.log", 0, True, env={"OMP_NUM_THREADS": None, "X_TEST": "1"})
+    assert "OMP_NUM_THREADS" not in seen and seen["X_TEST"] == "1"
+    scale_bench.Worker("ours", s, 1, tmp_path / "w2.log", 3, True)
+    assert seen["OMP_NUM_THREADS"] == "3"
