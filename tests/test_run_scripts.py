@@ -135,7 +135,7 @@ def test_stage4_needs_model_and_data_together(tmp_path):
 def test_stage4_default_is_the_cpu_demo(tmp_path):
     proc, calls = stage4(tmp_path, "max_steps=2", DEMO_DIR="demo")
     assert proc.returncode == 0, proc.stderr
-    assert any("-m omni_grpo.testing model demo/base" in c for c in calls)
+    assert any("-m omni_grpo.tiny_models model demo/base" in c for c in calls)
     assert any("-m omni_grpo.demo data demo/clips" in c for c in calls)
     assert any("-m preprocess --source jsonl --manifest demo/clips/manifest.jsonl --output demo/shards" in c for c in calls)
     assert any("-m omni_grpo.demo warmup --model demo/base --data demo/shards --output demo/model" in c for c in calls)
@@ -154,7 +154,7 @@ def test_stage4_demo_reuses_what_exists(tmp_path):
     # The script runs from the repository root, so DEMO_DIR is absolute here.
     proc, calls = stage4(tmp_path, DEMO_DIR=str(demo))
     assert proc.returncode == 0, proc.stderr
-    assert not any("omni_grpo.testing" in c or "omni_grpo.demo data" in c for c in calls)
+    assert not any("omni_grpo.tiny_models" in c or "omni_grpo.demo data" in c for c in calls)
     assert any("-m preprocess" in c for c in calls)  # no manifest.json: not finished, so run (it resumes)
     assert any("omni_grpo.demo warmup" in c for c in calls)  # a model without warm_up.json is not the fitted one
     (demo / "shards").mkdir()
@@ -192,3 +192,23 @@ def test_demo_config_is_small():
     assert cfg.max_steps <= 100 and cfg.max_prompt_length <= 1024
     assert cfg.dataloader_num_workers <= 1 and cfg.logging_steps == 1
     assert 0 < cfg.save_steps <= cfg.max_steps
+
+
+# ------------------------------------------------------------------------------------------------------ lint
+
+
+def test_lint_runs_in_ci_with_one_ruff_pin_and_the_house_settings():
+    """CI runs lint.sh; lint.sh and the pre-commit hooks install the same ruff; ruff.toml holds the line length
+    and the rule sets (import order included)."""
+    import tomllib
+
+    import yaml
+
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert any(line.startswith("bash run_scripts/lint.sh") for line in ci)
+    pin = re.search(r"^RUFF_VERSION=(\S+)", (REPO / "run_scripts" / "lint.sh").read_text(), re.M).group(1)
+    hooks = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    assert {h["id"] for h in hooks} == {"ruff-check", "ruff-format"}
+    assert all(h["additional_dependencies"] == [f"ruff=={pin}"] for h in hooks)
+    settings = tomllib.loads((REPO / "ruff.toml").read_text())
+    assert settings["line-length"] == 120 and {"E", "F", "W", "I"} <= set(settings["lint"]["select"])
