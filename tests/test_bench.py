@@ -396,10 +396,10 @@ def test_limit_prefill_timer_times_the_prompt_call_only(limit, tiny, gpu_bench):
     timer = limit.PrefillTimer()
     lm.forward = timer.wrap_forward(lm.forward, torch.device("cpu"))
     try:
-        generate(module, model, processor, inputs, 2, 4, min_new_tokens=4)
+        generate(module, model, processor, inputs, 2, 4)
         assert timer.calls == 0  # outside `generating()` nothing is counted
         with timer.generating():
-            generate(module, model, processor, inputs, 2, 4, min_new_tokens=4)
+            generate(module, model, processor, inputs, 2, 4)
     finally:
         del lm.forward
     assert timer.calls == 1 and timer.seconds > 0
