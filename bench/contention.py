@@ -1,14 +1,15 @@
 """How much one system's step slows when a second training process shares the cores, per thread setting.
 
-A *load* process (a second training process: ``ours`` at the same point, torch's default threads, stepping
-without pause) is frozen (``SIGSTOP``) or running (``SIGCONT``) while the measured workers take their steps:
-every round measures each variant once with the load frozen and once with it running, variants alternating,
-so every pair sees the same background. Each variant is a worker process (``bench/scale_bench.py``'s) with
+A *load* process (a second training process: ``ours`` at the same point, torch's default thread count and the
+training entry point's wait policy, stepping without pause) is frozen (``SIGSTOP``) or running (``SIGCONT``)
+while the measured workers take their steps: every round measures each variant once with the load frozen and
+once with it running, variants alternating, so every pair sees the same background. Each variant is a worker process (``bench/scale_bench.py``'s) with
 its own thread count and environment:
 
 * ``default``: torch's default intra-op threads (one per core), OpenMP's default wait policy (threads spin at
-  the end of a parallel region before they sleep);
-* ``passive``: the same threads with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once);
+  the end of a parallel region before they sleep) — what a process gets that sets nothing;
+* ``passive``: the same threads with ``OMP_WAIT_POLICY=PASSIVE`` (idle threads sleep at once) — what
+  ``python -m omni_grpo.train`` sets unless the environment chose a policy;
 * ``one``: one intra-op thread (``OMP_NUM_THREADS=1``: nothing to wait for);
 * any other as ``NAME:THREADS[:VAR=VALUE,...]`` (threads 0 = torch's default).
 
@@ -47,8 +48,8 @@ def load_scale_bench():
         spec.loader.exec_module(module)
     return sys.modules[name]
 
-VARIANTS = {"default": (0, {"OMP_NUM_THREADS": None}), "passive": (0, {"OMP_NUM_THREADS": None,
-                                                                        "OMP_WAIT_POLICY": "PASSIVE"}),
+VARIANTS = {"default": (0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None}),
+            "passive": (0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": "PASSIVE"}),
             "one": (1, {})}
 
 

@@ -172,7 +172,9 @@ class Worker:
         self.system, self.log = system, log
         payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
         self.stderr = open(log, "w")
-        env = dict(os.environ, **(env or {}), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+        # ours as `python -m omni_grpo.train` runs it: idle OpenMP threads sleep (omni_grpo.train.passive_openmp_wait)
+        product = {"OMP_WAIT_POLICY": "PASSIVE"} if system == "ours" and "OMP_WAIT_POLICY" not in os.environ else {}
+        env = dict(os.environ, **product, **(env or {}), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
         env = {k: v for k, v in env.items() if v is not None}  # None: unset for this worker
         self.proc = subprocess.Popen([sys.executable, str(HERE / "scale_bench.py"), "--worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)

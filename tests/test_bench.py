@@ -433,7 +433,7 @@ def test_contention_variants_set_the_thread_environment():
     """Each variant is a worker's thread count and environment: `default` unsets OMP_NUM_THREADS (torch's own
     count, OpenMP's spinning wait), `passive` adds OMP_WAIT_POLICY=PASSIVE, `one` one thread."""
     contention = load("contention")
-    assert contention.parse_variant("default") == ("default", 0, {"OMP_NUM_THREADS": None})
+    assert contention.parse_variant("default") == ("default", 0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None})
     assert contention.parse_variant("passive") == ("passive", 0, {"OMP_NUM_THREADS": None,
                                                                    "OMP_WAIT_POLICY": "PASSIVE"})
     assert contention.parse_variant("one") == ("one", 1, {})
@@ -454,9 +454,13 @@ def test_scale_bench_worker_environment_unsets_none(scale_bench, step_bench, mon
 
     monkeypatch.setattr(scale_bench.subprocess, "Popen", Popen)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     s = step_bench.Settings(model_dir=tmp_path, shards=tmp_path, manifest=tmp_path, generations=2,
                             completion_length=4, micro_batch=2, out=tmp_path)
     scale_bench.Worker("ours", s, 1, tmp_path / "w.log", 0, True, env={"OMP_NUM_THREADS": None, "X_TEST": "1"})
     assert "OMP_NUM_THREADS" not in seen and seen["X_TEST"] == "1"
-    scale_bench.Worker("ours", s, 1, tmp_path / "w2.log", 3, True)
-    assert seen["OMP_NUM_THREADS"] == "3"
+    assert seen["OMP_WAIT_POLICY"] == "PASSIVE"  # ours as the training entry point runs it
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    seen.clear()
+    scale_bench.Worker("trl", s, 1, tmp_path / "w2.log", 3, True)
+    assert seen["OMP_NUM_THREADS"] == "3" and "OMP_WAIT_POLICY" not in seen
