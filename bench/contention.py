@@ -3,8 +3,8 @@
 A *load* process (a second training process: ``ours`` at the same point, torch's default thread count and the
 training entry point's wait policy, stepping without pause) is frozen (``SIGSTOP``) or running (``SIGCONT``)
 while the measured workers take their steps: every round measures each variant once with the load frozen and
-once with it running, variants alternating, so every pair sees the same background. Each variant is a worker process (``bench/scale_bench.py``'s) with
-its own thread count and environment:
+once with it running, variants alternating, so every pair sees the same background. Each variant is a worker
+process (``bench/scale_bench.py``'s) with its own thread count and environment:
 
 * ``default``: torch's default intra-op threads (one per core), OpenMP's default wait policy (threads spin at
   the end of a parallel region before they sleep) — what a process gets that sets nothing;
