@@ -48,9 +48,12 @@ def load_scale_bench():
         spec.loader.exec_module(module)
     return sys.modules[name]
 
-VARIANTS = {"default": (0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None}),
-            "passive": (0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": "PASSIVE"}),
-            "one": (1, {})}
+
+VARIANTS = {
+    "default": (0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None}),
+    "passive": (0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": "PASSIVE"}),
+    "one": (1, {}),
+}
 
 
 def parse_variant(text: str) -> tuple[str, int, dict]:
@@ -62,8 +65,9 @@ def parse_variant(text: str) -> tuple[str, int, dict]:
         env = dict(kv.split("=", 1) for kv in rest[0].split(",")) if rest and rest[0] else {}
         return name, int(threads), ({"OMP_NUM_THREADS": None} if int(threads) == 0 else {}) | env
     except ValueError:
-        raise SystemExit(f"--variants: {text!r} is not a known variant ({', '.join(VARIANTS)}) nor "
-                         "NAME:THREADS[:VAR=VALUE,...]") from None
+        raise SystemExit(
+            f"--variants: {text!r} is not a known variant ({', '.join(VARIANTS)}) nor NAME:THREADS[:VAR=VALUE,...]"
+        ) from None
 
 
 class Load:
@@ -106,10 +110,11 @@ def measure(settings, variants, systems, rounds: int, warmup: int, logs: Path) -
     Worker = load_scale_bench().Worker
     workers = {}
     for system in systems:
-        for name, threads, env in (variants if system == "ours" else [parse_variant("default")]):
+        for name, threads, env in variants if system == "ours" else [parse_variant("default")]:
             key = f"{system}/{name}"
-            workers[key] = Worker(system, settings, 2 * (rounds + warmup), logs / f"{key.replace('/', '-')}.log",
-                                  threads, True, env=env)
+            workers[key] = Worker(
+                system, settings, 2 * (rounds + warmup), logs / f"{key.replace('/', '-')}.log", threads, True, env=env
+            )
     for key, w in workers.items():
         msg = w.receive()
         if "error" in msg:
@@ -140,30 +145,50 @@ def measure(settings, variants, systems, rounds: int, warmup: int, logs: Path) -
     out = {}
     for key, t in times.items():
         ratios = [b / a for a, b in zip(t["frozen"], t["running"])]
-        out[key] = {"frozen_s": statistics.median(t["frozen"]), "running_s": statistics.median(t["running"]),
-                    "slowdown": statistics.median(ratios), "range": (min(ratios), max(ratios)), **t}
+        out[key] = {
+            "frozen_s": statistics.median(t["frozen"]),
+            "running_s": statistics.median(t["running"]),
+            "slowdown": statistics.median(ratios),
+            "range": (min(ratios), max(ratios)),
+            **t,
+        }
     return {"variants": out, "load_steps": load.steps, "load_avg_1min": loads}
 
 
 def table(rec: dict) -> str:
-    lines = ["| system / threads | step s, load frozen | step s, load running | slowdown | per round |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| system / threads | step s, load frozen | step s, load running | slowdown | per round |",
+        "|---|---|---|---|---|",
+    ]
     for key, v in rec["variants"].items():
-        lines.append(f"| {key} | {v['frozen_s']:.2f} | {v['running_s']:.2f} | {v['slowdown']:.2f}x | "
-                     f"{v['range'][0]:.2f}–{v['range'][1]:.2f}x |")
+        lines.append(
+            f"| {key} | {v['frozen_s']:.2f} | {v['running_s']:.2f} | {v['slowdown']:.2f}x | "
+            f"{v['range'][0]:.2f}–{v['range'][1]:.2f}x |"
+        )
     lines.append("")
-    lines.append(f"load process steps while running: {rec['load_steps']}; 1-min load average after each round: "
-                 + " ".join(f"{x:.2f}" for x in rec["load_avg_1min"]))
+    lines.append(
+        f"load process steps while running: {rec['load_steps']}; 1-min load average after each round: "
+        + " ".join(f"{x:.2f}" for x in rec["load_avg_1min"])
+    )
     return "\n".join(lines)
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="256x4:qwen", help="HIDDENxLAYERS[:tiny|qwen] (default: 256x4:qwen)")
-    p.add_argument("--systems", nargs="+", default=["ours"], choices=["ours", "swift", "trl", "anchor"],
-                   help="ours runs every variant; the others run with their default threads (default: ours)")
-    p.add_argument("--variants", nargs="+", default=["default", "passive", "one"],
-                   help="thread settings of ours' workers (default: default passive one)")
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        default=["ours"],
+        choices=["ours", "swift", "trl", "anchor"],
+        help="ours runs every variant; the others run with their default threads (default: ours)",
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["default", "passive", "one"],
+        help="thread settings of ours' workers (default: default passive one)",
+    )
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--generations", type=int, default=8)
     p.add_argument("--completion-length", type=int, default=16)
@@ -194,17 +219,32 @@ def main(argv=None) -> dict:
         print(f"contention on {sb.machine()}; load average at start {sb.load()}", flush=True)
         model_dir = sb.prepare_model(work, args.model)
         manifest, shards = sb.prepare_data(work, args.seconds, args)
-        s = sb.Settings(model_dir=model_dir, shards=shards, manifest=manifest, generations=args.generations,
-                        completion_length=args.completion_length, micro_batch=args.micro_batch, max_pixels=None,
-                        min_pixels=None, fps=args.fps, out=Path(tmp) / "run", min_new_tokens=args.completion_length,
-                        frames=sb.frame_plan(shards))
+        s = sb.Settings(
+            model_dir=model_dir,
+            shards=shards,
+            manifest=manifest,
+            generations=args.generations,
+            completion_length=args.completion_length,
+            micro_batch=args.micro_batch,
+            max_pixels=None,
+            min_pixels=None,
+            fps=args.fps,
+            out=Path(tmp) / "run",
+            min_new_tokens=args.completion_length,
+            frames=sb.frame_plan(shards),
+        )
         logs = work / "logs"
         logs.mkdir(exist_ok=True)
         rec = measure(s, args.variants, args.systems, args.rounds, args.warmup, logs)
-    rec.update(model=args.model, point=dict(seconds=args.seconds, G=args.generations, C=args.completion_length),
-               load_end=sb.load())
-    print(f"# {args.model}, {args.seconds:g} s clip, G = {args.generations}, C = {args.completion_length}; median of "
-          f"{args.rounds} rounds after {args.warmup} warm-up; load average at end {rec['load_end']}")
+    rec.update(
+        model=args.model,
+        point=dict(seconds=args.seconds, G=args.generations, C=args.completion_length),
+        load_end=sb.load(),
+    )
+    print(
+        f"# {args.model}, {args.seconds:g} s clip, G = {args.generations}, C = {args.completion_length}; median of "
+        f"{args.rounds} rounds after {args.warmup} warm-up; load average at end {rec['load_end']}"
+    )
     print(table(rec))
     if args.json:
         args.json.write_text(json.dumps(rec, indent=1, default=str))

@@ -72,8 +72,14 @@ class Decoder:
         return torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)
 
     def _step(self, token, position, cache_position, cache, mask):
-        out = self.lm(inputs_embeds=self.embed(token[:, None]), past_key_values=cache, use_cache=True,
-                      position_ids=position, cache_position=cache_position, attention_mask=mask)
+        out = self.lm(
+            inputs_embeds=self.embed(token[:, None]),
+            past_key_values=cache,
+            use_cache=True,
+            position_ids=position,
+            cache_position=cache_position,
+            attention_mask=mask,
+        )
         return out.last_hidden_state[:, -1]
 
     def run(self, way: str, seed: int | None):
@@ -86,14 +92,23 @@ class Decoder:
         with torch.no_grad():
             if way == "eager":
                 cache = DynamicCache(config=self.lm.config)
-                out = self.lm(inputs_embeds=self.embed(self.prompt), past_key_values=cache, use_cache=True,
-                              position_ids=self._positions(0, p, 1))
+                out = self.lm(
+                    inputs_embeds=self.embed(self.prompt),
+                    past_key_values=cache,
+                    use_cache=True,
+                    position_ids=self._positions(0, p, 1),
+                )
                 cache.batch_repeat_interleave(g)
                 hidden = out.last_hidden_state[:, -1].repeat(g, 1)
             else:
                 cache = StaticCache(config=self.lm.config, max_cache_len=p + c)
-                out = self.lm(inputs_embeds=self.embed(self.prompt).expand(g, -1, -1), past_key_values=cache,
-                              use_cache=True, position_ids=self._positions(0, p, g), cache_position=torch.arange(p))
+                out = self.lm(
+                    inputs_embeds=self.embed(self.prompt).expand(g, -1, -1),
+                    past_key_values=cache,
+                    use_cache=True,
+                    position_ids=self._positions(0, p, g),
+                    cache_position=torch.arange(p),
+                )
                 hidden = out.last_hidden_state[:, -1]
             step = self.compiled if way == "compiled" else self._step
             tokens = []
@@ -104,8 +119,12 @@ class Decoder:
                 if t == c - 1:
                     break
                 if way == "eager":
-                    hidden = self.lm(inputs_embeds=self.embed(token[:, None]), past_key_values=cache, use_cache=True,
-                                     position_ids=self._positions(p + t, 1, g)).last_hidden_state[:, -1]
+                    hidden = self.lm(
+                        inputs_embeds=self.embed(token[:, None]),
+                        past_key_values=cache,
+                        use_cache=True,
+                        position_ids=self._positions(p + t, 1, g),
+                    ).last_hidden_state[:, -1]
                 else:
                     mask = (torch.arange(p + c) <= p + t).long()[None].expand(g, -1)
                     hidden = step(token, self._positions(p + t, 1, g), torch.tensor([p + t]), cache, mask)
@@ -122,9 +141,12 @@ def measure(dec: Decoder, repeats: int, seed: int) -> dict:
     out = {"compile_s": compile_s}
     for way in ("eager", "static", "compiled"):
         best = min(dec.run(way, seed)[1] for _ in range(repeats))
-        out[way] = {"tokens_per_s": dec.g * (dec.c - 1) / best, "decode_s": best,
-                    "greedy_identical": bool(torch.equal(dec.run(way, None)[0], greedy)),
-                    "seeded_identical": bool(torch.equal(dec.run(way, seed)[0], seeded))}
+        out[way] = {
+            "tokens_per_s": dec.g * (dec.c - 1) / best,
+            "decode_s": best,
+            "greedy_identical": bool(torch.equal(dec.run(way, None)[0], greedy)),
+            "seeded_identical": bool(torch.equal(dec.run(way, seed)[0], seeded)),
+        }
     return out
 
 
@@ -160,16 +182,30 @@ def main(argv=None) -> dict:
         dec = Decoder(model_dir, args.generations, args.prompt, args.completion_length)
         load_start = sb.load()
         rec = measure(dec, args.repeats, args.seed)
-    rec.update(model=args.model, G=args.generations, P=args.prompt, C=args.completion_length,
-               threads=torch.get_num_threads(), load_start=load_start, load_end=sb.load())
-    print(f"# {args.model}, G = {args.generations}, P = {args.prompt}, C = {args.completion_length}, "
-          f"{rec['threads']} threads; compile {rec['compile_s']:.1f} s; load average {load_start} -> {rec['load_end']}")
+    rec.update(
+        model=args.model,
+        G=args.generations,
+        P=args.prompt,
+        C=args.completion_length,
+        threads=torch.get_num_threads(),
+        load_start=load_start,
+        load_end=sb.load(),
+    )
+    print(
+        f"# {args.model}, G = {args.generations}, P = {args.prompt}, C = {args.completion_length}, "
+        f"{rec['threads']} threads; compile {rec['compile_s']:.1f} s; load average {load_start} -> {rec['load_end']}"
+    )
     print("| decode | tokens/s | decode s | greedy tokens = eager | seeded tokens = eager |\n|---|---|---|---|---|")
-    for way, label in (("eager", "eager, growing cache"), ("static", "eager, static cache"),
-                       ("compiled", "compiled, static cache")):
+    for way, label in (
+        ("eager", "eager, growing cache"),
+        ("static", "eager, static cache"),
+        ("compiled", "compiled, static cache"),
+    ):
         x = rec[way]
-        print(f"| {label} | {x['tokens_per_s']:.1f} | {x['decode_s']:.3f} | {x['greedy_identical']} | "
-              f"{x['seeded_identical']} |")
+        print(
+            f"| {label} | {x['tokens_per_s']:.1f} | {x['decode_s']:.3f} | {x['greedy_identical']} | "
+            f"{x['seeded_identical']} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rec, indent=1))
     return rec

@@ -109,8 +109,12 @@ def peaks(device, repeats: int, gib: float, n: int | None = None) -> dict:
     import torch
 
     n = n or (4096 if device.type == "cuda" else 2048)
-    return {"gemm_n": n, "float32": gemm_peak(torch.float32, device, n, repeats),
-            "bfloat16": gemm_peak(torch.bfloat16, device, n, repeats), **bandwidth(device, gib, repeats)}
+    return {
+        "gemm_n": n,
+        "float32": gemm_peak(torch.float32, device, n, repeats),
+        "bfloat16": gemm_peak(torch.bfloat16, device, n, repeats),
+        **bandwidth(device, gib, repeats),
+    }
 
 
 class PrefillTimer:
@@ -170,13 +174,34 @@ def measure_step(args, device) -> dict:
     from omni_grpo.models.base import _getattr_path
 
     gb = load_gpu_bench()
-    bench_args = gb.parse_args([
-        "--models", args.model, "--modes", args.mode, "--layers", str(args.layers),
-        "--tower-layers", str(args.tower_layers), "--generations", str(args.generations),
-        "--completion-length", str(args.completion_length), "--seconds", str(args.seconds),
-        "--frame-size", *(str(x) for x in args.frame_size),
-        "--micro-batch", str(args.micro_batch), "--steps", "1", "--warmup", str(args.warmup),
-        "--device", str(device)])
+    bench_args = gb.parse_args(
+        [
+            "--models",
+            args.model,
+            "--modes",
+            args.mode,
+            "--layers",
+            str(args.layers),
+            "--tower-layers",
+            str(args.tower_layers),
+            "--generations",
+            str(args.generations),
+            "--completion-length",
+            str(args.completion_length),
+            "--seconds",
+            str(args.seconds),
+            "--frame-size",
+            *(str(x) for x in args.frame_size),
+            "--micro-batch",
+            str(args.micro_batch),
+            "--steps",
+            "1",
+            "--warmup",
+            str(args.warmup),
+            "--device",
+            str(device),
+        ]
+    )
     bench = gb.Bench(bench_args, args.model, args.mode, device)
     timer = PrefillTimer()
     lm = _getattr_path(bench.thinker, bench.module.language_model)
@@ -196,11 +221,19 @@ def measure_step(args, device) -> dict:
     decode_s = seconds["rollout"] - timer.seconds
     bytes_per = torch.finfo(bench.dtype).bits // 8
     weights = bench.counts["decoder"] + bench.counts["lm_head"]
-    out = {"dtype": str(bench.dtype).replace("torch.", ""), "prompt_tokens": bench.prompt_tokens,
-           "frames": bench.frames, "params": bench.counts, "seconds": seconds, "flops": flops,
-           "prefill_s": timer.seconds, "prefill_calls": timer.calls, "decode_s": decode_s,
-           "decode_tokens_per_s": g * c / decode_s if decode_s > 0 else math.nan,
-           "decode_bytes": decode_bytes(bench.config, weights, bench.prompt_tokens, g, c, bytes_per)}
+    out = {
+        "dtype": str(bench.dtype).replace("torch.", ""),
+        "prompt_tokens": bench.prompt_tokens,
+        "frames": bench.frames,
+        "params": bench.counts,
+        "seconds": seconds,
+        "flops": flops,
+        "prefill_s": timer.seconds,
+        "prefill_calls": timer.calls,
+        "decode_s": decode_s,
+        "decode_tokens_per_s": g * c / decode_s if decode_s > 0 else math.nan,
+        "decode_bytes": decode_bytes(bench.config, weights, bench.prompt_tokens, g, c, bytes_per),
+    }
     bench.close()
     return out
 
@@ -209,14 +242,18 @@ def fractions(step: dict, peak: dict) -> list[dict]:
     """Per phase: achieved rate, the limit it is held against, and the fraction."""
     s, f, dt = step["seconds"], step["flops"], step["dtype"]
     update_s = s["encode"] + s["policy"] + s["optimizer"]
-    rows = [("update (encode + policy + optimizer)", (f["encode"] + f["policy"]) / update_s, peak[dt], "FLOP/s"),
-            ("policy (forward + backward)", f["policy"] / s["policy"], peak[dt], "FLOP/s")]
+    rows = [
+        ("update (encode + policy + optimizer)", (f["encode"] + f["policy"]) / update_s, peak[dt], "FLOP/s"),
+        ("policy (forward + backward)", f["policy"] / s["policy"], peak[dt], "FLOP/s"),
+    ]
     if s.get("ref"):
         rows.append(("reference", f["ref"] / s["ref"], peak[dt], "FLOP/s"))
     if step["decode_s"] > 0:
         rows.append(("decode", step["decode_bytes"] / step["decode_s"], peak["read"], "B/s"))
-    return [{"phase": name, "achieved": rate, "limit": limit, "unit": unit, "fraction": rate / limit}
-            for name, rate, limit, unit in rows]
+    return [
+        {"phase": name, "achieved": rate, "limit": limit, "unit": unit, "fraction": rate / limit}
+        for name, rate, limit, unit in rows
+    ]
 
 
 def _si(x: float, unit: str) -> str:
@@ -228,26 +265,37 @@ def _si(x: float, unit: str) -> str:
 
 def report(rec: dict) -> str:
     p = rec["peaks"]
-    lines = [f"| limit | measured | data sheet |", "|---|---|---|",
-             f"| GEMM float32 (n = {p['gemm_n']}) | {_si(p['float32'], 'FLOP/s')} | — |",
-             f"| GEMM bfloat16 (n = {p['gemm_n']}) | {_si(p['bfloat16'], 'FLOP/s')} | "
-             f"{_si(rec['spec_tflops'] * 1e12, 'FLOP/s') if rec['spec_tflops'] else '—'} |",
-             f"| memory read | {_si(p['read'], 'B/s')} | "
-             f"{_si(rec['spec_tbps'] * 1e12, 'B/s') if rec['spec_tbps'] else '—'} |",
-             f"| memory copy (read + write) | {_si(p['copy'], 'B/s')} | — |"]
+    lines = [
+        "| limit | measured | data sheet |",
+        "|---|---|---|",
+        f"| GEMM float32 (n = {p['gemm_n']}) | {_si(p['float32'], 'FLOP/s')} | — |",
+        f"| GEMM bfloat16 (n = {p['gemm_n']}) | {_si(p['bfloat16'], 'FLOP/s')} | "
+        f"{_si(rec['spec_tflops'] * 1e12, 'FLOP/s') if rec['spec_tflops'] else '—'} |",
+        f"| memory read | {_si(p['read'], 'B/s')} | "
+        f"{_si(rec['spec_tbps'] * 1e12, 'B/s') if rec['spec_tbps'] else '—'} |",
+        f"| memory copy (read + write) | {_si(p['copy'], 'B/s')} | — |",
+    ]
     step = rec.get("step")
     if step:
         s = step["seconds"]
-        lines += ["", f"Step ({step['dtype']}, prompt {step['prompt_tokens']} tokens, frames {step['frames']}): " +
-                  ", ".join(f"{k} {v:.3f} s" for k, v in s.items()) +
-                  f"; prefill {step['prefill_s']:.3f} s, decode {step['decode_s']:.3f} s "
-                  f"({step['decode_tokens_per_s']:.1f} tokens/s)", "",
-                  "| phase | achieved | limit | fraction | target |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Step ({step['dtype']}, prompt {step['prompt_tokens']} tokens, frames {step['frames']}): "
+            + ", ".join(f"{k} {v:.3f} s" for k, v in s.items())
+            + f"; prefill {step['prefill_s']:.3f} s, decode {step['decode_s']:.3f} s "
+            f"({step['decode_tokens_per_s']:.1f} tokens/s)",
+            "",
+            "| phase | achieved | limit | fraction | target |",
+            "|---|---|---|---|---|",
+        ]
         for row in rec["fractions"]:
             target = {"update (encode + policy + optimizer)": "≥ 40 %", "decode": "≥ 50 % (within 2×)"}.get(
-                row["phase"], "—")
-            lines.append(f"| {row['phase']} | {_si(row['achieved'], row['unit'])} | {_si(row['limit'], row['unit'])} "
-                         f"| {100 * row['fraction']:.1f} % | {target} |")
+                row["phase"], "—"
+            )
+            lines.append(
+                f"| {row['phase']} | {_si(row['achieved'], row['unit'])} | {_si(row['limit'], row['unit'])} "
+                f"| {100 * row['fraction']:.1f} % | {target} |"
+            )
     return "\n".join(lines)
 
 
@@ -264,8 +312,14 @@ def parse_args(argv=None):
     p.add_argument("--generations", type=int, default=8, help="G (default: 8)")
     p.add_argument("--completion-length", type=int, default=64, help="forced new tokens C (default: 64)")
     p.add_argument("--seconds", type=float, default=10.0, help="clip length (default: 10)")
-    p.add_argument("--frame-size", type=int, nargs=2, default=[252, 448], metavar=("H", "W"),
-                   help="frame size at 2 fps, multiples of 28 (default: 252 448)")
+    p.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        default=[252, 448],
+        metavar=("H", "W"),
+        help="frame size at 2 fps, multiples of 28 (default: 252 448)",
+    )
     p.add_argument("--micro-batch", type=int, default=0, help="log-prob rows per pass; 0 = all G (default)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
     p.add_argument("--spec-tflops", type=float, default=None, help="data-sheet bf16 peak (default: 989 on cuda)")
@@ -290,17 +344,39 @@ def main(argv=None) -> dict:
     transformers.logging.set_verbosity_error()
     logging.getLogger("omni_grpo").setLevel(logging.ERROR)
     device = torch.device(args.device)
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
-    print(f"limit on {where}; torch {torch.__version__}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-          flush=True)
-    rec = {"device": where, "spec_tflops": args.spec_tflops, "spec_tbps": args.spec_tbps,
-           "load_start": os.getloadavg(), "peaks": peaks(device, args.repeats, args.gib)}
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    )
+    print(
+        f"limit on {where}; torch {torch.__version__}; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        flush=True,
+    )
+    rec = {
+        "device": where,
+        "spec_tflops": args.spec_tflops,
+        "spec_tbps": args.spec_tbps,
+        "load_start": os.getloadavg(),
+        "peaks": peaks(device, args.repeats, args.gib),
+    }
     if not args.peaks_only:
         rec["step"] = measure_step(args, device)
         rec["fractions"] = fractions(rec["step"], rec["peaks"])
-        rec["settings"] = {k: getattr(args, k) for k in ("model", "mode", "layers", "tower_layers", "generations",
-                                                        "completion_length", "seconds", "frame_size", "micro_batch")}
+        rec["settings"] = {
+            k: getattr(args, k)
+            for k in (
+                "model",
+                "mode",
+                "layers",
+                "tower_layers",
+                "generations",
+                "completion_length",
+                "seconds",
+                "frame_size",
+                "micro_batch",
+            )
+        }
     rec["load_end"] = os.getloadavg()
     print(report(rec))
     print(f"load average at end {' '.join(f'{x:.2f}' for x in rec['load_end'])}")

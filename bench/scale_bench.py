@@ -22,10 +22,10 @@ Completions are forced to their length: every system bans its stop tokens before
 happens to stop.
 
 Each worker runs torch on ``--threads`` threads (1 by default: on a shared machine more threads than free cores
-spin against each other). Each system's point runs in its own worker process (this file with ``--worker``); the driver starts the
-point's workers, waits until all are built, then asks each for one step in turn, round after round (the
-alternating design of ``step_bench``: every round sees one background load for all systems). Step time is
-the median over the timed rounds. Peak memory is the worker's resident set: its high-water mark is reset
+spin against each other). Each system's point runs in its own worker process (this file with ``--worker``);
+the driver starts the point's workers, waits until all are built, then asks each for one step in turn, round
+after round (the alternating design of ``step_bench``: every round sees one background load for all systems).
+Step time is the median over the timed rounds. Peak memory is the worker's resident set: its high-water mark is reset
 (``/proc/self/clear_refs`` = 5) once the system is built, and ``VmHWM`` read after the last step is the step
 peak (weights, optimizer state, activations, caches; everything resident during the rounds); the resident
 set after the build is reported too, and the difference is what the steps add.

@@ -6,8 +6,9 @@ with the same sampling settings, rewards (format + accuracy), β, learning rate 
 
 * **ours** — ``omni_grpo.trainer.GRPOTrainer`` in one process: decoded shards, the vision and audio towers
   run once per prompt (encode once), the G completions in one batch with the prompt prefilled once,
-  log-probs with each prompt run once per micro-batch (``share_prompt``) and a chunked vocabulary projection. Phases come from its ``timing/*`` metrics; the
-  optimizer phase is timed by wrapping its engine's ``step`` (so "policy" is forward + backward only).
+  log-probs with each prompt run once per micro-batch (``share_prompt``) and a chunked vocabulary projection.
+  Phases come from its ``timing/*`` metrics; the optimizer phase is timed by wrapping its engine's ``step``
+  (so "policy" is forward + backward only).
 * **swift** — ms-swift's GRPO (``swift rlhf --rlhf_type grpo``) in its own environment and process
   (``bench/swift_system.py``: the thinker wrapped as a full Qwen2.5-Omni checkpoint, rows that pin the shard's
   frames, the mp4 decoded by ms-swift at every step, phases from a training callback).

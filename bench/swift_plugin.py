@@ -14,8 +14,11 @@ from omni_grpo.rewards import REWARDS
 
 
 def _fields(kwargs: dict) -> dict:
-    return {"answer": kwargs.get("solution"), "options": kwargs.get("options"),
-            "problem_type": kwargs.get("problem_type")}
+    return {
+        "answer": kwargs.get("solution"),
+        "options": kwargs.get("options"),
+        "problem_type": kwargs.get("problem_type"),
+    }
 
 
 class OmniFormat(ORM):

@@ -53,10 +53,22 @@ VENV_PACKAGES = ["ms-swift==4.6.0", "msgspec", "qwen-omni-utils==0.0.9", "soundf
 MARK = "@@swift "
 REWARD_FUNCS = ["omni_format", "omni_accuracy"]
 # The talker is never built (enable_audio_output is false); its config only has to parse.
-MINIMAL_TALKER = dict(hidden_size=64, embedding_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=32)
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "MODELSCOPE_OFFLINE": "1", "USE_HF": "1"}
+MINIMAL_TALKER = dict(
+    hidden_size=64,
+    embedding_size=64,
+    intermediate_size=128,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=32,
+)
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "MODELSCOPE_OFFLINE": "1",
+    "USE_HF": "1",
+}
 
 
 # --------------------------------------------------------------------------------------- environment
@@ -74,23 +86,33 @@ def ensure_venv(venv: Path = VENV, log=print) -> Path:
     if ready.exists():
         return venv_python(venv)
     log(f"creating the ms-swift environment in {venv} (first use; a few minutes)")
-    steps = [[sys.executable, "-m", "venv", str(venv)],
-             [str(venv_python(venv)), "-m", "pip", "install", "-q", *TORCH],
-             [str(venv_python(venv)), "-m", "pip", "install", "-q", *VENV_PACKAGES]]
+    steps = [
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv_python(venv)), "-m", "pip", "install", "-q", *TORCH],
+        [str(venv_python(venv)), "-m", "pip", "install", "-q", *VENV_PACKAGES],
+    ]
     for cmd in steps:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             tail = " | ".join(done.stderr.strip().splitlines()[-2:])
-            raise RuntimeError(f"could not create the ms-swift environment ({' '.join(cmd[-3:])}): {tail[-300:]}; "
-                               f"remove {venv} and rerun, or leave ms-swift out of --systems")
+            raise RuntimeError(
+                f"could not create the ms-swift environment ({' '.join(cmd[-3:])}): {tail[-300:]}; "
+                f"remove {venv} and rerun, or leave ms-swift out of --systems"
+            )
     ready.write_text(" ".join(TORCH + VENV_PACKAGES) + "\n")
     return venv_python(venv)
 
 
 def worker_env(threads: int = 0) -> dict:
-    env = dict(os.environ, **OFFLINE, USE_AUDIO_IN_VIDEO="true", ENABLE_AUDIO_OUTPUT="false",
-               CUDA_VISIBLE_DEVICES="", TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = dict(
+        os.environ,
+        **OFFLINE,
+        USE_AUDIO_IN_VIDEO="true",
+        ENABLE_AUDIO_OUTPUT="false",
+        CUDA_VISIBLE_DEVICES="",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
     if shutil.which("ffmpeg") is None:
         env["SWIFT_AUDIO_LOAD_BACKEND"] = "soundfile_pyav"
     if threads:
@@ -118,8 +140,11 @@ def wrap_checkpoint(thinker_dir: Path, out: Path) -> Path:
         if f.is_file() and f.name not in ("config.json", "model.safetensors", "model.safetensors.index.json"):
             shutil.copy2(f, out / f.name)
     weights = load_file(thinker_dir / "model.safetensors")
-    save_file({f"thinker.{k}": v.contiguous() for k, v in weights.items()}, out / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {f"thinker.{k}": v.contiguous() for k, v in weights.items()},
+        out / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     torch.save({}, out / "spk_dict.pt")
     return out
 
@@ -136,10 +161,13 @@ def dataset_rows(manifest: Path, frames: dict, system_prompt: str) -> list[dict]
         sample = json.loads(line)
         messages = module.build_messages(sample, system_prompt, True)
         text = "".join(c["text"] for c in messages[1]["content"] if c["type"] == "text")
-        row = {"messages": [{"role": "system", "content": system_prompt},
-                            {"role": "user", "content": "<video>" + text}],
-               "videos": [str((manifest.parent / sample["video"]).resolve())],
-               "solution": sample["answer"], "options": sample["options"], "problem_type": "multiple_choice"}
+        row = {
+            "messages": [{"role": "system", "content": system_prompt}, {"role": "user", "content": "<video>" + text}],
+            "videos": [str((manifest.parent / sample["video"]).resolve())],
+            "solution": sample["answer"],
+            "options": sample["options"],
+            "problem_type": "multiple_choice",
+        }
         plan = frames.get(sample["id"])
         if plan is not None:
             row["chat_template_kwargs"] = {"nframes": plan[0], "resized_height": plan[1], "resized_width": plan[2]}
@@ -158,8 +186,11 @@ def check_rows(rows: list[dict]) -> None:
         if "solution" not in row:
             raise ValueError(f"row {i}: the rewards need a solution column")
         kwargs = row.get("chat_template_kwargs", {})
-        if kwargs and (set(kwargs) != {"nframes", "resized_height", "resized_width"}
-                       or kwargs["resized_height"] % 28 or kwargs["resized_width"] % 28):
+        if kwargs and (
+            set(kwargs) != {"nframes", "resized_height", "resized_width"}
+            or kwargs["resized_height"] % 28
+            or kwargs["resized_width"] % 28
+        ):
             raise ValueError(f"row {i}: chat_template_kwargs must pin nframes and a 28-multiple size, got {kwargs}")
 
 
@@ -175,16 +206,48 @@ def swift_argv(checkpoint: Path, dataset: Path, s, rounds: int) -> list[str]:
     """`swift rlhf` arguments matching the bench's settings `s` (step_bench.Settings)."""
     g, mb = s.generations, s.micro_batch
     args = dict(
-        rlhf_type="grpo", model=checkpoint, model_type="qwen2_5_omni", dataset=dataset, tuner_type="full",
-        torch_dtype="float32", freeze_vit="true", freeze_aligner="true", num_generations=g,
-        per_device_train_batch_size=mb, gradient_accumulation_steps=g // mb, steps_per_generation=g // mb,
-        max_completion_length=s.completion_length, max_length=32768, temperature=s.temperature, top_p=1.0,
-        top_k=-1, beta=s.beta, epsilon=0.2, loss_type="dapo", num_iterations=1, learning_rate=s.learning_rate,
-        lr_scheduler_type="constant", warmup_ratio=0.0, max_grad_norm=1.0, weight_decay=0.0, max_steps=rounds,
-        save_strategy="no", report_to="none", logging_steps=10**9, dataloader_num_workers=0, use_vllm="false",
-        split_dataset_ratio=0.0, dataset_shuffle="false", seed=s.seed, gradient_checkpointing="false",
-        log_completions="false", output_dir=s.out / "swift", external_plugins=HERE / "swift_plugin.py",
-        check_model="false", callbacks="omni_bench")
+        rlhf_type="grpo",
+        model=checkpoint,
+        model_type="qwen2_5_omni",
+        dataset=dataset,
+        tuner_type="full",
+        torch_dtype="float32",
+        freeze_vit="true",
+        freeze_aligner="true",
+        num_generations=g,
+        per_device_train_batch_size=mb,
+        gradient_accumulation_steps=g // mb,
+        steps_per_generation=g // mb,
+        max_completion_length=s.completion_length,
+        max_length=32768,
+        temperature=s.temperature,
+        top_p=1.0,
+        top_k=-1,
+        beta=s.beta,
+        epsilon=0.2,
+        loss_type="dapo",
+        num_iterations=1,
+        learning_rate=s.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_ratio=0.0,
+        max_grad_norm=1.0,
+        weight_decay=0.0,
+        max_steps=rounds,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=10**9,
+        dataloader_num_workers=0,
+        use_vllm="false",
+        split_dataset_ratio=0.0,
+        dataset_shuffle="false",
+        seed=s.seed,
+        gradient_checkpointing="false",
+        log_completions="false",
+        output_dir=s.out / "swift",
+        external_plugins=HERE / "swift_plugin.py",
+        check_model="false",
+        callbacks="omni_bench",
+    )
     argv = [f"--{k}={v}" for k, v in args.items()]
     return argv + ["--reward_funcs", *REWARD_FUNCS]
 
@@ -207,11 +270,25 @@ class Swift:
         dataset.write_text("".join(json.dumps(r) + "\n" for r in rows))
         self.log = work / "worker.log"
         self.stderr = open(self.log, "w")
-        self.proc = subprocess.Popen([str(python), str(Path(__file__).resolve()), "--worker"],
-                                     env=worker_env(threads), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True, cwd=str(work))
-        self._send(json.dumps({"argv": swift_argv(checkpoint, dataset, s, rounds), "threads": threads,
-                               "min_new_tokens": s.min_new_tokens, "suppress_tokens": banned_tokens(s.model_dir)}))
+        self.proc = subprocess.Popen(
+            [str(python), str(Path(__file__).resolve()), "--worker"],
+            env=worker_env(threads),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            cwd=str(work),
+        )
+        self._send(
+            json.dumps(
+                {
+                    "argv": swift_argv(checkpoint, dataset, s, rounds),
+                    "threads": threads,
+                    "min_new_tokens": s.min_new_tokens,
+                    "suppress_tokens": banned_tokens(s.model_dir),
+                }
+            )
+        )
         msg = self._receive()
         if "error" in msg:
             self.close()
@@ -225,7 +302,7 @@ class Swift:
     def _receive(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
+                return json.loads(line[len(MARK) :])
         self.proc.wait()
         tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
         return {"error": f"ms-swift worker exited with {self.proc.returncode}: {' | '.join(tail)[-500:]}"}
@@ -414,8 +491,15 @@ def worker() -> None:
         def on_step_end(self, args, state, control, **kwargs):
             t = self.trainer
             lengths = t._metrics["train"].get("completions/mean_length") or [math.nan]
-            reply({"rows": t.num_generations, "phases": phases.pop(), "tower_calls": towers["calls"],
-                   "completion_tokens": lengths[-1], "prompt_tokens": max(prompt_lengths, default=0)})
+            reply(
+                {
+                    "rows": t.num_generations,
+                    "phases": phases.pop(),
+                    "tower_calls": towers["calls"],
+                    "completion_tokens": lengths[-1],
+                    "prompt_tokens": max(prompt_lengths, default=0),
+                }
+            )
             towers["calls"] = 0
             prompt_lengths.clear()
             if not self._wait():
@@ -443,5 +527,7 @@ if __name__ == "__main__":
     elif "--setup" in sys.argv[1:]:
         print(ensure_venv())
     else:
-        raise SystemExit("usage: python bench/swift_system.py --setup   (creates bench/.swift-venv; the bench's "
-                         "--systems swift does it on first use)")
+        raise SystemExit(
+            "usage: python bench/swift_system.py --setup   (creates bench/.swift-venv; the bench's "
+            "--systems swift does it on first use)"
+        )
