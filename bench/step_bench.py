@@ -709,7 +709,7 @@ def tables(records: list[dict]) -> str:
             if ours and name != "ours" and len(ours["walls"]) == len(x["walls"]):
                 per_round = [w / o for w, o in zip(x["walls"], ours["walls"])]
                 spread = f"{min(per_round):.2f}–{max(per_round):.2f}x"
-            note = " (text only, no media)" if name == "trl" else ""
+            note = {"trl": " (text only, no media)", "anchor": " (imitation loop)"}.get(name, "")
             lines.append(
                 f"| {rec['model']} | {rec['G']} | {rec['clip']} | {name}{note} | {x['prompt_tokens']} | "
                 f"{x['completion_tokens']:.1f} | {x['step_s']:.2f} | {x['steps_per_s']:.3f} | "
