@@ -424,7 +424,7 @@ def parse_args(argv=None):
                         "Qwen2 BPE and 152k vocabulary)")
     p.add_argument("--systems", nargs="+", default=["ours", "swift", "trl", "anchor"],
                    choices=["ours", "swift", "trl", "anchor"],
-                   help="default: all; swift = ms-swift in bench/.swift-venv, created on first use")
+                   help="default: all; swift = ms-swift in .swift-venv, created on first use")
     p.add_argument("--skip", nargs="*", default=DEFAULT_SKIP, metavar="SYSTEM:SWEEP:X",
                    help=f"points a system is left out of (default: {' '.join(DEFAULT_SKIP)}; none: run all)")
     p.add_argument("--steps", type=int, default=None, help="timed rounds per point (default: 2; --quick: 1)")

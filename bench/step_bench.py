@@ -746,7 +746,7 @@ def parse_args(argv=None):
     p.add_argument("--generations", type=int, nargs="+", default=[4, 8], help="G values (default: 4 8)")
     p.add_argument("--seconds", type=float, nargs="+", default=[3.0, 30.0], help="clip lengths (default: 3 30)")
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
-                   help="default: ours swift trl anchor (swift: ms-swift in bench/.swift-venv, created on first use)")
+                   help="default: ours swift trl anchor (swift: ms-swift in .swift-venv, created on first use)")
     p.add_argument("--steps", type=int, default=3, help="timed rounds per configuration (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--completion-length", type=int, default=16, help="max new tokens (default: 16)")

@@ -1,7 +1,8 @@
 """ms-swift's GRPO (``swift rlhf --rlhf_type grpo``) as a bench system, in a virtual environment of its own.
 
-ms-swift pins its own transformers and TRL, so it runs in ``bench/.swift-venv`` (git-ignored), which the bench
-creates on first use: ``VENV_PACKAGES`` with pip (ms-swift imports ``msgspec`` without declaring it, and its
+ms-swift pins its own transformers and TRL, so it runs in ``.swift-venv`` at the repository root (git-ignored;
+outside bench/, whose sources the security test walks), which the bench creates on first use: ``VENV_PACKAGES``
+with pip (ms-swift imports ``msgspec`` without declaring it, and its
 Qwen2.5-Omni loader needs ``qwen-omni-utils``, ``soundfile``, ``decord``). The bench's side (this file imported
 by ``step_bench``/``scale_bench`` in the project's environment) prepares, from the same files as the other
 systems:
@@ -47,7 +48,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-VENV = HERE / ".swift-venv"
+VENV = ROOT / ".swift-venv"
 TORCH = ["torch==2.14.1", "torchvision==0.29.1"]
 VENV_PACKAGES = ["ms-swift==4.6.0", "msgspec", "qwen-omni-utils==0.0.9", "soundfile", "decord", "av", "librosa"]
 MARK = "@@swift "
@@ -528,6 +529,6 @@ if __name__ == "__main__":
         print(ensure_venv())
     else:
         raise SystemExit(
-            "usage: python bench/swift_system.py --setup   (creates bench/.swift-venv; the bench's "
+            "usage: python bench/swift_system.py --setup   (creates .swift-venv; the bench's "
             "--systems swift does it on first use)"
         )
