@@ -1,0 +1,31 @@
+"""The reference that follows the policy under DeepSpeed ZeRO-3 on 2 CPU ranks (slow): both models' weights are
+partitioned, so the sync gathers them, mixes, and partitions the reference again on every rank."""
+
+import pytest
+import torch
+
+from omni_grpo.config import TrainConfig
+from tests.test_distributed import common, launch, mixed_shards, scalars, zero3_test_config  # noqa: F401
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not hasattr(TrainConfig, "ref_sync_steps"), reason="reference sync not wired yet")]
+
+
+def test_zero3_copy_sync_gives_kl_zero_on_every_rank_and_resumes_exactly(tiny_model_dir, mixed_shards, tmp_path):
+    """ref_sync_alpha 1 after step 2: step 3's actor/kl (the mean of both ranks) is exactly 0, so the reference
+    equals the policy on both ranks; the checkpoint of step 2 holds that reference, and a run resumed from it
+    repeats step 3 exactly (a reference rebuilt from the initial model would give KL > 0 there)."""
+    from safetensors.torch import load_file
+
+    ds = zero3_test_config(tmp_path / "zero3.json")
+    sync = ["ref_sync_steps=2", "ref_sync_alpha=1.0"]
+    out, resumed = tmp_path / "out", tmp_path / "resumed"
+    launch(tmp_path, common(tiny_model_dir, mixed_shards, out, ds) + sync)
+    kl = scalars(out, "actor/kl")
+    assert kl[0] == 0.0 and kl[1] > 0.0 and kl[2] == 0.0, kl
+    step2 = out / "checkpoints" / "step-0000002"
+    reference = load_file(str(step2 / "reference.safetensors"))
+    assert reference and all(torch.isfinite(t).all() for t in reference.values())
+    launch(tmp_path, common(tiny_model_dir, mixed_shards, resumed, ds) + sync + [f"resume_from_checkpoint={step2}"])
+    assert scalars(resumed, "actor/kl") == [0.0]
+    assert scalars(resumed, "actor/loss") == scalars(out, "actor/loss")[2:]
