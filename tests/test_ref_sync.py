@@ -83,6 +83,13 @@ def test_bad_sync_settings_are_refused_in_one_line(tiny_model_dir, tiny_shards, 
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("trl, ours", [("ref_model_sync_steps", "ref_sync_steps"),
+                                       ("ref_model_mixup_alpha", "ref_sync_alpha")])
+def test_trl_names_point_to_ours(tiny_model_dir, tiny_shards, tmp_path, trl, ours):
+    with pytest.raises(ConfigError, match=f"did you mean '{ours}'"):
+        make_config(tiny_model_dir, tiny_shards, tmp_path, **{trl: 1})
+
+
 def test_sync_off_keeps_the_initial_reference(tiny_model_dir, tiny_shards, tmp_path):
     trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2))
     assert trainer.cfg.ref_sync_steps == 0
