@@ -26,8 +26,9 @@ def reference_params(trainer) -> dict:
 def test_alpha_one_makes_kl_exactly_zero_at_the_step_after_each_sync(tiny_model_dir, tiny_shards, tmp_path):
     """Synced (a copy) after steps 2 and 4: steps 3 and 5 score against a reference equal to the policy that
     sampled them, so their KL is exactly 0; steps 2 and 4 (the policy moved since the last sync) are not."""
-    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=5, ref_sync_steps=2,
-                                      ref_sync_alpha=1.0))
+    trainer = GRPOTrainer(
+        make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=5, ref_sync_steps=2, ref_sync_alpha=1.0)
+    )
     kl = [m["actor/kl"] for m in run(trainer, 2)]
     policy = dict(trainer.policy.named_parameters())
     assert all(torch.equal(p, policy[n]) for n, p in reference_params(trainer).items())
@@ -39,8 +40,9 @@ def test_alpha_one_makes_kl_exactly_zero_at_the_step_after_each_sync(tiny_model_
 def test_soft_sync_mixes_the_reference_with_the_policy(tiny_model_dir, tiny_shards, tmp_path):
     """α = 0.5 after every step: the reference is the mean of the policy after the step and the reference
     before it (exact in float32 with α = 0.5), and the frozen towers, equal in both, stay as they were."""
-    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, ref_sync_steps=1,
-                                      ref_sync_alpha=0.5))
+    trainer = GRPOTrainer(
+        make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, ref_sync_steps=1, ref_sync_alpha=0.5)
+    )
     before = {n: p.detach().clone() for n, p in reference_params(trainer).items()}
     run(trainer, 1)
     policy = dict(trainer.policy.named_parameters())
@@ -60,8 +62,15 @@ def test_resume_with_a_synced_reference_equals_uninterrupted(tiny_model_dir, tin
     run(full, 2)
     full.save()
     rest = run(full, 2)
-    resumed = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "b", **options,
-                                      resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000002")))
+    resumed = GRPOTrainer(
+        make_config(
+            tiny_model_dir,
+            tiny_shards,
+            tmp_path / "b",
+            **options,
+            resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000002"),
+        )
+    )
     again = run(resumed, 2)
     for key in ("actor/loss", "actor/kl"):
         assert [m[key] for m in again] == [m[key] for m in rest], key
@@ -70,21 +79,25 @@ def test_resume_with_a_synced_reference_equals_uninterrupted(tiny_model_dir, tin
     assert all(torch.equal(p, mine[n]) for n, p in reference_params(full).items())
 
 
-@pytest.mark.parametrize("overrides, fragment", [
-    (dict(ref_sync_steps=-1), "ref_sync_steps=-1 must be >= 0"),
-    (dict(ref_sync_steps=2, ref_sync_alpha=0.0), "ref_sync_alpha=0.0 must be in (0, 1]"),
-    (dict(ref_sync_steps=2, ref_sync_alpha=1.5), "ref_sync_alpha=1.5 must be in (0, 1]"),
-    (dict(ref_sync_steps=2, beta=0.0), "ref_sync_steps=2 needs a reference model"),
-    ({"ref_sync_steps": 2, "lora.enabled": True}, "set lora.enabled=false or ref_sync_steps=0"),
-])
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (dict(ref_sync_steps=-1), "ref_sync_steps=-1 must be >= 0"),
+        (dict(ref_sync_steps=2, ref_sync_alpha=0.0), "ref_sync_alpha=0.0 must be in (0, 1]"),
+        (dict(ref_sync_steps=2, ref_sync_alpha=1.5), "ref_sync_alpha=1.5 must be in (0, 1]"),
+        (dict(ref_sync_steps=2, beta=0.0), "ref_sync_steps=2 needs a reference model"),
+        ({"ref_sync_steps": 2, "lora.enabled": True}, "set lora.enabled=false or ref_sync_steps=0"),
+    ],
+)
 def test_bad_sync_settings_are_refused_in_one_line(tiny_model_dir, tiny_shards, tmp_path, overrides, fragment):
     with pytest.raises(ConfigError) as info:
         make_config(tiny_model_dir, tiny_shards, tmp_path, **overrides)
     assert fragment in str(info.value) and "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("trl, ours", [("ref_model_sync_steps", "ref_sync_steps"),
-                                       ("ref_model_mixup_alpha", "ref_sync_alpha")])
+@pytest.mark.parametrize(
+    "trl, ours", [("ref_model_sync_steps", "ref_sync_steps"), ("ref_model_mixup_alpha", "ref_sync_alpha")]
+)
 def test_trl_names_point_to_ours(tiny_model_dir, tiny_shards, tmp_path, trl, ours):
     with pytest.raises(ConfigError, match=f"did you mean '{ours}'"):
         make_config(tiny_model_dir, tiny_shards, tmp_path, **{trl: 1})
@@ -101,9 +114,20 @@ def test_sync_off_keeps_the_initial_reference(tiny_model_dir, tiny_shards, tmp_p
 def entropy_curve(model_dir, shards, out, coef: float) -> list[float]:
     """actor/entropy of 4 steps where the entropy term is all that trains: the format reward is 0 for every
     completion of the random model (advantages 0), β = 0, and the zero rows are not skipped."""
-    trainer = GRPOTrainer(make_config(model_dir, shards, out, max_steps=4, beta=0.0, entropy_coef=coef,
-                                      learning_rate=1e-2, reward_funcs=["format"], skip_zero_advantage_rows=False,
-                                      dataset_order="sequential"))
+    trainer = GRPOTrainer(
+        make_config(
+            model_dir,
+            shards,
+            out,
+            max_steps=4,
+            beta=0.0,
+            entropy_coef=coef,
+            learning_rate=1e-2,
+            reward_funcs=["format"],
+            skip_zero_advantage_rows=False,
+            dataset_order="sequential",
+        )
+    )
     steps = run(trainer, 4)
     assert all(m["reward/total"] == 0.0 for m in steps)
     return [m["actor/entropy"] for m in steps]
