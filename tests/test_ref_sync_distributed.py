@@ -5,10 +5,12 @@ import pytest
 import torch
 
 from omni_grpo.config import TrainConfig
-from tests.test_distributed import common, launch, mixed_shards, scalars, zero3_test_config  # noqa: F401
+from tests.helpers import common, launch, scalars, zero3_test_config
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not hasattr(TrainConfig, "ref_sync_steps"), reason="reference sync not wired yet")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(TrainConfig, "ref_sync_steps"), reason="reference sync not wired yet"),
+]
 
 
 def test_zero3_copy_sync_gives_kl_zero_on_every_rank_and_resumes_exactly(tiny_model_dir, mixed_shards, tmp_path):
