@@ -7,12 +7,10 @@ import math
 import pytest
 import torch
 
-from omni_grpo.config import ConfigError, TrainConfig
+from omni_grpo.config import ConfigError
 from omni_grpo.trainer import GRPOTrainer
 from tests.helpers import snapshot
 from tests.test_trainer import make_config
-
-pytestmark = pytest.mark.skipif(not hasattr(TrainConfig, "ref_sync_steps"), reason="reference sync not wired yet")
 
 
 def run(trainer, steps: int) -> list[dict]:

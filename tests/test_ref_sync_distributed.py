@@ -4,13 +4,9 @@ partitioned, so the sync gathers them, mixes, and partitions the reference again
 import pytest
 import torch
 
-from omni_grpo.config import TrainConfig
 from tests.helpers import common, launch, scalars, zero3_test_config
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not hasattr(TrainConfig, "ref_sync_steps"), reason="reference sync not wired yet"),
-]
+pytestmark = pytest.mark.slow
 
 
 def test_zero3_copy_sync_gives_kl_zero_on_every_rank_and_resumes_exactly(tiny_model_dir, mixed_shards, tmp_path):
