@@ -21,11 +21,13 @@ def reference_params(trainer) -> dict:
     return dict(trainer.reference.named_parameters())
 
 
-def test_alpha_one_makes_kl_exactly_zero_at_the_step_after_each_sync(tiny_model_dir, tiny_shards, tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_alpha_one_makes_kl_exactly_zero_at_the_step_after_each_sync(tiny_model_dir, tiny_shards, tmp_path, bf16):
     """Synced (a copy) after steps 2 and 4: steps 3 and 5 score against a reference equal to the policy that
-    sampled them, so their KL is exactly 0; steps 2 and 4 (the policy moved since the last sync) are not."""
+    sampled them, so their KL is exactly 0; steps 2 and 4 (the policy moved since the last sync) are not. In
+    bf16 the copy is of the model's bf16 weights (the optimizer's fp32 masters are not what the policy runs)."""
     trainer = GRPOTrainer(
-        make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=5, ref_sync_steps=2, ref_sync_alpha=1.0)
+        make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=5, ref_sync_steps=2, ref_sync_alpha=1.0, bf16=bf16)
     )
     kl = [m["actor/kl"] for m in run(trainer, 2)]
     policy = dict(trainer.policy.named_parameters())
@@ -75,6 +77,23 @@ def test_resume_with_a_synced_reference_equals_uninterrupted(tiny_model_dir, tin
     assert all(math.isfinite(m["actor/kl"]) and m["actor/kl"] > 0 for m in rest)
     mine = reference_params(resumed)
     assert all(torch.equal(p, mine[n]) for n, p in reference_params(full).items())
+
+
+def test_a_saved_reference_of_another_model_is_refused_in_one_line(tiny_model_dir, tiny_shards, tmp_path):
+    from safetensors.torch import save_file
+
+    from omni_grpo.checkpoint import CheckpointError
+
+    options = dict(max_steps=2, ref_sync_steps=1, ref_sync_alpha=1.0)
+    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "a", **options))
+    run(trainer, 1)
+    folder = trainer.save()
+    save_file({"not.a.parameter": torch.zeros(2)}, str(folder / "reference.safetensors"))
+    with pytest.raises(CheckpointError) as info:
+        GRPOTrainer(
+            make_config(tiny_model_dir, tiny_shards, tmp_path / "b", **options, resume_from_checkpoint=str(folder))
+        )
+    assert "reference.safetensors" in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize(
