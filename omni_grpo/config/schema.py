@@ -353,8 +353,9 @@ class TrainConfig:
                        "follows the policy: reference ← α·policy + (1 − α)·reference, α = ref_sync_alpha (TR-DPO, "
                        "arXiv:2404.09656; TRL's ref_model_sync_steps; α = 1 is Kimi k1.5's reference reset, "
                        "arXiv:2501.12599). 0 = off: the initial policy throughout, as in the paper. "
-                       "Needs β > 0 at some step and no LoRA (there the reference is the base model with the adapter "
-                       "off; refused). Checkpoints then hold the reference's weights too."),
+                       "Needs β > 0 at some step. Refused with LoRA: there the reference is the base model with the "
+                       "adapter off, and following the policy would change the frozen base, which checkpoints do not "
+                       "hold and the saved adapter is relative to. Checkpoints then hold the reference's weights."),
     )
     ref_sync_alpha: float = field(
         default=0.6,
