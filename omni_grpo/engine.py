@@ -377,9 +377,15 @@ class DeepSpeedEngine(Engine):
             return {n: p.detach().cpu().clone() for n, p in named}
 
     def prepare_reference(self, model):
+        """Under ZeRO-3 a DeepSpeed engine without optimizer (its weights partitioned as the policy's); under
+        ZeRO-1/2, which partition only optimizer state and gradients, DeepSpeed refuses an engine without
+        optimizer ("zero stage 2 requires an optimizer"), so the reference's engine runs ZeRO off (stage 0, as
+        TRL's `prepare_deepspeed` does for a reference): whole weights on every rank."""
         import deepspeed
 
         config = {k: v for k, v in self.ds_config.items() if k not in ("optimizer", "scheduler")}
+        if not self.is_partitioned:
+            config["zero_optimization"] = {**config.get("zero_optimization", {}), "stage": 0}
         reference, *_ = deepspeed.initialize(model=model, config=config)
         reference.eval()  # DeepSpeed's engine.eval() returns None, not the engine
         return reference
