@@ -9,6 +9,7 @@ before it starts the ranks). Every error ends in one line on stderr: `config err
 SIGTERM or SIGINT stops training at the next safe point with a checkpoint and one line, `preempted (SIGTERM) at
 step N: saved DIR; resume with: COMMAND`, exit code 128 + the signal (143, 130); see `omni_grpo.preemption`.
 Dependencies' deprecation warnings are hidden unless `--verbose` or `OMNI_GRPO_VERBOSE=1`.
+Idle OpenMP threads sleep instead of spinning (`OMP_WAIT_POLICY=PASSIVE` unless set; `passive_openmp_wait`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,20 @@ import sys
 from pathlib import Path
 
 
+def passive_openmp_wait() -> None:
+    """Idle OpenMP threads sleep at once (`OMP_WAIT_POLICY=PASSIVE`) unless the environment chose a policy.
+
+    torch runs one intra-op thread per core; by default a thread that finishes its share of an operation spins
+    before it sleeps. When another process holds one of the cores, every small parallel region of a step then
+    waits for a descheduled thread while its partner spins (a `64x2:tiny` step took 23 s instead of 0.7 s at
+    load 10, `bench/contention.py`). OpenMP reads the variable once, when torch loads it, so this runs before
+    anything imports torch; ranks started by a launcher run it too (they start through `main`).
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
+    passive_openmp_wait()
     parser = argparse.ArgumentParser(prog="python -m omni_grpo.train", description="GRPO training for omni thinkers.")
     parser.add_argument("--config", help="YAML config file (see docs/config_reference.md)")
     parser.add_argument("--check", action="store_true",
