@@ -3,7 +3,9 @@
 
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -127,9 +129,55 @@ def test_stage4_master_port_wins(tmp_path):
         assert launch_args(calls)[1]["--main_process_port"] == "31000"
 
 
-def test_stage4_needs_model_and_data_together(tmp_path):
-    proc, calls = stage4(tmp_path, MODEL="m")
-    assert proc.returncode != 0 and "DATA=SHARDS" in proc.stderr and calls == []
+@pytest.mark.parametrize("given", [{"MODEL": "m"}, {"DATA": "d"}, {"OUTPUT_DIR": "o"}])
+def test_stage4_needs_model_and_data_together(tmp_path, given):
+    proc, calls = stage4(tmp_path, **given)
+    assert proc.returncode == 2 and calls == []
+    assert proc.stderr.splitlines() == [
+        "config error: set MODEL=DIR and DATA=SHARDS together (neither: the built-in demo)"]  # no bash error
+
+
+FAKE_LAUNCHER = """#!/usr/bin/env bash
+# Stands in for Python: the probe and --check pass; the launcher trains until a signal, then prints its line.
+if [[ "$1" == "-c" ]]; then echo "0 40123"; exit 0; fi
+if [[ "$*" == *" --check "* ]]; then exit 0; fi
+echo $$ > "$FAKE_PID"
+trap 'sleep 1; echo "preempted (SIGTERM) at step 3: saved x; resume with: y" >&2; exit 143' TERM
+trap 'echo "preempted (SIGINT) at step 3: saved x; resume with: y" >&2; exit 130' INT
+for _ in $(seq 600); do sleep 0.1; done
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_to_the_scripts_own_pid_reaches_the_launcher(tmp_path, sig):
+    """`kill PID` of stage4.sh (a scheduler, or a user who knows only that PID): the launcher gets the signal, its
+    preemption line comes out and the script ends with its exit code, leaving no process behind."""
+    import psutil
+
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_LAUNCHER)
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), MODEL="m", DATA="d")
+    proc = subprocess.Popen(["bash", str(REPO / "run_scripts" / "stage4.sh")], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        for _ in range(300):
+            if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text().strip():
+                break
+            time.sleep(0.1)
+        launcher = int((tmp_path / "pid").read_text())
+        time.sleep(0.3)  # the traps are set
+        tree = [proc.pid, launcher, *(p.pid for p in psutil.Process(launcher).children(recursive=True))]
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    assert proc.returncode == 128 + sig, err
+    assert err.strip().splitlines()[-1].startswith(f"preempted ({sig.name}) at step 3"), err
+    time.sleep(0.5)
+    left = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes left running: {left}"
 
 
 def test_stage4_default_is_the_cpu_demo(tmp_path):
