@@ -28,6 +28,18 @@ SHUTDOWN_TIMEOUT_S = 300  # torch elastic's default is 30 s: too short to finish
 
 
 def main(argv: list[str] | None = None) -> int:
+    from omni_grpo.logging import missing_dependency
+
+    try:
+        return launch(argv)
+    except ModuleNotFoundError as err:
+        if line := missing_dependency(err, "omni_grpo.launch"):  # the wrong Python, not a bug
+            print(line, file=sys.stderr)
+            return 2
+        raise
+
+
+def launch(argv: list[str] | None) -> int:
     import torch.distributed.run  # noqa: F401  (creates elastic's loggers, quietened below)
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing import SignalException

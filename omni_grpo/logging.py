@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPORT_DIR_ENV = "OMNI_GRPO_REPORT_DIR"  # set by omni_grpo.launch: ranks leave their error line there
+PROJECT_PACKAGES = ("omni_grpo", "preprocess", "tests")  # a module of these missing is a bug, not a wrong Python
 
 
 def configure_logging(rank: int, verbose: bool = False) -> None:
@@ -34,6 +35,16 @@ def report_error(message: str, code: int) -> int:
     else:
         print(message, file=sys.stderr)
     return code
+
+
+def missing_dependency(err: BaseException, module: str) -> str | None:
+    """The one line for `python -m MODULE` started by a Python that lacks one of the project's dependencies (`err`
+    a ModuleNotFoundError of a module outside the project), else None: what to run instead."""
+    if not isinstance(err, ModuleNotFoundError) or not err.name or err.name.split(".")[0] in PROJECT_PACKAGES:
+        return None
+    return (f"setup error: this Python ({sys.executable}) has no module {err.name.split('.')[0]!r}, which omni-grpo "
+            f"needs; run the command with the project's Python, bash run_scripts/python.sh -m {module} ..., or "
+            "install the project into this one (pip install -e . in the repository)")
 
 
 class PhaseTimer:

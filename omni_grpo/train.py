@@ -5,7 +5,8 @@ Runs GRPO training. Launch it directly for one process, or under
 (`run_scripts/stage4.sh` launches it through `omni_grpo.launch`, which reports a failed rank in one line).
 Configuration errors (over-long prompts in the data included) are reported before any model is loaded; `--check` stops there (what stage4.sh runs once
 before it starts the ranks). Every error ends in one line on stderr: `config error: …`, `data error: …`,
-`training stopped: …`, or, for a bug of ours, the traceback and an `internal error: …` line to report.
+`training stopped: …`, `setup error: …` (a Python without the project's dependencies), or, for a bug of ours,
+the traceback and an `internal error: …` line to report.
 SIGTERM or SIGINT stops training at the next safe point with a checkpoint and one line, `preempted (SIGTERM) at
 step N: saved DIR; resume with: COMMAND`, exit code 128 + the signal (143, 130); see `omni_grpo.preemption`.
 Dependencies' deprecation warnings are hidden unless `--verbose` or `OMNI_GRPO_VERBOSE=1`.
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learning_rate=5e-7 lora.enabled=true")
     args = parser.parse_args(argv)
 
-    from omni_grpo.logging import configure_logging, report_error
+    from omni_grpo.logging import configure_logging, missing_dependency, report_error
 
     rank = int(os.environ.get("RANK", "0"))
     configure_logging(rank, verbose=args.verbose or os.environ.get("OMNI_GRPO_VERBOSE", "") not in ("", "0"))
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.config, args.overrides, check_only=args.check,
                    argv=list(sys.argv[1:] if argv is None else argv))
     except Exception as err:  # a bug of ours: the traceback is what to report
+        if line := missing_dependency(err, "omni_grpo.train"):  # the wrong Python, not a bug
+            return report_error(line, 2)
         import traceback
 
         frames = traceback.extract_tb(err.__traceback__)

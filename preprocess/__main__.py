@@ -75,6 +75,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except ModuleNotFoundError as err:
+        from omni_grpo.logging import missing_dependency
+
+        if line := missing_dependency(err, "preprocess"):  # the wrong Python, not a bug
+            print(line, file=sys.stderr)
+            return 2
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
     from .build import BuildOptions, PreprocessError, build
     from .media import VideoOptions
 

@@ -1,0 +1,39 @@
+"""A Python without the project's dependencies (not the project's venv): each command ends in one line that says to
+use `bash run_scripts/python.sh` or to install the project, never a traceback or "a bug in omni-grpo"."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omni_grpo.logging import missing_dependency
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = {
+    "omni_grpo.train": ["--config", "configs/demo.yaml"],
+    "preprocess": ["--source", "jsonl", "--manifest", "m.jsonl", "--output", "out"],
+    "omni_grpo.launch": ["--num_processes", "2", "-m", "omni_grpo.train"],
+}
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_a_python_without_the_dependencies_gets_one_line(module, tmp_path):
+    """`python -S`: this interpreter without its site-packages (no torch, numpy, yaml), the repository on the path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "OMNI_GRPO"))}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-S", "-m", module, *COMMANDS[module]], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("setup error: this Python"), proc.stderr
+    assert f"bash run_scripts/python.sh -m {module} " in lines[0] and "pip install -e ." in lines[0]
+    assert "bug" not in lines[0]
+
+
+def test_a_missing_module_of_the_project_is_still_a_bug():
+    assert missing_dependency(ModuleNotFoundError("x", name="omni_grpo.gone"), "omni_grpo.train") is None
+    assert missing_dependency(ModuleNotFoundError("x", name="preprocess.gone"), "preprocess") is None
+    assert missing_dependency(ValueError("x"), "preprocess") is None
+    assert "'deepspeed'" in missing_dependency(ModuleNotFoundError("x", name="deepspeed.ops"), "omni_grpo.train")
