@@ -43,6 +43,8 @@ def test_auto_resumes_this_config_and_refuses_another(tmp_path):
     line = str(refused.value)
     assert "\n" not in line and "holds a different run (learning_rate, seed differ" in line
     assert "new output_dir=DIR" in line and "overwrite_output_dir=true" in line
+    with pytest.raises(ConfigError, match=r"holds a different run \(seed differs from "):
+        decide_resume(C(output_dir=str(out), learning_rate=1e-5, seed=5))  # one key: the verb agrees
     assert decide_resume(C(output_dir=str(out), learning_rate=2e-5, overwrite_output_dir=True)) is None
     assert decide_resume(C(output_dir=str(out), resume_from_checkpoint="latest")) == newest
 

@@ -240,3 +240,10 @@ def test_demo_config_is_small():
     assert cfg.max_steps <= 100 and cfg.max_prompt_length <= 1024
     assert cfg.dataloader_num_workers <= 1 and cfg.logging_steps == 1
     assert 0 < cfg.save_steps <= cfg.max_steps
+
+
+def test_outputs_and_shards_are_ignored_by_git():
+    """What the README's commands write at the repository root (outputs/, shards/) never shows in `git status`."""
+    paths = ["outputs/demo/run/config.yaml", "shards/siq2_train/manifest.json"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
+    assert proc.stdout.split() == paths, proc.stdout + proc.stderr
