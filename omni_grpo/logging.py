@@ -84,8 +84,27 @@ def reduce_metrics(metrics: dict[str, float], world_size: int) -> dict[str, floa
     return dict(zip(keys, mean.tolist()))
 
 
+# TensorBoard's Custom Scalars tab (http://localhost:6006/#custom_scalars): the curves a run is watched for, in
+# this order; each chart is one regular expression over the tags. eval/…/accuracy: each `eval_data` group's too.
+FIRST_SCREEN = "GRPO: rewards, KL, held-out accuracy"
+LAYOUT = {FIRST_SCREEN: {
+    "reward/total": ["Multiline", [r"^reward/total$"]],
+    "reward/accuracy": ["Multiline", [r"^reward/accuracy$"]],
+    "reward/format": ["Multiline", [r"^reward/format$"]],
+    "actor/kl": ["Multiline", [r"^actor/kl$"]],
+    "eval/accuracy": ["Multiline", [r"^eval/(?!reward/)(.+/)?accuracy$"]],
+}}
+
+
+def log_dir(output_dir) -> Path:
+    """Where a run's TensorBoard events go: `output_dir/runs/<name of output_dir>`, so TensorBoard lists the run
+    under its folder's name (not "."), also when pointed at a folder of several runs."""
+    return Path(output_dir) / "runs" / (Path(output_dir).resolve().name or "run")
+
+
 class MetricsWriter:
-    """Writes scalars and a markdown table of completions to `output_dir/runs` (rank 0 only)."""
+    """Writes scalars, the Custom Scalars layout and a markdown table of completions to `log_dir(output_dir)`
+    (rank 0 only)."""
 
     def __init__(self, output_dir: str, enabled: bool, purge_step: int | None = None):
         """`purge_step`: the first step this run segment logs; TensorBoard drops earlier files' events from that
@@ -94,7 +113,8 @@ class MetricsWriter:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(output_dir) / "runs"), purge_step=purge_step)
+            self.writer = SummaryWriter(log_dir=str(log_dir(output_dir)), purge_step=purge_step)
+            self.writer.add_custom_scalars(LAYOUT)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         if self.writer is None:

@@ -19,7 +19,7 @@ fi
 read -r gpus free_port < <("$PY" -c 'import socket, torch; s = socket.socket(); s.bind(("", 0)); print(torch.cuda.device_count(), s.getsockname()[1])')
 nodes="${NNODES:-1}" && per_node="${NPROC:-$((gpus > 0 ? gpus : 2))}" && port="${MASTER_PORT:-$((nodes > 1 ? 29500 : free_port))}"
 for arg in "$@"; do case "$arg" in output_dir=*) out="${arg#output_dir=}" ;; esac; done
-echo "TensorBoard logs: $out/runs"$'\n'"  bash run_scripts/tensorboard.sh $out/runs"
+echo "TensorBoard logs: $out/runs (its Custom Scalars tab: rewards, KL, eval accuracy)"$'\n'"  bash run_scripts/tensorboard.sh $out/runs"
 exec "$PY" -m omni_grpo.launch --config_file configs/accelerate/zero3.yaml --num_processes $((per_node * nodes)) \
   --num_machines "$nodes" --machine_rank "${NODE_RANK:-0}" --main_process_ip "${MASTER_ADDR:-127.0.0.1}" \
   --main_process_port "$port" --deepspeed_multinode_launcher standard -m omni_grpo.train "$@"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from omni_grpo.logging import log_dir
 from omni_grpo.synthetic import make_clip
 from tests.conftest import run_preprocess
 
@@ -72,7 +73,7 @@ def common(model_dir, shards, out, ds_config, steps=3):
 def scalars(out: Path, tag: str) -> list[float]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "runs"))
+    acc = EventAccumulator(str(log_dir(out)))
     acc.Reload()
     return [e.value for e in acc.Scalars(tag)]
 

@@ -20,6 +20,7 @@ import pytest
 
 from omni_grpo import checkpoint as ckpt
 from omni_grpo.config import TrainConfig
+from omni_grpo.logging import log_dir
 from omni_grpo.preemption import COMMAND_ENV, REPEAT_WINDOW_S, resume_command, stop_on_signals
 from tests.helpers import CLI_RUN, LENGTH, run_args
 from tests.test_distributed import common, free_port, mixed_shards, scalars, zero3_test_config  # noqa: F401
@@ -182,7 +183,7 @@ def test_sigterm_to_a_training_process_saves_and_prints_a_command_that_resumes(t
 def scalar_steps(out: Path, tag: str = "actor/loss") -> list[int]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "runs"))
+    acc = EventAccumulator(str(log_dir(out)))
     acc.Reload()
     return [e.step for e in acc.Scalars(tag)]
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from omni_grpo.logging import log_dir
+
 REPO = Path(__file__).resolve().parents[1]
 SCALARS = [
     "reward/total", "reward/format", "actor/kl", "actor/entropy", "actor/clip_ratio", "actor/grad_norm", "actor/lr",
@@ -95,8 +97,8 @@ def test_stage4_demo_end_to_end(tmp_path):
     for noise in ("FutureWarning", "DeprecationWarning", "shm_comm", "Setting accelerator to CPU", "OMP_NUM_THREADS"):
         assert noise not in proc.stderr, noise
 
-    assert len(list((run / "runs").glob("events.out.tfevents.*"))) == 1  # rank 0 only
-    events = _events(run / "runs")
+    assert len(list(log_dir(run).glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    events = _events(log_dir(run))
     tags = events.Tags()
     missing = [t for t in SCALARS if t not in tags["scalars"]]
     assert not missing, f"missing TensorBoard scalars {missing}; have {sorted(tags['scalars'])}"
