@@ -18,12 +18,15 @@ PROJECT_PACKAGES = ("omni_grpo", "preprocess", "tests")  # a module of these mis
 
 
 def configure_logging(rank: int, verbose: bool = False) -> None:
-    """Our INFO lines on rank 0 (WARNING on the others); dependencies' deprecation warnings only when `verbose`."""
+    """Our INFO lines on rank 0 (WARNING on the others); dependencies' deprecation warnings and Hugging Face's
+    weight-file progress bars ("Loading weights", "Writing model shards") only when `verbose`. Call it before
+    transformers is imported (it reads the bars' switch once)."""
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not verbose:
         for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def report_error(message: str, code: int) -> int:

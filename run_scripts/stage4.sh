@@ -8,18 +8,17 @@ set -euo pipefail
 export OMNI_GRPO_COMMAND="${OMNI_GRPO_COMMAND:-$(for v in PY MODEL DATA OUTPUT_DIR DEMO_DIR NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT; do [[ -z "${!v:-}" ]] || printf '%s=%q ' "$v" "${!v}"; done; printf '%q ' bash "$0" "$@")}"
 source "$(dirname "$0")/_env.sh" && cd "$REPO_ROOT"
 if [[ -z "${MODEL:-}${DATA:-}${OUTPUT_DIR:-}" ]]; then  # the built-in tiny default, on CPU
-  export CUDA_VISIBLE_DEVICES="" DS_ACCELERATOR=cpu
-  demo="${DEMO_DIR:-outputs/demo}" && bash run_scripts/demo_setup.sh "$demo"
-  set -- --config configs/demo.yaml model_name_or_path="$demo/model" data="[$demo/shards]" eval_data="[$demo/shards]" output_dir="$demo/run" "$@"
+  export CUDA_VISIBLE_DEVICES="" && demo="${DEMO_DIR:-outputs/demo}" && bash run_scripts/demo_setup.sh "$demo"
+  set -- --config configs/demo.yaml model_name_or_path="$demo/model" data="[$demo/shards]" eval_data="[$demo/shards]" eval_steps=60 output_dir="$demo/run" "$@"
 elif [[ -z "${MODEL:-}" || -z "${DATA:-}" ]]; then echo "config error: set MODEL=DIR and DATA=SHARDS together (neither: the built-in demo)" >&2; exit 2
 else
   set -- --config configs/stage4.yaml model_name_or_path="$MODEL" data="[$DATA]" output_dir="${OUTPUT_DIR:-outputs/stage4}" "$@"
 fi
+read -r gpus free_port accel < <("$PY" -c 'import socket, torch; s = socket.socket(); s.bind(("", 0)); n = torch.cuda.device_count(); print(n, s.getsockname()[1], "cuda" if n else "cpu")')
+export DS_ACCELERATOR="${DS_ACCELERATOR:-$accel}" && nodes="${NNODES:-1}" && per_node="${NPROC:-$((gpus > 0 ? gpus : 2))}" && port="${MASTER_PORT:-$((nodes > 1 ? 29500 : free_port))}"
 "$PY" -m omni_grpo.train --check "$@"  # config, model, data and output_dir: one line, before any rank starts
-read -r gpus free_port < <("$PY" -c 'import socket, torch; s = socket.socket(); s.bind(("", 0)); print(torch.cuda.device_count(), s.getsockname()[1])')
-nodes="${NNODES:-1}" && per_node="${NPROC:-$((gpus > 0 ? gpus : 2))}" && port="${MASTER_PORT:-$((nodes > 1 ? 29500 : free_port))}"
 for arg in "$@"; do case "$arg" in output_dir=*) out="${arg#output_dir=}" ;; esac; done
-echo "TensorBoard logs: $out/runs (its Custom Scalars tab: rewards, KL, eval accuracy)"$'\n'"  bash run_scripts/tensorboard.sh $out/runs"
+echo "starting $((per_node * nodes)) processes on $nodes node(s), each loading the model; TensorBoard (its Custom Scalars tab first):"$'\n'"  bash run_scripts/tensorboard.sh $out/runs"
 exec "$PY" -m omni_grpo.launch --config_file configs/accelerate/zero3.yaml --num_processes $((per_node * nodes)) \
   --num_machines "$nodes" --machine_rank "${NODE_RANK:-0}" --main_process_ip "${MASTER_ADDR:-127.0.0.1}" \
   --main_process_port "$port" --deepspeed_multinode_launcher standard -m omni_grpo.train "$@"

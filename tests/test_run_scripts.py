@@ -62,8 +62,12 @@ def test_entry_scripts_are_short_and_pass_arguments_through(script):
 
 FAKE_PY = """#!/usr/bin/env bash
 # Stands in for Python: answers the script's probe (device count, free port), records every other call.
-if [[ "$1" == "-c" ]]; then echo "$FAKE_DEVICES 40123"; exit 0; fi
-echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset} $*" >> "$FAKE_LOG"
+if [[ "$1" == "-c" ]]; then  # as torch would: CUDA_VISIBLE_DEVICES="" hides every GPU
+  n="$FAKE_DEVICES" && if [[ -n "${CUDA_VISIBLE_DEVICES-x}" ]]; then :; else n=0; fi
+  if [[ "$n" == 0 ]]; then echo "0 40123 cpu"; else echo "$n 40123 cuda"; fi; exit 0
+fi
+echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset} DS_ACCELERATOR=${DS_ACCELERATOR-unset} $*" >> "$FAKE_LOG"
+echo "a/path/it/wrote"  # what the demo's builders print
 if [[ "$*" == *" --check "* ]]; then exit "${FAKE_CHECK_RC:-0}"; fi
 """
 
@@ -190,8 +194,24 @@ def test_stage4_default_is_the_cpu_demo(tmp_path):
     line, flags = launch_args(calls)
     assert line.startswith("CUDA_VISIBLE_DEVICES= ") and flags["--num_processes"] == "2"
     assert line.endswith("--config configs/demo.yaml model_name_or_path=demo/model data=[demo/shards] "
-                         "eval_data=[demo/shards] output_dir=demo/run max_steps=2")
+                         "eval_data=[demo/shards] eval_steps=60 output_dir=demo/run max_steps=2")
     assert "bash run_scripts/tensorboard.sh demo/run/runs" in proc.stdout
+
+
+def test_stage4_demo_says_one_line_per_stage(tmp_path):
+    proc, calls = stage4(tmp_path, DEMO_DIR="demo")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "demo set-up: a random tiny thinker in demo/base", "demo set-up: 32 colour/tone clips in demo/clips",
+        "demo set-up: their frames and audio in demo/shards",
+        "demo set-up: the reply format (never the answers) fitted, into demo/model"]
+    assert ("starting 2 processes on 1 node(s), each loading the model; TensorBoard (its Custom Scalars tab first):"
+            in proc.stdout.splitlines())
+    assert proc.stdout.count("a/path/it/wrote") == 2  # the --check's and the launcher's, not the builders'
+    # On a machine without GPUs DeepSpeed is told the accelerator instead of warning that it guessed it.
+    assert all(" DS_ACCELERATOR=cpu " in c for c in calls if "omni_grpo.launch" in c or "--check" in c), calls
+    _, real = stage4(tmp_path, devices=4, MODEL="m", DATA="d")
+    assert all(" DS_ACCELERATOR=cuda " in c for c in real if "omni_grpo.launch" in c or "--check" in c), real
 
 
 def test_stage4_demo_reuses_what_exists(tmp_path):

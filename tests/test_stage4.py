@@ -94,8 +94,15 @@ def test_stage4_demo_end_to_end(tmp_path):
     assert proc.returncode == 0, _failure(proc)
     run = demo / "run"
     assert f"bash run_scripts/tensorboard.sh {run / 'runs'}" in proc.stdout
-    for noise in ("FutureWarning", "DeprecationWarning", "shm_comm", "Setting accelerator to CPU", "OMP_NUM_THREADS"):
+    for noise in ("FutureWarning", "DeprecationWarning", "shm_comm", "Setting accelerator to CPU", "OMP_NUM_THREADS",
+                  "Writing model shards", "Loading weights"):
         assert noise not in proc.stderr, noise
+    # One line per stage (and progress bars, rewritten in place), nothing else before the trainer's own lines.
+    lines = [x for x in re.split(r"[\r\n]", proc.stderr) if x.strip() and "%|" not in x]
+    start = next(i for i, x in enumerate(lines) if " INFO omni_grpo: " in x)
+    assert [x.split(":")[0] for x in lines[:start]] == ["demo set-up"] * 4, lines
+    assert proc.stdout.startswith("starting 2 processes on 1 node(s)"), proc.stdout
+    assert not any(x.startswith(str(tmp_path)) for x in proc.stdout.splitlines())  # no bare paths
 
     assert len(list(log_dir(run).glob("events.out.tfevents.*"))) == 1  # rank 0 only
     events = _events(log_dir(run))
