@@ -1,5 +1,6 @@
-"""A Python without the project's dependencies (not the project's venv): each command ends in one line that says to
-use `bash run_scripts/python.sh` or to install the project, never a traceback or "a bug in omni-grpo"."""
+"""How a command-line process starts: a Python without the project's dependencies (not the project's venv) gets one
+line that says to use `bash run_scripts/python.sh` or to install the project, never a traceback or "a bug in
+omni-grpo"; and one process trains with one torch thread unless OMP_NUM_THREADS is set."""
 
 import os
 import subprocess
@@ -37,3 +38,17 @@ def test_a_missing_module_of_the_project_is_still_a_bug():
     assert missing_dependency(ModuleNotFoundError("x", name="preprocess.gone"), "preprocess") is None
     assert missing_dependency(ValueError("x"), "preprocess") is None
     assert "'deepspeed'" in missing_dependency(ModuleNotFoundError("x", name="deepspeed.ops"), "omni_grpo.train")
+
+
+def test_one_process_runs_one_torch_thread_unless_told(tmp_path):
+    """torch's default (a thread per core) made a one-process run 10-30x slower on a shared CPU; torchrun gives each
+    rank OMP_NUM_THREADS=1 and `python -m omni_grpo.train` does the same, unless OMP_NUM_THREADS is set."""
+    script = ("import sys; from omni_grpo import train; code = train.main(['--check', '--config', 'missing.yaml']); "
+              "import torch; print(code, torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",) and not k.startswith("PYTEST")}
+    env["PYTHONPATH"] = str(REPO)
+    for given, expected in ((None, "1"), ("2", "2")):
+        run_env = dict(env, **({"OMP_NUM_THREADS": given} if given else {}))
+        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=run_env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.stdout.split() == ["2", expected], proc.stdout + proc.stderr  # code 2: the config error
