@@ -145,6 +145,7 @@ FAKE_LAUNCHER = """#!/usr/bin/env bash
 # Stands in for Python: the probe and --check pass; the launcher trains until a signal, then prints its line.
 if [[ "$1" == "-c" ]]; then echo "0 40123"; exit 0; fi
 if [[ "$*" == *" --check "* ]]; then exit 0; fi
+echo "$*" > "$FAKE_PID.args"
 echo $$ > "$FAKE_PID"
 trap 'sleep 1; echo "preempted (SIGTERM) at step 3: saved x; resume with: y" >&2; exit 143' TERM
 trap 'echo "preempted (SIGINT) at step 3: saved x; resume with: y" >&2; exit 130' INT
@@ -152,19 +153,18 @@ for _ in $(seq 600); do sleep 0.1; done
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
-def test_a_signal_to_the_scripts_own_pid_reaches_the_launcher(tmp_path, sig):
-    """`kill PID` of stage4.sh (a scheduler, or a user who knows only that PID): the launcher gets the signal, its
-    preemption line comes out and the script ends with its exit code, leaving no process behind."""
+def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: bool = False, **extra):
+    """Run `cmd` (a script that ends in stage4.sh) with the stand-in launcher; once it waits, send `sig` to the
+    script's own PID (or to the launcher's); return (exit code, stderr, the launcher's arguments, PIDs left)."""
     import psutil
 
     fake = tmp_path / "python"
     fake.write_text(FAKE_LAUNCHER)
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
-    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), MODEL="m", DATA="d")
-    proc = subprocess.Popen(["bash", str(REPO / "run_scripts" / "stage4.sh")], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), MODEL="m", DATA="d", **extra)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         for _ in range(300):
             if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text().strip():
@@ -173,15 +173,72 @@ def test_a_signal_to_the_scripts_own_pid_reaches_the_launcher(tmp_path, sig):
         launcher = int((tmp_path / "pid").read_text())
         time.sleep(0.3)  # the traps are set
         tree = [proc.pid, launcher, *(p.pid for p in psutil.Process(launcher).children(recursive=True))]
-        proc.send_signal(sig)
+        os.kill(launcher if to_launcher else proc.pid, sig)
         _, err = proc.communicate(timeout=30)
     finally:
         os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-    assert proc.returncode == 128 + sig, err
-    assert err.strip().splitlines()[-1].startswith(f"preempted ({sig.name}) at step 3"), err
     time.sleep(0.5)
     left = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    return proc.returncode, err, (tmp_path / "pid.args").read_text(), left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_to_the_scripts_own_pid_reaches_the_launcher(tmp_path, sig):
+    """`kill PID` of stage4.sh (a scheduler, or a user who knows only that PID): the launcher gets the signal, its
+    preemption line comes out and the script ends with its exit code, leaving no process behind."""
+    code, err, _, left = signal_a_run(tmp_path, ["bash", str(REPO / "run_scripts" / "stage4.sh")], sig)
+    assert code == 128 + sig, err
+    assert err.strip().splitlines()[-1].startswith(f"preempted ({sig.name}) at step 3"), err
     assert not left, f"processes left running: {left}"
+
+
+# --------------------------------------------------------------------------------------- SLURM batch templates
+
+TEMPLATES = sorted((REPO / "run_scripts").glob("*.sbatch"))
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
+def test_slurm_templates_parse_and_hold_no_absolute_path(template):
+    assert subprocess.run(["bash", "-n", str(template)], capture_output=True).returncode == 0
+    text = template.read_text()
+    assert not [line for line in text.splitlines() if not line.startswith("#") and ABSOLUTE.search(line)]
+    assert "--signal=" in text and "run_scripts/stage4.sh" in text and '"$@"' in text
+
+
+def test_slurm_one_node_passes_the_schedulers_sigterm_to_the_launcher(tmp_path):
+    """`--signal=B:TERM@…` signals the batch script alone: it must reach the launcher (exec all the way)."""
+    code, err, _, left = signal_a_run(tmp_path, ["bash", str(REPO / "run_scripts" / "slurm_one_node.sbatch")],
+                                      signal.SIGTERM, SLURM_SUBMIT_DIR=str(REPO))
+    assert code == 143 and err.strip().splitlines()[-1].startswith("preempted (SIGTERM) at step 3"), err
+    assert not left, f"processes left running: {left}"
+
+
+SRUN = """#!/usr/bin/env bash
+# srun stand-in: drops its options and runs the task here as node 1 of the job
+while [[ "$1" == --* ]]; do shift; done
+SLURM_NODEID=1 exec "$@"
+"""
+
+
+def test_slurm_nodes_runs_one_stage4_per_node_and_passes_sigterm(tmp_path):
+    """srun starts stage4.sh as node SLURM_NODEID, node 0's host as the rendezvous, a fixed port; SLURM's SIGTERM
+    to the step's processes (the launcher) ends in the preemption line and the job ends."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", "#!/usr/bin/env bash\nprintf 'gpu-a\\ngpu-b\\n'\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    code, err, args, left = signal_a_run(
+        tmp_path, ["bash", str(REPO / "run_scripts" / "slurm_nodes.sbatch"), "learning_rate=1e-6"], signal.SIGTERM,
+        to_launcher=True, SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu-[a-b]",
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert code == 143 and err.strip().splitlines()[-1].startswith("preempted (SIGTERM) at step 3"), err
+    assert not left, f"processes left running: {left}"
+    words = args.split()
+    flags = dict(zip(words, words[1:]))
+    assert (flags["--num_machines"], flags["--machine_rank"]) == ("2", "1")
+    assert (flags["--main_process_ip"], flags["--main_process_port"]) == ("gpu-a", "29500"), (args, err)
+    assert args.rstrip().endswith("learning_rate=1e-6")
 
 
 def test_stage4_default_is_the_cpu_demo(tmp_path):
