@@ -74,6 +74,7 @@ def run(config: str | None, overrides: list[str], check_only: bool = False, argv
     except (ShardCorruptError, ShardFormatError) as err:
         return report_error(f"data error: {err}", 2)
     if check_only:
+        print_memory_estimate(cfg)
         return 0
     from omni_grpo import preemption
 
@@ -108,6 +109,23 @@ def train(cfg, command: str = "") -> int:
     except Preempted as stop:
         return report(stop.line(command), stop.code, trainer.rank)
     return 0
+
+
+def print_memory_estimate(cfg) -> None:
+    """`--check` on a machine with GPUs: the modelled memory per GPU for this run next to the GPUs seen, and a
+    warning when it will not fit (`omni_grpo.memory_check`); the world size is `OMNI_GRPO_WORLD_SIZE` (stage4.sh
+    sets it), else the GPUs seen. Nothing on a machine without GPUs. Never stops the run."""
+    from omni_grpo import memory_check
+
+    gpus = memory_check.visible_gpus_gb()
+    if not gpus:
+        return
+    try:
+        lines = memory_check.report(cfg, int(os.environ.get(memory_check.WORLD_SIZE_ENV) or len(gpus)), gpus)
+    except Exception as err:  # an estimate that cannot be made must not stop a run
+        lines = [f"memory estimate: not available ({type(err).__name__}: {err})"]
+    for line in lines:
+        print(line, file=sys.stderr)
 
 
 def skip_deepspeed_shm_op() -> None:

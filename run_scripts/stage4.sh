@@ -16,7 +16,7 @@ else
 fi
 read -r gpus free_port accel < <("$PY" -c 'import socket, torch; s = socket.socket(); s.bind(("", 0)); n = torch.cuda.device_count(); print(n, s.getsockname()[1], "cuda" if n else "cpu")')
 export DS_ACCELERATOR="${DS_ACCELERATOR:-$accel}" && nodes="${NNODES:-1}" && per_node="${NPROC:-$((gpus > 0 ? gpus : 2))}" && port="${MASTER_PORT:-$((nodes > 1 ? 29500 : free_port))}"
-"$PY" -m omni_grpo.train --check "$@"  # config, model, data and output_dir: one line, before any rank starts
+OMNI_GRPO_WORLD_SIZE=$((per_node * nodes)) "$PY" -m omni_grpo.train --check "$@"  # config, paths, memory: before any rank starts
 for arg in "$@"; do case "$arg" in output_dir=*) out="${arg#output_dir=}" ;; esac; done
 echo "starting $((per_node * nodes)) processes on $nodes node(s), each loading the model; TensorBoard (its Custom Scalars tab first):"$'\n'"  bash run_scripts/tensorboard.sh $out/runs"
 exec "$PY" -m omni_grpo.launch --config_file configs/accelerate/zero3.yaml --num_processes $((per_node * nodes)) \
