@@ -61,3 +61,23 @@ def test_check_prints_it_only_where_gpus_are_seen(tiny_model_dir, tiny_shards, t
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("memory estimate: ") and " on 4 GPU(s), full fine-tuning" in lines[0]
     assert lines[1].startswith("warning: ") and len(lines) == 2
+
+
+def test_the_readme_table_is_the_memory_models():
+    """Every cell of the README's memory table is what bench/memory_model.py gives for its row (recipe sizes)."""
+    import re
+
+    text = (memory_check.MODEL_FILE.parents[1] / "README.md").read_text()
+    rows = [r for r in text[text.index("### From the demo to 8 GPUs"):].splitlines() if re.match(r"\| [37]B \|", r)]
+    assert len(rows) == 6
+    dims = {name: memory_model.dims(name.lower()) for name in ("3B", "7B")}
+    for row in rows:
+        name, mode, _, *cells = [c.strip() for c in row.strip("|").split("|")]
+        for world, cell in zip((1, 2, 4, 8), cells):
+            for prompt, shown in zip((2048, 4096), cell.split(" / ")):
+                run = memory_model.Run(prompt=prompt, completion=1024, generations=8, micro_batch=8, world=world,
+                                       lora=mode == "LoRA", one_prompt_copy=True,
+                                       optimizer_bytes=0 if "offload" in mode else 16)
+                peaks = memory_model.phase_peaks(dims[name], run)
+                peak = max(peaks[p + " total"] for p in ("rollout", "reference", "update")) / memory_check.GB
+                assert int(shown) == round(peak), (name, mode, world, prompt, shown, peak)
