@@ -324,3 +324,46 @@ def test_outputs_and_shards_are_ignored_by_git():
     paths = ["outputs/demo/run/config.yaml", "shards/siq2_train/manifest.json"]
     proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
     assert proc.stdout.split() == paths, proc.stdout + proc.stderr
+
+
+FAKE_VENV_PY = """#!/usr/bin/env bash
+# Stands in for the new venv's Python: pip prints what setuptools and pip print on a first install.
+echo "$*" >> "$(dirname "$0")/calls"
+printf 'SetuptoolsDeprecationWarning: ...\\n!!\\n  ****\\n  Please avoid running setup.py directly\\n' >&2
+echo "Successfully installed omni-grpo"
+if [[ "$*" == *"$FAIL_ON"* ]]; then echo "ERROR: no matching distribution" >&2; exit 1; fi
+"""
+
+
+def first_install(tmp_path, fail_on: str = "never"):
+    """Source a copy of _env.sh in a fresh checkout whose ./.venv Python is a stand-in (no real install)."""
+    (tmp_path / "run_scripts").mkdir()
+    (tmp_path / "run_scripts" / "_env.sh").write_text((REPO / "run_scripts" / "_env.sh").read_text())
+    (tmp_path / "setup.py").write_text("setup()\n")
+    venv_py = tmp_path / ".venv" / "bin" / "python"
+    venv_py.parent.mkdir(parents=True)
+    venv_py.write_text(FAKE_VENV_PY)
+    venv_py.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PY", "PYTHONPATH")}
+    env["FAIL_ON"] = fail_on
+    proc = subprocess.run(["bash", "-c", 'source run_scripts/_env.sh && echo "PY=$PY"'], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    return proc, (tmp_path / ".venv" / "bin" / "calls").read_text().splitlines()
+
+
+def test_first_install_is_one_line_and_its_noise_goes_to_a_log(tmp_path):
+    proc, calls = first_install(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"setting up {tmp_path}/.venv (first run: a few minutes; pip's output in "
+                                        f"{tmp_path}/.venv/install.log)"]
+    assert proc.stdout.splitlines() == [f"PY={tmp_path}/.venv/bin/python"]
+    assert [c.split()[4] for c in calls] == ["--upgrade", "torch==2.14.1", "-e"]  # torch first, then the package
+    assert "SetuptoolsDeprecationWarning" in (tmp_path / ".venv" / "install.log").read_text()
+
+
+def test_a_failed_install_shows_its_output_and_stops(tmp_path):
+    proc, calls = first_install(tmp_path, fail_on="torch==")
+    assert proc.returncode == 1 and "PY=" not in proc.stdout
+    assert "ERROR: no matching distribution" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("setup failed: pip install torch==2.14.1 torchvision==0.29.1")
+    assert len(calls) == 2  # the package is not installed over a failed torch
