@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -108,7 +109,20 @@ def train(cfg, command: str = "") -> int:
         return report_error(f"training stopped: {err}", 1)
     except Preempted as stop:
         return report(stop.line(command), stop.code, trainer.rank)
+    except RuntimeError as err:
+        if (peer := lost_peer(err)) is None:
+            raise
+        return report_error(f"training stopped: rank {trainer.rank} lost its connection to another rank ({peer}): a "
+                            "process or node of this run ended; its own output says why. Checkpoints are kept; "
+                            f"once every node is back, resume with: {command}", 1)
     return 0
+
+
+def lost_peer(err: BaseException) -> str | None:
+    """What a collective said when another rank's process went away (gloo: the connection closed or reset), or
+    None for any other error. The ranks of a node that dies end this way within seconds instead of waiting."""
+    match = re.search(r"Connection (?:closed|reset) by peer[^.]*", str(err))
+    return match.group(0) if match else None
 
 
 def print_memory_estimate(cfg) -> None:
