@@ -129,6 +129,7 @@ def test_resume_command(monkeypatch):
 
 
 FAKE_PY = """#!/usr/bin/env bash
+if [[ "$1" == "-c" ]]; then echo "0 40123 cpu"; exit 0; fi  # the script's probe: GPUs, a free port
 echo "$OMNI_GRPO_COMMAND" > "$SEEN"; exit 3
 """
 
