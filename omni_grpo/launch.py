@@ -71,7 +71,8 @@ def launch(argv: list[str] | None) -> int:
 def failure_lines(folder: Path, failed: dict[int, int]) -> list[str]:
     """Each distinct error line the ranks left in `folder` once; a line for each failed rank that left none.
 
-    `failed` maps a failed global rank to its exit code (negative: killed by that signal).
+    `failed` maps a failed global rank to its exit code (negative: killed by that signal). A rank killed by
+    SIGTERM while another left its line is left out: the launcher ends the other ranks that way when one fails.
     """
     reports: dict[str, list[int]] = {}
     for path in sorted(folder.glob("rank-*.txt"), key=lambda p: int(p.stem.split("-")[1])):
@@ -80,6 +81,8 @@ def failure_lines(folder: Path, failed: dict[int, int]) -> list[str]:
              for text, ranks in reports.items()]
     reported = {rank for ranks in reports.values() for rank in ranks}
     for rank, code in sorted(failed.items()):
+        if reports and code == -signal.SIGTERM:  # ended by the launcher itself once another rank had failed
+            continue
         if rank not in reported:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             lines.append(f"rank {rank} {how} without an error line; its output is above")

@@ -102,11 +102,11 @@ def train(cfg, command: str = "") -> int:
     try:
         trainer = GRPOTrainer(cfg)
     except (ShardCorruptError, ShardFormatError) as err:
-        return report_error(f"data error: {err}", 2)
+        return report_error(f"data error: {one_line(err)}", 2)
     try:
         trainer.train()
     except (RewardError, NonFiniteLossError, CheckpointError, PromptTooLongError) as err:
-        return report_error(f"training stopped: {err}", 1)
+        return report_error(f"training stopped: {one_line(err)}", 1)
     except Preempted as stop:
         return report(stop.line(command), stop.code, trainer.rank)
     except RuntimeError as err:
@@ -116,6 +116,17 @@ def train(cfg, command: str = "") -> int:
                             "process or node of this run ended; its own output says why. Checkpoints are kept; "
                             f"once every node is back, resume with: {command}", 1)
     return 0
+
+
+def one_line(err: BaseException) -> str:
+    """`err`'s message as one line. An error raised in a data-loader worker comes back re-raised with the worker's
+    traceback as its message ("Caught PromptTooLongError in DataLoader worker process 1. Original Traceback …"):
+    only the original message, its last line, is kept."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = re.sub(rf"^([\w.]+\.)?{type(err).__name__}: ", "", last)  # "pkg.module.Error: message"
+    return " ".join(text.split())
 
 
 def lost_peer(err: BaseException) -> str | None:

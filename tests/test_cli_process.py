@@ -52,3 +52,38 @@ def test_one_process_runs_one_torch_thread_unless_told(tmp_path):
         proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=run_env, capture_output=True,
                               text=True, timeout=120)
         assert proc.stdout.split() == ["2", expected], proc.stdout + proc.stderr  # code 2: the config error
+
+
+def test_an_error_from_a_loader_worker_is_its_own_message_in_one_line():
+    """A prompt too long found in a data-loader worker comes back re-raised with the worker's traceback as its
+    message; the run's line keeps the original message alone."""
+    import torch
+
+    from omni_grpo.models.qwen2_5_omni import PromptTooLongError
+    from omni_grpo.train import one_line
+
+    class TooLong(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            raise PromptTooLongError("sample 'clip_7': the prompt is 2068 tokens, over max_prompt_length=2048")
+
+    loader = torch.utils.data.DataLoader(TooLong(), num_workers=1, multiprocessing_context="fork")
+    with pytest.raises(PromptTooLongError) as caught:
+        next(iter(loader))
+    assert "Original Traceback" in str(caught.value)  # what torch re-raises
+    assert one_line(caught.value) == "sample 'clip_7': the prompt is 2068 tokens, over max_prompt_length=2048"
+    assert one_line(ValueError("a\nb")) == "a b"
+
+
+def test_ranks_the_launcher_ended_are_not_listed_as_failures(tmp_path):
+    from omni_grpo.launch import failure_lines
+
+    (tmp_path / "rank-0.txt").write_text("training stopped: sample 'x' too long")
+    assert failure_lines(tmp_path, {0: 1, 1: -15}) == ["training stopped: sample 'x' too long"]
+    assert failure_lines(tmp_path, {0: 1, 1: -9})[1] == ("rank 1 was killed by signal 9 without an error line; its "
+                                                         "output is above")  # the out-of-memory killer: listed
+    (tmp_path / "rank-0.txt").unlink()
+    assert failure_lines(tmp_path, {1: -15}) == ["rank 1 was killed by signal 15 without an error line; its output "
+                                                 "is above"]  # nobody else said why
