@@ -3,8 +3,9 @@
 `accelerate launch` (same options) that reports failed ranks in one line each. Ranks started through it leave
 their error line in a private folder (`omni_grpo.logging.report_error`) instead of printing it; when ranks fail,
 this prints each distinct line once, in place of torch.distributed.elastic's failure log and 30-line
-`ChildFailedError` traceback (its start-up notes are hidden too), and exits with the failed rank's exit code. `OMNI_GRPO_VERBOSE=1` keeps elastic's
-own log. `run_scripts/stage4.sh` launches through it.
+`ChildFailedError` traceback (its start-up notes are hidden too), and exits with the failed rank's exit code.
+`OMNI_GRPO_VERBOSE=1` keeps elastic's own log. `run_scripts/stage4.sh` launches through it (exec: the launcher
+has the script's PID).
 
 SIGTERM or SIGINT to the launcher (Ctrl-C, a scheduler) goes to torch elastic's agent, which sends it on to every
 rank's process group (the ranks run in their own sessions: a terminal's Ctrl-C reaches them only this way) and

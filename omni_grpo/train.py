@@ -3,10 +3,12 @@
 Runs GRPO training. Launch it directly for one process, or under
 `accelerate launch --config_file configs/accelerate/zero3.yaml -m omni_grpo.train ...` for DeepSpeed
 (`run_scripts/stage4.sh` launches it through `omni_grpo.launch`, which reports a failed rank in one line).
-Configuration errors (over-long prompts in the data included) are reported before any model is loaded; `--check` stops there (what stage4.sh runs once
-before it starts the ranks). Every error ends in one line on stderr: `config error: …`, `data error: …`,
-`training stopped: …`, `setup error: …` (a Python without the project's dependencies), or, for a bug of ours,
-the traceback and an `internal error: …` line to report.
+Configuration errors (over-long prompts in the data included) are reported before any model is loaded;
+`--check` stops there (what stage4.sh runs once before it starts the ranks; with GPUs in sight it also prints
+the memory the run needs per GPU, `omni_grpo.memory_check`). Every error ends in one line on stderr:
+`config error: …`, `data error: …`, `training stopped: …` (a data-loader worker's error too, its message alone;
+a rank whose peer process or node went away), `setup error: …` (a Python without the project's dependencies),
+or, for a bug of ours, the traceback and an `internal error: …` line to report.
 SIGTERM or SIGINT stops training at the next safe point with a checkpoint and one line, `preempted (SIGTERM) at
 step N: saved DIR; resume with: COMMAND`, exit code 128 + the signal (143, 130); see `omni_grpo.preemption`.
 Dependencies' deprecation warnings are hidden unless `--verbose` or `OMNI_GRPO_VERBOSE=1`. Torch runs one intra-op
@@ -59,15 +61,18 @@ def run(config: str | None, overrides: list[str], check_only: bool = False, argv
     """Check the config and the paths (exit code 2 with one line if wrong), then train unless `check_only`.
     `argv`: this command's arguments (for the resume command a stopped run prints)."""
     from omni_grpo.checkpoint import CheckpointError
-    from omni_grpo.config import ConfigError, check_data, check_paths, load_config
+    from omni_grpo.config import ConfigError, check_paths, load_config
+    from omni_grpo.data_check import check_data
     from omni_grpo.logging import report_error
+    from omni_grpo.rewards import check_reward_names
     from omni_grpo.run_control import decide_resume
     from preprocess.shards import ShardCorruptError, ShardFormatError
 
     try:
         cfg = load_config(config, overrides)
+        check_reward_names(cfg.reward_funcs)
         check_paths(cfg)
-        check_data(cfg)
+        check_data(cfg, report=check_only)  # when training, the trainer's own check logs the warnings
         check_output_dir(cfg.output_dir)
         decide_resume(cfg)  # refuses a folder holding a different run, before ranks launch
     except (ConfigError, FileNotFoundError, CheckpointError) as err:

@@ -50,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
         "until each sample's prompt fits; the count is stored per sample as prompt_tokens")
     budget.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS, metavar="N",
                         help="most tokens of a prompt: video + audio + system prompt + question; match the training "
-                             f"config's max_prompt_length (default: {DEFAULT_MAX_PROMPT_TOKENS}, as configs/stage4.yaml; "
+                             f"config's max_prompt_length (default: {DEFAULT_MAX_PROMPT_TOKENS}, as "
+                             "configs/stage4.yaml; "
                              "0: no budget, qwen-omni-utils' frames)")
     budget.add_argument("--tokenizer", type=Path, metavar="MODEL_DIR",
                         help="count text tokens exactly with this model's tokenizer (default: a character-based "

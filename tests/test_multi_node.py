@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_distributed import common, free_port, scalars, zero3_test_config
+from tests.helpers import common, free_port, scalars, zero3_test_config
 from tests.test_run_scripts import LAUNCH_ENV
 
 REPO = Path(__file__).resolve().parents[1]

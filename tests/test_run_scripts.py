@@ -21,7 +21,8 @@ LAUNCH_ENV = ("MODEL", "DATA", "OUTPUT_DIR", "DEMO_DIR", "NPROC", "NNODES", "NOD
 
 
 def test_scripts_exist():
-    assert {"stage4.sh", "test.sh", "_env.sh", "demo_setup.sh", "python.sh", "tensorboard.sh"} <= {s.name for s in SCRIPTS}
+    names = {s.name for s in SCRIPTS}
+    assert {"stage4.sh", "test.sh", "_env.sh", "demo_setup.sh", "python.sh", "tensorboard.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -246,7 +247,8 @@ def test_stage4_default_is_the_cpu_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert any("-m omni_grpo.testing model demo/base" in c for c in calls)
     assert any("-m omni_grpo.demo data demo/clips" in c for c in calls)
-    assert any("-m preprocess --source jsonl --manifest demo/clips/manifest.jsonl --output demo/shards" in c for c in calls)
+    preprocess = "-m preprocess --source jsonl --manifest demo/clips/manifest.jsonl --output demo/shards"
+    assert any(preprocess in c for c in calls)
     assert any("-m omni_grpo.demo warmup --model demo/base --data demo/shards --output demo/model" in c for c in calls)
     line, flags = launch_args(calls)
     assert line.startswith("CUDA_VISIBLE_DEVICES= ") and flags["--num_processes"] == "2"
@@ -367,3 +369,23 @@ def test_a_failed_install_shows_its_output_and_stops(tmp_path):
     assert "ERROR: no matching distribution" in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith("setup failed: pip install torch==2.14.1 torchvision==0.29.1")
     assert len(calls) == 2  # the package is not installed over a failed torch
+
+
+# ------------------------------------------------------------------------------------------------------ lint
+
+
+def test_lint_runs_in_ci_with_one_ruff_pin_and_the_house_settings():
+    """CI runs lint.sh; lint.sh and the pre-commit hooks install the same ruff; ruff.toml holds the line length
+    and the rule sets (import order included)."""
+    import tomllib
+
+    import yaml
+
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert any(line.startswith("bash run_scripts/lint.sh") for line in ci)
+    pin = re.search(r"^RUFF_VERSION=(\S+)", (REPO / "run_scripts" / "lint.sh").read_text(), re.M).group(1)
+    hooks = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    assert {h["id"] for h in hooks} == {"ruff-check", "ruff-format"}
+    assert all(h["additional_dependencies"] == [f"ruff=={pin}"] for h in hooks)
+    settings = tomllib.loads((REPO / "ruff.toml").read_text())
+    assert settings["line-length"] == 120 and {"E", "F", "W", "I"} <= set(settings["lint"]["select"])

@@ -42,10 +42,10 @@ def documented(tag: str) -> bool:
     return any(re.fullmatch(word.join(map(re.escape, re.split(r"<\w+>", n))), tag) for n in names)
 
 
-def _events(log_dir: Path):
+def _events(folder: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return acc
 
