@@ -1,6 +1,7 @@
 """Several nodes, as the README runs them (slow): two launches of `run_scripts/stage4.sh` on this machine, node
 ranks 0 and 1 of one process each (`NNODES=2`, `MASTER_ADDR=127.0.0.1`, a shared port), train the same curve as
-two processes on one node; and a node that dies ends the other within seconds with one line, never a hang."""
+two processes on one node; and a node that dies ends the other within seconds with one line, never a hang. Also
+a real run's `kill PID` of stage4.sh itself (a scheduler that signals the script alone)."""
 
 import os
 import re
@@ -93,3 +94,30 @@ def test_a_node_that_dies_ends_the_other_with_one_line(tiny_model_dir, tiny_shar
     assert last.startswith("training stopped: rank 0 lost its connection to another rank (Connection "), last
     assert "resume with: " in last and "NODE_RANK=0" in last
     assert "Traceback" not in err and "internal error" not in err, err[-4000:]
+
+
+def test_kill_of_the_scripts_own_pid_saves_and_leaves_no_process(tiny_model_dir, tiny_shards, tmp_path):
+    """`kill PID` of a real `stage4.sh` run (2 ranks, one node): the launcher has that PID, so the ranks stop at the
+    next safe point, save, and the run ends with the preemption line; no launcher or rank is left training."""
+    import psutil
+
+    ds = zero3_test_config(tmp_path / "zero3.json")
+    proc = node(tmp_path, overrides(tiny_model_dir, tiny_shards, tmp_path / "out", ds, 500), NPROC="2")
+    seen = ""
+    try:
+        while not re.search(r" [1-9]\d*/500 ", seen):
+            chunk = os.read(proc.stderr.fileno(), 65536).decode(errors="replace")
+            assert chunk, seen[-4000:]
+            seen += chunk
+        tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
+        os.kill(proc.pid, signal.SIGTERM)  # the script's own PID, not its process group
+        [(code, rest)] = finish([proc], timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = seen + rest
+    assert code == 143, err[-4000:]
+    assert re.match(r"preempted \(SIGTERM\) at step \d+: saved \S+; resume with: ", err.strip().splitlines()[-1])
+    time.sleep(1)
+    left = [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes left running: {left}"
