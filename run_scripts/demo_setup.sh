@@ -11,7 +11,7 @@ export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}" HF_HUB_DISABLE_PROGRESS_BARS=1  #
 step() {  # step FILE WHAT COMMAND...: unless FILE (the last thing COMMAND writes) exists, say WHAT and run it
   if [[ ! -f "$1" ]]; then echo "demo set-up: $2" >&2; "${@:3}" >/dev/null; fi
 }
-step "$demo/base/config.json" "a random tiny thinker in $demo/base" "$PY" -m omni_grpo.testing model "$demo/base"
+step "$demo/base/config.json" "a random tiny thinker in $demo/base" "$PY" -m omni_grpo.tiny_models model "$demo/base"
 step "$demo/clips/manifest.jsonl" "32 colour/tone clips in $demo/clips" "$PY" -m omni_grpo.demo data "$demo/clips"
 step "$demo/shards/manifest.json" "their frames and audio in $demo/shards" "$PY" -m preprocess --source jsonl \
   --manifest "$demo/clips/manifest.jsonl" --output "$demo/shards" --max-pixels 3136 --min-pixels 3136
