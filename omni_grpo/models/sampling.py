@@ -78,9 +78,9 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     `inputs` holds the B prompts; rows of the result are grouped: row i*G + j is sample j of prompt i.
     Each prompt is prefilled once (B rows, not B*G) and its G rows attend to that one copy of its
     keys/values (:mod:`omni_grpo.models.prefix_attention`; a per-row copy where the attention implementation
-    is not wrapped), and only the last position is projected onto the vocabulary. The token loop is ours rather than the thinker's
-    `generate`: the thinkers' forward has no `logits_to_keep` (their prefill would compute [B*G, P, V]
-    logits) and would prefill every copy. Sampling follows Hugging Face's processors in Hugging Face's order
+    is not wrapped), and only the last position is projected onto the vocabulary. The token loop is ours rather
+    than the thinker's `generate`: the thinkers' forward has no `logits_to_keep` (their prefill would compute
+    [B*G, P, V] logits) and would prefill every copy. Sampling follows Hugging Face's processors in Hugging Face's order
     (:func:`sampling_processors`); only the arguments given here apply, not the checkpoint's
     generation_config. Positions come from the module (`language_model_inputs` over the prompt plus
     `max_new_tokens` text slots), so TMRoPE and the `use_audio_in_video` flag are the ones every log-prob
