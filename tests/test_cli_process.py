@@ -87,3 +87,15 @@ def test_ranks_the_launcher_ended_are_not_listed_as_failures(tmp_path):
     (tmp_path / "rank-0.txt").unlink()
     assert failure_lines(tmp_path, {1: -15}) == ["rank 1 was killed by signal 15 without an error line; its output "
                                                  "is above"]  # nobody else said why
+
+
+def test_dropping_a_configs_reward_options_is_said_and_works():
+    """configs/demo.yaml gives `format` options; overriding reward_funcs without it says how to drop them, and
+    that override loads."""
+    from omni_grpo.config import ConfigError, load_config
+
+    demo = REPO / "configs" / "demo.yaml"
+    with pytest.raises(ConfigError) as refused:
+        load_config(demo, ["reward_funcs=[accuracy]"])
+    assert "reward_kwargs=null" in str(refused.value) and "\n" not in str(refused.value)
+    assert load_config(demo, ["reward_funcs=[accuracy]", "reward_kwargs=null"]).reward_kwargs == {}
