@@ -49,7 +49,8 @@ def test_trainer_refuses_before_loading_the_model(tiny_model_dir, tiny_shards, t
         raise AssertionError("the model was loaded before the data check")
 
     monkeypatch.setattr(checkpoint, "load_policy", no_load)
-    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, max_prompt_length=min(lengths(tiny_shards, tiny_model_dir)) - 1)
+    shortest = min(lengths(tiny_shards, tiny_model_dir))
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, max_prompt_length=shortest - 1)
     with pytest.raises(ConfigError, match="longer than max_prompt_length"):
         GRPOTrainer(cfg)
 
