@@ -109,6 +109,26 @@ LAYOUT = {FIRST_SCREEN: {
 }}
 
 
+def reward_set_metrics(rollouts: list, names: list[str], group_size: int) -> dict[str, float]:
+    """`reward/<name>`, `_std`, `/none_ratio`, `reward/total`, `total_std`, `total/none_ratio` and
+    `reward/zero_std_group_ratio` over the rows of `rollouts` (their scores [N, F], totals [N] and advantages
+    [N], as `RewardManager` and the trainer's `score` define them for one round): dynamic sampling's kept set."""
+    import torch
+
+    scores = torch.cat([r.scores.float().cpu() for r in rollouts])  # [N, F]
+    columns = {name: scores[:, f] for f, name in enumerate(names)}
+    columns["total"] = torch.cat([r.rewards.float().cpu() for r in rollouts])  # [N]
+    out = {}
+    for name, column in columns.items():
+        scored = column[~torch.isnan(column)]
+        out[f"reward/{name}"] = scored.mean().item() if scored.numel() else math.nan
+        out[f"reward/{name}_std"] = scored.std(correction=0).item() if scored.numel() else math.nan
+        out[f"reward/{name}/none_ratio"] = 1.0 - scored.numel() / column.numel()
+    advantages = torch.cat([r.advantages.float().cpu() for r in rollouts]).view(-1, group_size)  # [groups, G]
+    out["reward/zero_std_group_ratio"] = (advantages == 0).all(dim=1).float().mean().item()
+    return out
+
+
 def log_dir(output_dir) -> Path:
     """Where a run's TensorBoard events go: `output_dir/runs/<name of output_dir>`, so TensorBoard lists the run
     under its folder's name (not "."), also when pointed at a folder of several runs."""

@@ -54,7 +54,7 @@ from omni_grpo.engine import (
     setup_distributed,
     training_mode,
 )
-from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics
+from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics, reward_set_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
 from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE, sliced_head
 from omni_grpo.models.shared_prompt import group_prompt
@@ -201,7 +201,10 @@ class GRPOTrainer:
         self.global_step += 1
         rows = sum(r.num_rows for r in drawn)
         self.samples_seen += rows * self.world_size
-        metrics = {**collected, **update, **rollout_metrics(drawn, temperature)}
+        metrics = {**collected, **update, **rollout_metrics(rollouts, temperature)}  # the rows trained
+        if cfg.dynamic_sampling:  # and every row drawn
+            metrics.update({f"rollout/drawn_{k.split('/', 1)[1]}": v for k, v in rollout_metrics(drawn, temperature)
+                            .items() if k != "rollout/temperature"})
         metrics.update(self.timer.pop())
         metrics["timing/step"] = time.perf_counter() - t0
         metrics["throughput/samples_per_s"] = rows / metrics["timing/step"]
@@ -255,6 +258,10 @@ class GRPOTrainer:
             return drawn, drawn, metrics
         picks, counts = core_algos.pick_groups(spread, target)
         rollouts = [rollout.groups(groups, cfg.num_generations) for rollout, groups in zip(drawn, picks) if groups]
+        # reward/* over the groups trained (as verl logs them); every drawn group's under rollout/drawn_reward_*
+        every = reward_set_metrics(drawn, self.rewards.names, cfg.num_generations)
+        metrics.update({f"rollout/drawn_reward_{k.split('/', 1)[1].replace('/', '_')}": v for k, v in every.items()})
+        metrics.update(reward_set_metrics(rollouts, self.rewards.names, cfg.num_generations))
         metrics.update({f"rollout/dynamic_sampling_{k}": float(v) for k, v in counts.items()})
         metrics["rollout/dynamic_sampling_rounds"] = float(len(drawn))
         return drawn, rollouts, metrics
