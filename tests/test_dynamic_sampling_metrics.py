@@ -44,3 +44,25 @@ def test_reward_and_rollout_metrics_cover_the_kept_groups_and_drawn_ones_are_log
     name = "tests.rewards_for_tests:half_constant_reward"
     assert f"reward/{name}" in metrics and f"rollout/drawn_reward_{name}" in metrics
     assert f"reward/{name}/errors" in metrics  # a count of failures, kept under its usual name
+
+
+def test_the_reference_scores_only_the_groups_kept(tiny_model_dir, tiny_shards, tmp_path):
+    """With β > 0 the reference pass runs after the filter: on the rows the update trains, never on a dropped
+    group's (half of the drawn rows in a run where every other prompt is constant)."""
+    trainer = GRPOTrainer(tiny_config(tiny_model_dir, tiny_shards, tmp_path, RUN, max_steps=1, beta=0.04))
+    scored, kept = [], []
+    log_probs, update = trainer._log_probs, trainer.update
+
+    def recording_log_probs(model, rows, *args, **kwargs):
+        scored.append(rows.num_rows)
+        return log_probs(model, rows, *args, **kwargs)
+
+    def recording_update(rollouts, beta):
+        kept.extend(r.num_rows for r in rollouts)
+        trainer._log_probs = log_probs  # the update's own passes are not counted
+        return update(rollouts, beta)
+
+    trainer._log_probs, trainer.update = recording_log_probs, recording_update
+    metrics = trainer.step()
+    assert metrics["rollout/dynamic_sampling_dropped"] > 0
+    assert scored == kept  # one reference pass per kept rollout, over its rows only
