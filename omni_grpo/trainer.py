@@ -56,7 +56,7 @@ from omni_grpo.engine import (
     setup_distributed,
     training_mode,
 )
-from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics
+from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics, reward_set_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
 from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE, sliced_head
 from omni_grpo.models.shared_prompt import group_prompt
@@ -207,7 +207,10 @@ class GRPOTrainer:
                 self.engine.sync_reference(self.reference, cfg.ref_sync_alpha)
         rows = sum(r.num_rows for r in drawn)
         self.samples_seen += rows * self.world_size
-        metrics = {**collected, **update, **rollout_metrics(drawn, temperature)}
+        metrics = {**collected, **update, **rollout_metrics(rollouts, temperature)}  # the rows trained
+        if cfg.dynamic_sampling:  # and every row drawn
+            metrics.update({f"rollout/drawn_{k.split('/', 1)[1]}": v for k, v in rollout_metrics(drawn, temperature)
+                            .items() if k != "rollout/temperature"})
         metrics.update(self.timer.pop())
         metrics["timing/step"] = time.perf_counter() - t0
         metrics["throughput/samples_per_s"] = rows / metrics["timing/step"]
@@ -228,7 +231,8 @@ class GRPOTrainer:
         One rollout round per micro-step: `per_device_prompts` prompts → `rollout` → `score` →
         `reference_and_old`. Without `dynamic_sampling` the step trains on the `gradient_accumulation_steps`
         rounds as drawn. With it (DAPO §3.2), groups whose rewards are all equal (advantage 0) are left out
-        and more rounds are drawn, up to `dynamic_sampling_max_extra_rounds`, until every rank holds
+        (and get no reference or old pass: those run on the kept groups, after the filter) and more rounds are
+        drawn, up to `dynamic_sampling_max_extra_rounds`, until every rank holds
         per_device_prompts × gradient_accumulation_steps groups with a spread (`pick_groups`). The ranks
         decide together after each round (a rank that has enough still draws while another is short), so every
         rank runs the same generation rounds and no-gradient passes; each trains on exactly that many groups,
@@ -246,7 +250,8 @@ class GRPOTrainer:
             rollout = self.rollout(batch, temperature)
             with self.timer("rewards"):
                 reward_metrics.append(self.score(rollout))
-            self.reference_and_old(rollout)
+            if not cfg.dynamic_sampling:  # with it, only the groups kept are scored (below)
+                self.reference_and_old(rollout)
             drawn.append(rollout)
             spread.append(core_algos.group_spread(rollout.advantages, cfg.num_generations))
             if len(drawn) < cfg.gradient_accumulation_steps:
@@ -261,9 +266,27 @@ class GRPOTrainer:
             return drawn, drawn, metrics
         picks, counts = core_algos.pick_groups(spread, target)
         rollouts = [rollout.groups(groups, cfg.num_generations) for rollout, groups in zip(drawn, picks) if groups]
+        self._reference_and_old_of_kept(rollouts)
+        # reward/* over the groups trained (as verl logs them); every drawn group's under rollout/drawn_reward_*
+        every = reward_set_metrics(drawn, self.rewards.names, cfg.num_generations)
+        metrics.update({f"rollout/drawn_reward_{k.split('/', 1)[1].replace('/', '_')}": v for k, v in every.items()})
+        metrics.update(reward_set_metrics(rollouts, self.rewards.names, cfg.num_generations))
         metrics.update({f"rollout/dynamic_sampling_{k}": float(v) for k, v in counts.items()})
         metrics["rollout/dynamic_sampling_rounds"] = float(len(drawn))
         return drawn, rollouts, metrics
+
+    def _reference_and_old_of_kept(self, rollouts: list[Rollout]) -> None:
+        """`reference_and_old` for dynamic sampling's kept rollouts only (the dropped groups never reach the
+        update, so their reference pass would be wasted). Ranks may keep groups from different numbers of rounds:
+        under ZeRO-3 every rank must run the same forwards, so a rank with fewer runs one-row passes whose
+        results are discarded, up to the most any rank runs."""
+        for rollout in rollouts:
+            self.reference_and_old(rollout)
+        counts = torch.zeros(self.world_size, device=self.device)
+        counts[self.rank] = len(rollouts)
+        most = int(all_reduce_sum(counts, self.world_size).max().item())
+        for _ in range(most - len(rollouts)):
+            self.reference_and_old(rollouts[0].select([0]))
 
     # ---------------------------------------------------------------------------------- stopping on a signal
     def _safe_point(self) -> None:

@@ -50,7 +50,8 @@ def parser() -> argparse.ArgumentParser:
         "until each sample's prompt fits; the count is stored per sample as prompt_tokens")
     budget.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS, metavar="N",
                         help="most tokens of a prompt: video + audio + system prompt + question; match the training "
-                             f"config's max_prompt_length (default: {DEFAULT_MAX_PROMPT_TOKENS}, as configs/stage4.yaml; "
+                             f"config's max_prompt_length (default: {DEFAULT_MAX_PROMPT_TOKENS}, as "
+                             "configs/stage4.yaml; "
                              "0: no budget, qwen-omni-utils' frames)")
     budget.add_argument("--tokenizer", type=Path, metavar="MODEL_DIR",
                         help="count text tokens exactly with this model's tokenizer (default: a character-based "
@@ -75,6 +76,18 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except ModuleNotFoundError as err:
+        from omni_grpo.logging import missing_dependency
+
+        if line := missing_dependency(err, "preprocess"):  # the wrong Python, not a bug
+            print(line, file=sys.stderr)
+            return 2
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
     from .build import BuildOptions, PreprocessError, build
     from .media import VideoOptions
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from omni_grpo.logging import log_dir
+
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 0.25  # 4 options, balanced answers
 # The demo's own preprocess options (run_scripts/demo_setup.sh): 56x56 frames, so a prompt is ~200 tokens.
@@ -33,7 +35,7 @@ def _run(args: list[str], env: dict, timeout: int = 300) -> str:
 def _curves(run: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run / "runs"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(log_dir(run)), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in ("reward/accuracy", "reward/format")}
 

@@ -11,6 +11,7 @@ import torch
 
 from omni_grpo import eval_loop, eval_report
 from omni_grpo.config import ConfigError, check_paths
+from omni_grpo.logging import log_dir
 from omni_grpo.trainer import GRPOTrainer
 from tests.test_trainer import make_config
 
@@ -41,7 +42,7 @@ def test_eval_steps_also_evaluates_the_last_step(tiny_model_dir, tiny_shards, tm
                       reward_funcs=["format", "accuracy"])
     GRPOTrainer(cfg).train()
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step-0000002", "step-0000003"]
-    acc = EventAccumulator(str(tmp_path / "runs"), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(log_dir(tmp_path)), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [2, 3]

@@ -604,7 +604,8 @@ class TrainConfig:
             _require(
                 name in names,
                 f"reward_kwargs has options for {name!r}, which is not in reward_funcs {names}"
-                f"{_did_you_mean(name, names)}; add it to reward_funcs or remove its options",
+                f"{_did_you_mean(name, names)}; add it to reward_funcs, or drop the options: on the command line "
+                "reward_kwargs=null clears the config's (reward_kwargs={} would merge nothing into them)",
             )
         _require(
             self.max_consecutive_reward_errors >= 1,
