@@ -215,6 +215,55 @@ def test_siq2_val_split(tmp_path):
     assert summary["source"]["qa_file"] == "qa/qa_val.json" and summary["options"]["split"] == "val"
 
 
+def siq2_line(qid, q, vid_name="3vZccD8ySXc", answer_idx=1):
+    """A line of Social-IQ 2.0's qa_val.json as released (abwilf/Social-IQ-2.0-Challenge siq2/qa/qa_val.json,
+    62a5c4b: qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0..a3); ts fits the 1 s clip."""
+    options = [f"{q} option {i}" for i in range(4)]
+    return {"qid": qid, "q": q, "vid_name": vid_name, "ts": "0.00-1.000000", "ans_corr": options[answer_idx],
+            "answer_idx": answer_idx, "idx_types": ["matched", "corr", "rewrite", "matched"],
+            **{f"a{i}": o for i, o in enumerate(options)}}
+
+
+def test_siq2_keeps_every_question_of_a_reused_qid(tmp_path):
+    # As in the val release (lines 48-52): q3_0 and q2_0 each name two different questions.
+    root = tmp_path / "siq2"
+    clip(root / "video" / "3vZccD8ySXc.mp4")
+    lines = [siq2_line("3vZccD8ySXc_q3_0", "How did the girls react to hitting the wrong button?"),
+             siq2_line("3vZccD8ySXc_q2_0", "How does the driver's lack of understanding affect her driving?"),
+             siq2_line("3vZccD8ySXc_q3_0", "Why did the girls suddenly scream at 0:15?", answer_idx=3),
+             siq2_line("3vZccD8ySXc_q2_0", "Why is the driver hitting the roof of the car", answer_idx=0),
+             siq2_line("3vZccD8ySXc_q3_0", "Why did the girls suddenly scream at 0:15?", answer_idx=3),
+             siq2_line("3vZccD8ySXc_q3_0", "What do the girls do next?", answer_idx=2)]
+    (root / "qa").mkdir()
+    (root / "qa" / "qa_val.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = run("siq2", root, tmp_path / "out", split="val")
+    items = written(tmp_path / "out")
+    assert set(items) == {"3vZccD8ySXc_q3_0", "3vZccD8ySXc_q2_0", "3vZccD8ySXc_q3_0#1", "3vZccD8ySXc_q2_0#1",
+                          "3vZccD8ySXc_q3_0#2"}
+    assert items["3vZccD8ySXc_q3_0#1"]["question"] == "Why did the girls suddenly scream at 0:15?"
+    assert items["3vZccD8ySXc_q3_0#1"]["answer"] == "D"
+    assert items["3vZccD8ySXc_q2_0#1"]["question"] == "Why is the driver hitting the roof of the car"
+    assert items["3vZccD8ySXc_q3_0#2"]["question"] == "What do the girls do next?"
+    assert {item["extra"]["qid"] for item in items.values()} == {"3vZccD8ySXc_q3_0", "3vZccD8ySXc_q2_0"}
+    assert items["3vZccD8ySXc_q3_0#2"]["extra"]["qid"] == "3vZccD8ySXc_q3_0"
+    lost = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert [(f["id"], f["line"]) for f in lost] == [("3vZccD8ySXc_q3_0", 5)]
+    assert "duplicate of line 3 (same id and content); dropped" in lost[0]["reason"]
+    assert summary["counts"]["written"] == 5
+
+
+def test_siq2_repeat_ids_do_not_take_a_released_id(tmp_path):
+    root = tmp_path / "siq2"
+    clip(root / "video" / "3vZccD8ySXc.mp4")
+    lines = [siq2_line("v_q1", "First?"), siq2_line("v_q1#1", "Released with a hash?"), siq2_line("v_q1", "Second?")]
+    (root / "qa").mkdir()
+    (root / "qa" / "qa_train.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run("siq2", root, tmp_path / "out")
+    items = written(tmp_path / "out")
+    assert {k: v["question"] for k, v in items.items()} == {"v_q1": "First?", "v_q1#1": "Released with a hash?",
+                                                           "v_q1#2": "Second?"}
+
+
 # --- layouts and field rules ----------------------------------------------------------------------------
 
 LAYOUTS = {
