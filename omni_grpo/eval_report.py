@@ -24,7 +24,10 @@ the 95 % interval of `eval_stats.question_interval` (Wilson for 0/1 scores, else
 difference A − B with a paired-bootstrap interval, and McNemar's exact p-value (see `eval_stats`).
 
 Categories: `--group-by FIELD` reads a prediction's top-level field (`problem_type`) or else its `extra`
-field (the benchmark's own fields, e.g. a task type); a question without it falls in "(missing)".
+field (the benchmark's own fields, e.g. a task type); a question without it falls in "(missing)". A list
+value (WorldSense's `audio_class`) puts the question once in each of its distinct elements, as lmms-eval's
+WorldSense aggregation does, so such a field's groups can hold more questions together than the run; an
+empty list falls in "(missing)".
 """
 
 from __future__ import annotations
@@ -177,11 +180,21 @@ def _short(value, width: int = 60) -> str:
 
 
 def category(row: dict, field: str) -> str:
-    """A prediction's value of `field` (top level, else in `extra`) as a label; "(missing)" when absent."""
+    """A prediction's value of `field` (top level, else in `extra`) as one label; "(missing)" when absent."""
     value = row[field] if field in row else (row.get("extra") or {}).get(field)
     if value is None:
         return MISSING
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def categories(row: dict, field: str) -> list[str]:
+    """The labels a prediction counts under for `field`: each distinct element of a list value (a question
+    with several audio classes counts once in each), else the one `category` label."""
+    value = row[field] if field in row else (row.get("extra") or {}).get(field)
+    if not isinstance(value, list):
+        return [category(row, field)]
+    labels = [category({field: item}, field) for item in value if item is not None]
+    return list(dict.fromkeys(labels)) or [MISSING]
 
 
 def question_scores(rows: Iterable[dict], name: str) -> dict[str, float]:
@@ -240,7 +253,7 @@ def summarize(rows: Sequence[dict], reward_names: Sequence[str], reward_weights:
     summary["rewards"] = stats
     summary["groups"] = {field: {value: {"questions": len({r["id"] for r in members}),
                                          "rewards": reward_stats(members, reward_names)}
-                                 for value, members in _buckets(rows, lambda r: category(r, field)).items()}
+                                 for value, members in _buckets(rows, lambda r: categories(r, field)).items()}
                          for field in group_by}
     return summary
 
@@ -287,7 +300,7 @@ def compare(rows_a: Sequence[dict], rows_b: Sequence[dict], group_by: Sequence[s
             "not_scored": len(ids_a & ids_b) - len(paired), "bootstrap_resamples": resamples, "bootstrap_seed": seed,
             "overall": stats(paired),
             "groups": {field: {value: stats(ids) for value, ids in
-                               _buckets(paired, lambda q: category(first[q], field)).items()}
+                               _buckets(paired, lambda q: categories(first[q], field)).items()}
                        for field in group_by}}
 
 
@@ -344,9 +357,10 @@ def _cell(stats: dict) -> str:
     return f"{stats['mean']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _buckets(items: Iterable, label) -> dict[str, list]:
-    """Items grouped by `label(item)`, the groups in sorted label order."""
+def _buckets(items: Iterable, labels) -> dict[str, list]:
+    """Items grouped by each of the labels `labels(item)` gives, the groups in sorted label order."""
     groups: dict[str, list] = {}
     for item in items:
-        groups.setdefault(label(item), []).append(item)
+        for label in labels(item):
+            groups.setdefault(label, []).append(item)
     return dict(sorted(groups.items()))

@@ -136,6 +136,26 @@ def test_summary_per_group_tables():
         eval_report.summarize(rows, NAMES, WEIGHTS, 1, ["tsak"])
 
 
+def test_a_list_valued_category_counts_the_question_once_in_each_element():
+    # WorldSense's audio_class is a list; lmms-eval's worldsense_aggregate_results adds a question to each class.
+    rows = [row("q1", accuracy=1.0, audio_class=["Speech", "Music"]),
+            row("q2", accuracy=0.0, audio_class=["Music", "Speech"]),
+            row("q3", accuracy=1.0, audio_class=["Speech", "Speech"]),
+            row("q4", accuracy=0.0, audio_class=[]), row("q5", accuracy=1.0, audio_class=["Event"])]
+    summary = eval_report.summarize(rows, NAMES, WEIGHTS, 1, ["audio_class"])
+    groups = summary["groups"]["audio_class"]
+    assert {v: g["questions"] for v, g in groups.items()} == {"Event": 1, "Music": 2, "Speech": 3,
+                                                                eval_report.MISSING: 1}
+    assert groups["Speech"]["rewards"]["accuracy"]["mean"] == pytest.approx(2 / 3)
+    assert groups["Music"]["rewards"]["accuracy"]["mean"] == 0.5
+    assert summary["num_questions"] == 5 and summary["accuracy"] == pytest.approx(3 / 5)
+    other = [{**r, "rewards": {"format": 1.0, "accuracy": 1.0}} for r in rows]
+    result = eval_report.compare(rows, other, ["audio_class"])
+    assert {v: g["questions"] for v, g in result["groups"]["audio_class"].items()} == {
+        "Event": 1, "Music": 2, "Speech": 3, eval_report.MISSING: 1}
+    assert result["groups"]["audio_class"]["Speech"]["b_better"] == 1
+
+
 def test_summary_with_k_samples_averages_pass_at_1_per_question():
     rows = [row("q1", 0, 1.0), row("q1", 1, 0.0), row("q2", 0, 0.0), row("q2", 1, 0.0), row("q3", 0, 1.0),
             row("q3", 1, None)]
