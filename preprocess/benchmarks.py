@@ -333,6 +333,7 @@ def _intentbench_answer(obj: dict, problem_type: str, options: tuple[str, ...], 
 # --- AVQA -----------------------------------------------------------------------------------------------
 
 AVQA_KNOWN = ("question_text", "multi_choice", "answer")
+AVQA_NULL_OPTION = "null"
 
 
 def read_avqa(root, split: str = "train") -> SourceData:
@@ -348,6 +349,10 @@ def read_avqa(root, split: str = "train") -> SourceData:
     0-based position (the authors' preprocessing numbers questions so); and the folder layout of the
     dataset website's download (the one here is the authors' repository's). AVQA-R1-6K (EchoInk-R1) is a
     different release of image + audio pairs, which this video pipeline cannot decode.
+
+    A ``null`` option becomes the text "null", as the authors' text preprocessing encodes it, and its
+    letter is listed in ``extra["null_options"]``; a record whose *correct* option is null is a failure
+    line naming the record and the option.
     """
     if not split or "/" in split or "\\" in split or split.strip(".") == "":
         raise SourceError(f"split {split!r} is not a plain name such as train or val")
@@ -360,13 +365,22 @@ def read_avqa(root, split: str = "train") -> SourceData:
         sample_id = _id(obj, "id") if "id" in obj else f"{split}-{number - 1}"
         video_name = _plain_name(_named_id(obj, "video_name", sample_id), "video_name", sample_id)
         question = _text(obj, "question_text", sample_id)
-        options = _options(obj.get("multi_choice"), sample_id, "multi_choice")
+        raw = obj.get("multi_choice")
+        nulls = [LETTERS[i] for i, o in enumerate(raw) if o is None] if isinstance(raw, list) else []
+        if nulls:  # the authors' text preprocessing encodes a null candidate as the word "null"
+            raw = [AVQA_NULL_OPTION if o is None else o for o in raw]
+        options = _options(raw, sample_id, "multi_choice")
         if "answer" not in obj:
             raise LineError("missing field 'answer'", sample_id)
         answer = _index_letter(obj["answer"], len(options), sample_id, "answer")
+        if answer in nulls:
+            raise LineError(f"the correct option {answer} (multi_choice[{LETTERS.index(answer)}]) is null in the "
+                            "release, so the question has no answer text to choose", sample_id)
+        extra = _extra(obj, AVQA_KNOWN, sample_id)
+        if nulls:
+            extra["null_options"] = nulls
         return Sample(id=sample_id, video=f"video/{video_name}.mp4", question=question, options=options,
-                      answer=answer, problem_type="multiple_choice", extra=_extra(obj, AVQA_KNOWN, sample_id),
-                      line=number)
+                      answer=answer, problem_type="multiple_choice", extra=extra, line=number)
 
     return _collect("avqa", Path(root), _records(data, qa_name), qa_name, parse)
 

@@ -203,6 +203,25 @@ def test_avqa_reads_the_split(tmp_path):
     assert summary["options"]["split"] == "val"
 
 
+def test_avqa_null_option_is_read_as_the_authors_encode_it(tmp_path):
+    # AlyssaYoung/AVQA preprocess/preprocess_text/datautils/avqa.py turns a None candidate into "null".
+    root = tmp_path / "avqa"
+    clip(root / "video" / "-0PQM4-hqg_000030.mp4")
+    (root / "annotation").mkdir(parents=True)
+    base = {"video_name": "-0PQM4-hqg_000030", "video_id": 1, "question_text": "Which instrument is heard?",
+            "question_type": "Which"}
+    rows = [{**base, "id": 7, "multi_choice": ["piano", None, "violin", "drum"], "answer": 2},
+            {**base, "id": 8, "multi_choice": ["piano", "guitar", None, "drum"], "answer": 2}]
+    (root / "annotation" / "train_qa.json").write_text(json.dumps(rows))
+    run("avqa", root, tmp_path / "out")
+    items = written(tmp_path / "out")
+    assert items["7"]["options"] == ["piano", "null", "violin", "drum"] and items["7"]["answer"] == "C"
+    assert items["7"]["extra"]["null_options"] == ["B"]
+    lost = failures(tmp_path / "out")
+    assert set(lost) == {"8"} and lost["8"]["line"] == 2
+    assert "correct option C (multi_choice[2]) is null" in lost["8"]["reason"]
+
+
 # --- Social-IQ 2.0 validation split (existing siq2 reader) ---------------------------------------------
 
 def test_siq2_val_split(tmp_path):
