@@ -258,14 +258,88 @@ def summarize(rows: Sequence[dict], reward_names: Sequence[str], reward_weights:
     return summary
 
 
+def coverage(rows: Sequence[dict], released: int, lost: Sequence[dict], group_by: Sequence[str] = (),
+             not_evaluated: int = 0) -> dict:
+    """How many of the `released` questions the run scored for accuracy, overall and per category.
+
+    `lost` holds one entry per released question that never reached the run: ``{id, reason, problem_type,
+    extra}`` (a failure line of preprocess; ``extra`` None when its categories are not known).
+    `not_evaluated` counts questions in the shards that the run left out (``--limit``). Per category the
+    released count is the run's questions plus the lost ones of that category; the lost questions of unknown
+    category and the ones left out are counted in ``uncategorised`` instead.
+    """
+    scored = set(question_scores(rows, "accuracy"))
+    run_ids = {row["id"] for row in rows}
+    reasons: dict[str, int] = {}
+    for entry in lost:
+        reasons[_reason_kind(entry.get("reason"))] = reasons.get(_reason_kind(entry.get("reason")), 0) + 1
+    result = {"released": released, "scored": len(scored), "evaluated": len(run_ids),
+              "not_scored": len(run_ids - scored), "lost_before_evaluation": len(lost),
+              "not_evaluated": not_evaluated,
+              "lost_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+              "text": f"{len(scored)} of {released} released questions scored", "groups": {}, "uncategorised": {}}
+    first: dict[str, dict] = {}
+    for row in rows:
+        first.setdefault(row["id"], row)
+    known = [entry for entry in lost if entry.get("extra") is not None]
+    for field in group_by:
+        counts: dict[str, dict] = {}
+        for row in first.values():
+            for label in categories(row, field):
+                entry = counts.setdefault(label, {"scored": 0, "released": 0})
+                entry["released"] += 1
+                entry["scored"] += row["id"] in scored
+        for entry in known:
+            for label in categories(entry, field):
+                counts.setdefault(label, {"scored": 0, "released": 0})["released"] += 1
+        result["groups"][field] = dict(sorted(counts.items()))
+        result["uncategorised"][field] = len(lost) - len(known) + not_evaluated
+    return result
+
+
+def _reason_kind(reason) -> str:
+    """A failure reason without its specifics (paths, numbers), to count reasons of one kind together."""
+    text = str(reason or "unknown")
+    return text.split(":", 1)[0] if ":" in text[:60] else text[:60]
+
+
 def format_summary(summary: dict) -> str:
-    """The summary as a table: one line overall and one per category value, a column per reward."""
+    """The summary as a table: one line overall and one per category value, a column per reward; with a
+    coverage record, a column "scored" (N/M: scored of released) and the coverage line above the table."""
     names = list(summary["rewards"])
-    lines = [["overall", str(summary["num_questions"]), *(_cell(summary["rewards"][n]) for n in names)]]
+    cover = summary.get("coverage")
+
+    def scored(field=None, value=None) -> list[str]:
+        if cover is None:
+            return []
+        if field is None:
+            return [f"{cover['scored']}/{cover['released']}"]
+        entry = cover["groups"].get(field, {}).get(value)
+        return [f"{entry['scored']}/{entry['released']}" if entry else "-"]
+
+    lines = [["overall", str(summary["num_questions"]), *scored(), *(_cell(summary["rewards"][n]) for n in names)]]
     for field, values in summary["groups"].items():
-        lines += [[f"{field}={value}", str(group["questions"]), *(_cell(group["rewards"][n]) for n in names)]
-                  for value, group in values.items()]
-    return format_table(["", "questions", *(f"{n} [95% CI]" for n in names)], lines)
+        lines += [[f"{field}={value}", str(group["questions"]), *scored(field, value),
+                   *(_cell(group["rewards"][n]) for n in names)] for value, group in values.items()]
+        if cover is not None:  # categories whose every question was lost before the run
+            lines += [[f"{field}={value}", "0", *scored(field, value), *("n/a" for _ in names)]
+                      for value in cover["groups"].get(field, {}) if value not in values]
+    table = format_table(["", "questions", *(["scored"] if cover else []), *(f"{n} [95% CI]" for n in names)],
+                         lines)
+    return table if cover is None else f"{coverage_line(cover)}\n{table}"
+
+
+def coverage_line(cover: dict) -> str:
+    """ "N of M released questions scored (…)" with where the others went."""
+    parts = []
+    if cover["lost_before_evaluation"]:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in list(cover["lost_reasons"].items())[:3])
+        parts.append(f"{cover['lost_before_evaluation']} not in the shards ({reasons})")
+    if cover["not_evaluated"]:
+        parts.append(f"{cover['not_evaluated']} left out by --limit")
+    if cover["not_scored"]:
+        parts.append(f"{cover['not_scored']} evaluated but not scorable for accuracy")
+    return f"coverage: {cover['text']}" + (f"; {'; '.join(parts)}" if parts else "")
 
 
 def check_fields(rows: Sequence[dict], fields: Sequence[str]) -> None:

@@ -113,6 +113,61 @@ def test_group_by_and_compare_with_a_finished_run(base_run, base_dir, tiny_model
     assert f"A: {tiny_model_dir}" in printed and "McNemar p" in printed and "vid_name=" in printed
 
 
+@pytest.fixture(scope="module")
+def shards_with_a_missing_video(tmp_path_factory):
+    """3 synthetic Social-IQ 2.0 clips (2 + 3 + 2 questions) whose first video is missing from the download."""
+    from omni_grpo.synthetic import make_siq2_dataset
+    from preprocess.build import BuildOptions, build
+    from preprocess.media import VideoOptions
+
+    root = tmp_path_factory.mktemp("eval-missing")
+    make_siq2_dataset(root / "raw", n_clips=3, seconds=2.0)
+    qa = [json.loads(line) for line in (root / "raw" / "qa" / "qa_train.json").read_text().splitlines()]
+    gone = qa[0]["vid_name"]
+    (root / "raw" / "video" / f"{gone}.mp4").unlink()
+    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
+                       video=VideoOptions(min_pixels=3136, max_pixels=12544)))
+    return root / "shards", qa, gone
+
+
+def test_coverage_counts_the_questions_preprocess_lost(tiny_model_dir, shards_with_a_missing_video, tmp_path,
+                                                         capsys):
+    data, qa, gone = shards_with_a_missing_video
+    lost = [row["qid"] for row in qa if row["vid_name"] == gone]
+    metrics, lines = run(tiny_model_dir, data, tmp_path / "out", "--group-by", "vid_name")
+    cover = metrics["coverage"]
+    assert cover["released"] == len(qa) == 7 and cover["lost_before_evaluation"] == len(lost) == 2
+    assert cover["scored"] == cover["evaluated"] == len(qa) - len(lost) == metrics["num_questions"]
+    assert cover["text"] == f"5 of {len(qa)} released questions scored"
+    assert list(cover["lost_reasons"].values()) == [2]
+    per_video = cover["groups"]["vid_name"]
+    assert per_video[gone] == {"scored": 0, "released": len(lost)}  # its category read back from qa_train.json
+    for vid in {row["vid_name"] for row in qa} - {gone}:
+        n = sum(row["vid_name"] == vid for row in qa)
+        assert per_video[vid] == {"scored": n, "released": n}
+    assert cover["uncategorised"] == {"vid_name": 0}
+    printed = capsys.readouterr().out
+    assert f"coverage: 5 of {len(qa)} released questions scored; 2 not in the shards" in printed
+    assert f"vid_name={gone}" in printed and "0/2" in printed and f"5/{len(qa)}" in printed
+
+
+def test_subset_scores_only_the_listed_questions(tiny_model_dir, shards_with_a_missing_video, tmp_path):
+    data, qa, gone = shards_with_a_missing_video
+    kept = next(row["qid"] for row in qa if row["vid_name"] != gone)
+    lost = next(row["qid"] for row in qa if row["vid_name"] == gone)
+    (tmp_path / "clean.txt").write_text(f"# a published split\n{kept}\n{lost}\nnot-a-question\n")
+    metrics, lines = run(tiny_model_dir, data, tmp_path / "out", "--subset", str(tmp_path / "clean.txt"))
+    assert {line["id"] for line in lines} == {kept}
+    cover = metrics["coverage"]
+    assert (cover["released"], cover["scored"], cover["lost_before_evaluation"]) == (3, 1, 2)
+    assert "not in the shards or their failures.jsonl" in cover["lost_reasons"]
+    run_file = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run_file["subset"]["questions"] == 3
+    (tmp_path / "none.txt").write_text("x\ny\n")
+    with pytest.raises(EvalError, match="none of its 2 ids is a question of --data"):
+        evaluate(str(tiny_model_dir), [str(data)], str(tmp_path / "none"), subset=str(tmp_path / "none.txt"))
+
+
 def test_overrides_reach_the_prompt(base_run, tiny_model_dir, shards, tmp_path):
     _, lines = base_run
     _, other = run(tiny_model_dir, shards, tmp_path / "other", "--limit", "2", "system_prompt=Answer now.")
