@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--root", type=Path, help="siq2: the folder holding qa/, video/ and audio/wav/; a benchmark: "
                                                "the folder its annotation file and videos were extracted into")
     src.add_argument("--split", default="train", help="siq2: reads qa/qa_{split}.json; avqa: annotation/"
-                                                      "{split}_qa.json (default: train)")
+                                                      "{split}_qa.json (default: train); r1: the records file")
     src.add_argument("--manifest", type=Path, help="jsonl: the manifest; its paths are relative to its folder")
     p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
     vid = p.add_argument_group("frames (same meaning and defaults as qwen-omni-utils)")

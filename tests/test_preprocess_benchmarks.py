@@ -222,6 +222,81 @@ def test_avqa_null_option_is_read_as_the_authors_encode_it(tmp_path):
     assert "correct option C (multi_choice[2]) is null" in lost["8"]["reason"]
 
 
+# --- HumanOmniV2 / R1-Omni / Video-R1 records (--source r1) --------------------------------------------
+
+def humanomniv2_record(video, problem_type, options, answer, **extra):
+    """A record as in HumanMLLM/HumanOmniV2 src/open-r1-multimodal/data_config/emer_rewrite.json (9bf0e6f):
+    problem, problem_type, options ("A. …"), solution (<context>/<think> reasoning, then <answer>), answer,
+    data_type, clean_list, video and path."""
+    return {"problem": f"What emotions does the speaker in {video} show?", "problem_type": problem_type,
+            "options": options, "solution": f"<context>a face</context><think>she smiles</think><answer>{answer}"
+            "</answer>", "answer": answer, "data_type": "video", "clean_list": ["Happy"], "video": f"MER24/{video}",
+            "path": f"MER24/{video}", **extra}
+
+
+def video_r1_record(problem_id, data_type, path, problem_type, answer, options=()):
+    """A record as tulerfeng/Video-R1 reads Video-R1-260k.json (src/r1-v/src/open_r1/grpo.py, 59d65c3):
+    problem_id, problem, data_type, problem_type, options, process, solution "<answer>…</answer>", path "./…"."""
+    return {"problem_id": problem_id, "problem": f"Question {problem_id}?", "data_type": data_type,
+            "problem_type": problem_type, "options": list(options), "process": "<think>long reasoning</think>",
+            "solution": f"<answer>{answer}</answer>", "path": path}
+
+
+def test_r1_reads_humanomniv2_and_video_r1_records(tmp_path):
+    root = tmp_path / "videos"
+    clip(root / "MER24" / "sample_0.mp4")
+    clip(root / "LLaVA-Video-178K" / "v.mp4")
+    synthetic.make_image(root / "Math" / "g.png", size=(56, 56))
+    six = ["A. Urgent", "B. Happy", "C. Relaxed", "D. Understanding", "E. Admiration", "F. Approve"]
+    records = [humanomniv2_record("sample_0.mp4", "emer_ov_mc", six, "C,B"),
+               humanomniv2_record("sample_0.mp4", "multiple choice", six[:4], "D"),
+               humanomniv2_record("sample_0.mp4", "judge", [], "Yes"),
+               humanomniv2_record("sample_0.mp4", "emer_ov", [], "happy"),
+               humanomniv2_record("sample_0.mp4", "emer_ov_mc", six, "B", path={"image": "a.png", "audio": "a.wav"}),
+               video_r1_record(17, "video", "./LLaVA-Video-178K/v.mp4", "numerical", "3.5"),
+               video_r1_record(18, "image", "./Math/g.png", "regression", "42"),
+               video_r1_record(19, "video", "./LLaVA-Video-178K/v.mp4", "OCR", "EXIT 12"),
+               video_r1_record(20, "video", "./LLaVA-Video-178K/v.mp4", "free-form", "a red car"),
+               video_r1_record(21, "video", "./LLaVA-Video-178K/v.mp4", "multiple choice", "B",
+                               ["A. left", "B. right", "C. up", "D. down"]),
+               video_r1_record(22, "video", "./missing.mp4", "numerical", "1")]
+    (tmp_path / "data_config").mkdir()
+    (tmp_path / "data_config" / "mixed.json").write_text(json.dumps(records))
+    result = cli("--source", "r1", "--root", str(root), "--split", str(tmp_path / "data_config" / "mixed.json"),
+                 "--output", "out", "--workers", "0", "--min-pixels", str(28 * 28 * 4), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    items = written(tmp_path / "out")
+    assert set(items) == {"mixed-0", "mixed-1", "mixed-2", "17", "18", "19", "20", "21"}
+    assert (items["mixed-0"]["problem_type"], items["mixed-0"]["answer"]) == ("multi_label", "B,C")
+    assert items["mixed-0"]["options"] == [o[3:] for o in six]
+    assert (items["mixed-1"]["problem_type"], items["mixed-1"]["answer"]) == ("multiple_choice", "D")
+    assert (items["mixed-2"]["problem_type"], items["mixed-2"]["answer"], items["mixed-2"]["options"]) == (
+        "yes_no", "yes", [])
+    assert items["mixed-0"]["extra"] == {"data_type": "video", "clean_list": ["Happy"],
+                                         "source_problem_type": "emer_ov_mc"}
+    assert [(items[k]["problem_type"], items[k]["answer"]) for k in ("17", "18", "19", "20", "21")] == [
+        ("numeric", "3.5"), ("numeric", "42"), ("free_text", "EXIT 12"), ("free_text", "a red car"),
+        ("multiple_choice", "B")]
+    assert items["18"]["modality"] == "image" and items["17"]["modality"] == "video"
+    assert "process" not in items["17"]["extra"] and items["17"]["extra"]["source_problem_type"] == "numerical"
+    lost = failures(tmp_path / "out")
+    assert set(lost) == {"mixed-3", "mixed-4", "22"}
+    assert "'emer_ov' has no matcher" in lost["mixed-3"]["reason"]
+    assert "lists several media (audio, image)" in lost["mixed-4"]["reason"]
+    humanomniv2 = cli("--source", "humanomniv2", "--root", str(root), "--output", "out2", cwd=tmp_path)
+    assert humanomniv2.returncode != 0 and "needs --split FILE" in humanomniv2.stderr
+
+
+def test_r1_reads_json_lines(tmp_path):
+    root = tmp_path / "data"
+    clip(root / "v.mp4")
+    lines = [video_r1_record(1, "video", "./v.mp4", "multiple choice", "A", ["A. x", "B. y"]), "{broken"]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) if isinstance(r, dict) else r for r in lines))
+    run("r1", root, tmp_path / "out", split="train.jsonl")
+    assert set(written(tmp_path / "out")) == {"1"}
+    assert "malformed JSON" in failures(tmp_path / "out")[None]["reason"]
+
+
 # --- Social-IQ 2.0 validation split (existing siq2 reader) ---------------------------------------------
 
 def test_siq2_val_split(tmp_path):
@@ -293,7 +368,7 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("source", sorted(BENCHMARKS))
+@pytest.mark.parametrize("source", sorted(LAYOUTS))
 def test_wrong_layout_error_shows_the_expected_layout(tmp_path, source):
     qa_name, folder, shown = LAYOUTS[source]
     root = tmp_path / "root"
