@@ -120,8 +120,10 @@ def run_label(path) -> str:
     run_file = (path if path.is_dir() else path.parent) / RUN_FILE
     if not run_file.is_file():
         return str(path)
-    model = Path(json.loads(run_file.read_text(encoding="utf-8")).get("model", path))
-    return str(model.relative_to(Path.cwd()) if model.is_relative_to(Path.cwd()) else model)
+    header = json.loads(run_file.read_text(encoding="utf-8"))
+    model = Path(header.get("model", path))
+    label = str(model.relative_to(Path.cwd()) if model.is_relative_to(Path.cwd()) else model)
+    return label + (f" (ablate {header['ablate']})" if header.get("ablate") else "")
 
 
 def write_json(path, obj) -> None:

@@ -47,6 +47,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from omni_grpo import eval_report
 
 BUILT_IN_METRICS = eval_report.HEADLINE_METRICS
@@ -173,10 +175,11 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
              limit: int | None = None, batch_size: int = 4, base_model: str | None = None, dtype: str = "auto",
              device: str | None = None, num_workers: int = 2, seed: int | None = None,
              group_by: list[str] = (), compare_with: str | None = None, progress: bool = True,
-             subset: str | None = None) -> dict:
+             subset: str | None = None, ablate: str | None = None) -> dict:
     """Generate and score the questions OUT/predictions.jsonl lacks, write OUT/summary.json (and
     OUT/compare.json against the predictions `compare_with`); returns the summary (plus "compare").
-    `subset`: a file of question ids; only those are evaluated, and coverage counts them alone."""
+    `subset`: a file of question ids; only those are evaluated, and coverage counts them alone.
+    `ablate`: one of ABLATIONS, the media the model is kept from (see `ablate_sample`)."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
@@ -187,6 +190,8 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
 
     if num_generations < 1 or batch_size < 1 or (limit is not None and limit < 1):
         raise EvalError("--samples, --batch-size and --limit must be >= 1")
+    if ablate is not None and ablate not in ABLATIONS:
+        raise EvalError(f"--ablate {ablate!r}: use one of {', '.join(ABLATIONS)}")
     other = eval_report.load_predictions(compare_with) if compare_with else None
     wanted = read_subset(subset) if subset is not None else None
     model_dir = resolve_model_dir(model)
@@ -211,20 +216,20 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
                                                "sha256": _ids_digest(wanted)}
     header = run_header(model_dir, data, cfg, base_model, num_generations=num_generations,
                         max_new_tokens=max_new_tokens, seed=seed, dtype=str(float_dtype).removeprefix("torch."),
-                        subset=subset_info)
+                        subset=subset_info, ablate=ablate)
     done = eval_report.open_run(out_dir, header, num_generations)
     todo = [i for i, question in zip(positions, ids) if question not in done]
     info = dict(model=str(model_dir), data=[str(d) for d in data], num_generations=num_generations,
                 decoding="greedy" if num_generations == 1 else "sampled", max_new_tokens=max_new_tokens,
-                resumed_questions=len(ids) - len(todo), subset=subset_info)
+                resumed_questions=len(ids) - len(todo), subset=subset_info, ablate=ablate)
     start = time.time()
     if not todo:
         return _finish(out_dir, ids, rewards, group_by, other, info, start, scope)
     module, net, processor = load_for_eval(model_dir, float_dtype, device, base_model, cfg.model_family,
                                            cfg.attn_implementation)
     collate = Collate(module, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length)
-    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate,
-                        num_workers=num_workers)
+    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate if ablate is None else AblatedCollate(collate, ablate))
     accuracy_options = cfg.reward_kwargs.get("accuracy", {})
     answer_tag = accuracy_options.get("answer_tag", "answer")
     fallback = accuracy_options.get("fallback_to_completion", False)
@@ -245,6 +250,34 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
                                            row_lengths[i], bool(comps.truncated[i])) for i, text in enumerate(texts))
             bar.update(len(batch.samples))
     return _finish(out_dir, ids, rewards, group_by, other, info, start, scope)
+
+
+ABLATIONS = ("video", "audio", "media")
+ABLATION_GREY = 128  # the value of every pixel of an ablated video frame or image
+
+
+def ablate_sample(sample: dict, ablate: str) -> dict:
+    """The sample with its media blanked, its prompt's layout unchanged: ``video`` makes every frame (and an
+    image) one constant grey of the same size, ``audio`` makes the audio silence of the same length, ``media``
+    does both."""
+    out = dict(sample)
+    if ablate in ("video", "media"):
+        for key in ("frames", "image"):
+            if out.get(key) is not None:
+                out[key] = np.full_like(np.asarray(out[key]), ABLATION_GREY)
+    if ablate in ("audio", "media") and out.get("audio") is not None:
+        out["audio"] = np.zeros_like(np.asarray(out["audio"]))
+    return out
+
+
+class AblatedCollate:
+    """A `Collate` that blanks each sample's media first (`ablate_sample`)."""
+
+    def __init__(self, collate, ablate: str):
+        self.collate, self.ablate = collate, ablate
+
+    def __call__(self, items: list):
+        return self.collate([ablate_sample(item, self.ablate) for item in items])
 
 
 def question_ids(dataset) -> list[str]:
@@ -430,6 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="+", default=[], metavar="PREDICTIONS",
                         help="with --model: another run's predictions.jsonl (or its folder) to compare with; "
                              "without: two of them, A B")
+    parser.add_argument("--ablate", choices=ABLATIONS,
+                        help="keep the model from the media, the prompt's layout unchanged: video = every frame "
+                             "one grey, audio = silence, media = both; --compare with the full run gives the "
+                             "media's contribution")
     parser.add_argument("--max-new-tokens", type=int, help="default: the config's max_completion_length")
     parser.add_argument("--limit", type=int, help="evaluate only the first N questions")
     parser.add_argument("--subset", metavar="FILE",
@@ -465,17 +502,19 @@ def main(argv: list[str] | None = None) -> int:
                            limit=args.limit, batch_size=args.batch_size, base_model=args.base_model,
                            dtype=args.dtype, device=args.device, num_workers=args.num_workers, seed=args.seed,
                            group_by=group_by, compare_with=compare[0] if compare else None,
-                           progress=not args.no_progress, subset=args.subset)
+                           progress=not args.no_progress, subset=args.subset, ablate=args.ablate)
     except (EvalError, ConfigError, FileNotFoundError, ValueError, RewardError) as err:
         return _error(err)
     print(eval_report.format_summary(metrics))
     headline = "  ".join(f"{key} {_fmt(metrics[key])}" for key in (*BUILT_IN_METRICS.values(), "reward_total"))
     resumed = f", {metrics['resumed_questions']} from an earlier run" if metrics["resumed_questions"] else ""
+    ablated = f", ablate {metrics['ablate']}" if metrics.get("ablate") else ""
     print(f"{headline}  ({metrics['num_questions']} questions x {metrics['num_generations']}, {metrics['decoding']}"
-          f"{resumed}, {metrics['seconds']:.1f} s)")
+          f"{ablated}{resumed}, {metrics['seconds']:.1f} s)")
     written = [eval_report.PREDICTIONS_FILE, eval_report.SUMMARY_FILE]
     if "compare" in metrics:
-        print(eval_report.format_compare(metrics["compare"], metrics["model"], eval_report.run_label(compare[0])))
+        label = metrics["model"] + (f" (ablate {metrics['ablate']})" if metrics.get("ablate") else "")
+        print(eval_report.format_compare(metrics["compare"], label, eval_report.run_label(compare[0])))
         written.append(eval_report.COMPARE_FILE)
     print(f"wrote {', '.join(str(output / name) for name in written)}")
     return 0

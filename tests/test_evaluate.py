@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from omni_grpo import eval_report
 from omni_grpo.evaluate import EvalError, evaluate, main, resolve_model_dir
 from tests.helpers import build_shards
 
@@ -166,6 +167,60 @@ def test_subset_scores_only_the_listed_questions(tiny_model_dir, shards_with_a_m
     (tmp_path / "none.txt").write_text("x\ny\n")
     with pytest.raises(EvalError, match="none of its 2 ids is a question of --data"):
         evaluate(str(tiny_model_dir), [str(data)], str(tmp_path / "none"), subset=str(tmp_path / "none.txt"))
+
+
+def _captured_inputs(monkeypatch):
+    """What each generate call of `evaluate` receives: (sample ids, ModelInputs), in batch order."""
+    import omni_grpo.rollout as rollout
+
+    seen, real = [], rollout.sample
+
+    def spy(module, net, processor, inputs, samples, *args, **kwargs):
+        seen.append(([s["id"] for s in samples], inputs))
+        return real(module, net, processor, inputs, samples, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "sample", spy)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def full_inputs(tiny_model_dir, shards, tmp_path_factory):
+    """A full run with batch size 1 (each question's own tensors): its folder and each question's inputs."""
+    out = tmp_path_factory.mktemp("full")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        seen = _captured_inputs(monkeypatch)
+        run(tiny_model_dir, shards, out, "--batch-size", "1")
+    return out, {ids[0]: inputs for ids, inputs in seen}
+
+
+@pytest.mark.parametrize("ablate", ["video", "audio", "media"])
+def test_ablated_runs_do_not_see_the_blanked_media(tiny_model_dir, shards, full_inputs, tmp_path, monkeypatch, ablate):
+    """Ablated, the 5 questions about 2 different clips get one and the same video patches / audio features (so
+    the model cannot tell the clips apart), different from the full run's; the prompt ids (its layout) and the
+    other stream are the full run's, bit for bit."""
+    full_dir, full = full_inputs
+    seen = _captured_inputs(monkeypatch)
+    metrics, _ = run(tiny_model_dir, shards, tmp_path / ablate, "--batch-size", "1", "--ablate", ablate)
+    blank = {ids[0]: inputs for ids, inputs in seen}
+    assert sorted(blank) == sorted(full) and len(blank) == N_QUESTIONS
+    streams = {"video": ["pixel_values_videos"], "audio": ["input_features"],
+               "media": ["pixel_values_videos", "input_features"]}[ablate]
+    for q in blank:
+        assert torch.equal(blank[q].input_ids, full[q].input_ids)
+        for name in ("pixel_values_videos", "input_features"):
+            a, b = getattr(blank[q], name), getattr(full[q], name)
+            assert a is not None and b is not None
+            assert torch.equal(a, b) == (name not in streams), (q, name)
+    for name in streams:
+        first = getattr(next(iter(blank.values())), name)
+        assert all(torch.equal(getattr(x, name), first) for x in blank.values()), name
+        assert len({getattr(x, name).sum().item() for x in full.values()}) > 1, f"the full run's {name} is one clip"
+    assert metrics["ablate"] == ablate
+    assert json.loads((tmp_path / ablate / "run.json").read_text())["ablate"] == ablate
+    result = eval_report.compare(eval_report.load_predictions(full_dir),
+                                 eval_report.load_predictions(tmp_path / ablate))
+    assert result["paired_questions"] == N_QUESTIONS
+    assert eval_report.run_label(tmp_path / ablate).endswith(f" (ablate {ablate})")
 
 
 def test_overrides_reach_the_prompt(base_run, tiny_model_dir, shards, tmp_path):
