@@ -1,5 +1,5 @@
 """python -m omni_grpo.evaluate --model DIR --data SHARDS [SHARDS ...] [--output OUT] [--group-by FIELD[,FIELD]]
-                            [--compare OTHER/predictions.jsonl] [--subset IDS] [key=value ...]
+                            [--compare OTHER/predictions.jsonl] [--subset IDS] [--ablate KIND] [key=value ...]
 python -m omni_grpo.evaluate --compare A/predictions.jsonl B/predictions.jsonl [--group-by FIELD] [--output OUT]
 
 Answers held-out questions with a base checkpoint, a trained thinker or a LoRA adapter, through exactly the
@@ -21,6 +21,10 @@ summary.json's `coverage` (also the table's first line and its "scored" column) 
 questions scored", overall and per category: M from the shards' manifest.json and failures.jsonl (the
 questions preprocess lost, their categories read back from the source annotation when it is still there),
 or with `--subset FILE` the file's question ids (only those are evaluated).
+
+`--ablate video|audio|media` keeps the model from the media with the prompt's layout unchanged (every frame
+one grey, the audio silence, or both; the same tokens in the same places), recorded in run.json and
+summary.json: `--compare FULL ABLATED` then gives the media's contribution per category.
 
 and prints the summary as a table. `--samples 1` (the default) decodes greedily; k > 1 samples k completions
 per question with the config's temperature / top_p / top_k and reports pass@1 averaged over the k.
