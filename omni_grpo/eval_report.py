@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -274,7 +275,8 @@ def coverage(rows: Sequence[dict], released: int, lost: Sequence[dict], group_by
     run_ids = {row["id"] for row in rows}
     reasons: dict[str, int] = {}
     for entry in lost:
-        reasons[_reason_kind(entry.get("reason"))] = reasons.get(_reason_kind(entry.get("reason")), 0) + 1
+        kind = _reason_kind(entry)
+        reasons[kind] = reasons.get(kind, 0) + 1
     result = {"released": released, "scored": len(scored), "evaluated": len(run_ids),
               "not_scored": len(run_ids - scored), "lost_before_evaluation": len(lost),
               "not_evaluated": not_evaluated,
@@ -299,10 +301,15 @@ def coverage(rows: Sequence[dict], released: int, lost: Sequence[dict], group_by
     return result
 
 
-def _reason_kind(reason) -> str:
-    """A failure reason without its specifics (paths, numbers), to count reasons of one kind together."""
-    text = str(reason or "unknown")
-    return text.split(":", 1)[0] if ":" in text[:60] else text[:60]
+def _reason_kind(entry: dict) -> str:
+    """A failure's reason without its specifics (the file's name as FILE, numbers as N), so reasons of one kind
+    count together."""
+    text = str(entry.get("reason") or "unknown reason")
+    name = Path(str(entry.get("path") or "")).name
+    if name:
+        text = text.replace(name, "FILE")
+    text = re.sub(r"\d+(?:\.\d+)?", "N", text)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def format_summary(summary: dict) -> str:

@@ -347,8 +347,8 @@ def data_coverage(dirs: list[str], wanted: set[str] | None, in_shards: set[str],
         failed = [f for f in failures if not str(f.get("reason", "")).startswith(TRUE_DUPLICATE)
                   and (wanted is None or f.get("id") in wanted)]
         known = _source_questions(manifest) if failed else {}
-        lost += [{"id": f.get("id"), "reason": f.get("reason"), **known.get(f.get("id"), {"extra": None})}
-                 for f in failed]
+        lost += [{"id": f.get("id"), "reason": f.get("reason"), "path": f.get("path"),
+                  **known.get(f.get("id"), {"extra": None})} for f in failed]
     if wanted is not None:
         released = len(wanted)
         placed = in_shards | {entry["id"] for entry in lost}
