@@ -84,7 +84,7 @@ def main(argv=None) -> None:
     import logging
     import warnings
 
-    from preprocess.build import default_workers
+    from preprocess.options import default_workers
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=6, help="number of clips (default: 6)")

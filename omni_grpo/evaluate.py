@@ -32,7 +32,7 @@ Re-running the same command into the same OUT resumes: questions already complet
 skipped and the summary covers all of the run's questions. `--compare A B` without --model compares two
 finished runs.
 
---model takes a checkpoint directory with config.json (a full Qwen2.5-Omni checkpoint or a thinker-only one),
+--model takes a checkpoint directory with config.json (Qwen2.5-Omni or Qwen3-Omni, full or thinker-only),
 a trainer checkpoint `output_dir/checkpoints/step-NNNNNNN` (its `model/` folder is used) or that `model/`
 folder, a training `output_dir` (its newest complete checkpoint), or a LoRA adapter directory
 (adapter_config.json): the base model it names is loaded with the model module, then the adapter with
@@ -138,9 +138,12 @@ def load_for_eval(model_dir: Path, dtype, device, base_model: str | None = None,
 def eval_config(model_dir: Path, config: str | None, overrides: list[str]):
     """The TrainConfig whose prompt, generation and reward settings the evaluation uses."""
     from omni_grpo.config import load_config
+    from omni_grpo.rewards import check_reward_names
 
     path = config if config is not None else training_config(model_dir)
-    return load_config(path, [f"model_name_or_path={model_dir}", *overrides])
+    cfg = load_config(path, [f"model_name_or_path={model_dir}", *overrides])
+    check_reward_names(cfg.reward_funcs)
+    return cfg
 
 
 def reward_manager(cfg):
@@ -158,9 +161,8 @@ def reward_manager(cfg):
 
 
 def open_data(dirs: list[str]):
-    from preprocess.shards import ShardCorruptError, ShardFormatError
-
     from omni_grpo.data import PromptDataset
+    from preprocess.shards import ShardCorruptError, ShardFormatError
 
     for d in dirs:
         if not Path(d).is_dir():

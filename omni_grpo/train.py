@@ -51,15 +51,18 @@ def run(config: str | None, overrides: list[str], check_only: bool = False, argv
     """Check the config and the paths (exit code 2 with one line if wrong), then train unless `check_only`.
     `argv`: this command's arguments (for the resume command a stopped run prints)."""
     from omni_grpo.checkpoint import CheckpointError
-    from omni_grpo.config import ConfigError, check_data, check_paths, load_config
+    from omni_grpo.config import ConfigError, check_paths, load_config
+    from omni_grpo.data_check import check_data
     from omni_grpo.logging import report_error
+    from omni_grpo.rewards import check_reward_names
     from omni_grpo.run_control import decide_resume
     from preprocess.shards import ShardCorruptError, ShardFormatError
 
     try:
         cfg = load_config(config, overrides)
+        check_reward_names(cfg.reward_funcs)
         check_paths(cfg)
-        check_data(cfg)
+        check_data(cfg, report=check_only)  # when training, the trainer's own check logs the warnings
         check_output_dir(cfg.output_dir)
         decide_resume(cfg)  # refuses a folder holding a different run, before ranks launch
     except (ConfigError, FileNotFoundError, CheckpointError) as err:

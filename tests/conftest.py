@@ -1,8 +1,21 @@
-"""Session-wide fixtures: one tiny Qwen2.5-Omni thinker + processor for the whole test run."""
+"""Session-wide fixtures: one tiny Qwen2.5-Omni thinker + processor (and a Qwen3-Omni one), shards built once
+(`tiny_shards`, `mixed_shards`); tests marked `gpu` skip without CUDA."""
 
 import numpy as np
 import pytest
 import torch
+
+from tests.helpers import run_preprocess
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip on a machine without CUDA (pytest.ini declares the marker)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -80,14 +93,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-def run_preprocess(args: list[str], cwd=None) -> None:
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "preprocess", *args, "--workers", "1", "--min-pixels", "3136", "--max-pixels", "50176"]
-    subprocess.run(cmd, check=True, cwd=cwd, capture_output=True)
-
-
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """Shards of a small synthetic Social-IQ 2.0 dataset (4 clips, ~10 questions), built once."""
@@ -96,4 +101,26 @@ def tiny_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("siq2")
     make_siq2_dataset(root / "raw", n_clips=4, seconds=2.0, seed=0)
     run_preprocess(["--source", "siq2", "--root", str(root / "raw"), "--split", "train", "--output", str(root / "shards")])
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def mixed_shards(tmp_path_factory):
+    """Two clips: the first with an audio track, the second without (ranks differ in modality, and every rank must
+    still run every tower)."""
+    import json
+
+    from omni_grpo.synthetic import make_clip
+
+    root = tmp_path_factory.mktemp("mixed")
+    make_clip(root / "a.mp4", seconds=2.0, audio="tone", seed=1)
+    make_clip(root / "b.mp4", seconds=2.0, audio=None, seed=2)
+    lines = [{"id": "a_with_audio", "video": "a.mp4", "question": "Is the person happy?", "options": ["yes", "no"],
+              "answer": "A", "problem_type": "multiple_choice"},
+             {"id": "b_silent", "video": "b.mp4", "question": "Is the person sad?", "options": ["yes", "no"],
+              "answer": "B", "problem_type": "multiple_choice"}]
+    (root / "qa.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run_preprocess(["--source", "jsonl", "--manifest", str(root / "qa.jsonl"), "--output", str(root / "shards")])
+    counts = json.loads((root / "shards" / "manifest.json").read_text())["counts"]
+    assert counts["with_audio"] == 1 and counts["without_audio"] == 1
     return root / "shards"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from omni_grpo.launch import failure_lines
-from tests.test_distributed import free_port
+from tests.helpers import free_port, readme_commands
 from tests.test_run_scripts import LAUNCH_ENV
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,15 +165,6 @@ def test_completions_table_is_verbatim(tmp_path):
 
 
 # ------------------------------------------------------------------------- printed commands work as typed
-
-
-def readme_commands() -> list[str]:
-    """Every `bash run_scripts/...` command in the README's code blocks and inline code, continuation lines joined."""
-    text = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
-    lines = [line.split("  #")[0].strip() for b in blocks for line in b.replace("\\\n", " ").splitlines()]
-    lines += re.findall(r"`((?:[A-Z_]+=\S+ )*bash run_scripts/[^`]+)`", text)
-    return [line for line in lines if "bash run_scripts/" in line]
 
 
 def test_readme_commands_go_through_the_scripts():

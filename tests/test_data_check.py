@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from omni_grpo.config import ConfigError, check_data
-from omni_grpo.config.data_check import find_long_prompts
+from omni_grpo.config import ConfigError
+from omni_grpo.data_check import check_data, find_long_prompts
 from tests.helpers import TINY_RUN, run_args, tiny_config
 
 
@@ -69,7 +69,7 @@ def test_shards_without_counts_are_reported_as_unchecked():
     assert found.over == [1] and found.longest == 30 and found.unchecked == ["v1"]
 
 
-def test_unknown_problem_types_reported_once_with_the_known_ones(tiny_shards, tmp_path, caplog):
+def test_unknown_problem_types_reported_with_the_known_ones_unless_report_is_off(tiny_shards, tmp_path, caplog):
     data = tmp_path / "shards"
     shutil.copytree(tiny_shards, data)
     manifest = json.loads((data / "manifest.json").read_text())
@@ -78,11 +78,34 @@ def test_unknown_problem_types_reported_once_with_the_known_ones(tiny_shards, tm
     cfg = SimpleNamespace(data=[str(data)], max_prompt_length=10**6, skip_long_prompts=False,
                           model_family="qwen2_5_omni")
     with caplog.at_level(logging.WARNING, logger="omni_grpo"):
-        check_data(cfg)
+        check_data(cfg, report=False)
+        assert not caplog.records
         check_data(cfg)
     lines = [r.getMessage() for r in caplog.records if "unknown problem_type" in r.getMessage()]
     assert len(lines) == 1 and "'essay' (2 samples)" in lines[0] and "multiple_choice" in lines[0]
     assert "multiple_choice" not in lines[0].split("Known types")[0]
+
+
+def test_training_logs_each_data_warning_once(tiny_model_dir, tiny_shards, tmp_path, monkeypatch, caplog):
+    """The command checks the data before the trainer checks it again: the warnings come out once."""
+    from omni_grpo import checkpoint
+    from omni_grpo.train import run
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    data = tmp_path / "shards"
+    shutil.copytree(tiny_shards, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["problem_types"] = {"matched": {}, "unknown": {"essay": 2}}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(checkpoint, "load_policy", stop)  # after the trainer's data check
+    with caplog.at_level(logging.WARNING, logger="omni_grpo"), pytest.raises(Stop):
+        run(None, run_args(tiny_model_dir, data, tmp_path / "out", TINY_RUN))
+    assert sum("unknown problem_type" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_shards_for_another_family_stop_the_check_with_the_fix(tiny_model_dir, tiny_shards, tmp_path, capsys):

@@ -1,80 +1,14 @@
 """DeepSpeed ZeRO-3 on 2 CPU ranks over gloo, launched with `accelerate launch` as users do (slow)."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from omni_grpo.synthetic import make_clip
-from tests.conftest import run_preprocess
+from tests.helpers import common, launch, scalars, zero3_test_config
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def zero3_test_config(path: Path) -> Path:
-    """zero3.json with nothing kept gathered, so a rank that skips a tower would really hang."""
-    cfg = json.loads((REPO / "configs/deepspeed/zero3.json").read_text())
-    cfg["zero_optimization"].update(stage3_max_reuse_distance=0, stage3_param_persistence_threshold=0,
-                                    stage3_max_live_parameters=0, stage3_prefetch_bucket_size=0)
-    path.write_text(json.dumps(cfg))
-    return path
-
-
-def launch(tmp_path: Path, overrides: list[str], timeout: int = 420, entry: tuple[str, ...] = ("-m", "omni_grpo.train"),
-           processes: int = 2) -> subprocess.CompletedProcess:
-    """`entry` (`python -m omni_grpo.train` unless given) under `accelerate launch` on `processes` ranks, or run
-    directly when 1 (one process, no DeepSpeed unless the overrides ask for it)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    launcher = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/zero3.yaml"),
-                "--num_processes", str(processes), "--main_process_port", str(free_port())]
-    cmd = [sys.executable, *(launcher if processes > 1 else []), *entry, *overrides]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
-
-
-@pytest.fixture(scope="module")
-def mixed_shards(tmp_path_factory):
-    """Two clips: the first with an audio track, the second without (ranks differ in modality, and every rank must still run every tower)."""
-    root = tmp_path_factory.mktemp("mixed")
-    make_clip(root / "a.mp4", seconds=2.0, audio="tone", seed=1)
-    make_clip(root / "b.mp4", seconds=2.0, audio=None, seed=2)
-    lines = [{"id": "a_with_audio", "video": "a.mp4", "question": "Is the person happy?", "options": ["yes", "no"],
-              "answer": "A", "problem_type": "multiple_choice"},
-             {"id": "b_silent", "video": "b.mp4", "question": "Is the person sad?", "options": ["yes", "no"],
-              "answer": "B", "problem_type": "multiple_choice"}]
-    (root / "qa.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    run_preprocess(["--source", "jsonl", "--manifest", str(root / "qa.jsonl"), "--output", str(root / "shards")])
-    counts = json.loads((root / "shards" / "manifest.json").read_text())["counts"]
-    assert counts["with_audio"] == 1 and counts["without_audio"] == 1
-    return root / "shards"
-
-
-def common(model_dir, shards, out, ds_config, steps=3):
-    return [f"model_name_or_path={model_dir}", f"data=[{shards}]", f"output_dir={out}", f"deepspeed={ds_config}",
-            "num_generations=2", "per_device_prompts=1", "max_completion_length=10", "max_prompt_length=4096",
-            f"max_steps={steps}", "learning_rate=1e-3", "dataloader_num_workers=0", "dataset_order=sequential",
-            "save_steps=2", "save_total_limit=0", "seed=5", "reward_funcs=[format, tests.rewards_for_tests:length_reward]"]
-
-
-def scalars(out: Path, tag: str) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(out / "runs"))
-    acc.Reload()
-    return [e.value for e in acc.Scalars(tag)]
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_preprocess
-from tests.test_distributed import common, launch, scalars, zero3_test_config
+from tests.helpers import common, launch, run_preprocess, scalars, zero3_test_config
 
 pytestmark = pytest.mark.slow
 

@@ -53,8 +53,9 @@ def test_eval_steps_also_evaluates_the_last_step(tiny_model_dir, tiny_shards, tm
 
 
 def test_the_step_folder_has_the_cli_format_and_every_question_once(tiny_model_dir, tiny_shards, tmp_path):
-    from omni_grpo.evaluate import main as evaluate_main, question_ids
     from omni_grpo.data import PromptDataset
+    from omni_grpo.evaluate import main as evaluate_main
+    from omni_grpo.evaluate import question_ids
 
     cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, eval_data=[str(tiny_shards)], eval_steps=1)
     GRPOTrainer(cfg).train()
@@ -113,7 +114,7 @@ def test_zero3_two_ranks_split_the_questions_and_log_each_eval_step(tiny_model_d
     generate), rank 0 gets every question's row exactly once, eval/accuracy once per evaluated step."""
     from omni_grpo.data import PromptDataset
     from omni_grpo.evaluate import question_ids
-    from tests.test_distributed import common, launch, scalars, zero3_test_config
+    from tests.helpers import common, launch, scalars, zero3_test_config
 
     ids = question_ids(PromptDataset([str(tiny_shards)]))
     assert len(ids) % 2 == 1 or (len(ids) // 2) % 2 == 1  # some rank pads a batch (2 rows per generate call)

@@ -1,12 +1,13 @@
 """The foundation: the offline tiny kit round-trips, a synthetic clip runs through the model, CI runs the
 README's test command."""
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from tests.helpers import readme_commands
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,14 +84,8 @@ def test_synthetic_siq2_dataset_has_the_real_layout(tmp_path):
     assert info.samplerate == 22050 and info.channels == 1
 
 
-def readme_commands() -> list[str]:
-    first_screen = (REPO / "README.md").read_text().splitlines()[:30]
-    block = re.search(r"```bash\n(.*?)```", "\n".join(first_screen), re.S).group(1)
-    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
-
-
 def test_readme_first_screen_has_two_commands_and_ci_runs_the_test_one():
-    commands = readme_commands()
+    commands = readme_commands(first_screen=True)
     assert commands == ["bash run_scripts/stage4.sh", "bash run_scripts/test.sh"]
     ci = (REPO / ".ci" / "run").read_text()
     assert any(line.strip() == commands[1] for line in ci.splitlines()), "CI must run the README's test command"

@@ -12,6 +12,7 @@ import torch
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
 from omni_grpo.models import generate, log_probs
 from tests.conftest import make_sample
+from tests.helpers import real_ids
 
 SYS = DEFAULT_SYSTEM_PROMPT
 
@@ -25,10 +26,6 @@ def real_rate_samples() -> list[dict]:
         s["fps"] = frames / seconds
         out.append(s)
     return out
-
-
-def real_ids(inputs, row):
-    return inputs.input_ids[row][inputs.attention_mask[row].bool()]
 
 
 @pytest.mark.parametrize("flag", [True, False])

@@ -18,6 +18,7 @@ from omni_grpo.core_algos import kl_penalty
 from omni_grpo.models import generate, log_probs
 from omni_grpo.synthetic import chirp, frame_image
 from tests.conftest import make_sample
+from tests.helpers import real_ids
 from tests.test_models import hf_greedy
 
 SYS = DEFAULT_SYSTEM_PROMPT
@@ -33,10 +34,6 @@ def layout_samples() -> list[dict]:
     image = dict(make_sample(4), modality="image", frames=None, fps=None,
                  image=frame_image(0, 1.0, 1.0, (56, 84), seed=4))
     return [on, off, silent, audio, image]
-
-
-def real_ids(inputs, row):
-    return inputs.input_ids[row][inputs.attention_mask[row].bool()]
 
 
 def test_each_layout_builds_its_own_user_turn(kit):
@@ -167,12 +164,12 @@ def test_sync_towers_run_the_same_calls_for_an_audio_batch_and_a_video_batch(kit
 # --- from the jsonl manifest: the per-sample flag in the shards, and a trainer step --------------------------
 
 @pytest.fixture(scope="module")
-def mixed_shards(tmp_path_factory):
+def layout_shards(tmp_path_factory):
     """A jsonl manifest with every layout (the second question about the clip with sound overrides
     `use_audio_in_video: false`), preprocessed in this process."""
     from omni_grpo.synthetic import make_audio, make_clip, make_image
-    from preprocess.build import BuildOptions, build
     from preprocess.media import VideoOptions
+    from tests.helpers import preprocess_here
 
     root = tmp_path_factory.mktemp("modalities")
     make_clip(root / "talk.mp4", seconds=2.0, audio="tone", seed=1)
@@ -187,18 +184,17 @@ def mixed_shards(tmp_path_factory):
             {"id": "voice", "audio": "voice.wav", **qa},
             {"id": "photo", "image": "photo.png", **qa}]
     (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    build(BuildOptions(source="jsonl", manifest=root / "qa.jsonl", output=root / "shards", workers=0, progress=False,
-                       video=VideoOptions(min_pixels=3136, max_pixels=6272)))
+    preprocess_here(root / "shards", manifest=root / "qa.jsonl", video=VideoOptions(min_pixels=3136, max_pixels=6272))
     return root / "shards"
 
 
-def test_manifest_override_reaches_the_prompt(tiny, mixed_shards):
+def test_manifest_override_reaches_the_prompt(tiny, layout_shards):
     """`use_audio_in_video: false` on one question of a clip with sound: stored, read back, and its prompt puts
     the audio after the video while the other question about the same clip interleaves it."""
     from omni_grpo.data import Collate, PromptDataset
 
     module, _, processor = tiny
-    data = PromptDataset([str(mixed_shards)])
+    data = PromptDataset([str(layout_shards)])
     by_id = {data[i]["id"]: data[i] for i in range(len(data))}
     assert by_id["talk_apart"]["use_audio_in_video"] is False and by_id["talk"]["use_audio_in_video"] is None
     batch = Collate(module, processor, SYS, True, 4096)([by_id["talk"], by_id["talk_apart"]])
@@ -212,19 +208,19 @@ def test_manifest_override_reaches_the_prompt(tiny, mixed_shards):
     assert not torch.equal(real_ids(plain.inputs, 0), real_ids(batch.inputs, 1))
 
 
-def test_version_2_shards_without_the_flag_still_read(mixed_shards, tmp_path):
+def test_version_2_shards_without_the_flag_still_read(layout_shards, tmp_path):
     """A version-2 folder (samples without `use_audio_in_video`) loads, every sample's flag None."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from preprocess import shards
 
-    manifest = json.loads((mixed_shards / "manifest.json").read_text())
+    manifest = json.loads((layout_shards / "manifest.json").read_text())
     out = tmp_path / "v2"
     out.mkdir()
     entries = []
     for entry in manifest["shards"]:
-        table = pq.read_table(mixed_shards / entry["file"])
+        table = pq.read_table(layout_shards / entry["file"])
         samples = table.column("samples").combine_chunks()
         old = pa.struct([f for f in samples.type.value_type if f.name != "use_audio_in_video"])
         rows = [[{k: v for k, v in s.items() if k != "use_audio_in_video"} for s in row] for row in samples.to_pylist()]
@@ -240,12 +236,12 @@ def test_version_2_shards_without_the_flag_still_read(mixed_shards, tmp_path):
     assert sorted(data[i]["modality"] for i in range(5)) == ["audio", "image", "video", "video", "video"]
 
 
-def test_trainer_step_on_a_mixed_batch_starts_at_kl_zero(tiny_model_dir, mixed_shards, tmp_path):
+def test_trainer_step_on_a_mixed_batch_starts_at_kl_zero(tiny_model_dir, layout_shards, tmp_path):
     """One micro-step holds all five layouts: KL is exactly 0 at step 0 and moves after an update."""
     from omni_grpo.trainer import GRPOTrainer
     from tests.helpers import LENGTH, TINY_RUN, tiny_config
 
-    cfg = tiny_config(tiny_model_dir, mixed_shards, tmp_path / "run", TINY_RUN, per_device_prompts=5,
+    cfg = tiny_config(tiny_model_dir, layout_shards, tmp_path / "run", TINY_RUN, per_device_prompts=5,
                       max_completion_length=6, max_steps=2, save_steps=0, logging_steps=1,
                       dataset_order="sequential", reward_funcs=["format", LENGTH])
     trainer = GRPOTrainer(cfg)

@@ -21,8 +21,7 @@ import pytest
 from omni_grpo import checkpoint as ckpt
 from omni_grpo.config import TrainConfig
 from omni_grpo.preemption import COMMAND_ENV, REPEAT_WINDOW_S, resume_command, stop_on_signals
-from tests.helpers import CLI_RUN, LENGTH, run_args
-from tests.test_distributed import common, free_port, mixed_shards, scalars, zero3_test_config  # noqa: F401
+from tests.helpers import CLI_RUN, LENGTH, common, free_port, run_args, scalars, zero3_test_config
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "preemption_driver.py"

@@ -13,16 +13,8 @@ import soundfile
 
 from omni_grpo import synthetic
 from preprocess import media, shards
-from preprocess.build import BuildOptions, build
 from preprocess.media import VideoOptions
-
-SMALL = VideoOptions(min_pixels=28 * 28 * 4)  # no upscaling of the tiny synthetic clips: fast
-
-
-def run(output, manifest=None, root=None, **kwargs):
-    source = "jsonl" if manifest is not None else "siq2"
-    return build(BuildOptions(source=source, output=output, manifest=manifest, root=root, workers=0,
-                              progress=False, **kwargs))
+from tests.helpers import SMALL_VIDEO, preprocess_here
 
 
 def write_manifest(path, rows):
@@ -84,7 +76,7 @@ def clip_dir(tmp_path_factory):
      {"fps": 1.0, "min_pixels": 28 * 28 * 4, "total_pixels": 28 * 28 * 40}),
 ])
 def test_frames_match_qwen_omni_utils(clip_dir, tmp_path, monkeypatch, video_options, ele):
-    run(tmp_path / "out", manifest=clip_dir / "manifest.jsonl", video=video_options)
+    preprocess_here(tmp_path / "out", manifest=clip_dir / "manifest.jsonl", video=video_options)
     ds = shards.load(tmp_path / "out")
     assert len(ds) == len(list(clip_dir.glob("*.mp4")))
     for item in ds:
@@ -109,7 +101,7 @@ def test_decoded_frames_equal_qwen_before_jpeg(clip_dir, monkeypatch):
 @pytest.mark.parametrize("rate,channels", [(16000, 1), (48000, 6), (44100, 2), (22050, 1), (11025, 1)])
 def test_audio_from_mp4_matches_process_mm_info(tmp_path, rate, channels):
     path = synthetic.make_clip(tmp_path / "a.mp4", seconds=2.0, sample_rate=rate, channels=channels, seed=5)
-    decoded = media.decode_clip(path, options=SMALL)
+    decoded = media.decode_clip(path, options=SMALL_VIDEO)
     assert decoded.audio_source == "video"
     audio = decoded.audio
     assert audio.dtype == np.float32 and audio.ndim == 1
@@ -142,7 +134,7 @@ def test_siq2_build_uses_wav_and_maps_fields(tmp_path):
     # Make the wav of one clip differ from its mp4 track, to prove the wav is the one used.
     vid = qa[0]["vid_name"]
     synthetic.make_wav(root / "audio" / "wav" / f"{vid}.wav", seconds=2.0, sample_rate=22050, seed=99)
-    summary = run(tmp_path / "out", root=root, video=SMALL)
+    summary = preprocess_here(tmp_path / "out", root=root, video=SMALL_VIDEO)
     assert summary["counts"]["written"] == len(qa)
     ds = shards.load(tmp_path / "out")
     by_id = {item["id"]: item for item in ds}
@@ -166,7 +158,7 @@ def test_siq2_without_wav_uses_mp4_track(tmp_path):
     root = synthetic.make_siq2_dataset(tmp_path / "siq2", n_clips=2, seconds=2.0)
     for wav in (root / "audio" / "wav").glob("*.wav"):
         wav.unlink()
-    run(tmp_path / "out", root=root, video=SMALL)
+    preprocess_here(tmp_path / "out", root=root, video=SMALL_VIDEO)
     ds = shards.load(tmp_path / "out")
     assert {item["audio_source"] for item in ds} == {"video"}
     assert all(item["audio"] is not None and len(item["audio"]) == 32000 for item in ds)
@@ -182,7 +174,7 @@ def test_jsonl_fields_extra_and_no_audio(tmp_path):
         {"id": "free", "video": "v/quiet.mp4", "question": "Q3", "answer": "a dog"},
     ]
     write_manifest(tmp_path / "m.jsonl", rows)
-    summary = run(tmp_path / "out", manifest=tmp_path / "m.jsonl", video=SMALL)
+    summary = preprocess_here(tmp_path / "out", manifest=tmp_path / "m.jsonl", video=SMALL_VIDEO)
     counts = summary["counts"]
     assert (counts["written"], counts["failed"], counts["with_audio"], counts["without_audio"]) == (3, 0, 2, 1)
     assert counts["clips_written"] == 2  # v/a.mp4 is decoded and stored once for its two questions
@@ -201,7 +193,7 @@ def test_require_audio_makes_silent_clip_a_failure(tmp_path):
     synthetic.make_clip(tmp_path / "loud.mp4", seconds=1.0)
     write_manifest(tmp_path / "m.jsonl", [{"id": "q", "video": "quiet.mp4", "question": "?", "answer": "a"},
                                           {"id": "l", "video": "loud.mp4", "question": "?", "answer": "a"}])
-    summary = run(tmp_path / "out", manifest=tmp_path / "m.jsonl", video=SMALL, require_audio=True)
+    summary = preprocess_here(tmp_path / "out", manifest=tmp_path / "m.jsonl", video=SMALL_VIDEO, require_audio=True)
     assert summary["counts"]["written"] == 1 and summary["counts"]["without_audio"] == 0
     failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
     assert [f["id"] for f in failures] == ["q"]
@@ -210,7 +202,7 @@ def test_require_audio_makes_silent_clip_a_failure(tmp_path):
 
 def test_manifest_schema(tmp_path):
     root = synthetic.make_siq2_dataset(tmp_path / "siq2", n_clips=3, seconds=1.0)
-    run(tmp_path / "out", root=root, video=SMALL, shard_size=2)
+    preprocess_here(tmp_path / "out", root=root, video=SMALL_VIDEO, shard_size=2)
     manifest = shards.read_manifest(tmp_path / "out")
     assert manifest["format_version"] == shards.FORMAT_VERSION
     counts = manifest["counts"]

@@ -5,9 +5,6 @@ encoding and video paths as docs/benchmarks.md cites them), with tiny synthetic 
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,17 +12,11 @@ import pytest
 from omni_grpo import synthetic
 from preprocess import shards
 from preprocess.benchmarks import BENCHMARKS, _options
-from preprocess.build import BuildOptions, PreprocessError, build
-from preprocess.media import VideoOptions
+from preprocess.build import PreprocessError
 from preprocess.sources import LineError
+from tests.helpers import preprocess_cli, preprocess_here
 
-SMALL = VideoOptions(min_pixels=28 * 28 * 4)
 REPO = Path(__file__).resolve().parents[1]
-
-
-def run(source, root, output, **kwargs):
-    return build(BuildOptions(source=source, root=root, output=output, workers=0, progress=False, video=SMALL,
-                              **kwargs))
 
 
 def clip(path):
@@ -38,14 +29,6 @@ def written(out):
 
 def failures(out):
     return {f["id"]: f for f in (json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines())}
-
-
-def cli(*args, cwd):
-    """``python -m preprocess`` in a fresh process that imports this checkout's package."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-m", "preprocess", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
 
 
 # --- Daily-Omni: qa.json (a JSON list), Videos/{id}/{id}_video.mp4 ---------------------------------------
@@ -63,7 +46,7 @@ def test_dailyomni_cli_reads_the_release(tmp_path):
     records = [daily_record("vidA", "B"), daily_record("vidA", "d", Type="Inference", video_duration="60s"),
                daily_record("vidB", "A"), daily_record("vidA", "E")]
     (root / "qa.json").write_text(json.dumps(records))
-    result = cli("--source", "dailyomni", "--root", str(root), "--output", "out", "--workers", "0",
+    result = preprocess_cli("--source", "dailyomni", "--root", str(root), "--output", "out", "--workers", "0",
                  "--min-pixels", str(28 * 28 * 4), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     items = written(tmp_path / "out")
@@ -86,7 +69,7 @@ def test_dailyomni_object_keyed_by_entry_uses_the_keys(tmp_path):
     root = tmp_path / "d"
     clip(root / "Videos" / "v1" / "v1_video.mp4")
     (root / "qa.json").write_text(json.dumps({"Entry_7": daily_record("v1", "C")}))
-    run("dailyomni", root, tmp_path / "out")
+    preprocess_here(tmp_path / "out", source="dailyomni", root=root)
     assert {k: v["answer"] for k, v in written(tmp_path / "out").items()} == {"Entry_7": "C"}
 
 
@@ -109,7 +92,7 @@ def test_worldsense_reads_the_release(tmp_path):
         "w1": world_video({"task1": world_task("C"), "task2": world_task("A", "Object Counting")}),
         "w2": world_video({"task1": world_task("B")}, domain="Music"),  # video not downloaded
     }))
-    run("worldsense", root, tmp_path / "out")
+    preprocess_here(tmp_path / "out", source="worldsense", root=root)
     items = written(tmp_path / "out")
     assert set(items) == {"w1_task1", "w1_task2"}
     one = items["w1_task1"]
@@ -150,7 +133,7 @@ def test_intentbench_reads_each_problem_type(tmp_path):
          "path": {"image": "i.jpg", "audio": "a.wav"}},
     ]
     (root / "qa.json").write_text(json.dumps(records))
-    run("intentbench", root, tmp_path / "out")
+    preprocess_here(tmp_path / "out", source="intentbench", root=root)
     items = written(tmp_path / "out")
     assert set(items) == {"q1", "q2", "q3", "q3b"}
     assert items["q1"]["options"] == ["Joy", "Fear", "Anger", "Pity"]
@@ -173,7 +156,7 @@ def test_intentbench_paths_already_under_videos_are_found(tmp_path):
     (root / "qa.json").write_text(json.dumps([{"qid": "x", "problem": "?", "options": ["A. p", "B. q"],
                                                "solution": "<answer>B</answer>", "problem_type": "multiple choice",
                                                "video": "videos/a.mp4"}]))
-    run("intentbench", root, tmp_path / "out")
+    preprocess_here(tmp_path / "out", source="intentbench", root=root)
     assert set(written(tmp_path / "out")) == {"x"}
 
 
@@ -193,7 +176,7 @@ def test_avqa_reads_the_split(tmp_path):
     ]
     (root / "annotation" / "val_qa.json").write_text(json.dumps(rows))
     (root / "annotation" / "train_qa.json").write_text(json.dumps(rows[:1]))
-    summary = run("avqa", root, tmp_path / "out", split="val")
+    summary = preprocess_here(tmp_path / "out", source="avqa", root=root, split="val")
     items = written(tmp_path / "out")
     assert set(items) == {"val-0", "val-1"}
     assert items["val-0"]["options"] == ["street", "kitchen", "forest", "stage"]
@@ -302,7 +285,7 @@ def test_r1_reads_json_lines(tmp_path):
 def test_siq2_val_split(tmp_path):
     root = synthetic.make_siq2_dataset(tmp_path / "siq2", n_clips=2, split="val", seconds=1.0)
     qa = [json.loads(line) for line in (root / "qa" / "qa_val.json").read_text().splitlines()]
-    summary = run("siq2", root, tmp_path / "out", split="val")
+    summary = preprocess_here(tmp_path / "out", source="siq2", root=root, split="val")
     items = written(tmp_path / "out")
     assert set(items) == {row["qid"] for row in qa}
     assert all(items[row["qid"]]["answer"] == "ABCD"[row["answer_idx"]] for row in qa)
@@ -374,19 +357,19 @@ def test_wrong_layout_error_shows_the_expected_layout(tmp_path, source):
     root = tmp_path / "root"
     root.mkdir()
     with pytest.raises(PreprocessError) as no_qa:
-        run(source, root, tmp_path / "out")
+        preprocess_here(tmp_path / "out", source=source, root=root)
     assert qa_name in str(no_qa.value) and "expected layout" in str(no_qa.value) and shown in str(no_qa.value)
     (root / qa_name).parent.mkdir(parents=True, exist_ok=True)
     (root / qa_name).write_text("[]")
     with pytest.raises(PreprocessError) as no_videos:
-        run(source, root, tmp_path / "out")
+        preprocess_here(tmp_path / "out", source=source, root=root)
     assert f"{folder} does not exist" in str(no_videos.value) and shown in str(no_videos.value)
 
 
 def test_cli_wrong_layout_exits_2_with_the_layout(tmp_path):
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "worldsense_qa.json").write_text("{}")
-    result = cli("--source", "worldsense", "--root", "ws", "--output", "out", cwd=tmp_path)
+    result = preprocess_cli("--source", "worldsense", "--root", "ws", "--output", "out", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("preprocess: error:") and "ROOT/videos/{video}.mp4" in result.stderr
 
@@ -414,7 +397,7 @@ def test_bad_records_become_failures_and_a_bad_file_an_error(tmp_path):
     text = json.dumps({"ok": daily_record("v1", "A"), "KEY": daily_record("v1", "B"), "list": [1],
                        "no_video": {k: v for k, v in daily_record("v1").items() if k != "video_id"}})
     (root / "qa.json").write_text(text.replace('"KEY"', '"\\ud800"'))  # a lone surrogate as an entry name
-    run("dailyomni", root, tmp_path / "out")
+    preprocess_here(tmp_path / "out", source="dailyomni", root=root)
     assert set(written(tmp_path / "out")) == {"ok"}
     lines = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
     by_id = {f["id"]: f["reason"] for f in lines}
@@ -422,4 +405,4 @@ def test_bad_records_become_failures_and_a_bad_file_an_error(tmp_path):
     assert "JSON object" in by_id["list"] and "missing field 'video_id'" in by_id["no_video"]
     (root / "qa.json").write_text('[{"Question": ')
     with pytest.raises(PreprocessError, match="not a valid JSON document"):
-        run("dailyomni", root, tmp_path / "out2")
+        preprocess_here(tmp_path / "out2", source="dailyomni", root=root)

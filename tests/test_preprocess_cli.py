@@ -7,7 +7,7 @@ import json
 import pytest
 
 from omni_grpo import synthetic
-from tests.test_preprocess_failures import _cli
+from tests.helpers import preprocess_cli
 
 
 def one_error_line(result) -> str:
@@ -31,7 +31,7 @@ def one_error_line(result) -> str:
 ])
 def test_contradictory_options_are_one_error_before_any_file_is_read(tmp_path, options, fragments):
     # the manifest does not exist: an error about it would mean the options were checked too late
-    line = one_error_line(_cli("--source", "jsonl", "--manifest", "absent.jsonl", "--output", "out", *options,
+    line = one_error_line(preprocess_cli("--source", "jsonl", "--manifest", "absent.jsonl", "--output", "out", *options,
                                cwd=tmp_path))
     for fragment in fragments:
         assert fragment in line
@@ -44,8 +44,8 @@ def test_a_run_that_writes_nothing_fails_with_the_most_common_reason(tmp_path):
     synthetic.make_empty_file(tmp_path / "c.mp4")
     rows = [{"id": k, "video": f"{k}.mp4", "question": "?", "answer": "A"} for k in "abc"]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    line = one_error_line(_cli("--source", "jsonl", "--manifest", "m.jsonl", "--output", "out", "--workers", "0",
-                               "--no-progress", cwd=tmp_path))
+    line = one_error_line(preprocess_cli("--source", "jsonl", "--manifest", "m.jsonl", "--output", "out",
+                                         "--workers", "0", "--no-progress", cwd=tmp_path))
     assert "no sample was written: all 3 failed" in line
     assert "(2 of them), e.g. a.mp4: cannot open a.mp4 as a video" in line and "failures.jsonl" in line
     assert len((tmp_path / "out" / "failures.jsonl").read_text().splitlines()) == 3
@@ -54,7 +54,7 @@ def test_a_run_that_writes_nothing_fails_with_the_most_common_reason(tmp_path):
 def test_siq2_on_a_wrong_folder_shows_the_layout(tmp_path):
     (tmp_path / "data" / "clips").mkdir(parents=True)
     (tmp_path / "data" / "qa.json").write_text("{}\n")
-    line = one_error_line(_cli("--source", "siq2", "--root", "data", "--output", "out", cwd=tmp_path))
+    line = one_error_line(preprocess_cli("--source", "siq2", "--root", "data", "--output", "out", cwd=tmp_path))
     assert "does not have the Social-IQ 2.0 layout" in line
     assert "qa/qa_train.json (JSON Lines: qid, q, vid_name, ts, a0..a3, answer_idx)" in line
     assert "video/{vid_name}.mp4" in line and "audio/wav/{vid_name}.wav" in line
@@ -65,7 +65,7 @@ def test_siq2_with_another_split_names_it(tmp_path):
     (tmp_path / "data" / "qa").mkdir(parents=True)
     (tmp_path / "data" / "video").mkdir()
     (tmp_path / "data" / "qa" / "qa_val.json").write_text("")
-    line = one_error_line(_cli("--source", "siq2", "--root", "data", "--output", "out", cwd=tmp_path))
+    line = one_error_line(preprocess_cli("--source", "siq2", "--root", "data", "--output", "out", cwd=tmp_path))
     assert "qa/ has the splits val: pass --split" in line
 
 
@@ -74,8 +74,8 @@ def test_unknown_problem_type_is_reported_once_and_counted(tmp_path):
     rows = [{"id": f"s{i}", "video": "c.mp4", "question": "?", "answer": "A", "problem_type": t}
             for i, t in enumerate(["essay", "essay", "yes/no", "multiple choice", "OCR"])]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = _cli("--source", "jsonl", "--manifest", "m.jsonl", "--output", "out", "--workers", "0",
-                  "--no-progress", "--min-pixels", "3136", cwd=tmp_path)
+    result = preprocess_cli("--source", "jsonl", "--manifest", "m.jsonl", "--output", "out", "--workers", "0",
+                            "--no-progress", "--min-pixels", "3136", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "problem_type" in line]
     assert len(warnings) == 1

@@ -3,22 +3,13 @@ unusable arguments exit non-zero with one line and no traceback."""
 
 import json
 import os
-import subprocess
-from pathlib import Path
-import sys
 
 import pytest
 
 from omni_grpo import synthetic
 from preprocess import shards
-from preprocess.build import BuildOptions, build, run_tasks
-from preprocess.media import VideoOptions
-
-SMALL = VideoOptions(min_pixels=28 * 28 * 4)
-
-
-def run(output, **kwargs):
-    return build(BuildOptions(output=output, workers=0, progress=False, video=SMALL, **kwargs))
+from preprocess.workers import run_tasks
+from tests.helpers import preprocess_cli, preprocess_here
 
 
 def failures_of(out):
@@ -85,7 +76,7 @@ def test_jsonl_bad_inputs_become_failures(tmp_path):
         22: "invalid character", 23: "JSON object",
     }
 
-    summary = run(tmp_path / "out", source="jsonl", manifest=d / "manifest.jsonl")
+    summary = preprocess_here(tmp_path / "out", source="jsonl", manifest=d / "manifest.jsonl")
     failures = failures_of(tmp_path / "out")
     assert sorted(f["line"] for f in failures) == sorted(expected)
     for failure in failures:
@@ -125,7 +116,7 @@ def test_siq2_bad_lines_and_media(tmp_path):
             f.write(json.dumps(b).encode() + b"\n")
         f.write(b"\xff\xfe not utf-8\n")
         f.write(b"{broken\n")
-    summary = run(tmp_path / "out", source="siq2", root=root)
+    summary = preprocess_here(tmp_path / "out", source="siq2", root=root)
     failures = failures_of(tmp_path / "out")
     by_id = {}
     for f in failures:
@@ -147,15 +138,6 @@ def test_siq2_bad_lines_and_media(tmp_path):
     assert summary["counts"]["failed"] == len(failures) == len(lost_0) + len(lost_1) + 7
 
 
-def _cli(*args, cwd):
-    """``python -m preprocess ARGS`` in ``cwd``, importing this checkout's package (not an installed copy)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    repo = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-m", "preprocess", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
-
-
 @pytest.mark.parametrize("args,fragment", [
     (["--source", "siq2", "--root", "nowhere", "--output", "out"], "nowhere is not a folder"),
     (["--source", "jsonl", "--manifest", "missing.jsonl", "--output", "out"], "missing.jsonl does not exist"),
@@ -167,7 +149,7 @@ def _cli(*args, cwd):
     (["--source", "siq2", "--root", ".", "--output", "out"], "qa/qa_train.json and video not found"),
 ])
 def test_cli_unusable_arguments_exit_nonzero_with_one_line(tmp_path, args, fragment):
-    result = _cli(*args, cwd=tmp_path)
+    result = preprocess_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -180,7 +162,7 @@ def test_cli_completed_run_with_failures_exits_zero(tmp_path):
     (tmp_path / "m.jsonl").write_text(
         json.dumps({"id": "ok", "video": "ok.mp4", "question": "?", "answer": "A"}) + "\n"
         + json.dumps({"id": "bad", "video": "bad.mp4", "question": "?", "answer": "A"}) + "\n")
-    result = _cli("--source", "jsonl", "--manifest", "m.jsonl", "--output", "out", "--workers", "1",
+    result = preprocess_cli("--source", "jsonl", "--manifest", "m.jsonl", "--output", "out", "--workers", "1",
                   "--min-pixels", "3136", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr

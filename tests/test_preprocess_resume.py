@@ -13,15 +13,9 @@ import pytest
 
 from omni_grpo import synthetic
 from preprocess import shards
-from preprocess.build import BuildOptions, PreprocessError, build
+from preprocess.build import PreprocessError
 from preprocess.media import VideoOptions
-
-SMALL = VideoOptions(min_pixels=28 * 28 * 4)
-
-
-def run(root, output, **kwargs):
-    kwargs.setdefault("video", SMALL)
-    return build(BuildOptions(source="siq2", root=root, output=output, workers=0, progress=False, **kwargs))
+from tests.helpers import preprocess_here
 
 
 def snapshot(out):
@@ -42,7 +36,7 @@ def dataset(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clean(dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "out"
-    run(dataset, out, shard_size=2, video=VideoOptions())
+    preprocess_here(out, root=dataset, shard_size=2, video=VideoOptions())
     return snapshot(out)
 
 
@@ -68,7 +62,7 @@ def test_kill_9_mid_run_then_resume_equals_clean_run(dataset, clean, tmp_path):
     with pytest.raises(shards.ShardFormatError, match="has not finished"):
         shards.load(out)
 
-    summary = run(dataset, out, shard_size=2, video=VideoOptions())
+    summary = preprocess_here(out, root=dataset, shard_size=2, video=VideoOptions())
     assert summary["complete"]
     assert summary["clips_processed"] == 12 - 2 * len(states)  # finished shards were not redone
     assert snapshot(out) == clean
@@ -77,10 +71,10 @@ def test_kill_9_mid_run_then_resume_equals_clean_run(dataset, clean, tmp_path):
 
 def test_rerun_skips_finished_shards_and_gives_the_same_result(dataset, tmp_path):
     out = tmp_path / "out"
-    run(dataset, out, shard_size=4)
+    preprocess_here(out, root=dataset, shard_size=4)
     first = snapshot(out)
     manifest = (out / "manifest.json").read_bytes()
-    again = run(dataset, out, shard_size=4)
+    again = preprocess_here(out, root=dataset, shard_size=4)
     assert again["clips_processed"] == 0
     assert snapshot(out) == first
     assert (out / "manifest.json").read_bytes() == manifest
@@ -88,11 +82,12 @@ def test_rerun_skips_finished_shards_and_gives_the_same_result(dataset, tmp_path
 
 def test_changed_options_need_overwrite(dataset, tmp_path):
     out = tmp_path / "out"
-    run(dataset, out, shard_size=4)
+    preprocess_here(out, root=dataset, shard_size=4)
     with pytest.raises(PreprocessError, match="--overwrite") as info:
-        run(dataset, out, shard_size=4, video=VideoOptions(fps=1.0, min_pixels=28 * 28 * 4))
+        preprocess_here(out, root=dataset, shard_size=4, video=VideoOptions(fps=1.0, min_pixels=28 * 28 * 4))
     assert "fps" in str(info.value)
-    summary = run(dataset, out, shard_size=4, video=VideoOptions(fps=1.0, min_pixels=28 * 28 * 4), overwrite=True)
+    summary = preprocess_here(out, root=dataset, shard_size=4, video=VideoOptions(fps=1.0, min_pixels=28 * 28 * 4),
+                              overwrite=True)
     assert summary["clips_processed"] == 12 and summary["options"]["fps"] == 1.0
     assert {item["frames"].shape[0] for item in shards.load(out)} == {4}
 
@@ -103,10 +98,10 @@ def test_a_shard_whose_inputs_changed_is_rebuilt(tmp_path):
     saved = video.read_bytes()
     video.unlink()
     out = tmp_path / "out"
-    first = run(root, out, shard_size=1)
+    first = preprocess_here(out, root=root, shard_size=1)
     assert first["counts"]["clips_failed"] == 1
     video.write_bytes(saved)  # the download finished later
-    second = run(root, out, shard_size=1)
+    second = preprocess_here(out, root=root, shard_size=1)
     assert second["clips_processed"] == 1
     assert second["counts"]["clips_failed"] == 0 and second["counts"]["failed"] == 0
     assert (out / "failures.jsonl").read_text() == ""
@@ -114,7 +109,7 @@ def test_a_shard_whose_inputs_changed_is_rebuilt(tmp_path):
 
 def test_rerun_rebuilds_a_damaged_shard(dataset, tmp_path):
     out = tmp_path / "out"
-    run(dataset, out, shard_size=4)
+    preprocess_here(out, root=dataset, shard_size=4)
     first = snapshot(out)
     path = out / "shard-00001.parquet"
     data = bytearray(path.read_bytes())
@@ -122,18 +117,18 @@ def test_rerun_rebuilds_a_damaged_shard(dataset, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(shards.ShardCorruptError):
         shards.load(out)
-    again = run(dataset, out, shard_size=4)
+    again = preprocess_here(out, root=dataset, shard_size=4)
     assert again["clips_processed"] == 4
     assert snapshot(out) == first
 
 
 def test_parts_on_several_machines_equal_one_run(dataset, tmp_path):
     single = tmp_path / "single"
-    run(dataset, single, shard_size=2)
+    preprocess_here(single, root=dataset, shard_size=2)
     parts = tmp_path / "parts"
-    first = run(dataset, parts, shard_size=2, num_shards=2, shard_index=1)
+    first = preprocess_here(parts, root=dataset, shard_size=2, num_shards=2, shard_index=1)
     assert not first["complete"] and not (parts / "manifest.json").exists()
-    second = run(dataset, parts, shard_size=2, num_shards=2, shard_index=0)
+    second = preprocess_here(parts, root=dataset, shard_size=2, num_shards=2, shard_index=0)
     assert second["complete"]
     a, b = snapshot(single), snapshot(parts)
     assert a == b

@@ -192,3 +192,23 @@ def test_demo_config_is_small():
     assert cfg.max_steps <= 100 and cfg.max_prompt_length <= 1024
     assert cfg.dataloader_num_workers <= 1 and cfg.logging_steps == 1
     assert 0 < cfg.save_steps <= cfg.max_steps
+
+
+# ------------------------------------------------------------------------------------------------------ lint
+
+
+def test_lint_runs_in_ci_with_one_ruff_pin_and_the_house_settings():
+    """CI runs lint.sh; lint.sh and the pre-commit hooks install the same ruff; ruff.toml holds the line length
+    and the rule sets (import order included)."""
+    import tomllib
+
+    import yaml
+
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert any(line.startswith("bash run_scripts/lint.sh") for line in ci)
+    pin = re.search(r"^RUFF_VERSION=(\S+)", (REPO / "run_scripts" / "lint.sh").read_text(), re.M).group(1)
+    hooks = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())["repos"][0]["hooks"]
+    assert {h["id"] for h in hooks} == {"ruff-check", "ruff-format"}
+    assert all(h["additional_dependencies"] == [f"ruff=={pin}"] for h in hooks)
+    settings = tomllib.loads((REPO / "ruff.toml").read_text())
+    assert settings["line-length"] == 120 and {"E", "F", "W", "I"} <= set(settings["lint"]["select"])

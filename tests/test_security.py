@@ -28,12 +28,11 @@ from omni_grpo import synthetic
 from omni_grpo import train as train_cli
 from omni_grpo.config import load_config
 from omni_grpo.engine import PlainEngine
-from tests import helpers
-from tests.helpers import CLI_RUN, build_shards
 from omni_grpo.rewards.manager import resolve_reward
 from omni_grpo.trainer import GRPOTrainer
 from preprocess.build import BuildOptions, build
 from preprocess.media import VideoOptions
+from tests.helpers import CLI_RUN, build_shards, run_args
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("omni_grpo", "preprocess")
@@ -222,8 +221,7 @@ def shards(tmp_path_factory) -> Path:
     return build_shards(tmp_path_factory.mktemp("sec_data"), n_clips=2, seconds=1.0)
 
 
-def run_args(model_dir, data_dir, out, **overrides) -> list[str]:
-    return helpers.run_args(model_dir, data_dir, out, CLI_RUN, **{"save_steps": 1, **overrides})
+SEC_RUN = dict(CLI_RUN, save_steps=1)  # the command-line runs here: a checkpoint every step
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +232,7 @@ def judge_run(tiny_model_dir, shards, tmp_path_factory):
     server.auths, server.lock = [], threading.Lock()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path_factory.mktemp("judge_run") / "out"
-    args = run_args(tiny_model_dir, shards, out, reward_funcs=f"[people_focus, {LENGTH}]", **{
+    args = run_args(tiny_model_dir, shards, out, SEC_RUN, reward_funcs=f"[people_focus, {LENGTH}]", **{
         "judge.enabled": "true", "judge.url": f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions",
         "judge.model": "fake-judge", "judge.api_key_env": KEY_ENV, "judge.timeout_s": 10})
     counter = itertools.count()
@@ -338,9 +336,15 @@ def test_a_reward_name_that_is_not_a_plain_import_path_imports_nothing(canary, n
 
 
 def test_a_user_reward_module_is_imported_only_when_the_config_names_it(canary):
-    load_config(None, ["model_name_or_path=m", f"reward_funcs=[format, {LENGTH}]"])
+    """Loading a config imports no reward module; checking its reward names (as the commands do) imports the
+    named one, once."""
+    from omni_grpo.rewards import check_reward_names
+
+    check_reward_names(load_config(None, ["model_name_or_path=m", f"reward_funcs=[format, {LENGTH}]"]).reward_funcs)
     assert not canary.exists() and "rel_canary_reward" not in sys.modules
     cfg = load_config(None, ["model_name_or_path=m", "reward_funcs=[format, rel_canary_reward:reward]"])
+    assert not canary.exists() and "rel_canary_reward" not in sys.modules
+    check_reward_names(cfg.reward_funcs)
     assert canary.read_text() == "imported\n"
     assert resolve_reward(cfg.reward_funcs[1]) is sys.modules["rel_canary_reward"].reward
 
@@ -352,8 +356,8 @@ def test_resuming_never_runs_code_named_in_a_checkpoint(judge_run, tiny_model_di
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     saved["reward_funcs"] = ["rel_canary_reward:reward"]
     (folder / "config.yaml").write_text(yaml.safe_dump(saved))
-    cfg = load_config(None, run_args(tiny_model_dir, shards, tmp_path / "out", reward_funcs=f"[format, {LENGTH}]",
-                                     resume_from_checkpoint=folder))
+    cfg = load_config(None, run_args(tiny_model_dir, shards, tmp_path / "out", SEC_RUN,
+                                     reward_funcs=f"[format, {LENGTH}]", resume_from_checkpoint=folder))
     trainer = GRPOTrainer(cfg)
     assert trainer.global_step == 1 and trainer.rewards.names == ["format", LENGTH]
     assert not canary.exists() and "rel_canary_reward" not in sys.modules

@@ -4,16 +4,17 @@
 
 The package, one job per module:
   schema.py     TrainConfig, LoraConfig, JudgeConfig: one help string per field, validation in __post_init__
-                (no torch, no reward modules)
   convert.py    YAML values to declared types; unknown keys to did-you-mean errors
-  loading.py    load_config (YAML + overrides, reward names resolved), save_config, config_to_dict
+  loading.py    load_config (YAML + overrides), save_config, config_to_dict
   paths.py      check_paths: model, shard and checkpoint directories before anything is loaded
-  data_check.py check_data: prompt lengths and problem types of the data before any model is loaded
   reference.py  reference_markdown(), the source of docs/config_reference.md (`python -m omni_grpo.config`)
+
+None of them imports torch, the reward modules or `preprocess`: reward names are resolved by
+`omni_grpo.rewards.check_reward_names`, the data's own facts checked by `omni_grpo.data_check.check_data`
+(which `check_data` here names, loaded on first use).
 """
 
 from omni_grpo.config.convert import ConfigError
-from omni_grpo.config.data_check import check_data
 from omni_grpo.config.loading import config_to_dict, load_config, save_config
 from omni_grpo.config.paths import check_paths
 from omni_grpo.config.reference import reference_markdown
@@ -32,3 +33,11 @@ __all__ = [
     "reference_markdown",
     "save_config",
 ]
+
+
+def __getattr__(name: str):
+    if name == "check_data":
+        from omni_grpo.data_check import check_data
+
+        return check_data
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

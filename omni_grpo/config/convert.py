@@ -58,11 +58,12 @@ def _coerce_fields(obj: Any) -> None:
     prefix = f"{section}." if section else ""
     hints = _hints(type(obj))
     for f in dataclasses.fields(type(obj)):
-        value = _coerce(getattr(obj, f.name), hints[f.name], prefix + f.name)
+        value = _coerce(getattr(obj, f.name), hints[f.name], prefix + f.name, type(obj))
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(
-                f"{prefix}{f.name}={value!r} is not one of {', '.join(choices)}{_did_you_mean(str(value), list(choices))}"
+                f"{prefix}{f.name}={value!r} is not one of {', '.join(choices)}"
+                f"{_did_you_mean(str(value), list(choices))}"
             )
         setattr(obj, f.name, value)
 
@@ -75,13 +76,15 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _coerce(value: Any, tp: Any, name: str) -> Any:
+def _coerce(value: Any, tp: Any, name: str, root: type) -> Any:
+    """`value` as type `tp`; `root` is the outermost config class, whose keys a misspelled nested key is
+    matched against."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if _is_optional(tp):
         if value is None or (isinstance(value, str) and value in ("None", "none", "null")):
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], name)
+        return _coerce(value, inner[0], name, root)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
@@ -91,7 +94,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return tp()
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping of its options (e.g. {name}.KEY=VALUE), got {_describe(value)}")
-        _check_keys(value, tp, f"{name}.", where="")
+        _check_keys(value, tp, f"{name}.", where="", root=root)
         return tp(**value)
     if tp is bool:
         if isinstance(value, bool):
@@ -128,13 +131,14 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list such as [a, b], got {_describe(value)}")
-        return [_coerce(item, args[0], f"{name}[{i}]") for i, item in enumerate(value)]
+        return [_coerce(item, args[0], f"{name}[{i}]", root) for i, item in enumerate(value)]
     if origin is dict:
         if value is None:
             return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping such as {{key: value}}, got {_describe(value)}")
-        return {_coerce(k, args[0], f"{name} key"): _coerce(v, args[1], f"{name}.{k}") for k, v in value.items()}
+        return {_coerce(k, args[0], f"{name} key", root): _coerce(v, args[1], f"{name}.{k}", root)
+                for k, v in value.items()}
     raise TypeError(f"config field {name} has an unsupported type {tp!r}")
 
 
@@ -167,7 +171,7 @@ def _did_you_mean(key: str, candidates: list[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def _unknown_key(cls: type, prefix: str, key: str, where: str) -> ConfigError:
+def _unknown_key(cls: type, prefix: str, key: str, where: str, root: type) -> ConfigError:
     full = prefix + str(key)
     local = [f.name for f in dataclasses.fields(cls)]
     hint = ""
@@ -177,9 +181,7 @@ def _unknown_key(cls: type, prefix: str, key: str, where: str) -> ConfigError:
         match = difflib.get_close_matches(str(key), local, n=1, cutoff=0.6)
         hint = f"; did you mean {prefix + match[0]!r}?" if match else ""
     if not hint:
-        from omni_grpo.config.schema import TrainConfig
-
-        paths = _all_paths(TrainConfig)
+        paths = _all_paths(root)
         nested = [p for p in paths if "." in p and p.rsplit(".", 1)[1] == str(key)]
         hint = f"; did you mean {nested[0]!r}?" if nested else _did_you_mean(full, paths)
     if not hint:
@@ -187,26 +189,27 @@ def _unknown_key(cls: type, prefix: str, key: str, where: str) -> ConfigError:
     return ConfigError(f"unknown config key {full!r}{where}{hint}")
 
 
-def _check_keys(raw: dict, cls: type, prefix: str, where: str) -> None:
-    """Reject keys that are not fields of `cls` (recursively for nested config sections)."""
+def _check_keys(raw: dict, cls: type, prefix: str, where: str, root: type | None = None) -> None:
+    """Reject keys that are not fields of `cls` (recursively for nested config sections); a key found in no
+    section of `cls` is matched against every key of `root` (default: `cls`), the outermost config class."""
+    root = root or cls
     names = {f.name for f in dataclasses.fields(cls)}
     hints = _hints(cls)
     for key, value in raw.items():
         if key not in names:
-            raise _unknown_key(cls, prefix, key, where)
+            raise _unknown_key(cls, prefix, key, where, root)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             if isinstance(value, dict):
-                _check_keys(value, tp, f"{prefix}{key}.", where)
+                _check_keys(value, tp, f"{prefix}{key}.", where, root)
         elif isinstance(value, dict) and typing.get_origin(tp) is not dict:
             raise ConfigError(f"{prefix}{key}{where} is an option, not a section with sub-keys; set it as {prefix}{key}=VALUE")
 
 
-def _field_type(path: list[str]) -> Any:
-    """Declared type at a dotted path, or None if the path leads into a free-form mapping."""
-    from omni_grpo.config.schema import TrainConfig
-
-    cls: Any = TrainConfig
+def _field_type(root: type, path: list[str]) -> Any:
+    """Declared type at a dotted path of config class `root`, or None if the path leads into a free-form
+    mapping."""
+    cls: Any = root
     tp: Any = None
     for part in path:
         if not dataclasses.is_dataclass(cls):

@@ -3,8 +3,9 @@
     cfg = load_config("configs/stage4.yaml", ["learning_rate=5e-7", "lora.enabled=true"])
 
 Values are parsed as YAML (`true`, `1e-6`, `[a, b]`, `null`), nested keys are joined with dots. A
-misspelled key, in a file or an override, is an error that names the closest valid key. `load_config` also
-resolves every reward name with the reward registry (the one step that imports torch and user modules).
+misspelled key, in a file or an override, is an error that names the closest valid key. Reward names are
+not resolved here (a config builds without torch or the reward modules): the commands call
+`omni_grpo.rewards.check_reward_names` after loading.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from omni_grpo.config.convert import ConfigError, _check_keys, _did_you_mean, _field_type, _is_optional
+from omni_grpo.config.convert import ConfigError, _check_keys, _field_type, _is_optional
 from omni_grpo.config.schema import TrainConfig
 
 
@@ -51,7 +52,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     path = key.split(".")
     if any(not part for part in path):
         raise ConfigError(f"override {item!r} has an empty key part; write nested keys as section.key=value")
-    tp = _field_type(path)
+    tp = _field_type(TrainConfig, path)
     try:
         value = _parse_yaml(raw_value)
     except yaml.YAMLError:
@@ -103,27 +104,7 @@ def load_config(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
         update = _nest(key_path, value)
         _check_keys(update, TrainConfig, "", where=f" in override {item!r}")
         _merge(raw, update)
-    cfg = TrainConfig(**raw)
-    validate_rewards(cfg)
-    return cfg
-
-
-def validate_rewards(cfg: TrainConfig) -> None:
-    """Resolve every reward name with the reward registry; ConfigError names the one that fails (skipped
-    when the registry is not installed)."""
-    try:
-        from omni_grpo import rewards
-        from omni_grpo.rewards.manager import resolve_reward
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("omni_grpo.rewards", "omni_grpo.rewards.manager"):
-            raise
-        return
-    built_in = sorted(getattr(rewards, "REWARDS", {}))
-    for name in cfg.reward_funcs:
-        try:
-            resolve_reward(name)
-        except (ValueError, LookupError) as exc:
-            raise ConfigError(f"reward_funcs: {exc}{_did_you_mean(name, built_in)}") from None
+    return TrainConfig(**raw)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict:

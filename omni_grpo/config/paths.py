@@ -24,7 +24,7 @@ def check_paths(cfg: TrainConfig, *, for_training: bool = True) -> None:
         what = "has no config.json" if model_dir.is_dir() else "not found"
         raise ConfigError(
             f"model_name_or_path={cfg.model_name_or_path!r} {what}; pass model_name_or_path=DIR "
-            "(a Qwen2.5-Omni checkpoint directory containing config.json)"
+            "(a Qwen2.5-Omni or Qwen3-Omni checkpoint directory containing config.json)"
         )
     if for_training and not cfg.data:
         raise ConfigError(f"no training data; pass data=[DIR, ...] with shard directories written by {_PREPROCESS}")
@@ -61,7 +61,8 @@ def _check_shard_dir(key: str, shard_dir: Path, use_audio_in_video: bool) -> Non
         raise ConfigError(f"{manifest_path} cannot be read ({exc}); re-run {_PREPROCESS} for it") from None
     counts = manifest.get("counts", {}) if isinstance(manifest, dict) else {}
     if counts.get("written") == 0:
-        raise ConfigError(f"{key} directory {str(shard_dir)!r} holds no samples (counts.written = 0); check the preprocess failures.jsonl")
+        raise ConfigError(f"{key} directory {str(shard_dir)!r} holds no samples (counts.written = 0); "
+                          "check the preprocess failures.jsonl")
     if use_audio_in_video and counts.get("with_audio") == 0:
         raise ConfigError(
             f"{key} directory {str(shard_dir)!r} has no clip with audio (counts.with_audio = 0) but "

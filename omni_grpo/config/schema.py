@@ -3,7 +3,8 @@
 Every option is a dataclass field whose `metadata["help"]` says what it does (TRL style); fields with a
 fixed set of values list them in `metadata["choices"]`. `__post_init__` converts values to the declared
 types (`convert.py`) and rejects bad values with a `ConfigError` that says what to do. Building a config
-imports neither torch nor any reward module: reward names are resolved by `load_config` (`loading.py`).
+imports neither torch nor any reward module: the commands resolve reward names after loading
+(`omni_grpo.rewards.check_reward_names`).
 
 Counting: a *prompt* is one sample (video + question); each prompt yields `num_generations` (G)
 completions, one *row* each. One micro-step on one device handles `per_device_prompts` prompts, i.e.
@@ -145,7 +146,7 @@ class TrainConfig:
     model_name_or_path: str | None = field(
         default=None,
         metadata=_help(
-            "Required. Directory with config.json: a full Qwen2.5-Omni checkpoint or a thinker-only one. "
+            "Required. Directory with config.json: a Qwen2.5-Omni or Qwen3-Omni checkpoint, full or thinker-only. "
             "Nothing is downloaded."
         ),
     )
@@ -197,7 +198,8 @@ class TrainConfig:
     )
     eval_data: list[str] = field(
         default_factory=list,
-        metadata=_help("Held-out shard directories evaluated during training (greedy, every `eval_steps`); see `omni_grpo.eval_loop`."),
+        metadata=_help("Held-out shard directories evaluated during training (greedy, every `eval_steps`); "
+            "see `omni_grpo.eval_loop`."),
     )
     eval_steps: int = field(
         default=0,
@@ -441,7 +443,8 @@ class TrainConfig:
     def _validate_model_and_data(self) -> None:
         _require(
             bool(self.model_name_or_path),
-            "model_name_or_path is required; pass model_name_or_path=DIR (a Qwen2.5-Omni checkpoint directory)",
+            "model_name_or_path is required; pass model_name_or_path=DIR (a Qwen2.5-Omni or Qwen3-Omni checkpoint "
+            "directory)",
         )
         _require(
             self.dataloader_num_workers >= 0,

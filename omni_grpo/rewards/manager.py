@@ -29,6 +29,7 @@ samples is None there.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
@@ -56,7 +57,7 @@ class RewardError(RuntimeError):
 @dataclass
 class RewardOutput:
     scores: torch.Tensor  # [N, F] float32, NaN where a reward returned None / errored / non-finite
-    total: torch.Tensor  # [N] float32, nansum over f of weights[f] * scores[:, f]
+    total: torch.Tensor  # [N] float32, core_algos.group_reward_totals: NaN where a completion has no total
     metrics: dict[str, float]  # reward/... scalars, see the module docstring
     per_sample: list[dict[str, float | None]]  # per completion {reward name: score or None}
 
@@ -79,7 +80,7 @@ def resolve_reward(name: str) -> Callable:
     if not _IMPORT_PATH.fullmatch(name):
         raise ValueError(
             f"unknown reward {name!r}: use a built-in name ({', '.join(sorted(REWARDS))}) "
-            "or an import path 'package.module:function'"
+            f"or an import path 'package.module:function'{_did_you_mean(name)}"
         )
     module_name, attr = name.split(":")
     try:
@@ -95,6 +96,23 @@ def resolve_reward(name: str) -> Callable:
     if not callable(fn):
         raise ValueError(f"reward {name!r}: {attr!r} is not callable")
     return fn
+
+
+def _did_you_mean(name: str) -> str:
+    match = difflib.get_close_matches(name, list(REWARDS), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def check_reward_names(names: list[str]) -> None:
+    """Resolve every name of `reward_funcs` before anything is loaded; ConfigError names the one that fails.
+    Called by the commands after `load_config` (a config builds without the reward modules)."""
+    from omni_grpo.config import ConfigError
+
+    for name in names:
+        try:
+            resolve_reward(name)
+        except ValueError as exc:
+            raise ConfigError(f"reward_funcs: {exc}") from None
 
 
 def build_reward_manager(

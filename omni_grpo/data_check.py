@@ -7,6 +7,9 @@ A prompt longer than `max_prompt_length` stops the run here, with the count, the
 than at the step that first draws it; with `skip_long_prompts` those samples are left out instead (counted and
 logged). Version-1 shards carry no counts: their check is skipped, with a line saying so. The counts are what
 preprocess counted (on the Qwen2.5 pixel grid); `build_inputs` still refuses a prompt that turns out longer.
+
+Outside `omni_grpo.config` because it reads shards (`preprocess.shards`), the model's family (`omni_grpo.models`)
+and the accuracy reward's problem types (`omni_grpo.rewards`): a config builds without any of them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from pathlib import Path
 from omni_grpo.config.convert import ConfigError
 
 logger = logging.getLogger("omni_grpo")
-_reported: set[str] = set()  # startup lines already logged in this process (train.py and the trainer both check)
 
 
 @dataclass
@@ -53,12 +55,16 @@ def long_prompt_message(found: PromptLengths, total: int, limit: int) -> str:
             f"them, raise max_prompt_length to {found.longest} or more, or set skip_long_prompts=true to leave them out")
 
 
-def check_data(cfg, token_lists: list[list[int | None]] | None = None) -> PromptLengths:
+def check_data(cfg, token_lists: list[list[int | None]] | None = None, *,
+               report: bool = True) -> PromptLengths:
     """Check `cfg.data` (token counts read from the shards when `token_lists` is None, no media read).
 
-    Raises ConfigError for over-long prompts unless `cfg.skip_long_prompts`; logs the skipped count, the
-    directories without counts and the unknown problem types, each once per process.
+    Raises ConfigError for over-long prompts unless `cfg.skip_long_prompts`, and for shards of another model
+    family. With `report`, logs the skipped count, the directories without counts and the unknown problem types;
+    a caller whose check another one repeats later in the same process (`train.py` before the trainer's) passes
+    `report=False`, so that each line is logged once.
     """
+    lines = []
     if token_lists is None:
         from preprocess.shards import load
 
@@ -69,13 +75,16 @@ def check_data(cfg, token_lists: list[list[int | None]] | None = None) -> Prompt
     if found.over and not cfg.skip_long_prompts:
         raise ConfigError(long_prompt_message(found, total, cfg.max_prompt_length))
     if found.over:
-        _report(f"skip_long_prompts: leaving out {len(found.over)} of {total} samples longer than "
+        lines.append(f"skip_long_prompts: leaving out {len(found.over)} of {total} samples longer than "
                 f"max_prompt_length={cfg.max_prompt_length} (the longest is {found.longest})")
     if found.unchecked:
-        _report("prompt length check skipped for " + ", ".join(found.unchecked) + " (shards written before "
+        lines.append("prompt length check skipped for " + ", ".join(found.unchecked) + " (shards written before "
                 "per-sample token counts; re-run python -m preprocess to have them checked)")
     check_family(cfg)
-    report_unknown_problem_types(cfg.data)
+    if report:
+        lines += unknown_problem_type_lines(cfg.data)
+        for line in lines:
+            logger.warning(line)
     return found
 
 
@@ -131,18 +140,13 @@ def unknown_problem_types(dirs: list[str]) -> dict[str, int]:
     return unknown
 
 
-def report_unknown_problem_types(dirs: list[str]) -> None:
-    """One warning for all unknown spellings, with the list of known ones."""
+def unknown_problem_type_lines(dirs: list[str]) -> list[str]:
+    """One warning for all unknown spellings, with the list of known ones (none when all are known)."""
     from omni_grpo.rewards.accuracy import describe_known_problem_types
 
     unknown = unknown_problem_types(dirs)
-    if unknown:
-        listed = ", ".join(f"{k!r} ({n} samples)" for k, n in sorted(unknown.items()))
-        _report(f"unknown problem_type in the data: {listed}; the accuracy reward scores them None. Known types: "
-                f"{describe_known_problem_types()}")
-
-
-def _report(line: str) -> None:
-    if line not in _reported:
-        _reported.add(line)
-        logger.warning(line)
+    if not unknown:
+        return []
+    listed = ", ".join(f"{k!r} ({n} samples)" for k, n in sorted(unknown.items()))
+    return [f"unknown problem_type in the data: {listed}; the accuracy reward scores them None. Known types: "
+            f"{describe_known_problem_types()}"]
