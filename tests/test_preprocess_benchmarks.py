@@ -11,7 +11,7 @@ import pytest
 
 from omni_grpo import synthetic
 from preprocess import shards
-from preprocess.benchmarks import BENCHMARKS, _options
+from preprocess.benchmarks import _options
 from preprocess.build import PreprocessError
 from preprocess.sources import LineError
 from tests.helpers import preprocess_cli, preprocess_here
@@ -196,7 +196,7 @@ def test_avqa_null_option_is_read_as_the_authors_encode_it(tmp_path):
     rows = [{**base, "id": 7, "multi_choice": ["piano", None, "violin", "drum"], "answer": 2},
             {**base, "id": 8, "multi_choice": ["piano", "guitar", None, "drum"], "answer": 2}]
     (root / "annotation" / "train_qa.json").write_text(json.dumps(rows))
-    run("avqa", root, tmp_path / "out")
+    preprocess_here(tmp_path / "out", source="avqa", root=root)
     items = written(tmp_path / "out")
     assert items["7"]["options"] == ["piano", "null", "violin", "drum"] and items["7"]["answer"] == "C"
     assert items["7"]["extra"]["null_options"] == ["B"]
@@ -245,8 +245,9 @@ def test_r1_reads_humanomniv2_and_video_r1_records(tmp_path):
                video_r1_record(22, "video", "./missing.mp4", "numerical", "1")]
     (tmp_path / "data_config").mkdir()
     (tmp_path / "data_config" / "mixed.json").write_text(json.dumps(records))
-    result = cli("--source", "r1", "--root", str(root), "--split", str(tmp_path / "data_config" / "mixed.json"),
-                 "--output", "out", "--workers", "0", "--min-pixels", str(28 * 28 * 4), cwd=tmp_path)
+    result = preprocess_cli("--source", "r1", "--root", str(root), "--split",
+                            str(tmp_path / "data_config" / "mixed.json"), "--output", "out", "--workers", "0",
+                            "--min-pixels", str(28 * 28 * 4), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     items = written(tmp_path / "out")
     assert set(items) == {"mixed-0", "mixed-1", "mixed-2", "17", "18", "19", "20", "21"}
@@ -266,7 +267,7 @@ def test_r1_reads_humanomniv2_and_video_r1_records(tmp_path):
     assert set(lost) == {"mixed-3", "mixed-4", "22"}
     assert "'emer_ov' has no matcher" in lost["mixed-3"]["reason"]
     assert "lists several media (audio, image)" in lost["mixed-4"]["reason"]
-    humanomniv2 = cli("--source", "humanomniv2", "--root", str(root), "--output", "out2", cwd=tmp_path)
+    humanomniv2 = preprocess_cli("--source", "humanomniv2", "--root", str(root), "--output", "out2", cwd=tmp_path)
     assert humanomniv2.returncode != 0 and "needs --split FILE" in humanomniv2.stderr
 
 
@@ -275,7 +276,7 @@ def test_r1_reads_json_lines(tmp_path):
     clip(root / "v.mp4")
     lines = [video_r1_record(1, "video", "./v.mp4", "multiple choice", "A", ["A. x", "B. y"]), "{broken"]
     (root / "train.jsonl").write_text("\n".join(json.dumps(r) if isinstance(r, dict) else r for r in lines))
-    run("r1", root, tmp_path / "out", split="train.jsonl")
+    preprocess_here(tmp_path / "out", source="r1", root=root, split="train.jsonl")
     assert set(written(tmp_path / "out")) == {"1"}
     assert "malformed JSON" in failures(tmp_path / "out")[None]["reason"]
 
@@ -313,7 +314,7 @@ def test_siq2_keeps_every_question_of_a_reused_qid(tmp_path):
              siq2_line("3vZccD8ySXc_q3_0", "What do the girls do next?", answer_idx=2)]
     (root / "qa").mkdir()
     (root / "qa" / "qa_val.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    summary = run("siq2", root, tmp_path / "out", split="val")
+    summary = preprocess_here(tmp_path / "out", source="siq2", root=root, split="val")
     items = written(tmp_path / "out")
     assert set(items) == {"3vZccD8ySXc_q3_0", "3vZccD8ySXc_q2_0", "3vZccD8ySXc_q3_0#1", "3vZccD8ySXc_q2_0#1",
                           "3vZccD8ySXc_q3_0#2"}
@@ -335,7 +336,7 @@ def test_siq2_repeat_ids_do_not_take_a_released_id(tmp_path):
     lines = [siq2_line("v_q1", "First?"), siq2_line("v_q1#1", "Released with a hash?"), siq2_line("v_q1", "Second?")]
     (root / "qa").mkdir()
     (root / "qa" / "qa_train.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    run("siq2", root, tmp_path / "out")
+    preprocess_here(tmp_path / "out", source="siq2", root=root)
     items = written(tmp_path / "out")
     assert {k: v["question"] for k, v in items.items()} == {"v_q1": "First?", "v_q1#1": "Released with a hash?",
                                                            "v_q1#2": "Second?"}
