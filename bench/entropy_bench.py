@@ -14,7 +14,7 @@ import time
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE, _chunk_logprobs
+from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE, _chunk_logprobs
 
 
 def one_pass(head, hidden, targets, with_entropy: bool, stride: int, chunk: int = 256) -> float:

@@ -3,7 +3,7 @@
 No checkpoint is needed for speed: the thinker is built from the public config.json values written out below
 (language model, 32-layer vision tower, 32-layer audio encoder) on the meta device, then materialised with
 ``to_empty`` and initialised on the GPU (``init_weights`` also recomputes the rotary and sinusoid buffers).
-The processor is the offline one of ``omni_grpo.testing`` with the real Qwen2 BPE, whose special tokens sit
+The processor is the offline one of ``omni_grpo.tiny_models`` with the real Qwen2 BPE, whose special tokens sit
 at the real ids.
 
 One step on one prompt, through the package's own functions (``rollout.sample`` — encode once, one batched
@@ -88,7 +88,7 @@ def thinker_config(name: str, ids: dict | None = None, vocab_size: int | None = 
     from transformers import Qwen2_5OmniThinkerConfig
 
     if name == "tiny":
-        from omni_grpo.testing import tiny_thinker_config
+        from omni_grpo.tiny_models import tiny_thinker_config
 
         return tiny_thinker_config("qwen2_5_omni", vocab_size, ids, hidden=64, layers=layers or 2, init_range=0.02)
     text = dict(TEXT[name], **TEXT_COMMON)
@@ -119,7 +119,7 @@ def build_thinker(config, device, dtype, attn: str):
 
 
 def build_processor(vocab: str):
-    from omni_grpo.testing import _build_processor, _build_tokenizer
+    from omni_grpo.tiny_models import _build_processor, _build_tokenizer
 
     tokenizer, ids = _build_tokenizer(vocab, 400)
     return _build_processor(tokenizer, "qwen2_5_omni"), ids
@@ -159,6 +159,17 @@ def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0
     audio = (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
     return dict(id="bench", question=QUESTION, options=OPTIONS, answer="B", problem_type="multiple_choice",
                 frames=frames, fps=n / seconds, audio=audio, sample_rate=16000)
+
+
+def _force_min_new_tokens(n: int) -> None:
+    """Every token loop of this process bans stop tokens before `n` new tokens (forced length: no stop token ends
+    a row): `generate` looks up `sampling_processors` at each call, and gets it with `min_new_tokens`."""
+    import functools
+
+    from omni_grpo.models import sampling
+
+    base = getattr(sampling.sampling_processors, "func", sampling.sampling_processors)
+    sampling.sampling_processors = functools.partial(base, min_new_tokens=n)
 
 
 def _rss_gb(key: str) -> float:
@@ -285,8 +296,8 @@ class Bench:
         ph = Phases(self.device)
         inputs = self.inputs
         # The trainer's sampling path (encode once, one batched generate, texts decoded, rows repeated).
-        comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True,
-                       min_new_tokens=c)
+        _force_min_new_tokens(c)
+        comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True)
         # Forced length: no stop token ends a row, so every completion token is scored.
         ids, mask = comps.completion_ids, torch.ones_like(comps.completion_ids)
         rows = comps.inputs

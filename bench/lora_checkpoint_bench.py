@@ -36,7 +36,7 @@ def build_model_dir(out: Path, width: str, layers: int) -> Path:
     import torch
     from transformers import GenerationConfig
 
-    from omni_grpo.testing import build_tiny_model
+    from omni_grpo.tiny_models import build_tiny_model
 
     if width == "tiny":
         return build_tiny_model(out, seed=0, layers=layers)

@@ -2,7 +2,7 @@
 
 The update's shared-prompt pass and the rollout's token loop at Qwen2.5-Omni-3B text widths (random weights,
 a few decoder layers, tiny towers, bf16 on CPU), G completions of one prompt: the per-row copies
-(`prefix_attention._ENABLED = False`, the path before) against one copy
+(`one_copy_ready` answering False, the path before) against one copy
 (`omni_grpo.models.prefix_attention`). Each variant runs in its own subprocess and reports the peak resident
 memory of its pass above the memory before it (Linux VmHWM, reset before the pass), so the two columns are
 side by side in one run; for generation also the peak after the prefill (the token loop, where the copies
@@ -21,6 +21,7 @@ Generation: `generate` with `--new-tokens` forced new tokens (stop tokens banned
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -65,12 +66,12 @@ def child(args) -> dict:
     """One variant's pass; returns its peak memory above the start and its seconds."""
     import torch
 
-    from omni_grpo.models import generate, get_module, log_probs
-    from omni_grpo.models import prefix_attention
+    from omni_grpo.models import generate, get_module, log_probs, sampling, shared_prompt
     from omni_grpo.models.inputs import ModelInputs
 
     torch.manual_seed(0)
-    prefix_attention._ENABLED = args.variant == "one copy"
+    if args.variant != "one copy":  # the per-row copies: the passes see no wrapped attention
+        sampling.one_copy_ready = shared_prompt.one_copy_ready = lambda config: False
     module = get_module("qwen2_5_omni")
     model, processor = _model(args)
     vocab = min(model.config.text_config.vocab_size, 150000)
@@ -99,8 +100,9 @@ def child(args) -> dict:
 
     hook = model.lm_head.register_forward_pre_hook(after_prefill)
     with torch.no_grad():
-        generate(module, model, processor, prompt, num_generations=g, max_new_tokens=args.new_tokens,
-                 min_new_tokens=args.new_tokens)
+        force = functools.partial(sampling.sampling_processors, min_new_tokens=args.new_tokens)
+        sampling.sampling_processors = force  # no stop token ends a row: every row reaches the length
+        generate(module, model, processor, prompt, num_generations=g, max_new_tokens=args.new_tokens)
     hook.remove()
     decode = _rss_kb("VmHWM")
     return dict(peak_mb=(max(prefill["peak"], decode) - start) / 1024, decode_mb=(decode - start) / 1024,

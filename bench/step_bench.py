@@ -1,7 +1,7 @@
 """Benchmark one GRPO optimizer step, phase by phase, against TRL and against the loop we replace.
 
 Three systems train the same randomly initialised Qwen2.5-Omni thinker (the tiny kit of
-``omni_grpo.testing``) on the same synthetic video+audio question (one prompt per step, G completions),
+``omni_grpo.tiny_models``) on the same synthetic video+audio question (one prompt per step, G completions),
 with the same sampling settings, rewards (format + accuracy), β, learning rate and update micro-batch:
 
 * **ours** — ``omni_grpo.trainer.GRPOTrainer`` in one process: decoded shards, the vision and audio towers
@@ -201,14 +201,15 @@ class Ours:
 
 
 def _force_min_new_tokens(n: int) -> None:
-    """The trainer's rollouts ban stop tokens before `n` new tokens (the config has no such option: it is a
-    benchmark setting, so that completions reach the length being measured)."""
+    """Every token loop of this process bans stop tokens before `n` new tokens (the config has no such option:
+    it is a benchmark setting, so that completions reach the length being measured): `generate` looks up
+    `sampling_processors` at each call, and gets it with Hugging Face's `min_new_tokens`."""
     import functools
 
-    import omni_grpo.trainer as trainer_module
+    from omni_grpo.models import sampling
 
-    base = getattr(trainer_module.sample, "func", trainer_module.sample)
-    trainer_module.sample = functools.partial(base, min_new_tokens=n)
+    base = getattr(sampling.sampling_processors, "func", sampling.sampling_processors)
+    sampling.sampling_processors = functools.partial(base, min_new_tokens=n)
 
 
 # ------------------------------------------------------------------------------------------------- TRL
@@ -500,7 +501,7 @@ OPTIONS = ["They are nervous.", "They are excited.", "They are angry.", "They ar
 
 
 def prepare_model(work: Path, spec: str) -> Path:
-    from omni_grpo.testing import build_tiny_model
+    from omni_grpo.tiny_models import build_tiny_model
 
     hidden, layers, vocab = parse_model(spec)
     out = work / f"model-{hidden}x{layers}-{vocab}"

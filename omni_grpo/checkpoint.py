@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from omni_grpo import rng
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -117,10 +117,7 @@ def finish(tmp: Path, step: int, keep: int) -> Path:
 
 
 def write_trainer_state(folder: Path, state: dict) -> None:
-    state = dict(state)
-    state["python_rng"] = _py_rng_to_json(random.getstate())
-    np_state = np.random.get_state()
-    state["numpy_rng"] = [np_state[0], np_state[1].tolist(), *np_state[2:]]
+    state = {**state, **rng.to_json()}
     (folder / "trainer_state.json").write_text(json.dumps(state, indent=1))
 
 
@@ -130,19 +127,15 @@ def read_trainer_state(folder: Path) -> dict:
         state = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise CheckpointError(f"cannot read {path}: {err}; resume from an earlier checkpoint") from err
-    random.setstate(_py_rng_from_json(state.pop("python_rng")))
-    kind, keys, *rest = state.pop("numpy_rng")
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    rng.from_json(state)
+    del state["python_rng"], state["numpy_rng"]
     return state
 
 
 def save_rng(folder: Path, rank: int) -> None:
     from safetensors.torch import save_file
 
-    tensors = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors["cuda"] = torch.cuda.get_rng_state()
-    save_file(tensors, str(folder / f"rng-rank{rank}.safetensors"))
+    save_file(rng.to_tensors(), str(folder / f"rng-rank{rank}.safetensors"))
 
 
 def load_rng(folder: Path, rank: int) -> None:
@@ -151,20 +144,7 @@ def load_rng(folder: Path, rank: int) -> None:
     path = folder / f"rng-rank{rank}.safetensors"
     if not path.exists():
         raise CheckpointError(f"{path} is missing: the checkpoint was written by fewer ranks than are resuming it")
-    tensors = load_file(str(path))
-    torch.set_rng_state(tensors["cpu"])
-    if "cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["cuda"])
-
-
-def _py_rng_to_json(state):
-    version, internal, gauss = state
-    return [version, list(internal), gauss]
-
-
-def _py_rng_from_json(obj):
-    version, internal, gauss = obj
-    return (version, tuple(internal), gauss)
+    rng.from_tensors(load_file(str(path)))
 
 
 # ------------------------------------------------------------------------------------------ the policy

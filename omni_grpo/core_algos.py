@@ -22,6 +22,8 @@ Departures from the paper, each one opt-in or documented where it happens:
   or diverging token from producing inf; inside that range the values are exact.
 - Entropy bonus (`policy_loss`'s `entropy_coef`, per token before aggregation): optional, off by default;
   not in the paper. The entropy itself comes from the log-prob pass (`models.logprobs.log_probs`).
+- Dynamic sampling (`group_spread`, `pick_groups`; DAPO §3.2): groups whose rewards are all equal are left
+  out and more are drawn; at the extra-round cap the earliest constant groups fill the step (verl raises).
 - Schedules: β and the sampling temperature may ramp linearly over training (HumanOmniV2's dynamic KL,
   arXiv:2506.21277); constant by default, as in the paper.
 
@@ -44,10 +46,12 @@ __all__ = [
     "agg_loss",
     "group_advantages",
     "group_reward_totals",
+    "group_spread",
     "kl_coef_schedule",
     "kl_penalty",
     "loss_normalisers",
     "masked_mean",
+    "pick_groups",
     "policy_loss",
     "temperature_schedule",
 ]
@@ -164,6 +168,30 @@ def group_advantages(
     else:
         advantages = centred
     return advantages.reshape(-1)  # [B*G]
+
+
+def group_spread(advantages: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[B] bool on the CPU: the groups of `advantages` [B*G] whose rewards differ (some advantage is not 0)."""
+    return (advantages.view(-1, group_size) != 0).any(dim=1).cpu()
+
+
+def pick_groups(spread: list[torch.Tensor], target: int) -> tuple[list[list[int]], dict[str, int]]:
+    """Dynamic sampling's choice: which groups of each drawn round the step trains on.
+
+    `spread`: one [B] bool per round, in draw order (True: the group's rewards differ, `group_spread`). The
+    first `target` spread groups are taken; when there are fewer (the extra-round cap was reached), the earliest
+    constant groups fill the remainder (advantage 0: with β = 0 they contribute nothing). Returns (per round,
+    the indices of its groups to train, ascending; counts: `drawn` groups, constant groups `dropped` (left out)
+    and `filled` (trained), spread groups beyond the target left out as `surplus`).
+    """
+    flags = [(r, k, bool(x)) for r, s in enumerate(spread) for k, x in enumerate(s.tolist())]
+    chosen = [(r, k) for r, k, x in flags if x][:target]
+    constant = [(r, k) for r, k, x in flags if not x]
+    filled = constant[:max(0, target - len(chosen))]
+    picked = set(chosen) | set(filled)
+    picks = [[k for k in range(len(s)) if (r, k) in picked] for r, s in enumerate(spread)]
+    return picks, {"drawn": len(flags), "dropped": len(constant) - len(filled), "filled": len(filled),
+                   "surplus": len(flags) - len(constant) - len(chosen)}
 
 
 def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str = "k3") -> torch.Tensor:

@@ -130,7 +130,7 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     from omni_grpo.data import PromptDataset
     from omni_grpo.models import detect_family, get_module
     from omni_grpo.models.base import base_thinker
-    from omni_grpo.models.logprobs import forward_hidden
+    from omni_grpo.models.shared_prompt import forward_hidden
 
     cfg = load_config(config, [f"model_name_or_path={model_dir}", f"data=[{','.join(map(str, data))}]",
                                *(overrides or [])])

@@ -1,13 +1,15 @@
 """Two optimizer back ends behind one interface: plain PyTorch (one process) and DeepSpeed (ZeRO-2/3).
 
 `Engine` is the interface the trainer and `checkpoint` use, and nothing else: `module` (the nn.Module),
-`stage` / `is_partitioned`, `backward`, `step` / `skip` (an optimizer step, or a skipped one), `lr`,
+`stage` / `is_partitioned`, `micro_batches` (the backward calls of an update, padded to a fixed count),
+`backward` (a non-finite loss zeroed on every rank), `step` / `skip` (an optimizer step, or a skipped one), `lr`,
 `gathered_for_generation`, `save_state` / `load_state` (collective: called on every rank; the frozen weights
 are not in the state) and `write_errors_deferred` (around `save_state`: a rank whose write fails still reaches
 the back end's barriers), `state_holds_weights`, `full_state_dict`, `trainable_state_dict` and
 `prepare_reference`. `build_engine` makes the right one from the config (optimizer, LR schedule, fp32 masters,
 the DeepSpeed JSON's "auto" values); `setup_distributed` reads the launcher's environment and starts the
-process group.
+process group. The ZeRO-3 facts about single parameters live here too (`param_partitioned`, `gathered_param`,
+`partitioned_over_ranks`), so the model code never asks DeepSpeed itself.
 
 `backward(loss)` takes the micro-batch loss already divided by the *global* normaliser of the optimizer
 step (see `core_algos.agg_loss`), so the step's gradient is the plain sum of micro-batch gradients over
@@ -22,6 +24,7 @@ import json
 import math
 import os
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -37,6 +40,24 @@ def fp32_masters(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
     return [torch.nn.Parameter(p.detach().float().clone()) for p in params]
 
 
+@dataclass(frozen=True)
+class MicroBatch:
+    """One backward call of an update: the rollout rows it trains, or, when `dummy`, a padding pass over them
+    whose loss is multiplied by 0 and whose metrics are dropped (`Engine.micro_batches`)."""
+
+    rows: list[int]
+    dummy: bool = False
+
+
+def all_reduce_sum(t: torch.Tensor, world_size: int) -> torch.Tensor:
+    """`t` summed over the ranks, in place (nothing to do in one process)."""
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+    return t
+
+
 class Engine:
     """What the trainer needs from an optimizer back end (see the module docstring)."""
 
@@ -50,7 +71,36 @@ class Engine:
         """Every weight sharded over the ranks (ZeRO-3): gather before reading a whole tensor."""
         return self.stage == 3
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def micro_batches(self, skip: torch.Tensor, size: int) -> list[MicroBatch]:
+        """The backward calls of `len(skip)` rollout rows in micro-batches of `size`, rows where `skip` is True
+        ([N] bool: rows that contribute nothing to the loss or gradient) left out.
+
+        The number of calls stays that of the unskipped rows (DeepSpeed counts them per optimizer step, and under
+        ZeRO-3 every rank must run the same forwards): the missing ones are dummies, a one-row pass whose loss
+        is multiplied by 0 — they give every trainable parameter a (zero) gradient as the full update would, so
+        the optimizer step is the same. The loss normalisers are the global counts over all rows, so the kept
+        rows' loss terms and the total are unchanged.
+        """
+        n = len(skip)
+        if not skip.any():
+            return [MicroBatch(list(range(start, min(start + size, n)))) for start in range(0, n, size)]
+        kept = [i for i in range(n) if not skip[i]]
+        batches = [MicroBatch(kept[start:start + size]) for start in range(0, len(kept), size)]
+        return batches + [MicroBatch([0], dummy=True)] * (-(-n // size) - len(batches))
+
+    def backward(self, loss: torch.Tensor) -> bool:
+        """Backward of one micro-batch's loss. Returns whether the loss was finite on every rank; where it was
+        not, every rank backpropagates a zeroed loss instead (the count of backward calls per step is fixed,
+        and all ranks skip together): end the optimizer step with `skip`."""
+        finite = self._all_finite(loss)
+        self._backward(loss if finite else loss.nan_to_num(0.0, 0.0, 0.0) * 0.0)
+        return finite
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
+        return bool(all_reduce_sum(flag, self.world_size).item() == 0)
+
+    def _backward(self, loss: torch.Tensor) -> None:
         raise NotImplementedError
 
     def step(self) -> tuple[float, bool]:
@@ -111,7 +161,7 @@ class PlainEngine(Engine):
         if masters is not None and [m.shape for m in masters] != [p.shape for p in self.params]:
             raise ValueError("masters must be the fp32 copies of the model's trainable parameters, in order")
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
     def step(self) -> tuple[float, bool]:
@@ -190,7 +240,7 @@ class DeepSpeedEngine(Engine):
         self._calls = 0
         self._zero = isinstance(self.optimizer, ZeROOptimizer)  # what DeepSpeed's forward asks before the call
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
         # The trainer calls the unwrapped module, so DeepSpeed's own `forward` (which starts each micro-step by
         # `clear_backward_seen_flag`) never runs: without this call ZeRO-3 never counts a micro-step and copies
         # each backward's gradient over the last one's instead of adding it (only the step's last update
@@ -211,8 +261,8 @@ class DeepSpeedEngine(Engine):
         return norm, math.isfinite(norm)
 
     def skip(self) -> tuple[float, bool]:
-        """A DeepSpeed step cannot be skipped once its backward calls ran: the trainer zeroed the loss, so this
-        is an ordinary step over zero gradients."""
+        """A DeepSpeed step cannot be skipped once its backward calls ran: `backward` zeroed the non-finite loss,
+        so this is an ordinary step over zero gradients."""
         return self.step()
 
     def lr(self) -> float:
@@ -395,6 +445,34 @@ def param_counts(model) -> tuple[int, int]:
         else:
             frozen += n
     return trainable, frozen
+
+
+def param_partitioned(param) -> bool:
+    """Whether `param` is ZeRO-3 partitioned: this rank holds a shard of it, and its whole tensor must be
+    gathered (`gathered_param`, or the module's own gather hooks) before it is read."""
+    return hasattr(param, "ds_id")
+
+
+@contextmanager
+def gathered_param(param):
+    """The full tensor of `param`, gathered for the block under ZeRO-3 (a plain parameter is already whole)."""
+    if param_partitioned(param):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([param]):
+            yield param.data
+    else:
+        yield param.detach()
+
+
+def partitioned_over_ranks(model) -> bool:
+    """True when `model`'s weights are ZeRO-3 partitioned over several ranks."""
+    param = next(iter(model.parameters()), None)
+    if param is None or not param_partitioned(param):
+        return False
+    import torch.distributed as dist
+
+    return dist.is_initialized() and dist.get_world_size() > 1
 
 
 @contextmanager

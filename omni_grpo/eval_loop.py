@@ -13,7 +13,7 @@ and drops its row. The rows are gathered to rank 0, which summarises and writes.
 once.
 
 The training run is untouched: the Python, NumPy, torch and CUDA random states are saved before and
-restored after the evaluation, the questions are collated in this process (no DataLoader iterator, the
+restored after the evaluation (`rng.preserved`), the questions are collated in this process (no DataLoader iterator, the
 training loader and its cursor are not used), and the policy stays in eval mode under no_grad.
 
 TensorBoard tags: `eval/accuracy`, `eval/format_rate`, `eval/reward/<name>` for every reward scored,
@@ -23,14 +23,12 @@ TensorBoard tags: `eval/accuracy`, `eval/format_rate`, `eval/reward/<name>` for 
 from __future__ import annotations
 
 import logging
-import random
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from omni_grpo import eval_report
+from omni_grpo import eval_report, rng
 from omni_grpo.data import Collate, PromptDataset
 from omni_grpo.rollout import sample
 
@@ -42,21 +40,6 @@ EVAL_DIR = "eval"
 def step_dir(output_dir, step: int) -> Path:
     """`output_dir/eval/step-NNNNNNN`: one evaluation folder per evaluated step."""
     return Path(output_dir) / EVAL_DIR / f"step-{step:07d}"
-
-
-@contextmanager
-def preserved_random_state():
-    """Restore the Python, NumPy, torch and (when initialised) CUDA random states on exit."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
 
 
 def rank_share(num_questions: int, batch_size: int, rank: int, world_size: int) -> list[list[int | None]]:
@@ -86,7 +69,7 @@ class TrainingEvaluator:
 
     def run(self, policy, gathered, step: int, writer) -> dict:
         """Evaluate at optimizer step `step` (collective); the `eval/...` scalars on rank 0, {} elsewhere."""
-        with preserved_random_state(), torch.no_grad():
+        with rng.preserved(), torch.no_grad():
             rows = self._predict(policy, gathered)
             rows = self._gather(rows)
         self.last_step = step

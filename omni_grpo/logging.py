@@ -73,6 +73,16 @@ def reduce_metrics(metrics: dict[str, float], world_size: int) -> dict[str, floa
     return dict(zip(keys, mean.tolist()))
 
 
+def mean_metrics(dicts: list[dict]) -> dict:
+    """Each key's mean over the dicts that hold a finite value for it (NaN where none does)."""
+    keys = {k for d in dicts for k in d}
+    out = {}
+    for k in keys:
+        vals = [float(d[k]) for d in dicts if k in d and d[k] is not None and math.isfinite(float(d[k]))]
+        out[k] = sum(vals) / len(vals) if vals else math.nan
+    return out
+
+
 class MetricsWriter:
     """Writes scalars and a markdown table of completions to `output_dir/runs` (rank 0 only)."""
 

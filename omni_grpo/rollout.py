@@ -69,28 +69,11 @@ class Rollout:
             old_log_probs=take(self.old_log_probs), ref_log_probs=take(self.ref_log_probs),
             temperature=self.temperature)
 
-    def rows(self, start: int, stop: int) -> "Rollout":
-        """Rows [start, stop) for one update micro-batch (media follow their rows); every field kept."""
-        sl = slice(start, stop)
-
-        def cut(t):
-            return None if t is None else t[sl]
-
-        return Rollout(
-            inputs=self.inputs.select(list(range(start, stop))),
-            completion_ids=self.completion_ids[sl],
-            completion_mask=self.completion_mask[sl],
-            truncated=self.truncated[sl],
-            texts=self.texts[sl],
-            samples=self.samples[sl],
-            scores=cut(self.scores),
-            rewards=cut(self.rewards),
-            advantages=cut(self.advantages),
-            per_sample_rewards=cut(self.per_sample_rewards),
-            old_log_probs=cut(self.old_log_probs),
-            ref_log_probs=cut(self.ref_log_probs),
-            temperature=self.temperature,
-        )
+    def groups(self, index: list[int], group_size: int) -> "Rollout":
+        """The rows of the groups `index` (ascending), G rows each; the rollout itself when that is all of them."""
+        if len(index) == self.num_rows // group_size:
+            return self
+        return self.select([k * group_size + j for k in index for j in range(group_size)])
 
     def table(self, n: int) -> list[dict]:
         """The first `n` rows for the TensorBoard sample table: id, answer, each reward, total, advantage, text."""
@@ -118,7 +101,7 @@ def _untimed(name: str):
 def sample(family, model, processor, inputs: ModelInputs, samples: list[dict], num_generations: int,
            max_new_tokens: int, *, encode_once: bool = True, gathered=nullcontext, timer=_untimed,
            temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
-           do_sample: bool = True, min_new_tokens: int = 0) -> Rollout:
+           do_sample: bool = True) -> Rollout:
     """G completions for each of the B prompts of `inputs` (on the model's device), as a `Rollout` of N rows.
 
     `family`: the model-family adapter. `samples`: the B prompts' reward fields. `encode_once`: run the towers
@@ -132,8 +115,7 @@ def sample(family, model, processor, inputs: ModelInputs, samples: list[dict], n
             inputs.encoded = family.encode_media(model, inputs)
     with timer("rollout"), torch.no_grad(), gathered():
         comps = generate(family, model, processor, inputs, num_generations, max_new_tokens, temperature=temperature,
-                         top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, do_sample=do_sample,
-                         min_new_tokens=min_new_tokens)
+                         top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, do_sample=do_sample)
     texts = processor.tokenizer.batch_decode(comps.completion_ids, skip_special_tokens=True)
     return Rollout(inputs=inputs.repeat(num_generations), completion_ids=comps.completion_ids,
                    completion_mask=comps.completion_mask, truncated=comps.truncated, texts=texts,

@@ -1,5 +1,6 @@
-"""The end-of-run summary line: how the main rewards moved over the steps this process trained (pure; the
-trainer keeps the per-step history and logs the line on rank 0).
+"""What a run says about itself at its start and end (pure; the trainer logs both on rank 0): the start
+`banner` (model, back end, parameters, data, where the resolved config is), and the end-of-run summary line,
+how the main rewards moved over the steps this process trained (the trainer keeps the per-step history).
 
 Main rewards: `reward/<name>` of each reward function and `reward/total` (not their `_std`, `/none_ratio`, ...
 companions, nor `reward/zero_std_group_ratio`), accuracy first. A reward "rose" when the mean of its last k
@@ -11,6 +12,7 @@ scored nothing are left out); otherwise it "did not rise".
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 _NOT_MAIN = ("_std", "zero_std_group_ratio")
 
@@ -33,6 +35,24 @@ def _order(key: str) -> tuple[int, str]:
 def plural(n: int, word: str) -> str:
     """`1 step`, `2 steps`."""
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def banner(cfg, family: str, world_size: int, zero_stage: int | None, device, param_counts: tuple[int, int],
+           num_prompts: int, total_steps: int, encode_once: bool) -> str:
+    """The lines a run starts with: model and family, ranks and back end (`zero_stage`: None without DeepSpeed),
+    parameter counts, the data and the step size, the media flags, and where the resolved config is written."""
+    trainable, frozen = param_counts
+    backend = f"DeepSpeed ZeRO-{zero_stage}" if zero_stage is not None else "single process"
+    return "\n".join([
+        f"omni-grpo: {family} from {cfg.model_name_or_path}",
+        f"  world size {world_size}, {backend}, device {device}",
+        f"  parameters: {trainable:,} trainable, {frozen:,} frozen{' (LoRA)' if cfg.lora.enabled else ''}",
+        f"  {plural(num_prompts, 'prompt')}; {plural(total_steps, 'optimizer step')} of "
+        f"{plural(cfg.per_device_prompts * cfg.gradient_accumulation_steps * world_size, 'prompt')} × "
+        f"{plural(cfg.num_generations, 'completion')}",
+        f"  use_audio_in_video={cfg.use_audio_in_video}, encode media once={encode_once}, "
+        f"output {cfg.output_dir}",
+        f"  config: {Path(cfg.output_dir) / 'config.yaml'} (every setting, resolved)"])
 
 
 def reward_trend(history: dict[str, list[float]]) -> str:

@@ -1,5 +1,5 @@
-"""Synthetic media for tests and the demo: mp4 clips, audio files, images, a Social-IQ 2.0 style dataset and
-deliberately broken files.
+"""Synthetic media for tests and the demo: mp4 clips, audio files, images and a Social-IQ 2.0 style dataset
+(the deliberately broken files the failure tests use are made in `tests/broken_media.py`).
 
 Clips can look like real encodes: NTSC rates (``fps=Fraction(30000, 1001)`` for 29.97,
 ``Fraction(24000, 1001)`` for 23.976, or the floats ``30000 / 1001`` …), any duration (``seconds=7.3``),
@@ -243,28 +243,6 @@ def make_mixed_manifest(folder, audio_seconds: float = 3.3, seed: int = 0) -> Pa
         rows.append({"id": name, "image": name, **qa})
     path = folder / "manifest.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def make_truncated(src, dst, keep: float = 0.5) -> Path:
-    """Copy the first ``keep`` fraction of ``src`` to ``dst`` (an mp4 cut short, as by a failed download)."""
-    data = Path(src).read_bytes()
-    dst = Path(dst)
-    dst.write_bytes(data[: int(len(data) * keep)])
-    return dst
-
-
-def make_text_file(path, text: str = "this is not a video\n") -> Path:
-    """A text file, typically named ``*.mp4`` to stand for a mislabelled download."""
-    path = Path(path)
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def make_empty_file(path) -> Path:
-    """A zero-length file."""
-    path = Path(path)
-    path.write_bytes(b"")
     return path
 
 

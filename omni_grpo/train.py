@@ -85,7 +85,7 @@ def train(cfg, command: str = "") -> int:
     `preempted …` line with `command` (the one that resumes) and exit code 128 + the signal."""
     from omni_grpo.checkpoint import CheckpointError
     from omni_grpo.logging import report_error
-    from omni_grpo.models.qwen2_5_omni import PromptTooLongError
+    from omni_grpo.models.base import PromptTooLongError
     from omni_grpo.preemption import Preempted, report
     from omni_grpo.rewards import RewardError
     from omni_grpo.trainer import GRPOTrainer, NonFiniteLossError

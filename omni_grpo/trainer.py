@@ -17,8 +17,10 @@ SIGTERM/SIGINT (`preemption`) stop the loop at a safe point — before a step, o
 step is abandoned (data cursor and random state put back, so the resumed run redoes it exactly) — then the last
 finished step is saved and `preemption.Preempted` raised.
 
-The trainer only orchestrates: the optimizer back end is `engine.Engine` (plain or DeepSpeed, one interface),
-the model family an adapter (`self.family`, stateless), every save/load `checkpoint`, the RL math `core_algos`.
+The trainer only orchestrates: the optimizer back end is `engine.Engine` (plain or DeepSpeed, one interface;
+it pads the backward count and guards against non-finite losses), the model family an adapter (`self.family`,
+stateless), the passes `models` (the prompt once per group: `models.shared_prompt`), every save/load
+`checkpoint`, the RL math `core_algos`, every random state `rng`.
 
 Departures from the paper, each a config choice: loss aggregation (`loss_agg`, default DAPO's token mean
 over the whole optimizer step, normalised by the global token count so the gradient does not depend on how
@@ -35,25 +37,30 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from omni_grpo import checkpoint as ckpt
-from omni_grpo import core_algos, preemption, run_control
+from omni_grpo import core_algos, preemption, rng, run_control
 from omni_grpo.config import TrainConfig, check_data, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
-from omni_grpo.engine import build_engine, configure_deepspeed, param_counts, setup_distributed, training_mode
-from omni_grpo.logging import MetricsWriter, PhaseTimer, reduce_metrics
+from omni_grpo.engine import (
+    all_reduce_sum,
+    build_engine,
+    configure_deepspeed,
+    param_counts,
+    setup_distributed,
+    training_mode,
+)
+from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
-from omni_grpo.models.base import base_thinker
-from omni_grpo.models.logprobs import METRIC_ENTROPY_STRIDE, PromptPass, prompt_pass, sliced_head
+from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE, sliced_head
+from omni_grpo.models.shared_prompt import group_prompt
 from omni_grpo.rewards import build_reward_manager, effective_reward_kwargs
 from omni_grpo.rollout import Rollout, rollout_metrics, sample
-from omni_grpo.run_summary import is_main_reward, plural, reward_trend
+from omni_grpo.run_summary import banner, is_main_reward, plural, reward_trend
 
 logger = logging.getLogger("omni_grpo")
 
@@ -62,22 +69,14 @@ class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class GRPOTrainer:
     """Setup → `train()` (→ `step()` per optimizer step) → cleanup. Construct with a validated config."""
-
-    prompt_once_per_group = True  # private switch: False runs the prompt in every update micro-batch (tests)
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         self.timer = PhaseTimer()
         self.rank, self.world_size, self.device, self.ds_config = setup_distributed(cfg.deepspeed)
-        seed_everything(cfg.seed + self.rank)
+        rng.seed_all(cfg.seed + self.rank)
         name = detect_family(cfg.model_name_or_path) if cfg.model_family == "auto" else cfg.model_family
         self.family = get_module(name)  # the model-family adapter (the nn.Module is `self.policy`)
         self.processor = self.family.load_processor(cfg.model_name_or_path)
@@ -100,8 +99,7 @@ class GRPOTrainer:
             self.nonfinite_in_a_row, self.samples_seen = state["nonfinite_in_a_row"], state["samples_seen"]
         # TensorBoard hides older files' events from the first step this segment logs on: no step shows twice.
         self.writer = MetricsWriter(cfg.output_dir, enabled=self.rank == 0, purge_step=self.global_step + 1)
-        self.loader_iter = None
-        self.evaluator = None
+        self.loader_iter, self.evaluator = None, None
         if cfg.eval_steps > 0:
             from omni_grpo.eval_loop import TrainingEvaluator
 
@@ -148,8 +146,9 @@ class GRPOTrainer:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        self._banner()
         if self.rank == 0:
+            logger.info(banner(cfg, self.family.family, self.world_size, self.engine.stage if self.ds_config else None,
+                               self.device, self.param_counts, len(self.dataset), self.total_steps, self.encode_once))
             save_config(cfg, Path(cfg.output_dir) / "config.yaml")
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=self.rank != 0,
                    dynamic_ncols=True)
@@ -231,7 +230,7 @@ class GRPOTrainer:
         groups: `TrainConfig` checks that it divides G). The update's loss normalisers count the rows trained.
         """
         cfg = self.cfg
-        drawn, reward_metrics, video_decodes = [], [], 0
+        drawn, spread, reward_metrics, video_decodes = [], [], [], 0
         target = cfg.per_device_prompts * cfg.gradient_accumulation_steps
         cap = cfg.gradient_accumulation_steps + (cfg.dynamic_sampling_max_extra_rounds if cfg.dynamic_sampling else 0)
         while True:
@@ -243,32 +242,22 @@ class GRPOTrainer:
                 reward_metrics.append(self.score(rollout))
             self.reference_and_old(rollout)
             drawn.append(rollout)
+            spread.append(core_algos.group_spread(rollout.advantages, cfg.num_generations))
             if len(drawn) < cfg.gradient_accumulation_steps:
                 continue
             if len(drawn) >= cap:
                 break
-            short = float(sum(int(s.sum()) for s in self._spread(drawn)) < target)
-            if self._all_reduce(torch.tensor([short], device=self.device)).item() == 0:
+            short = float(sum(int(s.sum()) for s in spread) < target)
+            if all_reduce_sum(torch.tensor([short], device=self.device), self.world_size).item() == 0:
                 break
-        metrics = {**_mean_dicts(reward_metrics), "counters/video_decodes": float(video_decodes)}
+        metrics = {**mean_metrics(reward_metrics), "counters/video_decodes": float(video_decodes)}
         if not cfg.dynamic_sampling:
             return drawn, drawn, metrics
-        picks, counts = pick_groups(self._spread(drawn), target)
-        g = cfg.num_generations
-        rollouts = []
-        for rollout, groups in zip(drawn, picks):
-            if len(groups) == len(rollout.samples) // g:
-                rollouts.append(rollout)
-            elif groups:
-                rollouts.append(rollout.select([k * g + j for k in groups for j in range(g)]))
+        picks, counts = core_algos.pick_groups(spread, target)
+        rollouts = [rollout.groups(groups, cfg.num_generations) for rollout, groups in zip(drawn, picks) if groups]
         metrics.update({f"rollout/dynamic_sampling_{k}": float(v) for k, v in counts.items()})
         metrics["rollout/dynamic_sampling_rounds"] = float(len(drawn))
         return drawn, rollouts, metrics
-
-    def _spread(self, rollouts: list[Rollout]) -> list[torch.Tensor]:
-        """[B] bool per rollout: the groups whose rewards differ (some advantage is not 0)."""
-        g = self.cfg.num_generations
-        return [(r.advantages.view(-1, g) != 0).any(dim=1).cpu() for r in rollouts]
 
     # ---------------------------------------------------------------------------------- stopping on a signal
     def _safe_point(self) -> None:
@@ -280,17 +269,12 @@ class GRPOTrainer:
 
     def _step_start(self) -> tuple:
         """What a step changes before its update: the data cursor and every random state (`_restore`)."""
-        cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-        return self.cursor, random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+        return self.cursor, rng.capture()
 
     def _restore(self, start: tuple) -> None:
         """Back to `_step_start`'s state, so that a checkpoint written now redoes the abandoned step exactly."""
-        self.cursor, py_state, np_state, cpu, cuda = start
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
+        self.cursor, state = start
+        rng.restore(state)
         self.loader_iter = None  # the next batch is read from the cursor again
 
     def _stop(self, signum: int) -> None:
@@ -307,7 +291,7 @@ class GRPOTrainer:
         if any rank misses it, so ranks that do not share a disk still save together)."""
         saved = ckpt.list_checkpoints(self.cfg.output_dir)
         missing = float(not saved or saved[-1].name != ckpt.step_name(self.global_step))
-        if self._all_reduce(torch.tensor([missing], device=self.device)).item() > 0:  # ranks missing it, summed
+        if all_reduce_sum(torch.tensor([missing], device=self.device), self.world_size).item() > 0:  # ranks missing
             self.save()
 
     def _next_batch(self):
@@ -355,9 +339,9 @@ class GRPOTrainer:
 
     def _log_probs(self, model, rows: Rollout, with_entropy: bool = False, entropy_stride: int = 1, prompt=None,
                    completion_embeds=None):
-        """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the
-        distribution `generate` drew from), with the configured prompt sharing (`prompt`, `completion_embeds`:
-        a prompt pass already run for these rows and their completions' embeddings, see `GroupPrompt`)."""
+        """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the distribution
+        `generate` drew from), with the configured prompt sharing (`prompt`, `completion_embeds`: a prompt pass
+        already run for these rows and their completions' embeddings, `models.shared_prompt.GroupPrompt`)."""
         return log_probs(self.family, model, rows.inputs, rows.completion_ids, rows.completion_mask,
                          with_entropy=with_entropy, share_prompt=self.cfg.share_prompt,
                          temperature=rows.temperature, banned_token_ids=self.banned_token_ids,
@@ -373,38 +357,39 @@ class GRPOTrainer:
         (`core_algos.loss_normalisers`, summed over ranks), so a pass's gradient does not depend on how rows
         split over micro-batches and ranks; the LR schedule counts optimizer steps (μ per trainer step). A
         checkpoint is only written between trainer steps, after all μ passes, so resume never lands inside one.
+
+        Per rollout: the engine's micro-batches (`Engine.micro_batches`: rows that add nothing are left out,
+        the backward count kept), the prompt run once for them when a group spans several
+        (`models.shared_prompt.group_prompt`), then per micro-batch forward → `policy_loss` → backward (the
+        engine zeroes a loss that is non-finite on any rank, and the optimizer step is then skipped).
         """
-        cfg = self.cfg
         counts = sum(torch.stack(core_algos.loss_normalisers(r.completion_mask)) for r in rollouts)
-        counts = self._all_reduce(counts.to(self.device))
-        global_tokens, global_seqs = counts[0], counts[1]
+        global_tokens, global_seqs = all_reduce_sum(counts.to(self.device), self.world_size)
         parts, norms, skips = [], [], 0
         with self.timer("update"), training_mode(self.policy):
-            for _ in range(cfg.num_iterations):
-                skipped = False
+            for _ in range(self.cfg.num_iterations):
+                finite = True
                 for rollout in rollouts:
-                    micro = list(self._update_parts(rollout, beta))
-                    shared = self._group_prompt_pass(rollout, micro)
-                    for i, (part, dummy, rows) in enumerate(micro):
-                        last = i == len(micro) - 1
-                        loss, m = self._micro_loss(part, beta, global_tokens, global_seqs,
-                                                   *((None, None) if shared is None else shared.inputs(rows, last)))
-                        if dummy:
-                            loss, m = loss * 0.0, {}
-                        if shared is not None:
-                            loss = shared.with_prompt_terms(loss, first=i == 0, last=last)
-                        if not self._all_finite(loss):
-                            skipped = True
-                            loss = loss.nan_to_num(0.0, 0.0, 0.0) * 0.0
-                        self.engine.backward(loss)
-                        if m:
-                            parts.append(m)
-                grad_norm, stepped = self.engine.skip() if skipped else self.engine.step()
+                    batches = self.engine.micro_batches(self._zero_rows(rollout, beta),
+                                                        self.cfg.update_micro_batch_size)
+                    prompt = group_prompt(self.family, self.policy, rollout.inputs, rollout.completion_ids,
+                                          [b.rows for b in batches], self.cfg.share_prompt)
+                    for i, batch in enumerate(batches):
+                        first, last = i == 0, i == len(batches) - 1
+                        loss, m = self._micro_loss(rollout.select(batch.rows), beta, global_tokens, global_seqs,
+                                                   *prompt.inputs(batch.rows, last))
+                        loss = prompt.with_prompt_terms(loss * 0.0 if batch.dummy else loss, first, last)
+                        finite = self.engine.backward(loss) and finite
+                        parts += [] if batch.dummy else [m]
+                grad_norm, stepped = self.engine.step() if finite else self.engine.skip()
                 norms.append(grad_norm)
-                skips += int(skipped or not stepped)
-                self._count_nonfinite(stepped and not skipped)
+                skips += int(not (finite and stepped))
+                self._count_nonfinite(finite and stepped)
+        return self._update_metrics(parts, norms, skips, rollouts, beta)
+
+    def _update_metrics(self, parts: list[dict], norms: list[float], skips: int, rollouts, beta: float) -> dict:
         finite = [n for n in norms if math.isfinite(n)]
-        return {**{f"actor/{k}": v for k, v in _mean_dicts(parts).items()},
+        return {**{f"actor/{k}": v for k, v in mean_metrics(parts).items()},
                 "actor/grad_norm": sum(finite) / len(finite) if finite else math.nan, "actor/lr": self.engine.lr(),
                 "actor/skipped_updates": float(skips), "actor/optimizer_steps": float(len(norms) - skips),
                 "actor/skipped_rows": float(sum(self._zero_rows(r, beta).sum() for r in rollouts))}
@@ -416,45 +401,6 @@ class GRPOTrainer:
         if not cfg.skip_zero_advantage_rows or beta > 0 or cfg.entropy_coef > 0:
             return torch.zeros(rollout.num_rows, dtype=torch.bool)
         return (rollout.advantages == 0).cpu()
-
-    def _update_parts(self, rollout: Rollout, beta: float):
-        """The update micro-batches of `rollout` as (part, dummy, row indices in `rollout`) triples.
-
-        Zero rows (`_zero_rows`) are left out and the rest packed into micro-batches of
-        `update_micro_batch_size`. The number of backward calls stays that of the unskipped update (DeepSpeed
-        counts them per optimizer step, and under ZeRO-3 every rank must run the same forwards): the missing
-        ones are dummies, a one-row pass whose loss is multiplied by 0 — they give every trainable parameter a
-        (zero) gradient as the full update would, so the optimizer step is the same. The loss normalisers are
-        the global counts over all rows, so the kept rows' loss terms and the total are unchanged.
-        """
-        mb = self.cfg.update_micro_batch_size
-        count = -(-rollout.num_rows // mb)
-        zero = self._zero_rows(rollout, beta)
-        if not zero.any():
-            for start in range(0, rollout.num_rows, mb):
-                yield rollout.rows(start, start + mb), False, list(range(start, min(start + mb, rollout.num_rows)))
-            return
-        kept = [i for i in range(rollout.num_rows) if not zero[i]]
-        for start in range(0, len(kept), mb):
-            yield rollout.select(kept[start:start + mb]), False, kept[start:start + mb]
-        for _ in range(count - -(-len(kept) // mb)):
-            yield rollout.rows(0, 1), True, [0]
-
-    def _group_prompt_pass(self, rollout: Rollout, parts: list) -> "GroupPrompt | None":
-        """The prompt pass of `rollout`, run once for all of its update micro-batches, when a prompt's rows
-        fall in more than one of them (`update_micro_batch_size` < G) and the prompt is shared; else None
-        (each micro-batch runs its own prompts). Under ZeRO-3 too: the step's gradient is the single-process one
-        (tests/test_distributed.py::test_zero3_gradient_equals_single_process)."""
-        if not (self.cfg.share_prompt and self.prompt_once_per_group and rollout.completion_ids.shape[1] > 0):
-            return None
-        seen: dict[int, int] = {}
-        for k, (part, _, _) in enumerate(parts):
-            for p in set(part.inputs.prompt_index or []):
-                if seen.setdefault(p, k) != k:
-                    embed = base_thinker(self.policy).get_input_embeddings()
-                    return GroupPrompt(prompt_pass(self.family, self.policy, rollout.inputs, rollout.completion_ids),
-                                       embed(rollout.completion_ids))
-        return None
 
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs, prompt=None,
                     completion_embeds=None):
@@ -489,35 +435,7 @@ class GRPOTrainer:
                 f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient norm. "
                 "Lower learning_rate, check the rewards for NaN, and resume with resume_from_checkpoint=latest.")
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank (all ranks skip the step together)."""
-        flag = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=self.device)
-        return bool(self._all_reduce(flag).item() == 0)
-
-    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(t)
-        return t
-
-    # ---------------------------------------------------------------------------------- banner, saving
-    def _banner(self) -> None:
-        if self.rank != 0:
-            return
-        cfg, (trainable, frozen) = self.cfg, self.param_counts
-        backend = f"DeepSpeed ZeRO-{self.engine.stage}" if self.ds_config else "single process"
-        logger.info("\n".join([
-            f"omni-grpo: {self.family.family} from {cfg.model_name_or_path}",
-            f"  world size {self.world_size}, {backend}, device {self.device}",
-            f"  parameters: {trainable:,} trainable, {frozen:,} frozen{' (LoRA)' if cfg.lora.enabled else ''}",
-            f"  {plural(len(self.dataset), 'prompt')}; {plural(self.total_steps, 'optimizer step')} of "
-            f"{plural(cfg.per_device_prompts * cfg.gradient_accumulation_steps * self.world_size, 'prompt')} × "
-            f"{plural(cfg.num_generations, 'completion')}",
-            f"  use_audio_in_video={cfg.use_audio_in_video}, encode media once={self.encode_once}, "
-            f"output {cfg.output_dir}",
-            f"  config: {Path(cfg.output_dir) / 'config.yaml'} (every setting, resolved)"]))
-
+    # ---------------------------------------------------------------------------------- evaluating, saving
     def evaluate(self) -> dict:
         """Greedy evaluation on `eval_data` (`eval_loop`; collective; the random state is left as it was)."""
         return self.evaluator.run(self.policy, self.engine.gathered_for_generation, self.global_step, self.writer)
@@ -530,70 +448,3 @@ class GRPOTrainer:
                                         "cursor": [self.cursor.epoch, self.cursor.position],
                                         "nonfinite_in_a_row": self.nonfinite_in_a_row,
                                         "samples_seen": self.samples_seen})
-
-
-def pick_groups(spread: list[torch.Tensor], target: int) -> tuple[list[list[int]], dict[str, int]]:
-    """Dynamic sampling's choice: which groups of each drawn round the step trains on.
-
-    `spread`: one [B] bool per round, in draw order (True: the group's rewards differ). The first `target`
-    spread groups are taken; when there are fewer (the extra-round cap was reached), the earliest constant
-    groups fill the remainder (advantage 0: with β = 0 they contribute nothing). Returns (per round, the
-    indices of its groups to train, ascending; counts: `drawn` groups, constant groups `dropped` (left out)
-    and `filled` (trained), spread groups beyond the target left out as `surplus`).
-    """
-    flags = [(r, k, bool(x)) for r, s in enumerate(spread) for k, x in enumerate(s.tolist())]
-    chosen = [(r, k) for r, k, x in flags if x][:target]
-    constant = [(r, k) for r, k, x in flags if not x]
-    filled = constant[:max(0, target - len(chosen))]
-    picked = set(chosen) | set(filled)
-    picks = [[k for k in range(len(s)) if (r, k) in picked] for r, s in enumerate(spread)]
-    return picks, {"drawn": len(flags), "dropped": len(constant) - len(filled), "filled": len(filled),
-                   "surplus": len(flags) - len(constant) - len(chosen)}
-
-
-class GroupPrompt:
-    """A rollout's prompt pass, and the embeddings of all its completions, run once for all of its update
-    micro-batches (the prompt once per group).
-
-    The micro-batches before the last attend to `leaves`, the pass's keys/values and last hidden state cut
-    from its graph, and read their completions' embeddings from `embeds_leaf`, the rollout's completion
-    embeddings cut likewise: each `engine.backward` accumulates the parameters' gradients and the leaves'. The
-    last micro-batch attends to the pass itself, reads the attached embeddings, and adds Σ tensor · (leaf
-    gradient / c), so its one backward also carries the earlier micro-batches' gradient through the prompt and
-    the embedding table — the backward count per optimizer step is unchanged, and the embedding table's
-    [V, H] gradient is made once per step instead of once per micro-batch. c is how much the engine scales a
-    loss's gradient (DeepSpeed: its accumulation and rank factors): `probe − probe.detach()`, 0 in value, is
-    added to the first loss, and its gradient is c.
-    """
-
-    def __init__(self, attached: PromptPass, embeds: torch.Tensor):
-        self.attached, self.leaves = attached, attached.detached()
-        self.embeds, self.embeds_leaf = embeds, embeds.detach().requires_grad_(embeds.requires_grad)
-        self.probe = torch.zeros((), device=attached.prompt_mask.device, requires_grad=True)
-
-    def inputs(self, rows: list[int], last: bool) -> tuple[PromptPass, torch.Tensor]:
-        """(the prompt pass, the completion embeddings of `rows`) for one micro-batch."""
-        index = torch.tensor(rows, dtype=torch.long, device=self.embeds.device)
-        if last:
-            return self.attached, self.embeds[index]
-        return self.leaves, self.embeds_leaf[index]
-
-    def with_prompt_terms(self, loss: torch.Tensor, first: bool, last: bool) -> torch.Tensor:
-        if first:
-            loss = loss + (self.probe - self.probe.detach())
-        scale = self.probe.grad
-        if last and not first and scale is not None and bool(torch.isfinite(scale)) and float(scale) != 0.0:
-            pairs = [*zip(self.attached.tensors(), self.leaves.tensors()), (self.embeds, self.embeds_leaf)]
-            terms = [(t.float() * (leaf.grad.float().nan_to_num(0.0, 0.0, 0.0) / scale)).sum()
-                     for t, leaf in pairs if leaf.grad is not None]
-            loss = loss + sum(terms)
-        return loss
-
-
-def _mean_dicts(dicts: list[dict]) -> dict:
-    keys = {k for d in dicts for k in d}
-    out = {}
-    for k in keys:
-        vals = [float(d[k]) for d in dicts if k in d and d[k] is not None and math.isfinite(float(d[k]))]
-        out[k] = sum(vals) / len(vals) if vals else math.nan
-    return out

@@ -88,7 +88,7 @@ def shard_plan_hash(config: dict, clips: list[Clip]) -> str:
 
 def count_text_tokens(counter: TextCounter, data: SourceData) -> dict[str, int]:
     """Sample id → its prompt's text tokens (system prompt, question with options, chat template)."""
-    from omni_grpo.models.qwen2_5_omni import format_question
+    from omni_grpo.models.base import format_question
 
     return {s.id: counter.count(format_question({"question": s.question, "options": list(s.options)}))
             for s in data.samples}

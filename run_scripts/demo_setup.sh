@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/_env.sh"
 cd "$REPO_ROOT"
 demo="${1:-outputs/demo}"
-[[ -f "$demo/base/config.json" ]] || "$PY" -m omni_grpo.testing model "$demo/base"
+[[ -f "$demo/base/config.json" ]] || "$PY" -m omni_grpo.tiny_models model "$demo/base"
 [[ -f "$demo/clips/manifest.jsonl" ]] || "$PY" -m omni_grpo.demo data "$demo/clips"
 [[ -f "$demo/shards/manifest.json" ]] || "$PY" -m preprocess --source jsonl --manifest "$demo/clips/manifest.jsonl" \
   --output "$demo/shards" --max-pixels 3136 --min-pixels 3136 --no-progress

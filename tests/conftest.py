@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from omni_grpo.testing import build_tiny_model
+    from omni_grpo.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2_5_omni", seed=0)
 
@@ -39,7 +39,7 @@ def tiny(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def qwen3_dir(tmp_path_factory):
-    from omni_grpo.testing import build_tiny_model
+    from omni_grpo.tiny_models import build_tiny_model
 
     # 3 decoder layers: room for 2 deepstack levels that both reach the logits
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen3_omni", family="qwen3_omni", seed=0, layers=3)
@@ -96,7 +96,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """Shards of a small synthetic Social-IQ 2.0 dataset (4 clips, ~10 questions), built once."""
-    from omni_grpo.testing import make_siq2_dataset
+    from omni_grpo.tiny_models import make_siq2_dataset
 
     root = tmp_path_factory.mktemp("siq2")
     make_siq2_dataset(root / "raw", n_clips=4, seconds=2.0, seed=0)

@@ -209,7 +209,7 @@ def test_anchor_decodes_the_frames_the_budget_kept(step_bench, tmp_path):
     from types import SimpleNamespace
 
     from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
-    from omni_grpo.models.qwen2_5_omni import format_question
+    from omni_grpo.models.base import format_question
     from preprocess.budget import TextCounter, audio_tokens
 
     seconds = 4.0  # 8 frames at 2 fps of 56x84 (2x3 cells): 24 video tokens without a budget, 12 fit

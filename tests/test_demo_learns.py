@@ -1,6 +1,6 @@
 """The built-in demo learns from the clip and only from it; its data and warm-up cannot give the answer away.
 
-The real demo path, each step its own command as run_scripts run it: `python -m omni_grpo.testing model` (a tiny
+The real demo path, each step its own command as run_scripts run it: `python -m omni_grpo.tiny_models model` (a tiny
 random thinker), `python -m omni_grpo.demo data` (clips of one colour and tone; the same question for all),
 `python -m preprocess`, `python -m omni_grpo.demo warmup` (the reply format only: the output layer, a uniform
 target over the letters) and `python -m omni_grpo.train --config configs/demo.yaml` (one process; the demo
@@ -66,7 +66,7 @@ def test_demo_learns_from_the_clip_and_not_without_it(tmp_path):
     # several-fold when other jobs share it (torch's two threads then wait on each other).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     model = tmp_path / "tiny"
-    _run(["-m", "omni_grpo.testing", "model", str(model), "--seed", str(seed)], env)
+    _run(["-m", "omni_grpo.tiny_models", "model", str(model), "--seed", str(seed)], env)
     media = _demo(tmp_path / "media", model, env, seed)
     blank = _demo(tmp_path / "blank", model, env, seed, blank="both")
 
@@ -103,7 +103,7 @@ def test_each_modality_alone_carries_the_answer(tmp_path):
     each of the two streams reaches the sampled completions and the update by itself."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     model = tmp_path / "tiny"
-    _run(["-m", "omni_grpo.testing", "model", str(model)], env)
+    _run(["-m", "omni_grpo.tiny_models", "model", str(model)], env)
     for blank, alone in (("video", "audio"), ("audio", "video")):
         acc = _demo(tmp_path / blank, model, env, seed=0, blank=blank, overrides=SHORT)["reward/accuracy"]
         first, last = _mean(acc[:5]), _mean(acc[-10:])

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from omni_grpo.config import ConfigError
-from omni_grpo.trainer import GRPOTrainer, pick_groups
+from omni_grpo.core_algos import pick_groups
+from omni_grpo.trainer import GRPOTrainer
 from tests.helpers import TINY_RUN, tiny_config
 from tests.rewards_for_tests import constant_prompt
 

@@ -26,7 +26,7 @@ def test_tiny_model_and_processor_round_trip(tiny_model_dir):
 
 
 def test_tiny_model_is_deterministic(tmp_path):
-    from omni_grpo.testing import build_tiny_model
+    from omni_grpo.tiny_models import build_tiny_model
 
     a = build_tiny_model(tmp_path / "a", seed=3)
     b = build_tiny_model(tmp_path / "b", seed=3)
@@ -39,7 +39,7 @@ def test_tiny_model_is_deterministic(tmp_path):
 def test_real_qwen_vocabulary_puts_special_tokens_at_the_released_ids(tmp_path):
     from transformers import AutoProcessor
 
-    from omni_grpo.testing import build_tiny_model
+    from omni_grpo.tiny_models import build_tiny_model
 
     processor = AutoProcessor.from_pretrained(build_tiny_model(tmp_path / "q", vocab="qwen"))
     tok = processor.tokenizer
@@ -73,7 +73,7 @@ def test_synthetic_siq2_dataset_has_the_real_layout(tmp_path):
 
     import soundfile
 
-    from omni_grpo.testing import make_siq2_dataset
+    from omni_grpo.tiny_models import make_siq2_dataset
 
     root = make_siq2_dataset(tmp_path / "siq2", n_clips=2, seconds=1.0)
     lines = [json.loads(x) for x in (root / "qa" / "qa_train.json").read_text().splitlines()]

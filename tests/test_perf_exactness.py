@@ -22,6 +22,14 @@ from omni_grpo.models.base import base_thinker
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
 
 
+@pytest.fixture(autouse=True)
+def _head_chunks(monkeypatch):
+    """The unsliced head path in chunks of 4 positions, so that the tiny completions span several."""
+    from omni_grpo.models import head_logprobs
+
+    monkeypatch.setattr(head_logprobs, "HEAD_CHUNK", 4)
+
+
 def _rollout(kit, samples, g=3, new_tokens=7):
     module, model, processor = kit
     inputs = module.build_inputs(processor, samples, SYS, True)
@@ -35,7 +43,7 @@ def _rollout(kit, samples, g=3, new_tokens=7):
 def _pass(module, model, inputs, comps, **kw):
     model.zero_grad(set_to_none=True)
     lp, ent = log_probs(module, model, inputs, comps.completion_ids, comps.completion_mask, with_entropy=True,
-                        chunk_size=4, temperature=1.3, **kw)
+                        temperature=1.3, **kw)
     (lp * comps.completion_mask).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return lp.detach(), ent, grads
@@ -72,8 +80,8 @@ def test_entropy_subsample_without_gradient(kit, samples):
     inputs, comps = _rollout(kit, samples)
     with torch.no_grad():
         args = (module, model, inputs, comps.completion_ids, comps.completion_mask)
-        _, ent = log_probs(*args, with_entropy=True, chunk_size=4)
-        _, ent_k = log_probs(*args, with_entropy=True, chunk_size=4, entropy_stride=3)
+        _, ent = log_probs(*args, with_entropy=True)
+        _, ent_k = log_probs(*args, with_entropy=True, entropy_stride=3)
     torch.testing.assert_close(ent_k, ent[:, ::3], atol=0, rtol=0)
     with pytest.raises(ValueError, match="entropy_stride"):
         log_probs(*args, with_entropy=True, entropy_stride=0)
@@ -131,7 +139,9 @@ def test_prompt_once_per_group_keeps_every_gradient(tiny_model_dir, tiny_shards,
     as leaves over the micro-batches, one prompt backward folded into the last one), with gradient
     checkpointing; every trainable parameter's gradient over one optimizer step's backward calls is the
     per-micro-batch path's, with the same number of backward calls."""
+    from omni_grpo import trainer as trainer_module
     from omni_grpo.models.base import _getattr_path
+    from omni_grpo.models.shared_prompt import PerBatchPrompt
     from omni_grpo.trainer import GRPOTrainer
     from tests.helpers import TINY_RUN, tiny_config
 
@@ -155,7 +165,6 @@ def test_prompt_once_per_group_keeps_every_gradient(tiny_model_dir, tiny_shards,
     runs = {}
     for once in (False, True):
         policy.load_state_dict(start)
-        trainer.prompt_once_per_group = once
         grads, calls, prompts = {}, [], []
 
         def capture(_grads=grads):
@@ -170,7 +179,10 @@ def test_prompt_once_per_group_keeps_every_gradient(tiny_model_dir, tiny_shards,
             lambda m, args, _prompts=prompts: _prompts.append(1) if args[0].shape[1] == p_len else None)
         trainer.engine.step, trainer.engine.backward = capture, counting
         try:
-            with _CountOps(torch.ops.aten.embedding_dense_backward.default) as table_grads:
+            with pytest.MonkeyPatch.context() as mp, \
+                    _CountOps(torch.ops.aten.embedding_dense_backward.default) as table_grads:
+                if not once:  # each micro-batch runs its own prompts
+                    mp.setattr(trainer_module, "group_prompt", lambda *a, **k: PerBatchPrompt())
                 metrics = trainer.update([rollout], beta=0.0)
         finally:
             hook.remove()

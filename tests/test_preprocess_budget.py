@@ -10,7 +10,7 @@ import yaml
 
 from omni_grpo import synthetic
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
-from omni_grpo.models.qwen2_5_omni import format_question
+from omni_grpo.models.base import format_question
 from preprocess import budget as B
 from preprocess import shards
 from preprocess.build import BuildOptions, PreprocessError, build
@@ -94,7 +94,7 @@ def test_estimate_is_an_upper_bound_of_the_qwen_tokenizer(qwen_vocab_dir):
 @pytest.fixture(scope="module")
 def qwen_vocab_dir(tmp_path_factory):
     """The tiny kit with the real Qwen2 BPE (the tokenizer of the released checkpoints)."""
-    from omni_grpo.testing import build_tiny_model
+    from omni_grpo.tiny_models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("kitq") / "qwen2_5_omni", vocab="qwen", seed=0)
 

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from omni_grpo import synthetic
+from tests import broken_media
 from tests.helpers import preprocess_cli
 
 
@@ -39,9 +40,9 @@ def test_contradictory_options_are_one_error_before_any_file_is_read(tmp_path, o
 
 
 def test_a_run_that_writes_nothing_fails_with_the_most_common_reason(tmp_path):
-    synthetic.make_text_file(tmp_path / "a.mp4")
-    synthetic.make_text_file(tmp_path / "b.mp4")
-    synthetic.make_empty_file(tmp_path / "c.mp4")
+    broken_media.make_text_file(tmp_path / "a.mp4")
+    broken_media.make_text_file(tmp_path / "b.mp4")
+    broken_media.make_empty_file(tmp_path / "c.mp4")
     rows = [{"id": k, "video": f"{k}.mp4", "question": "?", "answer": "A"} for k in "abc"]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     line = one_error_line(preprocess_cli("--source", "jsonl", "--manifest", "m.jsonl", "--output", "out",

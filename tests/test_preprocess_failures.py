@@ -9,6 +9,7 @@ import pytest
 from omni_grpo import synthetic
 from preprocess import shards
 from preprocess.workers import run_tasks
+from tests import broken_media
 from tests.helpers import preprocess_cli, preprocess_here
 
 
@@ -27,11 +28,11 @@ def test_jsonl_bad_inputs_become_failures(tmp_path):
     synthetic.make_clip(d / "quiet.mp4", seconds=1.0, audio=None)
     synthetic.make_clip(d / "surround.mp4", seconds=1.0, channels=6, sample_rate=48000)
     synthetic.make_clip(d / "stereo.mp4", seconds=1.0, channels=2, sample_rate=44100)
-    synthetic.make_truncated(d / "good.mp4", d / "truncated.mp4")
-    synthetic.make_text_file(d / "text.mp4")
-    synthetic.make_empty_file(d / "empty.mp4")
+    broken_media.make_truncated(d / "good.mp4", d / "truncated.mp4")
+    broken_media.make_text_file(d / "text.mp4")
+    broken_media.make_empty_file(d / "empty.mp4")
     synthetic.make_clip(d / "one.mp4", seconds=0.125, fps=8)
-    synthetic.make_text_file(d / "broken.wav")
+    broken_media.make_text_file(d / "broken.wav")
     synthetic.make_wav(d / "u8.wav", seconds=1.0, sample_rate=11025, subtype="PCM_U8")
     good = ["good", "quiet", "surround", "stereo", "u8", "inside_abs"]
     if synthetic.hevc_available():
@@ -101,7 +102,7 @@ def test_siq2_bad_lines_and_media(tmp_path):
     rows = [json.loads(line) for line in qa_path.read_text().splitlines()]
     videos = sorted({r["vid_name"] for r in rows})
     (root / "video" / f"{videos[0]}.mp4").unlink()  # missing from this download
-    synthetic.make_text_file(root / "audio" / "wav" / f"{videos[1]}.wav")  # an unreadable wav
+    broken_media.make_text_file(root / "audio" / "wav" / f"{videos[1]}.wav")  # an unreadable wav
     base = next(r for r in rows if r["vid_name"] == videos[2])
     bad = [
         {**base, "qid": "range", "answer_idx": 4},
@@ -158,7 +159,7 @@ def test_cli_unusable_arguments_exit_nonzero_with_one_line(tmp_path, args, fragm
 
 def test_cli_completed_run_with_failures_exits_zero(tmp_path):
     synthetic.make_clip(tmp_path / "ok.mp4", seconds=1.0)
-    synthetic.make_text_file(tmp_path / "bad.mp4")
+    broken_media.make_text_file(tmp_path / "bad.mp4")
     (tmp_path / "m.jsonl").write_text(
         json.dumps({"id": "ok", "video": "ok.mp4", "question": "?", "answer": "A"}) + "\n"
         + json.dumps({"id": "bad", "video": "bad.mp4", "question": "?", "answer": "A"}) + "\n")

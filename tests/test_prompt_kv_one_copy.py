@@ -2,7 +2,7 @@
 
 `models/prefix_attention.py` splits each completion query's attention into its prompt part (one copy per
 distinct prompt) and its own part and merges them by log-sum-exp. These tests hold it to the per-row copy
-(`_PrefixLayer`, the private switch `prefix_attention._ENABLED = False`) and to the plain unshared forward, in
+(`_PrefixLayer`, forced by `_one_copy(monkeypatch, False)`) and to the plain unshared forward, in
 values and every trainable parameter's gradient (LoRA and full, with and without gradient checkpointing,
 both families, prompts of different lengths left-padded, ragged completions and groups); generation gives
 the same tokens as with copies (and, in test_models, as Hugging Face's `generate`); and no tensor of one row's width with the
@@ -16,10 +16,20 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
-from omni_grpo.models import generate, log_probs
-from omni_grpo.models import prefix_attention
+from omni_grpo.models import generate, log_probs, prefix_attention
 from omni_grpo.models.base import _getattr_path, base_thinker
 from tests.test_perf_exactness import _rollout
+from tests.test_scoring import generate_with_log_probs
+
+
+def _one_copy(monkeypatch, on: bool) -> None:
+    """`on` False: the passes attend to per-row copies of the prompt's keys/values (`_PrefixLayer`), as where
+    the attention implementation is not wrapped."""
+    from omni_grpo.models import sampling, shared_prompt
+
+    ready = prefix_attention.one_copy_ready if on else (lambda config: False)
+    for module in (shared_prompt, sampling):
+        monkeypatch.setattr(module, "one_copy_ready", ready)
 
 
 def _ragged(mask: torch.Tensor) -> torch.Tensor:
@@ -42,7 +52,7 @@ def _with_lora(module, model):
 
 
 def _pass(module, model, inputs, ids, mask, share, one_copy, monkeypatch):
-    monkeypatch.setattr(prefix_attention, "_ENABLED", one_copy)
+    _one_copy(monkeypatch, one_copy)
     model.zero_grad(set_to_none=True)
     lp, ent = log_probs(module, model, inputs, ids, mask, with_entropy=True, share_prompt=share)
     ((lp + 0.1 * ent) * mask).sum().backward()
@@ -82,17 +92,17 @@ def test_generation_with_one_copy_gives_the_same_tokens(kit, samples, monkeypatc
     inputs = module.build_inputs(processor, samples, SYS, True)
     out = {}
     for one_copy in (True, False):
-        monkeypatch.setattr(prefix_attention, "_ENABLED", one_copy)
+        _one_copy(monkeypatch, one_copy)
         with torch.no_grad():
             greedy = generate(module, model, processor, inputs, num_generations=2, max_new_tokens=6, do_sample=False)
             torch.manual_seed(3)
-            sampled = generate(module, model, processor, inputs, num_generations=3, max_new_tokens=6,
-                               temperature=1.5, return_log_probs=True)
+            sampled = generate_with_log_probs(module, model, processor, inputs, num_generations=3,
+                                              max_new_tokens=6, temperature=1.5)
         out[one_copy] = greedy, sampled
-    (greedy, sampled), (greedy_c, sampled_c) = out[True], out[False]
+    (greedy, (sampled, lp)), (greedy_c, (sampled_c, lp_c)) = out[True], out[False]
     assert torch.equal(greedy.completion_ids, greedy_c.completion_ids)
     assert torch.equal(sampled.completion_ids, sampled_c.completion_ids)
-    torch.testing.assert_close(sampled.log_probs, sampled_c.log_probs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lp, lp_c, atol=1e-5, rtol=1e-5)
     assert len({tuple(r) for r in sampled.completion_ids.tolist()}) > 1
 
 
@@ -123,7 +133,7 @@ def test_the_prompt_keys_values_are_not_copied_per_row(tiny, samples, one_copy, 
     """Update pass (forward and backward) and generation; with the switch off (copies), the probe fires —
     and the autograd-saved bytes with the prompt's length do not grow with G."""
     module, model, processor = tiny
-    monkeypatch.setattr(prefix_attention, "_ENABLED", one_copy)
+    _one_copy(monkeypatch, one_copy)
     prompts = module.build_inputs(processor, samples, SYS, True)
     _, comps = _rollout(tiny, samples, g=3, new_tokens=6)
     n, p = comps.completion_ids.shape[0], prompts.input_ids.shape[1]

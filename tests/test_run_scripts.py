@@ -135,7 +135,7 @@ def test_stage4_needs_model_and_data_together(tmp_path):
 def test_stage4_default_is_the_cpu_demo(tmp_path):
     proc, calls = stage4(tmp_path, "max_steps=2", DEMO_DIR="demo")
     assert proc.returncode == 0, proc.stderr
-    assert any("-m omni_grpo.testing model demo/base" in c for c in calls)
+    assert any("-m omni_grpo.tiny_models model demo/base" in c for c in calls)
     assert any("-m omni_grpo.demo data demo/clips" in c for c in calls)
     assert any("-m preprocess --source jsonl --manifest demo/clips/manifest.jsonl --output demo/shards" in c for c in calls)
     assert any("-m omni_grpo.demo warmup --model demo/base --data demo/shards --output demo/model" in c for c in calls)
@@ -154,7 +154,7 @@ def test_stage4_demo_reuses_what_exists(tmp_path):
     # The script runs from the repository root, so DEMO_DIR is absolute here.
     proc, calls = stage4(tmp_path, DEMO_DIR=str(demo))
     assert proc.returncode == 0, proc.stderr
-    assert not any("omni_grpo.testing" in c or "omni_grpo.demo data" in c for c in calls)
+    assert not any("omni_grpo.tiny_models" in c or "omni_grpo.demo data" in c for c in calls)
     assert any("-m preprocess" in c for c in calls)  # no manifest.json: not finished, so run (it resumes)
     assert any("omni_grpo.demo warmup" in c for c in calls)  # a model without warm_up.json is not the fitted one
     (demo / "shards").mkdir()

@@ -9,6 +9,7 @@ import pytest
 import soundfile
 
 from omni_grpo import synthetic
+from tests import broken_media
 
 
 def _decode(path):
@@ -107,10 +108,10 @@ def test_wav(tmp_path, rate, channels, subtype):
 
 def test_broken_files(tmp_path):
     clip = synthetic.make_clip(tmp_path / "a.mp4")
-    truncated = synthetic.make_truncated(clip, tmp_path / "t.mp4", keep=0.5)
+    truncated = broken_media.make_truncated(clip, tmp_path / "t.mp4", keep=0.5)
     assert truncated.stat().st_size == clip.stat().st_size // 2
-    text = synthetic.make_text_file(tmp_path / "text.mp4")
-    empty = synthetic.make_empty_file(tmp_path / "empty.mp4")
+    text = broken_media.make_text_file(tmp_path / "text.mp4")
+    empty = broken_media.make_empty_file(tmp_path / "empty.mp4")
     assert empty.stat().st_size == 0
     for bad in (truncated, text, empty):
         with pytest.raises(av.error.FFmpegError):

@@ -1,6 +1,7 @@
 """Model families behind one interface: `detect_family(checkpoint)` names it, `get_module(family)` builds its
 adapter. Re-exports the input container (`models.inputs`) and the two passes every caller uses: `generate`
-(`models.sampling`) and `log_probs` (`models.logprobs`)."""
+(`models.sampling`) and `log_probs` (`models.logprobs`: the forward of `models.shared_prompt`, then the
+vocabulary head of `models.head_logprobs`)."""
 
 from __future__ import annotations
 
@@ -34,16 +35,16 @@ def detect_family(model_dir) -> str:
     return _MODEL_TYPES[model_type]
 
 
-def get_module(family: str, **kwargs) -> OmniModule:
+def get_module(family: str) -> OmniModule:
     """The model module for `family` ("qwen2_5_omni" or "qwen3_omni")."""
     if family == "qwen2_5_omni":
         from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule
 
-        return Qwen25OmniModule(**kwargs)
+        return Qwen25OmniModule()
     if family == "qwen3_omni":
         from omni_grpo.models.qwen3_omni import Qwen3OmniModule
 
-        return Qwen3OmniModule(**kwargs)
+        return Qwen3OmniModule()
     raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES}")
 
 

@@ -1,4 +1,10 @@
-"""Log-probs and entropy of target tokens through the vocabulary projection, one vocabulary slice at a time.
+"""The vocabulary head: per-token log-probs and entropies of target tokens from the hidden states that
+predict them, under the distribution the sampler draws from (temperature, media tokens banned).
+
+`head_scores` is the head half of every log-prob pass (`logprobs.log_probs` runs the forward of
+`shared_prompt`, then this). It projects through `HeadLogProbs` wherever it can (`sliced_head`), else — a
+ZeRO-3 partitioned trainable head — through the `lm_head` module per `HEAD_CHUNK` positions under activation
+checkpointing.
 
 `HeadLogProbs` computes, for hidden states ``h`` [M, H] and the output projection ``W`` [V, H], each position's
 log-probability of its target token and the entropy of its distribution, where the distribution is
@@ -17,17 +23,25 @@ Here the largest temporary is one [POSITION_BLOCK, VOCAB_SLICE] slice (64 MB in 
 Numerics: every logit is computed as before (the projection in the weight's dtype, then float32, divided by
 T, banned entries set to `BANNED_LOGIT`); only the log-sum-exp is summed per slice (float rounding differs
 from one `logsumexp` over the row by ~1e-7). The ZeRO-3 trainable head is the one case it cannot serve (its
-weight is partitioned and gathered by module hooks); `logprobs.log_probs` uses the checkpointed module
-there, for every pass of such a run.
+weight is partitioned and gathered by module hooks); `head_scores` uses the checkpointed module there, for
+every pass of such a run (`sliced_head`).
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch.utils.checkpoint import checkpoint
+
+from omni_grpo.engine import gathered_param, param_partitioned
+from omni_grpo.models.base import base_thinker
 
 BANNED_LOGIT = -1e30  # exp() of it is exactly 0 in float32, and 0 * it is 0 (no NaN in the entropy)
 VOCAB_SLICE = 16384   # rows of W per slice
 POSITION_BLOCK = 1024  # positions per block: a slice is at most [1024, 16384] float32 = 64 MB
+HEAD_CHUNK = 256  # positions per `lm_head` module call on the unsliced path
+METRIC_ENTROPY_STRIDE = 8  # the entropy metric (entropy_coef = 0) reads every 8th completion position
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -148,3 +162,98 @@ def head_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     lp, ent = HeadLogProbs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), temperature,
                                  banned, entropy_grad)
     return lp.view(lead), ent.view(lead)
+
+
+def _scored_logits(logits: torch.Tensor, temperature: float, banned: torch.Tensor | None) -> torch.Tensor:
+    """The logits of the distribution the sampler draws from: divided by the temperature, media tokens removed.
+
+    `generate` bans the media tokens and then divides by T (Hugging Face's order); the banned entries are
+    removed here after the division, so they carry no probability mass, exactly as in sampling.
+    """
+    logits = logits / temperature
+    if banned is not None and banned.numel():
+        logits = logits.index_fill(-1, banned, BANNED_LOGIT)
+    return logits
+
+
+def _entropy(logits: torch.Tensor, logz: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per position: logZ − E_p[logit]."""
+    return logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def _entropy_sample(logits: torch.Tensor, logz: torch.Tensor, offset: int, stride: int) -> torch.Tensor:
+    """Detached entropy at this chunk's positions offset, offset + stride, ... (the metric subsample)."""
+    with torch.no_grad():
+        return _entropy(logits[:, offset::stride].detach(), logz[:, offset::stride].detach())
+
+
+def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool, banned=None,
+                    offset: int = 0, stride: int = 1):
+    """One chunk of positions through the `lm_head` module: the path of a ZeRO-3 partitioned trainable head."""
+    logits = _scored_logits(lm_head(hidden).float(), temperature, banned)  # [n, c, V] for one chunk only
+    logz = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    if not with_entropy:
+        return logp, torch.zeros_like(logp)
+    if stride > 1:
+        return logp, _entropy_sample(logits, logz, offset, stride)
+    return logp, _entropy(logits, logz)
+
+
+def _can_slice(lm_head) -> bool:
+    """Whether `HeadLogProbs` can score through `lm_head`: a plain `nn.Linear` (an adapter on the head: only its
+    module knows its output) that is not a ZeRO-3 partitioned trainable weight (it needs its module's gather
+    hooks)."""
+    if type(lm_head) is not torch.nn.Linear:
+        return False
+    return not (param_partitioned(lm_head.weight) and lm_head.weight.requires_grad)
+
+
+def sliced_head(model) -> bool:
+    """Whether the log-prob passes of a run training `model` score through `HeadLogProbs` (`_can_slice` of its
+    head). A run passes the same answer to every pass, reference included, so that KL is exactly 0 at step 0."""
+    return _can_slice(base_thinker(model).lm_head)
+
+
+def head_scores(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                with_entropy: bool = False, banned_token_ids: list[int] | None = None, entropy_stride: int = 1,
+                sliced: bool | None = None):
+    """Per-token log-probs (and entropies) of `targets` [N, C] predicted by `hidden` [N, C, H] through
+    `model`'s `lm_head`: ([N, C], [N, C] or None); the arguments are those of `logprobs.log_probs`."""
+    lm_head = base_thinker(model).lm_head
+    banned = (torch.tensor(banned_token_ids, dtype=torch.long, device=hidden.device)
+              if banned_token_ids else None)
+    if getattr(lm_head, "bias", None) is not None:
+        raise NotImplementedError("an lm_head with a bias is not supported")
+    head_trains = any(p.requires_grad for p in lm_head.parameters())
+    if entropy_stride < 1:
+        raise ValueError(f"entropy_stride={entropy_stride} must be >= 1")
+    k = entropy_stride
+    can_slice = _can_slice(lm_head)
+    if sliced is None:
+        sliced = can_slice
+    if sliced and not can_slice:
+        raise ValueError("this lm_head (ZeRO-3 partitioned and trainable, or not a plain nn.Linear) can only be "
+                         "scored through its module: sliced=False")
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or head_trains)
+    if sliced or (grad and not head_trains and can_slice):  # a frozen head under gradient: always sliced
+        partitioned = param_partitioned(lm_head.weight)
+        with gathered_param(lm_head.weight) if partitioned else contextlib.nullcontext(lm_head.weight) as weight:
+            lp, ent = head_log_probs(hidden, weight, targets, temperature, banned,
+                                     entropy_grad=with_entropy and k == 1 and grad)
+        if not with_entropy:
+            return lp, None
+        return lp, (ent if k == 1 else ent[:, ::k].detach())
+    pieces_lp, pieces_ent = [], []
+    chunk = HEAD_CHUNK
+    for s in range(0, hidden.shape[1], chunk):
+        h, t = hidden[:, s : s + chunk], targets[:, s : s + chunk]
+        if grad:
+            lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, banned, -s % k, k,
+                                 use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy, banned, -s % k, k)
+        pieces_lp.append(lp)
+        pieces_ent.append(ent)
+    lp = torch.cat(pieces_lp, dim=1)
+    return lp, (torch.cat(pieces_ent, dim=1) if with_entropy else None)

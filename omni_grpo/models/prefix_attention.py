@@ -32,7 +32,6 @@ import torch
 
 PREFIX = "omni_grpo_shared_prefix_"
 WRAPPED = ("sdpa", "eager")
-_ENABLED = True  # private switch: False brings back the per-row copies (the exactness tests compare both)
 SCORE_CHUNK = 1 << 24  # score elements [B, Hkv, chunk, L] one chunk of `_AttentionLSE` holds at once
 
 
@@ -189,7 +188,7 @@ def one_copy_ready(config) -> bool:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    if not _ENABLED or getattr(config, "use_sliding_window", False) or getattr(config, "attention_dropout", 0.0):
+    if getattr(config, "use_sliding_window", False) or getattr(config, "attention_dropout", 0.0):
         return False
     impl = config._attn_implementation
     if impl.startswith(PREFIX):

@@ -1,7 +1,8 @@
 """Qwen3-Omni-MoE thinker (30B-A3B): prompts, processor call, tower encoding, embedding splice, deepstack.
 
 Same interface and the same one user flag as Qwen2.5-Omni (:mod:`omni_grpo.models.qwen2_5_omni`, whose
-:func:`processor_audio_kwargs` translates ``use_audio_in_video`` for both families). What differs:
+prompts, processor call and splice it inherits; :func:`omni_grpo.models.base.processor_audio_kwargs`
+translates ``use_audio_in_video`` for both families). What differs:
 
 * Tokens: ``<|video_pad|>``/``<|audio_pad|>``/``<|image_pad|>`` placeholders between ``<|vision_start|>``/
   ``<|vision_end|>`` and ``<|audio_start|>``/``<|audio_end|>``. With the flag on, the processor turns a video
@@ -23,9 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from omni_grpo.models.base import base_thinker
+from omni_grpo.models.base import base_thinker, video_dummy_inputs
 from omni_grpo.models.inputs import ModelInputs
-from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule, video_dummy_inputs
+from omni_grpo.models.qwen2_5_omni import Qwen25OmniModule
 
 __all__ = ["Qwen3OmniModule", "FRAME_FACTOR"]
 

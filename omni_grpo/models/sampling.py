@@ -13,8 +13,9 @@ import torch
 
 from omni_grpo.models.base import OmniModule, _getattr_path, base_thinker
 from omni_grpo.models.inputs import ModelInputs
-from omni_grpo.models.logprobs import prompt_model_inputs
 from omni_grpo.models.prefix_attention import SharedPrefix, one_copy_ready
+from omni_grpo.models.shared_prompt import prompt_model_inputs
+
 
 @dataclass
 class Completions:
@@ -22,14 +23,11 @@ class Completions:
 
     completion_ids, completion_mask: [B*G, C]; row i*G + j is completion j of prompt i.
     truncated: [B*G] bool, True where no stop token was produced within the length budget.
-    log_probs: [B*G, C] or None: log-probability of each sampled token under the distribution it was drawn
-      from (after every logits processor), when `generate(..., return_log_probs=True)`.
     """
 
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     truncated: torch.Tensor
-    log_probs: torch.Tensor | None = None
 
 
 
@@ -74,8 +72,7 @@ def sampling_processors(module: OmniModule, tokenizer, prompt_length: int, tempe
 
 def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_generations: int,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             repetition_penalty: float = 1.0, do_sample: bool = True, min_new_tokens: int = 0,
-             return_log_probs: bool = False) -> Completions:
+             repetition_penalty: float = 1.0, do_sample: bool = True) -> Completions:
     """G completions per prompt, sampled as one batch; media tokens banned; each row stops at `<|im_end|>`.
 
     `inputs` holds the B prompts; rows of the result are grouped: row i*G + j is sample j of prompt i.
@@ -87,8 +84,8 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     (:func:`sampling_processors`); only the arguments given here apply, not the checkpoint's
     generation_config. Positions come from the module (`language_model_inputs` over the prompt plus
     `max_new_tokens` text slots), so TMRoPE and the `use_audio_in_video` flag are the ones every log-prob
-    pass uses. `min_new_tokens`: stop tokens are banned before that many tokens (benchmarks).
-    `return_log_probs`: also return each sampled token's log-probability under the processed distribution.
+    pass uses. Each step's scores are those of :func:`sampling_processors` (looked up at each call: a benchmark
+    that forces a length wraps it with `min_new_tokens`).
     """
     from transformers.cache_utils import DynamicCache
 
@@ -118,12 +115,12 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     positions, mask = positions[..., rows, :], mask[rows]
 
     processors = sampling_processors(module, tokenizer, p, temperature, top_p, top_k, repetition_penalty,
-                                     do_sample, min_new_tokens)
+                                     do_sample)
     stops = torch.tensor(stop_ids, device=device)
     seen = inputs.input_ids[rows]  # prompt + tokens so far (the repetition penalty reads them)
     done = torch.zeros(rows.shape[0], dtype=torch.bool, device=device)
     embed_tokens = thinker.get_input_embeddings()
-    tokens, token_log_probs = [], []
+    tokens = []
     for t in range(max_new_tokens):
         scores = processors(seen, thinker.lm_head(hidden).float())
         if do_sample:
@@ -131,8 +128,6 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
         else:
             token = scores.argmax(dim=-1)
         token = torch.where(done, torch.full_like(token, pad_id), token)
-        if return_log_probs:
-            token_log_probs.append(torch.log_softmax(scores, dim=-1).gather(-1, token[:, None]).squeeze(1))
         tokens.append(token)
         done |= torch.isin(token, stops)
         if bool(done.all()) or t == max_new_tokens - 1:
@@ -143,10 +138,7 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
         step = lm(inputs_embeds=embed_tokens(token[:, None]), position_ids=positions[..., p + t : p + t + 1],
                   past_key_values=cache, use_cache=True, **step_kw)
         hidden = step.last_hidden_state[:, -1]
-    out = finish_completions(torch.stack(tokens, dim=1), stop_ids, pad_id)
-    if return_log_probs:
-        out.log_probs = torch.stack(token_log_probs, dim=1).masked_fill(~out.completion_mask.bool(), 0.0)
-    return out
+    return finish_completions(torch.stack(tokens, dim=1), stop_ids, pad_id)
 
 
 def finish_completions(completion_ids: torch.Tensor, stop_ids: list[int], pad_id: int) -> Completions:

@@ -8,9 +8,9 @@ Two families: Qwen2.5-Omni (dense thinker) and Qwen3-Omni (MoE thinker with deep
 processor takes every sample layout the trainer feeds: videos (with their audio interleaved or after them),
 audio clips alone and images (its image processor on the family's patch size).
 
-    python -m omni_grpo.testing model OUT_DIR [--family qwen2_5_omni] [--vocab tiny] [--seed 0]
-    python -m omni_grpo.testing siq2 ROOT [--n-clips 8] [--split train] [--real-like]
-    python -m omni_grpo.testing mixed FOLDER   (a jsonl manifest mixing videos, audio-only files and images)
+    python -m omni_grpo.tiny_models model OUT_DIR [--family qwen2_5_omni] [--vocab tiny] [--seed 0]
+    python -m omni_grpo.tiny_models siq2 ROOT [--n-clips 8] [--split train] [--real-like]
+    python -m omni_grpo.tiny_models mixed FOLDER   (a jsonl manifest mixing videos, audio-only files and images)
 """
 
 from __future__ import annotations
@@ -506,7 +506,7 @@ def build_tiny_model(
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omni_grpo.testing", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m omni_grpo.tiny_models", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("model", help="write a tiny random thinker + processor")
     m.add_argument("out_dir")
