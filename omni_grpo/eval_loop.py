@@ -63,7 +63,8 @@ class TrainingEvaluator:
         self.dataset = PromptDataset(cfg.eval_data, skip_corrupt=cfg.skip_corrupt_shards)
         self.ids = question_ids(self.dataset)
         self.rewards = reward_manager(cfg)
-        self.collate = Collate(family, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length)
+        self.collate = Collate(family, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length,
+                               cfg.answer_instructions)
         self.batch_size = cfg.rows_per_micro_step  # as many rows per generate call as a training rollout
         self.last_step: int | None = None
 

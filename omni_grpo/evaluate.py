@@ -139,10 +139,12 @@ def eval_config(model_dir: Path, config: str | None, overrides: list[str]):
     """The TrainConfig whose prompt, generation and reward settings the evaluation uses."""
     from omni_grpo.config import load_config
     from omni_grpo.rewards import check_reward_names
+    from omni_grpo.rewards.instructions import check_config_instructions
 
     path = config if config is not None else training_config(model_dir)
     cfg = load_config(path, [f"model_name_or_path={model_dir}", *overrides])
     check_reward_names(cfg.reward_funcs)
+    check_config_instructions(cfg)
     return cfg
 
 
@@ -233,7 +235,8 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
         return _finish(out_dir, ids, rewards, group_by, other, info, start, scope)
     module, net, processor = load_for_eval(model_dir, float_dtype, device, base_model, cfg.model_family,
                                            cfg.attn_implementation)
-    collate = Collate(module, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length)
+    collate = Collate(module, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length,
+                      cfg.answer_instructions)
     loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=collate if ablate is None else AblatedCollate(collate, ablate))
     accuracy_options = cfg.reward_kwargs.get("accuracy", {})
@@ -386,7 +389,8 @@ def run_header(model_dir: Path, data: list[str], cfg, base_model: str | None = N
     base = adapter_base(model_dir, base_model)
     return {"model": str(model_dir.resolve()), "base_model": None if base is None else str(base.resolve()),
             "data": [str(Path(d).resolve()) for d in data], **settings,
-            **{name: getattr(cfg, name) for name in EVAL_SETTINGS}}
+            **{name: getattr(cfg, name) for name in EVAL_SETTINGS},
+            **({"answer_instructions": cfg.answer_instructions} if cfg.answer_instructions else {})}
 
 
 def _finish(out_dir: Path, ids: list[str], rewards, group_by, other, info: dict, start: float,

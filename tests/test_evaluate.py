@@ -223,6 +223,17 @@ def test_ablated_runs_do_not_see_the_blanked_media(tiny_model_dir, shards, full_
     assert eval_report.run_label(tmp_path / ablate).endswith(f" (ablate {ablate})")
 
 
+def test_the_configs_answer_instruction_reaches_the_prompt(tiny, tiny_model_dir, shards, tmp_path, monkeypatch):
+    seen = _captured_inputs(monkeypatch)
+    run(tiny_model_dir, shards, tmp_path / "out", "--limit", "1", "answer_instructions.multiple_choice=Pick one.")
+    prompt = tiny[2].tokenizer.decode(seen[0][1].input_ids[0])
+    assert "D. " in prompt and "\nPick one.<|im_end|>" in prompt and "letter of the correct option" not in prompt
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["answer_instructions"] == {
+        "multiple_choice": "Pick one."}
+    assert main(["--model", str(tiny_model_dir), "--data", str(shards), "--output", str(tmp_path / "bad"),
+                 "answer_instructions.yesno=x"]) == 2
+
+
 def test_overrides_reach_the_prompt(base_run, tiny_model_dir, shards, tmp_path):
     _, lines = base_run
     _, other = run(tiny_model_dir, shards, tmp_path / "other", "--limit", "2", "system_prompt=Answer now.")

@@ -341,3 +341,17 @@ def test_instruction_overrides_replace_one_type_and_are_checked():
         check_instructions({"yesno": "x"})
     with pytest.raises(ValueError, match="must be a string"):
         check_instructions({"yes_no": 3})
+
+
+def test_format_question_ends_with_the_instruction_of_the_samples_type():
+    from omni_grpo.models.base import format_question
+
+    mc = {"question": "Who?", "options": ["x", "y"], "problem_type": "multiple_choice"}
+    assert format_question(mc) == "Who?\nOptions:\nA. x\nB. y\nAnswer with the letter of the correct option."
+    assert format_question({**mc, "problem_type": "emer_ov_mc"}).endswith(
+        "B. y\nAnswer with the letters of all correct options, separated by commas (e.g. A,C).")
+    assert format_question({"question": "Is it red?", "problem_type": "judge"}) == "Is it red?\nAnswer yes or no."
+    assert format_question({"question": "How many?", "problem_type": "numerical"}) == "How many?\nAnswer with a number."
+    assert format_question({**mc, "instruction": "Pick one."}).endswith("B. y\nPick one.")
+    assert format_question({**mc, "instruction": ""}) == "Who?\nOptions:\nA. x\nB. y"
+    assert format_question({"question": "What?", "problem_type": None}) == "What?"

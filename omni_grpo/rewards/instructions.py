@@ -48,6 +48,17 @@ def check_instructions(overrides: Mapping[str, str] | None) -> dict[str, str]:
     return dict(overrides)
 
 
+def check_config_instructions(cfg) -> None:
+    """ConfigError when the config's `answer_instructions` names no matcher or holds a non-string (called by the
+    commands after `load_config`, as `check_reward_names`)."""
+    from omni_grpo.config import ConfigError
+
+    try:
+        check_instructions(cfg.answer_instructions)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def problem_kind(sample: Mapping) -> str | None:
     """The matcher a sample's instruction follows: its problem type's, else multiple choice when it has options."""
     kind = normalise_problem_type(sample.get("problem_type"))
