@@ -18,7 +18,7 @@ training loader and its cursor are not used), and the policy stays in eval mode 
 
 TensorBoard tags: `eval/accuracy`, `eval/format_rate`, `eval/reward/<name>` for every reward scored,
 `eval/<value>/accuracy` per value of each `eval_group_by` field, and the table `eval/completions`. Each of
-`eval_ablations` (`video`, `audio`, `media`: `omni_grpo.evaluate.ablate_sample`) evaluates the same questions
+`eval_ablations` (`video`, `audio`, `media`, `text`: `omni_grpo.evaluate.ablate_sample`) evaluates the same questions
 again with those media blanked, logged as `eval/ablate_<name>/accuracy` and written to
 `output_dir/eval/step-NNNNNNN/ablate-<name>/`, so `python -m omni_grpo.evaluate --compare` of the two folders
 gives the media's contribution.

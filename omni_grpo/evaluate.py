@@ -22,8 +22,9 @@ questions scored", overall and per category: M from the shards' manifest.json an
 questions preprocess lost, their categories read back from the source annotation when it is still there),
 or with `--subset FILE` the file's question ids (only those are evaluated).
 
-`--ablate video|audio|media` keeps the model from the media with the prompt's layout unchanged (every frame
-one grey, the audio silence, or both; the same tokens in the same places), recorded in run.json and
+`--ablate video|audio|media|text` keeps the model from the media with the prompt's layout unchanged (every
+frame one grey, the audio silence, or both: the same tokens in the same places; text: no media tokens at all,
+the text as is), recorded in run.json and
 summary.json: `--compare FULL ABLATED` then gives the media's contribution per category.
 
 and prints the summary as a table. `--samples 1` (the default) decodes greedily; k > 1 samples k completions
@@ -261,14 +262,16 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
     return _finish(out_dir, ids, rewards, group_by, other, info, start, scope)
 
 
-ABLATIONS = ("video", "audio", "media")
+ABLATIONS = ("video", "audio", "media", "text")
 ABLATION_GREY = 128  # the value of every pixel of an ablated video frame or image
 
 
 def ablate_sample(sample: dict, ablate: str) -> dict:
     """The sample with its media blanked, its prompt's layout unchanged: ``video`` makes every frame (and an
     image) one constant grey of the same size, ``audio`` makes the audio silence of the same length, ``media``
-    does both."""
+    does both; ``text`` removes the media altogether (the prompt holds no media tokens, the rest as is)."""
+    if ablate == "text":
+        return {**sample, "modality": "text", "frames": None, "image": None, "audio": None, "has_audio": False}
     out = dict(sample)
     if ablate in ("video", "media"):
         for key in ("frames", "image"):
@@ -475,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                              "without: two of them, A B")
     parser.add_argument("--ablate", choices=ABLATIONS,
                         help="keep the model from the media, the prompt's layout unchanged: video = every frame "
-                             "one grey, audio = silence, media = both; --compare with the full run gives the "
-                             "media's contribution")
+                             "one grey, audio = silence, media = both, text = no media tokens at all; --compare "
+                             "with the full run gives the media's contribution")
     parser.add_argument("--max-new-tokens", type=int, help="default: the config's max_completion_length")
     parser.add_argument("--limit", type=int, help="evaluate only the first N questions")
     parser.add_argument("--subset", metavar="FILE",

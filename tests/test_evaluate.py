@@ -3,6 +3,7 @@ LoRA adapter, each scored through the training prompt and rewards; a killed run 
 another."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -221,6 +222,21 @@ def test_ablated_runs_do_not_see_the_blanked_media(tiny_model_dir, shards, full_
                                  eval_report.load_predictions(tmp_path / ablate))
     assert result["paired_questions"] == N_QUESTIONS
     assert eval_report.run_label(tmp_path / ablate).endswith(f" (ablate {ablate})")
+
+
+def test_text_ablation_leaves_no_media_token_and_the_text_as_is(tiny, tiny_model_dir, shards, full_inputs, tmp_path,
+                                                                 monkeypatch):
+    full_dir, full = full_inputs
+    seen = _captured_inputs(monkeypatch)
+    metrics, _ = run(tiny_model_dir, shards, tmp_path / "text", "--batch-size", "1", "--ablate", "text")
+    decode = tiny[2].tokenizer.decode
+    media = r"<\|vision_bos\|>.*<\|vision_eos\|>|<\|audio_bos\|>.*<\|audio_eos\|>"
+    for ids, inputs in seen:
+        assert inputs.pixel_values_videos is None and inputs.input_features is None and inputs.pixel_values is None
+        with_media = decode(full[ids[0]].input_ids[0])
+        assert re.search(media, with_media, re.DOTALL)
+        assert decode(inputs.input_ids[0]) == re.sub(media, "", with_media, flags=re.DOTALL)
+    assert len(seen) == N_QUESTIONS and metrics["ablate"] == "text"
 
 
 def test_the_configs_answer_instruction_reaches_the_prompt(tiny, tiny_model_dir, shards, tmp_path, monkeypatch):

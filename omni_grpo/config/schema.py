@@ -24,7 +24,7 @@ from omni_grpo.config.convert import ConfigError, _coerce_fields, _did_you_mean,
 
 __all__ = ["ConfigError", "DEFAULT_SYSTEM_PROMPT", "JudgeConfig", "LoraConfig", "TrainConfig"]
 
-EVAL_ABLATIONS = ("video", "audio", "media")  # = omni_grpo.evaluate.ABLATIONS (a config builds without evaluate)
+EVAL_ABLATIONS = ("video", "audio", "media", "text")  # = omni_grpo.evaluate.ABLATIONS (a config builds without evaluate)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant who watches a video and listens to its audio to answer a question about "
     "the people in it. First describe the context that matters for the question: what people do, say and "
@@ -220,8 +220,8 @@ class TrainConfig:
     eval_ablations: list[str] = field(
         default_factory=list,
         metadata=_help("Also evaluate with media blanked, each logged as `eval/ablate_<name>/accuracy`: `video` (every "
-                       "frame one grey), `audio` (silence), `media` (both); shows whether the gains depend on the "
-                       "media (as `python -m omni_grpo.evaluate --ablate`)."),
+                       "frame one grey), `audio` (silence), `media` (both), `text` (no media tokens at all); shows "
+                       "whether the gains depend on the media (as `python -m omni_grpo.evaluate --ablate`)."),
     )
     skip_long_prompts: bool = field(
         default=False,

@@ -186,7 +186,7 @@ def sample_audio_in_video(sample: dict, default: bool) -> bool:
     return bool(default if own is None else own)
 
 
-MODALITIES = ("video", "audio", "image")
+MODALITIES = ("video", "audio", "image", "text")  # text: no media at all (evaluate's --ablate text)
 
 
 def sample_modality(sample: dict) -> str:
