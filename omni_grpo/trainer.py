@@ -3,7 +3,7 @@
 Algorithm (GRPO, Shao et al. 2024, "DeepSeekMath"): for each prompt sample G completions from the current
 policy, score them with the configured rewards, normalise the weighted reward within each group of G
 (`core_algos.group_advantages`), and maximise the clipped surrogate of the token probability ratio times
-the advantage, minus β·KL(π‖π_ref) estimated per token (k3 by default), plus an optional entropy bonus.
+the advantage, minus β·KL(π‖π_ref) estimated per token (k3 by default), plus an optional entropy term.
 
 One optimizer step, top to bottom (`GRPOTrainer.step`), one method per phase:
   for each of `gradient_accumulation_steps` micro-steps: take `per_device_prompts` prompts → `rollout`
@@ -28,7 +28,9 @@ rows are split over micro-batches or ranks); asymmetric clipping (`clip_high`, D
 (`advantage_scale`, Dr.GRPO's "none"); β and temperature schedules; DAPO's dynamic sampling
 (`dynamic_sampling`), which here fills each rank's quota of groups separately, drops the groups with a spread
 beyond it, and at the extra-round cap trains on constant groups rather than stopping (verl raises there);
-advantages are computed per drawn round, before the filter (this matters only for `advantage_scale: batch`).
+advantages are computed per drawn round, before the filter (this matters only for `advantage_scale: batch`);
+an entropy term of either sign (`entropy_coef`); a reference that follows the policy (`ref_sync_steps`,
+`ref_sync_alpha`: after every N-th step, TR-DPO's update, `engine.sync_reference`).
 Dropout stays off (LoRA dropout defaults to 0) so that KL(π‖π_ref) is exactly 0 at step 0 and the ratio is
 1 when μ = 1.
 """
@@ -94,7 +96,8 @@ class GRPOTrainer:
             if moved is not None:
                 logger.info("overwrite_output_dir: moved the old run to %s", moved)
         if resume is not None:
-            state = ckpt.load_checkpoint(resume, cfg, self.engine, self.family, self.rank, self.world_size)
+            state = ckpt.load_checkpoint(resume, cfg, self.engine, self.family, self.rank, self.world_size,
+                                         reference=self.reference)
             self.global_step, self.cursor = state["global_step"], Cursor(*state["cursor"])
             self.nonfinite_in_a_row, self.samples_seen = state["nonfinite_in_a_row"], state["samples_seen"]
         # TensorBoard hides older files' events from the first step this segment logs on: no step shows twice.
@@ -199,6 +202,9 @@ class GRPOTrainer:
         self._safe_point()  # nothing of this step is applied yet: a stop here redoes it on resume
         update = self.update(rollouts, beta)
         self.global_step += 1
+        if core_algos.reference_sync_due(self.global_step, cfg.ref_sync_steps):
+            with self.timer("ref_sync"):
+                self.engine.sync_reference(self.reference, cfg.ref_sync_alpha)
         rows = sum(r.num_rows for r in drawn)
         self.samples_seen += rows * self.world_size
         metrics = {**collected, **update, **rollout_metrics(drawn, temperature)}
@@ -396,18 +402,18 @@ class GRPOTrainer:
 
     def _zero_rows(self, rollout: Rollout, beta: float) -> torch.Tensor:
         """[N] bool: rows that contribute exactly nothing to this step's loss and gradient (advantage 0, β = 0,
-        no entropy bonus); all False when `skip_zero_advantage_rows` is off."""
+        no entropy term); all False when `skip_zero_advantage_rows` is off."""
         cfg = self.cfg
-        if not cfg.skip_zero_advantage_rows or beta > 0 or cfg.entropy_coef > 0:
+        if not cfg.skip_zero_advantage_rows or beta > 0 or cfg.entropy_coef != 0:
             return torch.zeros(rollout.num_rows, dtype=torch.bool)
         return (rollout.advantages == 0).cpu()
 
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs, prompt=None,
                     completion_embeds=None):
         cfg = self.cfg
-        # the entropy bonus needs every position's entropy with gradient; otherwise actor/entropy is a metric
+        # the entropy term needs every position's entropy with gradient; otherwise actor/entropy is a metric
         # read on every METRIC_ENTROPY_STRIDE-th completion position (a softmax over V costs ~1/6 of the pass)
-        stride = 1 if cfg.entropy_coef > 0 else METRIC_ENTROPY_STRIDE
+        stride = 1 if cfg.entropy_coef != 0 else METRIC_ENTROPY_STRIDE
         lp, entropy = self._log_probs(self.policy, part, with_entropy=True, entropy_stride=stride, prompt=prompt,
                                       completion_embeds=completion_embeds)
         old = part.old_log_probs if part.old_log_probs is not None else lp.detach()
@@ -415,7 +421,7 @@ class GRPOTrainer:
         loss, m = core_algos.policy_loss(
             lp, old, part.advantages, mask, cfg.clip_low, cfg.clip_high, cfg.loss_agg,
             ref_log_probs=part.ref_log_probs if beta > 0 else None, beta=beta, kl_estimator=cfg.kl_estimator,
-            entropy=entropy if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef,
+            entropy=entropy if cfg.entropy_coef != 0 else None, entropy_coef=cfg.entropy_coef,
             global_tokens=global_tokens, global_seqs=global_seqs, max_length=cfg.max_completion_length)
         out = {k: float(v) for k, v in m.items()}
         out["entropy"] = float(core_algos.masked_mean(entropy.detach(), mask[:, ::stride]))
@@ -447,4 +453,4 @@ class GRPOTrainer:
                                         "global_step": self.global_step,
                                         "cursor": [self.cursor.epoch, self.cursor.position],
                                         "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                                        "samples_seen": self.samples_seen})
+                                        "samples_seen": self.samples_seen}, reference=self.reference)

@@ -355,7 +355,27 @@ class TrainConfig:
         metadata=_help("μ: optimizer steps over each step's rollouts (> 1: ratios against the log-probs from before the "
                        "first, clipping acts from the second); the LR schedule counts all of them."),
     )
-    entropy_coef: float = field(default=0.0, metadata=_help("Weight of the entropy bonus; 0 = off."))
+    entropy_coef: float = field(
+        default=0.0,
+        metadata=_help("Weight of the entropy term, either sign: the loss gets −entropy_coef·H per token (verl's "
+                       "entropy_coeff). > 0 raises the policy's entropy (exploration; open-ended answers), < 0 "
+                       "lowers it (sharper answers: grounding, counting, one letter); 0 = off."),
+    )
+    ref_sync_steps: int = field(
+        default=0,
+        metadata=_help("Every N steps (counted as save_steps counts them; after the step's μ updates) the reference "
+                       "follows the policy: reference ← α·policy + (1 − α)·reference, α = ref_sync_alpha (TR-DPO, "
+                       "arXiv:2404.09656; TRL's ref_model_sync_steps; α = 1 is Kimi k1.5's reference reset, "
+                       "arXiv:2501.12599). 0 = off: the initial policy throughout, as in the paper. "
+                       "Needs β > 0 at some step. Refused with LoRA: there the reference is the base model with the "
+                       "adapter off, and following the policy would change the frozen base, which checkpoints do not "
+                       "hold and the saved adapter is relative to. Checkpoints then hold the reference's weights."),
+    )
+    ref_sync_alpha: float = field(
+        default=0.6,
+        metadata=_help("α of the reference sync, in (0, 1]: 1 copies the policy; TRL's ref_model_mixup_alpha (its "
+                       "default 0.6)."),
+    )
     max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this value; 0 = no clipping."))
     max_consecutive_nonfinite: int = field(
         default=3,
@@ -525,9 +545,24 @@ class TrainConfig:
             "regularisation; use kl_estimator=k3 (GRPO's; its gradient is that of KL(π_ref‖π)) or k2 (the "
             "gradient of KL(π‖π_ref)), or set beta=0",
         )
-        _require(self.entropy_coef >= 0, f"entropy_coef={self.entropy_coef} must be >= 0 (it weights a bonus); 0 turns it off")
+        self._validate_reference_sync()
         _require(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0; 0 turns clipping off")
         _require(self.max_consecutive_nonfinite >= 1, f"max_consecutive_nonfinite={self.max_consecutive_nonfinite} must be >= 1")
+
+    def _validate_reference_sync(self) -> None:
+        steps = self.ref_sync_steps
+        _require(steps >= 0, f"ref_sync_steps={steps} must be >= 0 (0 turns the reference sync off)")
+        _require(0 < self.ref_sync_alpha <= 1,
+                 f"ref_sync_alpha={self.ref_sync_alpha} must be in (0, 1]; 1 copies the policy into the reference")
+        if steps == 0:
+            return
+        _require(self.uses_reference_model,
+                 f"ref_sync_steps={steps} needs a reference model, which only β > 0 uses; set beta > 0 or "
+                 "ref_sync_steps=0")
+        _require(not self.lora.enabled,
+                 f"ref_sync_steps={steps} with lora.enabled: the reference is the base model with the adapter off, "
+                 "which cannot follow the policy without changing the frozen base; set lora.enabled=false or "
+                 "ref_sync_steps=0")
 
     @staticmethod
     def _validate_schedule(
