@@ -79,12 +79,14 @@ def run(config: str | None, overrides: list[str], check_only: bool = False, argv
     from omni_grpo.data_check import check_data
     from omni_grpo.logging import report_error
     from omni_grpo.rewards import check_reward_names
+    from omni_grpo.rewards.instructions import check_config_instructions
     from omni_grpo.run_control import decide_resume
     from preprocess.shards import ShardCorruptError, ShardFormatError
 
     try:
         cfg = load_config(config, overrides)
         check_reward_names(cfg.reward_funcs)
+        check_config_instructions(cfg)
         check_paths(cfg)
         check_data(cfg, report=check_only)  # when training, the trainer's own check logs the warnings
         check_output_dir(cfg.output_dir)

@@ -121,7 +121,7 @@ class GRPOTrainer:
         self.dataset.drop(long.over)
         self.skipped_long_prompts = len(long.over)
         self.collate = Collate(self.family, self.processor, cfg.system_prompt, cfg.use_audio_in_video,
-                               cfg.max_prompt_length)
+                               cfg.max_prompt_length, cfg.answer_instructions)
         self.batches_per_epoch = self._sampler().batches_per_epoch()
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_epochs * steps_per_epoch

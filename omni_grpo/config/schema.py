@@ -24,6 +24,7 @@ from omni_grpo.config.convert import ConfigError, _coerce_fields, _did_you_mean,
 
 __all__ = ["ConfigError", "DEFAULT_SYSTEM_PROMPT", "JudgeConfig", "LoraConfig", "TrainConfig"]
 
+EVAL_ABLATIONS = ("video", "audio", "media", "text")  # = omni_grpo.evaluate.ABLATIONS (a config builds without evaluate)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant who watches a video and listens to its audio to answer a question about "
     "the people in it. First describe the context that matters for the question: what people do, say and "
@@ -181,6 +182,13 @@ class TrainConfig:
         default=DEFAULT_SYSTEM_PROMPT,
         metadata=_help("System message of every prompt; the default asks for `<context>`, `<think>`, `<answer>` sections."),
     )
+    answer_instructions: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_help("Replace the sentence that ends each question's prompt for a problem type: `{matcher: text}` with "
+                       "matcher one of multiple_choice, multi_label, yes_no, numeric, free_text ('' for none); e.g. "
+                       "`answer_instructions.yes_no='Reply Yes or No.'`. The defaults are in docs/rewards.md; pass the "
+                       "same to preprocess (--answer-instructions) so its prompt budget counts the same text."),
+    )
     lora: LoraConfig = field(default_factory=LoraConfig, metadata=_help("LoRA settings."))
 
     # ------------------------------------------------------------------------------------------------- data
@@ -208,6 +216,12 @@ class TrainConfig:
     eval_group_by: list[str] = field(
         default_factory=lambda: ["problem_type"],
         metadata=_help("Sample fields whose values get their own `eval/<value>/accuracy` (a field no eval sample has is skipped)."),
+    )
+    eval_ablations: list[str] = field(
+        default_factory=list,
+        metadata=_help("Also evaluate with media blanked, each logged as `eval/ablate_<name>/accuracy`: `video` (every "
+                       "frame one grey), `audio` (silence), `media` (both), `text` (no media tokens at all); shows "
+                       "whether the gains depend on the media (as `python -m omni_grpo.evaluate --ablate`)."),
     )
     skip_long_prompts: bool = field(
         default=False,
@@ -472,6 +486,8 @@ class TrainConfig:
         )
         _require(self.dataloader_prefetch_factor >= 1, f"dataloader_prefetch_factor={self.dataloader_prefetch_factor} must be >= 1")
         _require(self.eval_steps >= 0, f"eval_steps={self.eval_steps} must be >= 0 (0 turns evaluation off)")
+        bad = [name for name in self.eval_ablations if name not in EVAL_ABLATIONS]
+        _require(not bad, f"eval_ablations {bad} unknown; use some of {list(EVAL_ABLATIONS)}")
         _require(
             self.eval_steps == 0 or bool(self.eval_data),
             f"eval_steps={self.eval_steps} needs held-out data; pass eval_data=[DIR, ...] (shard directories written "
