@@ -1,9 +1,11 @@
-"""How the cost of one GRPO step grows: clip length, G and completion length, ours vs TRL vs the anchor loop.
+"""How the cost of one GRPO step grows: clip length, G and completion length, ours vs ms-swift, TRL, the anchor.
 
 The systems, their settings and their phase timings are ``bench/step_bench.py``'s (imported, not copied):
-``ours`` (``omni_grpo.trainer.GRPOTrainer``), ``trl`` (TRL's ``GRPOTrainer`` on the text prompt only: it
-ignores the video) and ``anchor`` (the loop we replace: decode the mp4 every step, one ``generate`` per
-completion, the towers in every pass). Three sweeps, each from one base point (3 s clip, G = 8, 16 tokens):
+``ours`` (``omni_grpo.trainer.GRPOTrainer``), ``swift`` (ms-swift's GRPO in its own environment,
+``bench/swift_system.py``; its worker process reports its own memory), ``trl`` (TRL's ``GRPOTrainer`` on the
+text prompt only: it ignores the video) and ``anchor`` (the loop we replace: decode the mp4 every step, one
+``generate`` per completion, the towers in every pass). Three sweeps, each from one base point (3 s clip, G = 8,
+16 tokens):
 
 * ``clip``: clip length 3, 15, 30, 60 s at G = 8, 16 tokens;
 * ``G``: G = 2, 4, 8, 16 on the 3 s clip, 16 tokens;
@@ -20,10 +22,10 @@ Completions are forced to their length: every system bans its stop tokens before
 happens to stop.
 
 Each worker runs torch on ``--threads`` threads (1 by default: on a shared machine more threads than free cores
-spin against each other). Each system's point runs in its own worker process (this file with ``--worker``); the driver starts the
-point's workers, waits until all are built, then asks each for one step in turn, round after round (the
-alternating design of ``step_bench``: every round sees one background load for all systems). Step time is
-the median over the timed rounds. Peak memory is the worker's resident set: its high-water mark is reset
+spin against each other). Each system's point runs in its own worker process (this file with ``--worker``);
+the driver starts the point's workers, waits until all are built, then asks each for one step in turn, round
+after round (the alternating design of ``step_bench``: every round sees one background load for all systems).
+Step time is the median over the timed rounds. Peak memory is the worker's resident set: its high-water mark is reset
 (``/proc/self/clear_refs`` = 5) once the system is built, and ``VmHWM`` read after the last step is the step
 peak (weights, optimizer state, activations, caches; everything resident during the rounds); the resident
 set after the build is reported too, and the difference is what the steps add.
@@ -121,13 +123,15 @@ def worker() -> None:
 
         torch.set_num_threads(request["threads"])
     try:
-        system = sb.make_system(request["system"], s, request["rounds"], request.get("trl_gpu_path", True))
+        system = sb.make_system(request["system"], s, request["rounds"], request.get("trl_gpu_path", True),
+                                request.get("threads", 0))
     except Exception as exc:
         reply({"error": f"{type(exc).__name__}: {exc}"})
         return
     built_kb = _status_kb("VmRSS")
     reset = _reset_peak()
-    reply({"ready": True, "rss_built_gb": built_kb / 2**20, "peak_reset": reset})
+    own = system.memory() if hasattr(system, "memory") else {}  # a system in a process of its own (ms-swift)
+    reply({"ready": True, "rss_built_gb": own.get("rss_built_gb", built_kb / 2**20), "peak_reset": reset})
     for line in sys.stdin:
         command = line.strip()
         if command == "step":
@@ -141,8 +145,8 @@ def worker() -> None:
                    "completion_tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens})
         elif command == "close":
             peak_kb = _status_kb("VmHWM")
-            system.close()
-            reply({"peak_step_gb": peak_kb / 2**20 if reset else math.nan,
+            own = system.close() or {}
+            reply({"peak_step_gb": own.get("peak_step_gb", peak_kb / 2**20 if reset else math.nan),
                    "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
             return
 
@@ -163,11 +167,15 @@ def quiet() -> None:
 class Worker:
     """The driver's handle on one worker process."""
 
-    def __init__(self, system: str, settings, rounds: int, log: Path, threads: int, trl_gpu_path: bool):
+    def __init__(self, system: str, settings, rounds: int, log: Path, threads: int, trl_gpu_path: bool,
+                 env: dict | None = None):
         self.system, self.log = system, log
         payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
         self.stderr = open(log, "w")
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+        # ours as `python -m omni_grpo.train` runs it: idle OpenMP threads sleep (omni_grpo.train.passive_openmp_wait)
+        product = {"OMP_WAIT_POLICY": "PASSIVE"} if system == "ours" and "OMP_WAIT_POLICY" not in os.environ else {}
+        env = dict(os.environ, **product, **(env or {}), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+        env = {k: v for k, v in env.items() if v is not None}  # None: unset for this worker
         self.proc = subprocess.Popen([sys.executable, str(HERE / "scale_bench.py"), "--worker"], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         self.send(json.dumps({"system": system, "settings": payload, "rounds": rounds, "threads": threads,
@@ -414,7 +422,9 @@ def parse_args(argv=None):
     p.add_argument("--model", default="256x4:qwen",
                    help="HIDDENxLAYERS[:tiny|qwen] of the tiny kit, as step_bench (default: 256x4:qwen, the real "
                         "Qwen2 BPE and 152k vocabulary)")
-    p.add_argument("--systems", nargs="+", default=["ours", "trl", "anchor"], choices=["ours", "trl", "anchor"])
+    p.add_argument("--systems", nargs="+", default=["ours", "swift", "trl", "anchor"],
+                   choices=["ours", "swift", "trl", "anchor"],
+                   help="default: all; swift = ms-swift in .swift-venv, created on first use")
     p.add_argument("--skip", nargs="*", default=DEFAULT_SKIP, metavar="SYSTEM:SWEEP:X",
                    help=f"points a system is left out of (default: {' '.join(DEFAULT_SKIP)}; none: run all)")
     p.add_argument("--steps", type=int, default=None, help="timed rounds per point (default: 2; --quick: 1)")
@@ -459,7 +469,8 @@ def main(argv=None) -> list[dict]:
     sb = load_step_bench()
     if args.report:
         records = json.loads(args.report.read_text())
-        systems = [n for n in ("ours", "trl", "anchor") if any(n in r["systems"] + r["skipped"] for r in records)]
+        systems = [n for n in ("ours", "swift", "trl", "anchor")
+                   if any(n in r["systems"] + r["skipped"] for r in records)]
         print(tables(records, systems))
         if not args.no_plot:
             plot(records, systems, args.plot)

@@ -1,13 +1,17 @@
-"""Benchmark one GRPO optimizer step, phase by phase, against TRL and against the loop we replace.
+"""Benchmark one GRPO optimizer step, phase by phase, against ms-swift, TRL and the loop we replace.
 
-Three systems train the same randomly initialised Qwen2.5-Omni thinker (the tiny kit of
+Four systems train the same randomly initialised Qwen2.5-Omni thinker (the tiny kit of
 ``omni_grpo.tiny_models``) on the same synthetic video+audio question (one prompt per step, G completions),
 with the same sampling settings, rewards (format + accuracy), β, learning rate and update micro-batch:
 
 * **ours** — ``omni_grpo.trainer.GRPOTrainer`` in one process: decoded shards, the vision and audio towers
   run once per prompt (encode once), the G completions in one batch with the prompt prefilled once,
-  log-probs with each prompt run once per micro-batch (``share_prompt``) and a chunked vocabulary projection. Phases come from its ``timing/*`` metrics; the
-  optimizer phase is timed by wrapping its engine's ``step`` (so "policy" is forward + backward only).
+  log-probs with each prompt run once per micro-batch (``share_prompt``) and a chunked vocabulary projection.
+  Phases come from its ``timing/*`` metrics; the optimizer phase is timed by wrapping its engine's ``step``
+  (so "policy" is forward + backward only).
+* **swift** — ms-swift's GRPO (``swift rlhf --rlhf_type grpo``) in its own environment and process
+  (``bench/swift_system.py``: the thinker wrapped as a full Qwen2.5-Omni checkpoint, rows that pin the shard's
+  frames, the mp4 decoded by ms-swift at every step, phases from a training callback).
 * **trl** — TRL's ``GRPOTrainer`` on the same thinker as a causal LM on the *text* prompt only (the chat
   turn without the video). It passes no media to generation or to any log-prob pass, so it does less work
   than the other two and trains the wrong objective: it is the speed of a text-only GRPO step on this model,
@@ -26,7 +30,7 @@ TRL's fused LM head scores only the completion positions where Triton runs (GPUs
 prompt + completion elsewhere; the bench measures its GPU behaviour (same torch code, compact selection)
 unless ``--trl-cpu-path``.
 
-Rounds alternate ours → trl → anchor in one process so all three see the same background load; each
+Rounds alternate ours → swift → trl → anchor so all of them see the same background load; each
 reports the median over ``--steps`` rounds after ``--warmup`` rounds. Tower calls count how many videos
 and audios went through a tower per step (forward hooks on the towers, all systems; for ours this equals the
 trainer's ``counters/tower_calls``). steps/s is 1 / median step wall time; samples/s counts completions.
@@ -34,6 +38,10 @@ trainer's ``counters/tower_calls``). steps/s is 1 / median step wall time; sampl
     python bench/step_bench.py                    # the full matrix: 2 models x G 4, 8 x clips 3 s, 30 s
     python bench/step_bench.py --quick            # one small configuration, about half a minute
     python bench/step_bench.py --models 256x4:qwen --generations 8 --seconds 30 --systems ours anchor
+    python bench/step_bench.py --models 256x4:qwen --generations 8 --seconds 3 30 --systems ours swift --threads 1
+
+``--threads 1`` on a shared machine: with torch's default threads (one per core) OpenMP's spinning wait makes a
+step many times slower whenever another process holds a core (``bench/contention.py``).
 
 Where no ``ffmpeg`` program is installed, the anchor's audio is read through a PyAV stand-in for audioread's
 ffmpeg reader (``omni_grpo.synthetic.audioread_without_ffmpeg``), as in ``bench/preprocess_bench.py``.
@@ -54,7 +62,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SYSTEMS = ("ours", "trl", "anchor")
+SYSTEMS = ("ours", "swift", "trl", "anchor")
 PHASES = ("data", "encode", "rollout", "rewards", "ref", "old", "policy", "optimizer")
 REWARDS = ["format", "accuracy"]
 
@@ -349,6 +357,42 @@ def _system_prompt() -> str:
     return TrainConfig.__dataclass_fields__["system_prompt"].default
 
 
+# ---------------------------------------------------------------------------------------------- ms-swift
+def load_swift_system():
+    """bench/swift_system.py as a module (bench/ is a folder of scripts, not a package)."""
+    import importlib.util
+    import sys
+
+    name = "bench_swift_system"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / "swift_system.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class Swift:
+    """ms-swift's GRPO in its own environment and process (``bench/swift_system.py``), one step per call."""
+
+    name = "swift"
+
+    def __init__(self, s: Settings, rounds: int, threads: int = 0):
+        self.system = load_swift_system().Swift(s, rounds, threads)
+
+    def step(self) -> StepResult:
+        r = self.system.step()
+        return StepResult(wall=r["wall"], rows=r["rows"], phases=r["phases"], tower_calls=r["tower_calls"],
+                          completion_tokens=r["completion_tokens"], prompt_tokens=r["prompt_tokens"])
+
+    def memory(self) -> dict:
+        """The worker's resident set after the build (GB): ms-swift runs in its own process."""
+        return {"rss_built_gb": self.system.built.get("rss_built_gb", math.nan)}
+
+    def close(self) -> dict:
+        return self.system.close()
+
+
 # ---------------------------------------------------------------------------------------------- anchor
 class Anchor:
     """Decode the mp4 every step, one generate per completion, the towers in every pass."""
@@ -564,20 +608,23 @@ def frame_plan(shards: Path) -> dict:
     return plan
 
 
-def make_system(name: str, s: Settings, rounds: int, trl_gpu_path: bool = True):
+def make_system(name: str, s: Settings, rounds: int, trl_gpu_path: bool = True, threads: int = 0):
     if name == "ours":
         return Ours(s)
+    if name == "swift":
+        return Swift(s, rounds, threads)
     if name == "trl":
         return TRL(s, total_steps=rounds, gpu_path=trl_gpu_path)
     return Anchor(s)
 
 
-def run_config(s: Settings, systems: list[str], warmup: int, steps: int, trl_gpu_path: bool = True) -> dict:
+def run_config(s: Settings, systems: list[str], warmup: int, steps: int, trl_gpu_path: bool = True,
+               threads: int = 0) -> dict:
     """Build every system, then `warmup + steps` rounds of one step each, in turn; keep the timed rounds."""
     built, results, errors = {}, {name: [] for name in systems}, {}
     for name in systems:
         try:
-            built[name] = make_system(name, s, warmup + steps, trl_gpu_path)
+            built[name] = make_system(name, s, warmup + steps, trl_gpu_path, threads)
         except Exception as exc:  # TRL may not run on this stack: report why, still compare the others
             errors[name] = f"{type(exc).__name__}: {exc}"
     try:
@@ -662,7 +709,7 @@ def tables(records: list[dict]) -> str:
             if ours and name != "ours" and len(ours["walls"]) == len(x["walls"]):
                 per_round = [w / o for w, o in zip(x["walls"], ours["walls"])]
                 spread = f"{min(per_round):.2f}–{max(per_round):.2f}x"
-            note = " (text only, no media)" if name == "trl" else ""
+            note = {"trl": " (text only, no media)", "anchor": " (imitation loop)"}.get(name, "")
             lines.append(
                 f"| {rec['model']} | {rec['G']} | {rec['clip']} | {name}{note} | {x['prompt_tokens']} | "
                 f"{x['completion_tokens']:.1f} | {x['step_s']:.2f} | {x['steps_per_s']:.3f} | "
@@ -699,7 +746,7 @@ def parse_args(argv=None):
     p.add_argument("--generations", type=int, nargs="+", default=[4, 8], help="G values (default: 4 8)")
     p.add_argument("--seconds", type=float, nargs="+", default=[3.0, 30.0], help="clip lengths (default: 3 30)")
     p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
-                   help="default: ours trl anchor")
+                   help="default: ours swift trl anchor (swift: ms-swift in .swift-venv, created on first use)")
     p.add_argument("--steps", type=int, default=3, help="timed rounds per configuration (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--completion-length", type=int, default=16, help="max new tokens (default: 16)")
@@ -762,7 +809,7 @@ def main(argv=None) -> list[dict]:
                                  fps=args.fps, out=Path(tmp) / f"run-{spec.replace(':', '-')}-{seconds:g}-{g}",
                                  frames=frame_plan(shards))
                     t0 = time.perf_counter()
-                    out = run_config(s, args.systems, args.warmup, args.steps, not args.trl_cpu_path)
+                    out = run_config(s, args.systems, args.warmup, args.steps, not args.trl_cpu_path, args.threads)
                     rec = {"model": spec, "G": g, "clip": f"{seconds:g} s", "systems": list(args.systems),
                            "errors": out["errors"], "load": load(), "seconds": time.perf_counter() - t0,
                            "summary": {k: summarize(v) for k, v in out["results"].items() if v}}

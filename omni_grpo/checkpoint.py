@@ -5,6 +5,8 @@ A checkpoint folder holds
   state/           optimizer + LR scheduler (`optimizer.pt`, tensors only, loaded with weights_only=True)
                    or DeepSpeed's own state (`deepspeed/`); never the frozen weights (the towers, LoRA's base
                    model): resume loads those from `model_name_or_path` again
+  reference.safetensors  the reference's weights by parameter name, only when it follows the policy
+                   (`ref_sync_steps` > 0); otherwise resume builds it from `model_name_or_path` again
   config.yaml      the resolved training config (no secrets)
   trainer_state.json  step, data cursor, counters, Python/NumPy RNG state
   rng-rank{R}.safetensors  torch CPU (and CUDA) generator state of each rank
@@ -13,8 +15,9 @@ A crash at any point leaves either the previous checkpoints untouched plus a `.t
 removed by the next save) or a complete new one. `resume_from_checkpoint: latest` picks the newest complete one.
 
 This module owns every save and load of the policy: `load_policy` (the pretrained policy and reference),
-`save_checkpoint` / `load_checkpoint` (the folder above, through the engine's `save_state` / `load_state`),
-`save_model` (HF weights or LoRA adapter, LoRA merge, ZeRO-3 export) and the folder names (`step_name`).
+`save_checkpoint` / `load_checkpoint` (the folder above, through the engine's `save_state` / `load_state` and
+`reference_state_dict` / `load_reference_state`), `save_model` (HF weights or LoRA adapter, LoRA merge, ZeRO-3
+export) and the folder names (`step_name`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from omni_grpo import rng
 
 STEP_RE = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
+REFERENCE_FILE = "reference.safetensors"
 logger = logging.getLogger("omni_grpo")
 
 
@@ -228,13 +232,14 @@ class _WriteFailure:
 
 
 def save_checkpoint(cfg, engine, family, processor, step: int, rank: int, world_size: int,
-                    trainer_state: dict) -> Path | None:
+                    trainer_state: dict, reference=None) -> Path | None:
     """Atomic checkpoint of everything needed to continue exactly (collective: call on every rank).
 
-    `trainer_state`: the trainer's counters and data cursor (JSON). Any failure to write it on any rank (full disk,
-    read-only or vanished output_dir) is a `CheckpointError` on every rank, promptly, that names the folder, the
-    rank and what to do; the previous checkpoints are never touched before the new one is complete. Returns the
-    folder on rank 0.
+    `trainer_state`: the trainer's counters and data cursor (JSON). `reference`: the trainer's reference model
+    (or None), saved when it follows the policy (`ref_sync_steps` > 0): it is then part of the run's state. Any
+    failure to write it on any rank (full disk, read-only or vanished output_dir) is a `CheckpointError` on every
+    rank, promptly, that names the folder, the rank and what to do; the previous checkpoints are never touched
+    before the new one is complete. Returns the folder on rank 0.
     """
     from omni_grpo.config import save_config
 
@@ -249,9 +254,13 @@ def save_checkpoint(cfg, engine, family, processor, step: int, rank: int, world_
         failure.error = deferred[0]
     # collective under ZeRO-3; LoRA: only the adapter is gathered
     state_dict = engine.trainable_state_dict() if cfg.lora.enabled else engine.full_state_dict()
+    synced = reference is not None and cfg.ref_sync_steps > 0
+    reference_state = engine.reference_state_dict(reference) if synced else None  # collective under ZeRO-3
     failure.run(save_rng, tmp, rank)
     if rank == 0:
         failure.run(save_model, tmp / "model", cfg, engine, family, processor, state_dict)
+        if synced:
+            failure.run(save_reference, tmp / REFERENCE_FILE, reference_state)
         failure.run(save_config, cfg, tmp / "config.yaml")
         failure.run(write_trainer_state, tmp, {**trainer_state, "world_size": world_size})
     failure.agree()
@@ -281,8 +290,16 @@ def save_model(folder: Path, cfg, engine, family, processor, state_dict: dict) -
     processor.save_pretrained(folder)
 
 
-def load_checkpoint(folder: Path, cfg, engine, family, rank: int, world_size: int) -> dict:
-    """Restore weights, optimizer, LR schedule and RNG from `folder`; returns the trainer state it saved."""
+def save_reference(path: Path, state: dict) -> None:
+    """The reference's weights by parameter name (rank 0)."""
+    from safetensors.torch import save_file
+
+    save_file({n: t.contiguous() for n, t in state.items()}, str(path))
+
+
+def load_checkpoint(folder: Path, cfg, engine, family, rank: int, world_size: int, reference=None) -> dict:
+    """Restore weights, optimizer, LR schedule and RNG from `folder`, and the reference's weights when the
+    checkpoint holds them (a reference that followed the policy); returns the trainer state it saved."""
     state = read_trainer_state(folder)
     if state.get("world_size", 1) != world_size:
         raise CheckpointError(
@@ -290,10 +307,22 @@ def load_checkpoint(folder: Path, cfg, engine, family, rank: int, world_size: in
     if not engine.state_holds_weights:
         _load_weights(folder / "model", cfg, engine.module, family)
     engine.load_state(folder / "state")
+    if reference is not None and (folder / REFERENCE_FILE).exists():
+        _load_reference(folder / REFERENCE_FILE, engine, reference)
     load_rng(folder, rank)
     if rank == 0:
         logger.info("resumed from %s at step %d", folder, state["global_step"])
     return state
+
+
+def _load_reference(path: Path, engine, reference) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as saved:  # read one tensor at a time, where it is needed
+            engine.load_reference_state(reference, list(saved.keys()), saved.get_tensor)
+    except (OSError, SafetensorError, ValueError) as err:
+        raise CheckpointError(f"cannot read {path}: {err}; resume from an earlier checkpoint") from err
 
 
 def _load_weights(folder: Path, cfg, model, family) -> None:

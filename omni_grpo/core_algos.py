@@ -20,8 +20,16 @@ Departures from the paper, each one opt-in or documented where it happens:
   how an optimizer step's rows are split over micro-batches and ranks.
 - Log-ratios are clamped to [-20, 20] before exponentiation (ratio and k3), as verl does, to keep a stale
   or diverging token from producing inf; inside that range the values are exact.
-- Entropy bonus (`policy_loss`'s `entropy_coef`, per token before aggregation): optional, off by default;
-  not in the paper. The entropy itself comes from the log-prob pass (`models.logprobs.log_probs`).
+- Entropy term (`policy_loss`'s `entropy_coef`, per token before aggregation): optional, off by default,
+  either sign, not in the paper. The loss is pg − entropy_coef·H, as verl's `entropy_coeff`: a positive
+  weight rewards entropy (raises it: exploration, open-ended answers), a negative one penalises it (lowers it:
+  sharper answers for discriminative tasks such as a letter or a count). The entropy itself comes from the
+  log-prob pass (`models.logprobs.log_probs`).
+- Reference that follows the policy (`mix_reference_`, `reference_sync_due`): every N steps the reference
+  becomes α·policy + (1 − α)·reference, TR-DPO's soft (α < 1) and hard (α = 1) updates (Gorbatovski et al.,
+  "Learn Your Reference Model for Real Good Alignment", arXiv:2404.09656; TRL's `sync_ref_model`); α = 1 is
+  Kimi k1.5's reset of the reference to the current policy (arXiv:2501.12599). Off by default: the paper's
+  reference is the initial policy throughout.
 - Dynamic sampling (`group_spread`, `pick_groups`; DAPO §3.2): groups whose rewards are all equal are left
   out and more are drawn; at the extra-round cap the earliest constant groups fill the step (verl raises).
 - Schedules: β and the sampling temperature may ramp linearly over training (HumanOmniV2's dynamic KL,
@@ -35,6 +43,7 @@ rollout time), `ref_log_probs` (reference), `completion_mask` (1 for completion 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -51,8 +60,10 @@ __all__ = [
     "kl_penalty",
     "loss_normalisers",
     "masked_mean",
+    "mix_reference_",
     "pick_groups",
     "policy_loss",
+    "reference_sync_due",
     "temperature_schedule",
 ]
 
@@ -329,6 +340,8 @@ def policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO objective for one micro-batch: PPO clipped surrogate + β·KL − entropy_coef·H, aggregated once.
 
+    `entropy_coef` may have either sign: > 0 rewards entropy, < 0 penalises it, 0 leaves it out.
+
     Per token (DeepSeekMath eq. 3, with DAPO's asymmetric clip):
         ratio = exp(log_probs − old_log_probs)               (log-ratio clamped to [-20, 20])
         pg    = max(−A·ratio, −A·clamp(ratio, 1 − clip_low, 1 + clip_high))
@@ -438,3 +451,40 @@ def temperature_schedule(
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be finite and > 0, got {value}")
     return _linear_schedule("temperature", step, total_steps, temperature, temperature_final, kind, fraction)
+
+
+def reference_sync_due(step: int, every: int) -> bool:
+    """Whether the reference follows the policy now: after the `step`-th finished trainer step (1-based), every
+    `every` steps; never when `every` is 0. TRL's `ref_model_sync_steps` counts the same way
+    (`global_step % ref_model_sync_steps == 0` at the end of a step)."""
+    if every < 0:
+        raise ValueError(f"every must be >= 0 (0 = never), got {every}")
+    return every > 0 and step > 0 and step % every == 0
+
+
+@torch.no_grad()
+def mix_reference_(reference: Iterable[torch.Tensor], policy: Iterable[torch.Tensor], alpha: float) -> None:
+    """reference ← α·policy + (1 − α)·reference, tensor by tensor, in place (the tensors of `reference` change).
+
+    TR-DPO's reference update (arXiv:2404.09656: soft with weight α < 1, TRL's `ref_model_mixup_alpha`; hard
+    with α = 1, a copy, Kimi k1.5's reference reset). `reference` and `policy` are matching sequences of
+    tensors of equal shapes (e.g. two models' parameters in the same order).
+    Each mix is computed in float32 (or the reference's dtype when wider) and rounded once to the reference's
+    dtype: TRL's in-place `mul_(1 − α).add_(policy, alpha=α)` rounds twice in bfloat16. α = 1 copies bit for
+    bit.
+    """
+    if not (0.0 < alpha <= 1.0):
+        raise ValueError(f"alpha must be in (0, 1] (1 = copy the policy), got {alpha}")
+    reference, policy = list(reference), list(policy)
+    if len(reference) != len(policy):
+        raise ValueError(f"{len(reference)} reference tensors but {len(policy)} policy tensors")
+    for i, (ref, pol) in enumerate(zip(reference, policy)):
+        if ref.shape != pol.shape:
+            raise ValueError(f"tensor {i}: reference shape {tuple(ref.shape)} differs from policy {tuple(pol.shape)}")
+    for ref, pol in zip(reference, policy):
+        if alpha == 1.0:
+            ref.copy_(pol)
+        else:
+            work = torch.promote_types(ref.dtype, torch.float32)
+            mixed = pol.to(device=ref.device, dtype=work) * alpha  # [*shape]
+            ref.copy_(mixed.add_(ref.to(work), alpha=1.0 - alpha))

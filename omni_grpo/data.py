@@ -137,16 +137,22 @@ class Batch:
 class Collate:
     """Runs the model family's processor call in the loader worker. `use_audio_in_video` is the config's
     default; a sample's own value (`use_audio_in_video` in its shard, from the jsonl manifest) overrides it
-    for that row."""
+    for that row. `answer_instructions` (the config's: problem type -> text) replaces the default answer
+    instructions (`rewards.instructions`); each sample's is set as its `instruction` before the prompt is
+    built."""
 
-    def __init__(self, family, processor, system_prompt: str, use_audio_in_video: bool, max_prompt_length: int):
+    def __init__(self, family, processor, system_prompt: str, use_audio_in_video: bool, max_prompt_length: int,
+                 answer_instructions: dict | None = None):
         self.family, self.processor = family, processor
         self.system_prompt, self.flag, self.max_len = system_prompt, use_audio_in_video, max_prompt_length
+        self.instructions = answer_instructions
 
     def __call__(self, items: list) -> Batch:
         """`items`: what `PromptDataset` returns for `RankSampler` indices (`Loaded`), or plain sample dicts."""
+        from omni_grpo.rewards.instructions import instruction
+
         loaded = [item if isinstance(item, Loaded) else Loaded(item) for item in items]
-        samples = [x.sample for x in loaded]
+        samples = [{**x.sample, "instruction": instruction(x.sample, self.instructions)} for x in loaded]
         inputs = self.family.build_inputs(self.processor, samples, self.system_prompt, self.flag, self.max_len)
         meta = [{k: s.get(k) for k in REWARD_FIELDS} for s in samples]
         return Batch(inputs=inputs, samples=meta, cursor=loaded[-1].cursor,

@@ -5,8 +5,10 @@ spellings the accuracy reward does not know.
 
 A prompt longer than `max_prompt_length` stops the run here, with the count, the longest and both fixes, rather
 than at the step that first draws it; with `skip_long_prompts` those samples are left out instead (counted and
-logged). Version-1 shards carry no counts: their check is skipped, with a line saying so. The counts are what
-preprocess counted (on the Qwen2.5 pixel grid); `build_inputs` still refuses a prompt that turns out longer.
+logged). Version-1 shards carry no counts: their check is skipped, with a line saying so. The media counts are
+what preprocess stored; the text (system prompt, question, options) is counted again here with the model's own
+tokenizer (`exact_token_lists`): preprocess estimates it unless given `--tokenizer`, and an estimate is not an
+upper bound for every text. `build_inputs` still refuses a prompt that turns out longer, naming the sample.
 
 Outside `omni_grpo.config` because it reads shards (`preprocess.shards`), the model's family (`omni_grpo.models`)
 and the accuracy reward's problem types (`omni_grpo.rewards`): a config builds without any of them.
@@ -51,8 +53,43 @@ def find_long_prompts(dirs: list[str], token_lists: list[list[int | None]], limi
 def long_prompt_message(found: PromptLengths, total: int, limit: int) -> str:
     """One line: how many exceed the limit, the longest, and the two fixes."""
     return (f"{len(found.over)} of {total} samples have prompts longer than max_prompt_length={limit} tokens "
-            f"(the longest is {found.longest}); re-run python -m preprocess with --max-prompt-tokens {limit} to fit "
-            f"them, raise max_prompt_length to {found.longest} or more, or set skip_long_prompts=true to leave them out")
+            f"(the longest is {found.longest}, its text counted with the model's tokenizer); re-run python -m "
+            f"preprocess with --max-prompt-tokens {limit} --tokenizer MODEL_DIR to fit them, raise max_prompt_length "
+            f"to {found.longest} or more, or set skip_long_prompts=true to leave them out")
+
+
+def exact_token_lists(cfg, token_lists: list[list[int | None]]) -> list[list[int | None]]:
+    """`token_lists` (preprocess's counts, one list per `cfg.data` directory) with each sample's text recounted
+    exactly: the model's own tokenizer on this config's system prompt and the sample's question, plus the media
+    tokens preprocess stored (its count minus its own text count, which was an estimate unless it was given
+    `--tokenizer`, and used the system prompt in its manifest). Unchanged where the model folder has no tokenizer
+    or a manifest records no system prompt."""
+    from omni_grpo.models.base import format_question
+    from preprocess.budget import TextCounter
+    from preprocess.shards import load
+
+    system_prompt, model_dir = getattr(cfg, "system_prompt", None), getattr(cfg, "model_name_or_path", None)
+    if system_prompt is None or model_dir is None:
+        return token_lists
+    try:
+        exact = TextCounter(system_prompt, model_dir)
+    except (OSError, ValueError):
+        return token_lists
+    out = []
+    for shard_dir, stored in zip(cfg.data, token_lists):
+        try:
+            options = json.loads((Path(shard_dir) / "manifest.json").read_text(encoding="utf-8")).get("options") or {}
+        except (OSError, ValueError):
+            options = {}
+        if options.get("system_prompt") is None or all(n is None for n in stored):
+            out.append(stored)
+            continue
+        used = TextCounter(options["system_prompt"], model_dir if options.get("tokenizer") else None)
+        reader = load(shard_dir, verify=False, skip_corrupt=getattr(cfg, "skip_corrupt_shards", False))
+        samples = [sample for block in reader._iter_samples() for sample in block]  # metadata only, no media
+        out.append([None if n is None else n - used.count(format_question(s)) + exact.count(format_question(s))
+                    for n, s in zip(stored, samples)])
+    return out
 
 
 def check_data(cfg, token_lists: list[list[int | None]] | None = None, *,
@@ -70,7 +107,7 @@ def check_data(cfg, token_lists: list[list[int | None]] | None = None, *,
 
         skip = getattr(cfg, "skip_corrupt_shards", False)
         token_lists = [load(d, verify=False, skip_corrupt=skip).prompt_tokens for d in cfg.data]
-    found = find_long_prompts(cfg.data, token_lists, cfg.max_prompt_length)
+    found = find_long_prompts(cfg.data, exact_token_lists(cfg, token_lists), cfg.max_prompt_length)
     total = sum(len(t) for t in token_lists)
     if found.over and not cfg.skip_long_prompts:
         raise ConfigError(long_prompt_message(found, total, cfg.max_prompt_length))

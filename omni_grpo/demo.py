@@ -110,7 +110,8 @@ def make_demo_dataset(root, n_clips: int = 32, n_options: int = 4, seed: int = 0
 
 
 def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, steps: int = 150,
-            learning_rate: float = 3e-2, max_prompts: int = 64, overrides: list[str] | None = None) -> Path:
+            learning_rate: float = 3e-2, max_prompts: int = 64, overrides: list[str] | None = None,
+            progress: bool = False) -> Path:
     """Fit the reply format, not the answers: the output layer (``lm_head``) alone, by maximum likelihood of
     `REPLY` after the training prompts of ``data``, where the answer slot's target is the uniform distribution
     over the sample's option letters (cross-entropy against it), the same for every clip.
@@ -122,9 +123,10 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     config's system prompt, ``use_audio_in_video`` and prompt limit) and run once through the trainer's
     `forward_hidden` (the first ``max_prompts`` of ``data``); then ``steps`` full-batch AdamW steps fit the head
     on those hidden states (deterministic). Writes the model, the processor and `WARM_UP_RECORD` (what was
-    fitted, on which data) to ``output_dir`` and returns it.
+    fitted, on which data) to ``output_dir`` and returns it. ``progress``: a bar over the prompts, then the steps.
     """
     import torch
+    from tqdm import tqdm
 
     from omni_grpo.config import load_config
     from omni_grpo.data import PromptDataset
@@ -141,9 +143,11 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     stop = module.stop_token_ids(tokenizer)[0]
     banned = module.banned_token_ids(tokenizer)
     dataset = PromptDataset(cfg.data)
+    n_prompts = min(max_prompts, len(dataset))
+    bar = tqdm(total=n_prompts + steps, desc="format warm-up", unit="pass", disable=not progress, dynamic_ncols=True)
     hidden, targets, slots, slot_letters = [], [], [], []
     with torch.no_grad():
-        for index in range(min(max_prompts, len(dataset))):
+        for index in range(n_prompts):
             sample = dataset[index]
             letters = string.ascii_uppercase[:len(sample.get("options") or ())]
             if not letters:
@@ -160,6 +164,7 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
             targets.append(ids)
             slots += [slot] * len(rows)
             slot_letters += [letter_ids] * len(rows)
+            bar.update(1)
     lm_head = base_thinker(model).lm_head
     weight = lm_head.weight.detach().float().clone().requires_grad_(True)
     optimizer = torch.optim.AdamW([weight], lr=learning_rate, weight_decay=0.0)
@@ -169,6 +174,8 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        bar.update(1)
+    bar.close()
     with torch.no_grad():
         lm_head.weight.copy_(weight.to(lm_head.weight.dtype))
     out = Path(output_dir)
@@ -226,7 +233,7 @@ def _main(argv=None) -> int:
                                  blank=args.blank)
     else:
         path = warm_up(args.model, args.data.split(","), args.output, config=args.config, steps=args.steps,
-                       learning_rate=args.learning_rate, max_prompts=args.max_prompts)
+                       learning_rate=args.learning_rate, max_prompts=args.max_prompts, progress=True)
     print(path)
     return 0
 

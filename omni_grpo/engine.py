@@ -5,11 +5,12 @@
 `backward` (a non-finite loss zeroed on every rank), `step` / `skip` (an optimizer step, or a skipped one), `lr`,
 `gathered_for_generation`, `save_state` / `load_state` (collective: called on every rank; the frozen weights
 are not in the state) and `write_errors_deferred` (around `save_state`: a rank whose write fails still reaches
-the back end's barriers), `state_holds_weights`, `full_state_dict`, `trainable_state_dict` and
-`prepare_reference`. `build_engine` makes the right one from the config (optimizer, LR schedule, fp32 masters,
-the DeepSpeed JSON's "auto" values); `setup_distributed` reads the launcher's environment and starts the
-process group. The ZeRO-3 facts about single parameters live here too (`param_partitioned`, `gathered_param`,
-`partitioned_over_ranks`), so the model code never asks DeepSpeed itself.
+the back end's barriers), `state_holds_weights`, `full_state_dict`, `trainable_state_dict`,
+`prepare_reference`, and for a reference that follows the policy `sync_reference` (collective),
+`reference_state_dict` and `load_reference_state`. `build_engine` makes the right one from the config
+(optimizer, LR schedule, fp32 masters, the DeepSpeed JSON's "auto" values); `setup_distributed` reads the
+launcher's environment and starts the process group. The ZeRO-3 facts about single parameters live here too
+(`param_partitioned`, `gathered_param`, `partitioned_over_ranks`), so the model code never asks DeepSpeed itself.
 
 `backward(loss)` takes the micro-batch loss already divided by the *global* normaliser of the optimizer
 step (see `core_algos.agg_loss`), so the step's gradient is the plain sum of micro-batch gradients over
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from omni_grpo import core_algos
 
 
 def fp32_masters(params: list[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
@@ -144,6 +147,28 @@ class Engine:
     def prepare_reference(self, model):
         """The frozen reference policy, placed as this back end places the policy, in eval mode."""
         raise NotImplementedError
+
+    def _reference_module(self, reference) -> torch.nn.Module:
+        """The nn.Module of a reference that `prepare_reference` placed."""
+        return reference
+
+    def sync_reference(self, reference, alpha: float) -> None:
+        """reference ← α·policy + (1 − α)·reference for every parameter, paired by name
+        (`core_algos.mix_reference_`; α = 1 copies). Collective under ZeRO-3."""
+        refs, policy = _paired_parameters(self._reference_module(reference), self.module)
+        core_algos.mix_reference_(refs, policy, alpha)
+
+    def reference_state_dict(self, reference) -> dict | None:
+        """The reference's parameters by name, on CPU, on rank 0 (collective under ZeRO-3; None on other ranks)."""
+        return {n: p.detach().cpu().clone() for n, p in self._reference_module(reference).named_parameters()}
+
+    def load_reference_state(self, reference, names: list[str], read) -> None:
+        """Put saved weights into the reference: `names` the saved parameter names (checked on every rank first),
+        `read(name)` one saved tensor (called only where it is needed: rank 0 under ZeRO-3)."""
+        params = _check_reference_names(self._reference_module(reference), names)
+        with torch.no_grad():
+            for name, p in params:
+                p.copy_(read(name))
 
 
 class PlainEngine(Engine):
@@ -352,12 +377,74 @@ class DeepSpeedEngine(Engine):
             return {n: p.detach().cpu().clone() for n, p in named}
 
     def prepare_reference(self, model):
+        """Under ZeRO-3 a DeepSpeed engine without optimizer (its weights partitioned as the policy's); under
+        ZeRO-1/2, which partition only optimizer state and gradients, DeepSpeed refuses an engine without
+        optimizer ("zero stage 2 requires an optimizer"), so the reference's engine runs ZeRO off (stage 0, as
+        TRL's `prepare_deepspeed` does for a reference): whole weights on every rank."""
         import deepspeed
 
         config = {k: v for k, v in self.ds_config.items() if k not in ("optimizer", "scheduler")}
+        if not self.is_partitioned:
+            config["zero_optimization"] = {**config.get("zero_optimization", {}), "stage": 0}
         reference, *_ = deepspeed.initialize(model=model, config=config)
         reference.eval()  # DeepSpeed's engine.eval() returns None, not the engine
         return reference
+
+    def _reference_module(self, reference) -> torch.nn.Module:
+        return reference.module  # `prepare_reference` wraps it in a DeepSpeed engine without optimizer
+
+    def sync_reference(self, reference, alpha: float) -> None:
+        """Under ZeRO-3 each rank holds a shard of every weight of both models: one pair of tensors at a time is
+        gathered whole, rank 0 mixes it, and leaving the block broadcasts rank 0's result and partitions it again
+        (TRL's SyncRefModelCallback gathers both whole models at once, with the same `modifier_rank=0`)."""
+        if not self.is_partitioned:
+            super().sync_reference(reference, alpha)
+            return
+        import deepspeed
+
+        for ref, pol in zip(*_paired_parameters(reference.module, self.module)):
+            with deepspeed.zero.GatheredParameters([ref, pol], modifier_rank=0):
+                if self._ds.global_rank == 0:
+                    core_algos.mix_reference_([ref], [pol], alpha)
+
+    def reference_state_dict(self, reference) -> dict | None:
+        if not self.is_partitioned:
+            return super().reference_state_dict(reference) if self._ds.global_rank == 0 else None
+        out = {}
+        for name, p in reference.module.named_parameters():  # one whole tensor at a time
+            with gathered_param(p) as whole:
+                if self._ds.global_rank == 0:
+                    out[name] = whole.cpu().clone()
+        return out if self._ds.global_rank == 0 else None
+
+    def load_reference_state(self, reference, names: list[str], read) -> None:
+        if not self.is_partitioned:
+            super().load_reference_state(reference, names, read)
+            return
+        import deepspeed
+
+        for name, p in _check_reference_names(reference.module, names):
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                if self._ds.global_rank == 0:
+                    with torch.no_grad():
+                        p.copy_(read(name))
+
+
+def _paired_parameters(reference: torch.nn.Module, policy: torch.nn.Module):
+    """(reference parameters, policy parameters) paired by name; the two models must have the same ones."""
+    ref, pol = dict(reference.named_parameters()), dict(policy.named_parameters())
+    if ref.keys() != pol.keys():
+        odd = sorted(ref.keys() ^ pol.keys())[:3]
+        raise RuntimeError(f"the reference and the policy have different parameters (e.g. {odd}): cannot sync them")
+    return [ref[n] for n in pol], list(pol.values())
+
+
+def _check_reference_names(reference: torch.nn.Module, names: list[str]) -> list[tuple[str, torch.nn.Parameter]]:
+    params = list(reference.named_parameters())
+    if sorted(names) != sorted(n for n, _ in params):
+        raise ValueError("the saved reference's parameters are not this model's: resume with the model it was "
+                         "trained from")
+    return params
 
 
 def configure_deepspeed(ds: dict | None, cfg, world_size: int):

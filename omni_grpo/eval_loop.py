@@ -17,7 +17,11 @@ restored after the evaluation (`rng.preserved`), the questions are collated in t
 training loader and its cursor are not used), and the policy stays in eval mode under no_grad.
 
 TensorBoard tags: `eval/accuracy`, `eval/format_rate`, `eval/reward/<name>` for every reward scored,
-`eval/<value>/accuracy` per value of each `eval_group_by` field, and the table `eval/completions`.
+`eval/<value>/accuracy` per value of each `eval_group_by` field, and the table `eval/completions`. Each of
+`eval_ablations` (`video`, `audio`, `media`, `text`: `omni_grpo.evaluate.ablate_sample`) evaluates the same questions
+again with those media blanked, logged as `eval/ablate_<name>/accuracy` and written to
+`output_dir/eval/step-NNNNNNN/ablate-<name>/`, so `python -m omni_grpo.evaluate --compare` of the two folders
+gives the media's contribution.
 """
 
 from __future__ import annotations
@@ -63,20 +67,28 @@ class TrainingEvaluator:
         self.dataset = PromptDataset(cfg.eval_data, skip_corrupt=cfg.skip_corrupt_shards)
         self.ids = question_ids(self.dataset)
         self.rewards = reward_manager(cfg)
-        self.collate = Collate(family, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length)
+        self.collate = Collate(family, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length,
+                               cfg.answer_instructions)
         self.batch_size = cfg.rows_per_micro_step  # as many rows per generate call as a training rollout
         self.last_step: int | None = None
 
     def run(self, policy, gathered, step: int, writer) -> dict:
         """Evaluate at optimizer step `step` (collective); the `eval/...` scalars on rank 0, {} elsewhere."""
+        from omni_grpo.evaluate import AblatedCollate
+
         with rng.preserved(), torch.no_grad():
-            rows = self._predict(policy, gathered)
-            rows = self._gather(rows)
+            rows = self._gather(self._predict(policy, gathered, self.collate))
+            ablated = {name: self._gather(self._predict(policy, gathered, AblatedCollate(self.collate, name)))
+                       for name in self.cfg.eval_ablations}
         self.last_step = step
         if self.rank != 0:
             return {}
         summary = self._write(rows, step)
         metrics = scalars(summary)
+        for name, ablated_rows in ablated.items():
+            accuracy = self._write(ablated_rows, step, ablate=name).get("accuracy")
+            if accuracy is not None:
+                metrics[f"eval/ablate_{name}/accuracy"] = float(accuracy)
         writer.scalars(metrics, step)
         writer.completions(table(rows, self.cfg.log_completions), step, tag="eval/completions")
         logger.info("step %d: eval accuracy %s, format rate %s on %d questions (%s)", step,
@@ -84,7 +96,7 @@ class TrainingEvaluator:
                     step_dir(self.cfg.output_dir, step))
         return metrics
 
-    def _predict(self, policy, gathered) -> list[tuple[int, dict]]:
+    def _predict(self, policy, gathered, collate) -> list[tuple[int, dict]]:
         from omni_grpo.evaluate import _prediction
         from omni_grpo.rewards.accuracy import extract_answer
 
@@ -96,7 +108,7 @@ class TrainingEvaluator:
             real = [i for i in batch if i is not None]
             filler = real[0] if real else 0
             indices = [filler if i is None else i for i in batch]
-            loaded = self.collate([self.dataset[i] for i in indices])
+            loaded = collate([self.dataset[i] for i in indices])
             inputs = loaded.inputs.to(self.device, dtype=torch.bfloat16 if cfg.bf16 else None)
             comps = sample(self.family, policy, self.processor, inputs, loaded.samples, 1, cfg.max_completion_length,
                            encode_once=self.encode_once, gathered=gathered or nullcontext,
@@ -124,7 +136,7 @@ class TrainingEvaluator:
             rows = [r for part in parts for r in part]
         return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
-    def _write(self, rows: list[dict], step: int) -> dict:
+    def _write(self, rows: list[dict], step: int, ablate: str | None = None) -> dict:
         cfg = self.cfg
         fields = [f for f in cfg.eval_group_by if any(f in r or f in (r.get("extra") or {}) for r in rows)]
         for missing in sorted(set(cfg.eval_group_by) - set(fields)):
@@ -132,12 +144,15 @@ class TrainingEvaluator:
                            missing)
         summary = eval_report.summarize(rows, self.rewards.names, self.rewards.weights, 1, fields)
         summary.update(model=f"{cfg.output_dir} step {step}", data=[str(d) for d in cfg.eval_data], num_generations=1,
-                       decoding="greedy", max_new_tokens=cfg.max_completion_length, step=step)
+                       decoding="greedy", max_new_tokens=cfg.max_completion_length, step=step, ablate=ablate)
         folder = step_dir(cfg.output_dir, step)
+        if ablate is not None:
+            folder = folder / f"ablate-{ablate}"
         folder.mkdir(parents=True, exist_ok=True)
         eval_report.write_json(folder / eval_report.RUN_FILE, {
-            "model": str(folder), "step": step, "data": [str(Path(d).resolve()) for d in cfg.eval_data],
-            "num_generations": 1, "max_new_tokens": cfg.max_completion_length})
+            "model": str(step_dir(cfg.output_dir, step)), "step": step,
+            "data": [str(Path(d).resolve()) for d in cfg.eval_data], "num_generations": 1,
+            "max_new_tokens": cfg.max_completion_length, **({"ablate": ablate} if ablate else {})})
         (folder / eval_report.PREDICTIONS_FILE).unlink(missing_ok=True)
         with eval_report.PredictionLog(folder) as log:
             log.append(rows)

@@ -24,13 +24,17 @@ the 95 % interval of `eval_stats.question_interval` (Wilson for 0/1 scores, else
 difference A − B with a paired-bootstrap interval, and McNemar's exact p-value (see `eval_stats`).
 
 Categories: `--group-by FIELD` reads a prediction's top-level field (`problem_type`) or else its `extra`
-field (the benchmark's own fields, e.g. a task type); a question without it falls in "(missing)".
+field (the benchmark's own fields, e.g. a task type); a question without it falls in "(missing)". A list
+value (WorldSense's `audio_class`) puts the question once in each of its distinct elements, as lmms-eval's
+WorldSense aggregation does, so such a field's groups can hold more questions together than the run; an
+empty list falls in "(missing)".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -117,8 +121,10 @@ def run_label(path) -> str:
     run_file = (path if path.is_dir() else path.parent) / RUN_FILE
     if not run_file.is_file():
         return str(path)
-    model = Path(json.loads(run_file.read_text(encoding="utf-8")).get("model", path))
-    return str(model.relative_to(Path.cwd()) if model.is_relative_to(Path.cwd()) else model)
+    header = json.loads(run_file.read_text(encoding="utf-8"))
+    model = Path(header.get("model", path))
+    label = str(model.relative_to(Path.cwd()) if model.is_relative_to(Path.cwd()) else model)
+    return label + (f" (ablate {header['ablate']})" if header.get("ablate") else "")
 
 
 def write_json(path, obj) -> None:
@@ -177,11 +183,21 @@ def _short(value, width: int = 60) -> str:
 
 
 def category(row: dict, field: str) -> str:
-    """A prediction's value of `field` (top level, else in `extra`) as a label; "(missing)" when absent."""
+    """A prediction's value of `field` (top level, else in `extra`) as one label; "(missing)" when absent."""
     value = row[field] if field in row else (row.get("extra") or {}).get(field)
     if value is None:
         return MISSING
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def categories(row: dict, field: str) -> list[str]:
+    """The labels a prediction counts under for `field`: each distinct element of a list value (a question
+    with several audio classes counts once in each), else the one `category` label."""
+    value = row[field] if field in row else (row.get("extra") or {}).get(field)
+    if not isinstance(value, list):
+        return [category(row, field)]
+    labels = [category({field: item}, field) for item in value if item is not None]
+    return list(dict.fromkeys(labels)) or [MISSING]
 
 
 def question_scores(rows: Iterable[dict], name: str) -> dict[str, float]:
@@ -240,19 +256,99 @@ def summarize(rows: Sequence[dict], reward_names: Sequence[str], reward_weights:
     summary["rewards"] = stats
     summary["groups"] = {field: {value: {"questions": len({r["id"] for r in members}),
                                          "rewards": reward_stats(members, reward_names)}
-                                 for value, members in _buckets(rows, lambda r: category(r, field)).items()}
+                                 for value, members in _buckets(rows, lambda r: categories(r, field)).items()}
                          for field in group_by}
     return summary
 
 
+def coverage(rows: Sequence[dict], released: int, lost: Sequence[dict], group_by: Sequence[str] = (),
+             not_evaluated: int = 0) -> dict:
+    """How many of the `released` questions the run scored for accuracy, overall and per category.
+
+    `lost` holds one entry per released question that never reached the run: ``{id, reason, problem_type,
+    extra}`` (a failure line of preprocess; ``extra`` None when its categories are not known).
+    `not_evaluated` counts questions in the shards that the run left out (``--limit``). Per category the
+    released count is the run's questions plus the lost ones of that category; the lost questions of unknown
+    category and the ones left out are counted in ``uncategorised`` instead.
+    """
+    scored = set(question_scores(rows, "accuracy"))
+    run_ids = {row["id"] for row in rows}
+    reasons: dict[str, int] = {}
+    for entry in lost:
+        kind = _reason_kind(entry)
+        reasons[kind] = reasons.get(kind, 0) + 1
+    result = {"released": released, "scored": len(scored), "evaluated": len(run_ids),
+              "not_scored": len(run_ids - scored), "lost_before_evaluation": len(lost),
+              "not_evaluated": not_evaluated,
+              "lost_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+              "text": f"{len(scored)} of {released} released questions scored", "groups": {}, "uncategorised": {}}
+    first: dict[str, dict] = {}
+    for row in rows:
+        first.setdefault(row["id"], row)
+    known = [entry for entry in lost if entry.get("extra") is not None]
+    for field in group_by:
+        counts: dict[str, dict] = {}
+        for row in first.values():
+            for label in categories(row, field):
+                entry = counts.setdefault(label, {"scored": 0, "released": 0})
+                entry["released"] += 1
+                entry["scored"] += row["id"] in scored
+        for entry in known:
+            for label in categories(entry, field):
+                counts.setdefault(label, {"scored": 0, "released": 0})["released"] += 1
+        result["groups"][field] = dict(sorted(counts.items()))
+        result["uncategorised"][field] = len(lost) - len(known) + not_evaluated
+    return result
+
+
+def _reason_kind(entry: dict) -> str:
+    """A failure's reason without its specifics (the file's name as FILE, numbers as N), so reasons of one kind
+    count together."""
+    text = str(entry.get("reason") or "unknown reason")
+    name = Path(str(entry.get("path") or "")).name
+    if name:
+        text = text.replace(name, "FILE")
+    text = re.sub(r"\d+(?:\.\d+)?", "N", text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def format_summary(summary: dict) -> str:
-    """The summary as a table: one line overall and one per category value, a column per reward."""
+    """The summary as a table: one line overall and one per category value, a column per reward; with a
+    coverage record, a column "scored" (N/M: scored of released) and the coverage line above the table."""
     names = list(summary["rewards"])
-    lines = [["overall", str(summary["num_questions"]), *(_cell(summary["rewards"][n]) for n in names)]]
+    cover = summary.get("coverage")
+
+    def scored(field=None, value=None) -> list[str]:
+        if cover is None:
+            return []
+        if field is None:
+            return [f"{cover['scored']}/{cover['released']}"]
+        entry = cover["groups"].get(field, {}).get(value)
+        return [f"{entry['scored']}/{entry['released']}" if entry else "-"]
+
+    lines = [["overall", str(summary["num_questions"]), *scored(), *(_cell(summary["rewards"][n]) for n in names)]]
     for field, values in summary["groups"].items():
-        lines += [[f"{field}={value}", str(group["questions"]), *(_cell(group["rewards"][n]) for n in names)]
-                  for value, group in values.items()]
-    return format_table(["", "questions", *(f"{n} [95% CI]" for n in names)], lines)
+        lines += [[f"{field}={value}", str(group["questions"]), *scored(field, value),
+                   *(_cell(group["rewards"][n]) for n in names)] for value, group in values.items()]
+        if cover is not None:  # categories whose every question was lost before the run
+            lines += [[f"{field}={value}", "0", *scored(field, value), *("n/a" for _ in names)]
+                      for value in cover["groups"].get(field, {}) if value not in values]
+    table = format_table(["", "questions", *(["scored"] if cover else []), *(f"{n} [95% CI]" for n in names)],
+                         lines)
+    return table if cover is None else f"{coverage_line(cover)}\n{table}"
+
+
+def coverage_line(cover: dict) -> str:
+    """ "N of M released questions scored (…)" with where the others went."""
+    parts = []
+    if cover["lost_before_evaluation"]:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in list(cover["lost_reasons"].items())[:3])
+        parts.append(f"{cover['lost_before_evaluation']} not in the shards ({reasons})")
+    if cover["not_evaluated"]:
+        parts.append(f"{cover['not_evaluated']} left out by --limit")
+    if cover["not_scored"]:
+        parts.append(f"{cover['not_scored']} evaluated but not scorable for accuracy")
+    return f"coverage: {cover['text']}" + (f"; {'; '.join(parts)}" if parts else "")
 
 
 def check_fields(rows: Sequence[dict], fields: Sequence[str]) -> None:
@@ -287,7 +383,7 @@ def compare(rows_a: Sequence[dict], rows_b: Sequence[dict], group_by: Sequence[s
             "not_scored": len(ids_a & ids_b) - len(paired), "bootstrap_resamples": resamples, "bootstrap_seed": seed,
             "overall": stats(paired),
             "groups": {field: {value: stats(ids) for value, ids in
-                               _buckets(paired, lambda q: category(first[q], field)).items()}
+                               _buckets(paired, lambda q: categories(first[q], field)).items()}
                        for field in group_by}}
 
 
@@ -344,9 +440,10 @@ def _cell(stats: dict) -> str:
     return f"{stats['mean']:.3f} [{low:.3f}, {high:.3f}]"
 
 
-def _buckets(items: Iterable, label) -> dict[str, list]:
-    """Items grouped by `label(item)`, the groups in sorted label order."""
+def _buckets(items: Iterable, labels) -> dict[str, list]:
+    """Items grouped by each of the labels `labels(item)` gives, the groups in sorted label order."""
     groups: dict[str, list] = {}
     for item in items:
-        groups.setdefault(label(item), []).append(item)
+        for label in labels(item):
+            groups.setdefault(label, []).append(item)
     return dict(sorted(groups.items()))

@@ -14,26 +14,30 @@ Error Bars to Evals: A Statistical Approach to Language Model Evaluations", arXi
     every score lies in it. It is the clustered standard error of Miller 2024 with a small-sample t
     quantile; when every question has the same score it has zero width.
 - `paired_bootstrap(a, b)`: the **percentile bootstrap** (Efron & Tibshirani 1993, ch. 13) of mean(a − b),
-  resampling *questions* with replacement so both models' scores of a question stay together; 10,000
-  resamples from `numpy.random.default_rng(seed)` (seed 0 by default), so an interval is reproducible and
-  depends only on its own data and seed.
+  resampling *questions* with replacement so both models' scores of a question stay together
+  (`scipy.stats.bootstrap` of the per-question differences, `method="percentile"`); 10,000 resamples from
+  `numpy.random.default_rng(seed)` (seed 0 by default), so an interval is reproducible and depends only on
+  its own data and seed.
 - `mcnemar_exact(b, c)`: McNemar's exact test (McNemar 1947; the conditional binomial form, Fagerland,
-  Lydersen & Laake 2013): with b questions where A beats B and c where B beats A, two-sided
-  p = min(1, 2 · P[X ≤ min(b, c)]) for X ~ Binomial(b + c, 1/2); ties (both right, both wrong) carry no
-  information. With K > 1 "beats" compares the per-question means, which makes it the sign test on
-  per-question differences, McNemar's test being its 0/1 special case.
+  Lydersen & Laake 2013): with b questions where A beats B and c where B beats A, the two-sided exact
+  binomial test of b successes in b + c trials at p = 1/2 (`scipy.stats.binomtest`), i.e.
+  p = min(1, 2 · P[X ≤ min(b, c)]); ties (both right, both wrong) carry no information. With K > 1
+  "beats" compares the per-question means, which makes it the sign test on per-question differences,
+  McNemar's test being its 0/1 special case. Counts may be Python or numpy integers.
 
-Pure Python and numpy (no scipy): the t quantile inverts the t CDF, written with the regularized incomplete
-beta function (continued fraction, Press et al., "Numerical Recipes", 3rd ed., §6.4).
+The special functions (the t quantile, the binomial tail, the bootstrap) are SciPy's (`scipy.stats`);
+the Wilson interval is closed-form algebra on the normal quantile.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from statistics import NormalDist
 
 import numpy as np
+from scipy import stats
 
 LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
@@ -57,15 +61,7 @@ def t_quantile(q: float, df: float) -> float:
     """The q-quantile of Student's t distribution with df degrees of freedom (0.5 < q < 1)."""
     if not 0.5 < q < 1 or df <= 0:
         raise ValueError(f"t_quantile needs 0.5 < q < 1 and df > 0, got q={q}, df={df}")
-    lo, hi = 0.0, 1.0
-    while _t_cdf(hi, df) < q:
-        lo, hi = hi, hi * 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if _t_cdf(mid, df) < q else (lo, mid)
-        if hi - lo < 1e-12 * max(1.0, hi):
-            break
-    return (lo + hi) / 2
+    return float(stats.t.ppf(q, df))
 
 
 def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float]:
@@ -96,61 +92,26 @@ def question_interval(values: Sequence[float], level: float = LEVEL) -> tuple[fl
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
                      seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float]:
     """Percentile bootstrap interval of mean(a − b), resampling the question pairs with replacement."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.ndim != 1 or d.size == 0:
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.size == 0:
         raise ValueError("paired_bootstrap needs two equally long, non-empty sequences")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _BOOTSTRAP_CHUNK // d.size)
-    means = np.concatenate([d[rng.integers(0, d.size, size=(min(chunk, resamples - done), d.size))].mean(axis=1)
-                            for done in range(0, resamples, chunk)])
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    d = x - y
+    if d.size == 1 or np.all(d == d[0]):  # every resample has the same mean
+        return float(d[0]), float(d[0])
+    result = stats.bootstrap((d,), np.mean, n_resamples=resamples, batch=max(1, _BOOTSTRAP_CHUNK // d.size),
+                             vectorized=True, confidence_level=level, method="percentile",
+                             rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value from the discordant counts b (A right, B wrong) and c (the reverse)."""
+    try:
+        b, c = operator.index(b), operator.index(c)
+    except TypeError:
+        raise ValueError(f"mcnemar_exact needs integer counts, got b={b!r}, c={c!r}") from None
     if b < 0 or c < 0:
         raise ValueError(f"mcnemar_exact needs counts >= 0, got b={b}, c={c}")
-    n = b + c
-    if n == 0:
+    if b + c == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
-    return min(1.0, 2 * tail / 2**n)
-
-
-def _t_cdf(t: float, df: float) -> float:
-    """P[T <= t] for t >= 0."""
-    return 1.0 - 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(a * math.log(x) + b * math.log1p(-x) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b))
-    if x < (a + 1) / (a + b + 2):
-        return front * _beta_fraction(a, b, x) / a
-    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
-
-
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of I_x(a, b) by the modified Lentz method."""
-    tiny = 1e-300
-
-    def guard(v: float) -> float:
-        return tiny if abs(v) < tiny else v
-
-    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1))
-    h = d
-    for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 / guard(1.0 + numerator * d)
-            c = guard(1.0 + numerator / c)
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
+    return float(stats.binomtest(min(b, c), b + c, 0.5).pvalue)

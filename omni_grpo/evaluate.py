@@ -1,5 +1,5 @@
 """python -m omni_grpo.evaluate --model DIR --data SHARDS [SHARDS ...] [--output OUT] [--group-by FIELD[,FIELD]]
-                            [--compare OTHER/predictions.jsonl] [key=value ...]
+                            [--compare OTHER/predictions.jsonl] [--subset IDS] [--ablate KIND] [key=value ...]
 python -m omni_grpo.evaluate --compare A/predictions.jsonl B/predictions.jsonl [--group-by FIELD] [--output OUT]
 
 Answers held-out questions with a base checkpoint, a trained thinker or a LoRA adapter, through exactly the
@@ -16,6 +16,16 @@ banned) and the same reward functions and options. Writes (see `omni_grpo.eval_r
                          optimises), every reward's mean with a 95 % interval and none ratio, per `--group-by`
                          category the same, completion length, truncation; pass_at_k when k = --samples > 1
   OUT/compare.json       with --compare: both runs per category, A - B with its interval, McNemar's p
+
+summary.json's `coverage` (also the table's first line and its "scored" column) says "N of M released
+questions scored", overall and per category: M from the shards' manifest.json and failures.jsonl (the
+questions preprocess lost, their categories read back from the source annotation when it is still there),
+or with `--subset FILE` the file's question ids (only those are evaluated).
+
+`--ablate video|audio|media|text` keeps the model from the media with the prompt's layout unchanged (every
+frame one grey, the audio silence, or both: the same tokens in the same places; text: no media tokens at all,
+the text as is), recorded in run.json and
+summary.json: `--compare FULL ABLATED` then gives the media's contribution per category.
 
 and prints the summary as a table. `--samples 1` (the default) decodes greedily; k > 1 samples k completions
 per question with the config's temperature / top_p / top_k and reports pass@1 averaged over the k.
@@ -41,6 +51,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from omni_grpo import eval_report
 
@@ -128,10 +140,12 @@ def eval_config(model_dir: Path, config: str | None, overrides: list[str]):
     """The TrainConfig whose prompt, generation and reward settings the evaluation uses."""
     from omni_grpo.config import load_config
     from omni_grpo.rewards import check_reward_names
+    from omni_grpo.rewards.instructions import check_config_instructions
 
     path = config if config is not None else training_config(model_dir)
     cfg = load_config(path, [f"model_name_or_path={model_dir}", *overrides])
     check_reward_names(cfg.reward_funcs)
+    check_config_instructions(cfg)
     return cfg
 
 
@@ -169,9 +183,12 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
              overrides: list[str] = (), num_generations: int = 1, max_new_tokens: int | None = None,
              limit: int | None = None, batch_size: int = 4, base_model: str | None = None, dtype: str = "auto",
              device: str | None = None, num_workers: int = 2, seed: int | None = None,
-             group_by: list[str] = (), compare_with: str | None = None, progress: bool = True) -> dict:
+             group_by: list[str] = (), compare_with: str | None = None, progress: bool = True,
+             subset: str | None = None, ablate: str | None = None) -> dict:
     """Generate and score the questions OUT/predictions.jsonl lacks, write OUT/summary.json (and
-    OUT/compare.json against the predictions `compare_with`); returns the summary (plus "compare")."""
+    OUT/compare.json against the predictions `compare_with`); returns the summary (plus "compare").
+    `subset`: a file of question ids; only those are evaluated, and coverage counts them alone.
+    `ablate`: one of ABLATIONS, the media the model is kept from (see `ablate_sample`)."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from tqdm.auto import tqdm
@@ -182,7 +199,10 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
 
     if num_generations < 1 or batch_size < 1 or (limit is not None and limit < 1):
         raise EvalError("--samples, --batch-size and --limit must be >= 1")
+    if ablate is not None and ablate not in ABLATIONS:
+        raise EvalError(f"--ablate {ablate!r}: use one of {', '.join(ABLATIONS)}")
     other = eval_report.load_predictions(compare_with) if compare_with else None
+    wanted = read_subset(subset) if subset is not None else None
     model_dir = resolve_model_dir(model)
     cfg = eval_config(model_dir, config, list(overrides))
     dataset = open_data(data)
@@ -191,25 +211,35 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
     float_dtype = _dtype(dtype, device)
     max_new_tokens = max_new_tokens or cfg.max_completion_length
     seed = cfg.seed if seed is None else seed
-    ids = question_ids(dataset)[:limit]
+    every = question_ids(dataset)
+    chosen = [(i, q) for i, q in enumerate(every) if wanted is None or q in wanted]
+    if wanted is not None and not chosen:
+        raise EvalError(f"--subset {subset}: none of its {len(wanted)} ids is a question of --data "
+                        f"{' '.join(data)} (e.g. {sorted(wanted)[0]!r}; the shards have e.g. {every[0]!r})")
+    positions, ids = [i for i, _ in chosen[:limit]], [q for _, q in chosen[:limit]]
     if not ids:
         raise EvalError(f"--data {' '.join(data)}: the shards hold no questions")
+    scope = data_coverage(data, wanted, set(every), len(chosen) - len(ids))
     out_dir = Path(output)
+    subset_info = None if wanted is None else {"file": str(Path(subset).resolve()), "questions": len(wanted),
+                                               "sha256": _ids_digest(wanted)}
     header = run_header(model_dir, data, cfg, base_model, num_generations=num_generations,
-                        max_new_tokens=max_new_tokens, seed=seed, dtype=str(float_dtype).removeprefix("torch."))
+                        max_new_tokens=max_new_tokens, seed=seed, dtype=str(float_dtype).removeprefix("torch."),
+                        subset=subset_info, ablate=ablate)
     done = eval_report.open_run(out_dir, header, num_generations)
-    todo = [i for i, question in enumerate(ids) if question not in done]
+    todo = [i for i, question in zip(positions, ids) if question not in done]
     info = dict(model=str(model_dir), data=[str(d) for d in data], num_generations=num_generations,
                 decoding="greedy" if num_generations == 1 else "sampled", max_new_tokens=max_new_tokens,
-                resumed_questions=len(ids) - len(todo))
+                resumed_questions=len(ids) - len(todo), subset=subset_info, ablate=ablate)
     start = time.time()
     if not todo:
-        return _finish(out_dir, ids, rewards, group_by, other, info, start)
+        return _finish(out_dir, ids, rewards, group_by, other, info, start, scope)
     module, net, processor = load_for_eval(model_dir, float_dtype, device, base_model, cfg.model_family,
                                            cfg.attn_implementation)
-    collate = Collate(module, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length)
-    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate,
-                        num_workers=num_workers)
+    collate = Collate(module, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length,
+                      cfg.answer_instructions)
+    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=collate if ablate is None else AblatedCollate(collate, ablate))
     accuracy_options = cfg.reward_kwargs.get("accuracy", {})
     answer_tag = accuracy_options.get("answer_tag", "answer")
     fallback = accuracy_options.get("fallback_to_completion", False)
@@ -229,7 +259,37 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
                                            extract_answer(text, answer_tag, fallback), scored, i,
                                            row_lengths[i], bool(comps.truncated[i])) for i, text in enumerate(texts))
             bar.update(len(batch.samples))
-    return _finish(out_dir, ids, rewards, group_by, other, info, start)
+    return _finish(out_dir, ids, rewards, group_by, other, info, start, scope)
+
+
+ABLATIONS = ("video", "audio", "media", "text")
+ABLATION_GREY = 128  # the value of every pixel of an ablated video frame or image
+
+
+def ablate_sample(sample: dict, ablate: str) -> dict:
+    """The sample with its media blanked, its prompt's layout unchanged: ``video`` makes every frame (and an
+    image) one constant grey of the same size, ``audio`` makes the audio silence of the same length, ``media``
+    does both; ``text`` removes the media altogether (the prompt holds no media tokens, the rest as is)."""
+    if ablate == "text":
+        return {**sample, "modality": "text", "frames": None, "image": None, "audio": None, "has_audio": False}
+    out = dict(sample)
+    if ablate in ("video", "media"):
+        for key in ("frames", "image"):
+            if out.get(key) is not None:
+                out[key] = np.full_like(np.asarray(out[key]), ABLATION_GREY)
+    if ablate in ("audio", "media") and out.get("audio") is not None:
+        out["audio"] = np.zeros_like(np.asarray(out["audio"]))
+    return out
+
+
+class AblatedCollate:
+    """A `Collate` that blanks each sample's media first (`ablate_sample`)."""
+
+    def __init__(self, collate, ablate: str):
+        self.collate, self.ablate = collate, ablate
+
+    def __call__(self, items: list):
+        return self.collate([ablate_sample(item, self.ablate) for item in items])
 
 
 def question_ids(dataset) -> list[str]:
@@ -244,19 +304,106 @@ def question_ids(dataset) -> list[str]:
     return ids
 
 
+def read_subset(path) -> set[str]:
+    """The question ids of a `--subset` file: a JSON list of ids, or one id per line (blank lines and lines
+    starting with # ignored)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise EvalError(f"--subset {path}: cannot read it ({err.strerror or err}); pass a file of question ids, "
+                        "one per line") from None
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError as err:
+            raise EvalError(f"--subset {path}: not a JSON list of ids ({err})") from None
+        if not all(isinstance(item, (str, int)) and not isinstance(item, bool) for item in items):
+            raise EvalError(f"--subset {path}: the JSON list must hold question ids (strings)")
+        ids = {str(item) for item in items}
+    else:
+        ids = {line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")}
+    if not ids:
+        raise EvalError(f"--subset {path} holds no question ids; pass a file with one id per line")
+    return ids
+
+
+def _ids_digest(ids: set[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(ids)).encode("utf-8")).hexdigest()
+
+
+TRUE_DUPLICATE = "duplicate of line"  # a failure line for a repeated record, not a released question
+
+
+def data_coverage(dirs: list[str], wanted: set[str] | None, in_shards: set[str], not_evaluated: int) -> dict:
+    """{released, lost, not_evaluated} for `eval_report.coverage`: the questions the annotation files hold
+    (the shards' manifest counts; with `wanted`, those ids), and an entry per released question that is not
+    in the shards (preprocess's failures.jsonl; with `wanted`, also the ids found nowhere), its categories
+    read back from the source annotation when that is still where preprocess read it."""
+    from preprocess.shards import FAILURES_NAME, read_manifest
+
+    released, lost = 0, []
+    for d in dirs:
+        manifest = read_manifest(d)
+        failures = []
+        path = Path(d) / FAILURES_NAME
+        if path.is_file():
+            failures = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        duplicates = sum(str(f.get("reason", "")).startswith(TRUE_DUPLICATE) for f in failures)
+        released += int((manifest.get("counts") or {}).get("samples", 0)) - duplicates
+        failed = [f for f in failures if not str(f.get("reason", "")).startswith(TRUE_DUPLICATE)
+                  and (wanted is None or f.get("id") in wanted)]
+        known = _source_questions(manifest) if failed else {}
+        lost += [{"id": f.get("id"), "reason": f.get("reason"), "path": f.get("path"),
+                  **known.get(f.get("id"), {"extra": None})} for f in failed]
+    if wanted is not None:
+        released = len(wanted)
+        placed = in_shards | {entry["id"] for entry in lost}
+        lost += [{"id": q, "reason": "not in the shards or their failures.jsonl", "extra": None}
+                 for q in sorted(wanted - placed)]
+    return {"released": released, "lost": lost, "not_evaluated": not_evaluated}
+
+
+def _source_questions(manifest: dict) -> dict[str, dict]:
+    """id -> {problem_type, extra} of every question the manifest's source annotation holds ({} when that
+    annotation is not readable here); reads no media."""
+    from preprocess.benchmarks import BENCHMARKS
+    from preprocess.sources import SourceError, read_jsonl, read_siq2
+
+    source = manifest.get("source") or {}
+    kind, split = source.get("kind"), (manifest.get("options") or {}).get("split") or "train"
+    try:
+        if kind == "jsonl" and source.get("manifest") and Path(source["manifest"]).is_file():
+            data = read_jsonl(source["manifest"])
+        elif kind == "siq2" and source.get("root"):
+            data = read_siq2(source["root"], split)
+        elif kind in BENCHMARKS and source.get("root"):
+            data = BENCHMARKS[kind].read(source["root"], split)
+        else:
+            return {}
+    except (SourceError, OSError, ValueError):
+        return {}
+    return {s.id: {"problem_type": s.problem_type, "extra": s.extra} for s in data.samples}
+
+
 def run_header(model_dir: Path, data: list[str], cfg, base_model: str | None = None, **settings) -> dict:
     """What OUT/run.json records: resolved model, base model and data paths, `settings` and EVAL_SETTINGS."""
     base = adapter_base(model_dir, base_model)
     return {"model": str(model_dir.resolve()), "base_model": None if base is None else str(base.resolve()),
             "data": [str(Path(d).resolve()) for d in data], **settings,
-            **{name: getattr(cfg, name) for name in EVAL_SETTINGS}}
+            **{name: getattr(cfg, name) for name in EVAL_SETTINGS},
+            **({"answer_instructions": cfg.answer_instructions} if cfg.answer_instructions else {})}
 
 
-def _finish(out_dir: Path, ids: list[str], rewards, group_by, other, info: dict, start: float) -> dict:
+def _finish(out_dir: Path, ids: list[str], rewards, group_by, other, info: dict, start: float,
+            scope: dict) -> dict:
     """Summarise the run's questions into OUT/summary.json, and compare them with `other` if given."""
     wanted = set(ids)
     rows = [row for row in eval_report.load_predictions(out_dir) if row["id"] in wanted]
     summary = eval_report.summarize(rows, rewards.names, rewards.weights, info["num_generations"], group_by)
+    summary["coverage"] = eval_report.coverage(rows, scope["released"], scope["lost"], group_by,
+                                               scope["not_evaluated"])
     summary.update(info, seconds=round(time.time() - start, 2))
     eval_report.write_json(out_dir / eval_report.SUMMARY_FILE, summary)
     if other is not None:
@@ -329,8 +476,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", nargs="+", default=[], metavar="PREDICTIONS",
                         help="with --model: another run's predictions.jsonl (or its folder) to compare with; "
                              "without: two of them, A B")
+    parser.add_argument("--ablate", choices=ABLATIONS,
+                        help="keep the model from the media, the prompt's layout unchanged: video = every frame "
+                             "one grey, audio = silence, media = both, text = no media tokens at all; --compare "
+                             "with the full run gives the media's contribution")
     parser.add_argument("--max-new-tokens", type=int, help="default: the config's max_completion_length")
     parser.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    parser.add_argument("--subset", metavar="FILE",
+                        help="evaluate only these question ids (one per line, or a JSON list), e.g. a published "
+                             "clean / hard split; coverage then counts these questions")
     parser.add_argument("--batch-size", type=int, default=4, help="questions per generate call")
     parser.add_argument("--base-model", help="base model of a LoRA adapter (default: the path the adapter names)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -361,17 +515,19 @@ def main(argv: list[str] | None = None) -> int:
                            limit=args.limit, batch_size=args.batch_size, base_model=args.base_model,
                            dtype=args.dtype, device=args.device, num_workers=args.num_workers, seed=args.seed,
                            group_by=group_by, compare_with=compare[0] if compare else None,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, subset=args.subset, ablate=args.ablate)
     except (EvalError, ConfigError, FileNotFoundError, ValueError, RewardError) as err:
         return _error(err)
     print(eval_report.format_summary(metrics))
     headline = "  ".join(f"{key} {_fmt(metrics[key])}" for key in (*BUILT_IN_METRICS.values(), "reward_total"))
     resumed = f", {metrics['resumed_questions']} from an earlier run" if metrics["resumed_questions"] else ""
+    ablated = f", ablate {metrics['ablate']}" if metrics.get("ablate") else ""
     print(f"{headline}  ({metrics['num_questions']} questions x {metrics['num_generations']}, {metrics['decoding']}"
-          f"{resumed}, {metrics['seconds']:.1f} s)")
+          f"{ablated}{resumed}, {metrics['seconds']:.1f} s)")
     written = [eval_report.PREDICTIONS_FILE, eval_report.SUMMARY_FILE]
     if "compare" in metrics:
-        print(eval_report.format_compare(metrics["compare"], metrics["model"], eval_report.run_label(compare[0])))
+        label = metrics["model"] + (f" (ablate {metrics['ablate']})" if metrics.get("ablate") else "")
+        print(eval_report.format_compare(metrics["compare"], label, eval_report.run_label(compare[0])))
         written.append(eval_report.COMPARE_FILE)
     print(f"wrote {', '.join(str(output / name) for name in written)}")
     return 0

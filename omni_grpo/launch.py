@@ -3,8 +3,9 @@
 `accelerate launch` (same options) that reports failed ranks in one line each. Ranks started through it leave
 their error line in a private folder (`omni_grpo.logging.report_error`) instead of printing it; when ranks fail,
 this prints each distinct line once, in place of torch.distributed.elastic's failure log and 30-line
-`ChildFailedError` traceback (its start-up notes are hidden too), and exits with the failed rank's exit code. `OMNI_GRPO_VERBOSE=1` keeps elastic's
-own log. `run_scripts/stage4.sh` launches through it.
+`ChildFailedError` traceback (its start-up notes are hidden too), and exits with the failed rank's exit code.
+`OMNI_GRPO_VERBOSE=1` keeps elastic's own log. `run_scripts/stage4.sh` launches through it (exec: the launcher
+has the script's PID).
 
 SIGTERM or SIGINT to the launcher (Ctrl-C, a scheduler) goes to torch elastic's agent, which sends it on to every
 rank's process group (the ranks run in their own sessions: a terminal's Ctrl-C reaches them only this way) and
@@ -28,6 +29,18 @@ SHUTDOWN_TIMEOUT_S = 300  # torch elastic's default is 30 s: too short to finish
 
 
 def main(argv: list[str] | None = None) -> int:
+    from omni_grpo.logging import missing_dependency
+
+    try:
+        return launch(argv)
+    except ModuleNotFoundError as err:
+        if line := missing_dependency(err, "omni_grpo.launch"):  # the wrong Python, not a bug
+            print(line, file=sys.stderr)
+            return 2
+        raise
+
+
+def launch(argv: list[str] | None) -> int:
     import torch.distributed.run  # noqa: F401  (creates elastic's loggers, quietened below)
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing import SignalException
@@ -59,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 def failure_lines(folder: Path, failed: dict[int, int]) -> list[str]:
     """Each distinct error line the ranks left in `folder` once; a line for each failed rank that left none.
 
-    `failed` maps a failed global rank to its exit code (negative: killed by that signal).
+    `failed` maps a failed global rank to its exit code (negative: killed by that signal). A rank killed by
+    SIGTERM while another left its line is left out: the launcher ends the other ranks that way when one fails.
     """
     reports: dict[str, list[int]] = {}
     for path in sorted(folder.glob("rank-*.txt"), key=lambda p: int(p.stem.split("-")[1])):
@@ -68,6 +82,8 @@ def failure_lines(folder: Path, failed: dict[int, int]) -> list[str]:
              for text, ranks in reports.items()]
     reported = {rank for ranks in reports.values() for rank in ranks}
     for rank, code in sorted(failed.items()):
+        if reports and code == -signal.SIGTERM:  # ended by the launcher itself once another rank had failed
+            continue
         if rank not in reported:
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             lines.append(f"rank {rank} {how} without an error line; its output is above")

@@ -14,15 +14,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPORT_DIR_ENV = "OMNI_GRPO_REPORT_DIR"  # set by omni_grpo.launch: ranks leave their error line there
+PROJECT_PACKAGES = ("omni_grpo", "preprocess", "tests")  # a module of these missing is a bug, not a wrong Python
 
 
 def configure_logging(rank: int, verbose: bool = False) -> None:
-    """Our INFO lines on rank 0 (WARNING on the others); dependencies' deprecation warnings only when `verbose`."""
+    """Our INFO lines on rank 0 (WARNING on the others); dependencies' deprecation warnings and Hugging Face's
+    weight-file progress bars ("Loading weights", "Writing model shards") only when `verbose`. Call it before
+    transformers is imported (it reads the bars' switch once)."""
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not verbose:
         for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def report_error(message: str, code: int) -> int:
@@ -34,6 +38,16 @@ def report_error(message: str, code: int) -> int:
     else:
         print(message, file=sys.stderr)
     return code
+
+
+def missing_dependency(err: BaseException, module: str) -> str | None:
+    """The one line for `python -m MODULE` started by a Python that lacks one of the project's dependencies (`err`
+    a ModuleNotFoundError of a module outside the project), else None: what to run instead."""
+    if not isinstance(err, ModuleNotFoundError) or not err.name or err.name.split(".")[0] in PROJECT_PACKAGES:
+        return None
+    return (f"setup error: this Python ({sys.executable}) has no module {err.name.split('.')[0]!r}, which omni-grpo "
+            f"needs; run the command with the project's Python, bash run_scripts/python.sh -m {module} ..., or "
+            "install the project into this one (pip install -e . in the repository)")
 
 
 class PhaseTimer:
@@ -83,8 +97,47 @@ def mean_metrics(dicts: list[dict]) -> dict:
     return out
 
 
+# TensorBoard's Custom Scalars tab (http://localhost:6006/#custom_scalars): the curves a run is watched for, in
+# this order; each chart is one regular expression over the tags. eval/…/accuracy: each `eval_data` group's too.
+FIRST_SCREEN = "GRPO: rewards, KL, held-out accuracy"
+LAYOUT = {FIRST_SCREEN: {
+    "reward/total": ["Multiline", [r"^reward/total$"]],
+    "reward/accuracy": ["Multiline", [r"^reward/accuracy$"]],
+    "reward/format": ["Multiline", [r"^reward/format$"]],
+    "actor/kl": ["Multiline", [r"^actor/kl$"]],
+    "eval/accuracy": ["Multiline", [r"^eval/(?!reward/)(.+/)?accuracy$"]],
+}}
+
+
+def reward_set_metrics(rollouts: list, names: list[str], group_size: int) -> dict[str, float]:
+    """`reward/<name>`, `_std`, `/none_ratio`, `reward/total`, `total_std`, `total/none_ratio` and
+    `reward/zero_std_group_ratio` over the rows of `rollouts` (their scores [N, F], totals [N] and advantages
+    [N], as `RewardManager` and the trainer's `score` define them for one round): dynamic sampling's kept set."""
+    import torch
+
+    scores = torch.cat([r.scores.float().cpu() for r in rollouts])  # [N, F]
+    columns = {name: scores[:, f] for f, name in enumerate(names)}
+    columns["total"] = torch.cat([r.rewards.float().cpu() for r in rollouts])  # [N]
+    out = {}
+    for name, column in columns.items():
+        scored = column[~torch.isnan(column)]
+        out[f"reward/{name}"] = scored.mean().item() if scored.numel() else math.nan
+        out[f"reward/{name}_std"] = scored.std(correction=0).item() if scored.numel() else math.nan
+        out[f"reward/{name}/none_ratio"] = 1.0 - scored.numel() / column.numel()
+    advantages = torch.cat([r.advantages.float().cpu() for r in rollouts]).view(-1, group_size)  # [groups, G]
+    out["reward/zero_std_group_ratio"] = (advantages == 0).all(dim=1).float().mean().item()
+    return out
+
+
+def log_dir(output_dir) -> Path:
+    """Where a run's TensorBoard events go: `output_dir/runs/<name of output_dir>`, so TensorBoard lists the run
+    under its folder's name (not "."), also when pointed at a folder of several runs."""
+    return Path(output_dir) / "runs" / (Path(output_dir).resolve().name or "run")
+
+
 class MetricsWriter:
-    """Writes scalars and a markdown table of completions to `output_dir/runs` (rank 0 only)."""
+    """Writes scalars, the Custom Scalars layout and a markdown table of completions to `log_dir(output_dir)`
+    (rank 0 only)."""
 
     def __init__(self, output_dir: str, enabled: bool, purge_step: int | None = None):
         """`purge_step`: the first step this run segment logs; TensorBoard drops earlier files' events from that
@@ -93,7 +146,8 @@ class MetricsWriter:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(output_dir) / "runs"), purge_step=purge_step)
+            self.writer = SummaryWriter(log_dir=str(log_dir(output_dir)), purge_step=purge_step)
+            self.writer.add_custom_scalars(LAYOUT)
 
     def scalars(self, metrics: dict[str, float], step: int) -> None:
         if self.writer is None:

@@ -75,7 +75,8 @@ def decide_resume(cfg) -> Path | None:
     keys = differing_keys(saved, cfg)
     if keys:
         shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
-        raise ConfigError(f"output_dir={str(out)!r} holds a different run ({shown} differ from {saved}); pass a new "
+        verb = "differs" if len(keys) == 1 else "differ"
+        raise ConfigError(f"output_dir={str(out)!r} holds a different run ({shown} {verb} from {saved}); pass a new "
                           "output_dir=DIR, or overwrite_output_dir=true to start again in this one")
     return found[-1] if found else None
 

@@ -3,7 +3,7 @@
 Algorithm (GRPO, Shao et al. 2024, "DeepSeekMath"): for each prompt sample G completions from the current
 policy, score them with the configured rewards, normalise the weighted reward within each group of G
 (`core_algos.group_advantages`), and maximise the clipped surrogate of the token probability ratio times
-the advantage, minus β·KL(π‖π_ref) estimated per token (k3 by default), plus an optional entropy bonus.
+the advantage, minus β·KL(π‖π_ref) estimated per token (k3 by default), plus an optional entropy term.
 
 One optimizer step, top to bottom (`GRPOTrainer.step`), one method per phase:
   for each of `gradient_accumulation_steps` micro-steps: take `per_device_prompts` prompts → `rollout`
@@ -28,7 +28,9 @@ rows are split over micro-batches or ranks); asymmetric clipping (`clip_high`, D
 (`advantage_scale`, Dr.GRPO's "none"); β and temperature schedules; DAPO's dynamic sampling
 (`dynamic_sampling`), which here fills each rank's quota of groups separately, drops the groups with a spread
 beyond it, and at the extra-round cap trains on constant groups rather than stopping (verl raises there);
-advantages are computed per drawn round, before the filter (this matters only for `advantage_scale: batch`).
+advantages are computed per drawn round, before the filter (this matters only for `advantage_scale: batch`);
+an entropy term of either sign (`entropy_coef`); a reference that follows the policy (`ref_sync_steps`,
+`ref_sync_alpha`: after every N-th step, TR-DPO's update, `engine.sync_reference`).
 Dropout stays off (LoRA dropout defaults to 0) so that KL(π‖π_ref) is exactly 0 at step 0 and the ratio is
 1 when μ = 1.
 """
@@ -54,7 +56,7 @@ from omni_grpo.engine import (
     setup_distributed,
     training_mode,
 )
-from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics
+from omni_grpo.logging import MetricsWriter, PhaseTimer, mean_metrics, reduce_metrics, reward_set_metrics
 from omni_grpo.models import detect_family, get_module, log_probs
 from omni_grpo.models.head_logprobs import METRIC_ENTROPY_STRIDE, sliced_head
 from omni_grpo.models.shared_prompt import group_prompt
@@ -94,7 +96,8 @@ class GRPOTrainer:
             if moved is not None:
                 logger.info("overwrite_output_dir: moved the old run to %s", moved)
         if resume is not None:
-            state = ckpt.load_checkpoint(resume, cfg, self.engine, self.family, self.rank, self.world_size)
+            state = ckpt.load_checkpoint(resume, cfg, self.engine, self.family, self.rank, self.world_size,
+                                         reference=self.reference)
             self.global_step, self.cursor = state["global_step"], Cursor(*state["cursor"])
             self.nonfinite_in_a_row, self.samples_seen = state["nonfinite_in_a_row"], state["samples_seen"]
         # TensorBoard hides older files' events from the first step this segment logs on: no step shows twice.
@@ -118,7 +121,7 @@ class GRPOTrainer:
         self.dataset.drop(long.over)
         self.skipped_long_prompts = len(long.over)
         self.collate = Collate(self.family, self.processor, cfg.system_prompt, cfg.use_audio_in_video,
-                               cfg.max_prompt_length)
+                               cfg.max_prompt_length, cfg.answer_instructions)
         self.batches_per_epoch = self._sampler().batches_per_epoch()
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_epochs * steps_per_epoch
@@ -199,9 +202,15 @@ class GRPOTrainer:
         self._safe_point()  # nothing of this step is applied yet: a stop here redoes it on resume
         update = self.update(rollouts, beta)
         self.global_step += 1
+        if core_algos.reference_sync_due(self.global_step, cfg.ref_sync_steps):
+            with self.timer("ref_sync"):
+                self.engine.sync_reference(self.reference, cfg.ref_sync_alpha)
         rows = sum(r.num_rows for r in drawn)
         self.samples_seen += rows * self.world_size
-        metrics = {**collected, **update, **rollout_metrics(drawn, temperature)}
+        metrics = {**collected, **update, **rollout_metrics(rollouts, temperature)}  # the rows trained
+        if cfg.dynamic_sampling:  # and every row drawn
+            metrics.update({f"rollout/drawn_{k.split('/', 1)[1]}": v for k, v in rollout_metrics(drawn, temperature)
+                            .items() if k != "rollout/temperature"})
         metrics.update(self.timer.pop())
         metrics["timing/step"] = time.perf_counter() - t0
         metrics["throughput/samples_per_s"] = rows / metrics["timing/step"]
@@ -222,7 +231,8 @@ class GRPOTrainer:
         One rollout round per micro-step: `per_device_prompts` prompts → `rollout` → `score` →
         `reference_and_old`. Without `dynamic_sampling` the step trains on the `gradient_accumulation_steps`
         rounds as drawn. With it (DAPO §3.2), groups whose rewards are all equal (advantage 0) are left out
-        and more rounds are drawn, up to `dynamic_sampling_max_extra_rounds`, until every rank holds
+        (and get no reference or old pass: those run on the kept groups, after the filter) and more rounds are
+        drawn, up to `dynamic_sampling_max_extra_rounds`, until every rank holds
         per_device_prompts × gradient_accumulation_steps groups with a spread (`pick_groups`). The ranks
         decide together after each round (a rank that has enough still draws while another is short), so every
         rank runs the same generation rounds and no-gradient passes; each trains on exactly that many groups,
@@ -240,7 +250,8 @@ class GRPOTrainer:
             rollout = self.rollout(batch, temperature)
             with self.timer("rewards"):
                 reward_metrics.append(self.score(rollout))
-            self.reference_and_old(rollout)
+            if not cfg.dynamic_sampling:  # with it, only the groups kept are scored (below)
+                self.reference_and_old(rollout)
             drawn.append(rollout)
             spread.append(core_algos.group_spread(rollout.advantages, cfg.num_generations))
             if len(drawn) < cfg.gradient_accumulation_steps:
@@ -255,9 +266,27 @@ class GRPOTrainer:
             return drawn, drawn, metrics
         picks, counts = core_algos.pick_groups(spread, target)
         rollouts = [rollout.groups(groups, cfg.num_generations) for rollout, groups in zip(drawn, picks) if groups]
+        self._reference_and_old_of_kept(rollouts)
+        # reward/* over the groups trained (as verl logs them); every drawn group's under rollout/drawn_reward_*
+        every = reward_set_metrics(drawn, self.rewards.names, cfg.num_generations)
+        metrics.update({f"rollout/drawn_reward_{k.split('/', 1)[1].replace('/', '_')}": v for k, v in every.items()})
+        metrics.update(reward_set_metrics(rollouts, self.rewards.names, cfg.num_generations))
         metrics.update({f"rollout/dynamic_sampling_{k}": float(v) for k, v in counts.items()})
         metrics["rollout/dynamic_sampling_rounds"] = float(len(drawn))
         return drawn, rollouts, metrics
+
+    def _reference_and_old_of_kept(self, rollouts: list[Rollout]) -> None:
+        """`reference_and_old` for dynamic sampling's kept rollouts only (the dropped groups never reach the
+        update, so their reference pass would be wasted). Ranks may keep groups from different numbers of rounds:
+        under ZeRO-3 every rank must run the same forwards, so a rank with fewer runs one-row passes whose
+        results are discarded, up to the most any rank runs."""
+        for rollout in rollouts:
+            self.reference_and_old(rollout)
+        counts = torch.zeros(self.world_size, device=self.device)
+        counts[self.rank] = len(rollouts)
+        most = int(all_reduce_sum(counts, self.world_size).max().item())
+        for _ in range(most - len(rollouts)):
+            self.reference_and_old(rollouts[0].select([0]))
 
     # ---------------------------------------------------------------------------------- stopping on a signal
     def _safe_point(self) -> None:
@@ -396,18 +425,18 @@ class GRPOTrainer:
 
     def _zero_rows(self, rollout: Rollout, beta: float) -> torch.Tensor:
         """[N] bool: rows that contribute exactly nothing to this step's loss and gradient (advantage 0, β = 0,
-        no entropy bonus); all False when `skip_zero_advantage_rows` is off."""
+        no entropy term); all False when `skip_zero_advantage_rows` is off."""
         cfg = self.cfg
-        if not cfg.skip_zero_advantage_rows or beta > 0 or cfg.entropy_coef > 0:
+        if not cfg.skip_zero_advantage_rows or beta > 0 or cfg.entropy_coef != 0:
             return torch.zeros(rollout.num_rows, dtype=torch.bool)
         return (rollout.advantages == 0).cpu()
 
     def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs, prompt=None,
                     completion_embeds=None):
         cfg = self.cfg
-        # the entropy bonus needs every position's entropy with gradient; otherwise actor/entropy is a metric
+        # the entropy term needs every position's entropy with gradient; otherwise actor/entropy is a metric
         # read on every METRIC_ENTROPY_STRIDE-th completion position (a softmax over V costs ~1/6 of the pass)
-        stride = 1 if cfg.entropy_coef > 0 else METRIC_ENTROPY_STRIDE
+        stride = 1 if cfg.entropy_coef != 0 else METRIC_ENTROPY_STRIDE
         lp, entropy = self._log_probs(self.policy, part, with_entropy=True, entropy_stride=stride, prompt=prompt,
                                       completion_embeds=completion_embeds)
         old = part.old_log_probs if part.old_log_probs is not None else lp.detach()
@@ -415,7 +444,7 @@ class GRPOTrainer:
         loss, m = core_algos.policy_loss(
             lp, old, part.advantages, mask, cfg.clip_low, cfg.clip_high, cfg.loss_agg,
             ref_log_probs=part.ref_log_probs if beta > 0 else None, beta=beta, kl_estimator=cfg.kl_estimator,
-            entropy=entropy if cfg.entropy_coef > 0 else None, entropy_coef=cfg.entropy_coef,
+            entropy=entropy if cfg.entropy_coef != 0 else None, entropy_coef=cfg.entropy_coef,
             global_tokens=global_tokens, global_seqs=global_seqs, max_length=cfg.max_completion_length)
         out = {k: float(v) for k, v in m.items()}
         out["entropy"] = float(core_algos.masked_mean(entropy.detach(), mask[:, ::stride]))
@@ -447,4 +476,4 @@ class GRPOTrainer:
                                         "global_step": self.global_step,
                                         "cursor": [self.cursor.epoch, self.cursor.position],
                                         "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                                        "samples_seen": self.samples_seen})
+                                        "samples_seen": self.samples_seen}, reference=self.reference)

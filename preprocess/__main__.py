@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--root", type=Path, help="siq2: the folder holding qa/, video/ and audio/wav/; a benchmark: "
                                                "the folder its annotation file and videos were extracted into")
     src.add_argument("--split", default="train", help="siq2: reads qa/qa_{split}.json; avqa: annotation/"
-                                                      "{split}_qa.json (default: train)")
+                                                      "{split}_qa.json (default: train); r1: the records file")
     src.add_argument("--manifest", type=Path, help="jsonl: the manifest; its paths are relative to its folder")
     p.add_argument("--output", required=True, type=Path, help="output folder (created if missing)")
     vid = p.add_argument_group("frames (same meaning and defaults as qwen-omni-utils)")
@@ -50,13 +50,17 @@ def parser() -> argparse.ArgumentParser:
         "until each sample's prompt fits; the count is stored per sample as prompt_tokens")
     budget.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS, metavar="N",
                         help="most tokens of a prompt: video + audio + system prompt + question; match the training "
-                             f"config's max_prompt_length (default: {DEFAULT_MAX_PROMPT_TOKENS}, as configs/stage4.yaml; "
+                             f"config's max_prompt_length (default: {DEFAULT_MAX_PROMPT_TOKENS}, as "
+                             "configs/stage4.yaml; "
                              "0: no budget, qwen-omni-utils' frames)")
     budget.add_argument("--tokenizer", type=Path, metavar="MODEL_DIR",
                         help="count text tokens exactly with this model's tokenizer (default: a character-based "
                              "upper estimate, about 1.6x the real count on English)")
     budget.add_argument("--system-prompt", metavar="TEXT",
                         help="the training config's system_prompt, if not the default one")
+    budget.add_argument("--answer-instructions", type=_json_object, metavar="JSON",
+                        help="the training config's answer_instructions, if set: a JSON object problem type -> "
+                             "instruction, e.g. '{\"yes_no\": \"Reply Yes or No.\"}'")
     budget.add_argument("--family", default="qwen2_5_omni", choices=["qwen2_5_omni", "qwen3_omni"],
                         help="the training config's model_family: frames and images are sized on its pixel grid "
                              "(28 or 32 pixels) and counted with its audio rate (default: qwen2_5_omni)")
@@ -73,8 +77,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _json_object(text: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("give a JSON object, e.g. '{\"yes_no\": \"Reply Yes or No.\"}'")
+    return value
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except ModuleNotFoundError as err:
+        from omni_grpo.logging import missing_dependency
+
+        if line := missing_dependency(err, "preprocess"):  # the wrong Python, not a bug
+            print(line, file=sys.stderr)
+            return 2
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
     from .build import BuildOptions, PreprocessError, build
     from .media import VideoOptions
 
@@ -85,7 +113,8 @@ def main(argv=None) -> int:
         jpeg_quality=args.jpeg_quality, workers=args.workers, shard_size=args.shard_size,
         num_shards=args.num_shards, shard_index=args.shard_index, overwrite=args.overwrite,
         require_audio=args.require_audio, progress=not args.no_progress, max_prompt_tokens=args.max_prompt_tokens,
-        tokenizer=args.tokenizer, system_prompt=args.system_prompt, family=args.family)
+        tokenizer=args.tokenizer, system_prompt=args.system_prompt, answer_instructions=args.answer_instructions,
+        family=args.family)
     try:
         build(options)
     except PreprocessError as exc:

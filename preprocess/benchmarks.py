@@ -1,4 +1,5 @@
-"""Readers of the published omni benchmarks: ``dailyomni``, ``worldsense``, ``intentbench`` and ``avqa``.
+"""Readers of the published omni benchmarks (``dailyomni``, ``worldsense``, ``intentbench``, ``avqa``) and of the
+training records of HumanOmniV2 / R1-Omni / Video-R1 (``r1``, also named ``humanomniv2``).
 
 Each reads a benchmark's released annotation file and video folder as its authors publish them and turns
 every question into a ``sources.Sample`` or into one failure record ``{id, path, line, reason}``, like the
@@ -333,6 +334,7 @@ def _intentbench_answer(obj: dict, problem_type: str, options: tuple[str, ...], 
 # --- AVQA -----------------------------------------------------------------------------------------------
 
 AVQA_KNOWN = ("question_text", "multi_choice", "answer")
+AVQA_NULL_OPTION = "null"
 
 
 def read_avqa(root, split: str = "train") -> SourceData:
@@ -348,6 +350,10 @@ def read_avqa(root, split: str = "train") -> SourceData:
     0-based position (the authors' preprocessing numbers questions so); and the folder layout of the
     dataset website's download (the one here is the authors' repository's). AVQA-R1-6K (EchoInk-R1) is a
     different release of image + audio pairs, which this video pipeline cannot decode.
+
+    A ``null`` option becomes the text "null", as the authors' text preprocessing encodes it, and its
+    letter is listed in ``extra["null_options"]``; a record whose *correct* option is null is a failure
+    line naming the record and the option.
     """
     if not split or "/" in split or "\\" in split or split.strip(".") == "":
         raise SourceError(f"split {split!r} is not a plain name such as train or val")
@@ -360,15 +366,138 @@ def read_avqa(root, split: str = "train") -> SourceData:
         sample_id = _id(obj, "id") if "id" in obj else f"{split}-{number - 1}"
         video_name = _plain_name(_named_id(obj, "video_name", sample_id), "video_name", sample_id)
         question = _text(obj, "question_text", sample_id)
-        options = _options(obj.get("multi_choice"), sample_id, "multi_choice")
+        raw = obj.get("multi_choice")
+        nulls = [LETTERS[i] for i, o in enumerate(raw) if o is None] if isinstance(raw, list) else []
+        if nulls:  # the authors' text preprocessing encodes a null candidate as the word "null"
+            raw = [AVQA_NULL_OPTION if o is None else o for o in raw]
+        options = _options(raw, sample_id, "multi_choice")
         if "answer" not in obj:
             raise LineError("missing field 'answer'", sample_id)
         answer = _index_letter(obj["answer"], len(options), sample_id, "answer")
+        if answer in nulls:
+            raise LineError(f"the correct option {answer} (multi_choice[{LETTERS.index(answer)}]) is null in the "
+                            "release, so the question has no answer text to choose", sample_id)
+        extra = _extra(obj, AVQA_KNOWN, sample_id)
+        if nulls:
+            extra["null_options"] = nulls
         return Sample(id=sample_id, video=f"video/{video_name}.mp4", question=question, options=options,
-                      answer=answer, problem_type="multiple_choice", extra=_extra(obj, AVQA_KNOWN, sample_id),
-                      line=number)
+                      answer=answer, problem_type="multiple_choice", extra=extra, line=number)
 
     return _collect("avqa", Path(root), _records(data, qa_name), qa_name, parse)
+
+
+# --- HumanOmniV2 / R1-Omni / Video-R1 training records ---------------------------------------------------
+
+R1_TYPES = {"multiple choice": "multiple_choice", "emer_ov_mc": "multi_label", "judge": "yes_no",
+            "numerical": "numeric", "regression": "numeric", "OCR": "free_text", "free-form": "free_text"}
+R1_KNOWN = ("problem", "options", "solution", "answer", "problem_type", "path", "video", "process")
+R1_IDS = ("problem_id", "qid", "id")
+R1_MEDIA = {"video": "video", "image": "image", "audio": "audio"}
+
+
+def read_r1(root, split: str = "") -> SourceData:
+    """Training records of HumanOmniV2, R1-Omni and Video-R1: ``--root ROOT --split FILE``.
+
+    ``FILE`` (absolute, or relative to ``ROOT``) is a JSON list or JSON Lines file of records with
+    ``problem``, ``options`` (option strings, "A. …"; empty or absent for open questions), ``solution``
+    (the answer inside ``<answer>…</answer>``, possibly after reasoning; a plain ``answer`` field is read
+    when there is no ``solution``), ``problem_type``, ``data_type`` (``video``, ``image`` or ``audio``) and
+    ``path`` (relative to ``ROOT``; a leading "./" as Video-R1 writes it is fine; HumanOmniV2 ``video`` is
+    read when there is no ``path``). Problem types: "multiple choice" → ``multiple_choice``, "emer_ov_mc" →
+    ``multi_label``, "judge" → ``yes_no``, "numerical" and "regression" → ``numeric``, "OCR" and
+    "free-form" → ``free_text``; any other type is a failure line, as is a record whose ``path`` lists
+    several media (image + audio). The id is ``problem_id`` (Video-R1), else ``qid`` or ``id``, else
+    ``{file stem}-{k}`` (``k`` the 0-based position). ``extra`` keeps every other field but the
+    reasoning text ``process``, plus ``source_problem_type``.
+    """
+    root = Path(root)
+    bench = BENCHMARKS["r1"]
+    if not root.is_dir():
+        raise _layout_error(f"data root {root} is not a folder", bench)
+    if not split or split == "train":
+        found = sorted(p.name for p in root.iterdir() if p.suffix in (".json", ".jsonl"))
+        raise _layout_error("--source r1 needs --split FILE, the records' .json or .jsonl file (absolute or "
+                            f"relative to --root); {root} holds {', '.join(found) if found else 'no such file'}",
+                            bench)
+    path = Path(split) if Path(split).is_absolute() else root / split
+    if not path.is_file():
+        raise _layout_error(f"records file {path} does not exist", bench)
+    stem = path.name.rsplit(".", 1)[0]
+    try:
+        text = path.read_bytes().decode("utf-8").lstrip("\ufeff")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(f"cannot read {path}: {exc}") from None
+    if path.suffix == ".jsonl":
+        records = ((n, (None, line)) for n, line in enumerate(text.splitlines(), 1) if line.strip())
+    else:
+        try:
+            data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError) as exc:
+            raise SourceError(f"{path} is not a valid JSON document ({exc}); give a JSON list of records, or "
+                              "JSON Lines with the .jsonl suffix") from None
+        if not isinstance(data, list):
+            raise SourceError(f"{path} must hold a JSON list of records, got {_type(data)}")
+        records = ((n, (None, r)) for n, r in enumerate(data, 1))
+
+    def parse(item, number):
+        _, raw = item
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+            except (ValueError, RecursionError) as exc:
+                raise LineError(f"malformed JSON: {exc}") from None
+        obj = _record(raw)
+        name = next((n for n in R1_IDS if n in obj), None)
+        sample_id = _id(obj, name) if name else f"{stem}-{number - 1}"
+        source_type = _text(obj, "problem_type", sample_id)
+        problem_type = R1_TYPES.get(source_type.strip())
+        if problem_type is None:
+            raise LineError(f"problem_type {source_type!r} has no matcher here (known: {', '.join(R1_TYPES)})",
+                            sample_id)
+        question = _text(obj, "problem", sample_id)
+        raw_options = obj.get("options")
+        listed = _options(raw_options, sample_id, "options") if raw_options else ()
+        if problem_type in ("multiple_choice", "multi_label") and not listed:
+            raise LineError(f"a {source_type!r} record needs 'options'", sample_id)
+        options = listed if problem_type in ("multiple_choice", "multi_label") else ()
+        if problem_type in ("multiple_choice", "multi_label", "yes_no"):
+            answer = _intentbench_answer(obj, problem_type, listed, sample_id)
+        else:
+            answer = _tagged_answer(obj, sample_id)
+        media = obj.get("path", obj.get("video"))
+        if isinstance(media, dict):
+            raise LineError("the record's path lists several media "
+                            f"({', '.join(sorted(map(str, media)))}); a sample holds one video, image or audio file",
+                            sample_id)
+        if not isinstance(media, str) or not media.strip():
+            raise LineError("missing field 'path'", sample_id)
+        rel = _relative(media, "path", sample_id)
+        data_type = obj.get("data_type", "video")
+        kind = R1_MEDIA.get(data_type) if isinstance(data_type, str) else None
+        if kind is None:
+            raise LineError(f"data_type {data_type!r} is not one of {', '.join(R1_MEDIA)}", sample_id)
+        extra = {**_extra(obj, R1_KNOWN, sample_id), "source_problem_type": source_type}
+        return Sample(id=sample_id, video=rel if kind == "video" else None, question=question, options=options,
+                      answer=answer, problem_type=problem_type, extra=extra, line=number,
+                      image=rel if kind == "image" else None, audio=rel if kind == "audio" else None)
+
+    return _collect("r1", root, records, str(split), parse)
+
+
+def _tagged_answer(obj: dict, sample_id) -> str:
+    """The text inside the last ``<answer>…</answer>`` of ``solution`` (else ``solution`` or ``answer`` as is)."""
+    if "solution" in obj:
+        solution = obj["solution"]
+        if isinstance(solution, (int, float)) and not isinstance(solution, bool):
+            return json.dumps(solution)
+        solution = _text(obj, "solution", sample_id)
+        tagged = _ANSWER_TAG.findall(solution)
+        text = tagged[-1] if tagged else solution
+    else:
+        text = _text(obj, "answer", sample_id)
+    if not text.strip():
+        raise LineError("the answer inside <answer>…</answer> is empty", sample_id)
+    return text.strip()
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -381,4 +510,8 @@ BENCHMARKS: dict[str, Benchmark] = {
                              read_intentbench),
     "avqa": Benchmark("avqa", "AVQA", "  ROOT/annotation/{split}_qa.json   (split: train or val)\n"
                       "  ROOT/video/{video_name}.mp4", read_avqa, uses_split=True),
+    "r1": Benchmark("r1", "HumanOmniV2 / R1-Omni / Video-R1 records", "  --split FILE   (the records' .json or "
+                    ".jsonl, absolute or relative to ROOT)\n  ROOT/{path}    (each record's 'path', e.g. "
+                    "./LLaVA-Video-178K/x.mp4)", read_r1, uses_split=True),
 }
+BENCHMARKS["humanomniv2"] = BENCHMARKS["r1"]

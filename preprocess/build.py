@@ -48,7 +48,7 @@ def build(options: BuildOptions) -> dict:
     mine = [n for n in range(n_shards) if n % options.num_shards == options.shard_index]
     out = options.output
     prepare_output(options, config, mine, n_shards)
-    text_tokens = count_text_tokens(counter, data)
+    text_tokens = count_text_tokens(counter, data, options.answer_instructions)
     warn_unknown_problem_types(data)
 
     todo_shards = [n for n in mine if shard_done(out, n, plans[n], verify=True) is None]

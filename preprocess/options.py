@@ -41,6 +41,7 @@ class BuildOptions:
     max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
     tokenizer: Path | None = None
     system_prompt: str | None = None
+    answer_instructions: dict | None = None  # the training config's answer_instructions (problem type -> text)
     family: str = DEFAULT_FAMILY  # the model family trained on the shards: its pixel grid and token counts
 
     def __post_init__(self):
@@ -65,6 +66,12 @@ class BuildOptions:
             raise PreprocessError(f"--source {self.source} needs --root DIR:\n{BENCHMARKS[self.source].layout}")
         if self.source == "jsonl" and self.manifest is None:
             raise PreprocessError("--source jsonl needs --manifest FILE")
+        from omni_grpo.rewards.instructions import check_instructions
+
+        try:
+            check_instructions(self.answer_instructions)
+        except ValueError as exc:
+            raise PreprocessError(f"--answer-instructions: {exc}") from None
         v = self.video
         if not v.fps > 0:
             raise PreprocessError(f"--fps must be positive, got {v.fps}")
@@ -125,7 +132,8 @@ def content_options(options: BuildOptions) -> dict:
             "jpeg_quality": options.jpeg_quality, "require_audio": options.require_audio,
             "shard_size": options.shard_size, "max_prompt_tokens": options.max_prompt_tokens,
             "tokenizer": str(options.tokenizer) if options.tokenizer is not None else None,
-            "system_prompt": options.prompt_system(), "family": options.family}
+            "system_prompt": options.prompt_system(), "family": options.family,
+            **({"answer_instructions": options.answer_instructions} if options.answer_instructions else {})}
 
 
 def text_counter(options: BuildOptions) -> TextCounter:

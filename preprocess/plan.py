@@ -86,12 +86,19 @@ def shard_plan_hash(config: dict, clips: list[Clip]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
 
 
-def count_text_tokens(counter: TextCounter, data: SourceData) -> dict[str, int]:
-    """Sample id → its prompt's text tokens (system prompt, question with options, chat template)."""
+def count_text_tokens(counter: TextCounter, data: SourceData, answer_instructions: dict | None = None
+                      ) -> dict[str, int]:
+    """Sample id → its prompt's text tokens (system prompt, question with options and its problem type's answer
+    instruction, chat template): the text training builds (`answer_instructions`: the config's overrides)."""
     from omni_grpo.models.base import format_question
+    from omni_grpo.rewards.instructions import instruction
 
-    return {s.id: counter.count(format_question({"question": s.question, "options": list(s.options)}))
-            for s in data.samples}
+    counts = {}
+    for s in data.samples:
+        sample = {"question": s.question, "options": list(s.options), "problem_type": s.problem_type}
+        sample["instruction"] = instruction(sample, answer_instructions)
+        counts[s.id] = counter.count(format_question(sample))
+    return counts
 
 
 def problem_type_counts(data: SourceData) -> dict:

@@ -7,7 +7,10 @@ The line parsers (``parse_siq2_line``, ``parse_jsonl_line``) touch no file syste
 Social-IQ 2.0: ``ROOT/qa/qa_{split}.json`` is JSON Lines despite its name, one object per line with
 ``qid, q, vid_name, ts, a0..a3, answer_idx`` (some splits add fields such as ``ans_corr``, ``idx_types``,
 kept in ``extra``); videos are ``ROOT/video/{vid_name}.mp4`` and, when the download has it, audio is
-``ROOT/audio/wav/{vid_name}.wav``.
+``ROOT/audio/wav/{vid_name}.wav``. The release reuses a ``qid`` for different questions (val: 3 lines, train:
+23, in abwilf/Social-IQ-2.0-Challenge ``siq2/qa/``): every such question is kept, the repeats as
+``{qid}#1``, ``{qid}#2``, … in file order, and each sample's ``extra`` keeps the released ``qid``; a line
+repeating an earlier one's id *and* content is dropped as a failure line that says so.
 
 Generic manifest: one object per line with ``id``, its media, ``question``, optional ``options`` (list of
 strings), ``answer`` and optional ``problem_type``; every other field is kept in ``extra``. The media are one
@@ -24,7 +27,7 @@ import json
 import math
 import os
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 LETTERS = "ABCD"
@@ -213,7 +216,7 @@ def parse_siq2_line(raw, line: int = 0) -> Sample:
         raise LineError(f"answer_idx must be an integer 0-3, got {_type(answer_idx)}", sample_id)
     if not 0 <= answer_idx <= 3:
         raise LineError(f"answer_idx {answer_idx} is out of range (0-3)", sample_id)
-    extra = _extra(obj, set(SIQ2_REQUIRED) - {"vid_name"} | {"answer_idx"}, sample_id)
+    extra = {**_extra(obj, set(SIQ2_REQUIRED) - {"vid_name"} | {"answer_idx"}, sample_id), "qid": sample_id}
     return Sample(id=sample_id, video=f"video/{vid_name}.mp4", question=question, options=options,
                   answer=LETTERS[answer_idx], problem_type="multiple_choice", extra=extra, line=line)
 
@@ -279,9 +282,15 @@ def _read_lines(path: Path, what: str):
             yield number, raw
 
 
-def _collect(kind, base, records, qa_display: str, parse) -> SourceData:
-    """``records`` yields ``(number, raw)``; ``parse(raw, number)`` makes a Sample or raises ``LineError``."""
+def _collect(kind, base, records, qa_display: str, parse, number_repeats: bool = False) -> SourceData:
+    """``records`` yields ``(number, raw)``; ``parse(raw, number)`` makes a Sample or raises ``LineError``.
+
+    A repeated id is a failure line, except with ``number_repeats``: then a repeat whose content differs
+    from every earlier question of that id is kept as ``{id}#{k}`` (``k`` = 1, 2, … in file order, skipping
+    ids already taken), and only a true duplicate (same id and same content) is dropped as a failure.
+    """
     samples, failures, seen, lines = [], [], {}, 0
+    by_released: dict[str, list[tuple[int, Sample]]] = {}
     for number, raw in records:
         lines += 1
         try:
@@ -289,13 +298,32 @@ def _collect(kind, base, records, qa_display: str, parse) -> SourceData:
         except LineError as exc:
             failures.append({"id": exc.sample_id, "path": qa_display, "line": number, "reason": exc.reason})
             continue
-        if sample.id in seen:
+        if number_repeats and sample.id in seen:
+            earlier = by_released.setdefault(sample.id, [])
+            twin = next((line for line, other in earlier if _same_content(sample, other)), None)
+            if twin is not None:
+                failures.append({"id": sample.id, "path": qa_display, "line": number,
+                                 "reason": f"duplicate of line {twin} (same id and content); dropped"})
+                continue
+            released, k = sample.id, len(earlier)
+            while f"{released}#{k}" in seen:
+                k += 1
+            earlier.append((number, sample))
+            sample = replace(sample, id=f"{released}#{k}")
+        elif sample.id in seen:
             failures.append({"id": sample.id, "path": qa_display, "line": number,
                              "reason": f"duplicate id (first seen on line {seen[sample.id]}; that one is kept)"})
             continue
+        else:
+            by_released.setdefault(sample.id, []).append((number, sample))
         seen[sample.id] = number
         samples.append(sample)
     return SourceData(kind=kind, base=base, qa_file=qa_display, samples=samples, failures=failures, lines=lines)
+
+
+def _same_content(a: Sample, b: Sample) -> bool:
+    """Whether two samples read from the file ask the same question about the same media."""
+    return (a.record(), a.video, a.audio, a.image) == (b.record(), b.video, b.audio, b.image)
 
 
 def read_siq2(root, split: str = "train") -> SourceData:
@@ -316,7 +344,7 @@ def read_siq2(root, split: str = "train") -> SourceData:
         raise SourceError(f"{root} does not have the Social-IQ 2.0 layout: {' and '.join(missing)} not found"
                           f"{hint}; expected under --root: {SIQ2_LAYOUT.format(split=split)}; found: {shown}")
     data = _collect("siq2", root, _read_lines(root / "qa" / f"qa_{split}.json", "QA file"), qa_display,
-                    parse_siq2_line)
+                    parse_siq2_line, number_repeats=True)
     wavs: dict[str, bool] = {}
     for i, sample in enumerate(data.samples):
         vid_name = sample.video[len("video/"):-len(".mp4")]

@@ -13,12 +13,17 @@ if [[ -z "${PY:-}" ]]; then
     stamp="$REPO_ROOT/.venv/.omni-grpo-installed"
     want="$(cat "$REPO_ROOT/setup.py" | sha256sum | cut -c1-16)"
     if [[ ! -x "$PY" || ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-      echo "setting up $REPO_ROOT/.venv (first run: a few minutes)" >&2
+      log="$REPO_ROOT/.venv/install.log"  # pip's and setuptools' output; shown only when a step fails
+      echo "setting up $REPO_ROOT/.venv (first run: a few minutes; pip's output in $log)" >&2
       [[ -x "$PY" ]] || python3 -m venv "$REPO_ROOT/.venv" || exit 1
-      "$PY" -m pip install -q --upgrade pip >&2 || exit 1
+      pip_install() {
+        "$PY" -m pip install -q "$@" >>"$log" 2>&1 && return 0
+        tail -n 25 "$log" >&2; echo "setup failed: pip install $* (its whole output: $log)" >&2; exit 1
+      }
+      pip_install --upgrade pip
       # shellcheck disable=SC2086
-      "$PY" -m pip install -q $TORCH_PIN >&2 || exit 1
-      "$PY" -m pip install -q -e "$REPO_ROOT[dev]" >&2 || exit 1
+      pip_install $TORCH_PIN
+      pip_install -e "$REPO_ROOT[dev]"
       echo "$want" > "$stamp"
     fi
   fi

@@ -131,7 +131,9 @@ def scalars(out: Path, tag: str) -> list[float]:
     """Every value of a TensorBoard scalar of the run in `out`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "runs"))
+    from omni_grpo.logging import log_dir
+
+    acc = EventAccumulator(str(log_dir(out)))
     acc.Reload()
     return [e.value for e in acc.Scalars(tag)]
 

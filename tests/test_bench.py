@@ -254,3 +254,213 @@ def test_memory_model_kv_term_matches_a_real_cache(memory_model, tiny):
     assert nbytes() == modelled(one_copy=True)
     cache.batch_repeat_interleave(g)  # what generation does today
     assert nbytes() == modelled(one_copy=False)
+
+
+@pytest.fixture(scope="module")
+def swift_system():
+    return load("swift_system")
+
+
+def test_swift_checkpoint_is_a_full_omni_model_around_the_thinker(swift_system, tiny_model_dir, tiny, tmp_path):
+    """ms-swift loads Qwen2_5OmniForConditionalGeneration: the wrapped folder must load as that class (its
+    from_pretrained reads spk_dict.pt), build no talker, and hold the bench thinker's weights unchanged."""
+    from transformers import Qwen2_5OmniForConditionalGeneration
+
+    out = swift_system.wrap_checkpoint(Path(tiny_model_dir), tmp_path / "full")
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_omni" and config["enable_audio_output"] is False
+    assert config["architectures"] == ["Qwen2_5OmniForConditionalGeneration"]
+    assert torch.load(out / "spk_dict.pt") == {}
+    full = Qwen2_5OmniForConditionalGeneration.from_pretrained(out)
+    assert not hasattr(full, "talker")
+    _, thinker, _ = tiny
+    theirs, ours = full.thinker.state_dict(), thinker.state_dict()
+    assert theirs.keys() == ours.keys()
+    assert all(torch.equal(theirs[k], ours[k]) for k in ours)
+    assert (out / "tokenizer_config.json").exists() and (out / "processor_config.json").exists()
+
+
+def test_swift_rows_pin_the_shard_frames(swift_system, step_bench, tmp_path):
+    """Each row: one user turn with <video>, the mp4's absolute path, the answer for the rewards, and the
+    frame plan of our shard in chat_template_kwargs (what qwen-omni-utils' fetch_video reads)."""
+    from types import SimpleNamespace
+
+    from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
+
+    args = SimpleNamespace(clips=2, size=[56, 84], video_fps=8, fps=2.0, min_pixels=None, max_pixels=None)
+    manifest, shards = step_bench.prepare_data(tmp_path, 1.0, args)
+    plan = step_bench.frame_plan(shards)
+    rows = swift_system.dataset_rows(manifest, plan, DEFAULT_SYSTEM_PROMPT)
+    swift_system.check_rows(rows)
+    assert len(rows) == 2
+    for row, frames in zip(rows, plan.values()):
+        assert row["messages"][1]["content"].startswith("<video>" + step_bench.QUESTION)
+        assert row["solution"] == "B" and Path(row["videos"][0]).is_file()
+        kw = row["chat_template_kwargs"]
+        assert (kw["nframes"], kw["resized_height"], kw["resized_width"]) == frames
+    bad = dict(rows[0], messages=[rows[0]["messages"][0], {"role": "user", "content": "no media"}])
+    with pytest.raises(ValueError, match="<video>"):
+        swift_system.check_rows([bad])
+
+
+def test_swift_phases_are_exclusive(swift_system, monkeypatch):
+    """A phase nested in another (the media decode inside the rollout) is taken out of the outer phase."""
+    clock = iter([0.0, 1.0, 3.0, 10.0])
+    monkeypatch.setattr(swift_system.time, "perf_counter", lambda: next(clock))
+    phases = swift_system.Phases()
+    inner = phases.wrap("data", lambda: phases.names[:])
+    outer = phases.wrap("rollout", lambda: inner())
+    assert outer() == ["rollout", "data"]
+    assert phases.pop() == {"data": 2.0, "rollout": 8.0}
+
+
+def test_swift_argv_matches_the_bench_settings(swift_system, step_bench, tmp_path):
+    s = step_bench.Settings(model_dir=tmp_path, shards=tmp_path, manifest=tmp_path, generations=8,
+                            completion_length=16, micro_batch=2, out=tmp_path)
+    argv = swift_system.swift_argv(tmp_path / "ckpt", tmp_path / "data.jsonl", s, rounds=4)
+    opts = dict(a[2:].split("=", 1) for a in argv if "=" in a)
+    assert opts["num_generations"] == "8" and opts["gradient_accumulation_steps"] == "4"
+    assert opts["per_device_train_batch_size"] == "2" and opts["max_completion_length"] == "16"
+    assert opts["beta"] == "0.04" and opts["tuner_type"] == "full" and opts["use_vllm"] == "false"
+    assert opts["external_plugins"].endswith("swift_plugin.py") and argv[-2:] == swift_system.REWARD_FUNCS
+    env = swift_system.worker_env()
+    assert env["USE_AUDIO_IN_VIDEO"] == "true" and env["HF_HUB_OFFLINE"] == "1"
+
+
+def test_swift_samples_without_the_media_tokens(swift_system, tiny_model_dir, tiny):
+    module, _, processor = tiny
+    banned = swift_system.banned_tokens(Path(tiny_model_dir))
+    video = processor.tokenizer.convert_tokens_to_ids("<|VIDEO|>")
+    assert video in banned and banned == [int(i) for i in module.banned_token_ids(processor.tokenizer)]
+
+
+@pytest.mark.slow
+def test_swift_system_runs_steps_on_the_same_prompt(step_bench, swift_system, tmp_path):
+    """ms-swift in its own environment (created on first use: minutes) runs alternating rounds with ours on the
+    same thinker and clip: same prompt tokens, its towers once per completion and pass, phases reported."""
+    if not swift_system.venv_ready():
+        pytest.skip("no ms-swift environment: `python bench/swift_system.py --setup` creates it")
+    g = 2
+    (rec,) = step_bench.main([
+        "--models", "64x2:tiny", "--generations", str(g), "--seconds", "1", "--systems", "ours", "swift",
+        "--steps", "1", "--warmup", "1", "--completion-length", "4", "--clips", "1", "--size", "56", "84",
+        "--video-fps", "8", "--micro-batch", "2", "--workdir", str(tmp_path / "work")])
+    assert rec["errors"] == {}
+    ours, swift = rec["summary"]["ours"], rec["summary"]["swift"]
+    assert abs(ours["prompt_tokens"] - swift["prompt_tokens"]) <= 1
+    assert swift["tower_calls"] > ours["tower_calls"] == 2
+    assert swift["phases"]["data"] > 0 and swift["phases"]["rollout"] > 0 and swift["phases"]["policy"] > 0
+
+
+@pytest.fixture(scope="module")
+def limit():
+    return load("limit")
+
+
+def test_limit_peaks_and_fractions(limit):
+    """The peak measurements run and give rates; each phase is held against its dtype's GEMM peak, decode
+    against the read bandwidth."""
+    peaks = limit.peaks(torch.device("cpu"), repeats=1, gib=2**-10, n=64)
+    assert all(peaks[k] > 0 for k in ("float32", "bfloat16", "read", "copy"))
+    step = {"dtype": "bfloat16", "seconds": {"encode": 1.0, "policy": 2.0, "optimizer": 1.0, "ref": 1.0},
+            "flops": {"encode": 4.0, "policy": 12.0, "ref": 3.0}, "decode_s": 2.0, "decode_bytes": 10.0}
+    rows = {r["phase"].split()[0]: r for r in limit.fractions(step, dict(peaks, bfloat16=8.0, read=10.0))}
+    assert rows["update"]["fraction"] == pytest.approx(16.0 / 4.0 / 8.0)
+    assert rows["policy"]["fraction"] == pytest.approx(6.0 / 8.0)
+    assert rows["reference"]["fraction"] == pytest.approx(3.0 / 8.0)
+    assert rows["decode"]["fraction"] == pytest.approx(5.0 / 10.0)
+
+
+def test_limit_decode_bytes_count_weights_per_step_and_the_kv_read(limit, tiny):
+    """C - 1 decode steps; each reads the weights once and the keys/values of the prompt's one copy plus every
+    row's tokens so far."""
+    _, model, _ = tiny
+    text = model.config.text_config
+    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv = text.num_hidden_layers * 2 * text.num_key_value_heads * head * 2
+    got = limit.decode_bytes(model.config, weight_params=1000, prompt=100, g=4, c=3, bytes_per=2)
+    assert got == 2 * 1000 * 2 + kv * (100 + 4 * 1) + kv * (100 + 4 * 2)
+
+
+def test_limit_prefill_timer_times_the_prompt_call_only(limit, tiny, gpu_bench):
+    """Inside generate, the language model's one prompt-length call is the prefill; the token steps are not."""
+    from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
+    from omni_grpo.models.base import _getattr_path, base_thinker
+    from omni_grpo.models.sampling import generate
+
+    module, model, processor = tiny
+    sample = gpu_bench.make_sample(1.0, 2.0, (56, 84))
+    inputs = module.build_inputs(processor, [sample], DEFAULT_SYSTEM_PROMPT, True)
+    inputs.encoded = module.encode_media(model, inputs)
+    lm = _getattr_path(base_thinker(model), module.language_model)
+    timer = limit.PrefillTimer()
+    lm.forward = timer.wrap_forward(lm.forward, torch.device("cpu"))
+    try:
+        generate(module, model, processor, inputs, 2, 4)
+        assert timer.calls == 0  # outside `generating()` nothing is counted
+        with timer.generating():
+            generate(module, model, processor, inputs, 2, 4)
+    finally:
+        del lm.forward
+    assert timer.calls == 1 and timer.seconds > 0
+
+
+@pytest.fixture(scope="module")
+def decode_bench():
+    return load("decode_bench")
+
+
+def test_decode_bench_static_cache_decodes_the_eager_tokens(decode_bench, tiny_model_dir):
+    """The static-cache loop (mask over the filled positions) gives the growing cache's tokens, greedy and
+    seeded: the comparison the compiled step is held to."""
+    dec = decode_bench.Decoder(Path(tiny_model_dir), g=3, p=20, c=6)
+    for seed in (None, 3):
+        eager, seconds = dec.run("eager", seed)
+        static, _ = dec.run("static", seed)
+        assert eager.shape == (3, 6) and seconds > 0
+        assert torch.equal(eager, static)
+
+
+@pytest.mark.slow
+def test_decode_bench_compiled_step_keeps_the_tokens(decode_bench, tiny_model_dir):
+    dec = decode_bench.Decoder(Path(tiny_model_dir), g=2, p=16, c=4)
+    rec = decode_bench.measure(dec, repeats=1, seed=3)
+    assert all(rec[w]["greedy_identical"] and rec[w]["seeded_identical"] for w in ("eager", "static", "compiled"))
+    assert rec["compiled"]["tokens_per_s"] > 0
+
+
+def test_contention_variants_set_the_thread_environment():
+    """Each variant is a worker's thread count and environment: `default` unsets OMP_NUM_THREADS (torch's own
+    count, OpenMP's spinning wait), `passive` adds OMP_WAIT_POLICY=PASSIVE, `one` one thread."""
+    contention = load("contention")
+    assert contention.parse_variant("default") == ("default", 0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None})
+    assert contention.parse_variant("passive") == ("passive", 0, {"OMP_NUM_THREADS": None,
+                                                                   "OMP_WAIT_POLICY": "PASSIVE"})
+    assert contention.parse_variant("one") == ("one", 1, {})
+    assert contention.parse_variant("spin:2:GOMP_SPINCOUNT=1000") == ("spin", 2, {"GOMP_SPINCOUNT": "1000"})
+    with pytest.raises(SystemExit, match="NAME:THREADS"):
+        contention.parse_variant("fast")
+
+
+def test_scale_bench_worker_environment_unsets_none(scale_bench, step_bench, monkeypatch, tmp_path):
+    import io
+
+    seen = {}
+
+    class Popen:
+        def __init__(self, *args, env=None, **kwargs):
+            seen.update(env)
+            self.stdin = io.StringIO()
+
+    monkeypatch.setattr(scale_bench.subprocess, "Popen", Popen)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    s = step_bench.Settings(model_dir=tmp_path, shards=tmp_path, manifest=tmp_path, generations=2,
+                            completion_length=4, micro_batch=2, out=tmp_path)
+    scale_bench.Worker("ours", s, 1, tmp_path / "w.log", 0, True, env={"OMP_NUM_THREADS": None, "X_TEST": "1"})
+    assert "OMP_NUM_THREADS" not in seen and seen["X_TEST"] == "1"
+    assert seen["OMP_WAIT_POLICY"] == "PASSIVE"  # ours as the training entry point runs it
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    seen.clear()
+    scale_bench.Worker("trl", s, 1, tmp_path / "w2.log", 3, True)
+    assert seen["OMP_NUM_THREADS"] == "3" and "OMP_WAIT_POLICY" not in seen

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from omni_grpo.launch import failure_lines
+from omni_grpo.logging import log_dir
 from tests.helpers import free_port, readme_commands
 from tests.test_run_scripts import LAUNCH_ENV
 
@@ -153,7 +154,7 @@ def test_completions_table_is_verbatim(tmp_path):
     writer = MetricsWriter(str(tmp_path), enabled=True)
     writer.completions(rows, step=3)
     writer.close()
-    acc = EventAccumulator(str(tmp_path / "runs"), size_guidance={"tensors": 0})
+    acc = EventAccumulator(str(log_dir(tmp_path)), size_guidance={"tensors": 0})
     acc.Reload()
     (event,) = acc.Tensors("samples/completions/text_summary")
     table = tensor_util.make_ndarray(event.tensor_proto)

@@ -13,17 +13,21 @@ from omni_grpo.data_check import check_data, find_long_prompts
 from tests.helpers import TINY_RUN, run_args, tiny_config
 
 
-def lengths(shards_dir):
+def lengths(shards_dir, model_dir):
+    """Each sample's prompt length as the check counts it: preprocess's media tokens, the text by the model's
+    tokenizer (the tiny kit's tokenizer splits finer than preprocess's estimate)."""
+    from omni_grpo.data_check import exact_token_lists
     from preprocess import shards
 
-    return shards.load(shards_dir, verify=False).prompt_tokens
+    stored = shards.load(shards_dir, verify=False).prompt_tokens
+    return exact_token_lists(tiny_config(model_dir, shards_dir, "unused"), [stored])[0]
 
 
 def test_check_stops_on_long_prompts_with_count_longest_and_fixes(tiny_model_dir, tiny_shards, tmp_path, capsys):
     """`python -m omni_grpo.train --check` exits 2 with one line: how many, the longest, both fixes."""
     from omni_grpo.train import main
 
-    tokens = lengths(tiny_shards)
+    tokens = lengths(tiny_shards, tiny_model_dir)
     limit = sorted(tokens)[len(tokens) // 2]
     over = sum(t > limit for t in tokens)
     assert 0 < over < len(tokens)
@@ -45,7 +49,8 @@ def test_trainer_refuses_before_loading_the_model(tiny_model_dir, tiny_shards, t
         raise AssertionError("the model was loaded before the data check")
 
     monkeypatch.setattr(checkpoint, "load_policy", no_load)
-    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, max_prompt_length=min(lengths(tiny_shards)) - 1)
+    shortest = min(lengths(tiny_shards, tiny_model_dir))
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, max_prompt_length=shortest - 1)
     with pytest.raises(ConfigError, match="longer than max_prompt_length"):
         GRPOTrainer(cfg)
 
@@ -53,14 +58,18 @@ def test_trainer_refuses_before_loading_the_model(tiny_model_dir, tiny_shards, t
 def test_skip_long_prompts_leaves_them_out_counted_and_logged(tiny_model_dir, tiny_shards, tmp_path, caplog):
     from omni_grpo.trainer import GRPOTrainer
 
-    tokens = lengths(tiny_shards)
+    tokens = lengths(tiny_shards, tiny_model_dir)
     limit = sorted(tokens)[len(tokens) // 2]
     cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, max_prompt_length=limit, skip_long_prompts=True)
     with caplog.at_level(logging.WARNING, logger="omni_grpo"):
         trainer = GRPOTrainer(cfg)
     kept = [t for t in tokens if t <= limit]
     assert len(trainer.dataset) == len(kept) and trainer.skipped_long_prompts == len(tokens) - len(kept)
-    assert sorted(trainer.dataset[i]["prompt_tokens"] for i in range(len(trainer.dataset))) == sorted(kept)
+    from preprocess import shards
+
+    ids = shards.load(tiny_shards, verify=False).ids
+    kept_ids = sorted(ids[i] for i, t in enumerate(tokens) if t <= limit)
+    assert sorted(trainer.dataset[i]["id"] for i in range(len(trainer.dataset))) == kept_ids
     assert any(f"leaving out {len(tokens) - len(kept)} of {len(tokens)}" in r.getMessage() for r in caplog.records)
 
 
@@ -126,3 +135,25 @@ def test_shards_for_another_family_stop_the_check_with_the_fix(tiny_model_dir, t
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "preprocessed for qwen3_omni" in err and "the model is qwen2_5_omni" in err
     assert "--family qwen2_5_omni" in err
+
+
+def test_the_text_is_counted_with_the_models_tokenizer_where_the_estimate_undercounts(tiny, tiny_model_dir,
+                                                                                      tiny_shards, tmp_path):
+    """preprocess estimates the text without --tokenizer; the tiny kit's tokenizer splits finer than that estimate,
+    so every stored count is short of the real prompt. The check counts the text with the model's tokenizer:
+    its count is the prompt `build_inputs` builds, and a limit the stored counts pass is refused before any
+    model loads (it used to stop the run at the step that drew such a sample)."""
+    from preprocess import shards
+
+    module, _, processor = tiny
+    reader = shards.load(tiny_shards, verify=False)
+    stored, exact = reader.prompt_tokens, lengths(tiny_shards, tiny_model_dir)
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, max_prompt_length=max(stored))
+    for i in (0, len(reader) - 1):
+        built = module.build_inputs(processor, [reader[i]], cfg.system_prompt, cfg.use_audio_in_video, 100_000)
+        assert int(built.attention_mask[0].sum()) == exact[i] > stored[i]
+    with pytest.raises(ConfigError) as refused:
+        check_data(cfg)
+    line = str(refused.value)
+    assert f"longest is {max(exact)}, its text counted with the model's tokenizer" in line
+    assert "--tokenizer MODEL_DIR" in line and "\n" not in line

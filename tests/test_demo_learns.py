@@ -10,12 +10,15 @@ prompt text is identical for every sample, the rise can only come from video and
 completions and the update.
 """
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from omni_grpo.logging import log_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CHANCE = 0.25  # 4 options, balanced answers
@@ -33,7 +36,7 @@ def _run(args: list[str], env: dict, timeout: int = 300) -> str:
 def _curves(run: Path) -> dict[str, list[float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run / "runs"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(log_dir(run)), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in ("reward/accuracy", "reward/format")}
 
@@ -73,6 +76,18 @@ def test_demo_learns_from_the_clip_and_not_without_it(tmp_path):
     first, last = _mean(acc[:5]), _mean(acc[-10:])
     assert last >= 0.7 and last - first >= 0.35, f"the demo did not learn: accuracy {first:.2f} -> {last:.2f}: {acc}"
     assert _mean(fmt) >= 0.8, f"the warm-up's format did not hold: {fmt}"
+
+    # The trained model evaluated with its media blanked (evaluate --ablate media) falls to chance or below.
+    for ablate in (None, "media"):
+        out = tmp_path / f"eval-{ablate or 'full'}"
+        _run(["-m", "omni_grpo.evaluate", "--model", str(tmp_path / "media" / "run"), "--data",
+              str(tmp_path / "media" / "shards"), "--output", str(out), "--no-progress", "--num-workers", "0",
+              *(["--ablate", ablate] if ablate else [])], env)
+        accuracy = json.loads((out / "summary.json").read_text())["accuracy"]
+        if ablate is None:
+            assert accuracy >= 0.7, f"the trained demo scores {accuracy} with its media"
+        else:
+            assert accuracy <= CHANCE + 0.15, f"with the media blanked the trained demo still scores {accuracy}"
 
     acc, fmt = blank["reward/accuracy"], blank["reward/format"]
     assert _mean(fmt) >= 0.8, f"blanked media: the control must still write the format, got {fmt}"

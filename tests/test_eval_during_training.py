@@ -11,6 +11,7 @@ import torch
 
 from omni_grpo import eval_loop, eval_report
 from omni_grpo.config import ConfigError, check_paths
+from omni_grpo.logging import log_dir
 from omni_grpo.trainer import GRPOTrainer
 from tests.test_trainer import make_config
 
@@ -41,7 +42,7 @@ def test_eval_steps_also_evaluates_the_last_step(tiny_model_dir, tiny_shards, tm
                       reward_funcs=["format", "accuracy"])
     GRPOTrainer(cfg).train()
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step-0000002", "step-0000003"]
-    acc = EventAccumulator(str(tmp_path / "runs"), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(log_dir(tmp_path)), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [2, 3]
@@ -125,3 +126,41 @@ def test_zero3_two_ranks_split_the_questions_and_log_each_eval_step(tiny_model_d
     for step in (1, 2):
         rows = eval_report.load_predictions(eval_loop.step_dir(out, step))
         assert [r["id"] for r in rows] == ids
+
+
+def test_eval_ablations_log_the_accuracy_without_the_media(tiny_model_dir, tiny_shards, tmp_path, monkeypatch):
+    """eval_ablations=[media, text]: the questions are answered again with every frame one grey and the audio
+    silent (the generate call sees one and the same video and audio input for every clip), then with no media at
+    all, logged as eval/ablate_<name>/accuracy and written beside the step's folder for --compare."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from omni_grpo.evaluate import main as evaluate_main
+
+    seen, real = [], eval_loop.sample
+
+    def spy(family, policy, processor, inputs, *args, **kwargs):
+        seen.append(inputs)
+        return real(family, policy, processor, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(eval_loop, "sample", spy)
+    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=1, eval_data=[str(tiny_shards)], eval_steps=1,
+                      eval_ablations=["media", "text"])
+    GRPOTrainer(cfg).train()
+    third = len(seen) // 3  # the plain pass, then the ablated ones in order
+    assert len(seen) == 3 * third and third > 0
+    assert all(x.pixel_values_videos is None and x.input_features is None for x in seen[2 * third:])
+    for name in ("pixel_values_videos", "input_features"):
+        plain = [getattr(x, name) for x in seen[:third] if getattr(x, name) is not None]
+        blank = [getattr(x, name) for x in seen[third:2 * third] if getattr(x, name) is not None]
+        assert plain and len(blank) == len(plain)
+        assert all(bool((t == blank[0][:1]).all()) for t in blank), f"{name}: the ablated pass still sees the media"
+        assert any(not torch.equal(a, b) for a, b in zip(plain, blank)), name
+    acc = EventAccumulator(str(tmp_path / "runs"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("eval/ablate_media/accuracy")] == [1]
+    assert [e.step for e in acc.Scalars("eval/ablate_text/accuracy")] == [1]
+    folder = eval_loop.step_dir(tmp_path, 1)
+    assert json.loads((folder / "ablate-media" / eval_report.RUN_FILE).read_text())["ablate"] == "media"
+    assert evaluate_main(["--compare", str(folder), str(folder / "ablate-media")]) == 0
+    with pytest.raises(ConfigError, match="eval_ablations"):
+        make_config(tiny_model_dir, tiny_shards, tmp_path, eval_ablations=["sound"])

@@ -53,6 +53,49 @@ def test_mcnemar_exact_on_a_hand_computed_table():
     assert eval_stats.mcnemar_exact(5, 5) == 1.0 and eval_stats.mcnemar_exact(0, 0) == 1.0
 
 
+@pytest.mark.parametrize("kind", [int, np.int64, np.int32, np.int16, np.uint8])
+def test_mcnemar_exact_agrees_with_scipy_for_python_and_numpy_integers(kind):
+    from fractions import Fraction
+    from math import comb
+
+    from scipy import stats
+
+    # 40 vs 30 overflowed 2**n in numpy integers (p = 1.0 here; -0.043 for other counts).
+    for b, c in [(40, 30), (70, 50), (8, 2), (0, 3), (100, 100), (1, 0), (120, 60)]:
+        if kind is np.uint8 and b + c > 255:
+            continue
+        n = b + c
+        exact = float(min(1, Fraction(2 * sum(comb(n, i) for i in range(min(b, c) + 1)), 2**n)))
+        got = eval_stats.mcnemar_exact(kind(b), kind(c))
+        assert isinstance(got, float) and 0.0 <= got <= 1.0
+        assert got == pytest.approx(exact, rel=1e-9)
+        assert got == pytest.approx(stats.binomtest(min(b, c), n, 0.5).pvalue, rel=1e-12)
+    assert eval_stats.mcnemar_exact(kind(40), kind(30)) == pytest.approx(0.28198, abs=1e-5)
+    with pytest.raises(ValueError, match="integer counts"):
+        eval_stats.mcnemar_exact(2.5, 1)
+
+
+@pytest.mark.parametrize("df", [1, 2, 4, 29, 300, np.int64(9)])
+def test_t_quantile_is_scipys(df):
+    from scipy import stats
+
+    assert eval_stats.t_quantile(0.975, df) == pytest.approx(float(stats.t.ppf(0.975, df)), rel=1e-12)
+
+
+def test_paired_bootstrap_takes_numpy_and_python_numbers_alike():
+    rng = np.random.default_rng(1)
+    a = (rng.random(300) < 0.6).astype(np.int64)
+    b = (rng.random(300) < 0.5).astype(np.int64)
+    got = eval_stats.paired_bootstrap(a, b, seed=5)
+    assert got == eval_stats.paired_bootstrap(a.tolist(), b.tolist(), seed=5)
+    assert got == eval_stats.paired_bootstrap(a.astype(np.float32), b.astype(bool), seed=5)
+    d = (a - b).astype(float)
+    means = np.sort(d[np.random.default_rng(9).integers(0, 300, (20000, 300))].mean(axis=1))
+    assert got == pytest.approx((means[499], means[19499]), abs=0.01)  # an independent percentile bootstrap
+    assert eval_stats.paired_bootstrap([1.0], [0.0]) == (1.0, 1.0)
+    assert eval_stats.paired_bootstrap([1, 1, 0], [0, 0, -1]) == (1.0, 1.0)
+
+
 def test_paired_bootstrap_covers_the_truth_keeps_pairs_and_is_reproducible():
     rng = np.random.default_rng(7)
     b = (rng.random(2000) < 0.5).astype(float)
@@ -91,6 +134,26 @@ def test_summary_per_group_tables():
     with pytest.raises(eval_report.ReportError, match="--group-by tsak: no prediction has this field; fields: "
                                                       "domain, problem_type, task"):
         eval_report.summarize(rows, NAMES, WEIGHTS, 1, ["tsak"])
+
+
+def test_a_list_valued_category_counts_the_question_once_in_each_element():
+    # WorldSense's audio_class is a list; lmms-eval's worldsense_aggregate_results adds a question to each class.
+    rows = [row("q1", accuracy=1.0, audio_class=["Speech", "Music"]),
+            row("q2", accuracy=0.0, audio_class=["Music", "Speech"]),
+            row("q3", accuracy=1.0, audio_class=["Speech", "Speech"]),
+            row("q4", accuracy=0.0, audio_class=[]), row("q5", accuracy=1.0, audio_class=["Event"])]
+    summary = eval_report.summarize(rows, NAMES, WEIGHTS, 1, ["audio_class"])
+    groups = summary["groups"]["audio_class"]
+    assert {v: g["questions"] for v, g in groups.items()} == {"Event": 1, "Music": 2, "Speech": 3,
+                                                                eval_report.MISSING: 1}
+    assert groups["Speech"]["rewards"]["accuracy"]["mean"] == pytest.approx(2 / 3)
+    assert groups["Music"]["rewards"]["accuracy"]["mean"] == 0.5
+    assert summary["num_questions"] == 5 and summary["accuracy"] == pytest.approx(3 / 5)
+    other = [{**r, "rewards": {"format": 1.0, "accuracy": 1.0}} for r in rows]
+    result = eval_report.compare(rows, other, ["audio_class"])
+    assert {v: g["questions"] for v, g in result["groups"]["audio_class"].items()} == {
+        "Event": 1, "Music": 2, "Speech": 3, eval_report.MISSING: 1}
+    assert result["groups"]["audio_class"]["Speech"]["b_better"] == 1
 
 
 def test_summary_with_k_samples_averages_pass_at_1_per_question():

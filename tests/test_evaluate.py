@@ -3,10 +3,12 @@ LoRA adapter, each scored through the training prompt and rewards; a killed run 
 another."""
 
 import json
+import re
 
 import pytest
 import torch
 
+from omni_grpo import eval_report
 from omni_grpo.evaluate import EvalError, evaluate, main, resolve_model_dir
 from tests.helpers import build_shards
 
@@ -111,6 +113,141 @@ def test_group_by_and_compare_with_a_finished_run(base_run, base_dir, tiny_model
     assert set(result["groups"]["vid_name"]) == vids
     printed = capsys.readouterr().out
     assert f"A: {tiny_model_dir}" in printed and "McNemar p" in printed and "vid_name=" in printed
+
+
+@pytest.fixture(scope="module")
+def shards_with_a_missing_video(tmp_path_factory):
+    """3 synthetic Social-IQ 2.0 clips (2 + 3 + 2 questions) whose first video is missing from the download."""
+    from omni_grpo.synthetic import make_siq2_dataset
+    from preprocess.build import BuildOptions, build
+    from preprocess.media import VideoOptions
+
+    root = tmp_path_factory.mktemp("eval-missing")
+    make_siq2_dataset(root / "raw", n_clips=3, seconds=2.0)
+    qa = [json.loads(line) for line in (root / "raw" / "qa" / "qa_train.json").read_text().splitlines()]
+    gone = qa[0]["vid_name"]
+    (root / "raw" / "video" / f"{gone}.mp4").unlink()
+    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
+                       video=VideoOptions(min_pixels=3136, max_pixels=12544)))
+    return root / "shards", qa, gone
+
+
+def test_coverage_counts_the_questions_preprocess_lost(tiny_model_dir, shards_with_a_missing_video, tmp_path,
+                                                         capsys):
+    data, qa, gone = shards_with_a_missing_video
+    lost = [row["qid"] for row in qa if row["vid_name"] == gone]
+    metrics, lines = run(tiny_model_dir, data, tmp_path / "out", "--group-by", "vid_name")
+    cover = metrics["coverage"]
+    assert cover["released"] == len(qa) == 7 and cover["lost_before_evaluation"] == len(lost) == 2
+    assert cover["scored"] == cover["evaluated"] == len(qa) - len(lost) == metrics["num_questions"]
+    assert cover["text"] == f"5 of {len(qa)} released questions scored"
+    assert cover["lost_reasons"] == {"video file not found: FILE": 2}
+    per_video = cover["groups"]["vid_name"]
+    assert per_video[gone] == {"scored": 0, "released": len(lost)}  # its category read back from qa_train.json
+    for vid in {row["vid_name"] for row in qa} - {gone}:
+        n = sum(row["vid_name"] == vid for row in qa)
+        assert per_video[vid] == {"scored": n, "released": n}
+    assert cover["uncategorised"] == {"vid_name": 0}
+    printed = capsys.readouterr().out
+    assert f"coverage: 5 of {len(qa)} released questions scored; 2 not in the shards" in printed
+    assert f"vid_name={gone}" in printed and "0/2" in printed and f"5/{len(qa)}" in printed
+
+
+def test_subset_scores_only_the_listed_questions(tiny_model_dir, shards_with_a_missing_video, tmp_path):
+    data, qa, gone = shards_with_a_missing_video
+    kept = next(row["qid"] for row in qa if row["vid_name"] != gone)
+    lost = next(row["qid"] for row in qa if row["vid_name"] == gone)
+    (tmp_path / "clean.txt").write_text(f"# a published split\n{kept}\n{lost}\nnot-a-question\n")
+    metrics, lines = run(tiny_model_dir, data, tmp_path / "out", "--subset", str(tmp_path / "clean.txt"))
+    assert {line["id"] for line in lines} == {kept}
+    cover = metrics["coverage"]
+    assert (cover["released"], cover["scored"], cover["lost_before_evaluation"]) == (3, 1, 2)
+    assert "not in the shards or their failures.jsonl" in cover["lost_reasons"]
+    run_file = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run_file["subset"]["questions"] == 3
+    (tmp_path / "none.txt").write_text("x\ny\n")
+    with pytest.raises(EvalError, match="none of its 2 ids is a question of --data"):
+        evaluate(str(tiny_model_dir), [str(data)], str(tmp_path / "none"), subset=str(tmp_path / "none.txt"))
+
+
+def _captured_inputs(monkeypatch):
+    """What each generate call of `evaluate` receives: (sample ids, ModelInputs), in batch order."""
+    import omni_grpo.rollout as rollout
+
+    seen, real = [], rollout.sample
+
+    def spy(module, net, processor, inputs, samples, *args, **kwargs):
+        seen.append(([s["id"] for s in samples], inputs))
+        return real(module, net, processor, inputs, samples, *args, **kwargs)
+
+    monkeypatch.setattr(rollout, "sample", spy)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def full_inputs(tiny_model_dir, shards, tmp_path_factory):
+    """A full run with batch size 1 (each question's own tensors): its folder and each question's inputs."""
+    out = tmp_path_factory.mktemp("full")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        seen = _captured_inputs(monkeypatch)
+        run(tiny_model_dir, shards, out, "--batch-size", "1")
+    return out, {ids[0]: inputs for ids, inputs in seen}
+
+
+@pytest.mark.parametrize("ablate", ["video", "audio", "media"])
+def test_ablated_runs_do_not_see_the_blanked_media(tiny_model_dir, shards, full_inputs, tmp_path, monkeypatch, ablate):
+    """Ablated, the 5 questions about 2 different clips get one and the same video patches / audio features (so
+    the model cannot tell the clips apart), different from the full run's; the prompt ids (its layout) and the
+    other stream are the full run's, bit for bit."""
+    full_dir, full = full_inputs
+    seen = _captured_inputs(monkeypatch)
+    metrics, _ = run(tiny_model_dir, shards, tmp_path / ablate, "--batch-size", "1", "--ablate", ablate)
+    blank = {ids[0]: inputs for ids, inputs in seen}
+    assert sorted(blank) == sorted(full) and len(blank) == N_QUESTIONS
+    streams = {"video": ["pixel_values_videos"], "audio": ["input_features"],
+               "media": ["pixel_values_videos", "input_features"]}[ablate]
+    for q in blank:
+        assert torch.equal(blank[q].input_ids, full[q].input_ids)
+        for name in ("pixel_values_videos", "input_features"):
+            a, b = getattr(blank[q], name), getattr(full[q], name)
+            assert a is not None and b is not None
+            assert torch.equal(a, b) == (name not in streams), (q, name)
+    for name in streams:
+        first = getattr(next(iter(blank.values())), name)
+        assert all(torch.equal(getattr(x, name), first) for x in blank.values()), name
+        assert len({getattr(x, name).sum().item() for x in full.values()}) > 1, f"the full run's {name} is one clip"
+    assert metrics["ablate"] == ablate
+    assert json.loads((tmp_path / ablate / "run.json").read_text())["ablate"] == ablate
+    result = eval_report.compare(eval_report.load_predictions(full_dir),
+                                 eval_report.load_predictions(tmp_path / ablate))
+    assert result["paired_questions"] == N_QUESTIONS
+    assert eval_report.run_label(tmp_path / ablate).endswith(f" (ablate {ablate})")
+
+
+def test_text_ablation_leaves_no_media_token_and_the_text_as_is(tiny, tiny_model_dir, shards, full_inputs, tmp_path,
+                                                                 monkeypatch):
+    full_dir, full = full_inputs
+    seen = _captured_inputs(monkeypatch)
+    metrics, _ = run(tiny_model_dir, shards, tmp_path / "text", "--batch-size", "1", "--ablate", "text")
+    decode = tiny[2].tokenizer.decode
+    media = r"<\|vision_bos\|>.*<\|vision_eos\|>|<\|audio_bos\|>.*<\|audio_eos\|>"
+    for ids, inputs in seen:
+        assert inputs.pixel_values_videos is None and inputs.input_features is None and inputs.pixel_values is None
+        with_media = decode(full[ids[0]].input_ids[0])
+        assert re.search(media, with_media, re.DOTALL)
+        assert decode(inputs.input_ids[0]) == re.sub(media, "", with_media, flags=re.DOTALL)
+    assert len(seen) == N_QUESTIONS and metrics["ablate"] == "text"
+
+
+def test_the_configs_answer_instruction_reaches_the_prompt(tiny, tiny_model_dir, shards, tmp_path, monkeypatch):
+    seen = _captured_inputs(monkeypatch)
+    run(tiny_model_dir, shards, tmp_path / "out", "--limit", "1", "answer_instructions.multiple_choice=Pick one.")
+    prompt = tiny[2].tokenizer.decode(seen[0][1].input_ids[0])
+    assert "D. " in prompt and "\nPick one.<|im_end|>" in prompt and "letter of the correct option" not in prompt
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["answer_instructions"] == {
+        "multiple_choice": "Pick one."}
+    assert main(["--model", str(tiny_model_dir), "--data", str(shards), "--output", str(tmp_path / "bad"),
+                 "answer_instructions.yesno=x"]) == 2
 
 
 def test_overrides_reach_the_prompt(base_run, tiny_model_dir, shards, tmp_path):

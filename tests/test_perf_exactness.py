@@ -1,8 +1,8 @@
 """Work saved in the update changes nothing but the cost: each saving is held to the path without it.
 
-- Entropy: without an entropy bonus, `log_probs(entropy_stride=k)` computes the entropy metric at every
+- Entropy: without an entropy term, `log_probs(entropy_stride=k)` computes the entropy metric at every
   k-th completion position only; those values equal the full computation's, and the log-probs and their
-  gradients are bit-identical to a pass that computes the entropy everywhere. With stride 1 (entropy_coef > 0)
+  gradients are bit-identical to a pass that computes the entropy everywhere. With stride 1 (entropy_coef ≠ 0)
   the entropy is everywhere and carries gradient.
 - Vocabulary slices: `log_probs` through `HeadLogProbs` (the default) gives the log-probs, entropies and every
   parameter's gradient of the checkpointed `lm_head` module (`sliced=False`) to float rounding, and no

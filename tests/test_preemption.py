@@ -20,6 +20,7 @@ import pytest
 
 from omni_grpo import checkpoint as ckpt
 from omni_grpo.config import TrainConfig
+from omni_grpo.logging import log_dir
 from omni_grpo.preemption import COMMAND_ENV, REPEAT_WINDOW_S, resume_command, stop_on_signals
 from tests.helpers import CLI_RUN, LENGTH, common, free_port, run_args, scalars, zero3_test_config
 
@@ -127,6 +128,7 @@ def test_resume_command(monkeypatch):
 
 
 FAKE_PY = """#!/usr/bin/env bash
+if [[ "$1" == "-c" ]]; then echo "0 40123 cpu"; exit 0; fi  # the script's probe: GPUs, a free port
 echo "$OMNI_GRPO_COMMAND" > "$SEEN"; exit 3
 """
 
@@ -181,7 +183,7 @@ def test_sigterm_to_a_training_process_saves_and_prints_a_command_that_resumes(t
 def scalar_steps(out: Path, tag: str = "actor/loss") -> list[int]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "runs"))
+    acc = EventAccumulator(str(log_dir(out)))
     acc.Reload()
     return [e.step for e in acc.Scalars(tag)]
 

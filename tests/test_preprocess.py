@@ -145,7 +145,7 @@ def test_siq2_build_uses_wav_and_maps_fields(tmp_path):
         assert item["options"] == [row["a0"], row["a1"], row["a2"], row["a3"]]
         assert item["answer"] == "ABCD"[row["answer_idx"]]
         assert item["problem_type"] == "multiple_choice"
-        assert item["extra"] == {"vid_name": row["vid_name"], "ts": row["ts"]}
+        assert item["extra"] == {"vid_name": row["vid_name"], "ts": row["ts"], "qid": row["qid"]}
         assert item["audio_source"] == "file" and item["sample_rate"] == 16000
         assert item["audio"].dtype == np.float32 and len(item["audio"]) == 32000
     wav_audio = by_id[qa[0]["qid"]]["audio"]

@@ -11,7 +11,7 @@ import pytest
 
 from omni_grpo import synthetic
 from preprocess import shards
-from preprocess.benchmarks import BENCHMARKS, _options
+from preprocess.benchmarks import _options
 from preprocess.build import PreprocessError
 from preprocess.sources import LineError
 from tests.helpers import preprocess_cli, preprocess_here
@@ -186,6 +186,101 @@ def test_avqa_reads_the_split(tmp_path):
     assert summary["options"]["split"] == "val"
 
 
+def test_avqa_null_option_is_read_as_the_authors_encode_it(tmp_path):
+    # AlyssaYoung/AVQA preprocess/preprocess_text/datautils/avqa.py turns a None candidate into "null".
+    root = tmp_path / "avqa"
+    clip(root / "video" / "-0PQM4-hqg_000030.mp4")
+    (root / "annotation").mkdir(parents=True)
+    base = {"video_name": "-0PQM4-hqg_000030", "video_id": 1, "question_text": "Which instrument is heard?",
+            "question_type": "Which"}
+    rows = [{**base, "id": 7, "multi_choice": ["piano", None, "violin", "drum"], "answer": 2},
+            {**base, "id": 8, "multi_choice": ["piano", "guitar", None, "drum"], "answer": 2}]
+    (root / "annotation" / "train_qa.json").write_text(json.dumps(rows))
+    preprocess_here(tmp_path / "out", source="avqa", root=root)
+    items = written(tmp_path / "out")
+    assert items["7"]["options"] == ["piano", "null", "violin", "drum"] and items["7"]["answer"] == "C"
+    assert items["7"]["extra"]["null_options"] == ["B"]
+    lost = failures(tmp_path / "out")
+    assert set(lost) == {"8"} and lost["8"]["line"] == 2
+    assert "correct option C (multi_choice[2]) is null" in lost["8"]["reason"]
+
+
+# --- HumanOmniV2 / R1-Omni / Video-R1 records (--source r1) --------------------------------------------
+
+def humanomniv2_record(video, problem_type, options, answer, **extra):
+    """A record as in HumanMLLM/HumanOmniV2 src/open-r1-multimodal/data_config/emer_rewrite.json (9bf0e6f):
+    problem, problem_type, options ("A. …"), solution (<context>/<think> reasoning, then <answer>), answer,
+    data_type, clean_list, video and path."""
+    return {"problem": f"What emotions does the speaker in {video} show?", "problem_type": problem_type,
+            "options": options, "solution": f"<context>a face</context><think>she smiles</think><answer>{answer}"
+            "</answer>", "answer": answer, "data_type": "video", "clean_list": ["Happy"], "video": f"MER24/{video}",
+            "path": f"MER24/{video}", **extra}
+
+
+def video_r1_record(problem_id, data_type, path, problem_type, answer, options=()):
+    """A record as tulerfeng/Video-R1 reads Video-R1-260k.json (src/r1-v/src/open_r1/grpo.py, 59d65c3):
+    problem_id, problem, data_type, problem_type, options, process, solution "<answer>…</answer>", path "./…"."""
+    return {"problem_id": problem_id, "problem": f"Question {problem_id}?", "data_type": data_type,
+            "problem_type": problem_type, "options": list(options), "process": "<think>long reasoning</think>",
+            "solution": f"<answer>{answer}</answer>", "path": path}
+
+
+def test_r1_reads_humanomniv2_and_video_r1_records(tmp_path):
+    root = tmp_path / "videos"
+    clip(root / "MER24" / "sample_0.mp4")
+    clip(root / "LLaVA-Video-178K" / "v.mp4")
+    synthetic.make_image(root / "Math" / "g.png", size=(56, 56))
+    six = ["A. Urgent", "B. Happy", "C. Relaxed", "D. Understanding", "E. Admiration", "F. Approve"]
+    records = [humanomniv2_record("sample_0.mp4", "emer_ov_mc", six, "C,B"),
+               humanomniv2_record("sample_0.mp4", "multiple choice", six[:4], "D"),
+               humanomniv2_record("sample_0.mp4", "judge", [], "Yes"),
+               humanomniv2_record("sample_0.mp4", "emer_ov", [], "happy"),
+               humanomniv2_record("sample_0.mp4", "emer_ov_mc", six, "B", path={"image": "a.png", "audio": "a.wav"}),
+               video_r1_record(17, "video", "./LLaVA-Video-178K/v.mp4", "numerical", "3.5"),
+               video_r1_record(18, "image", "./Math/g.png", "regression", "42"),
+               video_r1_record(19, "video", "./LLaVA-Video-178K/v.mp4", "OCR", "EXIT 12"),
+               video_r1_record(20, "video", "./LLaVA-Video-178K/v.mp4", "free-form", "a red car"),
+               video_r1_record(21, "video", "./LLaVA-Video-178K/v.mp4", "multiple choice", "B",
+                               ["A. left", "B. right", "C. up", "D. down"]),
+               video_r1_record(22, "video", "./missing.mp4", "numerical", "1")]
+    (tmp_path / "data_config").mkdir()
+    (tmp_path / "data_config" / "mixed.json").write_text(json.dumps(records))
+    result = preprocess_cli("--source", "r1", "--root", str(root), "--split",
+                            str(tmp_path / "data_config" / "mixed.json"), "--output", "out", "--workers", "0",
+                            "--min-pixels", str(28 * 28 * 4), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    items = written(tmp_path / "out")
+    assert set(items) == {"mixed-0", "mixed-1", "mixed-2", "17", "18", "19", "20", "21"}
+    assert (items["mixed-0"]["problem_type"], items["mixed-0"]["answer"]) == ("multi_label", "B,C")
+    assert items["mixed-0"]["options"] == [o[3:] for o in six]
+    assert (items["mixed-1"]["problem_type"], items["mixed-1"]["answer"]) == ("multiple_choice", "D")
+    assert (items["mixed-2"]["problem_type"], items["mixed-2"]["answer"], items["mixed-2"]["options"]) == (
+        "yes_no", "yes", [])
+    assert items["mixed-0"]["extra"] == {"data_type": "video", "clean_list": ["Happy"],
+                                         "source_problem_type": "emer_ov_mc"}
+    assert [(items[k]["problem_type"], items[k]["answer"]) for k in ("17", "18", "19", "20", "21")] == [
+        ("numeric", "3.5"), ("numeric", "42"), ("free_text", "EXIT 12"), ("free_text", "a red car"),
+        ("multiple_choice", "B")]
+    assert items["18"]["modality"] == "image" and items["17"]["modality"] == "video"
+    assert "process" not in items["17"]["extra"] and items["17"]["extra"]["source_problem_type"] == "numerical"
+    lost = failures(tmp_path / "out")
+    assert set(lost) == {"mixed-3", "mixed-4", "22"}
+    assert "'emer_ov' has no matcher" in lost["mixed-3"]["reason"]
+    assert "lists several media (audio, image)" in lost["mixed-4"]["reason"]
+    humanomniv2 = preprocess_cli("--source", "humanomniv2", "--root", str(root), "--output", "out2", cwd=tmp_path)
+    assert humanomniv2.returncode != 0 and "needs --split FILE" in humanomniv2.stderr
+
+
+def test_r1_reads_json_lines(tmp_path):
+    root = tmp_path / "data"
+    clip(root / "v.mp4")
+    lines = [video_r1_record(1, "video", "./v.mp4", "multiple choice", "A", ["A. x", "B. y"]), "{broken"]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) if isinstance(r, dict) else r for r in lines))
+    preprocess_here(tmp_path / "out", source="r1", root=root, split="train.jsonl")
+    assert set(written(tmp_path / "out")) == {"1"}
+    assert "malformed JSON" in failures(tmp_path / "out")[None]["reason"]
+
+
 # --- Social-IQ 2.0 validation split (existing siq2 reader) ---------------------------------------------
 
 def test_siq2_val_split(tmp_path):
@@ -198,6 +293,55 @@ def test_siq2_val_split(tmp_path):
     assert summary["source"]["qa_file"] == "qa/qa_val.json" and summary["options"]["split"] == "val"
 
 
+def siq2_line(qid, q, vid_name="3vZccD8ySXc", answer_idx=1):
+    """A line of Social-IQ 2.0's qa_val.json as released (abwilf/Social-IQ-2.0-Challenge siq2/qa/qa_val.json,
+    62a5c4b: qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0..a3); ts fits the 1 s clip."""
+    options = [f"{q} option {i}" for i in range(4)]
+    return {"qid": qid, "q": q, "vid_name": vid_name, "ts": "0.00-1.000000", "ans_corr": options[answer_idx],
+            "answer_idx": answer_idx, "idx_types": ["matched", "corr", "rewrite", "matched"],
+            **{f"a{i}": o for i, o in enumerate(options)}}
+
+
+def test_siq2_keeps_every_question_of_a_reused_qid(tmp_path):
+    # As in the val release (lines 48-52): q3_0 and q2_0 each name two different questions.
+    root = tmp_path / "siq2"
+    clip(root / "video" / "3vZccD8ySXc.mp4")
+    lines = [siq2_line("3vZccD8ySXc_q3_0", "How did the girls react to hitting the wrong button?"),
+             siq2_line("3vZccD8ySXc_q2_0", "How does the driver's lack of understanding affect her driving?"),
+             siq2_line("3vZccD8ySXc_q3_0", "Why did the girls suddenly scream at 0:15?", answer_idx=3),
+             siq2_line("3vZccD8ySXc_q2_0", "Why is the driver hitting the roof of the car", answer_idx=0),
+             siq2_line("3vZccD8ySXc_q3_0", "Why did the girls suddenly scream at 0:15?", answer_idx=3),
+             siq2_line("3vZccD8ySXc_q3_0", "What do the girls do next?", answer_idx=2)]
+    (root / "qa").mkdir()
+    (root / "qa" / "qa_val.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    summary = preprocess_here(tmp_path / "out", source="siq2", root=root, split="val")
+    items = written(tmp_path / "out")
+    assert set(items) == {"3vZccD8ySXc_q3_0", "3vZccD8ySXc_q2_0", "3vZccD8ySXc_q3_0#1", "3vZccD8ySXc_q2_0#1",
+                          "3vZccD8ySXc_q3_0#2"}
+    assert items["3vZccD8ySXc_q3_0#1"]["question"] == "Why did the girls suddenly scream at 0:15?"
+    assert items["3vZccD8ySXc_q3_0#1"]["answer"] == "D"
+    assert items["3vZccD8ySXc_q2_0#1"]["question"] == "Why is the driver hitting the roof of the car"
+    assert items["3vZccD8ySXc_q3_0#2"]["question"] == "What do the girls do next?"
+    assert {item["extra"]["qid"] for item in items.values()} == {"3vZccD8ySXc_q3_0", "3vZccD8ySXc_q2_0"}
+    assert items["3vZccD8ySXc_q3_0#2"]["extra"]["qid"] == "3vZccD8ySXc_q3_0"
+    lost = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert [(f["id"], f["line"]) for f in lost] == [("3vZccD8ySXc_q3_0", 5)]
+    assert "duplicate of line 3 (same id and content); dropped" in lost[0]["reason"]
+    assert summary["counts"]["written"] == 5
+
+
+def test_siq2_repeat_ids_do_not_take_a_released_id(tmp_path):
+    root = tmp_path / "siq2"
+    clip(root / "video" / "3vZccD8ySXc.mp4")
+    lines = [siq2_line("v_q1", "First?"), siq2_line("v_q1#1", "Released with a hash?"), siq2_line("v_q1", "Second?")]
+    (root / "qa").mkdir()
+    (root / "qa" / "qa_train.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    preprocess_here(tmp_path / "out", source="siq2", root=root)
+    items = written(tmp_path / "out")
+    assert {k: v["question"] for k, v in items.items()} == {"v_q1": "First?", "v_q1#1": "Released with a hash?",
+                                                           "v_q1#2": "Second?"}
+
+
 # --- layouts and field rules ----------------------------------------------------------------------------
 
 LAYOUTS = {
@@ -208,7 +352,7 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("source", sorted(BENCHMARKS))
+@pytest.mark.parametrize("source", sorted(LAYOUTS))
 def test_wrong_layout_error_shows_the_expected_layout(tmp_path, source):
     qa_name, folder, shown = LAYOUTS[source]
     root = tmp_path / "root"

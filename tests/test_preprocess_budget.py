@@ -51,6 +51,54 @@ def test_token_count_equals_the_processor(tiny, tiny_model_dir, frames, height, 
     assert processor_length(module, processor, sample) == text + B.video_tokens(frames, height, width)
 
 
+KINDS = {"multiple_choice": ["x", "y", "z"], "multi_label": ["x", "y", "z"], "yes_no": [], "numeric": [],
+         "free_text": []}
+
+
+@pytest.mark.parametrize("problem_type", sorted(KINDS))
+def test_each_problem_types_instruction_is_in_the_prompt_and_the_budget(tiny, tiny_model_dir, problem_type):
+    """The processor's prompt ends the question with the type's own instruction, and preprocess's count of the
+    sample's text (`plan.count_text_tokens`) is that prompt's, default and overridden alike."""
+    from omni_grpo.data import Collate
+    from omni_grpo.rewards.instructions import DEFAULT_INSTRUCTIONS
+    from preprocess.plan import count_text_tokens
+    from preprocess.sources import Sample, SourceData
+
+    module, _, processor = tiny
+    counter = B.TextCounter(DEFAULT_SYSTEM_PROMPT, tiny_model_dir)
+    frames, audio = np.zeros((4, 56, 84, 3), np.uint8), np.zeros(32000, np.float32)
+    media = B.media_tokens("video", 4, 56, 84, audio.shape[0])
+    qa = dict(question="What happens?", options=KINDS[problem_type], problem_type=problem_type)
+    data = SourceData(kind="jsonl", base=Path("."), qa_file="m.jsonl", lines=1, failures=[],
+                      samples=[Sample(id="s", video="v.mp4", answer="A", **{**qa, "options": tuple(qa["options"])})])
+    for overrides in (None, {problem_type: "Say it in the way this long replacement sentence asks you to."}):
+        sample = dict(id="s", answer="A", frames=frames, fps=2.0, audio=audio, sample_rate=16000, **qa)
+        batch = Collate(module, processor, DEFAULT_SYSTEM_PROMPT, True, 4096, overrides)([sample])
+        prompt = processor.tokenizer.decode(batch.inputs.input_ids[0])
+        said = (overrides or DEFAULT_INSTRUCTIONS)[problem_type]
+        assert f"\n{said}<|im_end|>" in prompt
+        assert all(text not in prompt for kind, text in DEFAULT_INSTRUCTIONS.items() if text != said)
+        assert int(batch.inputs.attention_mask.sum()) == count_text_tokens(counter, data, overrides)["s"] + media
+
+
+def test_preprocess_counts_the_configs_answer_instructions(tmp_path):
+    """--answer-instructions reaches each sample's stored prompt_tokens; a bad key is one line naming it."""
+    from preprocess.__main__ import main
+
+    synthetic.make_clip(tmp_path / "d" / "a.mp4", seconds=1.0, size=(64, 64))
+    (tmp_path / "d" / "m.jsonl").write_text(json.dumps({"id": "q", "video": "a.mp4", "question": "Is it red?",
+                                                        "answer": "yes", "problem_type": "yes_no"}) + "\n")
+    common = ["--source", "jsonl", "--manifest", str(tmp_path / "d" / "m.jsonl"), "--workers", "0", "--no-progress",
+              "--min-pixels", "3136", "--max-pixels", "3136"]
+    assert main([*common, "--output", str(tmp_path / "default")]) == 0
+    longer = "Reply with one word, yes or no, and nothing else at all, please."
+    assert main([*common, "--output", str(tmp_path / "longer"), "--answer-instructions",
+                 json.dumps({"yes_no": longer})]) == 0
+    default, overridden = (shards.load(tmp_path / name).prompt_tokens[0] for name in ("default", "longer"))
+    assert overridden - default == B.estimate_text_tokens(longer) - B.estimate_text_tokens("Answer yes or no.")
+    assert main([*common, "--output", str(tmp_path / "bad"), "--answer-instructions", '{"yesno": "x"}']) == 2
+
+
 def test_audio_tokens_25_per_second():
     assert B.audio_tokens(60 * 16000) == 1500
     assert B.audio_tokens(None) == 0 and B.audio_tokens(0) == 0

@@ -76,7 +76,7 @@ def test_siq2_lines(qid, q, vid, answers, idx, extra):
     assert list(sample.options) == answers and sample.problem_type == "multiple_choice"
     assert sample.answer == "ABCD"[int(idx)]
     assert sample.video == f"video/{vid}.mp4" and "/" not in vid
-    assert sample.extra == {"vid_name": vid, **extra}
+    assert sample.extra == {"vid_name": vid, **extra, "qid": str(qid)}
 
 
 @SETTINGS

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from omni_grpo.config import ConfigError, TrainConfig, save_config
+from omni_grpo.logging import log_dir
 from omni_grpo.run_control import decide_resume, move_old_run
 from tests.helpers import CLI_RUN, LENGTH, run_args
 
@@ -43,6 +44,8 @@ def test_auto_resumes_this_config_and_refuses_another(tmp_path):
     line = str(refused.value)
     assert "\n" not in line and "holds a different run (learning_rate, seed differ" in line
     assert "new output_dir=DIR" in line and "overwrite_output_dir=true" in line
+    with pytest.raises(ConfigError, match=r"holds a different run \(seed differs from "):
+        decide_resume(C(output_dir=str(out), learning_rate=1e-5, seed=5))  # one key: the verb agrees
     assert decide_resume(C(output_dir=str(out), learning_rate=2e-5, overwrite_output_dir=True)) is None
     assert decide_resume(C(output_dir=str(out), resume_from_checkpoint="latest")) == newest
 
@@ -103,12 +106,12 @@ def test_rerunning_the_same_command_resumes_and_tensorboard_shows_each_step_once
     # Leave a torn tail as a kill after step 2 would (steps 3 logged, never saved): the resumed run relogs step 3.
     from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(str(out / "runs")) as torn:
+    with SummaryWriter(str(log_dir(out))) as torn:
         torn.add_scalar("actor/loss", 123.0, 3)
     again = _train(tmp_path, out, "max_steps=4")
     assert again.returncode == 0, again.stderr
     assert "resumed from" in again.stderr and "at step 2" in again.stderr and "done: 4 steps" in again.stderr
-    assert _steps(out / "runs") == [1, 2, 3, 4]
+    assert _steps(log_dir(out)) == [1, 2, 3, 4]
     # A different run into the same folder: one line, in --check too (before any rank would launch).
     for check in (True, False):
         other = _train(tmp_path, out, "max_steps=4", "learning_rate=0.5", check=check)
@@ -118,4 +121,4 @@ def test_rerunning_the_same_command_resumes_and_tensorboard_shows_each_step_once
     fresh = _train(tmp_path, out, "learning_rate=0.5", "overwrite_output_dir=true")
     assert fresh.returncode == 0, fresh.stderr
     assert "resumed from" not in fresh.stderr and "done: 2 steps" in fresh.stderr
-    assert _steps(out / "runs") == [1, 2] and len(list(out.glob("overwritten-*/checkpoints/step-*"))) == 2
+    assert _steps(log_dir(out)) == [1, 2] and len(list(out.glob("overwritten-*/checkpoints/step-*"))) == 2

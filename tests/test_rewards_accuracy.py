@@ -270,3 +270,88 @@ def test_known_problem_types_lists_every_matcher_and_spelling():
     assert list(known) == list(PROBLEM_TYPES)
     for kind, spellings in known.items():
         assert kind in spellings and all(normalise_problem_type(s) == kind for s in spellings)
+
+
+# --- multi-label partial credit (HumanOmniV2's emer_ov_mc F1) ------------------------------------------
+
+
+def _humanomniv2_emer_ov_mc(reference: str, hypothesis: str) -> float:
+    """HumanOmniV2's definition (HumanMLLM/HumanOmniV2 src/open-r1-multimodal/eval/eval_humanomniv2.py,
+    d9123e68, ``emer_ov_mc``), restated: F1 of the comma-separated letters."""
+    a, b = reference.split(","), hypothesis.split(",")
+    tp = len(set(a) & set(b))
+    p, r = tp / len(a), tp / len(b)
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+@pytest.mark.parametrize("pred, gold", [("A,E", "A,E"), ("A", "A,E"), ("A,B,E", "A,E"), ("C", "A,E"),
+                                        ("B,C,D", "B"), ("A,B,C,D", "A,B,C,D"), ("D,A", "A,D,E")])
+def test_multi_label_f1_is_humanomniv2s_partial_credit(pred, gold):
+    got = accuracy_reward([f"<answer>{pred}</answer>"], answer=[gold], options=[list("ABCDE")],
+                          problem_type=["emer_ov_mc"], multi_label_scoring="f1")[0]
+    assert got == pytest.approx(_humanomniv2_emer_ov_mc(gold, pred))
+    exact = accuracy_reward([f"<answer>{pred}</answer>"], answer=[gold], options=[list("ABCDE")],
+                            problem_type=["multi_label"])[0]
+    assert exact == (1.0 if set(pred.split(",")) == set(gold.split(",")) else 0.0)
+
+
+def test_multi_label_f1_reads_the_same_letter_forms_and_rejects_bad_settings():
+    score = accuracy_reward(["<answer>(b) and (e)</answer>", "no answer", "<answer>B, C</answer>"],
+                            answer=["B, E"] * 3, options=[list("ABCDE")] * 3, problem_type=["multi_label"] * 3,
+                            multi_label_scoring="f1")
+    assert score == [1.0, 0.0, 0.5]
+    with pytest.raises(ValueError, match="multi_label_scoring"):
+        accuracy_reward(["x"], answer=["A"], problem_type=["multi_label"], multi_label_scoring="partial")
+
+
+def test_humanomniv2_type_names_select_our_matchers():
+    assert normalise_problem_type("emer_ov_mc") == "multi_label"
+    assert normalise_problem_type("judge") == "yes_no"
+    assert normalise_problem_type("multiple choice") == "multiple_choice"
+    assert normalise_problem_type("numerical") == normalise_problem_type("regression") == "numeric"
+    assert normalise_problem_type("OCR") == normalise_problem_type("free-form") == "free_text"
+
+
+# --- the answer instruction ---------------------------------------------------------------------------
+
+
+def test_each_problem_type_gets_its_own_instruction():
+    from omni_grpo.rewards.instructions import DEFAULT_INSTRUCTIONS, instruction
+
+    options = ["x", "y", "z"]
+    assert instruction({"problem_type": "multiple_choice", "options": options}) == DEFAULT_INSTRUCTIONS[
+        "multiple_choice"] == "Answer with the letter of the correct option."
+    assert "letters of all correct options" in instruction({"problem_type": "emer_ov_mc", "options": options})
+    assert instruction({"problem_type": "judge", "options": []}) == "Answer yes or no."
+    assert instruction({"problem_type": "numerical"}) == "Answer with a number."
+    assert instruction({"problem_type": "free-form"}) == instruction({"problem_type": "OCR"}) != ""
+    assert instruction({"problem_type": None, "options": options}) == DEFAULT_INSTRUCTIONS["multiple_choice"]
+    assert instruction({"problem_type": "something else"}) == ""
+    assert len(set(DEFAULT_INSTRUCTIONS.values())) == 5
+
+
+def test_instruction_overrides_replace_one_type_and_are_checked():
+    from omni_grpo.rewards.instructions import check_instructions, instruction
+
+    overrides = check_instructions({"yes_no": "Reply Yes or No.", "numeric": ""})
+    assert instruction({"problem_type": "yes_no"}, overrides) == "Reply Yes or No."
+    assert instruction({"problem_type": "numeric"}, overrides) == ""
+    assert instruction({"problem_type": "multi_label", "options": ["a", "b"]}, overrides).startswith("Answer with")
+    with pytest.raises(ValueError, match="'yesno' is not a problem type"):
+        check_instructions({"yesno": "x"})
+    with pytest.raises(ValueError, match="must be a string"):
+        check_instructions({"yes_no": 3})
+
+
+def test_format_question_ends_with_the_instruction_of_the_samples_type():
+    from omni_grpo.models.base import format_question
+
+    mc = {"question": "Who?", "options": ["x", "y"], "problem_type": "multiple_choice"}
+    assert format_question(mc) == "Who?\nOptions:\nA. x\nB. y\nAnswer with the letter of the correct option."
+    assert format_question({**mc, "problem_type": "emer_ov_mc"}).endswith(
+        "B. y\nAnswer with the letters of all correct options, separated by commas (e.g. A,C).")
+    assert format_question({"question": "Is it red?", "problem_type": "judge"}) == "Is it red?\nAnswer yes or no."
+    assert format_question({"question": "How many?", "problem_type": "numerical"}) == "How many?\nAnswer with a number."
+    assert format_question({**mc, "instruction": "Pick one."}).endswith("B. y\nPick one.")
+    assert format_question({**mc, "instruction": ""}) == "Who?\nOptions:\nA. x\nB. y"
+    assert format_question({"question": "What?", "problem_type": None}) == "What?"

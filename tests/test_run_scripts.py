@@ -3,7 +3,9 @@
 
 import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,8 @@ LAUNCH_ENV = ("MODEL", "DATA", "OUTPUT_DIR", "DEMO_DIR", "NPROC", "NNODES", "NOD
 
 
 def test_scripts_exist():
-    assert {"stage4.sh", "test.sh", "_env.sh", "demo_setup.sh", "python.sh", "tensorboard.sh"} <= {s.name for s in SCRIPTS}
+    names = {s.name for s in SCRIPTS}
+    assert {"stage4.sh", "test.sh", "_env.sh", "demo_setup.sh", "python.sh", "tensorboard.sh"} <= names
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -60,8 +63,12 @@ def test_entry_scripts_are_short_and_pass_arguments_through(script):
 
 FAKE_PY = """#!/usr/bin/env bash
 # Stands in for Python: answers the script's probe (device count, free port), records every other call.
-if [[ "$1" == "-c" ]]; then echo "$FAKE_DEVICES 40123"; exit 0; fi
-echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset} $*" >> "$FAKE_LOG"
+if [[ "$1" == "-c" ]]; then  # as torch would: CUDA_VISIBLE_DEVICES="" hides every GPU
+  n="$FAKE_DEVICES" && if [[ -n "${CUDA_VISIBLE_DEVICES-x}" ]]; then :; else n=0; fi
+  if [[ "$n" == 0 ]]; then echo "0 40123 cpu"; else echo "$n 40123 cuda"; fi; exit 0
+fi
+echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset} DS_ACCELERATOR=${DS_ACCELERATOR-unset} $*" >> "$FAKE_LOG"
+echo "a/path/it/wrote"  # what the demo's builders print
 if [[ "$*" == *" --check "* ]]; then exit "${FAKE_CHECK_RC:-0}"; fi
 """
 
@@ -127,9 +134,112 @@ def test_stage4_master_port_wins(tmp_path):
         assert launch_args(calls)[1]["--main_process_port"] == "31000"
 
 
-def test_stage4_needs_model_and_data_together(tmp_path):
-    proc, calls = stage4(tmp_path, MODEL="m")
-    assert proc.returncode != 0 and "DATA=SHARDS" in proc.stderr and calls == []
+@pytest.mark.parametrize("given", [{"MODEL": "m"}, {"DATA": "d"}, {"OUTPUT_DIR": "o"}])
+def test_stage4_needs_model_and_data_together(tmp_path, given):
+    proc, calls = stage4(tmp_path, **given)
+    assert proc.returncode == 2 and calls == []
+    assert proc.stderr.splitlines() == [
+        "config error: set MODEL=DIR and DATA=SHARDS together (neither: the built-in demo)"]  # no bash error
+
+
+FAKE_LAUNCHER = """#!/usr/bin/env bash
+# Stands in for Python: the probe and --check pass; the launcher trains until a signal, then prints its line.
+if [[ "$1" == "-c" ]]; then echo "0 40123"; exit 0; fi
+if [[ "$*" == *" --check "* ]]; then exit 0; fi
+echo "$*" > "$FAKE_PID.args"
+echo $$ > "$FAKE_PID"
+trap 'sleep 1; echo "preempted (SIGTERM) at step 3: saved x; resume with: y" >&2; exit 143' TERM
+trap 'echo "preempted (SIGINT) at step 3: saved x; resume with: y" >&2; exit 130' INT
+for _ in $(seq 600); do sleep 0.1; done
+"""
+
+
+def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: bool = False, **extra):
+    """Run `cmd` (a script that ends in stage4.sh) with the stand-in launcher; once it waits, send `sig` to the
+    script's own PID (or to the launcher's); return (exit code, stderr, the launcher's arguments, PIDs left)."""
+    import psutil
+
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_LAUNCHER)
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), MODEL="m", DATA="d", **extra)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        for _ in range(300):
+            if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text().strip():
+                break
+            time.sleep(0.1)
+        launcher = int((tmp_path / "pid").read_text())
+        time.sleep(0.3)  # the traps are set
+        tree = [proc.pid, launcher, *(p.pid for p in psutil.Process(launcher).children(recursive=True))]
+        os.kill(launcher if to_launcher else proc.pid, sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    time.sleep(0.5)
+    left = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    return proc.returncode, err, (tmp_path / "pid.args").read_text(), left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_to_the_scripts_own_pid_reaches_the_launcher(tmp_path, sig):
+    """`kill PID` of stage4.sh (a scheduler, or a user who knows only that PID): the launcher gets the signal, its
+    preemption line comes out and the script ends with its exit code, leaving no process behind."""
+    code, err, _, left = signal_a_run(tmp_path, ["bash", str(REPO / "run_scripts" / "stage4.sh")], sig)
+    assert code == 128 + sig, err
+    assert err.strip().splitlines()[-1].startswith(f"preempted ({sig.name}) at step 3"), err
+    assert not left, f"processes left running: {left}"
+
+
+# --------------------------------------------------------------------------------------- SLURM batch templates
+
+TEMPLATES = sorted((REPO / "run_scripts").glob("*.sbatch"))
+
+
+@pytest.mark.parametrize("template", TEMPLATES, ids=lambda p: p.name)
+def test_slurm_templates_parse_and_hold_no_absolute_path(template):
+    assert subprocess.run(["bash", "-n", str(template)], capture_output=True).returncode == 0
+    text = template.read_text()
+    assert not [line for line in text.splitlines() if not line.startswith("#") and ABSOLUTE.search(line)]
+    assert "--signal=" in text and "run_scripts/stage4.sh" in text and '"$@"' in text
+
+
+def test_slurm_one_node_passes_the_schedulers_sigterm_to_the_launcher(tmp_path):
+    """`--signal=B:TERM@…` signals the batch script alone: it must reach the launcher (exec all the way)."""
+    code, err, _, left = signal_a_run(tmp_path, ["bash", str(REPO / "run_scripts" / "slurm_one_node.sbatch")],
+                                      signal.SIGTERM, SLURM_SUBMIT_DIR=str(REPO))
+    assert code == 143 and err.strip().splitlines()[-1].startswith("preempted (SIGTERM) at step 3"), err
+    assert not left, f"processes left running: {left}"
+
+
+SRUN = """#!/usr/bin/env bash
+# srun stand-in: drops its options and runs the task here as node 1 of the job
+while [[ "$1" == --* ]]; do shift; done
+SLURM_NODEID=1 exec "$@"
+"""
+
+
+def test_slurm_nodes_runs_one_stage4_per_node_and_passes_sigterm(tmp_path):
+    """srun starts stage4.sh as node SLURM_NODEID, node 0's host as the rendezvous, a fixed port; SLURM's SIGTERM
+    to the step's processes (the launcher) ends in the preemption line and the job ends."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", "#!/usr/bin/env bash\nprintf 'gpu-a\\ngpu-b\\n'\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    code, err, args, left = signal_a_run(
+        tmp_path, ["bash", str(REPO / "run_scripts" / "slurm_nodes.sbatch"), "learning_rate=1e-6"], signal.SIGTERM,
+        to_launcher=True, SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu-[a-b]",
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    assert code == 143 and err.strip().splitlines()[-1].startswith("preempted (SIGTERM) at step 3"), err
+    assert not left, f"processes left running: {left}"
+    words = args.split()
+    flags = dict(zip(words, words[1:]))
+    assert (flags["--num_machines"], flags["--machine_rank"]) == ("2", "1")
+    assert (flags["--main_process_ip"], flags["--main_process_port"]) == ("gpu-a", "29500"), (args, err)
+    assert args.rstrip().endswith("learning_rate=1e-6")
 
 
 def test_stage4_default_is_the_cpu_demo(tmp_path):
@@ -137,13 +247,30 @@ def test_stage4_default_is_the_cpu_demo(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert any("-m omni_grpo.tiny_models model demo/base" in c for c in calls)
     assert any("-m omni_grpo.demo data demo/clips" in c for c in calls)
-    assert any("-m preprocess --source jsonl --manifest demo/clips/manifest.jsonl --output demo/shards" in c for c in calls)
+    preprocess = "-m preprocess --source jsonl --manifest demo/clips/manifest.jsonl --output demo/shards"
+    assert any(preprocess in c for c in calls)
     assert any("-m omni_grpo.demo warmup --model demo/base --data demo/shards --output demo/model" in c for c in calls)
     line, flags = launch_args(calls)
     assert line.startswith("CUDA_VISIBLE_DEVICES= ") and flags["--num_processes"] == "2"
     assert line.endswith("--config configs/demo.yaml model_name_or_path=demo/model data=[demo/shards] "
-                         "eval_data=[demo/shards] output_dir=demo/run max_steps=2")
+                         "eval_data=[demo/shards] eval_steps=60 output_dir=demo/run max_steps=2")
     assert "bash run_scripts/tensorboard.sh demo/run/runs" in proc.stdout
+
+
+def test_stage4_demo_says_one_line_per_stage(tmp_path):
+    proc, calls = stage4(tmp_path, DEMO_DIR="demo")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "demo set-up: a random tiny thinker in demo/base", "demo set-up: 32 colour/tone clips in demo/clips",
+        "demo set-up: their frames and audio in demo/shards",
+        "demo set-up: the reply format (never the answers) fitted, into demo/model"]
+    assert ("starting 2 processes on 1 node(s), each loading the model; TensorBoard (its Custom Scalars tab first):"
+            in proc.stdout.splitlines())
+    assert proc.stdout.count("a/path/it/wrote") == 2  # the --check's and the launcher's, not the builders'
+    # On a machine without GPUs DeepSpeed is told the accelerator instead of warning that it guessed it.
+    assert all(" DS_ACCELERATOR=cpu " in c for c in calls if "omni_grpo.launch" in c or "--check" in c), calls
+    _, real = stage4(tmp_path, devices=4, MODEL="m", DATA="d")
+    assert all(" DS_ACCELERATOR=cuda " in c for c in real if "omni_grpo.launch" in c or "--check" in c), real
 
 
 def test_stage4_demo_reuses_what_exists(tmp_path):
@@ -192,6 +319,56 @@ def test_demo_config_is_small():
     assert cfg.max_steps <= 100 and cfg.max_prompt_length <= 1024
     assert cfg.dataloader_num_workers <= 1 and cfg.logging_steps == 1
     assert 0 < cfg.save_steps <= cfg.max_steps
+
+
+def test_outputs_and_shards_are_ignored_by_git():
+    """What the README's commands write at the repository root (outputs/, shards/) never shows in `git status`."""
+    paths = ["outputs/demo/run/config.yaml", "shards/siq2_train/manifest.json"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True)
+    assert proc.stdout.split() == paths, proc.stdout + proc.stderr
+
+
+FAKE_VENV_PY = """#!/usr/bin/env bash
+# Stands in for the new venv's Python: pip prints what setuptools and pip print on a first install.
+echo "$*" >> "$(dirname "$0")/calls"
+printf 'SetuptoolsDeprecationWarning: ...\\n!!\\n  ****\\n  Please avoid running setup.py directly\\n' >&2
+echo "Successfully installed omni-grpo"
+if [[ "$*" == *"$FAIL_ON"* ]]; then echo "ERROR: no matching distribution" >&2; exit 1; fi
+"""
+
+
+def first_install(tmp_path, fail_on: str = "never"):
+    """Source a copy of _env.sh in a fresh checkout whose ./.venv Python is a stand-in (no real install)."""
+    (tmp_path / "run_scripts").mkdir()
+    (tmp_path / "run_scripts" / "_env.sh").write_text((REPO / "run_scripts" / "_env.sh").read_text())
+    (tmp_path / "setup.py").write_text("setup()\n")
+    venv_py = tmp_path / ".venv" / "bin" / "python"
+    venv_py.parent.mkdir(parents=True)
+    venv_py.write_text(FAKE_VENV_PY)
+    venv_py.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("PY", "PYTHONPATH")}
+    env["FAIL_ON"] = fail_on
+    proc = subprocess.run(["bash", "-c", 'source run_scripts/_env.sh && echo "PY=$PY"'], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    return proc, (tmp_path / ".venv" / "bin" / "calls").read_text().splitlines()
+
+
+def test_first_install_is_one_line_and_its_noise_goes_to_a_log(tmp_path):
+    proc, calls = first_install(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"setting up {tmp_path}/.venv (first run: a few minutes; pip's output in "
+                                        f"{tmp_path}/.venv/install.log)"]
+    assert proc.stdout.splitlines() == [f"PY={tmp_path}/.venv/bin/python"]
+    assert [c.split()[4] for c in calls] == ["--upgrade", "torch==2.14.1", "-e"]  # torch first, then the package
+    assert "SetuptoolsDeprecationWarning" in (tmp_path / ".venv" / "install.log").read_text()
+
+
+def test_a_failed_install_shows_its_output_and_stops(tmp_path):
+    proc, calls = first_install(tmp_path, fail_on="torch==")
+    assert proc.returncode == 1 and "PY=" not in proc.stdout
+    assert "ERROR: no matching distribution" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("setup failed: pip install torch==2.14.1 torchvision==0.29.1")
+    assert len(calls) == 2  # the package is not installed over a failed torch
 
 
 # ------------------------------------------------------------------------------------------------------ lint

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from omni_grpo.logging import log_dir
+
 REPO = Path(__file__).resolve().parents[1]
 SCALARS = [
     "reward/total", "reward/format", "actor/kl", "actor/entropy", "actor/clip_ratio", "actor/grad_norm", "actor/lr",
@@ -40,10 +42,10 @@ def documented(tag: str) -> bool:
     return any(re.fullmatch(word.join(map(re.escape, re.split(r"<\w+>", n))), tag) for n in names)
 
 
-def _events(log_dir: Path):
+def _events(folder: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "tensors": 0})
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
     acc.Reload()
     return acc
 
@@ -92,11 +94,18 @@ def test_stage4_demo_end_to_end(tmp_path):
     assert proc.returncode == 0, _failure(proc)
     run = demo / "run"
     assert f"bash run_scripts/tensorboard.sh {run / 'runs'}" in proc.stdout
-    for noise in ("FutureWarning", "DeprecationWarning", "shm_comm", "Setting accelerator to CPU", "OMP_NUM_THREADS"):
+    for noise in ("FutureWarning", "DeprecationWarning", "shm_comm", "Setting accelerator to CPU", "OMP_NUM_THREADS",
+                  "Writing model shards", "Loading weights"):
         assert noise not in proc.stderr, noise
+    # One line per stage (and progress bars, rewritten in place), nothing else before the trainer's own lines.
+    lines = [x for x in re.split(r"[\r\n]", proc.stderr) if x.strip() and "%|" not in x]
+    start = next(i for i, x in enumerate(lines) if " INFO omni_grpo: " in x)
+    assert [x.split(":")[0] for x in lines[:start]] == ["demo set-up"] * 4, lines
+    assert proc.stdout.startswith("starting 2 processes on 1 node(s)"), proc.stdout
+    assert not any(x.startswith(str(tmp_path)) for x in proc.stdout.splitlines())  # no bare paths
 
-    assert len(list((run / "runs").glob("events.out.tfevents.*"))) == 1  # rank 0 only
-    events = _events(run / "runs")
+    assert len(list(log_dir(run).glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    events = _events(log_dir(run))
     tags = events.Tags()
     missing = [t for t in SCALARS if t not in tags["scalars"]]
     assert not missing, f"missing TensorBoard scalars {missing}; have {sorted(tags['scalars'])}"

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from omni_grpo.logging import log_dir
 from omni_grpo.trainer import GRPOTrainer
 from tests.helpers import LENGTH, TINY_RUN, snapshot, tiny_config
 
@@ -61,7 +62,7 @@ def test_kl_is_zero_at_first_step_and_event_file_has_the_tags(tiny_model_dir, ti
     rewards = ["format", "accuracy", "people_focus", "tests.rewards_for_tests:length_reward"]
     trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, reward_funcs=rewards))
     trainer.train()
-    acc = EventAccumulator(str(tmp_path / "runs"))
+    acc = EventAccumulator(str(log_dir(tmp_path)))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     missing = [t for t in REQUIRED_TAGS if t not in tags]

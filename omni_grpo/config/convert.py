@@ -35,6 +35,8 @@ _RENAMED = {
     "max_new_tokens": "max_completion_length",
     "kl_coef": "beta",
     "entropy_coeff": "entropy_coef",
+    "ref_model_sync_steps": "ref_sync_steps",
+    "ref_model_mixup_alpha": "ref_sync_alpha",
     "use_peft": "lora.enabled",
     "lora_r": "lora.r",
     "lora_alpha": "lora.alpha",

@@ -24,6 +24,7 @@ from omni_grpo.config.convert import ConfigError, _coerce_fields, _did_you_mean,
 
 __all__ = ["ConfigError", "DEFAULT_SYSTEM_PROMPT", "JudgeConfig", "LoraConfig", "TrainConfig"]
 
+EVAL_ABLATIONS = ("video", "audio", "media", "text")  # = omni_grpo.evaluate.ABLATIONS (a config builds without evaluate)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant who watches a video and listens to its audio to answer a question about "
     "the people in it. First describe the context that matters for the question: what people do, say and "
@@ -181,6 +182,13 @@ class TrainConfig:
         default=DEFAULT_SYSTEM_PROMPT,
         metadata=_help("System message of every prompt; the default asks for `<context>`, `<think>`, `<answer>` sections."),
     )
+    answer_instructions: dict[str, str] = field(
+        default_factory=dict,
+        metadata=_help("Replace the sentence that ends each question's prompt for a problem type: `{matcher: text}` with "
+                       "matcher one of multiple_choice, multi_label, yes_no, numeric, free_text ('' for none); e.g. "
+                       "`answer_instructions.yes_no='Reply Yes or No.'`. The defaults are in docs/rewards.md; pass the "
+                       "same to preprocess (--answer-instructions) so its prompt budget counts the same text."),
+    )
     lora: LoraConfig = field(default_factory=LoraConfig, metadata=_help("LoRA settings."))
 
     # ------------------------------------------------------------------------------------------------- data
@@ -208,6 +216,12 @@ class TrainConfig:
     eval_group_by: list[str] = field(
         default_factory=lambda: ["problem_type"],
         metadata=_help("Sample fields whose values get their own `eval/<value>/accuracy` (a field no eval sample has is skipped)."),
+    )
+    eval_ablations: list[str] = field(
+        default_factory=list,
+        metadata=_help("Also evaluate with media blanked, each logged as `eval/ablate_<name>/accuracy`: `video` (every "
+                       "frame one grey), `audio` (silence), `media` (both), `text` (no media tokens at all); shows "
+                       "whether the gains depend on the media (as `python -m omni_grpo.evaluate --ablate`)."),
     )
     skip_long_prompts: bool = field(
         default=False,
@@ -341,7 +355,27 @@ class TrainConfig:
         metadata=_help("μ: optimizer steps over each step's rollouts (> 1: ratios against the log-probs from before the "
                        "first, clipping acts from the second); the LR schedule counts all of them."),
     )
-    entropy_coef: float = field(default=0.0, metadata=_help("Weight of the entropy bonus; 0 = off."))
+    entropy_coef: float = field(
+        default=0.0,
+        metadata=_help("Weight of the entropy term, either sign: the loss gets −entropy_coef·H per token (verl's "
+                       "entropy_coeff). > 0 raises the policy's entropy (exploration; open-ended answers), < 0 "
+                       "lowers it (sharper answers: grounding, counting, one letter); 0 = off."),
+    )
+    ref_sync_steps: int = field(
+        default=0,
+        metadata=_help("Every N steps (counted as save_steps counts them; after the step's μ updates) the reference "
+                       "follows the policy: reference ← α·policy + (1 − α)·reference, α = ref_sync_alpha (TR-DPO, "
+                       "arXiv:2404.09656; TRL's ref_model_sync_steps; α = 1 is Kimi k1.5's reference reset, "
+                       "arXiv:2501.12599). 0 = off: the initial policy throughout, as in the paper. "
+                       "Needs β > 0 at some step. Refused with LoRA: there the reference is the base model with the "
+                       "adapter off, and following the policy would change the frozen base, which checkpoints do not "
+                       "hold and the saved adapter is relative to. Checkpoints then hold the reference's weights."),
+    )
+    ref_sync_alpha: float = field(
+        default=0.6,
+        metadata=_help("α of the reference sync, in (0, 1]: 1 copies the policy; TRL's ref_model_mixup_alpha (its "
+                       "default 0.6)."),
+    )
     max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this value; 0 = no clipping."))
     max_consecutive_nonfinite: int = field(
         default=3,
@@ -452,6 +486,8 @@ class TrainConfig:
         )
         _require(self.dataloader_prefetch_factor >= 1, f"dataloader_prefetch_factor={self.dataloader_prefetch_factor} must be >= 1")
         _require(self.eval_steps >= 0, f"eval_steps={self.eval_steps} must be >= 0 (0 turns evaluation off)")
+        bad = [name for name in self.eval_ablations if name not in EVAL_ABLATIONS]
+        _require(not bad, f"eval_ablations {bad} unknown; use some of {list(EVAL_ABLATIONS)}")
         _require(
             self.eval_steps == 0 or bool(self.eval_data),
             f"eval_steps={self.eval_steps} needs held-out data; pass eval_data=[DIR, ...] (shard directories written "
@@ -509,9 +545,24 @@ class TrainConfig:
             "regularisation; use kl_estimator=k3 (GRPO's; its gradient is that of KL(π_ref‖π)) or k2 (the "
             "gradient of KL(π‖π_ref)), or set beta=0",
         )
-        _require(self.entropy_coef >= 0, f"entropy_coef={self.entropy_coef} must be >= 0 (it weights a bonus); 0 turns it off")
+        self._validate_reference_sync()
         _require(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0; 0 turns clipping off")
         _require(self.max_consecutive_nonfinite >= 1, f"max_consecutive_nonfinite={self.max_consecutive_nonfinite} must be >= 1")
+
+    def _validate_reference_sync(self) -> None:
+        steps = self.ref_sync_steps
+        _require(steps >= 0, f"ref_sync_steps={steps} must be >= 0 (0 turns the reference sync off)")
+        _require(0 < self.ref_sync_alpha <= 1,
+                 f"ref_sync_alpha={self.ref_sync_alpha} must be in (0, 1]; 1 copies the policy into the reference")
+        if steps == 0:
+            return
+        _require(self.uses_reference_model,
+                 f"ref_sync_steps={steps} needs a reference model, which only β > 0 uses; set beta > 0 or "
+                 "ref_sync_steps=0")
+        _require(not self.lora.enabled,
+                 f"ref_sync_steps={steps} with lora.enabled: the reference is the base model with the adapter off, "
+                 "which cannot follow the policy without changing the frozen base; set lora.enabled=false or "
+                 "ref_sync_steps=0")
 
     @staticmethod
     def _validate_schedule(
@@ -569,7 +620,8 @@ class TrainConfig:
             _require(
                 name in names,
                 f"reward_kwargs has options for {name!r}, which is not in reward_funcs {names}"
-                f"{_did_you_mean(name, names)}; add it to reward_funcs or remove its options",
+                f"{_did_you_mean(name, names)}; add it to reward_funcs, or drop the options: on the command line "
+                "reward_kwargs=null clears the config's (reward_kwargs={} would merge nothing into them)",
             )
         _require(
             self.max_consecutive_reward_errors >= 1,

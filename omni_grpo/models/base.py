@@ -149,14 +149,18 @@ def check_loading_info(path, info: dict) -> None:
 
 
 def format_question(sample: dict) -> str:
-    """The question, then lettered options one per line when the sample has options."""
+    """The question, then lettered options one per line when the sample has options, then on its own line the
+    answer instruction of its problem type: the sample's `instruction` (`data.Collate` sets it from the config's
+    `answer_instructions`), else the default of `rewards.instructions`; none when that is empty."""
+    from omni_grpo.rewards.instructions import instruction
+
     text = str(sample["question"]).strip()
     options = sample.get("options") or []
     if options:
         letters = string.ascii_uppercase
         text += "\nOptions:\n" + "\n".join(f"{letters[i]}. {opt}" for i, opt in enumerate(options))
-        text += "\nAnswer with the letter of the correct option."
-    return text
+    said = sample["instruction"] if sample.get("instruction") is not None else instruction(sample)
+    return f"{text}\n{said}" if said else text
 
 
 def video_dummy_inputs(inner, param) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +186,7 @@ def sample_audio_in_video(sample: dict, default: bool) -> bool:
     return bool(default if own is None else own)
 
 
-MODALITIES = ("video", "audio", "image")
+MODALITIES = ("video", "audio", "image", "text")  # text: no media at all (evaluate's --ablate text)
 
 
 def sample_modality(sample: dict) -> str:

@@ -74,10 +74,10 @@ class Qwen25OmniModule(OmniModule):
     def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:
         """System turn, then a user turn with the sample's media and its question. A video's audio rides
         inside it when `use_audio_in_video` is on, else follows it as its own audio item; an audio clip alone
-        or an image is the turn's one media item."""
+        or an image is the turn's one media item; a `text` sample (modality "text") has none."""
         modality = sample_modality(sample)
         name = sample.get("id", modality)
-        media = [{"type": modality, modality: name}]
+        media = [] if modality == "text" else [{"type": modality, modality: name}]
         if modality == "video" and sample.get("audio") is not None and not use_audio_in_video:
             media.append({"type": "audio", "audio": name})
         return [

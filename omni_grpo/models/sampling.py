@@ -78,9 +78,9 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     `inputs` holds the B prompts; rows of the result are grouped: row i*G + j is sample j of prompt i.
     Each prompt is prefilled once (B rows, not B*G) and its G rows attend to that one copy of its
     keys/values (:mod:`omni_grpo.models.prefix_attention`; a per-row copy where the attention implementation
-    is not wrapped), and only the last position is projected onto the vocabulary. The token loop is ours rather than the thinker's
-    `generate`: the thinkers' forward has no `logits_to_keep` (their prefill would compute [B*G, P, V]
-    logits) and would prefill every copy. Sampling follows Hugging Face's processors in Hugging Face's order
+    is not wrapped), and only the last position is projected onto the vocabulary. The token loop is ours rather
+    than the thinker's `generate`: the thinkers' forward has no `logits_to_keep` (their prefill would compute
+    [B*G, P, V] logits) and would prefill every copy. Sampling follows Hugging Face's processors in Hugging Face's order
     (:func:`sampling_processors`); only the arguments given here apply, not the checkpoint's
     generation_config. Positions come from the module (`language_model_inputs` over the prompt plus
     `max_new_tokens` text slots), so TMRoPE and the `use_audio_in_video` flag are the ones every log-prob
@@ -102,7 +102,7 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     embeds, positions, mask, prompt_kw = prompt_model_inputs(module, thinker, inputs, slots)
     cache = DynamicCache(config=lm.config)
     out = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=inputs.attention_mask,
-             past_key_values=cache, use_cache=True, **prompt_kw)
+             cache=cache, use_cache=True, **prompt_kw)
     rows = torch.arange(b, device=device).repeat_interleave(num_generations)
     shared = None
     if one_copy_ready(lm.config):  # the G rows of a prompt read one copy of its keys/values
@@ -117,7 +117,12 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     processors = sampling_processors(module, tokenizer, p, temperature, top_p, top_k, repetition_penalty,
                                      do_sample)
     stops = torch.tensor(stop_ids, device=device)
-    seen = inputs.input_ids[rows]  # prompt + tokens so far (the repetition penalty reads them)
+    # Prompt + tokens so far, which the repetition penalty reads: each row's own tokens only. Its left padding
+    # (the pad token, a stop token) becomes the row's first real token, already penalised once, so that a sample
+    # is penalised alike alone and in a batch of longer prompts.
+    first_real = inputs.attention_mask.long().argmax(dim=1, keepdim=True)  # [B, 1]
+    own = torch.where(inputs.attention_mask.bool(), inputs.input_ids, inputs.input_ids.gather(1, first_real))
+    seen = own[rows]
     done = torch.zeros(rows.shape[0], dtype=torch.bool, device=device)
     embed_tokens = thinker.get_input_embeddings()
     tokens = []
@@ -136,7 +141,7 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
         step_kw = (dict(attention_mask=None, shared_prefix=shared) if shared is not None
                    else dict(attention_mask=mask[:, : p + t + 1]))
         step = lm(inputs_embeds=embed_tokens(token[:, None]), position_ids=positions[..., p + t : p + t + 1],
-                  past_key_values=cache, use_cache=True, **step_kw)
+                  cache=cache, use_cache=True, **step_kw)
         hidden = step.last_hidden_state[:, -1]
     return finish_completions(torch.stack(tokens, dim=1), stop_ids, pad_id)
 

@@ -24,7 +24,11 @@ reports unknown types once, with this list, so they never turn into a silent ``N
   scores 0.0. With ``options`` given only their letters count in running text.
 - ``multi_label``: gold is letters such as ``"B, E"`` or ``["B", "E"]``; the prediction's set of
   letters (a list like ``"E,B"`` / ``"b and e"``, else the letters marked as above) must equal the gold
-  set exactly.
+  set exactly (``multi_label_scoring: exact``, the default). ``multi_label_scoring: f1`` gives partial
+  credit instead: the F1 of the predicted and gold letter sets, 2·|P ∩ G| / (|P| + |G|), 0.0 when they
+  share no letter: HumanOmniV2's ``emer_ov_mc`` score (HumanMLLM/HumanOmniV2
+  ``src/open-r1-multimodal/eval/eval_humanomniv2.py``, ``emer_ov_mc``: precision and recall of the
+  comma-separated letters), here on letter sets so a repeated letter counts once.
 - ``yes_no``: gold "yes"/"no" (or a bool). The prediction's first word if it is yes/no, else the only
   one of yes/no occurring as a whole word ("no" never matches "not" or "nobody"); both or neither: 0.0.
 - ``numeric``: gold a number ("1,200", "3.5", "40%", 7). The prediction must hold exactly one distinct
@@ -44,14 +48,16 @@ import unicodedata
 from collections.abc import Callable, Sequence
 
 PROBLEM_TYPES = ("multiple_choice", "multi_label", "yes_no", "numeric", "free_text")
+MULTI_LABEL_SCORING = ("exact", "f1")
 
 # Spellings used by common datasets → matcher; keys are in the form ``_problem_type_key`` gives them.
 PROBLEM_TYPE_ALIASES: dict[str, str] = {
     **{k: "multiple_choice" for k in ("multiple_choice", "mc", "mcq", "choice", "single_choice",
                                       "multiple_choice_question")},
     **{k: "multi_label" for k in ("multi_label", "multilabel", "multiple_label", "multi_select",
-                                  "multiple_select", "multiple_answer", "multiple_answers", "multi_answer")},
-    **{k: "yes_no" for k in ("yes_no", "yesno", "yes_or_no", "boolean", "binary")},
+                                  "multiple_select", "multiple_answer", "multiple_answers", "multi_answer",
+                                  "emer_ov_mc")},
+    **{k: "yes_no" for k in ("yes_no", "yesno", "yes_or_no", "boolean", "binary", "judge")},
     **{k: "numeric" for k in ("numeric", "numerical", "number", "count", "counting", "regression")},
     **{k: "free_text" for k in ("free_text", "free_form", "freeform", "open", "open_ended", "short_answer",
                                 "ocr", "text")},
@@ -98,15 +104,18 @@ def accuracy_reward(
     default_problem_type: str | None = None,
     numeric_rel_tol: float = 1e-4,
     numeric_abs_tol: float = 1e-6,
+    multi_label_scoring: str = "exact",
     **sample_fields: object,
 ) -> list[float | None]:
-    """1.0 / 0.0 per completion by the sample's ``problem_type`` matcher; None when it cannot be scored."""
+    """1.0 / 0.0 per completion by the sample's ``problem_type`` matcher (multi-label with
+    ``multi_label_scoring: f1``: a score in [0, 1]); None when it cannot be scored."""
     _check_options(
         answer_tag=answer_tag,
         fallback_to_completion=fallback_to_completion,
         default_problem_type=default_problem_type,
         numeric_rel_tol=numeric_rel_tol,
         numeric_abs_tol=numeric_abs_tol,
+        multi_label_scoring=multi_label_scoring,
     )
     n = len(completions)
     answers = _column(sample_fields, "answer", n)
@@ -121,6 +130,8 @@ def accuracy_reward(
         pred = extract_answer(text, answer_tag, fallback_to_completion)
         if kind == "numeric":
             scores.append(match_numeric(pred, gold, numeric_rel_tol, numeric_abs_tol))
+        elif kind == "multi_label" and multi_label_scoring == "f1":
+            scores.append(multi_label_f1(pred, gold, opts))
         else:
             scores.append(_MATCHERS[kind](pred, gold, opts))
     return scores
@@ -189,10 +200,24 @@ def match_multi_label(pred: str | None, gold: object, options: Sequence[str] | N
         return None
     if pred is None:
         return 0.0
+    return 1.0 if _predicted_letters(pred, options) == gold_set else 0.0
+
+
+def multi_label_f1(pred: str | None, gold: object, options: Sequence[str] | None = None) -> float | None:
+    """F1 of the predicted and gold letter sets (HumanOmniV2's partial credit for ``emer_ov_mc``)."""
+    gold_set = _gold_letter_set(gold)
+    if not gold_set:
+        return None
+    if pred is None:
+        return 0.0
+    found = _predicted_letters(pred, options)
+    return 2 * len(found & gold_set) / (len(found) + len(gold_set))
+
+
+def _predicted_letters(pred: str, options: Sequence[str] | None) -> set[str]:
     core = _LIST_PREFIX.sub("", pred.strip(_STRIP_CHARS)).strip(_STRIP_CHARS)
     listed = _letter_list(core)
-    found = listed if listed is not None else named_options(core, options)
-    return 1.0 if found == gold_set else 0.0
+    return listed if listed is not None else named_options(core, options)
 
 
 def match_yes_no(pred: str | None, gold: object, options: object = None) -> float | None:
@@ -387,6 +412,9 @@ def _check_options(**options: object) -> None:
         raise ValueError(
             f"accuracy option 'default_problem_type' must be one of {list(PROBLEM_TYPES)} or null, got {default!r}"
         )
+    if options.get("multi_label_scoring", "exact") not in MULTI_LABEL_SCORING:
+        raise ValueError(f"accuracy option 'multi_label_scoring' must be one of {list(MULTI_LABEL_SCORING)}, got "
+                         f"{options.get('multi_label_scoring')!r}")
     for key in ("numeric_rel_tol", "numeric_abs_tol"):
         value = options.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
