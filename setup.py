@@ -9,11 +9,14 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["omni_grpo", "omni_grpo.*", "preprocess", "preprocess.*"]),
-    # Ranges are the ones this project's CI runs on (see README, "Tested versions").
+    # torch / transformers: from the oldest pair whose fast tests pass (torch 2.11, the GPU image's, with
+    # transformers 5.24) to the newest CI runs; README "Tested on" lists the pairs, bench/version_matrix.sh reruns
+    # them. Before transformers 5.24 the shared-prompt update under LoRA and gradient checkpointing breaks, before
+    # 5.23 the processor has another API, before 5.21 the thinker another layout.
     install_requires=[
-        "torch>=2.13,<2.15",
-        "torchvision>=0.28,<0.30",
-        "transformers>=5.23,<5.29",
+        "torch>=2.11,<2.15",
+        "torchvision>=0.26,<0.30",
+        "transformers>=5.24,<5.29",
         "qwen-omni-utils>=0.0.8,<0.1",
         "librosa>=0.10,<1.1",
         "decord>=0.6,<0.7",

@@ -23,21 +23,22 @@ One step on one prompt, through the package's own functions (``rollout.sample`` 
 
 Reported per model x mode: rollout tokens/s (G x 512 / rollout seconds), each phase's seconds and peak
 memory (GPU: ``max_memory_allocated``; CPU: the process's resident-set high-water mark, reset at each phase
-start through ``/proc/self/clear_refs``, with what the phase added above the resident set it started from), and the update phase's achieved TFLOP/s and MFU against ``--peak-tflops`` (989 = H100 SXM dense
-bf16). FLOPs are counted as 6·N·tokens for the trained language-model part (N = decoder parameters over the
-positions it runs: the prompt once per micro-batch — the package's shared-prompt forward; G times with
+start through ``/proc/self/clear_refs``, with what the phase added above the resident set it started from),
+and the update phase's achieved TFLOP/s and MFU against ``--peak-tflops`` (989 = H100 SXM dense bf16). FLOPs
+are counted as 6·N·tokens for the trained language-model part (N = decoder parameters over the positions it
+runs: the prompt once per micro-batch — the package's shared-prompt forward; G times with
 ``--no-share-prompt`` — plus the G·512 completion tokens; and the LM head's parameters over the completion
-tokens, where the log-prob pass projects the vocabulary) plus 2·N·tokens for the towers' forward (vision parameters x patches,
-audio parameters x encoder frames); the update phase is encode + policy + optimizer. The reference pass is
-reported on its own (2·N·tokens). Attention FLOPs are not counted, so MFU is a lower bound; under LoRA the
-weight-gradient third of 6·N is not computed, so LoRA's MFU is "model FLOPs" utilisation, not hardware
-utilisation.
+tokens, where the log-prob pass projects the vocabulary) plus 2·N·tokens for the towers' forward (vision
+parameters x patches, audio parameters x encoder frames); the update phase is encode + policy + optimizer.
+The reference pass is reported on its own (2·N·tokens). Attention FLOPs are not counted, so MFU is a lower
+bound; under LoRA the weight-gradient third of 6·N is not computed, so LoRA's MFU is "model FLOPs"
+utilisation, not hardware utilisation.
 
     python bench/gpu_bench.py                                # 3B and 7B, LoRA and full, on cuda:0
     python bench/gpu_bench.py --models 7b --modes lora --attn flash_attention_2
     python bench/gpu_bench.py --tiny                         # a tiny config on CPU in seconds (the test)
     python bench/gpu_bench.py --models 3b --modes lora --layers 2 --tower-layers 1 --device cpu \
-        --completion-length 16 --generations 4                # real widths, reduced depth: bench/memory_model.py --check
+        --completion-length 16 --generations 4    # real widths, reduced depth: bench/memory_model.py --check
 
 One H100/H200 runs the default command (3B and 7B, LoRA and full, one warm-up and one timed step each) in
 about 4-6 minutes by the sizes (not measured: no GPU has been lent to this project's benchmark tasks).
@@ -134,8 +135,8 @@ def budget_frames(seconds: float, fps: float, max_prompt_tokens: int,
     """Frame count and (H, W) that ``python -m preprocess`` keeps for a `seconds` clip of `source` frames at 30
     fps with its audio: qwen-omni-utils' plan at `fps`, reduced to fit `max_prompt_tokens` (0: no budget)."""
     from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
-    from preprocess.budget import PromptBudget, TextCounter, fit_video, media_tokens
-    from preprocess.media import GRID_CELL, VideoOptions, _grid_size, min_frames, resized_size, sample_indices
+    from preprocess.budget import PromptBudget, TextCounter, fit_video, media_tokens, pixel_grid
+    from preprocess.media import VideoOptions, _grid_size, min_frames, resized_size, sample_indices
 
     options = VideoOptions(fps=fps)
     indices, _ = sample_indices(int(round(seconds * 30)), 30.0, options)
@@ -147,7 +148,7 @@ def budget_frames(seconds: float, fps: float, max_prompt_tokens: int,
     sound = media_tokens("video", audio_samples=int(16000 * seconds))
     budget = PromptBudget(max_prompt_tokens, text)
     return fit_video(len(indices), size, source, text + sound, budget, min_frames(options),
-                     lambda h, w, pixels: _grid_size(h, w, GRID_CELL, pixels, "video"))
+                     lambda h, w, pixels: _grid_size(h, w, pixel_grid() ** 2, pixels, "video"))
 
 
 def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0, n_frames: int | None = None) -> dict:
@@ -161,15 +162,21 @@ def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0
                 frames=frames, fps=n / seconds, audio=audio, sample_rate=16000)
 
 
-def _force_min_new_tokens(n: int) -> None:
-    """Every token loop of this process bans stop tokens before `n` new tokens (forced length: no stop token ends
-    a row): `generate` looks up `sampling_processors` at each call, and gets it with `min_new_tokens`."""
+@contextlib.contextmanager
+def _forced_length(n: int):
+    """For the block, every token loop bans stop tokens before `n` new tokens (forced length: no stop token ends a
+    row): `generate` looks up `sampling_processors` at each call, and gets it with `min_new_tokens`. Restored
+    afterwards, so a caller in the same process (the tests) samples as the package does."""
     import functools
 
     from omni_grpo.models import sampling
 
-    base = getattr(sampling.sampling_processors, "func", sampling.sampling_processors)
-    sampling.sampling_processors = functools.partial(base, min_new_tokens=n)
+    real = sampling.sampling_processors
+    sampling.sampling_processors = functools.partial(getattr(real, "func", real), min_new_tokens=n)
+    try:
+        yield
+    finally:
+        sampling.sampling_processors = real
 
 
 def _rss_gb(key: str) -> float:
@@ -288,16 +295,16 @@ class Bench:
         import torch
 
         from omni_grpo import core_algos
+        from omni_grpo.engine import training_mode
         from omni_grpo.models import log_probs
         from omni_grpo.rollout import sample
-        from omni_grpo.engine import training_mode
 
         a, g, c = self.args, self.args.generations, self.args.completion_length
         ph = Phases(self.device)
         inputs = self.inputs
         # The trainer's sampling path (encode once, one batched generate, texts decoded, rows repeated).
-        _force_min_new_tokens(c)
-        comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True)
+        with _forced_length(c):
+            comps = sample(self.module, self.policy, self.processor, inputs, [{}], g, c, timer=ph, do_sample=True)
         # Forced length: no stop token ends a row, so every completion token is scored.
         ids, mask = comps.completion_ids, torch.ones_like(comps.completion_ids)
         rows = comps.inputs
