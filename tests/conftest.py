@@ -93,6 +93,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _sampling_processors_restored():
+    """Benchmarks run in-process force a completion length by replacing `sampling.sampling_processors` for the
+    rest of their process; each test gets the package's own back, so no test's tokens depend on test order."""
+    from omni_grpo.models import sampling
+
+    real = sampling.sampling_processors
+    yield
+    sampling.sampling_processors = real
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory):
     """Shards of a small synthetic Social-IQ 2.0 dataset (4 clips, ~10 questions), built once."""

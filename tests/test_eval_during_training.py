@@ -155,7 +155,7 @@ def test_eval_ablations_log_the_accuracy_without_the_media(tiny_model_dir, tiny_
         assert plain and len(blank) == len(plain)
         assert all(bool((t == blank[0][:1]).all()) for t in blank), f"{name}: the ablated pass still sees the media"
         assert any(not torch.equal(a, b) for a, b in zip(plain, blank)), name
-    acc = EventAccumulator(str(tmp_path / "runs"), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(log_dir(tmp_path)), size_guidance={"scalars": 0})
     acc.Reload()
     assert [e.step for e in acc.Scalars("eval/ablate_media/accuracy")] == [1]
     assert [e.step for e in acc.Scalars("eval/ablate_text/accuracy")] == [1]
