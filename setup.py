@@ -1,4 +1,5 @@
 """omni-grpo: GRPO reinforcement learning for omni-modal (video + audio) language models."""
+
 from setuptools import find_packages, setup
 
 setup(

@@ -28,14 +28,19 @@ def main(argv=None) -> int:
     from preprocess import shards
     from preprocess.build import BuildOptions, build
 
-    question = {"question": "How does the woman on the left react when the man in the blue shirt tells her about "
-                            "his new job?",
-                "options": ["She congratulates him warmly and asks him when he starts.",
-                            "She looks away and changes the subject to her own plans.",
-                            "She laughs because she thinks he is joking about it.",
-                            "She is worried that he will have to move to another city."]}
-    print("| `--max-prompt-tokens` | frames | frame size | frames per second | video tokens | video tokens per "
-          "second | audio tokens | prompt tokens |")
+    question = {
+        "question": "How does the woman on the left react when the man in the blue shirt tells her about his new job?",
+        "options": [
+            "She congratulates him warmly and asks him when he starts.",
+            "She looks away and changes the subject to her own plans.",
+            "She laughs because she thinks he is joking about it.",
+            "She is worried that he will have to move to another city.",
+        ],
+    }
+    print(
+        "| `--max-prompt-tokens` | frames | frame size | frames per second | video tokens | video tokens per "
+        "second | audio tokens | prompt tokens |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -43,15 +48,27 @@ def main(argv=None) -> int:
         (folder / "m.jsonl").write_text(json.dumps({"id": "q", "video": "clip.mp4", "answer": "A", **question}) + "\n")
         for n in args.budgets:
             out = folder / f"out{n}"
-            build(BuildOptions(source="jsonl", manifest=folder / "m.jsonl", output=out, workers=0, progress=False,
-                               max_prompt_tokens=n, tokenizer=args.tokenizer, family=args.family))
+            build(
+                BuildOptions(
+                    source="jsonl",
+                    manifest=folder / "m.jsonl",
+                    output=out,
+                    workers=0,
+                    progress=False,
+                    max_prompt_tokens=n,
+                    tokenizer=args.tokenizer,
+                    family=args.family,
+                )
+            )
             sample = shards.load(out)[0]
             frames, height, width = sample["frames"].shape[:3]
             seconds = sample["audio"].shape[0] / 16000
             video = B.video_tokens(frames, height, width, args.family)
             audio = B.audio_tokens(sample["audio"].shape[0], args.family) + B.AUDIO_IN_VIDEO_TOKENS
-            print(f"| {n or 'none'} | {frames} | {width}x{height} | {sample['fps']:.2f} | {video} | "
-                  f"{video / seconds:.1f} | {audio} | {sample['prompt_tokens']} |")
+            print(
+                f"| {n or 'none'} | {frames} | {width}x{height} | {sample['fps']:.2f} | {video} | "
+                f"{video / seconds:.1f} | {audio} | {sample['prompt_tokens']} |"
+            )
     return 0
 
 

@@ -21,8 +21,18 @@ def one_pass(head, hidden, targets, with_entropy: bool, stride: int, chunk: int 
     start = time.perf_counter()
     total = 0.0
     for s in range(0, hidden.shape[1], chunk):
-        lp, ent = checkpoint(_chunk_logprobs, head, hidden[:, s:s + chunk], targets[:, s:s + chunk], 1.0,
-                             with_entropy, None, -s % stride, stride, use_reentrant=False)
+        lp, ent = checkpoint(
+            _chunk_logprobs,
+            head,
+            hidden[:, s : s + chunk],
+            targets[:, s : s + chunk],
+            1.0,
+            with_entropy,
+            None,
+            -s % stride,
+            stride,
+            use_reentrant=False,
+        )
         loss = lp.sum() + (0.0 * ent.sum() if with_entropy and stride == 1 else 0.0)
         loss.backward()
         total += float(ent.detach().float().mean()) if with_entropy else 0.0
@@ -41,8 +51,11 @@ def main(argv=None) -> None:
     head = torch.nn.Linear(args.hidden, args.vocab, bias=False)
     hidden = torch.randn(args.rows, args.length, args.hidden, requires_grad=True)
     targets = torch.randint(0, args.vocab, (args.rows, args.length))
-    variants = {"full entropy (before)": (True, 1), f"stride {METRIC_ENTROPY_STRIDE} (after)":
-                (True, METRIC_ENTROPY_STRIDE), "no entropy": (False, 1)}
+    variants = {
+        "full entropy (before)": (True, 1),
+        f"stride {METRIC_ENTROPY_STRIDE} (after)": (True, METRIC_ENTROPY_STRIDE),
+        "no entropy": (False, 1),
+    }
     times = {k: [] for k in variants}
     for r in range(args.rounds + 1):
         for name, (ent, stride) in variants.items():
@@ -50,8 +63,10 @@ def main(argv=None) -> None:
             if r:  # round 0 warms up
                 times[name].append(t)
     base = sorted(times["full entropy (before)"])[len(times["full entropy (before)"]) // 2]
-    print(f"| projection pass (rows {args.rows}, length {args.length}, H {args.hidden}, V {args.vocab}) "
-          "| median s | vs before |\n|---|---|---|")
+    print(
+        f"| projection pass (rows {args.rows}, length {args.length}, H {args.hidden}, V {args.vocab}) "
+        "| median s | vs before |\n|---|---|---|"
+    )
     for name, ts in times.items():
         med = sorted(ts)[len(ts) // 2]
         print(f"| {name} | {med:.3f} | {med / base:.2f}x |")

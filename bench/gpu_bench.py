@@ -58,32 +58,87 @@ from pathlib import Path
 # The public config.json values of the two thinkers (Qwen/Qwen2.5-Omni-3B, Qwen/Qwen2.5-Omni-7B).
 # tie_word_embeddings is False for both: each thinker ships its own lm_head weight.
 TEXT = {
-    "3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-               num_attention_heads=16, num_key_value_heads=2),
-    "7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-               num_attention_heads=28, num_key_value_heads=4),
+    "3b": dict(
+        vocab_size=151936,
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+    ),
+    "7b": dict(
+        vocab_size=152064,
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+    ),
 }
 TEXT_COMMON = dict(
-    max_position_embeddings=32768, rms_norm_eps=1e-6, hidden_act="silu", use_sliding_window=False,
-    sliding_window=32768, max_window_layers=28, attention_dropout=0.0, tie_word_embeddings=False,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    hidden_act="silu",
+    use_sliding_window=False,
+    sliding_window=32768,
+    max_window_layers=28,
+    attention_dropout=0.0,
+    tie_word_embeddings=False,
     rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-    pad_token_id=151643, bos_token_id=151644, eos_token_id=151645,
+    pad_token_id=151643,
+    bos_token_id=151644,
+    eos_token_id=151645,
 )
-VISION = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
-              spatial_merge_size=2, temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
-              hidden_act="silu", tokens_per_second=25)
-AUDIO = dict(num_mel_bins=128, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120, d_model=1280,
-             n_window=100, max_source_positions=1500, activation_function="gelu", dropout=0.0,
-             attention_dropout=0.0, activation_dropout=0.0, scale_embedding=False)
-TOKENS = dict(audio_token_index=151646, image_token_index=151655, video_token_index=151656,
-              audio_start_token_id=151647, audio_end_token_id=151648, position_id_per_seconds=25,
-              seconds_per_chunk=2, user_token_id=872, initializer_range=0.02)
+VISION = dict(
+    depth=32,
+    hidden_size=1280,
+    intermediate_size=3420,
+    num_heads=16,
+    in_channels=3,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    hidden_act="silu",
+    tokens_per_second=25,
+)
+AUDIO = dict(
+    num_mel_bins=128,
+    encoder_layers=32,
+    encoder_attention_heads=20,
+    encoder_ffn_dim=5120,
+    d_model=1280,
+    n_window=100,
+    max_source_positions=1500,
+    activation_function="gelu",
+    dropout=0.0,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    scale_embedding=False,
+)
+TOKENS = dict(
+    audio_token_index=151646,
+    image_token_index=151655,
+    video_token_index=151656,
+    audio_start_token_id=151647,
+    audio_end_token_id=151648,
+    position_id_per_seconds=25,
+    seconds_per_chunk=2,
+    user_token_id=872,
+    initializer_range=0.02,
+)
 PHASES = ("encode", "rollout", "ref", "policy", "optimizer")
 SOURCE_SIZE = (360, 640)  # the synthetic clips' frame size (bench/step_bench.py), as a 640x360 source video
 
 
-def thinker_config(name: str, ids: dict | None = None, vocab_size: int | None = None, layers: int | None = None,
-                   tower_layers: int | None = None):
+def thinker_config(
+    name: str,
+    ids: dict | None = None,
+    vocab_size: int | None = None,
+    layers: int | None = None,
+    tower_layers: int | None = None,
+):
     """The thinker config of `name` ("3b", "7b"), or the test kit's tiny one ("tiny", with `ids`).
     `layers` / `tower_layers`: fewer decoder / tower layers at the same widths (the CPU memory check)."""
     from transformers import Qwen2_5OmniThinkerConfig
@@ -100,8 +155,12 @@ def thinker_config(name: str, ids: dict | None = None, vocab_size: int | None = 
         vision["depth"], audio["encoder_layers"] = tower_layers, tower_layers
         vision["fullatt_block_indexes"] = [i for i in VISION["fullatt_block_indexes"] if i < tower_layers]
     hidden = text["hidden_size"]
-    config = Qwen2_5OmniThinkerConfig(text_config=text, vision_config=dict(vision, out_hidden_size=hidden),
-                                      audio_config=dict(audio, output_dim=hidden), **TOKENS)
+    config = Qwen2_5OmniThinkerConfig(
+        text_config=text,
+        vision_config=dict(vision, out_hidden_size=hidden),
+        audio_config=dict(audio, output_dim=hidden),
+        **TOKENS,
+    )
     config.vision_start_token_id, config.vision_end_token_id = 151652, 151653
     config.pad_token_id, config.eos_token_id = 151643, 151645
     return config
@@ -130,8 +189,9 @@ QUESTION = "Why does the person in the video raise their voice?"
 OPTIONS = ["They are nervous.", "They are excited.", "They are angry.", "They are bored."]
 
 
-def budget_frames(seconds: float, fps: float, max_prompt_tokens: int,
-                  source: tuple[int, int] = SOURCE_SIZE) -> tuple[int, tuple[int, int]]:
+def budget_frames(
+    seconds: float, fps: float, max_prompt_tokens: int, source: tuple[int, int] = SOURCE_SIZE
+) -> tuple[int, tuple[int, int]]:
     """Frame count and (H, W) that ``python -m preprocess`` keeps for a `seconds` clip of `source` frames at 30
     fps with its audio: qwen-omni-utils' plan at `fps`, reduced to fit `max_prompt_tokens` (0: no budget)."""
     from omni_grpo.config import DEFAULT_SYSTEM_PROMPT
@@ -144,11 +204,19 @@ def budget_frames(seconds: float, fps: float, max_prompt_tokens: int,
     if not max_prompt_tokens:
         return len(indices), size
     text = TextCounter(DEFAULT_SYSTEM_PROMPT).count(
-        QUESTION + "\n" + "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(OPTIONS)))
+        QUESTION + "\n" + "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(OPTIONS))
+    )
     sound = media_tokens("video", audio_samples=int(16000 * seconds))
     budget = PromptBudget(max_prompt_tokens, text)
-    return fit_video(len(indices), size, source, text + sound, budget, min_frames(options),
-                     lambda h, w, pixels: _grid_size(h, w, pixel_grid() ** 2, pixels, "video"))
+    return fit_video(
+        len(indices),
+        size,
+        source,
+        text + sound,
+        budget,
+        min_frames(options),
+        lambda h, w, pixels: _grid_size(h, w, pixel_grid() ** 2, pixels, "video"),
+    )
 
 
 def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0, n_frames: int | None = None) -> dict:
@@ -158,8 +226,17 @@ def make_sample(seconds: float, fps: float, size: tuple[int, int], seed: int = 0
     n = n_frames or max(2, int(round(seconds * fps)))
     frames = rng.integers(0, 255, (n, size[0], size[1], 3), dtype=np.uint8)
     audio = (rng.standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
-    return dict(id="bench", question=QUESTION, options=OPTIONS, answer="B", problem_type="multiple_choice",
-                frames=frames, fps=n / seconds, audio=audio, sample_rate=16000)
+    return dict(
+        id="bench",
+        question=QUESTION,
+        options=OPTIONS,
+        answer="B",
+        problem_type="multiple_choice",
+        frames=frames,
+        fps=n / seconds,
+        audio=audio,
+        sample_rate=16000,
+    )
 
 
 @contextlib.contextmanager
@@ -263,13 +340,23 @@ class Bench:
             lm = self.module.language_model.replace(".", r"\.")
             targets = "|".join(LoraConfig().target_modules)
             towers = "|".join(p.split(".")[-1] for p in (self.module.vision_tower, self.module.audio_tower))
-            policy = get_peft_model(policy, PeftLora(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
-                                                     target_modules=rf".*{lm}\..*\.({targets})$",
-                                                     exclude_modules=rf".*\.({towers})\..*"))
+            policy = get_peft_model(
+                policy,
+                PeftLora(
+                    r=args.lora_r,
+                    lora_alpha=2 * args.lora_r,
+                    lora_dropout=0.0,
+                    target_modules=rf".*{lm}\..*\.({targets})$",
+                    exclude_modules=rf".*\.({towers})\..*",
+                ),
+            )
         elif args.beta > 0:
-            self.reference = build_thinker(thinker_config(name, ids, max(ids.values()) + 1, args.layers,
-                                                          args.tower_layers), device, self.dtype,
-                                           args.attn).requires_grad_(False)
+            self.reference = build_thinker(
+                thinker_config(name, ids, max(ids.values()) + 1, args.layers, args.tower_layers),
+                device,
+                self.dtype,
+                args.attn,
+            ).requires_grad_(False)
         self.policy, self.thinker = policy, base_thinker(policy)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in self.params)
@@ -318,24 +405,52 @@ class Bench:
                 for s in range(0, g, mb):
                     part = rows.select(list(range(s, s + mb)))
                     if self.reference is not None:
-                        parts.append(log_probs(self.module, self.reference, part, ids[s:s + mb], mask[s:s + mb],
-                                                share_prompt=share)[0])
+                        parts.append(
+                            log_probs(
+                                self.module, self.reference, part, ids[s : s + mb], mask[s : s + mb], share_prompt=share
+                            )[0]
+                        )
                     else:
                         with self.policy.disable_adapter():
-                            parts.append(log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb],
-                                                    share_prompt=share)[0])
+                            parts.append(
+                                log_probs(
+                                    self.module,
+                                    self.policy,
+                                    part,
+                                    ids[s : s + mb],
+                                    mask[s : s + mb],
+                                    share_prompt=share,
+                                )[0]
+                            )
                 ref = torch.cat(parts)
         with ph("policy"), training_mode(self.thinker):
             tokens, seqs = mask.sum().float(), torch.tensor(float(g), device=self.device)
             for s in range(0, g, mb):
                 part = rows.select(list(range(s, s + mb)))
                 # with_entropy as in the trainer's policy pass (its metrics log the entropy)
-                lp, _ = log_probs(self.module, self.policy, part, ids[s:s + mb], mask[s:s + mb], with_entropy=True,
-                                  share_prompt=share)
+                lp, _ = log_probs(
+                    self.module,
+                    self.policy,
+                    part,
+                    ids[s : s + mb],
+                    mask[s : s + mb],
+                    with_entropy=True,
+                    share_prompt=share,
+                )
                 loss, _ = core_algos.policy_loss(
-                    lp, lp.detach(), advantages[s:s + mb], mask[s:s + mb].to(lp.dtype), 0.2, 0.2, "token_mean",
-                    ref_log_probs=None if ref is None else ref[s:s + mb], beta=a.beta, global_tokens=tokens,
-                    global_seqs=seqs, max_length=c)
+                    lp,
+                    lp.detach(),
+                    advantages[s : s + mb],
+                    mask[s : s + mb].to(lp.dtype),
+                    0.2,
+                    0.2,
+                    "token_mean",
+                    ref_log_probs=None if ref is None else ref[s : s + mb],
+                    beta=a.beta,
+                    global_tokens=tokens,
+                    global_seqs=seqs,
+                    max_length=c,
+                )
                 loss.backward()
         with ph("optimizer"):
             torch.nn.utils.clip_grad_norm_(self.params, 1.0)
@@ -353,8 +468,12 @@ class Bench:
         lm_tokens = prompt_runs * self.prompt_tokens + g * c
         lm_pass = n["decoder"] * lm_tokens + n["lm_head"] * g * c  # parameters x tokens of one forward
         towers = 2 * (n["vision"] * self.vision_patches + n["audio"] * self.audio_frames)
-        return {"encode": towers, "ref": 2 * lm_pass if self.args.beta > 0 else 0.0, "policy": 6 * lm_pass,
-                "rollout": 2 * n["decoder"] * (self.prompt_tokens + g * c) + 2 * n["lm_head"] * g * c}
+        return {
+            "encode": towers,
+            "ref": 2 * lm_pass if self.args.beta > 0 else 0.0,
+            "policy": 6 * lm_pass,
+            "rollout": 2 * n["decoder"] * (self.prompt_tokens + g * c) + 2 * n["lm_head"] * g * c,
+        }
 
     def close(self) -> None:
         import torch
@@ -370,9 +489,13 @@ def _param_counts(model, module) -> dict[str, int]:
 
     lm = _getattr_path(model, module.language_model)
     embed = lm.embed_tokens.weight.numel()
-    return {"decoder": sum(p.numel() for p in lm.parameters()) - embed, "lm_head": model.lm_head.weight.numel(),
-            "embed": embed, "vision": sum(p.numel() for p in _getattr_path(model, module.vision_tower).parameters()),
-            "audio": sum(p.numel() for p in _getattr_path(model, module.audio_tower).parameters())}
+    return {
+        "decoder": sum(p.numel() for p in lm.parameters()) - embed,
+        "lm_head": model.lm_head.weight.numel(),
+        "embed": embed,
+        "vision": sum(p.numel() for p in _getattr_path(model, module.vision_tower).parameters()),
+        "audio": sum(p.numel() for p in _getattr_path(model, module.audio_tower).parameters()),
+    }
 
 
 def run(args, name: str, mode: str, device) -> dict:
@@ -383,21 +506,30 @@ def run(args, name: str, mode: str, device) -> dict:
     bench = None
     try:
         bench = Bench(args, name, mode, device)
-        rec.update(prompt_tokens=bench.prompt_tokens, trainable=bench.trainable, params=bench.counts,
-                   weights_gb=bench.weights_gb)
+        rec.update(
+            prompt_tokens=bench.prompt_tokens,
+            trainable=bench.trainable,
+            params=bench.counts,
+            weights_gb=bench.weights_gb,
+        )
         rec.update(frames=bench.frames, rss_built_gb=_rss_gb("VmRSS") if device.type == "cpu" else math.nan)
-        steps = [bench.step() for _ in range(args.warmup + args.steps)][args.warmup:]
+        steps = [bench.step() for _ in range(args.warmup + args.steps)][args.warmup :]
         seconds = {p: statistics.median(s.seconds.get(p, 0.0) for s in steps) for p in PHASES}
         peak = {p: max((s.peak_gb.get(p, math.nan) for s in steps), default=math.nan) for p in PHASES}
         rec["added_gb"] = {p: max((s.added_gb.get(p, math.nan) for s in steps), default=math.nan) for p in PHASES}
         flops = bench.flops()
         update_s = seconds["encode"] + seconds["policy"] + seconds["optimizer"]
         update_flops = flops["encode"] + flops["policy"]
-        rec.update(seconds=seconds, peak_gb=peak, flops=flops,
-                   rollout_tokens_per_s=args.generations * args.completion_length / seconds["rollout"],
-                   update_s=update_s, update_tflops=update_flops / update_s / 1e12,
-                   ref_tflops=flops["ref"] / seconds["ref"] / 1e12 if seconds["ref"] else math.nan,
-                   step_s=sum(seconds.values()))
+        rec.update(
+            seconds=seconds,
+            peak_gb=peak,
+            flops=flops,
+            rollout_tokens_per_s=args.generations * args.completion_length / seconds["rollout"],
+            update_s=update_s,
+            update_tflops=update_flops / update_s / 1e12,
+            ref_tflops=flops["ref"] / seconds["ref"] / 1e12 if seconds["ref"] else math.nan,
+            step_s=sum(seconds.values()),
+        )
         rec["update_mfu"] = rec["update_tflops"] / args.peak_tflops if device.type == "cuda" else math.nan
     except torch.cuda.OutOfMemoryError as exc:
         rec["error"] = f"out of GPU memory: {str(exc).splitlines()[0][:200]}"
@@ -411,14 +543,20 @@ def run(args, name: str, mode: str, device) -> dict:
 
 
 def table(records: list[dict], args) -> str:
-    head = ("| model | mode | prompt tok | trainable | rollout tok/s | encode s | rollout s | ref s | policy s | "
-            "optimizer s | step s | update TFLOP/s | update MFU | ref TFLOP/s | peak GB enc/roll/ref/pol/opt |\n|"
-            + "---|" * 15)
+    head = (
+        "| model | mode | prompt tok | trainable | rollout tok/s | encode s | rollout s | ref s | policy s | "
+        "optimizer s | step s | update TFLOP/s | update MFU | ref TFLOP/s | peak GB enc/roll/ref/pol/opt |\n|"
+        + "---|"
+        * 15
+    )
     lines = [head]
     for r in records:
         if r["error"]:
-            lines.append(f"| {r['model']} | {r['mode']} | {r.get('prompt_tokens', '—')} | — | " + " | ".join(
-                ["—"] * 10) + f" | {r['error']} |")
+            lines.append(
+                f"| {r['model']} | {r['mode']} | {r.get('prompt_tokens', '—')} | — | "
+                + " | ".join(["—"] * 10)
+                + f" | {r['error']} |"
+            )
             continue
         s, pk = r["seconds"], r["peak_gb"]
         mfu = f"{100 * r['update_mfu']:.1f}%" if math.isfinite(r["update_mfu"]) else "—"
@@ -428,7 +566,8 @@ def table(records: list[dict], args) -> str:
             f"{r['rollout_tokens_per_s']:.1f} | {s['encode']:.3f} | {s['rollout']:.2f} | {s['ref']:.3f} | "
             f"{s['policy']:.3f} | {s['optimizer']:.3f} | {r['step_s']:.2f} | {r['update_tflops']:.3g} | {mfu} | "
             f"{r['ref_tflops']:.3g} | "
-            f"{peaks} |")
+            f"{peaks} |"
+        )
     return "\n".join(lines)
 
 
@@ -440,11 +579,21 @@ def parse_args(argv=None):
     p.add_argument("--completion-length", type=int, default=512, help="forced new tokens (default: 512)")
     p.add_argument("--seconds", type=float, default=60.0, help="clip length (default: 60)")
     p.add_argument("--fps", type=float, default=2.0, help="frames per second before the budget (default: 2)")
-    p.add_argument("--max-prompt-tokens", type=int, default=2048,
-                   help="preprocess's prompt budget that chooses the frames (default: 2048; 0: qwen-omni-utils' "
-                        "frames, 19.6k tokens at 60 s)")
-    p.add_argument("--frame-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="frame size, multiples of 28, at --fps, instead of the budget's frames")
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=2048,
+        help="preprocess's prompt budget that chooses the frames (default: 2048; 0: qwen-omni-utils' "
+        "frames, 19.6k tokens at 60 s)",
+    )
+    p.add_argument(
+        "--frame-size",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="frame size, multiples of 28, at --fps, instead of the budget's frames",
+    )
     p.add_argument("--layers", type=int, default=None, help="decoder layers (default: the model's)")
     p.add_argument("--tower-layers", type=int, default=None, help="vision and audio tower layers (default: 32)")
     p.add_argument("--micro-batch", type=int, default=0, help="rows per log-prob pass; 0 = all G (default)")
@@ -452,15 +601,21 @@ def parse_args(argv=None):
     p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (alpha = 2r, default r: 16)")
     p.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     p.add_argument("--no-gradient-checkpointing", action="store_true")
-    p.add_argument("--no-share-prompt", action="store_true",
-                   help="every row runs its own prompt in the log-prob passes (the package's share_prompt=false)")
+    p.add_argument(
+        "--no-share-prompt",
+        action="store_true",
+        help="every row runs its own prompt in the log-prob passes (the package's share_prompt=false)",
+    )
     p.add_argument("--steps", type=int, default=1, help="timed steps (default: 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default: 1)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak for MFU (H100 SXM: 989)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
-    p.add_argument("--tiny", action="store_true",
-                   help="the test kit's tiny thinker, G=2, 8 tokens, a 2 s clip of 56x84 frames; runs on CPU")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the test kit's tiny thinker, G=2, 8 tokens, a 2 s clip of 56x84 frames; runs on CPU",
+    )
     args = p.parse_args(argv)
     if args.tiny:
         args.models, args.modes = ["tiny"], args.modes
@@ -484,14 +639,20 @@ def main(argv=None) -> list[dict]:
     logging.getLogger("omni_grpo").setLevel(logging.ERROR)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    frames = (f"{args.frame_size[0]}x{args.frame_size[1]} at {args.fps:g} fps" if args.frame_size else
-              f"{args.fps:g} fps under a {args.max_prompt_tokens}-token budget")
+    frames = (
+        f"{args.frame_size[0]}x{args.frame_size[1]} at {args.fps:g} fps"
+        if args.frame_size
+        else f"{args.fps:g} fps under a {args.max_prompt_tokens}-token budget"
+    )
     started = time.perf_counter()
-    print(f"gpu benchmark on {where}; torch {torch.__version__}, transformers {transformers.__version__}; "
-          f"G={args.generations}, {args.completion_length} forced tokens, {args.seconds:g} s clip ({frames}), "
-          f"attn {args.attn}, gradient checkpointing "
-          f"{'off' if args.no_gradient_checkpointing else 'on'}"
-          f", beta {args.beta}, shared prompt {'off' if args.no_share_prompt else 'on'}", flush=True)
+    print(
+        f"gpu benchmark on {where}; torch {torch.__version__}, transformers {transformers.__version__}; "
+        f"G={args.generations}, {args.completion_length} forced tokens, {args.seconds:g} s clip ({frames}), "
+        f"attn {args.attn}, gradient checkpointing "
+        f"{'off' if args.no_gradient_checkpointing else 'on'}"
+        f", beta {args.beta}, shared prompt {'off' if args.no_share_prompt else 'on'}",
+        flush=True,
+    )
     records = []
     for name in args.models:
         for mode in args.modes:

@@ -41,7 +41,6 @@ def build_model_dir(out: Path, width: str, layers: int) -> Path:
     if width == "tiny":
         return build_tiny_model(out, seed=0, layers=layers)
     import gpu_bench
-
     from transformers import Qwen2_5OmniThinkerConfig
 
     processor, ids = gpu_bench.build_processor("qwen")
@@ -53,8 +52,9 @@ def build_model_dir(out: Path, width: str, layers: int) -> Path:
     config.pad_token_id, config.eos_token_id = 151643, 151645
     torch.manual_seed(0)
     model = gpu_bench.build_thinker(config, torch.device("cpu"), torch.bfloat16, "sdpa")
-    model.generation_config = GenerationConfig(eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
-                                               pad_token_id=ids["<|endoftext|>"], do_sample=False)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]], pad_token_id=ids["<|endoftext|>"], do_sample=False
+    )
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
@@ -66,8 +66,16 @@ def build_data(root: Path) -> Path:
     from preprocess.media import VideoOptions
 
     make_siq2_dataset(root / "raw", n_clips=1, seconds=1.0, seed=0)
-    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
-                       video=VideoOptions(min_pixels=3136, max_pixels=12544)))
+    build(
+        BuildOptions(
+            source="siq2",
+            root=root / "raw",
+            output=root / "shards",
+            workers=0,
+            progress=False,
+            video=VideoOptions(min_pixels=3136, max_pixels=12544),
+        )
+    )
     return root / "shards"
 
 
@@ -78,11 +86,25 @@ def folder_bytes(path: Path) -> int:
 def config(model_dir: Path, data: Path, out: Path, backend: str, bf16: bool, resume: str | None = None):
     from omni_grpo.config import load_config
 
-    args = {"model_name_or_path": model_dir, "data": f"[{data}]", "output_dir": out, "num_generations": 2,
-            "per_device_prompts": 1, "max_completion_length": 4, "max_prompt_length": 8192, "max_steps": 2,
-            "save_steps": 0, "dataloader_num_workers": 0, "bf16": str(bf16).lower(), "beta": 0.0,
-            "lora.enabled": "true", "lora.r": 16, "lora.alpha": 32, "reward_funcs": "[format]",
-            "resume_from_checkpoint": resume or "null"}
+    args = {
+        "model_name_or_path": model_dir,
+        "data": f"[{data}]",
+        "output_dir": out,
+        "num_generations": 2,
+        "per_device_prompts": 1,
+        "max_completion_length": 4,
+        "max_prompt_length": 8192,
+        "max_steps": 2,
+        "save_steps": 0,
+        "dataloader_num_workers": 0,
+        "bf16": str(bf16).lower(),
+        "beta": 0.0,
+        "lora.enabled": "true",
+        "lora.r": 16,
+        "lora.alpha": 32,
+        "reward_funcs": "[format]",
+        "resume_from_checkpoint": resume or "null",
+    }
     if backend != "plain":
         args["deepspeed"] = REPO / "configs" / "deepspeed" / f"{backend}.json"
     return load_config(None, [f"{k}={v}" for k, v in args.items()])
@@ -91,7 +113,6 @@ def config(model_dir: Path, data: Path, out: Path, backend: str, bf16: bool, res
 def measure(model_dir: Path, data: Path, work: Path, backend: str, bf16: bool) -> dict:
     import torch
 
-    from omni_grpo import checkpoint as ckpt
     from omni_grpo.trainer import GRPOTrainer
 
     out = work / backend
@@ -112,20 +133,34 @@ def measure(model_dir: Path, data: Path, work: Path, backend: str, bf16: bool) -
     resumed = GRPOTrainer(config(model_dir, data, work / f"{backend}-resumed", backend, bf16, str(folder)))
     load_s = time.perf_counter() - start
     del resumed
-    return dict(backend=backend, trainable=size[True], frozen=size[False], total=total, state=state, model=model,
-                adapter=adapter, rest=total - state - model, save_s=save_s, build_and_resume_s=load_s)
+    return dict(
+        backend=backend,
+        trainable=size[True],
+        frozen=size[False],
+        total=total,
+        state=state,
+        model=model,
+        adapter=adapter,
+        rest=total - state - model,
+        save_s=save_s,
+        build_and_resume_s=load_s,
+    )
 
 
 def table(width: str, layers: int, rows: list[dict]) -> str:
     mb = 2**20
-    lines = [f"{width} widths, {layers} layers: trainable {rows[0]['trainable'] / mb:.1f} MiB, frozen "
-             f"{rows[0]['frozen'] / mb:.1f} MiB (parameter bytes in the run's dtype)",
-             "| backend | checkpoint MiB | state/ MiB | model/ MiB (adapter) | rest MiB | save s | build + resume s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{width} widths, {layers} layers: trainable {rows[0]['trainable'] / mb:.1f} MiB, frozen "
+        f"{rows[0]['frozen'] / mb:.1f} MiB (parameter bytes in the run's dtype)",
+        "| backend | checkpoint MiB | state/ MiB | model/ MiB (adapter) | rest MiB | save s | build + resume s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['backend']} | {r['total'] / mb:.1f} | {r['state'] / mb:.1f} | {r['model'] / mb:.1f} "
-                     f"({r['adapter'] / mb:.2f}) | {r['rest'] / mb:.2f} | {r['save_s']:.2f} | "
-                     f"{r['build_and_resume_s']:.1f} |")
+        lines.append(
+            f"| {r['backend']} | {r['total'] / mb:.1f} | {r['state'] / mb:.1f} | {r['model'] / mb:.1f} "
+            f"({r['adapter'] / mb:.2f}) | {r['rest'] / mb:.2f} | {r['save_s']:.2f} | "
+            f"{r['build_and_resume_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -152,8 +187,7 @@ def main(argv=None) -> list[dict]:
     transformers.logging.set_verbosity_error()
     logging.getLogger("omni_grpo").setLevel(logging.ERROR)
     logging.getLogger("DeepSpeed").setLevel(logging.ERROR)
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(free_port()))
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     from omni_grpo.train import skip_deepspeed_shm_op
 
     skip_deepspeed_shm_op()

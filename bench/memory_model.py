@@ -66,11 +66,11 @@ class Dims:
     head_dim: int
     intermediate: int
     vocab: int
-    params: int        # N: every parameter of the thinker
+    params: int  # N: every parameter of the thinker
     layer_params: int  # N_layer
-    towers: int        # vision + audio parameters
-    lm_params: int     # the language model with its embedding and head (what full fine-tuning trains)
-    lora_params: int   # LoRA adapters at rank `lora_r` on the language model's linear layers
+    towers: int  # vision + audio parameters
+    lm_params: int  # the language model with its embedding and head (what full fine-tuning trains)
+    lora_params: int  # LoRA adapters at rank `lora_r` on the language model's linear layers
 
     @property
     def kv_bytes(self) -> int:
@@ -93,7 +93,7 @@ class Run:
     checkpointing: bool = True
     one_prompt_copy: bool = False  # issue 17 item 3: attend to one copy of the prompt's keys/values
     bytes_per_weight: int = 2
-    optimizer_bytes: int = 16      # per trainable parameter (16: DeepSpeed fp32 master + Adam + fp32 grad)
+    optimizer_bytes: int = 16  # per trainable parameter (16: DeepSpeed fp32 master + Adam + fp32 grad)
     vocab_chunk: int = 256
 
 
@@ -137,15 +137,27 @@ def dims_of(model, name: str = "model", lora_r: int = 16) -> Dims:
     text = model.config.text_config
     layer = _getattr_path(model, module.language_model).layers[0]
     targets = set(LoraConfig().target_modules)
-    lora = sum(lora_r * (mod.in_features + mod.out_features) for mod_name, mod in layer.named_modules()
-               if mod_name.split(".")[-1] in targets and isinstance(mod, torch.nn.Linear))
+    lora = sum(
+        lora_r * (mod.in_features + mod.out_features)
+        for mod_name, mod in layer.named_modules()
+        if mod_name.split(".")[-1] in targets and isinstance(mod, torch.nn.Linear)
+    )
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    return Dims(name=name, layers=text.num_hidden_layers, hidden=text.hidden_size, heads=text.num_attention_heads,
-                kv_heads=text.num_key_value_heads, head_dim=head_dim, intermediate=text.intermediate_size,
-                vocab=text.vocab_size, params=sum(p.numel() for p in model.parameters()),
-                layer_params=sum(p.numel() for p in layer.parameters()), towers=counts["vision"] + counts["audio"],
-                lm_params=counts["decoder"] + counts["embed"] + counts["lm_head"],
-                lora_params=lora * text.num_hidden_layers)
+    return Dims(
+        name=name,
+        layers=text.num_hidden_layers,
+        hidden=text.hidden_size,
+        heads=text.num_attention_heads,
+        kv_heads=text.num_key_value_heads,
+        head_dim=head_dim,
+        intermediate=text.intermediate_size,
+        vocab=text.vocab_size,
+        params=sum(p.numel() for p in model.parameters()),
+        layer_params=sum(p.numel() for p in layer.parameters()),
+        towers=counts["vision"] + counts["audio"],
+        lm_params=counts["decoder"] + counts["embed"] + counts["lm_head"],
+        lora_params=lora * text.num_hidden_layers,
+    )
 
 
 def activation_bytes(d: Dims, b: int) -> int:
@@ -166,8 +178,11 @@ def terms(d: Dims, r: Run) -> dict[str, dict[str, float]]:
     P, C, G, m = r.prompt, r.completion, r.generations, r.micro_batch or r.generations
     k = d.kv_bytes * b
     trainable = d.lora_params if r.lora else d.lm_params
-    resident = {"weights": d.params * b / w, "reference weights": 0.0 if r.lora else d.params * b / w,
-                "optimizer state": trainable * r.optimizer_bytes / w}
+    resident = {
+        "weights": d.params * b / w,
+        "reference weights": 0.0 if r.lora else d.params * b / w,
+        "optimizer state": trainable * r.optimizer_bytes / w,
+    }
     prompt_copies = 1 if r.one_prompt_copy else G
     rollout = {
         "gathered weights (all)": d.params * b * (1 - 1 / w),
@@ -187,19 +202,32 @@ def terms(d: Dims, r: Run) -> dict[str, dict[str, float]]:
     # sliced with a trainable head: the head's gradient is summed in float32 over the slices, then cast
     head_grad = d.vocab * d.hidden * 4 if sliced and not r.lora else 0.0
     copies = 0.0 if r.one_prompt_copy else L * k * m * P
-    reference = {"gathered weights (a layer)": gathered, "prompt keys/values": L * k * P,
-                 "prompt copies": copies, "transient: prompt pass layer": layer_working_set(d, P, b),
-                 "transient: attention (one layer)": attention, "transient: vocabulary chunk": vocab}
+    reference = {
+        "gathered weights (a layer)": gathered,
+        "prompt keys/values": L * k * P,
+        "prompt copies": copies,
+        "transient: prompt pass layer": layer_working_set(d, P, b),
+        "transient: attention (one layer)": attention,
+        "transient: vocabulary chunk": vocab,
+    }
     a = activation_bytes(d, b)
     tokens = P + m * C
     backward = layer_working_set(d, tokens, b)  # one layer's activation gradients
     if r.checkpointing:
-        saved = {"saved activations (layer inputs)": L * tokens * d.hidden * b,
-                 "transient: recompute + backward of one layer": tokens * a + attention + backward}
+        saved = {
+            "saved activations (layer inputs)": L * tokens * d.hidden * b,
+            "transient: recompute + backward of one layer": tokens * a + attention + backward,
+        }
     else:
         saved = {"saved activations": L * tokens * a + L * attention, "transient: backward of one layer": backward}
-    update = {"gathered weights (a layer)": gathered, "prompt keys/values": L * k * P, "prompt copies": copies,
-              **saved, "gradients": trainable * b / w, "transient: vocabulary chunk": vocab + head_grad}
+    update = {
+        "gathered weights (a layer)": gathered,
+        "prompt keys/values": L * k * P,
+        "prompt copies": copies,
+        **saved,
+        "gradients": trainable * b / w,
+        "transient: vocabulary chunk": vocab + head_grad,
+    }
     return {"resident": resident, "rollout": rollout, "reference": reference, "update": update}
 
 
@@ -217,15 +245,20 @@ def phase_peaks(d: Dims, r: Run) -> dict[str, float]:
 
 
 def model_table(rows: list[tuple[str, Dims, Run]]) -> str:
-    lines = ["| model | mode | prompt P | prompt copies | resident GB | rollout GB (KV) | reference GB | update GB | "
-             "peak GB |", "|" + "---|" * 9]
+    lines = [
+        "| model | mode | prompt P | prompt copies | resident GB | rollout GB (KV) | reference GB | update GB | "
+        "peak GB |",
+        "|" + "---|" * 9,
+    ]
     for label, d, r in rows:
         t, pk = terms(d, r), phase_peaks(d, r)
         peak = max(pk["rollout total"], pk["reference total"], pk["update total"])
-        lines.append(f"| {d.name} | {'LoRA' if r.lora else 'full'} | {r.prompt:,} | "
-                     f"{'one' if r.one_prompt_copy else 'G'} | {pk['resident'] / GB:.1f} | "
-                     f"{pk['rollout'] / GB:.1f} ({t['rollout']['KV cache'] / GB:.1f}) | {pk['reference'] / GB:.1f} | "
-                     f"{pk['update'] / GB:.1f} | {peak / GB:.1f} |")
+        lines.append(
+            f"| {d.name} | {'LoRA' if r.lora else 'full'} | {r.prompt:,} | "
+            f"{'one' if r.one_prompt_copy else 'G'} | {pk['resident'] / GB:.1f} | "
+            f"{pk['rollout'] / GB:.1f} ({t['rollout']['KV cache'] / GB:.1f}) | {pk['reference'] / GB:.1f} | "
+            f"{pk['update'] / GB:.1f} | {peak / GB:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -245,11 +278,26 @@ def evaluate() -> str:
         for lora in (True, False):
             for prompt in (2048, 19573):
                 for one in (False, True):
-                    rows.append((name, d, Run(prompt=prompt, completion=512, generations=8, micro_batch=8,
-                                              world=8, lora=lora, one_prompt_copy=one)))
-        out.append(f"{name}: L={d.layers} H={d.hidden} heads {d.heads}/{d.kv_heads} d={d.head_dim} I={d.intermediate} "
-                   f"V={d.vocab}; N={d.params / 1e9:.2f}B (towers {d.towers / 1e9:.2f}B), LoRA r=16 "
-                   f"{d.lora_params / 1e6:.1f}M, language model {d.lm_params / 1e9:.2f}B")
+                    rows.append(
+                        (
+                            name,
+                            d,
+                            Run(
+                                prompt=prompt,
+                                completion=512,
+                                generations=8,
+                                micro_batch=8,
+                                world=8,
+                                lora=lora,
+                                one_prompt_copy=one,
+                            ),
+                        )
+                    )
+        out.append(
+            f"{name}: L={d.layers} H={d.hidden} heads {d.heads}/{d.kv_heads} d={d.head_dim} I={d.intermediate} "
+            f"V={d.vocab}; N={d.params / 1e9:.2f}B (towers {d.towers / 1e9:.2f}B), LoRA r=16 "
+            f"{d.lora_params / 1e6:.1f}M, language model {d.lm_params / 1e9:.2f}B"
+        )
         out.append("")
         out.append(model_table(rows))
         out.append("")
@@ -279,11 +327,32 @@ def check(args) -> list[dict]:
         bench_args.generations, bench_args.completion_length = args.generations, args.completion_length
     else:
         bench_args = gb.parse_args(
-            ["--models", args.model, "--modes", *args.modes, "--device", "cpu", "--layers", str(args.layers),
-             "--tower-layers", str(args.tower_layers), "--generations", str(args.generations),
-             "--completion-length", str(args.completion_length), "--seconds", str(args.seconds),
-             "--max-prompt-tokens", str(args.max_prompt_tokens), "--steps", "1", "--warmup", str(args.warmup)]
-            + (["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else []))
+            [
+                "--models",
+                args.model,
+                "--modes",
+                *args.modes,
+                "--device",
+                "cpu",
+                "--layers",
+                str(args.layers),
+                "--tower-layers",
+                str(args.tower_layers),
+                "--generations",
+                str(args.generations),
+                "--completion-length",
+                str(args.completion_length),
+                "--seconds",
+                str(args.seconds),
+                "--max-prompt-tokens",
+                str(args.max_prompt_tokens),
+                "--steps",
+                "1",
+                "--warmup",
+                str(args.warmup),
+            ]
+            + (["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else [])
+        )
     d = dims(args.model, args.layers, args.tower_layers)
     records = []
     for mode in args.modes:
@@ -291,9 +360,14 @@ def check(args) -> list[dict]:
         if rec["error"]:
             records.append(rec)
             continue
-        rec["check"] = {"model": args.model, "layers": args.layers, "tower_layers": args.tower_layers,
-                        "generations": args.generations, "completion": args.completion_length,
-                        "checkpointing": not bench_args.no_gradient_checkpointing}
+        rec["check"] = {
+            "model": args.model,
+            "layers": args.layers,
+            "tower_layers": args.tower_layers,
+            "generations": args.generations,
+            "completion": args.completion_length,
+            "checkpointing": not bench_args.no_gradient_checkpointing,
+        }
         records.append(modelled(rec, d))
     return records
 
@@ -301,33 +375,51 @@ def check(args) -> list[dict]:
 def modelled(rec: dict, d: Dims) -> dict:
     """`rec` (a check's measurement) with the model's terms and phase growths for the same run (W = 1)."""
     c = rec["check"]
-    r = Run(prompt=rec["prompt_tokens"], completion=c["completion"], generations=c["generations"],
-            micro_batch=c["generations"], world=1, lora=rec["mode"] == "lora", checkpointing=c["checkpointing"],
-            optimizer_bytes=4, bytes_per_weight=4 if c["model"] == "tiny" else 2)
+    r = Run(
+        prompt=rec["prompt_tokens"],
+        completion=c["completion"],
+        generations=c["generations"],
+        micro_batch=c["generations"],
+        world=1,
+        lora=rec["mode"] == "lora",
+        checkpointing=c["checkpointing"],
+        optimizer_bytes=4,
+        bytes_per_weight=4 if c["model"] == "tiny" else 2,
+    )
     model = phase_peaks(d, r)
     rec["layers"] = d.layers
-    rec["model_gb"] = {"rollout": model["rollout"] / GB, "ref": model["reference"] / GB,
-                       "policy": model["update"] / GB, "resident": model["resident"] / GB,
-                       "weights": (d.params * r.bytes_per_weight * (1 if r.lora else 2)) / GB}
+    rec["model_gb"] = {
+        "rollout": model["rollout"] / GB,
+        "ref": model["reference"] / GB,
+        "policy": model["update"] / GB,
+        "resident": model["resident"] / GB,
+        "weights": (d.params * r.bytes_per_weight * (1 if r.lora else 2)) / GB,
+    }
     rec["terms_gb"] = {ph: {n: v / GB for n, v in items.items()} for ph, items in terms(d, r).items()}
     return rec
 
 
 def check_table(records: list[dict]) -> str:
-    lines = ["| model | mode | layers | prompt tok | frames | phase | measured added GB | modelled GB | "
-             "measured / model |", "|" + "---|" * 9]
+    lines = [
+        "| model | mode | layers | prompt tok | frames | phase | measured added GB | modelled GB | measured / model |",
+        "|" + "---|" * 9,
+    ]
     for rec in records:
         if rec.get("error"):
             lines.append(f"| {rec['model']} | {rec['mode']} | — | — | — | — | {rec['error']} | — | — |")
             continue
         for phase in ("rollout", "ref", "policy"):
             got, want = rec["added_gb"][phase], rec["model_gb"][phase]
-            lines.append(f"| {rec['model']} | {rec['mode']} | {rec['layers']} | "
-                         f"{rec['prompt_tokens']} | {rec['frames'][0]}x{rec['frames'][1]}x{rec['frames'][2]} | "
-                         f"{phase} | {got:.2f} | {want:.2f} | {got / want:.2f} |")
-        lines.append(f"| {rec['model']} | {rec['mode']} | | | | resident after build | {rec['rss_built_gb']:.2f} | "
-                     f"{rec['model_gb']['weights']:.2f} weights + the Python/torch runtime (optimizer state is "
-                     "allocated at the first step) | |")
+            lines.append(
+                f"| {rec['model']} | {rec['mode']} | {rec['layers']} | "
+                f"{rec['prompt_tokens']} | {rec['frames'][0]}x{rec['frames'][1]}x{rec['frames'][2]} | "
+                f"{phase} | {got:.2f} | {want:.2f} | {got / want:.2f} |"
+            )
+        lines.append(
+            f"| {rec['model']} | {rec['mode']} | | | | resident after build | {rec['rss_built_gb']:.2f} | "
+            f"{rec['model_gb']['weights']:.2f} weights + the Python/torch runtime (optimizer state is "
+            "allocated at the first step) | |"
+        )
     return "\n".join(lines)
 
 
@@ -345,8 +437,14 @@ def parse_args(argv=None):
     p.add_argument("--no-gradient-checkpointing", action="store_true")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before the measured one (default: 1)")
     p.add_argument("--json", type=Path, default=None, help="--check: also write the measurements here")
-    p.add_argument("--report", type=Path, nargs="+", default=None, metavar="JSON",
-                   help="print the check table of saved --check runs against the current model")
+    p.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="print the check table of saved --check runs against the current model",
+    )
     return p.parse_args(argv)
 
 
@@ -379,6 +477,9 @@ def main(argv=None):
 
 if __name__ == "__main__":
     if "--check" in sys.argv[1:] and os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
-                  dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD))
+        os.execve(
+            sys.executable,
+            [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]],
+            dict(os.environ, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD),
+        )
     main()

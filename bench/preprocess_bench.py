@@ -30,8 +30,7 @@ def make_clips(folder: Path, clips: int, seconds: float, size: tuple[int, int], 
     for i in range(clips):
         name = f"clip{i:03d}.mp4"
         synthetic.make_clip(folder / name, seconds=seconds, fps=fps, size=size, sample_rate=44100, channels=2, seed=i)
-        rows.append({"id": f"q{i}", "video": name, "question": "What happens?", "options": ["a", "b"],
-                     "answer": "A"})
+        rows.append({"id": f"q{i}", "video": name, "question": "What happens?", "options": ["a", "b"], "answer": "A"})
     manifest = folder / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return manifest
@@ -110,17 +109,28 @@ def main(argv=None) -> None:
     shard_med, qwen_med = statistics.median(shard_times), statistics.median(qwen_times)
     rows = [
         ("(a) preprocess, 1 worker", f"{clip_seconds / one_s:.1f} clip-s/s", f"{one_s:.1f} s total", "1.00x"),
-        (f"(a) preprocess, {args.workers} workers", f"{clip_seconds / n_s:.1f} clip-s/s", f"{n_s:.1f} s total",
-         f"{one_s / n_s:.2f}x"),
-        ("(b) sample via qwen_omni_utils (mp4)", f"{qwen_med * 1000:.0f} ms", f"median of {len(qwen_times)}",
-         "1.00x"),
-        ("(b) sample via preprocess.shards", f"{shard_med * 1000:.1f} ms", f"median of {len(shard_times)}",
-         f"{qwen_med / shard_med:.1f}x faster"),
+        (
+            f"(a) preprocess, {args.workers} workers",
+            f"{clip_seconds / n_s:.1f} clip-s/s",
+            f"{n_s:.1f} s total",
+            f"{one_s / n_s:.2f}x",
+        ),
+        ("(b) sample via qwen_omni_utils (mp4)", f"{qwen_med * 1000:.0f} ms", f"median of {len(qwen_times)}", "1.00x"),
+        (
+            "(b) sample via preprocess.shards",
+            f"{shard_med * 1000:.1f} ms",
+            f"median of {len(shard_times)}",
+            f"{qwen_med / shard_med:.1f}x faster",
+        ),
     ]
-    frame_shape = f"{summary['counts']['written']} clips of {args.seconds:g} s, {args.size[0]}x{args.size[1]} at " \
-                  f"{args.video_fps} fps, AAC 44.1 kHz stereo; defaults --fps 2"
-    print(f"preprocess benchmark: {frame_shape}; clips made in {made:.1f} s; "
-          f"{summary['bytes_per_clip_second'] / 1024:.1f} KiB per clip-second in shards")
+    frame_shape = (
+        f"{summary['counts']['written']} clips of {args.seconds:g} s, {args.size[0]}x{args.size[1]} at "
+        f"{args.video_fps} fps, AAC 44.1 kHz stereo; defaults --fps 2"
+    )
+    print(
+        f"preprocess benchmark: {frame_shape}; clips made in {made:.1f} s; "
+        f"{summary['bytes_per_clip_second'] / 1024:.1f} KiB per clip-second in shards"
+    )
     widths = [max(len(r[i]) for r in rows + [("what", "rate / time", "note", "ratio")]) for i in range(4)]
     for row in [("what", "rate / time", "note", "ratio")] + rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))

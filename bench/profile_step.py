@@ -33,8 +33,9 @@ def _scale_bench():
 
 
 def _table(prof, rows: int) -> str:
-    return prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=rows,
-                                                              max_name_column_width=50)
+    return prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=50
+    )
 
 
 def main(argv=None) -> None:
@@ -58,17 +59,33 @@ def main(argv=None) -> None:
     sb = _scale_bench().load_step_bench()
     from preprocess.budget import DEFAULT_MAX_PROMPT_TOKENS
 
-    data_args = argparse.Namespace(clips=1, size=[360, 640], video_fps=30, fps=2.0, max_pixels=None,
-                                   min_pixels=None, max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS)
+    data_args = argparse.Namespace(
+        clips=1,
+        size=[360, 640],
+        video_fps=30,
+        fps=2.0,
+        max_pixels=None,
+        min_pixels=None,
+        max_prompt_tokens=DEFAULT_MAX_PROMPT_TOKENS,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         model_dir = sb.prepare_model(work, args.model)
         manifest, shards = sb.prepare_data(work, args.seconds, data_args)
-        s = sb.Settings(model_dir=model_dir, shards=shards, manifest=manifest, generations=args.generations,
-                        completion_length=args.completion_length, micro_batch=args.micro_batch, max_pixels=None,
-                        min_pixels=None, out=work / "run", min_new_tokens=args.completion_length,
-                        frames=sb.frame_plan(shards))
+        s = sb.Settings(
+            model_dir=model_dir,
+            shards=shards,
+            manifest=manifest,
+            generations=args.generations,
+            completion_length=args.completion_length,
+            micro_batch=args.micro_batch,
+            max_pixels=None,
+            min_pixels=None,
+            out=work / "run",
+            min_new_tokens=args.completion_length,
+            frames=sb.frame_plan(shards),
+        )
         total = args.warmup + args.steps
         system = sb.TRL(s, total_steps=total + 1) if args.system == "trl" else sb.Ours(s)
         done = {"steps": 0}
@@ -100,8 +117,11 @@ def main(argv=None) -> None:
                     done["prof"] = profile(activities=[ProfilerActivity.CPU], record_shapes=True)
                     done["prof"].__enter__()
                 r = system.step()
-                print(f"{'warm-up' if i < args.warmup else 'profiled'} step: {r.wall:.3f} s; " +
-                      ", ".join(f"{k} {v:.3f}" for k, v in r.phases.items() if v), flush=True)
+                print(
+                    f"{'warm-up' if i < args.warmup else 'profiled'} step: {r.wall:.3f} s; "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in r.phases.items() if v),
+                    flush=True,
+                )
             if args.system == "ours" and args.profiler == "cprofile":
                 py.disable()
                 pstats.Stats(py).sort_stats("cumulative").print_stats(args.rows)

@@ -6,7 +6,8 @@ a few decoder layers, tiny towers, bf16 on CPU), G completions of one prompt: th
 (`omni_grpo.models.prefix_attention`). Each variant runs in its own subprocess and reports the peak resident
 memory of its pass above the memory before it (Linux VmHWM, reset before the pass), so the two columns are
 side by side in one run; for generation also the peak after the prefill (the token loop, where the copies
-live). The last columns: the memory the G − 1 copies take by arithmetic, and seconds (not a speed benchmark). The prompt is text tokens of the given length: the keys/values' size depends on the
+live). The last columns: the memory the G − 1 copies take by arithmetic, and seconds (not a speed benchmark).
+The prompt is text tokens of the given length: the keys/values' size depends on the
 prompt's length only, not on what the tokens are.
 
     python bench/prompt_kv_bench.py                        # 3 s (330 tokens) and 60 s (2,100 tokens) prompts
@@ -47,7 +48,6 @@ def _reset_peak() -> None:
 
 def _model(args):
     import torch
-
     from gpu_bench import build_processor, build_thinker, thinker_config
 
     processor, ids = build_processor("tiny")
@@ -75,8 +75,11 @@ def child(args) -> dict:
     module = get_module("qwen2_5_omni")
     model, processor = _model(args)
     vocab = min(model.config.text_config.vocab_size, 150000)
-    prompt = ModelInputs(input_ids=torch.randint(0, vocab // 2, (1, args.prompt)),
-                         attention_mask=torch.ones(1, args.prompt, dtype=torch.long), use_audio_in_video=False)
+    prompt = ModelInputs(
+        input_ids=torch.randint(0, vocab // 2, (1, args.prompt)),
+        attention_mask=torch.ones(1, args.prompt, dtype=torch.long),
+        use_audio_in_video=False,
+    )
     g = args.g
     if args.phase == "update":
         for name, p in model.named_parameters():
@@ -105,14 +108,33 @@ def child(args) -> dict:
         generate(module, model, processor, prompt, num_generations=g, max_new_tokens=args.new_tokens)
     hook.remove()
     decode = _rss_kb("VmHWM")
-    return dict(peak_mb=(max(prefill["peak"], decode) - start) / 1024, decode_mb=(decode - start) / 1024,
-                seconds=time.perf_counter() - t0)
+    return dict(
+        peak_mb=(max(prefill["peak"], decode) - start) / 1024,
+        decode_mb=(decode - start) / 1024,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def run_point(args, phase: str, prompt: int, variant: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--phase", phase, "--variant", variant, "--prompt", str(prompt),
-           "--layers", str(args.layers), "--g", str(args.g), "--completion", str(args.completion),
-           "--new-tokens", str(args.new_tokens)] + (["--tiny"] if args.tiny else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--phase",
+        phase,
+        "--variant",
+        variant,
+        "--prompt",
+        str(prompt),
+        "--layers",
+        str(args.layers),
+        "--g",
+        str(args.g),
+        "--completion",
+        str(args.completion),
+        "--new-tokens",
+        str(args.new_tokens),
+    ] + (["--tiny"] if args.tiny else [])
     out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ))
     if out.returncode:
         return dict(error=(out.stderr.strip().splitlines() or ["exit %d" % out.returncode])[-1])
@@ -126,20 +148,26 @@ def copies_mb(args, prompt: int) -> float:
 
 
 def table(rows: list[dict], args) -> str:
-    head = ("| phase | prompt tokens | layers | G | copies: peak MB | one copy: peak MB | one copy / copies "
-            "| decode-phase peak MB (copies / one copy) | (G−1) prompt copies, MB by arithmetic "
-            "| seconds (copies / one copy) |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| phase | prompt tokens | layers | G | copies: peak MB | one copy: peak MB | one copy / copies "
+        "| decode-phase peak MB (copies / one copy) | (G−1) prompt copies, MB by arithmetic "
+        "| seconds (copies / one copy) |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     for r in rows:
         a, b = r["copies"], r["one copy"]
         if "error" in a or "error" in b:
-            lines.append(f"| {r['phase']} | {r['prompt']} | {args.layers} | {args.g} | "
-                         f"{a.get('error', '')} | {b.get('error', '')} | | | | |")
+            lines.append(
+                f"| {r['phase']} | {r['prompt']} | {args.layers} | {args.g} | "
+                f"{a.get('error', '')} | {b.get('error', '')} | | | | |"
+            )
             continue
         decode = f"{a['decode_mb']:,.0f} / {b['decode_mb']:,.0f}" if "decode_mb" in a else "–"
-        lines.append(f"| {r['phase']} | {r['prompt']:,} | {args.layers} | {args.g} | {a['peak_mb']:,.0f} | "
-                     f"{b['peak_mb']:,.0f} | {b['peak_mb'] / a['peak_mb']:.2f} | {decode} | "
-                     f"{copies_mb(args, r['prompt']):,.0f} | {a['seconds']:.1f} / {b['seconds']:.1f} |")
+        lines.append(
+            f"| {r['phase']} | {r['prompt']:,} | {args.layers} | {args.g} | {a['peak_mb']:,.0f} | "
+            f"{b['peak_mb']:,.0f} | {b['peak_mb'] / a['peak_mb']:.2f} | {decode} | "
+            f"{copies_mb(args, r['prompt']):,.0f} | {a['seconds']:.1f} / {b['seconds']:.1f} |"
+        )
     return "\n".join(lines)
 
 

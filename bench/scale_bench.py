@@ -60,8 +60,11 @@ SWEEPS = {  # sweep -> (values, which setting they change)
     "completion": ([16, 64, 256], "completion_length"),
 }
 BASE = {"seconds": 3.0, "generations": 8, "completion_length": 16}
-QUICK_SWEEPS = {"clip": ([1.0, 2.0], "seconds"), "G": ([2, 4], "generations"),
-                "completion": ([4, 8], "completion_length")}
+QUICK_SWEEPS = {
+    "clip": ([1.0, 2.0], "seconds"),
+    "G": ([2, 4], "generations"),
+    "completion": ([4, 8], "completion_length"),
+}
 QUICK_BASE = {"seconds": 1.0, "generations": 2, "completion_length": 4}
 # Points a system is left out of by default: each would take minutes per step here (the anchor runs one
 # generate per completion and the towers in every pass; measured per-step cost grows with G and C).
@@ -123,8 +126,9 @@ def worker() -> None:
 
         torch.set_num_threads(request["threads"])
     try:
-        system = sb.make_system(request["system"], s, request["rounds"], request.get("trl_gpu_path", True),
-                                request.get("threads", 0))
+        system = sb.make_system(
+            request["system"], s, request["rounds"], request.get("trl_gpu_path", True), request.get("threads", 0)
+        )
     except Exception as exc:
         reply({"error": f"{type(exc).__name__}: {exc}"})
         return
@@ -141,13 +145,25 @@ def worker() -> None:
                 reply({"error": f"{type(exc).__name__}: {exc}"})
                 system.close()
                 return
-            reply({"wall": r.wall, "rows": r.rows, "phases": r.phases, "tower_calls": r.tower_calls,
-                   "completion_tokens": r.completion_tokens, "prompt_tokens": r.prompt_tokens})
+            reply(
+                {
+                    "wall": r.wall,
+                    "rows": r.rows,
+                    "phases": r.phases,
+                    "tower_calls": r.tower_calls,
+                    "completion_tokens": r.completion_tokens,
+                    "prompt_tokens": r.prompt_tokens,
+                }
+            )
         elif command == "close":
             peak_kb = _status_kb("VmHWM")
             own = system.close() or {}
-            reply({"peak_step_gb": own.get("peak_step_gb", peak_kb / 2**20 if reset else math.nan),
-                   "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
+            reply(
+                {
+                    "peak_step_gb": own.get("peak_step_gb", peak_kb / 2**20 if reset else math.nan),
+                    "ru_maxrss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+                }
+            )
             return
 
 
@@ -167,8 +183,9 @@ def quiet() -> None:
 class Worker:
     """The driver's handle on one worker process."""
 
-    def __init__(self, system: str, settings, rounds: int, log: Path, threads: int, trl_gpu_path: bool,
-                 env: dict | None = None):
+    def __init__(
+        self, system: str, settings, rounds: int, log: Path, threads: int, trl_gpu_path: bool, env: dict | None = None
+    ):
         self.system, self.log = system, log
         payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
         self.stderr = open(log, "w")
@@ -176,10 +193,25 @@ class Worker:
         product = {"OMP_WAIT_POLICY": "PASSIVE"} if system == "ours" and "OMP_WAIT_POLICY" not in os.environ else {}
         env = dict(os.environ, **product, **(env or {}), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
         env = {k: v for k, v in env.items() if v is not None}  # None: unset for this worker
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "scale_bench.py"), "--worker"], env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-        self.send(json.dumps({"system": system, "settings": payload, "rounds": rounds, "threads": threads,
-                              "trl_gpu_path": trl_gpu_path}))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "scale_bench.py"), "--worker"],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+        self.send(
+            json.dumps(
+                {
+                    "system": system,
+                    "settings": payload,
+                    "rounds": rounds,
+                    "threads": threads,
+                    "trl_gpu_path": trl_gpu_path,
+                }
+            )
+        )
 
     def send(self, line: str) -> None:
         self.proc.stdin.write(line + "\n")
@@ -188,7 +220,7 @@ class Worker:
     def receive(self) -> dict:
         for line in self.proc.stdout:
             if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
+                return json.loads(line[len(MARK) :])
         self.proc.wait()
         tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
         return {"error": f"worker exited with {self.proc.returncode}: {' | '.join(tail)[-400:]}"}
@@ -208,8 +240,9 @@ class Worker:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def run_point(settings, systems: list[str], warmup: int, steps: int, logs: Path, threads: int,
-              trl_gpu_path: bool) -> dict:
+def run_point(
+    settings, systems: list[str], warmup: int, steps: int, logs: Path, threads: int, trl_gpu_path: bool
+) -> dict:
     """Every system of one point in its own worker, `warmup + steps` alternating rounds; medians and peaks."""
     sb = load_step_bench()
     workers, errors, memory = {}, {}, {}
@@ -300,8 +333,14 @@ def curves(records: list[dict], systems: list[str]) -> dict:
 
 def ours_phases(x: dict) -> dict:
     p = x["phases"]
-    return {"data": p["data"], "encode": p["encode"], "rollout": p["rollout"], "rewards": p["rewards"],
-            "ref": p["ref"] + p["old"], "update": p["policy"] + p["optimizer"]}
+    return {
+        "data": p["data"],
+        "encode": p["encode"],
+        "rollout": p["rollout"],
+        "rewards": p["rewards"],
+        "ref": p["ref"] + p["old"],
+        "update": p["policy"] + p["optimizer"],
+    }
 
 
 def unit(sweep: str, x: float) -> str:
@@ -312,10 +351,18 @@ def tables(records: list[dict], systems: list[str]) -> str:
     def cell(x, key, fmt):
         return fmt.format(x[key]) if x is not None else "—"
 
-    lines = ["| sweep | point | prompt tok | compl tok | " + " | ".join(f"{n} s" for n in systems) + " | " +
-             " | ".join(f"ours/{n}" for n in systems if n != "ours") + " | peak GB " + "/".join(systems) +
-             " | built GB " + "/".join(systems) + " | load avg |",
-             "|" + "---|" * (7 + 2 * len(systems) - (1 if "ours" in systems else 0))]
+    lines = [
+        "| sweep | point | prompt tok | compl tok | "
+        + " | ".join(f"{n} s" for n in systems)
+        + " | "
+        + " | ".join(f"ours/{n}" for n in systems if n != "ours")
+        + " | peak GB "
+        + "/".join(systems)
+        + " | built GB "
+        + "/".join(systems)
+        + " | load avg |",
+        "|" + "---|" * (7 + 2 * len(systems) - (1 if "ours" in systems else 0)),
+    ]
     for rec in records:
         summ = rec["summary"]
         ours = summ.get("ours")
@@ -335,34 +382,51 @@ def tables(records: list[dict], systems: list[str]) -> str:
                 continue
             if ours and n in summ:
                 per_round = [w / o for w, o in zip(summ[n]["walls"], ours["walls"])]
-                ratios.append(f"{summ[n]['step_s'] / ours['step_s']:.2f}x "
-                              f"({min(per_round):.2f}–{max(per_round):.2f})")
+                ratios.append(f"{summ[n]['step_s'] / ours['step_s']:.2f}x ({min(per_round):.2f}–{max(per_round):.2f})")
             else:
                 ratios.append("—")
-        peak = "/".join(f"{summ[n]['memory'].get('peak_step_gb', math.nan):.2f}" if n in summ else "—"
-                        for n in systems)
-        built = "/".join(f"{summ[n]['memory'].get('rss_built_gb', math.nan):.2f}" if n in summ else "—"
-                         for n in systems)
-        lines.append(f"| {rec['sweep']} | {unit(rec['sweep'], rec['x'])} | {prompt} | {compl} | " +
-                     " | ".join(times) + " | " + " | ".join(ratios) + f" | {peak} | {built} | {rec['load']} |")
-    lines += ["", "ours/X = X's median step time over ours' (> 1: ours is faster), with the same ratio's range over "
-              "the timed rounds; prompt tok / compl tok per system in the order of the time columns (TRL reads "
-              "the text prompt only); peak GB = resident-set high-water mark of the system's worker over its "
-              "steps; built GB = resident after the build (model, reference, optimizer, data).", "",
-              "Ours' phases (median seconds per step; ref = reference (+ old) log-probs; update = policy forward + "
-              "backward + optimizer):", "",
-              "| sweep | point | " + " | ".join(OURS_PHASES) + " | step | largest |", "|" + "---|" * 10]
+        peak = "/".join(f"{summ[n]['memory'].get('peak_step_gb', math.nan):.2f}" if n in summ else "—" for n in systems)
+        built = "/".join(
+            f"{summ[n]['memory'].get('rss_built_gb', math.nan):.2f}" if n in summ else "—" for n in systems
+        )
+        lines.append(
+            f"| {rec['sweep']} | {unit(rec['sweep'], rec['x'])} | {prompt} | {compl} | "
+            + " | ".join(times)
+            + " | "
+            + " | ".join(ratios)
+            + f" | {peak} | {built} | {rec['load']} |"
+        )
+    lines += [
+        "",
+        "ours/X = X's median step time over ours' (> 1: ours is faster), with the same ratio's range over "
+        "the timed rounds; prompt tok / compl tok per system in the order of the time columns (TRL reads "
+        "the text prompt only); peak GB = resident-set high-water mark of the system's worker over its "
+        "steps; built GB = resident after the build (model, reference, optimizer, data).",
+        "",
+        "Ours' phases (median seconds per step; ref = reference (+ old) log-probs; update = policy forward + "
+        "backward + optimizer):",
+        "",
+        "| sweep | point | " + " | ".join(OURS_PHASES) + " | step | largest |",
+        "|" + "---|" * 10,
+    ]
     for rec in records:
         x = rec["summary"].get("ours")
         if x is None:
             continue
         ph = ours_phases(x)
         top = max(ph, key=ph.get)
-        lines.append(f"| {rec['sweep']} | {unit(rec['sweep'], rec['x'])} | " +
-                     " | ".join(f"{ph[p]:.3f}" for p in OURS_PHASES) +
-                     f" | {x['step_s']:.3f} | {top} ({ph[top] / x['step_s']:.0%}) |")
-    lines += ["", "Measured exponents (least-squares slope of log step time against log x; of log step peak "
-              "memory in brackets):", "", "| sweep | " + " | ".join(systems) + " |", "|" + "---|" * (1 + len(systems))]
+        lines.append(
+            f"| {rec['sweep']} | {unit(rec['sweep'], rec['x'])} | "
+            + " | ".join(f"{ph[p]:.3f}" for p in OURS_PHASES)
+            + f" | {x['step_s']:.3f} | {top} ({ph[top] / x['step_s']:.0%}) |"
+        )
+    lines += [
+        "",
+        "Measured exponents (least-squares slope of log step time against log x; of log step peak memory in brackets):",
+        "",
+        "| sweep | " + " | ".join(systems) + " |",
+        "|" + "---|" * (1 + len(systems)),
+    ]
     for sweep, per in curves(records, systems).items():
         cells = []
         for n in systems:
@@ -419,36 +483,59 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--only", nargs="+", choices=list(SWEEPS), default=list(SWEEPS), help="sweeps (default: all)")
-    p.add_argument("--model", default="256x4:qwen",
-                   help="HIDDENxLAYERS[:tiny|qwen] of the tiny kit, as step_bench (default: 256x4:qwen, the real "
-                        "Qwen2 BPE and 152k vocabulary)")
-    p.add_argument("--systems", nargs="+", default=["ours", "swift", "trl", "anchor"],
-                   choices=["ours", "swift", "trl", "anchor"],
-                   help="default: all; swift = ms-swift in .swift-venv, created on first use")
-    p.add_argument("--skip", nargs="*", default=DEFAULT_SKIP, metavar="SYSTEM:SWEEP:X",
-                   help=f"points a system is left out of (default: {' '.join(DEFAULT_SKIP)}; none: run all)")
+    p.add_argument(
+        "--model",
+        default="256x4:qwen",
+        help="HIDDENxLAYERS[:tiny|qwen] of the tiny kit, as step_bench (default: 256x4:qwen, the real "
+        "Qwen2 BPE and 152k vocabulary)",
+    )
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        default=["ours", "swift", "trl", "anchor"],
+        choices=["ours", "swift", "trl", "anchor"],
+        help="default: all; swift = ms-swift in .swift-venv, created on first use",
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=DEFAULT_SKIP,
+        metavar="SYSTEM:SWEEP:X",
+        help=f"points a system is left out of (default: {' '.join(DEFAULT_SKIP)}; none: run all)",
+    )
     p.add_argument("--steps", type=int, default=None, help="timed rounds per point (default: 2; --quick: 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--micro-batch", type=int, default=2, help="update micro-batch rows, all systems (default: 2)")
     p.add_argument("--beta", type=float, default=0.04)
-    p.add_argument("--max-prompt-tokens", type=int, default=None,
-                   help="preprocess's prompt budget (default: its default, 2048)")
+    p.add_argument(
+        "--max-prompt-tokens", type=int, default=None, help="preprocess's prompt budget (default: its default, 2048)"
+    )
     p.add_argument("--clips", type=int, default=1, help="clips per length, used in turn (default: 1)")
     p.add_argument("--size", type=int, nargs=2, default=[360, 640], metavar=("H", "W"))
     p.add_argument("--video-fps", type=int, default=30)
     p.add_argument("--fps", type=float, default=2.0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per worker (default: 1; on a shared machine more threads than free cores "
-                        "spin against each other: a 64x2 step was 23x slower with 2 threads at load 7)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per worker (default: 1; on a shared machine more threads than free cores "
+        "spin against each other: a 64x2 step was 23x slower with 2 threads at load 7)",
+    )
     p.add_argument("--trl-cpu-path", action="store_true", help="as step_bench's")
     p.add_argument("--workdir", type=Path, default=None, help="keep models, clips and worker logs here")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     p.add_argument("--plot", type=Path, default=HERE / "scaling.png", help="PNG path (default: bench/scaling.png)")
     p.add_argument("--no-plot", action="store_true", help="no PNG (no matplotlib needed)")
-    p.add_argument("--report", type=Path, default=None, metavar="JSON",
-                   help="print the tables (and the plot) of a saved --json run instead of measuring")
-    p.add_argument("--quick", action="store_true",
-                   help="64x2:tiny, 56x84 clips of 1-2 s, G 2-4, 4-8 tokens, one timed round")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="print the tables (and the plot) of a saved --json run instead of measuring",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="64x2:tiny, 56x84 clips of 1-2 s, G 2-4, 4-8 tokens, one timed round"
+    )
     args = p.parse_args(argv)
     args.sweeps, args.base = SWEEPS, BASE
     if args.quick:
@@ -469,8 +556,9 @@ def main(argv=None) -> list[dict]:
     sb = load_step_bench()
     if args.report:
         records = json.loads(args.report.read_text())
-        systems = [n for n in ("ours", "swift", "trl", "anchor")
-                   if any(n in r["systems"] + r["skipped"] for r in records)]
+        systems = [
+            n for n in ("ours", "swift", "trl", "anchor") if any(n in r["systems"] + r["skipped"] for r in records)
+        ]
         print(tables(records, systems))
         if not args.no_plot:
             plot(records, systems, args.plot)
@@ -496,35 +584,71 @@ def main(argv=None) -> list[dict]:
                 records.append(dict(done[key], sweep=sweep, x=x, skipped=skipped))
                 continue
             if not systems:
-                records.append({"sweep": sweep, "x": x, "point": point, "systems": [], "skipped": skipped,
-                                "errors": {}, "summary": {}, "load": sb.load(), "seconds": 0.0})
+                records.append(
+                    {
+                        "sweep": sweep,
+                        "x": x,
+                        "point": point,
+                        "systems": [],
+                        "skipped": skipped,
+                        "errors": {},
+                        "summary": {},
+                        "load": sb.load(),
+                        "seconds": 0.0,
+                    }
+                )
                 continue
             manifest, shards = sb.prepare_data(work, point["seconds"], args)
             tag = f"{point['seconds']:g}s-G{point['generations']}-C{point['completion_length']}"
             logs = work / "logs" / tag
             logs.mkdir(parents=True, exist_ok=True)
-            s = sb.Settings(model_dir=model_dir, shards=shards, manifest=manifest, generations=point["generations"],
-                            completion_length=point["completion_length"], micro_batch=args.micro_batch,
-                            beta=args.beta, max_pixels=None, min_pixels=None, fps=args.fps,
-                            out=Path(tmp) / f"run-{tag}", min_new_tokens=point["completion_length"],
-                            frames=sb.frame_plan(shards))
+            s = sb.Settings(
+                model_dir=model_dir,
+                shards=shards,
+                manifest=manifest,
+                generations=point["generations"],
+                completion_length=point["completion_length"],
+                micro_batch=args.micro_batch,
+                beta=args.beta,
+                max_pixels=None,
+                min_pixels=None,
+                fps=args.fps,
+                out=Path(tmp) / f"run-{tag}",
+                min_new_tokens=point["completion_length"],
+                frames=sb.frame_plan(shards),
+            )
             t0 = time.perf_counter()
             out = run_point(s, systems, args.warmup, args.steps, logs, args.threads, not args.trl_cpu_path)
-            rec = {"sweep": sweep, "x": x, "point": point, "systems": systems, "skipped": skipped,
-                   "errors": out["errors"], "summary": out["summary"], "load": sb.load(),
-                   "seconds": time.perf_counter() - t0}
+            rec = {
+                "sweep": sweep,
+                "x": x,
+                "point": point,
+                "systems": systems,
+                "skipped": skipped,
+                "errors": out["errors"],
+                "summary": out["summary"],
+                "load": sb.load(),
+                "seconds": time.perf_counter() - t0,
+            }
             done[key] = rec
             records.append(rec)
-            print(f"[{sweep} {unit(sweep, x)}] {rec['seconds']:.0f} s, load {rec['load']}; " +
-                  ", ".join(f"{k} {v['step_s']:.2f} s/step {v['memory'].get('peak_step_gb', math.nan):.2f} GB"
-                            for k, v in rec["summary"].items()) +
-                  "".join(f"; {k} FAILED" for k in rec["errors"]) + "".join(f"; {k} left out" for k in skipped),
-                  flush=True)
+            print(
+                f"[{sweep} {unit(sweep, x)}] {rec['seconds']:.0f} s, load {rec['load']}; "
+                + ", ".join(
+                    f"{k} {v['step_s']:.2f} s/step {v['memory'].get('peak_step_gb', math.nan):.2f} GB"
+                    for k, v in rec["summary"].items()
+                )
+                + "".join(f"; {k} FAILED" for k in rec["errors"])
+                + "".join(f"; {k} left out" for k in skipped),
+                flush=True,
+            )
     print()
-    print(f"# {args.model}; micro-batch {args.micro_batch}, beta {args.beta}, prompt budget {args.max_prompt_tokens} "
-          f"tokens, clips {args.size[0]}x{args.size[1]} at {args.video_fps} fps sampled at {args.fps:g} fps; median "
-          f"of {args.steps} rounds after {args.warmup} warm-up; float32 on CPU; total "
-          f"{time.perf_counter() - started:.0f} s; load average at end {sb.load()}")
+    print(
+        f"# {args.model}; micro-batch {args.micro_batch}, beta {args.beta}, prompt budget {args.max_prompt_tokens} "
+        f"tokens, clips {args.size[0]}x{args.size[1]} at {args.video_fps} fps sampled at {args.fps:g} fps; median "
+        f"of {args.steps} rounds after {args.warmup} warm-up; float32 on CPU; total "
+        f"{time.perf_counter() - started:.0f} s; load average at end {sb.load()}"
+    )
     print(tables(records, args.systems))
     if args.json:
         args.json.write_text(json.dumps(records, indent=1, default=str))

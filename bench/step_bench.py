@@ -80,12 +80,12 @@ class Settings:
     beta: float = 0.04
     learning_rate: float = 1e-6
     temperature: float = 1.0
-    max_pixels: int | None = 12544   # None: qwen-omni-utils' default
+    max_pixels: int | None = 12544  # None: qwen-omni-utils' default
     min_pixels: int | None = 3136
     fps: float = 2.0
     seed: int = 0
     out: Path = Path(".")
-    min_new_tokens: int = 0          # > 0: stop tokens are banned before this many tokens (every system)
+    min_new_tokens: int = 0  # > 0: stop tokens are banned before this many tokens (every system)
     frames: dict = field(default_factory=dict)  # sample id -> (frames, height, width) of its shard (`frame_plan`)
 
 
@@ -162,11 +162,25 @@ class Ours:
         from omni_grpo.trainer import GRPOTrainer
 
         overrides = dict(
-            model_name_or_path=s.model_dir, data=f"[{s.shards}]", num_generations=s.generations, per_device_prompts=1,
-            micro_batch_size=s.micro_batch, max_completion_length=s.completion_length, max_prompt_length=32768,
-            max_steps=10**6, learning_rate=s.learning_rate, beta=s.beta, temperature=s.temperature,
-            dataloader_num_workers=0, dataset_order="sequential", save_steps=0, output_dir=s.out / "ours",
-            seed=s.seed, logging_steps=10**9, log_completions=0, reward_funcs=f"[{', '.join(REWARDS)}]",
+            model_name_or_path=s.model_dir,
+            data=f"[{s.shards}]",
+            num_generations=s.generations,
+            per_device_prompts=1,
+            micro_batch_size=s.micro_batch,
+            max_completion_length=s.completion_length,
+            max_prompt_length=32768,
+            max_steps=10**6,
+            learning_rate=s.learning_rate,
+            beta=s.beta,
+            temperature=s.temperature,
+            dataloader_num_workers=0,
+            dataset_order="sequential",
+            save_steps=0,
+            output_dir=s.out / "ours",
+            seed=s.seed,
+            logging_steps=10**9,
+            log_completions=0,
+            reward_funcs=f"[{', '.join(REWARDS)}]",
         )
         self.trainer = GRPOTrainer(load_config(None, [f"{k}={v}" for k, v in overrides.items()]))
         if s.min_new_tokens:
@@ -185,18 +199,29 @@ class Ours:
         m = self.trainer.step()
         wall = time.perf_counter() - start
         opt = self.timer.pop().get("optimizer", 0.0)
-        phases = {"data": m.get("timing/data", 0.0), "encode": m.get("timing/encode", 0.0),
-                  "rollout": m.get("timing/rollout", 0.0), "rewards": m.get("timing/rewards", 0.0),
-                  "ref": m.get("timing/ref_log_probs", 0.0), "old": m.get("timing/old_log_probs", 0.0),
-                  "policy": m.get("timing/update", 0.0) - opt, "optimizer": opt}
+        phases = {
+            "data": m.get("timing/data", 0.0),
+            "encode": m.get("timing/encode", 0.0),
+            "rollout": m.get("timing/rollout", 0.0),
+            "rewards": m.get("timing/rewards", 0.0),
+            "ref": m.get("timing/ref_log_probs", 0.0),
+            "old": m.get("timing/old_log_probs", 0.0),
+            "policy": m.get("timing/update", 0.0) - opt,
+            "optimizer": opt,
+        }
         hooked = self.towers.pop()
         counted = int(m["counters/tower_calls"])
         if hooked != counted:
             raise RuntimeError(f"ours: towers ran {hooked} times by the hooks but counters/tower_calls says {counted}")
         rows = self.trainer.cfg.rows_per_micro_step
-        return StepResult(wall=wall, rows=rows, phases=phases, tower_calls=counted,
-                          completion_tokens=m["rollout/completion_length"],
-                          prompt_tokens=self._prompt_tokens())
+        return StepResult(
+            wall=wall,
+            rows=rows,
+            phases=phases,
+            tower_calls=counted,
+            completion_tokens=m["rollout/completion_length"],
+            prompt_tokens=self._prompt_tokens(),
+        )
 
     def _prompt_tokens(self) -> int:
         if self._prompt_len is None:
@@ -255,22 +280,53 @@ class TRL:
             messages = module.build_messages(row, _system_prompt(), True)
             messages[1]["content"] = [c for c in messages[1]["content"] if c["type"] == "text"]  # no media
             prompts.append(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        data = datasets.Dataset.from_dict({
-            "prompt": prompts, "answer": [r["answer"] for r in rows], "options": [r["options"] for r in rows],
-            "problem_type": ["multiple_choice"] * len(rows), "id": [r["id"] for r in rows]})
+        data = datasets.Dataset.from_dict(
+            {
+                "prompt": prompts,
+                "answer": [r["answer"] for r in rows],
+                "options": [r["options"] for r in rows],
+                "problem_type": ["multiple_choice"] * len(rows),
+                "id": [r["id"] for r in rows],
+            }
+        )
         self.prompt_tokens = len(tokenizer(prompts[0])["input_ids"])
         g, mb = s.generations, s.micro_batch
         args = GRPOConfig(
-            output_dir=str(s.out / "trl"), per_device_train_batch_size=mb, gradient_accumulation_steps=g // mb,
-            steps_per_generation=g // mb, num_generations=g, max_completion_length=s.completion_length,
-            temperature=s.temperature, top_p=1.0, top_k=0, beta=s.beta, epsilon=0.2, loss_type="dapo",
-            scale_rewards="group", learning_rate=s.learning_rate, lr_scheduler_type="constant", max_grad_norm=1.0,
-            weight_decay=0.0, use_cpu=True, bf16=False, report_to="none", logging_steps=10**9, save_strategy="no",
-            max_steps=total_steps, disable_dropout=True, gradient_checkpointing=False, log_completions=False,
-            dataloader_num_workers=0, shuffle_dataset=False, seed=s.seed, num_iterations=1,
+            output_dir=str(s.out / "trl"),
+            per_device_train_batch_size=mb,
+            gradient_accumulation_steps=g // mb,
+            steps_per_generation=g // mb,
+            num_generations=g,
+            max_completion_length=s.completion_length,
+            temperature=s.temperature,
+            top_p=1.0,
+            top_k=0,
+            beta=s.beta,
+            epsilon=0.2,
+            loss_type="dapo",
+            scale_rewards="group",
+            learning_rate=s.learning_rate,
+            lr_scheduler_type="constant",
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            use_cpu=True,
+            bf16=False,
+            report_to="none",
+            logging_steps=10**9,
+            save_strategy="no",
+            max_steps=total_steps,
+            disable_dropout=True,
+            gradient_checkpointing=False,
+            log_completions=False,
+            dataloader_num_workers=0,
+            shuffle_dataset=False,
+            seed=s.seed,
+            num_iterations=1,
             model_init_kwargs={"dtype": torch.float32},
-            generation_kwargs={"suppress_tokens": module.banned_token_ids(tokenizer),
-                               **({"min_new_tokens": s.min_new_tokens} if s.min_new_tokens else {})},
+            generation_kwargs={
+                "suppress_tokens": module.banned_token_ids(tokenizer),
+                **({"min_new_tokens": s.min_new_tokens} if s.min_new_tokens else {}),
+            },
         )
         self.timer = Timer()
         self.go, self.done = threading.Semaphore(0), threading.Semaphore(0)
@@ -289,8 +345,14 @@ class TRL:
                 bench.go.acquire()
 
         funcs = [_named(BUILTIN[name], name) for name in REWARDS]
-        self.trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=data,
-                                   processing_class=tokenizer, callbacks=[Pause()])
+        self.trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=funcs,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[Pause()],
+        )
         t = self.trainer
         t._generate = self.timer.wrap("rollout", t._generate)
         t._calculate_rewards = self.timer.wrap("rewards", t._calculate_rewards)
@@ -331,8 +393,14 @@ class TRL:
             raise RuntimeError(f"TRL failed: {type(self.error).__name__}: {self.error}") from self.error
         phases = self.timer.pop()
         lengths = self.trainer._metrics["train"].get("completions/mean_length") or [math.nan]
-        return StepResult(wall=wall, rows=self.trainer.num_generations, phases=phases, tower_calls=self.towers.pop(),
-                          completion_tokens=lengths[-1], prompt_tokens=self.prompt_tokens)
+        return StepResult(
+            wall=wall,
+            rows=self.trainer.num_generations,
+            phases=phases,
+            tower_calls=self.towers.pop(),
+            completion_tokens=lengths[-1],
+            prompt_tokens=self.prompt_tokens,
+        )
 
     def close(self) -> None:
         if self.started and self.thread.is_alive():
@@ -382,8 +450,14 @@ class Swift:
 
     def step(self) -> StepResult:
         r = self.system.step()
-        return StepResult(wall=r["wall"], rows=r["rows"], phases=r["phases"], tower_calls=r["tower_calls"],
-                          completion_tokens=r["completion_tokens"], prompt_tokens=r["prompt_tokens"])
+        return StepResult(
+            wall=r["wall"],
+            rows=r["rows"],
+            phases=r["phases"],
+            tower_calls=r["tower_calls"],
+            completion_tokens=r["completion_tokens"],
+            prompt_tokens=r["prompt_tokens"],
+        )
 
     def memory(self) -> dict:
         """The worker's resident set after the build (GB): ms-swift runs in its own process."""
@@ -441,14 +515,25 @@ class Anchor:
             video.update(nframes=plan[0], resized_height=plan[1], resized_width=plan[2])
         else:
             video["fps"] = self.s.fps
-            video.update({k: v for k, v in (("min_pixels", self.s.min_pixels), ("max_pixels", self.s.max_pixels))
-                          if v is not None})
+            video.update(
+                {
+                    k: v
+                    for k, v in (("min_pixels", self.s.min_pixels), ("max_pixels", self.s.max_pixels))
+                    if v is not None
+                }
+            )
         conversation = [{"role": "user", "content": [video]}]
         with audioread_without_ffmpeg():
             audios, _, videos, kwargs = process_mm_info(conversation, use_audio_in_video=True, return_video_kwargs=True)
         frames = videos[0].clamp(0, 255).round().byte().permute(0, 2, 3, 1).numpy()
-        return dict(row, problem_type="multiple_choice", frames=frames, fps=float(kwargs["fps"][0]),
-                    audio=np.asarray(audios[0], dtype=np.float32), sample_rate=16000)
+        return dict(
+            row,
+            problem_type="multiple_choice",
+            frames=frames,
+            fps=float(kwargs["fps"][0]),
+            audio=np.asarray(audios[0], dtype=np.float32),
+            sample_rate=16000,
+        )
 
     def _log_probs(self, model, inputs, completion_ids, completion_mask):
         """A plain forward with every media tensor (the towers run again), full logits, then log-softmax."""
@@ -481,11 +566,21 @@ class Anchor:
         with torch.no_grad():
             for _ in range(g):
                 out = self.policy.generate(
-                    input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, **inputs.media_kwargs(),
-                    max_new_tokens=s.completion_length, do_sample=True, temperature=s.temperature, top_p=1.0,
-                    top_k=None, eos_token_id=self.stop_ids, pad_token_id=self.pad_id, suppress_tokens=self.banned,
-                    use_cache=True, min_new_tokens=s.min_new_tokens or None)
-                pieces.append(out[0, inputs.input_ids.shape[1]:])
+                    input_ids=inputs.input_ids,
+                    attention_mask=inputs.attention_mask,
+                    **inputs.media_kwargs(),
+                    max_new_tokens=s.completion_length,
+                    do_sample=True,
+                    temperature=s.temperature,
+                    top_p=1.0,
+                    top_k=None,
+                    eos_token_id=self.stop_ids,
+                    pad_token_id=self.pad_id,
+                    suppress_tokens=self.banned,
+                    use_cache=True,
+                    min_new_tokens=s.min_new_tokens or None,
+                )
+                pieces.append(out[0, inputs.input_ids.shape[1] :])
         width = max(p.shape[0] for p in pieces)
         padded = torch.full((g, width), self.pad_id, dtype=torch.long)
         for i, p in enumerate(pieces):
@@ -508,7 +603,7 @@ class Anchor:
         with torch.no_grad():
             for a in range(0, g, mb):
                 part = rows.select(list(range(a, a + mb)))
-                ref.append(self._log_probs(self.reference, part, ids[a:a + mb], cmask[a:a + mb]))
+                ref.append(self._log_probs(self.reference, part, ids[a : a + mb], cmask[a : a + mb]))
         ref = torch.cat(ref)
         t.add("ref", time.perf_counter() - t0)
         # policy forward + backward, same loss as ours
@@ -517,11 +612,22 @@ class Anchor:
         seqs = (cmask.sum(-1) > 0).sum().float()
         for a in range(0, g, mb):
             part = rows.select(list(range(a, a + mb)))
-            lp = self._log_probs(self.policy, part, ids[a:a + mb], cmask[a:a + mb])
+            lp = self._log_probs(self.policy, part, ids[a : a + mb], cmask[a : a + mb])
             loss, _ = core_algos.policy_loss(
-                lp, lp.detach(), advantages[a:a + mb], cmask[a:a + mb].to(lp.dtype), 0.2, 0.2, "token_mean",
-                ref_log_probs=ref[a:a + mb], beta=s.beta, kl_estimator="k3", global_tokens=tokens,
-                global_seqs=seqs, max_length=s.completion_length)
+                lp,
+                lp.detach(),
+                advantages[a : a + mb],
+                cmask[a : a + mb].to(lp.dtype),
+                0.2,
+                0.2,
+                "token_mean",
+                ref_log_probs=ref[a : a + mb],
+                beta=s.beta,
+                kl_estimator="k3",
+                global_tokens=tokens,
+                global_seqs=seqs,
+                max_length=s.completion_length,
+            )
             loss.backward()
         t.add("policy", time.perf_counter() - t0)
         t0 = time.perf_counter()
@@ -530,13 +636,17 @@ class Anchor:
         self.optimizer.zero_grad(set_to_none=True)
         t.add("optimizer", time.perf_counter() - t0)
         wall = time.perf_counter() - start
-        return StepResult(wall=wall, rows=g, phases=t.pop(), tower_calls=self.towers.pop(),
-                          completion_tokens=float(cmask.sum(-1).float().mean()),
-                          prompt_tokens=int(inputs.attention_mask.sum()))
+        return StepResult(
+            wall=wall,
+            rows=g,
+            phases=t.pop(),
+            tower_calls=self.towers.pop(),
+            completion_tokens=float(cmask.sum(-1).float().mean()),
+            prompt_tokens=int(inputs.attention_mask.sum()),
+        )
 
     def close(self) -> None:
         pass
-
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -584,13 +694,29 @@ def prepare_data(work: Path, seconds: float, args) -> tuple[Path, Path]:
     rows = []
     for i in range(args.clips):
         name = f"clip{i:03d}.mp4"
-        synthetic.make_clip(folder / name, seconds=seconds, fps=args.video_fps, size=tuple(args.size),
-                            sample_rate=44100, channels=2, seed=i)
+        synthetic.make_clip(
+            folder / name,
+            seconds=seconds,
+            fps=args.video_fps,
+            size=tuple(args.size),
+            sample_rate=44100,
+            channels=2,
+            seed=i,
+        )
         rows.append({"id": f"q{i}", "video": name, "question": QUESTION, "options": OPTIONS, "answer": "B"})
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     video = VideoOptions(fps=args.fps, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
-    build(BuildOptions(source="jsonl", manifest=manifest, output=shards, video=video, workers=0, progress=False,
-                       max_prompt_tokens=budget))
+    build(
+        BuildOptions(
+            source="jsonl",
+            manifest=manifest,
+            output=shards,
+            video=video,
+            workers=0,
+            progress=False,
+            max_prompt_tokens=budget,
+        )
+    )
     return manifest, shards
 
 
@@ -618,8 +744,9 @@ def make_system(name: str, s: Settings, rounds: int, trl_gpu_path: bool = True, 
     return Anchor(s)
 
 
-def run_config(s: Settings, systems: list[str], warmup: int, steps: int, trl_gpu_path: bool = True,
-               threads: int = 0) -> dict:
+def run_config(
+    s: Settings, systems: list[str], warmup: int, steps: int, trl_gpu_path: bool = True, threads: int = 0
+) -> dict:
     """Build every system, then `warmup + steps` rounds of one step each, in turn; keep the timed rounds."""
     built, results, errors = {}, {name: [] for name in systems}, {}
     for name in systems:
@@ -652,11 +779,17 @@ def summarize(results: list[StepResult]) -> dict:
     wall = statistics.median(walls)
     phases = {p: statistics.median([r.phases.get(p, 0.0) for r in results]) for p in PHASES}
     known = statistics.median([sum(r.phases.get(p, 0.0) for p in PHASES) for r in results])
-    return {"step_s": wall, "steps_per_s": 1.0 / wall, "samples_per_s": results[0].rows / wall,
-            "phases": phases, "other": max(0.0, wall - known),
-            "tower_calls": statistics.median(r.tower_calls for r in results),
-            "completion_tokens": statistics.mean(r.completion_tokens for r in results),
-            "prompt_tokens": results[0].prompt_tokens, "walls": walls}
+    return {
+        "step_s": wall,
+        "steps_per_s": 1.0 / wall,
+        "samples_per_s": results[0].rows / wall,
+        "phases": phases,
+        "other": max(0.0, wall - known),
+        "tower_calls": statistics.median(r.tower_calls for r in results),
+        "completion_tokens": statistics.mean(r.completion_tokens for r in results),
+        "prompt_tokens": results[0].prompt_tokens,
+        "walls": walls,
+    }
 
 
 def machine() -> str:
@@ -678,8 +811,10 @@ def machine() -> str:
         trl = _trl.__version__
     except ImportError:
         pass
-    return (f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"transformers {transformers.__version__}, trl {trl}")
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}, trl {trl}"
+    )
 
 
 def load() -> str:
@@ -691,8 +826,10 @@ def fmt_ratio(a: float, b: float) -> str:
 
 
 def tables(records: list[dict]) -> str:
-    head = ("| model | G | clip | system | prompt tok | compl tok | step s | steps/s | samples/s | ours/this | "
-            "per round | tower calls/step | load avg |\n|" + "---|" * 13)
+    head = (
+        "| model | G | clip | system | prompt tok | compl tok | step s | steps/s | samples/s | ours/this | "
+        "per round | tower calls/step | load avg |\n|" + "---|" * 13
+    )
     lines = [head]
     for rec in records:
         summ, ours = rec["summary"], rec["summary"].get("ours")
@@ -700,8 +837,9 @@ def tables(records: list[dict]) -> str:
             if name not in rec["systems"]:
                 continue
             if name not in summ:
-                lines.append(f"| {rec['model']} | {rec['G']} | {rec['clip']} | {name} | " + "— | " * 8 +
-                             f"{rec['load']} |")
+                lines.append(
+                    f"| {rec['model']} | {rec['G']} | {rec['clip']} | {name} | " + "— | " * 8 + f"{rec['load']} |"
+                )
                 continue
             x = summ[name]
             ratio = "1.00x" if name == "ours" else (fmt_ratio(ours["steps_per_s"], x["steps_per_s"]) if ours else "—")
@@ -713,24 +851,31 @@ def tables(records: list[dict]) -> str:
             lines.append(
                 f"| {rec['model']} | {rec['G']} | {rec['clip']} | {name}{note} | {x['prompt_tokens']} | "
                 f"{x['completion_tokens']:.1f} | {x['step_s']:.2f} | {x['steps_per_s']:.3f} | "
-                f"{x['samples_per_s']:.2f} | {ratio} | {spread} | {x['tower_calls']:g} | {rec['load']} |")
+                f"{x['samples_per_s']:.2f} | {ratio} | {spread} | {x['tower_calls']:g} | {rec['load']} |"
+            )
     lines.append("")
-    lines.append("ours/this = ratio of median step times (> 1: ours is faster); per round = the same ratio in each "
-                 "timed round (the systems alternate, so each round saw one load).")
+    lines.append(
+        "ours/this = ratio of median step times (> 1: ours is faster); per round = the same ratio in each "
+        "timed round (the systems alternate, so each round saw one load)."
+    )
     lines.append("")
     lines.append("Phases (median seconds per step; policy = forward + backward; other = the rest of the step):")
     lines.append("")
     cols = ["data", "encode", "rollout", "rewards", "ref", "old", "policy", "optimizer"]
-    lines.append("| model | G | clip | system | " + " | ".join(cols) + " | other | step |\n|" +
-                 "---|" * (len(cols) + 6))
+    lines.append(
+        "| model | G | clip | system | " + " | ".join(cols) + " | other | step |\n|" + "---|" * (len(cols) + 6)
+    )
     for rec in records:
         for name in SYSTEMS:
             x = rec["summary"].get(name)
             if x is None:
                 continue
             cells = [f"{x['phases'][c]:.3f}" if x["phases"][c] else "—" for c in cols]
-            lines.append(f"| {rec['model']} | {rec['G']} | {rec['clip']} | {name} | " + " | ".join(cells) +
-                         f" | {x['other']:.3f} | {x['step_s']:.3f} |")
+            lines.append(
+                f"| {rec['model']} | {rec['G']} | {rec['clip']} | {name} | "
+                + " | ".join(cells)
+                + f" | {x['other']:.3f} | {x['step_s']:.3f} |"
+            )
     errors = [(rec, name, err) for rec in records for name, err in rec["errors"].items()]
     if errors:
         lines.append("")
@@ -741,17 +886,30 @@ def tables(records: list[dict]) -> str:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", nargs="+", default=["64x2:tiny", "256x4:qwen"],
-                   help="HIDDENxLAYERS[:tiny|qwen] of the tiny kit (default: 64x2:tiny 256x4:qwen)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["64x2:tiny", "256x4:qwen"],
+        help="HIDDENxLAYERS[:tiny|qwen] of the tiny kit (default: 64x2:tiny 256x4:qwen)",
+    )
     p.add_argument("--generations", type=int, nargs="+", default=[4, 8], help="G values (default: 4 8)")
     p.add_argument("--seconds", type=float, nargs="+", default=[3.0, 30.0], help="clip lengths (default: 3 30)")
-    p.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=SYSTEMS,
-                   help="default: ours swift trl anchor (swift: ms-swift in .swift-venv, created on first use)")
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        default=list(SYSTEMS),
+        choices=SYSTEMS,
+        help="default: ours swift trl anchor (swift: ms-swift in .swift-venv, created on first use)",
+    )
     p.add_argument("--steps", type=int, default=3, help="timed rounds per configuration (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     p.add_argument("--completion-length", type=int, default=16, help="max new tokens (default: 16)")
-    p.add_argument("--micro-batch", type=int, default=2,
-                   help="rows per forward/backward in the update and the anchor's log-prob passes (default: 2)")
+    p.add_argument(
+        "--micro-batch",
+        type=int,
+        default=2,
+        help="rows per forward/backward in the update and the anchor's log-prob passes (default: 2)",
+    )
     p.add_argument("--beta", type=float, default=0.04, help="KL coefficient for all systems (default: 0.04)")
     p.add_argument("--clips", type=int, default=2, help="clips per length, used in turn (default: 2)")
     p.add_argument("--size", type=int, nargs=2, default=[360, 640], metavar=("H", "W"), help="default: 360 640")
@@ -759,14 +917,20 @@ def parse_args(argv=None):
     p.add_argument("--fps", type=float, default=2.0, help="frames sampled per second (default: 2)")
     p.add_argument("--min-pixels", type=int, default=3136, help="default: 3136")
     p.add_argument("--max-pixels", type=int, default=12544, help="per frame, as qwen-omni-utils (default: 12544)")
-    p.add_argument("--trl-cpu-path", action="store_true",
-                   help="let TRL's fused LM head score every prompt position, as it does without Triton (default: "
-                        "the completion positions only, as on a GPU)")
+    p.add_argument(
+        "--trl-cpu-path",
+        action="store_true",
+        help="let TRL's fused LM head score every prompt position, as it does without Triton (default: "
+        "the completion positions only, as on a GPU)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     p.add_argument("--workdir", type=Path, default=None, help="keep models and clips here between runs")
     p.add_argument("--json", type=Path, default=None, help="also write the raw results here")
-    p.add_argument("--quick", action="store_true",
-                   help="one small configuration: 64x2:tiny, G=4, 3 s clip, 16 tokens, 1 clip, 2 timed rounds")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="one small configuration: 64x2:tiny, G=4, 3 s clip, 16 tokens, 1 clip, 2 timed rounds",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.models, args.generations, args.seconds = ["64x2:tiny"], [4], [3.0]
@@ -803,25 +967,46 @@ def main(argv=None) -> list[dict]:
             for seconds in args.seconds:
                 manifest, shards = prepare_data(work, seconds, args)
                 for g in args.generations:
-                    s = Settings(model_dir=model_dir, shards=shards, manifest=manifest, generations=g,
-                                 completion_length=args.completion_length, micro_batch=args.micro_batch,
-                                 beta=args.beta, max_pixels=args.max_pixels, min_pixels=args.min_pixels,
-                                 fps=args.fps, out=Path(tmp) / f"run-{spec.replace(':', '-')}-{seconds:g}-{g}",
-                                 frames=frame_plan(shards))
+                    s = Settings(
+                        model_dir=model_dir,
+                        shards=shards,
+                        manifest=manifest,
+                        generations=g,
+                        completion_length=args.completion_length,
+                        micro_batch=args.micro_batch,
+                        beta=args.beta,
+                        max_pixels=args.max_pixels,
+                        min_pixels=args.min_pixels,
+                        fps=args.fps,
+                        out=Path(tmp) / f"run-{spec.replace(':', '-')}-{seconds:g}-{g}",
+                        frames=frame_plan(shards),
+                    )
                     t0 = time.perf_counter()
                     out = run_config(s, args.systems, args.warmup, args.steps, not args.trl_cpu_path, args.threads)
-                    rec = {"model": spec, "G": g, "clip": f"{seconds:g} s", "systems": list(args.systems),
-                           "errors": out["errors"], "load": load(), "seconds": time.perf_counter() - t0,
-                           "summary": {k: summarize(v) for k, v in out["results"].items() if v}}
+                    rec = {
+                        "model": spec,
+                        "G": g,
+                        "clip": f"{seconds:g} s",
+                        "systems": list(args.systems),
+                        "errors": out["errors"],
+                        "load": load(),
+                        "seconds": time.perf_counter() - t0,
+                        "summary": {k: summarize(v) for k, v in out["results"].items() if v},
+                    }
                     records.append(rec)
-                    print(f"[{spec} G={g} {seconds:g} s] done in {rec['seconds']:.0f} s, load {rec['load']}; " +
-                          ", ".join(f"{k} {v['step_s']:.2f} s/step" for k, v in rec["summary"].items()) +
-                          "".join(f"; {k} FAILED" for k in rec["errors"]), flush=True)
+                    print(
+                        f"[{spec} G={g} {seconds:g} s] done in {rec['seconds']:.0f} s, load {rec['load']}; "
+                        + ", ".join(f"{k} {v['step_s']:.2f} s/step" for k, v in rec["summary"].items())
+                        + "".join(f"; {k} FAILED" for k in rec["errors"]),
+                        flush=True,
+                    )
     print()
-    print(f"# settings: {args.completion_length} new tokens, micro-batch {args.micro_batch}, beta {args.beta}, "
-          f"clips {args.size[0]}x{args.size[1]} at {args.video_fps} fps sampled at {args.fps:g} fps with max_pixels "
-          f"{args.max_pixels}; median of {args.steps} rounds after {args.warmup} warm-up; float32 on CPU; "
-          f"total {time.perf_counter() - started:.0f} s; load average at end {load()}")
+    print(
+        f"# settings: {args.completion_length} new tokens, micro-batch {args.micro_batch}, beta {args.beta}, "
+        f"clips {args.size[0]}x{args.size[1]} at {args.video_fps} fps sampled at {args.fps:g} fps with max_pixels "
+        f"{args.max_pixels}; median of {args.steps} rounds after {args.warmup} warm-up; float32 on CPU; "
+        f"total {time.perf_counter() - started:.0f} s; load average at end {load()}"
+    )
     print(tables(records))
     if args.json:
         args.json.write_text(json.dumps(records, indent=1, default=str))

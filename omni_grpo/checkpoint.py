@@ -187,9 +187,16 @@ def add_lora(family, model, lora):
     targets = "|".join(lora.target_modules)
     lm = family.language_model.replace(".", r"\.")
     towers = "|".join(p.split(".")[-1] for p in (family.vision_tower, family.audio_tower))
-    return get_peft_model(model, LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=rf".*{lm}\..*\.({targets})$", exclude_modules=rf".*\.({towers})\..*"))
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=rf".*{lm}\..*\.({targets})$",
+            exclude_modules=rf".*\.({towers})\..*",
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------------------ one checkpoint
@@ -216,10 +223,12 @@ class _WriteFailure:
         mine = None
         if self.error is not None:
             where = f" on rank {self.rank}" if self.world_size > 1 else ""
-            mine = (f"saving the checkpoint of step {self.step} to {self.tmp} failed{where}: "
-                    f"{type(self.error).__name__}: {self.error} ({free_space(self.cfg.output_dir)}). The previous "
-                    f"checkpoints are intact; free disk space or fix permissions on {self.cfg.output_dir}, then "
-                    "resume with resume_from_checkpoint=latest.")
+            mine = (
+                f"saving the checkpoint of step {self.step} to {self.tmp} failed{where}: "
+                f"{type(self.error).__name__}: {self.error} ({free_space(self.cfg.output_dir)}). The previous "
+                f"checkpoints are intact; free disk space or fix permissions on {self.cfg.output_dir}, then "
+                "resume with resume_from_checkpoint=latest."
+            )
         messages = [mine]
         if self.world_size > 1:
             import torch.distributed as dist
@@ -231,8 +240,9 @@ class _WriteFailure:
             raise CheckpointError(failed) from self.error
 
 
-def save_checkpoint(cfg, engine, family, processor, step: int, rank: int, world_size: int,
-                    trainer_state: dict, reference=None) -> Path | None:
+def save_checkpoint(
+    cfg, engine, family, processor, step: int, rank: int, world_size: int, trainer_state: dict, reference=None
+) -> Path | None:
     """Atomic checkpoint of everything needed to continue exactly (collective: call on every rank).
 
     `trainer_state`: the trainer's counters and data cursor (JSON). `reference`: the trainer's reference model
@@ -303,7 +313,8 @@ def load_checkpoint(folder: Path, cfg, engine, family, rank: int, world_size: in
     state = read_trainer_state(folder)
     if state.get("world_size", 1) != world_size:
         raise CheckpointError(
-            f"{folder} was written by {state['world_size']} rank(s); resume it with the same number of processes")
+            f"{folder} was written by {state['world_size']} rank(s); resume it with the same number of processes"
+        )
     if not engine.state_holds_weights:
         _load_weights(folder / "model", cfg, engine.module, family)
     engine.load_state(folder / "state")

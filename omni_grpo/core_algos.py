@@ -170,7 +170,7 @@ def group_advantages(
     constant = (n_valid < 2) | (highest == lowest)  # [B, 1]
     centred = torch.where(constant | ~valid, torch.zeros_like(grouped), filled - mean)  # [B, G]
     if scale == "group":
-        var = (centred.square().sum(dim=1, keepdim=True) / (n_valid - 1).clamp(min=1))  # [B, 1]
+        var = centred.square().sum(dim=1, keepdim=True) / (n_valid - 1).clamp(min=1)  # [B, 1]
         std = torch.where(constant, torch.ones_like(var), var.sqrt())  # constant groups are 0 already
         advantages = centred / (std + eps)
     elif scale == "batch":
@@ -198,11 +198,15 @@ def pick_groups(spread: list[torch.Tensor], target: int) -> tuple[list[list[int]
     flags = [(r, k, bool(x)) for r, s in enumerate(spread) for k, x in enumerate(s.tolist())]
     chosen = [(r, k) for r, k, x in flags if x][:target]
     constant = [(r, k) for r, k, x in flags if not x]
-    filled = constant[:max(0, target - len(chosen))]
+    filled = constant[: max(0, target - len(chosen))]
     picked = set(chosen) | set(filled)
     picks = [[k for k in range(len(s)) if (r, k) in picked] for r, s in enumerate(spread)]
-    return picks, {"drawn": len(flags), "dropped": len(constant) - len(filled), "filled": len(filled),
-                   "surplus": len(flags) - len(constant) - len(chosen)}
+    return picks, {
+        "drawn": len(flags),
+        "dropped": len(constant) - len(filled),
+        "filled": len(filled),
+        "surplus": len(flags) - len(constant) - len(chosen),
+    }
 
 
 def kl_penalty(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kind: str = "k3") -> torch.Tensor:

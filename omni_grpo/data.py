@@ -88,8 +88,9 @@ class RankSampler(Sampler):
     batch it is training on ends, however far the loader's workers have read ahead.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool, rank: int, world_size: int,
-                 start: Cursor = Cursor()):
+    def __init__(
+        self, n: int, batch_size: int, seed: int, shuffle: bool, rank: int, world_size: int, start: Cursor = Cursor()
+    ):
         if n // world_size < batch_size:
             raise ValueError(
                 f"{n} prompts cannot give {world_size} rank(s) a batch of {batch_size} each; add data or lower "
@@ -141,8 +142,15 @@ class Collate:
     instructions (`rewards.instructions`); each sample's is set as its `instruction` before the prompt is
     built."""
 
-    def __init__(self, family, processor, system_prompt: str, use_audio_in_video: bool, max_prompt_length: int,
-                 answer_instructions: dict | None = None):
+    def __init__(
+        self,
+        family,
+        processor,
+        system_prompt: str,
+        use_audio_in_video: bool,
+        max_prompt_length: int,
+        answer_instructions: dict | None = None,
+    ):
         self.family, self.processor = family, processor
         self.system_prompt, self.flag, self.max_len = system_prompt, use_audio_in_video, max_prompt_length
         self.instructions = answer_instructions
@@ -155,18 +163,22 @@ class Collate:
         samples = [{**x.sample, "instruction": instruction(x.sample, self.instructions)} for x in loaded]
         inputs = self.family.build_inputs(self.processor, samples, self.system_prompt, self.flag, self.max_len)
         meta = [{k: s.get(k) for k in REWARD_FIELDS} for s in samples]
-        return Batch(inputs=inputs, samples=meta, cursor=loaded[-1].cursor,
-                     video_decodes=sum(x.video_decodes for x in loaded))
+        return Batch(
+            inputs=inputs, samples=meta, cursor=loaded[-1].cursor, video_decodes=sum(x.video_decodes for x in loaded)
+        )
 
 
-def make_loader(dataset: PromptDataset, collate: Collate, sampler: RankSampler, num_workers: int,
-                prefetch_factor: int) -> DataLoader:
+def make_loader(
+    dataset: PromptDataset, collate: Collate, sampler: RankSampler, num_workers: int, prefetch_factor: int
+) -> DataLoader:
     # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run's
     # sampling stream would shift by one draw relative to the uninterrupted run.
     generator = torch.Generator().manual_seed(sampler.seed)
     kwargs = dict(num_workers=num_workers, collate_fn=collate, batch_sampler=sampler, generator=generator)
     if num_workers > 0:
-        kwargs.update(prefetch_factor=prefetch_factor, persistent_workers=False,
-                      multiprocessing_context="fork" if torch.multiprocessing.get_start_method(True) in (None, "fork")
-                      else None)
+        kwargs.update(
+            prefetch_factor=prefetch_factor,
+            persistent_workers=False,
+            multiprocessing_context="fork" if torch.multiprocessing.get_start_method(True) in (None, "fork") else None,
+        )
     return DataLoader(dataset, **kwargs)

@@ -52,10 +52,12 @@ def find_long_prompts(dirs: list[str], token_lists: list[list[int | None]], limi
 
 def long_prompt_message(found: PromptLengths, total: int, limit: int) -> str:
     """One line: how many exceed the limit, the longest, and the two fixes."""
-    return (f"{len(found.over)} of {total} samples have prompts longer than max_prompt_length={limit} tokens "
-            f"(the longest is {found.longest}, its text counted with the model's tokenizer); re-run python -m "
-            f"preprocess with --max-prompt-tokens {limit} --tokenizer MODEL_DIR to fit them, raise max_prompt_length "
-            f"to {found.longest} or more, or set skip_long_prompts=true to leave them out")
+    return (
+        f"{len(found.over)} of {total} samples have prompts longer than max_prompt_length={limit} tokens "
+        f"(the longest is {found.longest}, its text counted with the model's tokenizer); re-run python -m "
+        f"preprocess with --max-prompt-tokens {limit} --tokenizer MODEL_DIR to fit them, raise max_prompt_length "
+        f"to {found.longest} or more, or set skip_long_prompts=true to leave them out"
+    )
 
 
 def exact_token_lists(cfg, token_lists: list[list[int | None]]) -> list[list[int | None]]:
@@ -87,13 +89,16 @@ def exact_token_lists(cfg, token_lists: list[list[int | None]]) -> list[list[int
         used = TextCounter(options["system_prompt"], model_dir if options.get("tokenizer") else None)
         reader = load(shard_dir, verify=False, skip_corrupt=getattr(cfg, "skip_corrupt_shards", False))
         samples = [sample for block in reader._iter_samples() for sample in block]  # metadata only, no media
-        out.append([None if n is None else n - used.count(format_question(s)) + exact.count(format_question(s))
-                    for n, s in zip(stored, samples)])
+        out.append(
+            [
+                None if n is None else n - used.count(format_question(s)) + exact.count(format_question(s))
+                for n, s in zip(stored, samples)
+            ]
+        )
     return out
 
 
-def check_data(cfg, token_lists: list[list[int | None]] | None = None, *,
-               report: bool = True) -> PromptLengths:
+def check_data(cfg, token_lists: list[list[int | None]] | None = None, *, report: bool = True) -> PromptLengths:
     """Check `cfg.data` (token counts read from the shards when `token_lists` is None, no media read).
 
     Raises ConfigError for over-long prompts unless `cfg.skip_long_prompts`, and for shards of another model
@@ -112,11 +117,15 @@ def check_data(cfg, token_lists: list[list[int | None]] | None = None, *,
     if found.over and not cfg.skip_long_prompts:
         raise ConfigError(long_prompt_message(found, total, cfg.max_prompt_length))
     if found.over:
-        lines.append(f"skip_long_prompts: leaving out {len(found.over)} of {total} samples longer than "
-                f"max_prompt_length={cfg.max_prompt_length} (the longest is {found.longest})")
+        lines.append(
+            f"skip_long_prompts: leaving out {len(found.over)} of {total} samples longer than "
+            f"max_prompt_length={cfg.max_prompt_length} (the longest is {found.longest})"
+        )
     if found.unchecked:
-        lines.append("prompt length check skipped for " + ", ".join(found.unchecked) + " (shards written before "
-                "per-sample token counts; re-run python -m preprocess to have them checked)")
+        lines.append(
+            "prompt length check skipped for " + ", ".join(found.unchecked) + " (shards written before "
+            "per-sample token counts; re-run python -m preprocess to have them checked)"
+        )
     check_family(cfg)
     if report:
         lines += unknown_problem_type_lines(cfg.data)
@@ -155,8 +164,10 @@ def check_family(cfg) -> None:
     if wrong:
         shard_dir, other = next(iter(wrong.items()))
         more = f" (and {len(wrong) - 1} more data folders)" if len(wrong) > 1 else ""
-        raise ConfigError(f"data folder {shard_dir} was preprocessed for {other}{more} but the model is {family}; "
-                          f"re-run python -m preprocess with --family {family}, or train a {other} model")
+        raise ConfigError(
+            f"data folder {shard_dir} was preprocessed for {other}{more} but the model is {family}; "
+            f"re-run python -m preprocess with --family {family}, or train a {other} model"
+        )
 
 
 def unknown_problem_types(dirs: list[str]) -> dict[str, int]:
@@ -185,5 +196,7 @@ def unknown_problem_type_lines(dirs: list[str]) -> list[str]:
     if not unknown:
         return []
     listed = ", ".join(f"{k!r} ({n} samples)" for k, n in sorted(unknown.items()))
-    return [f"unknown problem_type in the data: {listed}; the accuracy reward scores them None. Known types: "
-            f"{describe_known_problem_types()}"]
+    return [
+        f"unknown problem_type in the data: {listed}; the accuracy reward scores them None. Known types: "
+        f"{describe_known_problem_types()}"
+    ]

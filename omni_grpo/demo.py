@@ -55,8 +55,16 @@ BLANK = (None, "video", "audio", "both")  # what `clip_arrays` blanks
 WARM_UP_RECORD = "warm_up.json"  # written next to the warmed-up weights: what was fitted, on what
 
 
-def clip_arrays(colour: int, seed: int, blank: str | None = None, seconds: float = 2.0, fps: int = 4,
-                size: int = 56, sample_rate: int = 16000, noise: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+def clip_arrays(
+    colour: int,
+    seed: int,
+    blank: str | None = None,
+    seconds: float = 2.0,
+    fps: int = 4,
+    size: int = 56,
+    sample_rate: int = 16000,
+    noise: float = 20.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Frames uint8 ``[T, size, size, 3]`` and mono float32 audio of one demo clip.
 
     ``colour`` indexes `COLOURS`: that colour, shifted per clip by up to ±25 per channel, plus Gaussian pixel
@@ -81,8 +89,16 @@ def clip_arrays(colour: int, seed: int, blank: str | None = None, seconds: float
     return frames, audio
 
 
-def make_demo_dataset(root, n_clips: int = 32, n_options: int = 4, seed: int = 0, blank: str | None = None,
-                      seconds: float = 2.0, fps: int = 4, size: int = 56) -> Path:
+def make_demo_dataset(
+    root,
+    n_clips: int = 32,
+    n_options: int = 4,
+    seed: int = 0,
+    blank: str | None = None,
+    seconds: float = 2.0,
+    fps: int = 4,
+    size: int = 56,
+) -> Path:
     """Write the demo task under ``root`` (``manifest.jsonl`` + ``video/*.mp4``) and return the manifest path.
 
     Clip k shows colour ``k % n_options`` (balanced answers; the preprocess order is then shuffled by training),
@@ -102,16 +118,32 @@ def make_demo_dataset(root, n_clips: int = 32, n_options: int = 4, seed: int = 0
         clip_id = f"demo{k:04d}"
         frames, audio = clip_arrays(colour, seed * 100_003 + k, blank, seconds, fps, size)
         write_mp4(root / "video" / f"{clip_id}.mp4", frames, frames.shape[1:3], Fraction(fps), audio[None, :])
-        lines.append({"id": clip_id, "video": f"video/{clip_id}.mp4", "question": QUESTION, "options": names,
-                      "answer": string.ascii_uppercase[colour], "problem_type": "multiple_choice"})
+        lines.append(
+            {
+                "id": clip_id,
+                "video": f"video/{clip_id}.mp4",
+                "question": QUESTION,
+                "options": names,
+                "answer": string.ascii_uppercase[colour],
+                "problem_type": "multiple_choice",
+            }
+        )
     manifest = root / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return manifest
 
 
-def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, steps: int = 150,
-            learning_rate: float = 3e-2, max_prompts: int = 64, overrides: list[str] | None = None,
-            progress: bool = False) -> Path:
+def warm_up(
+    model_dir,
+    data: list[str],
+    output_dir,
+    config: str | None = None,
+    steps: int = 150,
+    learning_rate: float = 3e-2,
+    max_prompts: int = 64,
+    overrides: list[str] | None = None,
+    progress: bool = False,
+) -> Path:
     """Fit the reply format, not the answers: the output layer (``lm_head``) alone, by maximum likelihood of
     `REPLY` after the training prompts of ``data``, where the answer slot's target is the uniform distribution
     over the sample's option letters (cross-entropy against it), the same for every clip.
@@ -134,8 +166,9 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     from omni_grpo.models.base import base_thinker
     from omni_grpo.models.shared_prompt import forward_hidden
 
-    cfg = load_config(config, [f"model_name_or_path={model_dir}", f"data=[{','.join(map(str, data))}]",
-                               *(overrides or [])])
+    cfg = load_config(
+        config, [f"model_name_or_path={model_dir}", f"data=[{','.join(map(str, data))}]", *(overrides or [])]
+    )
     module = get_module(detect_family(model_dir))
     processor = module.load_processor(model_dir)
     model = module.load_model(model_dir).eval()
@@ -149,7 +182,7 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     with torch.no_grad():
         for index in range(n_prompts):
             sample = dataset[index]
-            letters = string.ascii_uppercase[:len(sample.get("options") or ())]
+            letters = string.ascii_uppercase[: len(sample.get("options") or ())]
             if not letters:
                 raise ValueError(f"sample {sample.get('id')!r} has no options: the demo warm-up needs multiple choice")
             letter_ids = [tokenizer.convert_tokens_to_ids(x) for x in letters]
@@ -157,8 +190,9 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
             slot = next(i for i, t in enumerate(rows[0]) if t in letter_ids)
             if any(len(r) != len(rows[0]) or r[slot] != t for r, t in zip(rows, letter_ids)):
                 raise ValueError(f"the tokenizer does not write each option letter of {REPLY!r} as one token")
-            inputs = module.build_inputs(processor, [sample], cfg.system_prompt, cfg.use_audio_in_video,
-                                         cfg.max_prompt_length).repeat(len(rows))
+            inputs = module.build_inputs(
+                processor, [sample], cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length
+            ).repeat(len(rows))
             ids = torch.tensor(rows)
             hidden.append(forward_hidden(module, model, inputs, ids, torch.ones_like(ids)).float())  # [k, C, H]
             targets.append(ids)
@@ -181,9 +215,16 @@ def warm_up(model_dir, data: list[str], output_dir, config: str | None = None, s
     out = Path(output_dir)
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    record = {"base_model": str(model_dir), "data": [str(d) for d in cfg.data], "prompts": len(hidden),
-              "trained": "lm_head", "steps": steps, "learning_rate": learning_rate, "final_loss": loss.item(),
-              "slot_target": "uniform over the option letters (answers not read)"}
+    record = {
+        "base_model": str(model_dir),
+        "data": [str(d) for d in cfg.data],
+        "prompts": len(hidden),
+        "trained": "lm_head",
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "final_loss": loss.item(),
+        "slot_target": "uniform over the option letters (answers not read)",
+    }
     (out / WARM_UP_RECORD).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return out
 
@@ -213,9 +254,14 @@ def _main(argv=None) -> int:
     d.add_argument("--n-clips", type=int, default=32)
     d.add_argument("--options", type=int, default=4, help="answer options per question, 2-4 (chance = 1/options)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--blank", nargs="?", const="both", choices=BLANK[1:],
-                   help="the control: same questions and answers, grey frames (video), silent audio (audio) or both "
-                        "(the default with no value)")
+    d.add_argument(
+        "--blank",
+        nargs="?",
+        const="both",
+        choices=BLANK[1:],
+        help="the control: same questions and answers, grey frames (video), silent audio (audio) or both "
+        "(the default with no value)",
+    )
     w = sub.add_parser("warmup", help="fit the reply format (never the answers)")
     w.add_argument("--model", required=True, help="the model to start from (e.g. the tiny random thinker)")
     w.add_argument("--data", required=True, help="shard folder(s), comma-separated, whose prompts to use")
@@ -229,11 +275,20 @@ def _main(argv=None) -> int:
 
     configure_logging(0, verbose=os.environ.get("OMNI_GRPO_VERBOSE", "") not in ("", "0"))
     if args.cmd == "data":
-        path = make_demo_dataset(args.root, n_clips=args.n_clips, n_options=args.options, seed=args.seed,
-                                 blank=args.blank)
+        path = make_demo_dataset(
+            args.root, n_clips=args.n_clips, n_options=args.options, seed=args.seed, blank=args.blank
+        )
     else:
-        path = warm_up(args.model, args.data.split(","), args.output, config=args.config, steps=args.steps,
-                       learning_rate=args.learning_rate, max_prompts=args.max_prompts, progress=True)
+        path = warm_up(
+            args.model,
+            args.data.split(","),
+            args.output,
+            config=args.config,
+            steps=args.steps,
+            learning_rate=args.learning_rate,
+            max_prompts=args.max_prompts,
+            progress=True,
+        )
     print(path)
     return 0
 

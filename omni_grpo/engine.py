@@ -88,7 +88,7 @@ class Engine:
         if not skip.any():
             return [MicroBatch(list(range(start, min(start + size, n)))) for start in range(0, n, size)]
         kept = [i for i in range(n) if not skip[i]]
-        batches = [MicroBatch(kept[start:start + size]) for start in range(0, len(kept), size)]
+        batches = [MicroBatch(kept[start : start + size]) for start in range(0, len(kept), size)]
         return batches + [MicroBatch([0], dummy=True)] * (-(-n // size) - len(batches))
 
     def backward(self, loss: torch.Tensor) -> bool:
@@ -197,8 +197,9 @@ class PlainEngine(Engine):
                 m.grad = None if p.grad is None else p.grad.float()
                 p.grad = None
             stepped_params = self.masters
-        norm = float(torch.nn.utils.clip_grad_norm_(stepped_params,
-                                                    self.max_grad_norm if self.max_grad_norm > 0 else math.inf))
+        norm = float(
+            torch.nn.utils.clip_grad_norm_(stepped_params, self.max_grad_norm if self.max_grad_norm > 0 else math.inf)
+        )
         stepped = math.isfinite(norm)
         if stepped:
             self.optimizer.step()
@@ -236,8 +237,10 @@ class PlainEngine(Engine):
         self.scheduler.load_state_dict(state["scheduler"])
         if self.masters is not None:
             if "masters" not in state:
-                raise ValueError(f"{folder / 'optimizer.pt'} has no fp32 master weights; it was not written by a "
-                                 "bf16 run: resume it with the bf16 setting it was trained with")
+                raise ValueError(
+                    f"{folder / 'optimizer.pt'} has no fp32 master weights; it was not written by a "
+                    "bf16 run: resume it with the bf16 setting it was trained with"
+                )
             with torch.no_grad():
                 for m, saved in zip(self.masters, state["masters"]):
                     m.copy_(saved)
@@ -319,13 +322,13 @@ class DeepSpeedEngine(Engine):
         them again from `model_name_or_path` (the frozen towers, and under LoRA the whole base model — 1.7 GB
         at Qwen2.5-Omni-3B widths with 2 layers, bench/RESULTS.md "LoRA checkpoints"). Without
         `exclude_frozen_parameters` ZeRO-2/3 write them twice: in the module state and as "frozen fragments"."""
-        self._ds.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False,
-                                 exclude_frozen_parameters=True)
+        self._ds.save_checkpoint(
+            str(folder / "deepspeed"), tag="state", save_latest=False, exclude_frozen_parameters=True
+        )
 
     def load_state(self, folder: Path) -> None:
         """Trainable weights, optimizer, LR schedule (non-strict: the frozen weights are not in the state)."""
-        path, _ = self._ds.load_checkpoint(str(folder / "deepspeed"), tag="state",
-                                              load_module_strict=False)
+        path, _ = self._ds.load_checkpoint(str(folder / "deepspeed"), tag="state", load_module_strict=False)
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state in {folder / 'deepspeed'}")
 
@@ -346,10 +349,14 @@ class DeepSpeedEngine(Engine):
                 except errors as err:
                     failed.append(err)
                     return None
+
             return call
 
-        targets = [(self._ds.checkpoint_engine, "makedirs"), (self._ds.checkpoint_engine, "save"),
-                   (self._ds, "_copy_recovery_script")]
+        targets = [
+            (self._ds.checkpoint_engine, "makedirs"),
+            (self._ds.checkpoint_engine, "save"),
+            (self._ds, "_copy_recovery_script"),
+        ]
         for obj, name in targets:
             setattr(obj, name, deferred(getattr(obj, name)))  # an instance attribute over the class's method
         try:
@@ -442,8 +449,9 @@ def _paired_parameters(reference: torch.nn.Module, policy: torch.nn.Module):
 def _check_reference_names(reference: torch.nn.Module, names: list[str]) -> list[tuple[str, torch.nn.Parameter]]:
     params = list(reference.named_parameters())
     if sorted(names) != sorted(n for n, _ in params):
-        raise ValueError("the saved reference's parameters are not this model's: resume with the model it was "
-                         "trained from")
+        raise ValueError(
+            "the saved reference's parameters are not this model's: resume with the model it was trained from"
+        )
     return params
 
 
@@ -486,8 +494,14 @@ def build_engine(model, cfg, ds_config: dict | None, total_steps: int, world_siz
     if not params:
         raise RuntimeError("nothing to train: every parameter is frozen (check lora / freeze_* options)")
     masters = fp32_masters(params) if cfg.bf16 and ds_config is None else None
-    optimizer = torch.optim.AdamW(masters or params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay, fused=ds_config is None)
+    optimizer = torch.optim.AdamW(
+        masters or params,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+        weight_decay=cfg.weight_decay,
+        fused=ds_config is None,
+    )
     optimizer_steps = total_steps * cfg.num_iterations
     warmup = int(cfg.warmup_ratio * optimizer_steps)
     name = "constant_with_warmup" if cfg.lr_scheduler == "constant" and warmup > 0 else cfg.lr_scheduler

@@ -53,7 +53,7 @@ def rank_share(num_questions: int, batch_size: int, rank: int, world_size: int) 
     per_rank = -(-num_questions // world_size)
     batches = -(-per_rank // batch_size)
     padded = mine + [None] * (batches * batch_size - len(mine))
-    return [padded[i:i + batch_size] for i in range(0, len(padded), batch_size)]
+    return [padded[i : i + batch_size] for i in range(0, len(padded), batch_size)]
 
 
 class TrainingEvaluator:
@@ -67,8 +67,9 @@ class TrainingEvaluator:
         self.dataset = PromptDataset(cfg.eval_data, skip_corrupt=cfg.skip_corrupt_shards)
         self.ids = question_ids(self.dataset)
         self.rewards = reward_manager(cfg)
-        self.collate = Collate(family, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length,
-                               cfg.answer_instructions)
+        self.collate = Collate(
+            family, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length, cfg.answer_instructions
+        )
         self.batch_size = cfg.rows_per_micro_step  # as many rows per generate call as a training rollout
         self.last_step: int | None = None
 
@@ -78,8 +79,10 @@ class TrainingEvaluator:
 
         with rng.preserved(), torch.no_grad():
             rows = self._gather(self._predict(policy, gathered, self.collate))
-            ablated = {name: self._gather(self._predict(policy, gathered, AblatedCollate(self.collate, name)))
-                       for name in self.cfg.eval_ablations}
+            ablated = {
+                name: self._gather(self._predict(policy, gathered, AblatedCollate(self.collate, name)))
+                for name in self.cfg.eval_ablations
+            }
         self.last_step = step
         if self.rank != 0:
             return {}
@@ -91,9 +94,14 @@ class TrainingEvaluator:
                 metrics[f"eval/ablate_{name}/accuracy"] = float(accuracy)
         writer.scalars(metrics, step)
         writer.completions(table(rows, self.cfg.log_completions), step, tag="eval/completions")
-        logger.info("step %d: eval accuracy %s, format rate %s on %d questions (%s)", step,
-                    _fmt(summary.get("accuracy")), _fmt(summary.get("format_rate")), summary["num_questions"],
-                    step_dir(self.cfg.output_dir, step))
+        logger.info(
+            "step %d: eval accuracy %s, format rate %s on %d questions (%s)",
+            step,
+            _fmt(summary.get("accuracy")),
+            _fmt(summary.get("format_rate")),
+            summary["num_questions"],
+            step_dir(self.cfg.output_dir, step),
+        )
         return metrics
 
     def _predict(self, policy, gathered, collate) -> list[tuple[int, dict]]:
@@ -110,10 +118,22 @@ class TrainingEvaluator:
             indices = [filler if i is None else i for i in batch]
             loaded = collate([self.dataset[i] for i in indices])
             inputs = loaded.inputs.to(self.device, dtype=torch.bfloat16 if cfg.bf16 else None)
-            comps = sample(self.family, policy, self.processor, inputs, loaded.samples, 1, cfg.max_completion_length,
-                           encode_once=self.encode_once, gathered=gathered or nullcontext,
-                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                           repetition_penalty=cfg.repetition_penalty, do_sample=False)
+            comps = sample(
+                self.family,
+                policy,
+                self.processor,
+                inputs,
+                loaded.samples,
+                1,
+                cfg.max_completion_length,
+                encode_once=self.encode_once,
+                gathered=gathered or nullcontext,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                repetition_penalty=cfg.repetition_penalty,
+                do_sample=False,
+            )
             keep = [row for row, i in enumerate(batch) if i is not None]
             if not keep:
                 continue
@@ -123,8 +143,14 @@ class TrainingEvaluator:
             lengths = comps.completion_mask.sum(-1).tolist()
             for j, row in enumerate(keep):
                 parsed = extract_answer(texts[j], answer_tag, fallback)
-                out.append((batch[row], _prediction(samples[j], 0, texts[j], parsed, scored, j, lengths[row],
-                                                    bool(comps.truncated[row]))))
+                out.append(
+                    (
+                        batch[row],
+                        _prediction(
+                            samples[j], 0, texts[j], parsed, scored, j, lengths[row], bool(comps.truncated[row])
+                        ),
+                    )
+                )
         return out
 
     def _gather(self, rows: list[tuple[int, dict]]) -> list[dict]:
@@ -140,19 +166,32 @@ class TrainingEvaluator:
         cfg = self.cfg
         fields = [f for f in cfg.eval_group_by if any(f in r or f in (r.get("extra") or {}) for r in rows)]
         for missing in sorted(set(cfg.eval_group_by) - set(fields)):
-            logger.warning("eval_group_by field %r is in no eval_data sample; no per-category accuracy for it",
-                           missing)
+            logger.warning("eval_group_by field %r is in no eval_data sample; no per-category accuracy for it", missing)
         summary = eval_report.summarize(rows, self.rewards.names, self.rewards.weights, 1, fields)
-        summary.update(model=f"{cfg.output_dir} step {step}", data=[str(d) for d in cfg.eval_data], num_generations=1,
-                       decoding="greedy", max_new_tokens=cfg.max_completion_length, step=step, ablate=ablate)
+        summary.update(
+            model=f"{cfg.output_dir} step {step}",
+            data=[str(d) for d in cfg.eval_data],
+            num_generations=1,
+            decoding="greedy",
+            max_new_tokens=cfg.max_completion_length,
+            step=step,
+            ablate=ablate,
+        )
         folder = step_dir(cfg.output_dir, step)
         if ablate is not None:
             folder = folder / f"ablate-{ablate}"
         folder.mkdir(parents=True, exist_ok=True)
-        eval_report.write_json(folder / eval_report.RUN_FILE, {
-            "model": str(step_dir(cfg.output_dir, step)), "step": step,
-            "data": [str(Path(d).resolve()) for d in cfg.eval_data], "num_generations": 1,
-            "max_new_tokens": cfg.max_completion_length, **({"ablate": ablate} if ablate else {})})
+        eval_report.write_json(
+            folder / eval_report.RUN_FILE,
+            {
+                "model": str(step_dir(cfg.output_dir, step)),
+                "step": step,
+                "data": [str(Path(d).resolve()) for d in cfg.eval_data],
+                "num_generations": 1,
+                "max_new_tokens": cfg.max_completion_length,
+                **({"ablate": ablate} if ablate else {}),
+            },
+        )
         (folder / eval_report.PREDICTIONS_FILE).unlink(missing_ok=True)
         with eval_report.PredictionLog(folder) as log:
             log.append(rows)
@@ -179,8 +218,10 @@ def scalars(summary: dict) -> dict[str, float]:
 
 def table(rows: list[dict], n: int) -> list[dict]:
     """The first `n` predictions as rows of `MetricsWriter.completions`."""
-    return [{"id": r["id"], "answer": r["answer"], **r["rewards"], "total": r["total"], "completion": r["completion"]}
-            for r in rows[:n]]
+    return [
+        {"id": r["id"], "answer": r["answer"], **r["rewards"], "total": r["total"], "completion": r["completion"]}
+        for r in rows[:n]
+    ]
 
 
 def _fmt(value) -> str:

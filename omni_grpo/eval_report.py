@@ -64,16 +64,16 @@ def open_run(out_dir, header: dict, num_generations: int) -> dict[str, list[dict
     if run_file.is_file():
         _check_header(out_dir, json.loads(run_file.read_text(encoding="utf-8")), header)
     elif predictions.exists():
-        raise ReportError(f"{out_dir} holds {PREDICTIONS_FILE} but no {RUN_FILE} (an older evaluate wrote it); "
-                          "pass a new --output")
+        raise ReportError(
+            f"{out_dir} holds {PREDICTIONS_FILE} but no {RUN_FILE} (an older evaluate wrote it); pass a new --output"
+        )
     else:
         write_json(run_file, header)
     rows, torn = _read_rows(predictions) if predictions.exists() else ([], False)
     by_id: dict[str, list[dict]] = {}
     for row in rows:
         by_id.setdefault(row["id"], []).append(row)
-    complete = {q: r for q, r in by_id.items()
-                if sorted(x["generation"] for x in r) == list(range(num_generations))}
+    complete = {q: r for q, r in by_id.items() if sorted(x["generation"] for x in r) == list(range(num_generations))}
     if torn or sum(map(len, complete.values())) != len(rows):
         kept = [row for row in rows if row["id"] in complete]
         _write_atomic(predictions, "".join(_line(row) for row in kept))
@@ -137,7 +137,8 @@ def _check_header(out_dir: Path, old: dict, new: dict) -> None:
         if old.get(key) != new.get(key):
             raise ReportError(
                 f"{out_dir} holds an evaluation with another {key} ({_short(old.get(key))} there, "
-                f"{_short(new.get(key))} now); pass a new --output, or delete the folder to start again")
+                f"{_short(new.get(key))} now); pass a new --output, or delete the folder to start again"
+            )
 
 
 def _read_rows(path: Path) -> tuple[list[dict], bool]:
@@ -155,8 +156,10 @@ def _read_rows(path: Path) -> tuple[list[dict], bool]:
             if number == len(lines):
                 torn = True
                 continue
-            raise ReportError(f"{path}:{number}: not a prediction line; pass a predictions file that "
-                              "python -m omni_grpo.evaluate wrote") from None
+            raise ReportError(
+                f"{path}:{number}: not a prediction line; pass a predictions file that "
+                "python -m omni_grpo.evaluate wrote"
+            ) from None
         rows.append(row)
     return rows, torn
 
@@ -229,8 +232,13 @@ def reward_stats(rows: Sequence[dict], names: Sequence[str]) -> dict[str, dict]:
     return stats
 
 
-def summarize(rows: Sequence[dict], reward_names: Sequence[str], reward_weights: Sequence[float],
-              num_generations: int, group_by: Sequence[str] = ()) -> dict:
+def summarize(
+    rows: Sequence[dict],
+    reward_names: Sequence[str],
+    reward_weights: Sequence[float],
+    num_generations: int,
+    group_by: Sequence[str] = (),
+) -> dict:
     """The summary of a run's prediction rows: headline means, every reward's stats, and per-category tables."""
     if not rows:
         raise ReportError("no predictions to summarise")
@@ -254,15 +262,19 @@ def summarize(rows: Sequence[dict], reward_names: Sequence[str], reward_weights:
     summary["truncated_ratio"] = sum(bool(row["truncated"]) for row in rows) / len(rows)
     summary["num_questions"] = len(totals)
     summary["rewards"] = stats
-    summary["groups"] = {field: {value: {"questions": len({r["id"] for r in members}),
-                                         "rewards": reward_stats(members, reward_names)}
-                                 for value, members in _buckets(rows, lambda r: categories(r, field)).items()}
-                         for field in group_by}
+    summary["groups"] = {
+        field: {
+            value: {"questions": len({r["id"] for r in members}), "rewards": reward_stats(members, reward_names)}
+            for value, members in _buckets(rows, lambda r: categories(r, field)).items()
+        }
+        for field in group_by
+    }
     return summary
 
 
-def coverage(rows: Sequence[dict], released: int, lost: Sequence[dict], group_by: Sequence[str] = (),
-             not_evaluated: int = 0) -> dict:
+def coverage(
+    rows: Sequence[dict], released: int, lost: Sequence[dict], group_by: Sequence[str] = (), not_evaluated: int = 0
+) -> dict:
     """How many of the `released` questions the run scored for accuracy, overall and per category.
 
     `lost` holds one entry per released question that never reached the run: ``{id, reason, problem_type,
@@ -277,11 +289,18 @@ def coverage(rows: Sequence[dict], released: int, lost: Sequence[dict], group_by
     for entry in lost:
         kind = _reason_kind(entry)
         reasons[kind] = reasons.get(kind, 0) + 1
-    result = {"released": released, "scored": len(scored), "evaluated": len(run_ids),
-              "not_scored": len(run_ids - scored), "lost_before_evaluation": len(lost),
-              "not_evaluated": not_evaluated,
-              "lost_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
-              "text": f"{len(scored)} of {released} released questions scored", "groups": {}, "uncategorised": {}}
+    result = {
+        "released": released,
+        "scored": len(scored),
+        "evaluated": len(run_ids),
+        "not_scored": len(run_ids - scored),
+        "lost_before_evaluation": len(lost),
+        "not_evaluated": not_evaluated,
+        "lost_reasons": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "text": f"{len(scored)} of {released} released questions scored",
+        "groups": {},
+        "uncategorised": {},
+    }
     first: dict[str, dict] = {}
     for row in rows:
         first.setdefault(row["id"], row)
@@ -328,13 +347,22 @@ def format_summary(summary: dict) -> str:
 
     lines = [["overall", str(summary["num_questions"]), *scored(), *(_cell(summary["rewards"][n]) for n in names)]]
     for field, values in summary["groups"].items():
-        lines += [[f"{field}={value}", str(group["questions"]), *scored(field, value),
-                   *(_cell(group["rewards"][n]) for n in names)] for value, group in values.items()]
+        lines += [
+            [
+                f"{field}={value}",
+                str(group["questions"]),
+                *scored(field, value),
+                *(_cell(group["rewards"][n]) for n in names),
+            ]
+            for value, group in values.items()
+        ]
         if cover is not None:  # categories whose every question was lost before the run
-            lines += [[f"{field}={value}", "0", *scored(field, value), *("n/a" for _ in names)]
-                      for value in cover["groups"].get(field, {}) if value not in values]
-    table = format_table(["", "questions", *(["scored"] if cover else []), *(f"{n} [95% CI]" for n in names)],
-                         lines)
+            lines += [
+                [f"{field}={value}", "0", *scored(field, value), *("n/a" for _ in names)]
+                for value in cover["groups"].get(field, {})
+                if value not in values
+            ]
+    table = format_table(["", "questions", *(["scored"] if cover else []), *(f"{n} [95% CI]" for n in names)], lines)
     return table if cover is None else f"{coverage_line(cover)}\n{table}"
 
 
@@ -362,16 +390,23 @@ def check_fields(rows: Sequence[dict], fields: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------- comparison
 
 
-def compare(rows_a: Sequence[dict], rows_b: Sequence[dict], group_by: Sequence[str] = (), *,
-            resamples: int = eval_stats.BOOTSTRAP_RESAMPLES, seed: int = eval_stats.BOOTSTRAP_SEED) -> dict:
+def compare(
+    rows_a: Sequence[dict],
+    rows_b: Sequence[dict],
+    group_by: Sequence[str] = (),
+    *,
+    resamples: int = eval_stats.BOOTSTRAP_RESAMPLES,
+    seed: int = eval_stats.BOOTSTRAP_SEED,
+) -> dict:
     """Accuracy of runs A and B on the questions both scored, overall and per category, and A − B."""
     check_fields(rows_a, group_by)
     a, b = question_scores(rows_a, "accuracy"), question_scores(rows_b, "accuracy")
     ids_a, ids_b = {r["id"] for r in rows_a}, {r["id"] for r in rows_b}
     paired = [q for q in a if q in b]
     if not paired:
-        raise ReportError("the two predictions files share no question that both scored for accuracy; "
-                          "compare runs on the same data")
+        raise ReportError(
+            "the two predictions files share no question that both scored for accuracy; compare runs on the same data"
+        )
     first = {}
     for row in rows_a:
         first.setdefault(row["id"], row)
@@ -379,23 +414,43 @@ def compare(rows_a: Sequence[dict], rows_b: Sequence[dict], group_by: Sequence[s
     def stats(ids: list[str]) -> dict:
         return paired_stats([a[q] for q in ids], [b[q] for q in ids], resamples=resamples, seed=seed)
 
-    return {"paired_questions": len(paired), "only_in_a": len(ids_a - ids_b), "only_in_b": len(ids_b - ids_a),
-            "not_scored": len(ids_a & ids_b) - len(paired), "bootstrap_resamples": resamples, "bootstrap_seed": seed,
-            "overall": stats(paired),
-            "groups": {field: {value: stats(ids) for value, ids in
-                               _buckets(paired, lambda q: categories(first[q], field)).items()}
-                       for field in group_by}}
+    return {
+        "paired_questions": len(paired),
+        "only_in_a": len(ids_a - ids_b),
+        "only_in_b": len(ids_b - ids_a),
+        "not_scored": len(ids_a & ids_b) - len(paired),
+        "bootstrap_resamples": resamples,
+        "bootstrap_seed": seed,
+        "overall": stats(paired),
+        "groups": {
+            field: {value: stats(ids) for value, ids in _buckets(paired, lambda q: categories(first[q], field)).items()}
+            for field in group_by
+        },
+    }
 
 
-def paired_stats(a: Sequence[float], b: Sequence[float], *, resamples: int = eval_stats.BOOTSTRAP_RESAMPLES,
-                 seed: int = eval_stats.BOOTSTRAP_SEED) -> dict:
+def paired_stats(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    resamples: int = eval_stats.BOOTSTRAP_RESAMPLES,
+    seed: int = eval_stats.BOOTSTRAP_SEED,
+) -> dict:
     """Both runs' `score_stats`, the difference A − B with its paired-bootstrap interval, and McNemar's p."""
     a_better = sum(x > y for x, y in zip(a, b))
     b_better = sum(x < y for x, y in zip(a, b))
-    return {"questions": len(a), "a": score_stats(a), "b": score_stats(b),
-            "difference": {"mean": (sum(a) - sum(b)) / len(a),
-                           "ci95": list(eval_stats.paired_bootstrap(a, b, resamples=resamples, seed=seed))},
-            "a_better": a_better, "b_better": b_better, "mcnemar_p": eval_stats.mcnemar_exact(a_better, b_better)}
+    return {
+        "questions": len(a),
+        "a": score_stats(a),
+        "b": score_stats(b),
+        "difference": {
+            "mean": (sum(a) - sum(b)) / len(a),
+            "ci95": list(eval_stats.paired_bootstrap(a, b, resamples=resamples, seed=seed)),
+        },
+        "a_better": a_better,
+        "b_better": b_better,
+        "mcnemar_p": eval_stats.mcnemar_exact(a_better, b_better),
+    }
 
 
 def format_compare(result: dict, label_a: str, label_b: str) -> str:
@@ -403,23 +458,45 @@ def format_compare(result: dict, label_a: str, label_b: str) -> str:
     lines = [_compare_line("overall", result["overall"])]
     for field, values in result["groups"].items():
         lines += [_compare_line(f"{field}={value}", group) for value, group in values.items()]
-    header = ["", "questions", "A accuracy [95% CI]", "B accuracy [95% CI]", "A - B [95% CI]", "A>B", "B>A",
-              "McNemar p"]
-    dropped = (f"{result['only_in_a']} only in A, {result['only_in_b']} only in B, "
-               f"{result['not_scored']} not scored in one of them")
-    return "\n".join([f"A: {label_a}", f"B: {label_b}",
-                      f"paired {result['paired_questions']} questions (dropped: {dropped})",
-                      f"A - B: paired bootstrap over questions ({result['bootstrap_resamples']} resamples, seed "
-                      f"{result['bootstrap_seed']}); McNemar: exact, on the questions where A and B differ",
-                      format_table(header, lines)])
+    header = [
+        "",
+        "questions",
+        "A accuracy [95% CI]",
+        "B accuracy [95% CI]",
+        "A - B [95% CI]",
+        "A>B",
+        "B>A",
+        "McNemar p",
+    ]
+    dropped = (
+        f"{result['only_in_a']} only in A, {result['only_in_b']} only in B, "
+        f"{result['not_scored']} not scored in one of them"
+    )
+    return "\n".join(
+        [
+            f"A: {label_a}",
+            f"B: {label_b}",
+            f"paired {result['paired_questions']} questions (dropped: {dropped})",
+            f"A - B: paired bootstrap over questions ({result['bootstrap_resamples']} resamples, seed "
+            f"{result['bootstrap_seed']}); McNemar: exact, on the questions where A and B differ",
+            format_table(header, lines),
+        ]
+    )
 
 
 def _compare_line(label: str, stats: dict) -> list[str]:
     diff = stats["difference"]
     low, high = diff["ci95"]
-    return [label, str(stats["questions"]), _cell(stats["a"]), _cell(stats["b"]),
-            f"{diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}]", str(stats["a_better"]), str(stats["b_better"]),
-            f"{stats['mcnemar_p']:.4g}"]
+    return [
+        label,
+        str(stats["questions"]),
+        _cell(stats["a"]),
+        _cell(stats["b"]),
+        f"{diff['mean']:+.3f} [{low:+.3f}, {high:+.3f}]",
+        str(stats["a_better"]),
+        str(stats["b_better"]),
+        f"{stats['mcnemar_p']:.4g}",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -429,8 +506,10 @@ def format_table(header: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     """Columns padded to their widest cell: the first left-aligned, the others right-aligned."""
     table = [list(header), *map(list, lines)]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths))).rstrip() for row in table)
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in table
+    )
 
 
 def _cell(stats: dict) -> str:

@@ -89,8 +89,13 @@ def question_interval(values: Sequence[float], level: float = LEVEL) -> tuple[fl
     return low, high, "t"
 
 
-def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float]:
+def paired_bootstrap(
+    a: Sequence[float],
+    b: Sequence[float],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = LEVEL,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of mean(a − b), resampling the question pairs with replacement."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.ndim != 1 or x.shape != y.shape or x.size == 0:
@@ -98,9 +103,16 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], resamples: int = BO
     d = x - y
     if d.size == 1 or np.all(d == d[0]):  # every resample has the same mean
         return float(d[0]), float(d[0])
-    result = stats.bootstrap((d,), np.mean, n_resamples=resamples, batch=max(1, _BOOTSTRAP_CHUNK // d.size),
-                             vectorized=True, confidence_level=level, method="percentile",
-                             rng=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (d,),
+        np.mean,
+        n_resamples=resamples,
+        batch=max(1, _BOOTSTRAP_CHUNK // d.size),
+        vectorized=True,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 

@@ -5,7 +5,8 @@ python -m omni_grpo.evaluate --compare A/predictions.jsonl B/predictions.jsonl [
 Answers held-out questions with a base checkpoint, a trained thinker or a LoRA adapter, through exactly the
 path training takes: the same model module (`build_inputs` with the same system prompt and
 `use_audio_in_video`), the trainer's sampling path (`rollout.sample`: towers once per batch, media tokens
-banned) and the same reward functions and options. Writes (see `omni_grpo.eval_report` for the formats and the statistics)
+banned) and the same reward functions and options. Writes (see `omni_grpo.eval_report` for the formats and the
+statistics)
 
   OUT/run.json           the run header (model, data, settings); a different run into OUT is refused
   OUT/predictions.jsonl  one line per completion, appended after every batch: id, question, options, answer,
@@ -57,9 +58,20 @@ import numpy as np
 from omni_grpo import eval_report
 
 BUILT_IN_METRICS = eval_report.HEADLINE_METRICS
-EVAL_SETTINGS = ("model_family", "attn_implementation", "system_prompt", "use_audio_in_video", "max_prompt_length",
-                 "temperature", "top_p", "top_k", "repetition_penalty", "reward_funcs", "reward_weights",
-                 "reward_kwargs")  # the config fields that change a completion or its scores
+EVAL_SETTINGS = (
+    "model_family",
+    "attn_implementation",
+    "system_prompt",
+    "use_audio_in_video",
+    "max_prompt_length",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "reward_funcs",
+    "reward_weights",
+    "reward_kwargs",
+)  # the config fields that change a completion or its scores
 
 
 class EvalError(RuntimeError):
@@ -75,8 +87,10 @@ def resolve_model_dir(path) -> Path:
 
     path = Path(path)
     if not path.is_dir():
-        raise EvalError(f"--model {str(path)!r}: directory not found; pass a checkpoint, a trainer checkpoint "
-                        "(output_dir/checkpoints/step-NNNNNNN) or a LoRA adapter directory")
+        raise EvalError(
+            f"--model {str(path)!r}: directory not found; pass a checkpoint, a trainer checkpoint "
+            "(output_dir/checkpoints/step-NNNNNNN) or a LoRA adapter directory"
+        )
     if not _is_model(path) and (path / "checkpoints").is_dir():
         found = ckpt.list_checkpoints(path)
         if not found:
@@ -85,8 +99,10 @@ def resolve_model_dir(path) -> Path:
     if not _is_model(path) and (ckpt.STEP_RE.match(path.name) or (path / "COMPLETE").exists()):
         path = path / "model"
     if not _is_model(path):
-        raise EvalError(f"--model {str(path)!r} has neither config.json (a model) nor adapter_config.json "
-                        "(a LoRA adapter); pass the checkpoint directory itself")
+        raise EvalError(
+            f"--model {str(path)!r} has neither config.json (a model) nor adapter_config.json "
+            "(a LoRA adapter); pass the checkpoint directory itself"
+        )
     return path
 
 
@@ -109,16 +125,24 @@ def adapter_base(model_dir: Path, base_model: str | None = None) -> Path | None:
         return None
     base = base_model or json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
     if not base or not (Path(base) / "config.json").is_file():
-        raise EvalError(f"{model_dir} is a LoRA adapter whose base model {base!r} is not a checkpoint directory "
-                        "here; pass --base-model DIR (the model it was trained from)")
+        raise EvalError(
+            f"{model_dir} is a LoRA adapter whose base model {base!r} is not a checkpoint directory "
+            "here; pass --base-model DIR (the model it was trained from)"
+        )
     return Path(base)
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_for_eval(model_dir: Path, dtype, device, base_model: str | None = None, family: str = "auto",
-                  attn_implementation: str = "sdpa"):
+def load_for_eval(
+    model_dir: Path,
+    dtype,
+    device,
+    base_model: str | None = None,
+    family: str = "auto",
+    attn_implementation: str = "sdpa",
+):
     """(module, model in eval mode on `device`, processor) for a model, thinker or LoRA adapter directory."""
     from omni_grpo.models import detect_family, get_module
 
@@ -159,8 +183,9 @@ def reward_manager(cfg):
         if name not in names:
             names.append(name)
             weights.append(0.0)
-    return build_reward_manager(names, weights, cfg.reward_kwargs,
-                                max_consecutive_errors=cfg.max_consecutive_reward_errors)
+    return build_reward_manager(
+        names, weights, cfg.reward_kwargs, max_consecutive_errors=cfg.max_consecutive_reward_errors
+    )
 
 
 def open_data(dirs: list[str]):
@@ -169,7 +194,10 @@ def open_data(dirs: list[str]):
 
     for d in dirs:
         if not Path(d).is_dir():
-            raise EvalError(f"--data {d!r}: directory not found; build it with bash run_scripts/python.sh -m preprocess --output {d}")
+            raise EvalError(
+                f"--data {d!r}: directory not found; build it with "
+                f"bash run_scripts/python.sh -m preprocess --output {d}"
+            )
     try:
         return PromptDataset(list(dirs))
     except (ShardFormatError, ShardCorruptError) as err:
@@ -179,12 +207,28 @@ def open_data(dirs: list[str]):
 # ---------------------------------------------------------------------------------------------- running
 
 
-def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, config: str | None = None,
-             overrides: list[str] = (), num_generations: int = 1, max_new_tokens: int | None = None,
-             limit: int | None = None, batch_size: int = 4, base_model: str | None = None, dtype: str = "auto",
-             device: str | None = None, num_workers: int = 2, seed: int | None = None,
-             group_by: list[str] = (), compare_with: str | None = None, progress: bool = True,
-             subset: str | None = None, ablate: str | None = None) -> dict:
+def evaluate(
+    model: str,
+    data: list[str],
+    output: str = "outputs/eval",
+    *,
+    config: str | None = None,
+    overrides: list[str] = (),
+    num_generations: int = 1,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 4,
+    base_model: str | None = None,
+    dtype: str = "auto",
+    device: str | None = None,
+    num_workers: int = 2,
+    seed: int | None = None,
+    group_by: list[str] = (),
+    compare_with: str | None = None,
+    progress: bool = True,
+    subset: str | None = None,
+    ablate: str | None = None,
+) -> dict:
     """Generate and score the questions OUT/predictions.jsonl lacks, write OUT/summary.json (and
     OUT/compare.json against the predictions `compare_with`); returns the summary (plus "compare").
     `subset`: a file of question ids; only those are evaluated, and coverage counts them alone.
@@ -214,50 +258,104 @@ def evaluate(model: str, data: list[str], output: str = "outputs/eval", *, confi
     every = question_ids(dataset)
     chosen = [(i, q) for i, q in enumerate(every) if wanted is None or q in wanted]
     if wanted is not None and not chosen:
-        raise EvalError(f"--subset {subset}: none of its {len(wanted)} ids is a question of --data "
-                        f"{' '.join(data)} (e.g. {sorted(wanted)[0]!r}; the shards have e.g. {every[0]!r})")
+        raise EvalError(
+            f"--subset {subset}: none of its {len(wanted)} ids is a question of --data "
+            f"{' '.join(data)} (e.g. {sorted(wanted)[0]!r}; the shards have e.g. {every[0]!r})"
+        )
     positions, ids = [i for i, _ in chosen[:limit]], [q for _, q in chosen[:limit]]
     if not ids:
         raise EvalError(f"--data {' '.join(data)}: the shards hold no questions")
     scope = data_coverage(data, wanted, set(every), len(chosen) - len(ids))
     out_dir = Path(output)
-    subset_info = None if wanted is None else {"file": str(Path(subset).resolve()), "questions": len(wanted),
-                                               "sha256": _ids_digest(wanted)}
-    header = run_header(model_dir, data, cfg, base_model, num_generations=num_generations,
-                        max_new_tokens=max_new_tokens, seed=seed, dtype=str(float_dtype).removeprefix("torch."),
-                        subset=subset_info, ablate=ablate)
+    subset_info = (
+        None
+        if wanted is None
+        else {"file": str(Path(subset).resolve()), "questions": len(wanted), "sha256": _ids_digest(wanted)}
+    )
+    header = run_header(
+        model_dir,
+        data,
+        cfg,
+        base_model,
+        num_generations=num_generations,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        dtype=str(float_dtype).removeprefix("torch."),
+        subset=subset_info,
+        ablate=ablate,
+    )
     done = eval_report.open_run(out_dir, header, num_generations)
     todo = [i for i, question in zip(positions, ids) if question not in done]
-    info = dict(model=str(model_dir), data=[str(d) for d in data], num_generations=num_generations,
-                decoding="greedy" if num_generations == 1 else "sampled", max_new_tokens=max_new_tokens,
-                resumed_questions=len(ids) - len(todo), subset=subset_info, ablate=ablate)
+    info = dict(
+        model=str(model_dir),
+        data=[str(d) for d in data],
+        num_generations=num_generations,
+        decoding="greedy" if num_generations == 1 else "sampled",
+        max_new_tokens=max_new_tokens,
+        resumed_questions=len(ids) - len(todo),
+        subset=subset_info,
+        ablate=ablate,
+    )
     start = time.time()
     if not todo:
         return _finish(out_dir, ids, rewards, group_by, other, info, start, scope)
-    module, net, processor = load_for_eval(model_dir, float_dtype, device, base_model, cfg.model_family,
-                                           cfg.attn_implementation)
-    collate = Collate(module, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length,
-                      cfg.answer_instructions)
-    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate if ablate is None else AblatedCollate(collate, ablate))
+    module, net, processor = load_for_eval(
+        model_dir, float_dtype, device, base_model, cfg.model_family, cfg.attn_implementation
+    )
+    collate = Collate(
+        module, processor, cfg.system_prompt, cfg.use_audio_in_video, cfg.max_prompt_length, cfg.answer_instructions
+    )
+    loader = DataLoader(
+        Subset(dataset, todo),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate if ablate is None else AblatedCollate(collate, ablate),
+    )
     accuracy_options = cfg.reward_kwargs.get("accuracy", {})
     answer_tag = accuracy_options.get("answer_tag", "answer")
     fallback = accuracy_options.get("fallback_to_completion", False)
     torch.manual_seed(seed)
-    bar = tqdm(total=len(ids), initial=len(ids) - len(todo), desc="evaluate", unit="question",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(ids),
+        initial=len(ids) - len(todo),
+        desc="evaluate",
+        unit="question",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with bar, eval_report.PredictionLog(out_dir) as predictions:
         for batch in loader:
             inputs = batch.inputs.to(device, dtype=float_dtype if float_dtype != torch.float32 else None)
-            comps = sample(module, net, processor, inputs, batch.samples, num_generations, max_new_tokens,
-                           temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                           repetition_penalty=cfg.repetition_penalty, do_sample=num_generations > 1)
+            comps = sample(
+                module,
+                net,
+                processor,
+                inputs,
+                batch.samples,
+                num_generations,
+                max_new_tokens,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=cfg.top_k,
+                repetition_penalty=cfg.repetition_penalty,
+                do_sample=num_generations > 1,
+            )
             texts, samples = comps.texts, comps.samples
             scored = rewards(texts, samples)
             row_lengths = comps.completion_mask.sum(-1).tolist()
-            predictions.append(_prediction(samples[i], i % num_generations, text,
-                                           extract_answer(text, answer_tag, fallback), scored, i,
-                                           row_lengths[i], bool(comps.truncated[i])) for i, text in enumerate(texts))
+            predictions.append(
+                _prediction(
+                    samples[i],
+                    i % num_generations,
+                    text,
+                    extract_answer(text, answer_tag, fallback),
+                    scored,
+                    i,
+                    row_lengths[i],
+                    bool(comps.truncated[i]),
+                )
+                for i, text in enumerate(texts)
+            )
             bar.update(len(batch.samples))
     return _finish(out_dir, ids, rewards, group_by, other, info, start, scope)
 
@@ -298,8 +396,10 @@ def question_ids(dataset) -> list[str]:
     seen = set()
     for question in ids:
         if question in seen:
-            raise EvalError(f"--data holds question id {question!r} twice; predictions are keyed by id, so "
-                            "evaluate each copy into its own --output")
+            raise EvalError(
+                f"--data holds question id {question!r} twice; predictions are keyed by id, so "
+                "evaluate each copy into its own --output"
+            )
         seen.add(question)
     return ids
 
@@ -310,8 +410,9 @@ def read_subset(path) -> set[str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
-        raise EvalError(f"--subset {path}: cannot read it ({err.strerror or err}); pass a file of question ids, "
-                        "one per line") from None
+        raise EvalError(
+            f"--subset {path}: cannot read it ({err.strerror or err}); pass a file of question ids, one per line"
+        ) from None
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
@@ -352,16 +453,28 @@ def data_coverage(dirs: list[str], wanted: set[str] | None, in_shards: set[str],
             failures = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         duplicates = sum(str(f.get("reason", "")).startswith(TRUE_DUPLICATE) for f in failures)
         released += int((manifest.get("counts") or {}).get("samples", 0)) - duplicates
-        failed = [f for f in failures if not str(f.get("reason", "")).startswith(TRUE_DUPLICATE)
-                  and (wanted is None or f.get("id") in wanted)]
+        failed = [
+            f
+            for f in failures
+            if not str(f.get("reason", "")).startswith(TRUE_DUPLICATE) and (wanted is None or f.get("id") in wanted)
+        ]
         known = _source_questions(manifest) if failed else {}
-        lost += [{"id": f.get("id"), "reason": f.get("reason"), "path": f.get("path"),
-                  **known.get(f.get("id"), {"extra": None})} for f in failed]
+        lost += [
+            {
+                "id": f.get("id"),
+                "reason": f.get("reason"),
+                "path": f.get("path"),
+                **known.get(f.get("id"), {"extra": None}),
+            }
+            for f in failed
+        ]
     if wanted is not None:
         released = len(wanted)
         placed = in_shards | {entry["id"] for entry in lost}
-        lost += [{"id": q, "reason": "not in the shards or their failures.jsonl", "extra": None}
-                 for q in sorted(wanted - placed)]
+        lost += [
+            {"id": q, "reason": "not in the shards or their failures.jsonl", "extra": None}
+            for q in sorted(wanted - placed)
+        ]
     return {"released": released, "lost": lost, "not_evaluated": not_evaluated}
 
 
@@ -390,20 +503,22 @@ def _source_questions(manifest: dict) -> dict[str, dict]:
 def run_header(model_dir: Path, data: list[str], cfg, base_model: str | None = None, **settings) -> dict:
     """What OUT/run.json records: resolved model, base model and data paths, `settings` and EVAL_SETTINGS."""
     base = adapter_base(model_dir, base_model)
-    return {"model": str(model_dir.resolve()), "base_model": None if base is None else str(base.resolve()),
-            "data": [str(Path(d).resolve()) for d in data], **settings,
-            **{name: getattr(cfg, name) for name in EVAL_SETTINGS},
-            **({"answer_instructions": cfg.answer_instructions} if cfg.answer_instructions else {})}
+    return {
+        "model": str(model_dir.resolve()),
+        "base_model": None if base is None else str(base.resolve()),
+        "data": [str(Path(d).resolve()) for d in data],
+        **settings,
+        **{name: getattr(cfg, name) for name in EVAL_SETTINGS},
+        **({"answer_instructions": cfg.answer_instructions} if cfg.answer_instructions else {}),
+    }
 
 
-def _finish(out_dir: Path, ids: list[str], rewards, group_by, other, info: dict, start: float,
-            scope: dict) -> dict:
+def _finish(out_dir: Path, ids: list[str], rewards, group_by, other, info: dict, start: float, scope: dict) -> dict:
     """Summarise the run's questions into OUT/summary.json, and compare them with `other` if given."""
     wanted = set(ids)
     rows = [row for row in eval_report.load_predictions(out_dir) if row["id"] in wanted]
     summary = eval_report.summarize(rows, rewards.names, rewards.weights, info["num_generations"], group_by)
-    summary["coverage"] = eval_report.coverage(rows, scope["released"], scope["lost"], group_by,
-                                               scope["not_evaluated"])
+    summary["coverage"] = eval_report.coverage(rows, scope["released"], scope["lost"], group_by, scope["not_evaluated"])
     summary.update(info, seconds=round(time.time() - start, 2))
     eval_report.write_json(out_dir / eval_report.SUMMARY_FILE, summary)
     if other is not None:
@@ -421,8 +536,9 @@ def _dtype(name: str, device):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
-def _prediction(sample: dict, generation: int, text: str, parsed: str | None, scored, row: int, length: int,
-                truncated: bool) -> dict:
+def _prediction(
+    sample: dict, generation: int, text: str, parsed: str | None, scored, row: int, length: int, truncated: bool
+) -> dict:
     return {
         "id": sample.get("id"),
         "question": sample.get("question"),
@@ -460,35 +576,69 @@ and writes compare.json only when --output is given."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m omni_grpo.evaluate", epilog=OUTPUTS_HELP,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     description="Answer held-out questions and score them with the training rewards.")
-    parser.add_argument("--model",
-                        help="checkpoint dir, trainer checkpoint (step-NNNNNNN or its model/), output_dir, or LoRA adapter")
-    parser.add_argument("--data", nargs="+", default=[], help="shard directories written by bash run_scripts/python.sh -m preprocess")
+    parser = argparse.ArgumentParser(
+        prog="python -m omni_grpo.evaluate",
+        epilog=OUTPUTS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Answer held-out questions and score them with the training rewards.",
+    )
+    parser.add_argument(
+        "--model", help="checkpoint dir, trainer checkpoint (step-NNNNNNN or its model/), output_dir, or LoRA adapter"
+    )
+    parser.add_argument(
+        "--data", nargs="+", default=[], help="shard directories written by bash run_scripts/python.sh -m preprocess"
+    )
     parser.add_argument("--output", help="the evaluation folder (default outputs/eval); see the list below")
-    parser.add_argument("--config", help="training YAML for the system prompt, generation and reward options "
-                                         "(default: the checkpoint's config.yaml, else the defaults)")
-    parser.add_argument("--samples", "--num-generations", dest="num_generations", type=int, default=1, metavar="K",
-                        help="completions per question; 1 = greedy, K > 1 = sampled, pass@1 averaged over K")
-    parser.add_argument("--group-by", default="", metavar="FIELD[,FIELD]",
-                        help="also report per value of these sample fields (problem_type or a benchmark field)")
-    parser.add_argument("--compare", nargs="+", default=[], metavar="PREDICTIONS",
-                        help="with --model: another run's predictions.jsonl (or its folder) to compare with; "
-                             "without: two of them, A B")
-    parser.add_argument("--ablate", choices=ABLATIONS,
-                        help="keep the model from the media, the prompt's layout unchanged: video = every frame "
-                             "one grey, audio = silence, media = both, text = no media tokens at all; --compare "
-                             "with the full run gives the media's contribution")
+    parser.add_argument(
+        "--config",
+        help="training YAML for the system prompt, generation and reward options "
+        "(default: the checkpoint's config.yaml, else the defaults)",
+    )
+    parser.add_argument(
+        "--samples",
+        "--num-generations",
+        dest="num_generations",
+        type=int,
+        default=1,
+        metavar="K",
+        help="completions per question; 1 = greedy, K > 1 = sampled, pass@1 averaged over K",
+    )
+    parser.add_argument(
+        "--group-by",
+        default="",
+        metavar="FIELD[,FIELD]",
+        help="also report per value of these sample fields (problem_type or a benchmark field)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="PREDICTIONS",
+        help="with --model: another run's predictions.jsonl (or its folder) to compare with; without: two of them, A B",
+    )
+    parser.add_argument(
+        "--ablate",
+        choices=ABLATIONS,
+        help="keep the model from the media, the prompt's layout unchanged: video = every frame "
+        "one grey, audio = silence, media = both, text = no media tokens at all; --compare "
+        "with the full run gives the media's contribution",
+    )
     parser.add_argument("--max-new-tokens", type=int, help="default: the config's max_completion_length")
     parser.add_argument("--limit", type=int, help="evaluate only the first N questions")
-    parser.add_argument("--subset", metavar="FILE",
-                        help="evaluate only these question ids (one per line, or a JSON list), e.g. a published "
-                             "clean / hard split; coverage then counts these questions")
+    parser.add_argument(
+        "--subset",
+        metavar="FILE",
+        help="evaluate only these question ids (one per line, or a JSON list), e.g. a published "
+        "clean / hard split; coverage then counts these questions",
+    )
     parser.add_argument("--batch-size", type=int, default=4, help="questions per generate call")
     parser.add_argument("--base-model", help="base model of a LoRA adapter (default: the path the adapter names)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="auto: bfloat16 on a GPU that supports it, else float32")
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="auto: bfloat16 on a GPU that supports it, else float32",
+    )
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--num-workers", type=int, default=2, help="data-loading processes; 0 = in this process")
     parser.add_argument("--seed", type=int, help="sampling seed (default: the config's seed)")
@@ -510,20 +660,37 @@ def main(argv: list[str] | None = None) -> int:
     from omni_grpo.rewards import RewardError
 
     try:
-        metrics = evaluate(args.model, data, str(output), config=args.config, overrides=overrides,
-                           num_generations=args.num_generations, max_new_tokens=args.max_new_tokens,
-                           limit=args.limit, batch_size=args.batch_size, base_model=args.base_model,
-                           dtype=args.dtype, device=args.device, num_workers=args.num_workers, seed=args.seed,
-                           group_by=group_by, compare_with=compare[0] if compare else None,
-                           progress=not args.no_progress, subset=args.subset, ablate=args.ablate)
+        metrics = evaluate(
+            args.model,
+            data,
+            str(output),
+            config=args.config,
+            overrides=overrides,
+            num_generations=args.num_generations,
+            max_new_tokens=args.max_new_tokens,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            base_model=args.base_model,
+            dtype=args.dtype,
+            device=args.device,
+            num_workers=args.num_workers,
+            seed=args.seed,
+            group_by=group_by,
+            compare_with=compare[0] if compare else None,
+            progress=not args.no_progress,
+            subset=args.subset,
+            ablate=args.ablate,
+        )
     except (EvalError, ConfigError, FileNotFoundError, ValueError, RewardError) as err:
         return _error(err)
     print(eval_report.format_summary(metrics))
     headline = "  ".join(f"{key} {_fmt(metrics[key])}" for key in (*BUILT_IN_METRICS.values(), "reward_total"))
     resumed = f", {metrics['resumed_questions']} from an earlier run" if metrics["resumed_questions"] else ""
     ablated = f", ablate {metrics['ablate']}" if metrics.get("ablate") else ""
-    print(f"{headline}  ({metrics['num_questions']} questions x {metrics['num_generations']}, {metrics['decoding']}"
-          f"{ablated}{resumed}, {metrics['seconds']:.1f} s)")
+    print(
+        f"{headline}  ({metrics['num_questions']} questions x {metrics['num_generations']}, {metrics['decoding']}"
+        f"{ablated}{resumed}, {metrics['seconds']:.1f} s)"
+    )
     written = [eval_report.PREDICTIONS_FILE, eval_report.SUMMARY_FILE]
     if "compare" in metrics:
         label = metrics["model"] + (f" (ablate {metrics['ablate']})" if metrics.get("ablate") else "")

@@ -63,7 +63,8 @@ def launch(argv: list[str] | None) -> int:
         except SignalException as err:  # elastic sent the signal on to the ranks, and they have ended
             lines = failure_lines(Path(folder), {}) or [
                 f"stopped by {signal.Signals(err.sigval).name}: no rank reported a checkpoint (not started yet, or "
-                f"killed after TORCH_ELASTIC_SHUTDOWN_TIMEOUT={os.environ['TORCH_ELASTIC_SHUTDOWN_TIMEOUT']} s)"]
+                f"killed after TORCH_ELASTIC_SHUTDOWN_TIMEOUT={os.environ['TORCH_ELASTIC_SHUTDOWN_TIMEOUT']} s)"
+            ]
             print("\n".join(lines), file=sys.stderr)
             return 128 + err.sigval
     return 0
@@ -78,8 +79,9 @@ def failure_lines(folder: Path, failed: dict[int, int]) -> list[str]:
     reports: dict[str, list[int]] = {}
     for path in sorted(folder.glob("rank-*.txt"), key=lambda p: int(p.stem.split("-")[1])):
         reports.setdefault(path.read_text(encoding="utf-8"), []).append(int(path.stem.split("-")[1]))
-    lines = [text if len(reports) == 1 else f"[rank {', '.join(map(str, ranks))}] {text}"
-             for text, ranks in reports.items()]
+    lines = [
+        text if len(reports) == 1 else f"[rank {', '.join(map(str, ranks))}] {text}" for text, ranks in reports.items()
+    ]
     reported = {rank for ranks in reports.values() for rank in ranks}
     for rank, code in sorted(failed.items()):
         if reports and code == -signal.SIGTERM:  # ended by the launcher itself once another rank had failed

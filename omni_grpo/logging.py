@@ -21,8 +21,11 @@ def configure_logging(rank: int, verbose: bool = False) -> None:
     """Our INFO lines on rank 0 (WARNING on the others); dependencies' deprecation warnings and Hugging Face's
     weight-file progress bars ("Loading weights", "Writing model shards") only when `verbose`. Call it before
     transformers is imported (it reads the bars' switch once)."""
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     if not verbose:
         for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
@@ -45,9 +48,11 @@ def missing_dependency(err: BaseException, module: str) -> str | None:
     a ModuleNotFoundError of a module outside the project), else None: what to run instead."""
     if not isinstance(err, ModuleNotFoundError) or not err.name or err.name.split(".")[0] in PROJECT_PACKAGES:
         return None
-    return (f"setup error: this Python ({sys.executable}) has no module {err.name.split('.')[0]!r}, which omni-grpo "
-            f"needs; run the command with the project's Python, bash run_scripts/python.sh -m {module} ..., or "
-            "install the project into this one (pip install -e . in the repository)")
+    return (
+        f"setup error: this Python ({sys.executable}) has no module {err.name.split('.')[0]!r}, which omni-grpo "
+        f"needs; run the command with the project's Python, bash run_scripts/python.sh -m {module} ..., or "
+        "install the project into this one (pip install -e . in the repository)"
+    )
 
 
 class PhaseTimer:
@@ -100,13 +105,15 @@ def mean_metrics(dicts: list[dict]) -> dict:
 # TensorBoard's Custom Scalars tab (http://localhost:6006/#custom_scalars): the curves a run is watched for, in
 # this order; each chart is one regular expression over the tags. eval/…/accuracy: each `eval_data` group's too.
 FIRST_SCREEN = "GRPO: rewards, KL, held-out accuracy"
-LAYOUT = {FIRST_SCREEN: {
-    "reward/total": ["Multiline", [r"^reward/total$"]],
-    "reward/accuracy": ["Multiline", [r"^reward/accuracy$"]],
-    "reward/format": ["Multiline", [r"^reward/format$"]],
-    "actor/kl": ["Multiline", [r"^actor/kl$"]],
-    "eval/accuracy": ["Multiline", [r"^eval/(?!reward/)(.+/)?accuracy$"]],
-}}
+LAYOUT = {
+    FIRST_SCREEN: {
+        "reward/total": ["Multiline", [r"^reward/total$"]],
+        "reward/accuracy": ["Multiline", [r"^reward/accuracy$"]],
+        "reward/format": ["Multiline", [r"^reward/format$"]],
+        "actor/kl": ["Multiline", [r"^actor/kl$"]],
+        "eval/accuracy": ["Multiline", [r"^eval/(?!reward/)(.+/)?accuracy$"]],
+    }
+}
 
 
 def reward_set_metrics(rollouts: list, names: list[str], group_size: int) -> dict[str, float]:
@@ -169,8 +176,14 @@ class MetricsWriter:
         names = [k for k in rows[0] if k not in ("id", "completion", "answer")]
         table = [["id", "answer", *names, "completion"]]
         for r in rows:
-            table.append([verbatim(r.get("id")), verbatim(r.get("answer")), *(_fmt(r.get(n)) for n in names),
-                          verbatim(r["completion"])])
+            table.append(
+                [
+                    verbatim(r.get("id")),
+                    verbatim(r.get("answer")),
+                    *(_fmt(r.get(n)) for n in names),
+                    verbatim(r["completion"]),
+                ]
+            )
         self.writer._get_file_writer().add_summary(text_table_summary(tag, table), step)
         self.writer.flush()
 
@@ -202,7 +215,9 @@ def text_table_summary(tag: str, table: list[list[str]]):
 
     plugin = SummaryMetadata.PluginData(plugin_name="text", content=TextPluginData(version=0).SerializeToString())
     shape = TensorShapeProto(dim=[TensorShapeProto.Dim(size=len(table)), TensorShapeProto.Dim(size=len(table[0]))])
-    tensor = TensorProto(dtype="DT_STRING", tensor_shape=shape,
-                         string_val=[cell.encode("utf-8") for row in table for cell in row])
-    return Summary(value=[Summary.Value(tag=f"{tag}/text_summary", metadata=SummaryMetadata(plugin_data=plugin),
-                                        tensor=tensor)])
+    tensor = TensorProto(
+        dtype="DT_STRING", tensor_shape=shape, string_val=[cell.encode("utf-8") for row in table for cell in row]
+    )
+    return Summary(
+        value=[Summary.Value(tag=f"{tag}/text_summary", metadata=SummaryMetadata(plugin_data=plugin), tensor=tensor)]
+    )

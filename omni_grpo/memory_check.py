@@ -47,7 +47,9 @@ def estimate_gb(cfg, world_size: int) -> tuple[float, str] | None:
     mm = _memory_model()
     config_file = Path(cfg.model_name_or_path) / "config.json"
     if mm is None or json.loads(config_file.read_text(encoding="utf-8")).get("model_type") not in (
-            "qwen2_5_omni", "qwen2_5_omni_thinker"):
+        "qwen2_5_omni",
+        "qwen2_5_omni_thinker",
+    ):
         return None
     import torch
     from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
@@ -57,11 +59,18 @@ def estimate_gb(cfg, world_size: int) -> tuple[float, str] | None:
     with torch.device("meta"):
         model = Qwen2_5OmniThinkerForConditionalGeneration._from_config(config, dtype=torch.bfloat16)
     dims = mm.dims_of(model, Path(cfg.model_name_or_path).name, lora_r=cfg.lora.r)
-    run = mm.Run(prompt=cfg.max_prompt_length, completion=cfg.max_completion_length,
-                 generations=cfg.num_generations, micro_batch=cfg.update_micro_batch_size, world=world_size,
-                 lora=cfg.lora.enabled, checkpointing=cfg.gradient_checkpointing, one_prompt_copy=True,
-                 bytes_per_weight=2 if cfg.bf16 else 4,
-                 optimizer_bytes=0 if _offloads_optimizer(cfg.deepspeed) else 16)
+    run = mm.Run(
+        prompt=cfg.max_prompt_length,
+        completion=cfg.max_completion_length,
+        generations=cfg.num_generations,
+        micro_batch=cfg.update_micro_batch_size,
+        world=world_size,
+        lora=cfg.lora.enabled,
+        checkpointing=cfg.gradient_checkpointing,
+        one_prompt_copy=True,
+        bytes_per_weight=2 if cfg.bf16 else 4,
+        optimizer_bytes=0 if _offloads_optimizer(cfg.deepspeed) else 16,
+    )
     peaks = mm.phase_peaks(dims, run)
     phase = max(("rollout", "reference", "update"), key=lambda p: peaks[p + " total"])
     return peaks[phase + " total"] / GB + RUNTIME_GB, phase
@@ -76,13 +85,17 @@ def report(cfg, world_size: int, gpu_gb: list[float]) -> list[str]:
     peak, phase = found
     mode = "LoRA" if cfg.lora.enabled else "full fine-tuning"
     seen = f"{len(gpu_gb)} GPU(s) of {min(gpu_gb):.0f} GB here" if gpu_gb else "no GPU seen here"
-    lines = [f"memory estimate: {peak:.1f} GB per GPU at its peak ({phase}) on {world_size} GPU(s), {mode}, "
-             f"prompt {cfg.max_prompt_length} + completion {cfg.max_completion_length} tokens x "
-             f"G={cfg.num_generations} (bench/memory_model.py; its rollout term up to 1.8x under); {seen}"]
+    lines = [
+        f"memory estimate: {peak:.1f} GB per GPU at its peak ({phase}) on {world_size} GPU(s), {mode}, "
+        f"prompt {cfg.max_prompt_length} + completion {cfg.max_completion_length} tokens x "
+        f"G={cfg.num_generations} (bench/memory_model.py; its rollout term up to 1.8x under); {seen}"
+    ]
     if gpu_gb and peak > min(gpu_gb):
-        lines.append(f"warning: {peak:.1f} GB will not fit a {min(gpu_gb):.0f} GB GPU: use more GPUs, "
-                     "lora.enabled=true, a shorter max_prompt_length / max_completion_length, per_device_prompts=1, "
-                     "or a DeepSpeed config with offload_optimizer (README: the memory table)")
+        lines.append(
+            f"warning: {peak:.1f} GB will not fit a {min(gpu_gb):.0f} GB GPU: use more GPUs, "
+            "lora.enabled=true, a shorter max_prompt_length / max_completion_length, per_device_prompts=1, "
+            "or a DeepSpeed config with offload_optimizer (README: the memory table)"
+        )
     return lines
 
 

@@ -72,14 +72,21 @@ class _Handler:
         if not self.signum:
             self.signum, self.at = signum, now
             if self.rank == 0:
-                logger.info("%s: stopping at the next safe point and saving a checkpoint (another signal stops at "
-                            "once, without saving)", signal.Signals(signum).name)
+                logger.info(
+                    "%s: stopping at the next safe point and saving a checkpoint (another signal stops at "
+                    "once, without saving)",
+                    signal.Signals(signum).name,
+                )
             return
         if signum == self.signum and now - self.at < REPEAT_WINDOW_S:
             return
         name = signal.Signals(signum).name
-        report(f"stopped at once by a second signal ({name}), without saving; resume from the newest checkpoint "
-               f"with: {self.command}", 128 + signum, self.rank)
+        report(
+            f"stopped at once by a second signal ({name}), without saving; resume from the newest checkpoint "
+            f"with: {self.command}",
+            128 + signum,
+            self.rank,
+        )
         sys.stderr.flush()
         os._exit(128 + signum)
 
@@ -169,8 +176,11 @@ def resume_command(argv: list[str], cfg) -> str:
     parent process); else `python -m omni_grpo.train ARGV`. A run started with `overwrite_output_dir=true` or a
     `resume_from_checkpoint` other than auto/latest gets overrides appended that continue from its own newest
     checkpoint instead (later overrides win). Run it from the same working directory."""
-    command = (os.environ.get(COMMAND_ENV, "").strip() or _launcher_command()
-               or shlex.join([sys.executable, "-m", "omni_grpo.train", *argv]))
+    command = (
+        os.environ.get(COMMAND_ENV, "").strip()
+        or _launcher_command()
+        or shlex.join([sys.executable, "-m", "omni_grpo.train", *argv])
+    )
     extra = []
     if cfg.overwrite_output_dir:
         extra.append("overwrite_output_dir=false")

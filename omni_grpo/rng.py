@@ -42,8 +42,12 @@ class RandomState:
 
 
 def capture() -> RandomState:
-    return RandomState(random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                       torch.cuda.get_rng_state() if _cuda_ready() else None)
+    return RandomState(
+        random.getstate(),
+        np.random.get_state(),
+        torch.get_rng_state(),
+        torch.cuda.get_rng_state() if _cuda_ready() else None,
+    )
 
 
 def restore(state: RandomState) -> None:

@@ -62,12 +62,20 @@ class Rollout:
             return None if t is None else t[idx] if isinstance(t, torch.Tensor) else [t[i] for i in index]
 
         return Rollout(
-            inputs=self.inputs.select(list(index)), completion_ids=take(self.completion_ids),
-            completion_mask=take(self.completion_mask), truncated=take(self.truncated), texts=take(self.texts),
-            samples=take(self.samples), scores=take(self.scores), rewards=take(self.rewards),
-            advantages=take(self.advantages), per_sample_rewards=take(self.per_sample_rewards),
-            old_log_probs=take(self.old_log_probs), ref_log_probs=take(self.ref_log_probs),
-            temperature=self.temperature)
+            inputs=self.inputs.select(list(index)),
+            completion_ids=take(self.completion_ids),
+            completion_mask=take(self.completion_mask),
+            truncated=take(self.truncated),
+            texts=take(self.texts),
+            samples=take(self.samples),
+            scores=take(self.scores),
+            rewards=take(self.rewards),
+            advantages=take(self.advantages),
+            per_sample_rewards=take(self.per_sample_rewards),
+            old_log_probs=take(self.old_log_probs),
+            ref_log_probs=take(self.ref_log_probs),
+            temperature=self.temperature,
+        )
 
     def groups(self, index: list[int], group_size: int) -> "Rollout":
         """The rows of the groups `index` (ascending), G rows each; the rollout itself when that is all of them."""
@@ -90,18 +98,36 @@ def rollout_metrics(rollouts: list[Rollout], temperature: float) -> dict:
     """`rollout/…` scalars of one step's rollouts: completion lengths, truncation, temperature."""
     lengths = torch.cat([r.completion_mask.sum(-1).float() for r in rollouts])
     truncated = torch.cat([r.truncated.float() for r in rollouts])
-    return {"rollout/completion_length": lengths.mean().item(), "rollout/completion_length_max": lengths.max().item(),
-            "rollout/truncated_ratio": truncated.mean().item(), "rollout/temperature": temperature}
+    return {
+        "rollout/completion_length": lengths.mean().item(),
+        "rollout/completion_length_max": lengths.max().item(),
+        "rollout/truncated_ratio": truncated.mean().item(),
+        "rollout/temperature": temperature,
+    }
 
 
 def _untimed(name: str):
     return nullcontext()
 
 
-def sample(family, model, processor, inputs: ModelInputs, samples: list[dict], num_generations: int,
-           max_new_tokens: int, *, encode_once: bool = True, gathered=nullcontext, timer=_untimed,
-           temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
-           do_sample: bool = True) -> Rollout:
+def sample(
+    family,
+    model,
+    processor,
+    inputs: ModelInputs,
+    samples: list[dict],
+    num_generations: int,
+    max_new_tokens: int,
+    *,
+    encode_once: bool = True,
+    gathered=nullcontext,
+    timer=_untimed,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    do_sample: bool = True,
+) -> Rollout:
     """G completions for each of the B prompts of `inputs` (on the model's device), as a `Rollout` of N rows.
 
     `family`: the model-family adapter. `samples`: the B prompts' reward fields. `encode_once`: run the towers
@@ -114,9 +140,26 @@ def sample(family, model, processor, inputs: ModelInputs, samples: list[dict], n
         with timer("encode"), torch.no_grad():
             inputs.encoded = family.encode_media(model, inputs)
     with timer("rollout"), torch.no_grad(), gathered():
-        comps = generate(family, model, processor, inputs, num_generations, max_new_tokens, temperature=temperature,
-                         top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, do_sample=do_sample)
+        comps = generate(
+            family,
+            model,
+            processor,
+            inputs,
+            num_generations,
+            max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            do_sample=do_sample,
+        )
     texts = processor.tokenizer.batch_decode(comps.completion_ids, skip_special_tokens=True)
-    return Rollout(inputs=inputs.repeat(num_generations), completion_ids=comps.completion_ids,
-                   completion_mask=comps.completion_mask, truncated=comps.truncated, texts=texts,
-                   samples=[s for s in samples for _ in range(num_generations)], temperature=temperature)
+    return Rollout(
+        inputs=inputs.repeat(num_generations),
+        completion_ids=comps.completion_ids,
+        completion_mask=comps.completion_mask,
+        truncated=comps.truncated,
+        texts=texts,
+        samples=[s for s in samples for _ in range(num_generations)],
+        temperature=temperature,
+    )

@@ -27,10 +27,21 @@ import yaml
 from omni_grpo import checkpoint as ckpt
 from omni_grpo.config import ConfigError, config_to_dict
 
-IGNORED_KEYS = frozenset({
-    "output_dir", "resume_from_checkpoint", "overwrite_output_dir", "max_steps", "num_epochs", "logging_steps",
-    "log_completions", "save_steps", "save_total_limit", "dataloader_num_workers", "dataloader_prefetch_factor",
-})
+IGNORED_KEYS = frozenset(
+    {
+        "output_dir",
+        "resume_from_checkpoint",
+        "overwrite_output_dir",
+        "max_steps",
+        "num_epochs",
+        "logging_steps",
+        "log_completions",
+        "save_steps",
+        "save_total_limit",
+        "dataloader_num_workers",
+        "dataloader_prefetch_factor",
+    }
+)
 MOVED = ("checkpoints", "runs", "config.yaml")  # what overwrite_output_dir moves aside
 
 
@@ -49,8 +60,10 @@ def differing_keys(saved_yaml: Path, cfg) -> list[str]:
     try:
         saved = yaml.safe_load(saved_yaml.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{saved_yaml} cannot be read ({err}); pass a new output_dir=DIR, or "
-                          "overwrite_output_dir=true to start again in this one") from None
+        raise ConfigError(
+            f"{saved_yaml} cannot be read ({err}); pass a new output_dir=DIR, or "
+            "overwrite_output_dir=true to start again in this one"
+        ) from None
     current = yaml.safe_load(yaml.safe_dump(config_to_dict(cfg)))  # the types save_config writes
     a, b = _flat(saved), _flat(current)
     return sorted(k for k in set(a) | set(b) if k.split(".")[0] not in IGNORED_KEYS and a.get(k) != b.get(k))
@@ -66,9 +79,11 @@ def decide_resume(cfg) -> Path | None:
     out = Path(cfg.output_dir)
     found = ckpt.list_checkpoints(out)
     if found and spec != "auto":
-        raise ConfigError(f"output_dir={str(out)!r} holds checkpoints (newest {found[-1].name}) and "
-                          f"resume_from_checkpoint={spec}; pass a new output_dir=DIR, or overwrite_output_dir=true "
-                          "to start again in this one")
+        raise ConfigError(
+            f"output_dir={str(out)!r} holds checkpoints (newest {found[-1].name}) and "
+            f"resume_from_checkpoint={spec}; pass a new output_dir=DIR, or overwrite_output_dir=true "
+            "to start again in this one"
+        )
     saved = found[-1] / "config.yaml" if found else out / "config.yaml"
     if not saved.is_file():
         return None
@@ -76,8 +91,10 @@ def decide_resume(cfg) -> Path | None:
     if keys:
         shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
         verb = "differs" if len(keys) == 1 else "differ"
-        raise ConfigError(f"output_dir={str(out)!r} holds a different run ({shown} {verb} from {saved}); pass a new "
-                          "output_dir=DIR, or overwrite_output_dir=true to start again in this one")
+        raise ConfigError(
+            f"output_dir={str(out)!r} holds a different run ({shown} {verb} from {saved}); pass a new "
+            "output_dir=DIR, or overwrite_output_dir=true to start again in this one"
+        )
     return found[-1] if found else None
 
 

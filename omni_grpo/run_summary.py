@@ -37,22 +37,33 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def banner(cfg, family: str, world_size: int, zero_stage: int | None, device, param_counts: tuple[int, int],
-           num_prompts: int, total_steps: int, encode_once: bool) -> str:
+def banner(
+    cfg,
+    family: str,
+    world_size: int,
+    zero_stage: int | None,
+    device,
+    param_counts: tuple[int, int],
+    num_prompts: int,
+    total_steps: int,
+    encode_once: bool,
+) -> str:
     """The lines a run starts with: model and family, ranks and back end (`zero_stage`: None without DeepSpeed),
     parameter counts, the data and the step size, the media flags, and where the resolved config is written."""
     trainable, frozen = param_counts
     backend = f"DeepSpeed ZeRO-{zero_stage}" if zero_stage is not None else "single process"
-    return "\n".join([
-        f"omni-grpo: {family} from {cfg.model_name_or_path}",
-        f"  world size {world_size}, {backend}, device {device}",
-        f"  parameters: {trainable:,} trainable, {frozen:,} frozen{' (LoRA)' if cfg.lora.enabled else ''}",
-        f"  {plural(num_prompts, 'prompt')}; {plural(total_steps, 'optimizer step')} of "
-        f"{plural(cfg.per_device_prompts * cfg.gradient_accumulation_steps * world_size, 'prompt')} × "
-        f"{plural(cfg.num_generations, 'completion')}",
-        f"  use_audio_in_video={cfg.use_audio_in_video}, encode media once={encode_once}, "
-        f"output {cfg.output_dir}",
-        f"  config: {Path(cfg.output_dir) / 'config.yaml'} (every setting, resolved)"])
+    return "\n".join(
+        [
+            f"omni-grpo: {family} from {cfg.model_name_or_path}",
+            f"  world size {world_size}, {backend}, device {device}",
+            f"  parameters: {trainable:,} trainable, {frozen:,} frozen{' (LoRA)' if cfg.lora.enabled else ''}",
+            f"  {plural(num_prompts, 'prompt')}; {plural(total_steps, 'optimizer step')} of "
+            f"{plural(cfg.per_device_prompts * cfg.gradient_accumulation_steps * world_size, 'prompt')} × "
+            f"{plural(cfg.num_generations, 'completion')}",
+            f"  use_audio_in_video={cfg.use_audio_in_video}, encode media once={encode_once}, output {cfg.output_dir}",
+            f"  config: {Path(cfg.output_dir) / 'config.yaml'} (every setting, resolved)",
+        ]
+    )
 
 
 def reward_trend(history: dict[str, list[float]]) -> str:

@@ -58,7 +58,7 @@ def frame_image(index: int, fps: float, seconds: float, size: tuple[int, int], s
     x0 = int(round(progress * (width - side)))
     y0 = int(round((0.5 + 0.4 * np.sin(2 * np.pi * progress + seed)) * (height - side)))
     colour = 127.5 + 127.5 * np.sin(2 * np.pi * (progress + np.array([0.0, 1 / 3, 2 / 3]) + seed / 7))
-    image[y0:y0 + side, x0:x0 + side, :] = colour.astype(np.uint8)
+    image[y0 : y0 + side, x0 : x0 + side, :] = colour.astype(np.uint8)
     return image
 
 
@@ -107,8 +107,15 @@ def make_clip(
     return write_mp4(path, frames, size, rate, signal, sample_rate, video_codec)
 
 
-def write_mp4(path, frames, size: tuple[int, int], rate: Fraction, audio: np.ndarray | None = None,
-              sample_rate: int = 16000, video_codec: str = "libx264") -> Path:
+def write_mp4(
+    path,
+    frames,
+    size: tuple[int, int],
+    rate: Fraction,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    video_codec: str = "libx264",
+) -> Path:
     """Encode ``frames`` (an iterable of uint8 ``[H, W, 3]``, ``size`` = ``(H, W)``, even) at the stream rate
     ``rate`` and, unless None, float ``audio`` ``[channels, n]`` as AAC into an mp4 (H.264, or HEVC with
     ``video_codec="libx265"``). Frames are encoded as they come, so a long clip is never held in memory."""
@@ -187,8 +194,8 @@ def _mux_audio(container, stream, signal: np.ndarray, sample_rate: int, frame_si
     signal = np.ascontiguousarray(signal, dtype=np.float32)
     for start in range(0, signal.shape[1], frame_size):
         chunk = np.zeros((signal.shape[0], frame_size), dtype=np.float32)
-        part = signal[:, start:start + frame_size]
-        chunk[:, :part.shape[1]] = part
+        part = signal[:, start : start + frame_size]
+        chunk[:, : part.shape[1]] = part
         frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
         frame.sample_rate, frame.pts = sample_rate, start
         container.mux(stream.encode(frame))
@@ -218,8 +225,14 @@ REAL_LIKE_CLIPS = {
 
 # Audio-only files (name, rate, channels) of make_mixed_manifest: every format at the rates real datasets ship
 # (MP3 holds at most 2 channels), and images (name, (H, W)).
-MIXED_AUDIO = [("a22k_mono.wav", 22050, 1), ("a48k_51.flac", 48000, 6), ("a44k_stereo.mp3", 44100, 2),
-               ("a22k_mono.mp3", 22050, 1), ("a48k_51.m4a", 48000, 6), ("a44k_mono.m4a", 44100, 1)]
+MIXED_AUDIO = [
+    ("a22k_mono.wav", 22050, 1),
+    ("a48k_51.flac", 48000, 6),
+    ("a44k_stereo.mp3", 44100, 2),
+    ("a22k_mono.mp3", 22050, 1),
+    ("a48k_51.m4a", 48000, 6),
+    ("a44k_mono.m4a", 44100, 1),
+]
 MIXED_IMAGES = [("pic.png", (300, 500)), ("pic.jpg", (720, 1280))]
 
 
@@ -258,29 +271,57 @@ def hevc_available() -> bool:
 
 
 _QUESTIONS = [
-    ("Why does the person on the left laugh?",
-     ["Because the other person told a joke.", "Because they are nervous.", "Because they dropped a cup.",
-      "They do not laugh."]),
-    ("How does the woman feel when the man interrupts her?",
-     ["Annoyed, she frowns and stops talking.", "Delighted, she claps.", "Indifferent, she keeps reading.",
-      "Scared, she leaves the room."]),
-    ("What is the relationship between the two speakers?",
-     ["They are old friends catching up.", "They are strangers on a train.", "A teacher and a pupil.",
-      "A customer and a waiter."]),
-    ("Why does the man lower his voice?",
-     ["He is sharing a secret.", "He has a sore throat.", "The music got louder.",
-      "He is talking to a baby."]),
-    ("How does the group react to the announcement?",
-     ["They cheer and hug each other.", "They ignore it.", "They argue about it.", "They fall asleep."]),
-    ("Is the speaker being sincere when she compliments the cake?",
-     ["No, her tone is sarcastic.", "Yes, she asks for the recipe.", "She does not mention the cake.",
-      "She is talking about a different cake."]),
+    (
+        "Why does the person on the left laugh?",
+        [
+            "Because the other person told a joke.",
+            "Because they are nervous.",
+            "Because they dropped a cup.",
+            "They do not laugh.",
+        ],
+    ),
+    (
+        "How does the woman feel when the man interrupts her?",
+        [
+            "Annoyed, she frowns and stops talking.",
+            "Delighted, she claps.",
+            "Indifferent, she keeps reading.",
+            "Scared, she leaves the room.",
+        ],
+    ),
+    (
+        "What is the relationship between the two speakers?",
+        [
+            "They are old friends catching up.",
+            "They are strangers on a train.",
+            "A teacher and a pupil.",
+            "A customer and a waiter.",
+        ],
+    ),
+    (
+        "Why does the man lower his voice?",
+        ["He is sharing a secret.", "He has a sore throat.", "The music got louder.", "He is talking to a baby."],
+    ),
+    (
+        "How does the group react to the announcement?",
+        ["They cheer and hug each other.", "They ignore it.", "They argue about it.", "They fall asleep."],
+    ),
+    (
+        "Is the speaker being sincere when she compliments the cake?",
+        [
+            "No, her tone is sarcastic.",
+            "Yes, she asks for the recipe.",
+            "She does not mention the cake.",
+            "She is talking about a different cake.",
+        ],
+    ),
 ]
 _ID_CHARS = string.ascii_letters + string.digits + "_-"
 
 
-def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 0, seconds: float = 3.0,
-                      real_like: bool = False) -> Path:
+def make_siq2_dataset(
+    root, n_clips: int = 8, split: str = "train", seed: int = 0, seconds: float = 3.0, real_like: bool = False
+) -> Path:
     """Write a small dataset in the Social-IQ 2.0 layout under ``root`` and return ``root``.
 
     ``root/qa/qa_{split}.json`` is JSON Lines (one object per line: ``qid, q, vid_name, ts, a0..a3,
@@ -303,20 +344,28 @@ def make_siq2_dataset(root, n_clips: int = 8, split: str = "train", seed: int = 
             kwargs = variants[clip % len(variants)]
         make_clip(root / "video" / f"{vid_name}.mp4", **{**kwargs, "seed": clip_seed})
         if kwargs.get("audio", "tone") is not None:
-            make_wav(root / "audio" / "wav" / f"{vid_name}.wav", seconds=kwargs["seconds"], sample_rate=22050,
-                     seed=clip_seed)
+            make_wav(
+                root / "audio" / "wav" / f"{vid_name}.wav", seconds=kwargs["seconds"], sample_rate=22050, seed=clip_seed
+            )
         end = int(round(kwargs["seconds"]))
         for k in range(2 + clip % 2):
             question, answers = _QUESTIONS[(clip + k) % len(_QUESTIONS)]
             answer_idx = rng.randrange(4)
             options = answers[1:]
             options.insert(answer_idx, answers[0])
-            lines.append({
-                "qid": f"{vid_name}_{k}", "q": question, "vid_name": vid_name,
-                "ts": f"00:00-{end // 60:02d}:{end % 60:02d}",
-                "a0": options[0], "a1": options[1], "a2": options[2], "a3": options[3],
-                "answer_idx": answer_idx,
-            })
+            lines.append(
+                {
+                    "qid": f"{vid_name}_{k}",
+                    "q": question,
+                    "vid_name": vid_name,
+                    "ts": f"00:00-{end // 60:02d}:{end % 60:02d}",
+                    "a0": options[0],
+                    "a1": options[1],
+                    "a2": options[2],
+                    "a3": options[3],
+                    "answer_idx": answer_idx,
+                }
+            )
     with open(root / "qa" / f"qa_{split}.json", "w", encoding="utf-8") as f:
         for line in lines:
             f.write(json.dumps(line) + "\n")
@@ -373,8 +422,7 @@ def _pyav_audio_file_class():
         def read_data(self, block_samples=1024):
             import av
 
-            resampler = av.AudioResampler(format="s16", layout=self._stream.codec_context.layout,
-                                          rate=self.samplerate)
+            resampler = av.AudioResampler(format="s16", layout=self._stream.codec_context.layout, rate=self.samplerate)
             for frame in self._container.decode(self._stream):
                 for out in resampler.resample(frame):
                     yield out.to_ndarray().tobytes()

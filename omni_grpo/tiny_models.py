@@ -22,9 +22,18 @@ from pathlib import Path
 
 from omni_grpo.synthetic import make_audio, make_clip, make_image, make_mixed_manifest, make_siq2_dataset
 
-__all__ = ["build_tiny_model", "make_clip", "make_audio", "make_image", "make_mixed_manifest", "make_siq2_dataset",
-           "SPECIAL_TOKENS", "CHAT_TEMPLATE",
-           "QWEN3_OMNI_ADDED_TOKENS", "QWEN3_OMNI_CHAT_TEMPLATE"]
+__all__ = [
+    "build_tiny_model",
+    "make_clip",
+    "make_audio",
+    "make_image",
+    "make_mixed_manifest",
+    "make_siq2_dataset",
+    "SPECIAL_TOKENS",
+    "CHAT_TEMPLATE",
+    "QWEN3_OMNI_ADDED_TOKENS",
+    "QWEN3_OMNI_CHAT_TEMPLATE",
+]
 
 # Qwen2.5-Omni's added tokens in id order; in the real checkpoint the first one has id 151643.
 SPECIAL_TOKENS = [
@@ -174,6 +183,7 @@ def _family_tokens(family: str) -> dict:
         raise ValueError(f"unknown family {family!r}; choose one of {sorted(_FAMILY_TOKENS)}")
     return _FAMILY_TOKENS[family]
 
+
 # Text the tiny BPE is trained on: the words the rewards, prompts and tests use, so that tags tokenize
 # into a few tokens and random models emit them now and then.
 _TINY_CORPUS = [
@@ -249,8 +259,11 @@ def _build_tokenizer(vocab: str, vocab_size: int, family: str = "qwen2_5_omni"):
     from tokenizers import AddedToken
 
     tok.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False)
-                                       for t, special in tokens["added"] if special]}
+        {
+            "additional_special_tokens": [
+                AddedToken(t, special=True, normalized=False) for t, special in tokens["added"] if special
+            ]
+        }
     )
     plain = [AddedToken(t, special=False, normalized=False) for t, special in tokens["added"] if not special]
     if plain:
@@ -296,8 +309,9 @@ def _build_processor(tokenizer, family: str):
     )
 
 
-def tiny_thinker_config(family: str, vocab_size: int, ids: dict[str, int], hidden: int = 64, layers: int = 2,
-                        init_range: float = 0.2):
+def tiny_thinker_config(
+    family: str, vocab_size: int, ids: dict[str, int], hidden: int = 64, layers: int = 2, init_range: float = 0.2
+):
     """A few-layer thinker config with small towers, token ids taken from `ids`."""
     if family == "qwen2_5_omni":
         return _qwen2_5_thinker_config(vocab_size, ids, hidden, layers, init_range)
@@ -396,8 +410,13 @@ def _qwen3_thinker_config(vocab_size: int, ids: dict[str, int], hidden: int, lay
         num_attention_heads=heads,
         num_key_value_heads=max(1, heads // 2),
         max_position_embeddings=32768,
-        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope,
-                         "interleaved": True, "mrope_interleaved": True},
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": mrope,
+            "interleaved": True,
+            "mrope_interleaved": True,
+        },
         tie_word_embeddings=False,
         pad_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
@@ -533,8 +552,14 @@ def _main(argv=None) -> int:
     elif args.cmd == "mixed":
         path = make_mixed_manifest(args.folder, seed=args.seed)
     else:
-        path = make_siq2_dataset(args.root, n_clips=args.n_clips, split=args.split, seed=args.seed,
-                                 seconds=args.seconds, real_like=args.real_like)
+        path = make_siq2_dataset(
+            args.root,
+            n_clips=args.n_clips,
+            split=args.split,
+            seed=args.seed,
+            seconds=args.seconds,
+            real_like=args.real_like,
+        )
     print(path)
     return 0
 

@@ -41,10 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     passive_openmp_wait()
     parser = argparse.ArgumentParser(prog="python -m omni_grpo.train", description="GRPO training for omni thinkers.")
     parser.add_argument("--config", help="YAML config file (see docs/config_reference.md)")
-    parser.add_argument("--check", action="store_true",
-                        help="validate the config, the model and data folders and output_dir, then exit")
-    parser.add_argument("--verbose", action="store_true",
-                        help="also show dependencies' deprecation warnings (same as OMNI_GRPO_VERBOSE=1)")
+    parser.add_argument(
+        "--check", action="store_true", help="validate the config, the model and data folders and output_dir, then exit"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show dependencies' deprecation warnings (same as OMNI_GRPO_VERBOSE=1)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. learning_rate=5e-7 lora.enabled=true")
     args = parser.parse_args(argv)
     # One intra-op thread unless OMP_NUM_THREADS says otherwise, as torchrun sets for each rank: on a CPU shared
@@ -56,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     configure_logging(rank, verbose=args.verbose or os.environ.get("OMNI_GRPO_VERBOSE", "") not in ("", "0"))
     try:
-        return run(args.config, args.overrides, check_only=args.check,
-                   argv=list(sys.argv[1:] if argv is None else argv))
+        return run(
+            args.config, args.overrides, check_only=args.check, argv=list(sys.argv[1:] if argv is None else argv)
+        )
     except Exception as err:  # a bug of ours: the traceback is what to report
         if line := missing_dependency(err, "omni_grpo.train"):  # the wrong Python, not a bug
             return report_error(line, 2)
@@ -67,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         ours = [f for f in frames if {"omni_grpo", "preprocess"} & set(Path(f.filename).parts)] or frames
         where = f"{os.path.relpath(ours[-1].filename)}:{ours[-1].lineno}"  # the innermost line of ours
         summary = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-        return report_error(f"{traceback.format_exc()}internal error (a bug in omni-grpo; please report it with the "
-                            f"traceback above): {summary} at {where}", 1)
+        return report_error(
+            f"{traceback.format_exc()}internal error (a bug in omni-grpo; please report it with the "
+            f"traceback above): {summary} at {where}",
+            1,
+        )
 
 
 def run(config: str | None, overrides: list[str], check_only: bool = False, argv: list[str] | None = None) -> int:
@@ -133,9 +141,12 @@ def train(cfg, command: str = "") -> int:
     except RuntimeError as err:
         if (peer := lost_peer(err)) is None:
             raise
-        return report_error(f"training stopped: rank {trainer.rank} lost its connection to another rank ({peer}): a "
-                            "process or node of this run ended; its own output says why. Checkpoints are kept; "
-                            f"once every node is back, resume with: {command}", 1)
+        return report_error(
+            f"training stopped: rank {trainer.rank} lost its connection to another rank ({peer}): a "
+            "process or node of this run ended; its own output says why. Checkpoints are kept; "
+            f"once every node is back, resume with: {command}",
+            1,
+        )
     return 0
 
 
@@ -198,8 +209,10 @@ def check_output_dir(output_dir: str) -> None:
         with tempfile.TemporaryFile(dir=output_dir):
             pass
     except OSError as err:
-        raise ConfigError(f"output_dir={output_dir!r} cannot be written ({err.strerror or err}); pass a writable "
-                          "directory as output_dir=DIR or fix its permissions") from None
+        raise ConfigError(
+            f"output_dir={output_dir!r} cannot be written ({err.strerror or err}); pass a writable "
+            "directory as output_dir=DIR or fix its permissions"
+        ) from None
 
 
 if __name__ == "__main__":

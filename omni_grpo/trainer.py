@@ -46,8 +46,9 @@ import torch
 
 from omni_grpo import checkpoint as ckpt
 from omni_grpo import core_algos, preemption, rng, run_control
-from omni_grpo.config import TrainConfig, check_data, save_config
+from omni_grpo.config import TrainConfig, save_config
 from omni_grpo.data import Collate, Cursor, PromptDataset, RankSampler, make_loader
+from omni_grpo.data_check import check_data
 from omni_grpo.engine import (
     all_reduce_sum,
     build_engine,
@@ -87,8 +88,12 @@ class GRPOTrainer:
         self._setup_models()
         # One head path for every pass of the run (reference included), decided by the policy: KL exactly 0 at step 0.
         self.sliced_head = sliced_head(self.policy)
-        self.rewards = build_reward_manager(cfg.reward_funcs, cfg.reward_weights, effective_reward_kwargs(cfg),
-                                            max_consecutive_errors=cfg.max_consecutive_reward_errors)
+        self.rewards = build_reward_manager(
+            cfg.reward_funcs,
+            cfg.reward_weights,
+            effective_reward_kwargs(cfg),
+            max_consecutive_errors=cfg.max_consecutive_reward_errors,
+        )
         self.global_step, self.cursor, self.nonfinite_in_a_row, self.samples_seen = 0, Cursor(), 0, 0
         resume = run_control.decide_resume(cfg)  # (checked before launch too; see run_control)
         if cfg.overwrite_output_dir and self.rank == 0:
@@ -96,8 +101,9 @@ class GRPOTrainer:
             if moved is not None:
                 logger.info("overwrite_output_dir: moved the old run to %s", moved)
         if resume is not None:
-            state = ckpt.load_checkpoint(resume, cfg, self.engine, self.family, self.rank, self.world_size,
-                                         reference=self.reference)
+            state = ckpt.load_checkpoint(
+                resume, cfg, self.engine, self.family, self.rank, self.world_size, reference=self.reference
+            )
             self.global_step, self.cursor = state["global_step"], Cursor(*state["cursor"])
             self.nonfinite_in_a_row, self.samples_seen = state["nonfinite_in_a_row"], state["samples_seen"]
         # TensorBoard hides older files' events from the first step this segment logs on: no step shows twice.
@@ -106,8 +112,9 @@ class GRPOTrainer:
         if cfg.eval_steps > 0:
             from omni_grpo.eval_loop import TrainingEvaluator
 
-            self.evaluator = TrainingEvaluator(cfg, self.family, self.processor, self.rank, self.world_size,
-                                               self.device, self.encode_once)
+            self.evaluator = TrainingEvaluator(
+                cfg, self.family, self.processor, self.rank, self.world_size, self.device, self.encode_once
+            )
 
     # ------------------------------------------------------------------------------------- setup
     def _setup_data(self) -> None:
@@ -115,21 +122,38 @@ class GRPOTrainer:
         self.dataset = PromptDataset(cfg.data, skip_corrupt=cfg.skip_corrupt_shards)
         if self.dataset.skipped:
             n = sum(k for _, k in self.dataset.skipped)
-            logger.warning("skipping %s in %d corrupt shard(s): %s", plural(n, "sample"), len(self.dataset.skipped),
-                           ", ".join(str(s) for s, _ in self.dataset.skipped))
+            logger.warning(
+                "skipping %s in %d corrupt shard(s): %s",
+                plural(n, "sample"),
+                len(self.dataset.skipped),
+                ", ".join(str(s) for s, _ in self.dataset.skipped),
+            )
         long = check_data(cfg, [p.prompt_tokens for p in self.dataset.parts])  # ConfigError unless skip_long_prompts
         self.dataset.drop(long.over)
         self.skipped_long_prompts = len(long.over)
-        self.collate = Collate(self.family, self.processor, cfg.system_prompt, cfg.use_audio_in_video,
-                               cfg.max_prompt_length, cfg.answer_instructions)
+        self.collate = Collate(
+            self.family,
+            self.processor,
+            cfg.system_prompt,
+            cfg.use_audio_in_video,
+            cfg.max_prompt_length,
+            cfg.answer_instructions,
+        )
         self.batches_per_epoch = self._sampler().batches_per_epoch()
         steps_per_epoch = max(1, self.batches_per_epoch // cfg.gradient_accumulation_steps)
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_epochs * steps_per_epoch
 
     def _sampler(self, start: Cursor = Cursor()) -> RankSampler:
         cfg = self.cfg
-        return RankSampler(len(self.dataset), cfg.per_device_prompts, cfg.seed, cfg.dataset_order == "shuffle",
-                           self.rank, self.world_size, start=start)
+        return RankSampler(
+            len(self.dataset),
+            cfg.per_device_prompts,
+            cfg.seed,
+            cfg.dataset_order == "shuffle",
+            self.rank,
+            self.world_size,
+            start=start,
+        )
 
     def _setup_models(self) -> None:
         cfg = self.cfg
@@ -150,11 +174,23 @@ class GRPOTrainer:
 
         cfg = self.cfg
         if self.rank == 0:
-            logger.info(banner(cfg, self.family.family, self.world_size, self.engine.stage if self.ds_config else None,
-                               self.device, self.param_counts, len(self.dataset), self.total_steps, self.encode_once))
+            logger.info(
+                banner(
+                    cfg,
+                    self.family.family,
+                    self.world_size,
+                    self.engine.stage if self.ds_config else None,
+                    self.device,
+                    self.param_counts,
+                    len(self.dataset),
+                    self.total_steps,
+                    self.encode_once,
+                )
+            )
             save_config(cfg, Path(cfg.output_dir) / "config.yaml")
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="train", disable=self.rank != 0,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=self.total_steps, initial=self.global_step, desc="train", disable=self.rank != 0, dynamic_ncols=True
+        )
         metrics: dict = {}
         history: dict[str, list[float]] = {}  # main reward -> its value at each step of this run (the done line)
         first_step = self.global_step
@@ -171,8 +207,9 @@ class GRPOTrainer:
                 for key in (k for k in metrics if is_main_reward(k)):
                     history.setdefault(key, []).append(float(metrics[key]))
                 bar.update(1)
-                bar.set_postfix(reward=f"{metrics.get('reward/total', math.nan):.3f}",
-                                kl=f"{metrics.get('actor/kl', math.nan):.4f}")
+                bar.set_postfix(
+                    reward=f"{metrics.get('reward/total', math.nan):.3f}", kl=f"{metrics.get('actor/kl', math.nan):.4f}"
+                )
                 if cfg.save_steps > 0 and self.global_step % cfg.save_steps == 0:
                     self.save()
                 if self.evaluator is not None and self.global_step % cfg.eval_steps == 0:
@@ -182,22 +219,36 @@ class GRPOTrainer:
             self.evaluate()
         self.writer.close()
         if self.rank == 0:
-            trend = reward_trend(history) or ("no reward was scored" if history or first_step < self.global_step else
-                                              "nothing left to train: output_dir holds the last step; pass "
-                                              "overwrite_output_dir=true or a new output_dir=DIR to train again")
-            logger.info("done: %s in %.1f s; %s; checkpoints in %s", plural(self.global_step, "step"),
-                        time.time() - start, trend, ckpt.checkpoints_dir(cfg.output_dir))
+            trend = reward_trend(history) or (
+                "no reward was scored"
+                if history or first_step < self.global_step
+                else "nothing left to train: output_dir holds the last step; pass "
+                "overwrite_output_dir=true or a new output_dir=DIR to train again"
+            )
+            logger.info(
+                "done: %s in %.1f s; %s; checkpoints in %s",
+                plural(self.global_step, "step"),
+                time.time() - start,
+                trend,
+                ckpt.checkpoints_dir(cfg.output_dir),
+            )
         return metrics
 
     def step(self) -> dict:
         """One optimizer step: rollouts for every micro-step, then μ updates over them."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        beta = core_algos.kl_coef_schedule(self.global_step, self.total_steps, cfg.beta, cfg.beta_final,
-                                           cfg.beta_schedule, cfg.beta_schedule_fraction)
-        temperature = core_algos.temperature_schedule(self.global_step, self.total_steps, cfg.temperature,
-                                                      cfg.temperature_final, cfg.temperature_schedule,
-                                                      cfg.temperature_schedule_fraction)
+        beta = core_algos.kl_coef_schedule(
+            self.global_step, self.total_steps, cfg.beta, cfg.beta_final, cfg.beta_schedule, cfg.beta_schedule_fraction
+        )
+        temperature = core_algos.temperature_schedule(
+            self.global_step,
+            self.total_steps,
+            cfg.temperature,
+            cfg.temperature_final,
+            cfg.temperature_schedule,
+            cfg.temperature_schedule_fraction,
+        )
         drawn, rollouts, collected = self.collect_rollouts(temperature)
         self._safe_point()  # nothing of this step is applied yet: a stop here redoes it on resume
         update = self.update(rollouts, beta)
@@ -209,8 +260,13 @@ class GRPOTrainer:
         self.samples_seen += rows * self.world_size
         metrics = {**collected, **update, **rollout_metrics(rollouts, temperature)}  # the rows trained
         if cfg.dynamic_sampling:  # and every row drawn
-            metrics.update({f"rollout/drawn_{k.split('/', 1)[1]}": v for k, v in rollout_metrics(drawn, temperature)
-                            .items() if k != "rollout/temperature"})
+            metrics.update(
+                {
+                    f"rollout/drawn_{k.split('/', 1)[1]}": v
+                    for k, v in rollout_metrics(drawn, temperature).items()
+                    if k != "rollout/temperature"
+                }
+            )
         metrics.update(self.timer.pop())
         metrics["timing/step"] = time.perf_counter() - t0
         metrics["throughput/samples_per_s"] = rows / metrics["timing/step"]
@@ -326,8 +382,15 @@ class GRPOTrainer:
     def _next_batch(self):
         if self.loader_iter is None:
             cfg = self.cfg
-            self.loader_iter = iter(make_loader(self.dataset, self.collate, self._sampler(self.cursor),
-                                                cfg.dataloader_num_workers, cfg.dataloader_prefetch_factor))
+            self.loader_iter = iter(
+                make_loader(
+                    self.dataset,
+                    self.collate,
+                    self._sampler(self.cursor),
+                    cfg.dataloader_num_workers,
+                    cfg.dataloader_prefetch_factor,
+                )
+            )
         batch = next(self.loader_iter)
         self.cursor = batch.cursor
         return batch
@@ -337,10 +400,22 @@ class GRPOTrainer:
         """G completions per prompt of `batch` (the generation fields of a `Rollout`)."""
         cfg = self.cfg
         inputs = batch.inputs.to(self.device, dtype=torch.bfloat16 if cfg.bf16 else None)
-        return sample(self.family, self.policy, self.processor, inputs, batch.samples, cfg.num_generations,
-                      cfg.max_completion_length, encode_once=self.encode_once,
-                      gathered=self.engine.gathered_for_generation, timer=self.timer, temperature=temperature,
-                      top_p=cfg.top_p, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+        return sample(
+            self.family,
+            self.policy,
+            self.processor,
+            inputs,
+            batch.samples,
+            cfg.num_generations,
+            cfg.max_completion_length,
+            encode_once=self.encode_once,
+            gathered=self.engine.gathered_for_generation,
+            timer=self.timer,
+            temperature=temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            repetition_penalty=cfg.repetition_penalty,
+        )
 
     def score(self, rollout: Rollout) -> dict:
         """Rewards, weighted totals and group advantages into `rollout`; returns the reward metrics."""
@@ -366,16 +441,33 @@ class GRPOTrainer:
             with self.timer("old_log_probs"), torch.no_grad():
                 rollout.old_log_probs, _ = self._log_probs(self.policy, rollout)
 
-    def _log_probs(self, model, rows: Rollout, with_entropy: bool = False, entropy_stride: int = 1, prompt=None,
-                   completion_embeds=None):
+    def _log_probs(
+        self,
+        model,
+        rows: Rollout,
+        with_entropy: bool = False,
+        entropy_stride: int = 1,
+        prompt=None,
+        completion_embeds=None,
+    ):
         """Every log-prob pass scores at the rollout's temperature with the media tokens banned (the distribution
         `generate` drew from), with the configured prompt sharing (`prompt`, `completion_embeds`: a prompt pass
         already run for these rows and their completions' embeddings, `models.shared_prompt.GroupPrompt`)."""
-        return log_probs(self.family, model, rows.inputs, rows.completion_ids, rows.completion_mask,
-                         with_entropy=with_entropy, share_prompt=self.cfg.share_prompt,
-                         temperature=rows.temperature, banned_token_ids=self.banned_token_ids,
-                         entropy_stride=entropy_stride, prompt=prompt, sliced=self.sliced_head,
-                         completion_embeds=completion_embeds)
+        return log_probs(
+            self.family,
+            model,
+            rows.inputs,
+            rows.completion_ids,
+            rows.completion_mask,
+            with_entropy=with_entropy,
+            share_prompt=self.cfg.share_prompt,
+            temperature=rows.temperature,
+            banned_token_ids=self.banned_token_ids,
+            entropy_stride=entropy_stride,
+            prompt=prompt,
+            sliced=self.sliced_head,
+            completion_embeds=completion_embeds,
+        )
 
     def update(self, rollouts: list[Rollout], beta: float) -> dict:
         """μ optimizer steps over the same rows (DeepSeekMath's μ; TRL's `num_iterations`).
@@ -399,14 +491,26 @@ class GRPOTrainer:
             for _ in range(self.cfg.num_iterations):
                 finite = True
                 for rollout in rollouts:
-                    batches = self.engine.micro_batches(self._zero_rows(rollout, beta),
-                                                        self.cfg.update_micro_batch_size)
-                    prompt = group_prompt(self.family, self.policy, rollout.inputs, rollout.completion_ids,
-                                          [b.rows for b in batches], self.cfg.share_prompt)
+                    batches = self.engine.micro_batches(
+                        self._zero_rows(rollout, beta), self.cfg.update_micro_batch_size
+                    )
+                    prompt = group_prompt(
+                        self.family,
+                        self.policy,
+                        rollout.inputs,
+                        rollout.completion_ids,
+                        [b.rows for b in batches],
+                        self.cfg.share_prompt,
+                    )
                     for i, batch in enumerate(batches):
                         first, last = i == 0, i == len(batches) - 1
-                        loss, m = self._micro_loss(rollout.select(batch.rows), beta, global_tokens, global_seqs,
-                                                   *prompt.inputs(batch.rows, last))
+                        loss, m = self._micro_loss(
+                            rollout.select(batch.rows),
+                            beta,
+                            global_tokens,
+                            global_seqs,
+                            *prompt.inputs(batch.rows, last),
+                        )
                         loss = prompt.with_prompt_terms(loss * 0.0 if batch.dummy else loss, first, last)
                         finite = self.engine.backward(loss) and finite
                         parts += [] if batch.dummy else [m]
@@ -418,10 +522,14 @@ class GRPOTrainer:
 
     def _update_metrics(self, parts: list[dict], norms: list[float], skips: int, rollouts, beta: float) -> dict:
         finite = [n for n in norms if math.isfinite(n)]
-        return {**{f"actor/{k}": v for k, v in mean_metrics(parts).items()},
-                "actor/grad_norm": sum(finite) / len(finite) if finite else math.nan, "actor/lr": self.engine.lr(),
-                "actor/skipped_updates": float(skips), "actor/optimizer_steps": float(len(norms) - skips),
-                "actor/skipped_rows": float(sum(self._zero_rows(r, beta).sum() for r in rollouts))}
+        return {
+            **{f"actor/{k}": v for k, v in mean_metrics(parts).items()},
+            "actor/grad_norm": sum(finite) / len(finite) if finite else math.nan,
+            "actor/lr": self.engine.lr(),
+            "actor/skipped_updates": float(skips),
+            "actor/optimizer_steps": float(len(norms) - skips),
+            "actor/skipped_rows": float(sum(self._zero_rows(r, beta).sum() for r in rollouts)),
+        }
 
     def _zero_rows(self, rollout: Rollout, beta: float) -> torch.Tensor:
         """[N] bool: rows that contribute exactly nothing to this step's loss and gradient (advantage 0, β = 0,
@@ -431,21 +539,38 @@ class GRPOTrainer:
             return torch.zeros(rollout.num_rows, dtype=torch.bool)
         return (rollout.advantages == 0).cpu()
 
-    def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs, prompt=None,
-                    completion_embeds=None):
+    def _micro_loss(self, part: Rollout, beta: float, global_tokens, global_seqs, prompt=None, completion_embeds=None):
         cfg = self.cfg
         # the entropy term needs every position's entropy with gradient; otherwise actor/entropy is a metric
         # read on every METRIC_ENTROPY_STRIDE-th completion position (a softmax over V costs ~1/6 of the pass)
         stride = 1 if cfg.entropy_coef != 0 else METRIC_ENTROPY_STRIDE
-        lp, entropy = self._log_probs(self.policy, part, with_entropy=True, entropy_stride=stride, prompt=prompt,
-                                      completion_embeds=completion_embeds)
+        lp, entropy = self._log_probs(
+            self.policy,
+            part,
+            with_entropy=True,
+            entropy_stride=stride,
+            prompt=prompt,
+            completion_embeds=completion_embeds,
+        )
         old = part.old_log_probs if part.old_log_probs is not None else lp.detach()
         mask = part.completion_mask.to(lp.dtype)
         loss, m = core_algos.policy_loss(
-            lp, old, part.advantages, mask, cfg.clip_low, cfg.clip_high, cfg.loss_agg,
-            ref_log_probs=part.ref_log_probs if beta > 0 else None, beta=beta, kl_estimator=cfg.kl_estimator,
-            entropy=entropy if cfg.entropy_coef != 0 else None, entropy_coef=cfg.entropy_coef,
-            global_tokens=global_tokens, global_seqs=global_seqs, max_length=cfg.max_completion_length)
+            lp,
+            old,
+            part.advantages,
+            mask,
+            cfg.clip_low,
+            cfg.clip_high,
+            cfg.loss_agg,
+            ref_log_probs=part.ref_log_probs if beta > 0 else None,
+            beta=beta,
+            kl_estimator=cfg.kl_estimator,
+            entropy=entropy if cfg.entropy_coef != 0 else None,
+            entropy_coef=cfg.entropy_coef,
+            global_tokens=global_tokens,
+            global_seqs=global_seqs,
+            max_length=cfg.max_completion_length,
+        )
         out = {k: float(v) for k, v in m.items()}
         out["entropy"] = float(core_algos.masked_mean(entropy.detach(), mask[:, ::stride]))
         if part.ref_log_probs is not None:
@@ -457,12 +582,16 @@ class GRPOTrainer:
     def _count_nonfinite(self, ok: bool) -> None:
         self.nonfinite_in_a_row = 0 if ok else self.nonfinite_in_a_row + 1
         if self.nonfinite_in_a_row:
-            logger.warning("step %d: non-finite loss or gradient norm, update skipped (%d in a row)",
-                           self.global_step + 1, self.nonfinite_in_a_row)
+            logger.warning(
+                "step %d: non-finite loss or gradient norm, update skipped (%d in a row)",
+                self.global_step + 1,
+                self.nonfinite_in_a_row,
+            )
         if self.nonfinite_in_a_row >= self.cfg.max_consecutive_nonfinite:
             raise NonFiniteLossError(
                 f"{self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or gradient norm. "
-                "Lower learning_rate, check the rewards for NaN, and resume with resume_from_checkpoint=latest.")
+                "Lower learning_rate, check the rewards for NaN, and resume with resume_from_checkpoint=latest."
+            )
 
     # ---------------------------------------------------------------------------------- evaluating, saving
     def evaluate(self) -> dict:
@@ -471,9 +600,19 @@ class GRPOTrainer:
 
     def save(self) -> Path | None:
         """Atomic checkpoint of everything needed to continue exactly (`checkpoint.save_checkpoint`)."""
-        return ckpt.save_checkpoint(self.cfg, self.engine, self.family, self.processor, self.global_step,
-                                    self.rank, self.world_size, {
-                                        "global_step": self.global_step,
-                                        "cursor": [self.cursor.epoch, self.cursor.position],
-                                        "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                                        "samples_seen": self.samples_seen}, reference=self.reference)
+        return ckpt.save_checkpoint(
+            self.cfg,
+            self.engine,
+            self.family,
+            self.processor,
+            self.global_step,
+            self.rank,
+            self.world_size,
+            {
+                "global_step": self.global_step,
+                "cursor": [self.cursor.epoch, self.cursor.position],
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "samples_seen": self.samples_seen,
+            },
+            reference=self.reference,
+        )

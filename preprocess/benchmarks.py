@@ -23,8 +23,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sources import (LineError, Sample, SourceData, SourceError, _check_text, _collect, _extra, _finite_float,
-                      _id, _reject_constant, _text, _type)
+from .sources import (
+    LineError,
+    Sample,
+    SourceData,
+    SourceError,
+    _check_text,
+    _collect,
+    _extra,
+    _finite_float,
+    _id,
+    _reject_constant,
+    _text,
+    _type,
+)
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _LABEL = re.compile(r"^\s*[(\[]?([A-Za-z])\s*[)\].:]\s*")
@@ -45,6 +57,7 @@ class Benchmark:
 
 # --- shared field rules ---------------------------------------------------------------------------------
 
+
 def _options(raw, sample_id, name: str) -> tuple[str, ...]:
     """A list of option strings; the labels "A. " … are dropped when every option carries its own letter."""
     if not isinstance(raw, list) or not raw or not all(isinstance(o, str) for o in raw):
@@ -54,7 +67,7 @@ def _options(raw, sample_id, name: str) -> tuple[str, ...]:
     options = [_check_text(o, name, sample_id) for o in raw]
     labels = [_LABEL.match(o) for o in options]
     if all(m is not None and m.group(1).upper() == LETTERS[i] for i, m in enumerate(labels)):
-        options = [o[m.end():] for o, m in zip(options, labels)]
+        options = [o[m.end() :] for o, m in zip(options, labels)]
     if any(not o.strip() for o in options):
         raise LineError(f"field {name!r} has an empty option", sample_id)
     return tuple(options)
@@ -108,6 +121,7 @@ def _relative(value: str, name: str, sample_id) -> str:
 
 # --- whole-file rules -----------------------------------------------------------------------------------
 
+
 def _layout_error(message: str, bench: Benchmark) -> SourceError:
     return SourceError(f"{message}\nexpected layout for --source {bench.name} ({bench.title}):\n{bench.layout}")
 
@@ -122,16 +136,18 @@ def _load(root: Path, qa_name: str, folders: tuple[str, ...], bench: Benchmark):
         raise _layout_error(f"{bench.title}: annotation file {path} does not exist", bench)
     for folder in folders:
         if not (root / folder).is_dir():
-            raise _layout_error(f"{bench.title}: video folder {root / folder} does not exist (are the videos "
-                                "extracted?)", bench)
+            raise _layout_error(
+                f"{bench.title}: video folder {root / folder} does not exist (are the videos extracted?)", bench
+            )
     try:
         text = path.read_bytes().decode("utf-8").lstrip("\ufeff")
         return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise SourceError(f"{path} is not a valid JSON document ({exc}); {bench.title} ships {qa_name} as "
-                          "one JSON document") from None
+        raise SourceError(
+            f"{path} is not a valid JSON document ({exc}); {bench.title} ships {qa_name} as one JSON document"
+        ) from None
 
 
 def _records(data, qa_name: str) -> Iterator[tuple[int, tuple[str | None, object]]]:
@@ -186,9 +202,16 @@ def read_dailyomni(root, split: str = "") -> SourceData:
         question = _text(obj, "Question", sample_id)
         options = _options(obj.get("Choice"), sample_id, "Choice")
         answer = _letter(obj.get("Answer"), len(options), sample_id, "Answer")
-        return Sample(id=sample_id, video=f"Videos/{video_id}/{video_id}_video.mp4", question=question,
-                      options=options, answer=answer, problem_type="multiple_choice",
-                      extra=_extra(obj, DAILYOMNI_KNOWN, sample_id), line=number)
+        return Sample(
+            id=sample_id,
+            video=f"Videos/{video_id}/{video_id}_video.mp4",
+            question=question,
+            options=options,
+            answer=answer,
+            problem_type="multiple_choice",
+            extra=_extra(obj, DAILYOMNI_KNOWN, sample_id),
+            line=number,
+        )
 
     return _collect("dailyomni", Path(root), _records(data, "qa.json"), "qa.json", parse)
 
@@ -241,8 +264,16 @@ def read_worldsense(root, split: str = "") -> SourceData:
         options = _options(obj.get("candidates"), sample_id, "candidates")
         answer = _letter(obj.get("answer"), len(options), sample_id, "answer")
         extra = {"video_id": video, **_extra(shared, (), sample_id), **_extra(obj, WORLDSENSE_TASK_KNOWN, sample_id)}
-        return Sample(id=sample_id, video=f"videos/{video}.mp4", question=question, options=options,
-                      answer=answer, problem_type="multiple_choice", extra=extra, line=number)
+        return Sample(
+            id=sample_id,
+            video=f"videos/{video}.mp4",
+            question=question,
+            options=options,
+            answer=answer,
+            problem_type="multiple_choice",
+            extra=extra,
+            line=number,
+        )
 
     return _collect("worldsense", Path(root), questions(), "worldsense_qa.json", parse)
 
@@ -285,8 +316,9 @@ def read_intentbench(root, split: str = "") -> SourceData:
         source_type = _text(obj, "problem_type", sample_id)
         problem_type = INTENTBENCH_TYPES.get(source_type.strip())
         if problem_type is None:
-            raise LineError(f"problem_type {source_type!r} is not one IntentBench uses "
-                            f"({', '.join(INTENTBENCH_TYPES)})", sample_id)
+            raise LineError(
+                f"problem_type {source_type!r} is not one IntentBench uses ({', '.join(INTENTBENCH_TYPES)})", sample_id
+            )
         question = _text(obj, "problem", sample_id)
         needs_options = problem_type != "yes_no" or obj.get("options")
         listed = _options(obj.get("options"), sample_id, "options") if needs_options else ()
@@ -294,15 +326,25 @@ def read_intentbench(root, split: str = "") -> SourceData:
         answer = _intentbench_answer(obj, problem_type, listed, sample_id)
         path = obj.get("video", obj.get("path"))
         if isinstance(path, dict):
-            raise LineError("the sample is not a video (its path lists separate media: "
-                            f"{', '.join(sorted(map(str, path)))})", sample_id)
+            raise LineError(
+                f"the sample is not a video (its path lists separate media: {', '.join(sorted(map(str, path)))})",
+                sample_id,
+            )
         if not isinstance(path, str) or not path.strip():
             raise LineError("missing field 'video' (or 'path')", sample_id)
         rel = _relative(path, "video", sample_id)
         video = f"videos/{rel}" if (root / "videos" / rel).is_file() or not (root / rel).is_file() else rel
         extra = {**_extra(obj, INTENTBENCH_KNOWN, sample_id), "source_problem_type": source_type}
-        return Sample(id=sample_id, video=video, question=question, options=options, answer=answer,
-                      problem_type=problem_type, extra=extra, line=number)
+        return Sample(
+            id=sample_id,
+            video=video,
+            question=question,
+            options=options,
+            answer=answer,
+            problem_type=problem_type,
+            extra=extra,
+            line=number,
+        )
 
     return _collect("intentbench", root, _records(data, "qa.json"), "qa.json", parse)
 
@@ -375,21 +417,39 @@ def read_avqa(root, split: str = "train") -> SourceData:
             raise LineError("missing field 'answer'", sample_id)
         answer = _index_letter(obj["answer"], len(options), sample_id, "answer")
         if answer in nulls:
-            raise LineError(f"the correct option {answer} (multi_choice[{LETTERS.index(answer)}]) is null in the "
-                            "release, so the question has no answer text to choose", sample_id)
+            raise LineError(
+                f"the correct option {answer} (multi_choice[{LETTERS.index(answer)}]) is null in the "
+                "release, so the question has no answer text to choose",
+                sample_id,
+            )
         extra = _extra(obj, AVQA_KNOWN, sample_id)
         if nulls:
             extra["null_options"] = nulls
-        return Sample(id=sample_id, video=f"video/{video_name}.mp4", question=question, options=options,
-                      answer=answer, problem_type="multiple_choice", extra=extra, line=number)
+        return Sample(
+            id=sample_id,
+            video=f"video/{video_name}.mp4",
+            question=question,
+            options=options,
+            answer=answer,
+            problem_type="multiple_choice",
+            extra=extra,
+            line=number,
+        )
 
     return _collect("avqa", Path(root), _records(data, qa_name), qa_name, parse)
 
 
 # --- HumanOmniV2 / R1-Omni / Video-R1 training records ---------------------------------------------------
 
-R1_TYPES = {"multiple choice": "multiple_choice", "emer_ov_mc": "multi_label", "judge": "yes_no",
-            "numerical": "numeric", "regression": "numeric", "OCR": "free_text", "free-form": "free_text"}
+R1_TYPES = {
+    "multiple choice": "multiple_choice",
+    "emer_ov_mc": "multi_label",
+    "judge": "yes_no",
+    "numerical": "numeric",
+    "regression": "numeric",
+    "OCR": "free_text",
+    "free-form": "free_text",
+}
 R1_KNOWN = ("problem", "options", "solution", "answer", "problem_type", "path", "video", "process")
 R1_IDS = ("problem_id", "qid", "id")
 R1_MEDIA = {"video": "video", "image": "image", "audio": "audio"}
@@ -416,9 +476,11 @@ def read_r1(root, split: str = "") -> SourceData:
         raise _layout_error(f"data root {root} is not a folder", bench)
     if not split or split == "train":
         found = sorted(p.name for p in root.iterdir() if p.suffix in (".json", ".jsonl"))
-        raise _layout_error("--source r1 needs --split FILE, the records' .json or .jsonl file (absolute or "
-                            f"relative to --root); {root} holds {', '.join(found) if found else 'no such file'}",
-                            bench)
+        raise _layout_error(
+            "--source r1 needs --split FILE, the records' .json or .jsonl file (absolute or "
+            f"relative to --root); {root} holds {', '.join(found) if found else 'no such file'}",
+            bench,
+        )
     path = Path(split) if Path(split).is_absolute() else root / split
     if not path.is_file():
         raise _layout_error(f"records file {path} does not exist", bench)
@@ -433,8 +495,10 @@ def read_r1(root, split: str = "") -> SourceData:
         try:
             data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
         except (ValueError, RecursionError) as exc:
-            raise SourceError(f"{path} is not a valid JSON document ({exc}); give a JSON list of records, or "
-                              "JSON Lines with the .jsonl suffix") from None
+            raise SourceError(
+                f"{path} is not a valid JSON document ({exc}); give a JSON list of records, or "
+                "JSON Lines with the .jsonl suffix"
+            ) from None
         if not isinstance(data, list):
             raise SourceError(f"{path} must hold a JSON list of records, got {_type(data)}")
         records = ((n, (None, r)) for n, r in enumerate(data, 1))
@@ -452,8 +516,9 @@ def read_r1(root, split: str = "") -> SourceData:
         source_type = _text(obj, "problem_type", sample_id)
         problem_type = R1_TYPES.get(source_type.strip())
         if problem_type is None:
-            raise LineError(f"problem_type {source_type!r} has no matcher here (known: {', '.join(R1_TYPES)})",
-                            sample_id)
+            raise LineError(
+                f"problem_type {source_type!r} has no matcher here (known: {', '.join(R1_TYPES)})", sample_id
+            )
         question = _text(obj, "problem", sample_id)
         raw_options = obj.get("options")
         listed = _options(raw_options, sample_id, "options") if raw_options else ()
@@ -466,9 +531,11 @@ def read_r1(root, split: str = "") -> SourceData:
             answer = _tagged_answer(obj, sample_id)
         media = obj.get("path", obj.get("video"))
         if isinstance(media, dict):
-            raise LineError("the record's path lists several media "
-                            f"({', '.join(sorted(map(str, media)))}); a sample holds one video, image or audio file",
-                            sample_id)
+            raise LineError(
+                "the record's path lists several media "
+                f"({', '.join(sorted(map(str, media)))}); a sample holds one video, image or audio file",
+                sample_id,
+            )
         if not isinstance(media, str) or not media.strip():
             raise LineError("missing field 'path'", sample_id)
         rel = _relative(media, "path", sample_id)
@@ -477,9 +544,18 @@ def read_r1(root, split: str = "") -> SourceData:
         if kind is None:
             raise LineError(f"data_type {data_type!r} is not one of {', '.join(R1_MEDIA)}", sample_id)
         extra = {**_extra(obj, R1_KNOWN, sample_id), "source_problem_type": source_type}
-        return Sample(id=sample_id, video=rel if kind == "video" else None, question=question, options=options,
-                      answer=answer, problem_type=problem_type, extra=extra, line=number,
-                      image=rel if kind == "image" else None, audio=rel if kind == "audio" else None)
+        return Sample(
+            id=sample_id,
+            video=rel if kind == "video" else None,
+            question=question,
+            options=options,
+            answer=answer,
+            problem_type=problem_type,
+            extra=extra,
+            line=number,
+            image=rel if kind == "image" else None,
+            audio=rel if kind == "audio" else None,
+        )
 
     return _collect("r1", root, records, str(split), parse)
 
@@ -501,17 +577,41 @@ def _tagged_answer(obj: dict, sample_id) -> str:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "dailyomni": Benchmark("dailyomni", "Daily-Omni", "  ROOT/qa.json\n  ROOT/Videos/{video_id}/{video_id}_video.mp4"
-                           "   (extract Videos.tar in ROOT)", read_dailyomni),
-    "worldsense": Benchmark("worldsense", "WorldSense", "  ROOT/worldsense_qa.json\n  ROOT/videos/{video}.mp4"
-                            "   (extract worldsense_videos*.zip into ROOT/videos/, flat)", read_worldsense),
-    "intentbench": Benchmark("intentbench", "IntentBench", "  ROOT/qa.json\n  ROOT/videos/...   (extract "
-                             "videos.zip in ROOT; each record's 'video' path is read under ROOT/videos/)",
-                             read_intentbench),
-    "avqa": Benchmark("avqa", "AVQA", "  ROOT/annotation/{split}_qa.json   (split: train or val)\n"
-                      "  ROOT/video/{video_name}.mp4", read_avqa, uses_split=True),
-    "r1": Benchmark("r1", "HumanOmniV2 / R1-Omni / Video-R1 records", "  --split FILE   (the records' .json or "
-                    ".jsonl, absolute or relative to ROOT)\n  ROOT/{path}    (each record's 'path', e.g. "
-                    "./LLaVA-Video-178K/x.mp4)", read_r1, uses_split=True),
+    "dailyomni": Benchmark(
+        "dailyomni",
+        "Daily-Omni",
+        "  ROOT/qa.json\n  ROOT/Videos/{video_id}/{video_id}_video.mp4   (extract Videos.tar in ROOT)",
+        read_dailyomni,
+    ),
+    "worldsense": Benchmark(
+        "worldsense",
+        "WorldSense",
+        "  ROOT/worldsense_qa.json\n  ROOT/videos/{video}.mp4"
+        "   (extract worldsense_videos*.zip into ROOT/videos/, flat)",
+        read_worldsense,
+    ),
+    "intentbench": Benchmark(
+        "intentbench",
+        "IntentBench",
+        "  ROOT/qa.json\n  ROOT/videos/...   (extract "
+        "videos.zip in ROOT; each record's 'video' path is read under ROOT/videos/)",
+        read_intentbench,
+    ),
+    "avqa": Benchmark(
+        "avqa",
+        "AVQA",
+        "  ROOT/annotation/{split}_qa.json   (split: train or val)\n  ROOT/video/{video_name}.mp4",
+        read_avqa,
+        uses_split=True,
+    ),
+    "r1": Benchmark(
+        "r1",
+        "HumanOmniV2 / R1-Omni / Video-R1 records",
+        "  --split FILE   (the records' .json or "
+        ".jsonl, absolute or relative to ROOT)\n  ROOT/{path}    (each record's 'path', e.g. "
+        "./LLaVA-Video-178K/x.mp4)",
+        read_r1,
+        uses_split=True,
+    ),
 }
 BENCHMARKS["humanomniv2"] = BENCHMARKS["r1"]

@@ -33,18 +33,18 @@ import math
 import re
 from dataclasses import dataclass
 
-GRID = 28                   # frame sides are multiples of this (Qwen2.5-Omni: patch 14 x merge 2)
+GRID = 28  # frame sides are multiples of this (Qwen2.5-Omni: patch 14 x merge 2)
 PIXEL_GRID = {"qwen2_5_omni": GRID, "qwen3_omni": 32}  # per family (Qwen3-Omni: patch 16 x merge 2)
 DEFAULT_FAMILY = "qwen2_5_omni"
-FRAMES_PER_GRID = 2         # frames per temporal patch
+FRAMES_PER_GRID = 2  # frames per temporal patch
 # <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<|vision_bos|>{media}<|vision_eos|>{question}<|im_end|>\n
 # <|im_start|>assistant\n : 7 special tokens, and these words between them
 TEMPLATE_SPECIAL_TOKENS = 7
 TEMPLATE_TEXT = ("system\n", "\n", "user\n", "\n", "assistant\n")
-AUDIO_IN_VIDEO_TOKENS = 2   # <|audio_bos|> <|audio_eos|> around a video's audio (inside or after its block)
+AUDIO_IN_VIDEO_TOKENS = 2  # <|audio_bos|> <|audio_eos|> around a video's audio (inside or after its block)
 DEFAULT_MAX_PROMPT_TOKENS = 2048  # = max_prompt_length of configs/stage4.yaml
-MIN_FRAME_TOKENS = 32       # under a budget, frames keep at least this many tokens per pair (~112x224)
-HOP = 160                   # Whisper feature hop at 16 kHz
+MIN_FRAME_TOKENS = 32  # under a budget, frames keep at least this many tokens per pair (~112x224)
+HOP = 160  # Whisper feature hop at 16 kHz
 MAX_FEATURE_FRAMES = 30000  # 300 s
 
 
@@ -92,8 +92,14 @@ def video_tokens(n_frames: int, height: int, width: int, family: str = DEFAULT_F
     return math.ceil(n_frames / FRAMES_PER_GRID) * grid_tokens(height, width, family)
 
 
-def media_tokens(modality: str, n_frames: int = 0, height: int = 0, width: int = 0,
-                 audio_samples: int | None = None, family: str = DEFAULT_FAMILY) -> int:
+def media_tokens(
+    modality: str,
+    n_frames: int = 0,
+    height: int = 0,
+    width: int = 0,
+    audio_samples: int | None = None,
+    family: str = DEFAULT_FAMILY,
+) -> int:
     """Prompt tokens of a sample's media (``modality`` video / audio / image), audio counted when present."""
     if modality == "image":
         return grid_tokens(height, width, family)
@@ -138,8 +144,9 @@ class TextCounter:
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
         self.exact = self._tokenizer is not None
-        self.fixed_tokens = (TEMPLATE_SPECIAL_TOKENS + sum(self._count(t) for t in TEMPLATE_TEXT)
-                             + self._count(system_prompt))
+        self.fixed_tokens = (
+            TEMPLATE_SPECIAL_TOKENS + sum(self._count(t) for t in TEMPLATE_TEXT) + self._count(system_prompt)
+        )
 
     def _count(self, text: str) -> int:
         if self._tokenizer is None:
@@ -151,8 +158,15 @@ class TextCounter:
         return self.fixed_tokens + self._count(question_text)
 
 
-def fit_video(n_planned: int, size_planned: tuple[int, int], source_size: tuple[int, int], fixed_tokens: int,
-              budget: PromptBudget, n_min: int, resize) -> tuple[int, tuple[int, int]]:
+def fit_video(
+    n_planned: int,
+    size_planned: tuple[int, int],
+    source_size: tuple[int, int],
+    fixed_tokens: int,
+    budget: PromptBudget,
+    n_min: int,
+    resize,
+) -> tuple[int, tuple[int, int]]:
     """Frame count and ``(H, W)`` whose video tokens fit ``budget.max_tokens - fixed_tokens``.
 
     ``(n_planned, size_planned)`` is qwen-omni-utils' choice (on the family's grid), kept when it fits; ``n_min``
@@ -168,8 +182,9 @@ def fit_video(n_planned: int, size_planned: tuple[int, int], source_size: tuple[
     smallest = resize(*source_size, cell)
     least = pairs_min * grid_tokens(*smallest, family)
     if room < least:
-        raise BudgetError(f"needs at least {fixed_tokens + least} tokens "
-                          f"({least} for {n_min} frames of {smallest[1]}x{smallest[0]})")
+        raise BudgetError(
+            f"needs at least {fixed_tokens + least} tokens ({least} for {n_min} frames of {smallest[1]}x{smallest[0]})"
+        )
     pairs_max = math.ceil(n_planned / FRAMES_PER_GRID)
     pairs = max(pairs_min, min(pairs_max, room // budget.min_frame_tokens))
     per_pair = min(room // pairs, grid_tokens(*size_planned, family))

@@ -43,7 +43,7 @@ def build(options: BuildOptions) -> dict:
     config = content_options(options)
     size = options.shard_size
     n_shards = (len(clips) + size - 1) // size
-    shard_clips = [clips[n * size:(n + 1) * size] for n in range(n_shards)]
+    shard_clips = [clips[n * size : (n + 1) * size] for n in range(n_shards)]
     plans = [shard_plan_hash(config, c) for c in shard_clips]
     mine = [n for n in range(n_shards) if n % options.num_shards == options.shard_index]
     out = options.output
@@ -65,8 +65,18 @@ def build(options: BuildOptions) -> dict:
                 budget = (options.max_prompt_tokens, sorted({text_tokens[s.id] for s in clip.samples}, reverse=True))
             tasks.append((i, clip_task(clip, base, options, threads, budget)))
     order = [i for i, _ in tasks]
-    stats = _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers,
-                 failed_before=len(data.failures), text_tokens=text_tokens)
+    stats = _run(
+        options,
+        tasks,
+        order,
+        clip_shard,
+        clips,
+        shard_clips,
+        plans,
+        workers,
+        failed_before=len(data.failures),
+        text_tokens=text_tokens,
+    )
 
     states = {n: shard_done(out, n, plans[n]) for n in range(n_shards)}
     complete = all(s is not None for s in states.values())
@@ -75,17 +85,24 @@ def build(options: BuildOptions) -> dict:
         summary = write_manifest(options, data, config, states, n_shards)
     elapsed = time.monotonic() - start
     decoded = stats["clips"]
-    timing = (f"{_count(decoded, 'clip')} processed in {elapsed:.1f} s ({decoded / max(elapsed, 1e-9):.2f} clips/s), "
-              f"{len(mine) - len(todo_shards)} of {_count(len(mine), 'shard')} already done")
+    timing = (
+        f"{_count(decoded, 'clip')} processed in {elapsed:.1f} s ({decoded / max(elapsed, 1e-9):.2f} clips/s), "
+        f"{len(mine) - len(todo_shards)} of {_count(len(mine), 'shard')} already done"
+    )
     if summary is not None:
         c = summary["counts"]
         see = f" (see {out / fmt.FAILURES_NAME})" if c["failed"] else ""
-        print(f"preprocess: wrote {_count(c['written'], 'sample')} from {_count(c['clips_written'], 'clip')} "
-              f"({summary['hours_of_video']:.3f} h of video), {c['failed']} failed{see}; {timing}", flush=True)
+        print(
+            f"preprocess: wrote {_count(c['written'], 'sample')} from {_count(c['clips_written'], 'clip')} "
+            f"({summary['hours_of_video']:.3f} h of video), {c['failed']} failed{see}; {timing}",
+            flush=True,
+        )
     else:
-        print(f"preprocess: part {options.shard_index} of {options.num_shards} done; {timing}; manifest.json is "
-              "written when every part is done (re-run any part's command once all outputs share one folder)",
-              flush=True)
+        print(
+            f"preprocess: part {options.shard_index} of {options.num_shards} done; {timing}; manifest.json is "
+            "written when every part is done (re-run any part's command once all outputs share one folder)",
+            flush=True,
+        )
     if summary is not None and summary["counts"]["written"] == 0:
         raise PreprocessError(nothing_written(summary["counts"], out))
     return {"complete": complete, "seconds": elapsed, "clips_processed": decoded, **(summary or {})}
@@ -101,11 +118,13 @@ def _run(options, tasks, order, clip_shard, clips, shard_clips, plans, workers, 
     open_shards: dict[int, OpenShard] = {}
     failed_so_far = failed_before
     lookahead = size + 4 * max(1, workers)
-    bar = tqdm(total=len(tasks), unit="clip", file=sys.stderr, disable=not options.progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=len(tasks), unit="clip", file=sys.stderr, disable=not options.progress, dynamic_ncols=True, smoothing=0.1
+    )
     try:
-        for i, result in run_tasks(tasks, workers,
-                                   may_submit=lambda j: position >= len(order) or j - order[position] < lookahead):
+        for i, result in run_tasks(
+            tasks, workers, may_submit=lambda j: position >= len(order) or j - order[position] < lookahead
+        ):
             results[i] = result
             if not result["ok"]:
                 failed_so_far += len(clips[i].samples)

@@ -49,14 +49,18 @@ def write_manifest(options: BuildOptions, data: SourceData, config: dict, states
 
     try:
         from importlib.metadata import version
+
         qwen_version = version("qwen-omni-utils")
     except Exception:
         qwen_version = None
     manifest = {
         "format_version": fmt.FORMAT_VERSION,
-        "source": {"kind": data.kind, "qa_file": data.qa_file,
-                   "root": str(options.root) if options.source != "jsonl" else None,
-                   "manifest": str(options.manifest) if options.source == "jsonl" else None},
+        "source": {
+            "kind": data.kind,
+            "qa_file": data.qa_file,
+            "root": str(options.root) if options.source != "jsonl" else None,
+            "manifest": str(options.manifest) if options.source == "jsonl" else None,
+        },
         "options": {**config, "num_shards": options.num_shards},
         "qwen_omni_utils": {"version": qwen_version, "defaults": qwen_defaults()},
         "counts": counts,
@@ -67,11 +71,24 @@ def write_manifest(options: BuildOptions, data: SourceData, config: dict, states
         "sample_rate": fmt.SAMPLE_RATE,
         "modalities": modalities,
         "problem_types": problem_types,
-        "prompt_tokens": {"budget": options.max_prompt_tokens or None, "exact": options.tokenizer is not None,
-                          "longest": max((s.get("max_prompt_tokens", 0) for s in ordered), default=0)},
-        "shards": [{"file": s["file"], "rows": s["rows"], "samples": s["samples"], "with_audio": s["with_audio"],
-                    "longest_prompt_tokens": s.get("max_prompt_tokens"), "bytes": s["bytes"], "sha256": s["sha256"]}
-                   for s in ordered if s["file"]],
+        "prompt_tokens": {
+            "budget": options.max_prompt_tokens or None,
+            "exact": options.tokenizer is not None,
+            "longest": max((s.get("max_prompt_tokens", 0) for s in ordered), default=0),
+        },
+        "shards": [
+            {
+                "file": s["file"],
+                "rows": s["rows"],
+                "samples": s["samples"],
+                "with_audio": s["with_audio"],
+                "longest_prompt_tokens": s.get("max_prompt_tokens"),
+                "bytes": s["bytes"],
+                "sha256": s["sha256"],
+            }
+            for s in ordered
+            if s["file"]
+        ],
     }
     fmt.write_json_atomic(out / fmt.FAILURES_NAME, failures, lines=True)
     fmt.write_json_atomic(out / fmt.MANIFEST_NAME, manifest)
@@ -88,8 +105,10 @@ def nothing_written(counts: dict, out: Path) -> str:
         key = failure["reason"].replace(name, "FILE") if name else failure["reason"]
         reasons.setdefault(key, []).append(failure)
     group = max(reasons.values(), key=len)
-    return (f"no sample was written: all {counts['failed']} failed; the most common reason ({len(group)} of them), "
-            f"e.g. {group[0]['path']}: {group[0]['reason']} (every failure is in {out / fmt.FAILURES_NAME})")
+    return (
+        f"no sample was written: all {counts['failed']} failed; the most common reason ({len(group)} of them), "
+        f"e.g. {group[0]['path']}: {group[0]['reason']} (every failure is in {out / fmt.FAILURES_NAME})"
+    )
 
 
 def _read_json_lines(path: Path) -> list[dict]:

@@ -116,9 +116,14 @@ def qwen_defaults() -> dict:
         max_pixels = vp.VIDEO_MAX_TOKEN_NUM * factor * factor
         total_pixels = vp.MODEL_SEQ_LEN * factor * factor * 0.9
     return {
-        "image_factor": factor, "frame_factor": vp.FRAME_FACTOR, "fps": vp.FPS,
-        "min_frames": vp.FPS_MIN_FRAMES, "max_frames": vp.FPS_MAX_FRAMES,
-        "min_pixels": min_pixels, "max_pixels": max_pixels, "total_pixels": total_pixels,
+        "image_factor": factor,
+        "frame_factor": vp.FRAME_FACTOR,
+        "fps": vp.FPS,
+        "min_frames": vp.FPS_MIN_FRAMES,
+        "max_frames": vp.FPS_MAX_FRAMES,
+        "min_pixels": min_pixels,
+        "max_pixels": max_pixels,
+        "total_pixels": total_pixels,
     }
 
 
@@ -140,14 +145,15 @@ def sample_indices(total_frames: int, video_fps: float, options: VideoOptions) -
         nframes = vp.smart_nframes(_ele(options), total_frames=total_frames, video_fps=video_fps)
     except ValueError as exc:
         raise MediaError(
-            f"video too short for the model: {total_frames} frame(s) at {video_fps:.3g} fps "
-            f"(qwen-omni-utils: {exc})") from None
+            f"video too short for the model: {total_frames} frame(s) at {video_fps:.3g} fps (qwen-omni-utils: {exc})"
+        ) from None
     indices = torch.linspace(0, total_frames - 1, nframes).round().long().tolist()
     return indices, nframes / max(total_frames, 1e-6) * video_fps
 
 
-def resized_size(height: int, width: int, nframes: int, options: VideoOptions,
-                 family: str = DEFAULT_FAMILY) -> tuple[int, int]:
+def resized_size(
+    height: int, width: int, nframes: int, options: VideoOptions, family: str = DEFAULT_FAMILY
+) -> tuple[int, int]:
     """``(H, W)`` of the sampled frames, as qwen-omni-utils' ``fetch_video`` computes it, on ``family``'s pixel
     grid (its pixel limits kept)."""
     vp = _vision_process()
@@ -230,8 +236,9 @@ def _read_audio_pyav(path: Path):
     except MediaError:
         raise
     except Exception as exc:
-        raise MediaError(f"cannot read audio file {path.name} ({_short(exc)}); the file is damaged, truncated "
-                         "or not audio") from None
+        raise MediaError(
+            f"cannot read audio file {path.name} ({_short(exc)}); the file is damaged, truncated or not audio"
+        ) from None
     if not chunks:
         raise MediaError(f"audio file {path.name} holds no audio samples")
     return np.concatenate(chunks, axis=1), rate
@@ -244,11 +251,26 @@ def decode_audio_only(audio_path, budget: PromptBudget | None = None, family: st
         raise MediaError(f"audio file {Path(audio_path).name} holds no audio samples")
     tokens = media_tokens("audio", audio_samples=audio.shape[0], family=family)
     if budget is not None and budget.text_tokens + tokens > budget.max_tokens:
-        raise OverBudgetError(_over_budget(Path(audio_path).name, budget,
-                                      f"needs {budget.text_tokens + tokens} tokens ({tokens} for "
-                                      f"{audio.shape[0] / SAMPLE_RATE:.1f} s of audio, {budget.text_tokens} for text)"))
-    return DecodedClip(frames=None, frame_indices=[], fps=None, source_fps=None, source_frames=0, source_size=None,
-                       audio=audio, audio_source="file", modality="audio", media_tokens=tokens)
+        raise OverBudgetError(
+            _over_budget(
+                Path(audio_path).name,
+                budget,
+                f"needs {budget.text_tokens + tokens} tokens ({tokens} for "
+                f"{audio.shape[0] / SAMPLE_RATE:.1f} s of audio, {budget.text_tokens} for text)",
+            )
+        )
+    return DecodedClip(
+        frames=None,
+        frame_indices=[],
+        fps=None,
+        source_fps=None,
+        source_frames=0,
+        source_size=None,
+        audio=audio,
+        audio_source="file",
+        modality="audio",
+        media_tokens=tokens,
+    )
 
 
 def load_image(image_path, budget: PromptBudget | None = None, family: str = DEFAULT_FAMILY) -> DecodedClip:
@@ -262,10 +284,12 @@ def load_image(image_path, budget: PromptBudget | None = None, family: str = DEF
         with Image.open(path) as opened:
             image = opened.convert("RGB")
     except Exception as exc:
-        raise MediaError(f"cannot read image {path.name} ({_short(exc)}); the file is damaged or not an image") from None
+        raise MediaError(
+            f"cannot read image {path.name} ({_short(exc)}); the file is damaged or not an image"
+        ) from None
     vp = _vision_process()
     factor = qwen_defaults()["image_factor"]
-    min_pixels, max_pixels = vp.IMAGE_MIN_TOKEN_NUM * factor ** 2, vp.IMAGE_MAX_TOKEN_NUM * factor ** 2
+    min_pixels, max_pixels = vp.IMAGE_MIN_TOKEN_NUM * factor**2, vp.IMAGE_MAX_TOKEN_NUM * factor**2
     factor = pixel_grid(family)
     width, height = image.size
     if budget is not None:
@@ -277,18 +301,29 @@ def load_image(image_path, budget: PromptBudget | None = None, family: str = DEF
     size = _grid_size(height, width, min_pixels, max_pixels, f"image {path.name}", family)
     tokens = grid_tokens(*size, family)
     if budget is not None and budget.text_tokens + tokens > budget.max_tokens:
-        raise OverBudgetError(_over_budget(path.name, budget, f"its smallest size {size[1]}x{size[0]} needs "
-                                      f"{tokens} tokens"))
+        raise OverBudgetError(
+            _over_budget(path.name, budget, f"its smallest size {size[1]}x{size[0]} needs {tokens} tokens")
+        )
     if image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), resample=Image.BICUBIC)
     frames = np.asarray(image, dtype=np.uint8)[None]
-    return DecodedClip(frames=frames, frame_indices=[0], fps=None, source_fps=None, source_frames=1,
-                       source_size=(height, width), audio=None, audio_source="none", modality="image",
-                       media_tokens=tokens)
+    return DecodedClip(
+        frames=frames,
+        frame_indices=[0],
+        fps=None,
+        source_fps=None,
+        source_frames=1,
+        source_size=(height, width),
+        audio=None,
+        audio_source="none",
+        modality="image",
+        media_tokens=tokens,
+    )
 
 
-def _grid_size(height: int, width: int, min_pixels: float, max_pixels: float, what: str,
-               family: str = DEFAULT_FAMILY) -> tuple[int, int]:
+def _grid_size(
+    height: int, width: int, min_pixels: float, max_pixels: float, what: str, family: str = DEFAULT_FAMILY
+) -> tuple[int, int]:
     """``smart_resize`` on ``family``'s pixel grid, each side at least one cell; MediaError instead of its errors."""
     vp = _vision_process()
     factor = pixel_grid(family)
@@ -300,8 +335,10 @@ def _grid_size(height: int, width: int, min_pixels: float, max_pixels: float, wh
 
 
 def _over_budget(name: str, budget: PromptBudget, why: str) -> str:
-    return (f"{name} does not fit the prompt budget of {budget.max_tokens} tokens: {why}. Raise "
-            "--max-prompt-tokens (and max_prompt_length of the training config to match), or shorten the clip")
+    return (
+        f"{name} does not fit the prompt budget of {budget.max_tokens} tokens: {why}. Raise "
+        "--max-prompt-tokens (and max_prompt_length of the training config to match), or shorten the clip"
+    )
 
 
 def min_frames(options: VideoOptions) -> int:
@@ -310,8 +347,14 @@ def min_frames(options: VideoOptions) -> int:
     return int(math.ceil(n / 2) * 2)
 
 
-def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOptions(), threads: int = 1,
-                budget: PromptBudget | None = None, family: str = DEFAULT_FAMILY) -> DecodedClip:
+def decode_clip(
+    video_path,
+    audio_path=None,
+    options: VideoOptions = VideoOptions(),
+    threads: int = 1,
+    budget: PromptBudget | None = None,
+    family: str = DEFAULT_FAMILY,
+) -> DecodedClip:
     """Decode ``video_path`` into sampled, resized frames and 16 kHz audio (from ``audio_path`` if given).
 
     Two passes over the file: the first counts the video packets (decord's frame count), the second decodes
@@ -334,8 +377,9 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
                 total_frames += packet.size > 0
                 discarded += packet.size > 0 and packet.is_discard
         except Exception as exc:
-            raise MediaError(f"{name} is damaged or truncated after {total_frames} video packets "
-                             f"({_short(exc)})") from None
+            raise MediaError(
+                f"{name} is damaged or truncated after {total_frames} video packets ({_short(exc)})"
+            ) from None
         rate = vstream.average_rate or vstream.guessed_rate
     if total_frames == 0:
         raise MediaError(f"{name} has a video stream with no frames")
@@ -351,19 +395,33 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
         sound = media_tokens("video", audio_samples=audio_bound, family=family)
         cell = pixel_grid(family) ** 2  # the smallest frame: one cell of the grid
         try:
-            n, size = fit_video(len(indices), size, source_size, budget.text_tokens + sound, budget,
-                                min_frames(options), lambda h, w, pixels: _grid_size(h, w, cell, pixels, "video", family))
+            n, size = fit_video(
+                len(indices),
+                size,
+                source_size,
+                budget.text_tokens + sound,
+                budget,
+                min_frames(options),
+                lambda h, w, pixels: _grid_size(h, w, cell, pixels, "video", family),
+            )
         except BudgetError as exc:
-            raise OverBudgetError(_over_budget(name, budget, f"{exc}, {sound} for its {audio_bound / SAMPLE_RATE:.1f} s "
-                                          f"of audio, {budget.text_tokens} for the text")) from None
+            raise OverBudgetError(
+                _over_budget(
+                    name,
+                    budget,
+                    f"{exc}, {sound} for its {audio_bound / SAMPLE_RATE:.1f} s "
+                    f"of audio, {budget.text_tokens} for the text",
+                )
+            ) from None
         if n != len(indices):
             import torch
 
             indices = torch.linspace(0, total_frames - 1, n).round().long().tolist()
             sample_fps = n / total_frames * video_fps
     with _open_video(video_path) as container:
-        frames, track = _decode(container, indices, audio=file_audio is None, threads=threads, name=name,
-                                discarded=discarded)
+        frames, track = _decode(
+            container, indices, audio=file_audio is None, threads=threads, name=name, discarded=discarded
+        )
     height, width = frames.shape[1:3]
     if size is None:
         size = resized_size(height, width, len(indices), options, family)
@@ -374,11 +432,20 @@ def decode_clip(video_path, audio_path=None, options: VideoOptions = VideoOption
         audio, audio_source = to_16k_mono(*track)[:keep], "video"
     else:
         audio, audio_source = None, "none"
-    tokens = media_tokens("video", len(indices), *size, audio_samples=None if audio is None else audio.shape[0],
-                          family=family)
-    return DecodedClip(frames=frames, frame_indices=indices, fps=float(sample_fps), source_fps=video_fps,
-                       source_frames=total_frames, source_size=(height, width), audio=audio,
-                       audio_source=audio_source, media_tokens=tokens)
+    tokens = media_tokens(
+        "video", len(indices), *size, audio_samples=None if audio is None else audio.shape[0], family=family
+    )
+    return DecodedClip(
+        frames=frames,
+        frame_indices=indices,
+        fps=float(sample_fps),
+        source_fps=video_fps,
+        source_frames=total_frames,
+        source_size=(height, width),
+        audio=audio,
+        audio_source=audio_source,
+        media_tokens=tokens,
+    )
 
 
 # Video files opened for decoding in this process. Training reads shards only; the trainer logs the
@@ -394,8 +461,9 @@ def _open_video(path: Path):
     try:
         container = av.open(str(path))
     except Exception as exc:
-        raise MediaError(f"cannot open {path.name} as a video ({_short(exc)}); "
-                         "the file is truncated, damaged or not a video") from None
+        raise MediaError(
+            f"cannot open {path.name} as a video ({_short(exc)}); the file is truncated, damaged or not a video"
+        ) from None
     if not container.streams.video:
         container.close()
         raise MediaError(f"{path.name} has no video stream")
@@ -443,15 +511,18 @@ def _decode(container, indices: list[int], audio: bool, threads: int, name: str,
         if resampler is not None:
             chunks.extend(out.to_ndarray() for out in resampler.resample(None))
     except Exception as exc:
-        raise MediaError(f"{name}: the {where} cannot be decoded ({_short(exc)}); "
-                         "the file is damaged or truncated") from None
+        raise MediaError(
+            f"{name}: the {where} cannot be decoded ({_short(exc)}); the file is damaged or truncated"
+        ) from None
     missing = [slot for slot, frame in enumerate(frames) if frame is None]
     if missing and last is not None and all(indices[slot] < position + discarded for slot in missing):
         for slot in missing:
             frames[slot] = last.to_ndarray(format="rgb24")
     if any(frame is None for frame in frames):
-        raise MediaError(f"{name}: only {position} frames could be decoded, frame {max(indices)} is needed; "
-                         "the file is damaged or truncated")
+        raise MediaError(
+            f"{name}: only {position} frames could be decoded, frame {max(indices)} is needed; "
+            "the file is damaged or truncated"
+        )
     track = (np.concatenate(chunks, axis=1), audio_rate) if chunks else None
     return np.stack(frames), track
 

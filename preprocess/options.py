@@ -80,14 +80,18 @@ class BuildOptions:
             if value is not None and not value > 0:
                 raise PreprocessError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.family not in PIXEL_GRID:
-            raise PreprocessError(f"--family must be one of {', '.join(PIXEL_GRID)} (the training config's "
-                                  f"model_family), got {self.family!r}")
+            raise PreprocessError(
+                f"--family must be one of {', '.join(PIXEL_GRID)} (the training config's "
+                f"model_family), got {self.family!r}"
+            )
         _check_pairs(v, pixel_grid(self.family))
         if self.max_prompt_tokens < 0:
             raise PreprocessError(f"--max-prompt-tokens must be 0 (no budget) or more, got {self.max_prompt_tokens}")
         if self.tokenizer is not None and not (self.tokenizer / "tokenizer_config.json").is_file():
-            raise PreprocessError(f"--tokenizer {self.tokenizer} has no tokenizer_config.json; pass the model "
-                                  "(or processor) folder of the model you will train")
+            raise PreprocessError(
+                f"--tokenizer {self.tokenizer} has no tokenizer_config.json; pass the model "
+                "(or processor) folder of the model you will train"
+            )
         if not 90 <= self.jpeg_quality <= 100:
             raise PreprocessError(f"--jpeg-quality must be 90-100, got {self.jpeg_quality}")
         if self.workers is not None and self.workers < 0:
@@ -110,30 +114,44 @@ def _check_pairs(v: VideoOptions, grid: int) -> None:
 
     def value(name):
         given = getattr(v, name)
-        return (given, f"--{name.replace('_', '-')} {given:g}") if given is not None else \
-            (defaults[name], f"the default --{name.replace('_', '-')} {defaults[name]:g}")
+        return (
+            (given, f"--{name.replace('_', '-')} {given:g}")
+            if given is not None
+            else (defaults[name], f"the default --{name.replace('_', '-')} {defaults[name]:g}")
+        )
 
-    for low, high, fix in (("min_pixels", "max_pixels", "pass a --min-pixels no larger than --max-pixels"),
-                           ("min_frames", "max_frames", "pass a --min-frames no larger than --max-frames"),
-                           ("min_pixels", "total_pixels", "lower --min-pixels or raise --total-pixels")):
+    for low, high, fix in (
+        ("min_pixels", "max_pixels", "pass a --min-pixels no larger than --max-pixels"),
+        ("min_frames", "max_frames", "pass a --min-frames no larger than --max-frames"),
+        ("min_pixels", "total_pixels", "lower --min-pixels or raise --total-pixels"),
+    ):
         (lo, lo_text), (hi, hi_text) = value(low), value(high)
         if (getattr(v, low) is not None or getattr(v, high) is not None) and lo > hi:
             raise PreprocessError(f"{lo_text} is larger than {hi_text}: no frame could be sampled; {fix}")
     if v.max_pixels is not None and v.max_pixels < grid * grid:
-        raise PreprocessError(f"--max-pixels {v.max_pixels} is smaller than one {grid}x{grid} patch "
-                              f"({grid * grid} pixels), the smallest frame the model takes")
+        raise PreprocessError(
+            f"--max-pixels {v.max_pixels} is smaller than one {grid}x{grid} patch "
+            f"({grid * grid} pixels), the smallest frame the model takes"
+        )
 
 
 def content_options(options: BuildOptions) -> dict:
     """The options that change what a shard holds (not where or how fast it is made)."""
     split_counts = options.source == "siq2" or getattr(BENCHMARKS.get(options.source), "uses_split", False)
-    return {"format_version": fmt.FORMAT_VERSION, "source": options.source, "split": options.split
-            if split_counts else None, **options.video.to_dict(),
-            "jpeg_quality": options.jpeg_quality, "require_audio": options.require_audio,
-            "shard_size": options.shard_size, "max_prompt_tokens": options.max_prompt_tokens,
-            "tokenizer": str(options.tokenizer) if options.tokenizer is not None else None,
-            "system_prompt": options.prompt_system(), "family": options.family,
-            **({"answer_instructions": options.answer_instructions} if options.answer_instructions else {})}
+    return {
+        "format_version": fmt.FORMAT_VERSION,
+        "source": options.source,
+        "split": options.split if split_counts else None,
+        **options.video.to_dict(),
+        "jpeg_quality": options.jpeg_quality,
+        "require_audio": options.require_audio,
+        "shard_size": options.shard_size,
+        "max_prompt_tokens": options.max_prompt_tokens,
+        "tokenizer": str(options.tokenizer) if options.tokenizer is not None else None,
+        "system_prompt": options.prompt_system(),
+        "family": options.family,
+        **({"answer_instructions": options.answer_instructions} if options.answer_instructions else {}),
+    }
 
 
 def text_counter(options: BuildOptions) -> TextCounter:
@@ -144,9 +162,11 @@ def text_counter(options: BuildOptions) -> TextCounter:
         raise PreprocessError(f"--tokenizer {options.tokenizer} cannot be loaded: {exc}") from None
     least = counter.count("") + 2  # no question, 4 frames of one 28x28 cell
     if 0 < options.max_prompt_tokens < least:
-        raise PreprocessError(f"--max-prompt-tokens {options.max_prompt_tokens} cannot hold any prompt: the chat "
-                              f"template and system prompt alone take {least - 2} tokens; raise it (it should "
-                              "equal the training config's max_prompt_length, 2048 in configs/stage4.yaml)")
+        raise PreprocessError(
+            f"--max-prompt-tokens {options.max_prompt_tokens} cannot hold any prompt: the chat "
+            f"template and system prompt alone take {least - 2} tokens; raise it (it should "
+            "equal the training config's max_prompt_length, 2048 in configs/stage4.yaml)"
+        )
     return counter
 
 

@@ -69,8 +69,9 @@ def prepare_output(options: BuildOptions, config: dict, mine: list[int], n_shard
     run_path = out / fmt.STATE_DIR / RUN_CONFIG_NAME
     previous = read_json(run_path)
     if options.overwrite:
-        owned = set(mine) | {i for i in existing_shards(out) if i >= n_shards and i % options.num_shards
-                             == options.shard_index}
+        owned = set(mine) | {
+            i for i in existing_shards(out) if i >= n_shards and i % options.num_shards == options.shard_index
+        }
         for index in owned:
             (out / fmt.shard_name(index)).unlink(missing_ok=True)
             state_path(out, index).unlink(missing_ok=True)
@@ -80,7 +81,8 @@ def prepare_output(options: BuildOptions, config: dict, mine: list[int], n_shard
         changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
         raise PreprocessError(
             f"{out} holds output made with different options ({', '.join(changed)}); pass --overwrite to "
-            "replace it or choose another --output")
+            "replace it or choose another --output"
+        )
     elif previous is None and (out / fmt.MANIFEST_NAME).exists():
         raise PreprocessError(f"{out} holds output this version cannot resume; pass --overwrite to replace it")
     fmt.write_json_atomic(run_path, config)
@@ -106,8 +108,7 @@ def add_clip(out: Path, shard: OpenShard, clip: Clip, result: dict, text_tokens:
     if not result["ok"]:
         shard.clips_failed += 1
         for sample in clip.samples:
-            shard.failures.append({"id": sample.id, "path": clip.path, "line": sample.line,
-                                   "reason": result["reason"]})
+            shard.failures.append({"id": sample.id, "path": clip.path, "line": sample.line, "reason": result["reason"]})
         return
     media = result["media"]
     samples = []
@@ -138,10 +139,12 @@ def too_long(media_tokens: int, text_tokens: int, budget: int) -> str | None:
     """Why a sample whose prompt is over the budget cannot be used (its question is too long), or None."""
     if not budget or media_tokens + text_tokens <= budget:
         return None
-    return (f"the prompt is {media_tokens + text_tokens} tokens, over --max-prompt-tokens {budget}: the question, its "
-            f"options and the system prompt take {text_tokens} tokens and this file's media {media_tokens} (planned "
-            "for its shorter questions); shorten the question or raise --max-prompt-tokens (and max_prompt_length "
-            "of the training config to match)")
+    return (
+        f"the prompt is {media_tokens + text_tokens} tokens, over --max-prompt-tokens {budget}: the question, its "
+        f"options and the system prompt take {text_tokens} tokens and this file's media {media_tokens} (planned "
+        "for its shorter questions); shorten the question or raise --max-prompt-tokens (and max_prompt_length "
+        "of the training config to match)"
+    )
 
 
 TS_SLACK_S = 1.0  # `ts` is given in whole seconds; real clips end a few frames short of a round number
@@ -159,15 +162,29 @@ def ts_past_the_end(ts, duration: float) -> str | None:
         end = end * 60 + float(part)
     if end <= duration + TS_SLACK_S:
         return None
-    return (f"the question's time span ts={ts!r} ends at {end:g} s but the clip is only {duration:.1f} s long, "
-            "so the moment it asks about is missing; the video is probably an incomplete download: fetch it again")
+    return (
+        f"the question's time span ts={ts!r} ends at {end:g} s but the clip is only {duration:.1f} s long, "
+        "so the moment it asks about is missing; the video is probably an incomplete download: fetch it again"
+    )
 
 
 def close_shard(out: Path, shard: OpenShard, plan: str) -> None:
-    info = shard.writer.close() if shard.writer is not None else {"file": None, "rows": 0, "samples": 0,
-                                                                   "bytes": 0, "sha256": None}
-    fmt.write_json_atomic(state_path(out, shard.index), {
-        "plan": plan, **info, "with_audio": shard.with_audio, "without_audio": shard.without_audio,
-        "clip_seconds": shard.clip_seconds, "clips_failed": shard.clips_failed, "failures": shard.failures,
-        "modalities": shard.modalities, "max_prompt_tokens": shard.max_prompt_tokens,
-    })
+    info = (
+        shard.writer.close()
+        if shard.writer is not None
+        else {"file": None, "rows": 0, "samples": 0, "bytes": 0, "sha256": None}
+    )
+    fmt.write_json_atomic(
+        state_path(out, shard.index),
+        {
+            "plan": plan,
+            **info,
+            "with_audio": shard.with_audio,
+            "without_audio": shard.without_audio,
+            "clip_seconds": shard.clip_seconds,
+            "clips_failed": shard.clips_failed,
+            "failures": shard.failures,
+            "modalities": shard.modalities,
+            "max_prompt_tokens": shard.max_prompt_tokens,
+        },
+    )

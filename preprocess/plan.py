@@ -70,24 +70,42 @@ def plan_clips(data: SourceData) -> list[Clip]:
     for sample in data.samples:
         groups.setdefault((sample.video, sample.audio, sample.image), []).append(sample)
     clips = []
-    for (video, audio, image) in sorted(groups, key=lambda k: tuple(p or "" for p in k)):
+    for video, audio, image in sorted(groups, key=lambda k: tuple(p or "" for p in k)):
         main = video or image
-        clips.append(Clip(video=video, audio=audio, image=image, samples=groups[(video, audio, image)],
-                          video_size=_size(data.base / main) if main else -1,
-                          audio_size=_size(data.base / audio) if audio else -1))
+        clips.append(
+            Clip(
+                video=video,
+                audio=audio,
+                image=image,
+                samples=groups[(video, audio, image)],
+                video_size=_size(data.base / main) if main else -1,
+                audio_size=_size(data.base / audio) if audio else -1,
+            )
+        )
     return clips
 
 
 def shard_plan_hash(config: dict, clips: list[Clip]) -> str:
-    body = {"config": config, "clips": [
-        {"video": c.video, "audio": c.audio, **({"image": c.image} if c.image else {}),
-         "video_size": c.video_size, "audio_size": c.audio_size,
-         "samples": [s.record() for s in c.samples]} for c in clips]}
+    body = {
+        "config": config,
+        "clips": [
+            {
+                "video": c.video,
+                "audio": c.audio,
+                **({"image": c.image} if c.image else {}),
+                "video_size": c.video_size,
+                "audio_size": c.audio_size,
+                "samples": [s.record() for s in c.samples],
+            }
+            for c in clips
+        ],
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
 
 
-def count_text_tokens(counter: TextCounter, data: SourceData, answer_instructions: dict | None = None
-                      ) -> dict[str, int]:
+def count_text_tokens(
+    counter: TextCounter, data: SourceData, answer_instructions: dict | None = None
+) -> dict[str, int]:
     """Sample id → its prompt's text tokens (system prompt, question with options and its problem type's answer
     instruction, chat template): the text training builds (`answer_instructions`: the config's overrides)."""
     from omni_grpo.models.base import format_question
@@ -123,6 +141,9 @@ def warn_unknown_problem_types(data: SourceData) -> None:
     unknown = problem_type_counts(data)["unknown"]
     if unknown:
         listed = ", ".join(f"{k!r} ({n})" for k, n in sorted(unknown.items(), key=lambda kv: -kv[1]))
-        print(f"preprocess: warning: {sum(unknown.values())} samples have a problem_type the accuracy reward does "
-              f"not know: {listed}; it will score them None. Known types: {describe_known_problem_types()}",
-              file=sys.stderr, flush=True)
+        print(
+            f"preprocess: warning: {sum(unknown.values())} samples have a problem_type the accuracy reward does "
+            f"not know: {listed}; it will score them None. Known types: {describe_known_problem_types()}",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -11,8 +11,8 @@ An output folder holds
   ``audio_path``, ``audio_source``) and ``samples``: the questions asked about the item (``id, question,
   options, answer, problem_type, extra, prompt_tokens, use_audio_in_video`` with ``extra`` a JSON string,
   ``prompt_tokens`` the whole prompt's length: media + system prompt + question + chat template, and
-  ``use_audio_in_video`` the sample's own flag from the manifest, null for the training config's). An item is stored once
-  however many questions it has (Social-IQ 2.0 asks about six per video). The file's key-value metadata
+  ``use_audio_in_video`` the sample's own flag from the manifest, null for the training config's). An item is stored
+  once however many questions it has (Social-IQ 2.0 asks about six per video). The file's key-value metadata
   carries ``omni_grpo.format_version``.
 * ``manifest.json``: format version, options, counts, samples per modality (``modalities``: ``video``,
   ``video_only``, ``audio``, ``image``), ``problem_types`` (matched / unknown spellings), ``prompt_tokens``
@@ -68,36 +68,46 @@ def shard_name(index: int) -> str:
 def schema():
     import pyarrow as pa
 
-    sample = pa.struct([
-        ("id", pa.string()), ("question", pa.string()), ("options", pa.list_(pa.string())),
-        ("answer", pa.string()), ("problem_type", pa.string()), ("extra", pa.string()),
-        ("prompt_tokens", pa.int32()),
-        ("use_audio_in_video", pa.bool_()),
-    ])
-    return pa.schema([
-        ("modality", pa.string()),
-        ("media_tokens", pa.int32()),
-        ("video", pa.string()),
-        ("audio_path", pa.string()),
-        ("audio_source", pa.string()),
-        ("frames", pa.list_(pa.binary())),
-        ("frame_indices", pa.list_(pa.int32())),
-        ("fps", pa.float64()),
-        ("height", pa.int32()),
-        ("width", pa.int32()),
-        ("source_fps", pa.float64()),
-        ("source_frames", pa.int32()),
-        ("source_height", pa.int32()),
-        ("source_width", pa.int32()),
-        ("duration", pa.float64()),
-        ("audio", pa.binary()),
-        ("audio_samples", pa.int64()),
-        ("sample_rate", pa.int32()),
-        ("samples", pa.list_(sample)),
-    ], metadata={VERSION_KEY: str(FORMAT_VERSION).encode()})
+    sample = pa.struct(
+        [
+            ("id", pa.string()),
+            ("question", pa.string()),
+            ("options", pa.list_(pa.string())),
+            ("answer", pa.string()),
+            ("problem_type", pa.string()),
+            ("extra", pa.string()),
+            ("prompt_tokens", pa.int32()),
+            ("use_audio_in_video", pa.bool_()),
+        ]
+    )
+    return pa.schema(
+        [
+            ("modality", pa.string()),
+            ("media_tokens", pa.int32()),
+            ("video", pa.string()),
+            ("audio_path", pa.string()),
+            ("audio_source", pa.string()),
+            ("frames", pa.list_(pa.binary())),
+            ("frame_indices", pa.list_(pa.int32())),
+            ("fps", pa.float64()),
+            ("height", pa.int32()),
+            ("width", pa.int32()),
+            ("source_fps", pa.float64()),
+            ("source_frames", pa.int32()),
+            ("source_height", pa.int32()),
+            ("source_width", pa.int32()),
+            ("duration", pa.float64()),
+            ("audio", pa.binary()),
+            ("audio_samples", pa.int64()),
+            ("sample_rate", pa.int32()),
+            ("samples", pa.list_(sample)),
+        ],
+        metadata={VERSION_KEY: str(FORMAT_VERSION).encode()},
+    )
 
 
 # --- media codecs ---------------------------------------------------------------------------------------
+
 
 def encode_frames(frames: np.ndarray, quality: int = 90) -> list[bytes]:
     """uint8 ``[T, H, W, 3]`` → one baseline JPEG per frame (4:4:4, so colour edges survive)."""
@@ -169,6 +179,7 @@ def encode_media(decoded, jpeg_quality: int = 90) -> dict:
 
 # --- writer ---------------------------------------------------------------------------------------------
 
+
 def sha256_file(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -212,9 +223,11 @@ class ShardWriter:
         self._tmp = partial_path(self.path)
         self._schema = schema()
         self._writer = pq.ParquetWriter(
-            str(self._tmp), self._schema,
+            str(self._tmp),
+            self._schema,
             compression={name: ("NONE" if name in ("frames", "audio") else "ZSTD") for name in self._schema.names},
-            use_dictionary=False, write_statistics=False,
+            use_dictionary=False,
+            write_statistics=False,
         )
         self.rows = 0
         self.samples = 0
@@ -233,8 +246,13 @@ class ShardWriter:
         self._writer.close()
         with open(self._tmp, "rb") as f:
             os.fsync(f.fileno())
-        info = {"file": self.path.name, "rows": self.rows, "samples": self.samples,
-                "bytes": os.path.getsize(self._tmp), "sha256": sha256_file(self._tmp)}
+        info = {
+            "file": self.path.name,
+            "rows": self.rows,
+            "samples": self.samples,
+            "bytes": os.path.getsize(self._tmp),
+            "sha256": sha256_file(self._tmp),
+        }
         os.replace(self._tmp, self.path)
         return info
 
@@ -247,14 +265,17 @@ class ShardWriter:
 
 # --- reader ---------------------------------------------------------------------------------------------
 
+
 def read_manifest(out) -> dict:
     """The ``manifest.json`` of a finished output folder; raises ``ShardFormatError`` with what to do."""
     out = Path(out)
     path = out / MANIFEST_NAME
     if not path.is_file():
         if (out / STATE_DIR).is_dir():
-            raise ShardFormatError(f"{out} has no {MANIFEST_NAME}: its preprocess run has not finished; "
-                                   "re-run the same preprocess command to finish it")
+            raise ShardFormatError(
+                f"{out} has no {MANIFEST_NAME}: its preprocess run has not finished; "
+                "re-run the same preprocess command to finish it"
+            )
         raise ShardFormatError(f"{out} has no {MANIFEST_NAME}: it is not a preprocess output folder")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -262,8 +283,10 @@ def read_manifest(out) -> dict:
         raise ShardFormatError(f"cannot read {path}: {exc}; re-run preprocess with --overwrite") from None
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version not in READABLE_VERSIONS:
-        raise ShardFormatError(f"{path} has format version {version!r}, this reader reads version "
-                               f"{FORMAT_VERSION}; re-run preprocess with this version (--overwrite)")
+        raise ShardFormatError(
+            f"{path} has format version {version!r}, this reader reads version "
+            f"{FORMAT_VERSION}; re-run preprocess with this version (--overwrite)"
+        )
     return manifest
 
 
@@ -290,11 +313,11 @@ class ShardDataset(Sequence):
         entries = list(self.manifest.get("shards", []))
         problems = self._verify(entries) if verify else {}
         self.files: list[str] = []
-        self._samples = []     # per kept shard: pyarrow ListArray of the samples column
-        self._versions = []    # per kept shard: its format version
-        self._rows = []        # per kept shard: (row → row group) lookup, as cumulative row-group starts
-        starts = []            # first global sample index of each (shard, row) block
-        self._blocks = []      # (shard position, row, n_samples)
+        self._samples = []  # per kept shard: pyarrow ListArray of the samples column
+        self._versions = []  # per kept shard: its format version
+        self._rows = []  # per kept shard: (row → row group) lookup, as cumulative row-group starts
+        starts = []  # first global sample index of each (shard, row) block
+        self._blocks = []  # (shard position, row, n_samples)
         total = 0
         for entry in entries:
             name = entry["file"]
@@ -309,7 +332,8 @@ class ShardDataset(Sequence):
                     raise ShardCorruptError(
                         f"shard {self.root / name} is corrupt: {problem}. Re-run the same preprocess command "
                         "(it rebuilds shards that fail their checksum; --overwrite rebuilds all), or skip its samples: "
-                        "skip_corrupt_shards=true in the training config (skip_corrupt=True for shards.load)")
+                        "skip_corrupt_shards=true in the training config (skip_corrupt=True for shards.load)"
+                    )
                 self.skipped.append((name, int(entry.get("samples", 0))))
                 continue
             position = len(self.files)

@@ -33,8 +33,10 @@ from pathlib import Path
 LETTERS = "ABCD"
 SIQ2_REQUIRED = ("qid", "q", "vid_name", "a0", "a1", "a2", "a3", "answer_idx")
 JSONL_KNOWN = ("id", "video", "audio", "image", "question", "options", "answer", "problem_type", "use_audio_in_video")
-SIQ2_LAYOUT = ("qa/qa_{split}.json (JSON Lines: qid, q, vid_name, ts, a0..a3, answer_idx), video/{{vid_name}}.mp4 "
-               "and, optionally, audio/wav/{{vid_name}}.wav")
+SIQ2_LAYOUT = (
+    "qa/qa_{split}.json (JSON Lines: qid, q, vid_name, ts, a0..a3, answer_idx), video/{{vid_name}}.mp4 "
+    "and, optionally, audio/wav/{{vid_name}}.wav"
+)
 
 
 class SourceError(Exception):
@@ -74,10 +76,15 @@ class Sample:
 
     def record(self) -> dict:
         """The QA fields as stored in a shard (``extra`` as a JSON string)."""
-        return {"id": self.id, "question": self.question, "options": list(self.options),
-                "answer": self.answer, "problem_type": self.problem_type,
-                "extra": json.dumps(self.extra, ensure_ascii=False, sort_keys=True),
-                "use_audio_in_video": self.use_audio_in_video}
+        return {
+            "id": self.id,
+            "question": self.question,
+            "options": list(self.options),
+            "answer": self.answer,
+            "problem_type": self.problem_type,
+            "extra": json.dumps(self.extra, ensure_ascii=False, sort_keys=True),
+            "use_audio_in_video": self.use_audio_in_video,
+        }
 
 
 @dataclass
@@ -93,6 +100,7 @@ class SourceData:
 
 
 # --- line parsers ---------------------------------------------------------------------------------------
+
 
 def _reject_constant(name):
     raise ValueError(f"{name} is not valid JSON")
@@ -127,8 +135,9 @@ def _check_text(value: str, name: str, sample_id) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise LineError(f"field {name!r} contains an invalid character (a lone UTF-16 surrogate escape)",
-                        sample_id) from None
+        raise LineError(
+            f"field {name!r} contains an invalid character (a lone UTF-16 surrogate escape)", sample_id
+        ) from None
     return value
 
 
@@ -186,14 +195,16 @@ def relative_path(value, base: str, name: str = "video", sample_id=None) -> str:
         base_abs = posixpath.normpath(base)
         full = posixpath.normpath(text)
         if full != base_abs and not full.startswith(base_abs.rstrip("/") + "/"):
-            raise LineError(f"{name} path {value!r} is outside the manifest's folder; only paths inside it "
-                            "are read", sample_id)
+            raise LineError(
+                f"{name} path {value!r} is outside the manifest's folder; only paths inside it are read", sample_id
+            )
         rel = posixpath.relpath(full, base_abs)
     else:
         rel = posixpath.normpath(text)
     if rel in (".", "..") or rel.startswith("../"):
-        raise LineError(f"{name} path {value!r} is outside the manifest's folder; only paths inside it "
-                        "are read", sample_id)
+        raise LineError(
+            f"{name} path {value!r} is outside the manifest's folder; only paths inside it are read", sample_id
+        )
     return rel
 
 
@@ -217,8 +228,16 @@ def parse_siq2_line(raw, line: int = 0) -> Sample:
     if not 0 <= answer_idx <= 3:
         raise LineError(f"answer_idx {answer_idx} is out of range (0-3)", sample_id)
     extra = {**_extra(obj, set(SIQ2_REQUIRED) - {"vid_name"} | {"answer_idx"}, sample_id), "qid": sample_id}
-    return Sample(id=sample_id, video=f"video/{vid_name}.mp4", question=question, options=options,
-                  answer=LETTERS[answer_idx], problem_type="multiple_choice", extra=extra, line=line)
+    return Sample(
+        id=sample_id,
+        video=f"video/{vid_name}.mp4",
+        question=question,
+        options=options,
+        answer=LETTERS[answer_idx],
+        problem_type="multiple_choice",
+        extra=extra,
+        line=line,
+    )
 
 
 def parse_jsonl_line(raw, base: str, line: int = 0) -> Sample:
@@ -226,14 +245,19 @@ def parse_jsonl_line(raw, base: str, line: int = 0) -> Sample:
     (absolute). Raises ``LineError``."""
     obj = _load_object(raw)
     sample_id = _id(obj, "id")
-    paths = {name: relative_path(obj[name], base, name, sample_id)
-             for name in ("video", "audio", "image") if obj.get(name) is not None}
+    paths = {
+        name: relative_path(obj[name], base, name, sample_id)
+        for name in ("video", "audio", "image")
+        if obj.get(name) is not None
+    }
     if not paths:
         raise LineError("no media: give 'video' (optionally with 'audio'), 'audio' or 'image'", sample_id)
     if "image" in paths and len(paths) > 1:
-        raise LineError(f"'image' cannot be combined with {' and '.join(repr(k) for k in paths if k != 'image')}: "
-                        "a sample holds a video (optionally with an audio file), an audio file or an image",
-                        sample_id)
+        raise LineError(
+            f"'image' cannot be combined with {' and '.join(repr(k) for k in paths if k != 'image')}: "
+            "a sample holds a video (optionally with an audio file), an audio file or an image",
+            sample_id,
+        )
     video, audio, image = paths.get("video"), paths.get("audio"), paths.get("image")
     question = _text(obj, "question", sample_id)
     options: tuple[str, ...] = ()
@@ -259,12 +283,23 @@ def parse_jsonl_line(raw, base: str, line: int = 0) -> Sample:
     if own_flag is not None and not isinstance(own_flag, bool):
         raise LineError(f"field 'use_audio_in_video' must be true, false or null, got {_type(own_flag)}", sample_id)
     extra = _extra(obj, JSONL_KNOWN, sample_id)
-    return Sample(id=sample_id, video=video, question=question, options=options, answer=answer,
-                  problem_type=problem_type, extra=extra, audio=audio, line=line, image=image,
-                  use_audio_in_video=own_flag)
+    return Sample(
+        id=sample_id,
+        video=video,
+        question=question,
+        options=options,
+        answer=answer,
+        problem_type=problem_type,
+        extra=extra,
+        audio=audio,
+        line=line,
+        image=image,
+        use_audio_in_video=own_flag,
+    )
 
 
 # --- readers --------------------------------------------------------------------------------------------
+
 
 def _read_lines(path: Path, what: str):
     try:
@@ -302,8 +337,14 @@ def _collect(kind, base, records, qa_display: str, parse, number_repeats: bool =
             earlier = by_released.setdefault(sample.id, [])
             twin = next((line for line, other in earlier if _same_content(sample, other)), None)
             if twin is not None:
-                failures.append({"id": sample.id, "path": qa_display, "line": number,
-                                 "reason": f"duplicate of line {twin} (same id and content); dropped"})
+                failures.append(
+                    {
+                        "id": sample.id,
+                        "path": qa_display,
+                        "line": number,
+                        "reason": f"duplicate of line {twin} (same id and content); dropped",
+                    }
+                )
                 continue
             released, k = sample.id, len(earlier)
             while f"{released}#{k}" in seen:
@@ -311,8 +352,14 @@ def _collect(kind, base, records, qa_display: str, parse, number_repeats: bool =
             earlier.append((number, sample))
             sample = replace(sample, id=f"{released}#{k}")
         elif sample.id in seen:
-            failures.append({"id": sample.id, "path": qa_display, "line": number,
-                             "reason": f"duplicate id (first seen on line {seen[sample.id]}; that one is kept)"})
+            failures.append(
+                {
+                    "id": sample.id,
+                    "path": qa_display,
+                    "line": number,
+                    "reason": f"duplicate id (first seen on line {seen[sample.id]}; that one is kept)",
+                }
+            )
             continue
         else:
             by_released.setdefault(sample.id, []).append((number, sample))
@@ -333,21 +380,30 @@ def read_siq2(root, split: str = "train") -> SourceData:
         raise SourceError(f"split {split!r} is not a plain name such as train, val or test")
     qa_display = f"qa/qa_{split}.json"
     if not root.is_dir():
-        raise SourceError(f"Social-IQ 2.0 root {root} is not a folder; --root must hold "
-                          + SIQ2_LAYOUT.format(split=split))
+        raise SourceError(
+            f"Social-IQ 2.0 root {root} is not a folder; --root must hold " + SIQ2_LAYOUT.format(split=split)
+        )
     missing = [p for p in (qa_display, "video") if not (root / p).exists()]
     if missing:
         found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
         shown = ", ".join(found[:8]) + (", …" if len(found) > 8 else "") if found else "nothing"
         splits = sorted(p.name[3:-5] for p in (root / "qa").glob("qa_*.json")) if (root / "qa").is_dir() else []
         hint = f" (qa/ has the splits {', '.join(splits)}: pass --split)" if splits and qa_display in missing else ""
-        raise SourceError(f"{root} does not have the Social-IQ 2.0 layout: {' and '.join(missing)} not found"
-                          f"{hint}; expected under --root: {SIQ2_LAYOUT.format(split=split)}; found: {shown}")
-    data = _collect("siq2", root, _read_lines(root / "qa" / f"qa_{split}.json", "QA file"), qa_display,
-                    parse_siq2_line, number_repeats=True)
+        raise SourceError(
+            f"{root} does not have the Social-IQ 2.0 layout: {' and '.join(missing)} not found"
+            f"{hint}; expected under --root: {SIQ2_LAYOUT.format(split=split)}; found: {shown}"
+        )
+    data = _collect(
+        "siq2",
+        root,
+        _read_lines(root / "qa" / f"qa_{split}.json", "QA file"),
+        qa_display,
+        parse_siq2_line,
+        number_repeats=True,
+    )
     wavs: dict[str, bool] = {}
     for i, sample in enumerate(data.samples):
-        vid_name = sample.video[len("video/"):-len(".mp4")]
+        vid_name = sample.video[len("video/") : -len(".mp4")]
         wav = f"audio/wav/{vid_name}.wav"
         if wav not in wavs:
             wavs[wav] = (root / wav).is_file()
@@ -362,5 +418,10 @@ def read_jsonl(manifest) -> SourceData:
     base = os.path.abspath(manifest.parent)
     if os.sep == "\\":
         base = base.replace("\\", "/")
-    return _collect("jsonl", manifest.parent, _read_lines(manifest, "manifest"), manifest.name,
-                    lambda raw, number: parse_jsonl_line(raw, base, number))
+    return _collect(
+        "jsonl",
+        manifest.parent,
+        _read_lines(manifest, "manifest"),
+        manifest.name,
+        lambda raw, number: parse_jsonl_line(raw, base, number),
+    )

@@ -26,11 +26,15 @@ def clip_task(clip: Clip, base: Path, options: BuildOptions, threads: int, budge
     """What `process_clip` needs to decode `clip` (picklable): its files under `base`, the decoding options,
     and `budget` = (max prompt tokens, the text tokens of its questions, longest first) or None."""
     return {
-        "modality": clip.modality, "video": str(base / clip.video) if clip.video else None,
+        "modality": clip.modality,
+        "video": str(base / clip.video) if clip.video else None,
         "audio": str(base / clip.audio) if clip.audio else None,
         "image": str(base / clip.image) if clip.image else None,
-        "video_options": options.video.to_dict(), "jpeg_quality": options.jpeg_quality,
-        "require_audio": options.require_audio, "threads": threads, "budget": budget,
+        "video_options": options.video.to_dict(),
+        "jpeg_quality": options.jpeg_quality,
+        "require_audio": options.require_audio,
+        "threads": threads,
+        "budget": budget,
         "family": options.family,
     }
 
@@ -54,13 +58,20 @@ def process_clip(task: dict) -> dict:
 
     if torch.get_num_threads() != task["threads"]:
         torch.set_num_threads(task["threads"])
+
     def decode(budget):
         if task.get("modality") == "image":
             return load_image(task["image"], budget, task["family"])
         if task.get("modality") == "audio":
             return decode_audio_only(task["audio"], budget, task["family"])
-        return decode_clip(task["video"], task["audio"], VideoOptions(**task["video_options"]),
-                           threads=task["threads"], budget=budget, family=task["family"])
+        return decode_clip(
+            task["video"],
+            task["audio"],
+            VideoOptions(**task["video_options"]),
+            threads=task["threads"],
+            budget=budget,
+            family=task["family"],
+        )
 
     try:
         if task.get("budget"):
@@ -76,8 +87,10 @@ def process_clip(task: dict) -> dict:
         else:
             decoded = decode(None)
         if task["require_audio"] and decoded.audio is None and decoded.modality == "video":
-            return {"ok": False, "reason": "no audio: the video has no audio track and there is no audio file "
-                                           "(--require-audio)"}
+            return {
+                "ok": False,
+                "reason": "no audio: the video has no audio track and there is no audio file (--require-audio)",
+            }
         return {"ok": True, "media": fmt.encode_media(decoded, task["jpeg_quality"])}
     except MediaError as exc:
         return {"ok": False, "reason": str(exc)}
@@ -114,8 +127,9 @@ def run_tasks(tasks: list[tuple[int, dict]], workers: int, may_submit=lambda i: 
                 executor.shutdown(wait=True)
                 executor = None
             if executor is None:
-                executor = ProcessPoolExecutor(max_workers=size, mp_context=context, initializer=_init_worker,
-                                               initargs=(os.getpid(),))
+                executor = ProcessPoolExecutor(
+                    max_workers=size, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+                )
                 executor_size = size
             source, limit = (suspects, 1) if executor_size == 1 and suspects else (queue, 2 * workers)
             while source and len(inflight) < limit and may_submit(source[0][0]):

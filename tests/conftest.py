@@ -65,8 +65,9 @@ def kit(request):
     return request.getfixturevalue(KITS[request.param][0])
 
 
-def make_sample(i: int, frames: int = 4, height: int = 56, width: int = 84, seconds: float = 2.0,
-                audio: bool = True, seed: int = 0) -> dict:
+def make_sample(
+    i: int, frames: int = 4, height: int = 56, width: int = 84, seconds: float = 2.0, audio: bool = True, seed: int = 0
+) -> dict:
     """An in-memory training sample as `preprocess.shards.load` returns it (sizes multiples of 28)."""
     rng = np.random.default_rng(seed + i)
     return dict(
@@ -111,7 +112,9 @@ def tiny_shards(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("siq2")
     make_siq2_dataset(root / "raw", n_clips=4, seconds=2.0, seed=0)
-    run_preprocess(["--source", "siq2", "--root", str(root / "raw"), "--split", "train", "--output", str(root / "shards")])
+    run_preprocess(
+        ["--source", "siq2", "--root", str(root / "raw"), "--split", "train", "--output", str(root / "shards")]
+    )
     return root / "shards"
 
 
@@ -126,10 +129,24 @@ def mixed_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
     make_clip(root / "a.mp4", seconds=2.0, audio="tone", seed=1)
     make_clip(root / "b.mp4", seconds=2.0, audio=None, seed=2)
-    lines = [{"id": "a_with_audio", "video": "a.mp4", "question": "Is the person happy?", "options": ["yes", "no"],
-              "answer": "A", "problem_type": "multiple_choice"},
-             {"id": "b_silent", "video": "b.mp4", "question": "Is the person sad?", "options": ["yes", "no"],
-              "answer": "B", "problem_type": "multiple_choice"}]
+    lines = [
+        {
+            "id": "a_with_audio",
+            "video": "a.mp4",
+            "question": "Is the person happy?",
+            "options": ["yes", "no"],
+            "answer": "A",
+            "problem_type": "multiple_choice",
+        },
+        {
+            "id": "b_silent",
+            "video": "b.mp4",
+            "question": "Is the person sad?",
+            "options": ["yes", "no"],
+            "answer": "B",
+            "problem_type": "multiple_choice",
+        },
+    ]
     (root / "qa.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     run_preprocess(["--source", "jsonl", "--manifest", str(root / "qa.jsonl"), "--output", str(root / "shards")])
     counts = json.loads((root / "shards" / "manifest.json").read_text())["counts"]

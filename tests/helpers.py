@@ -63,27 +63,35 @@ def preprocess_cli(*args: str, cwd) -> subprocess.CompletedProcess:
     """``python -m preprocess ARGS`` in a fresh process in ``cwd``, importing this checkout's package."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.run([sys.executable, "-m", "preprocess", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "preprocess", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def run_preprocess(args: list[str], cwd=None) -> None:
     """``python -m preprocess ARGS`` with one worker and small frames; raises if it fails."""
-    cmd = [sys.executable, "-m", "preprocess", *args, "--workers", "1", "--min-pixels", "3136",
-           "--max-pixels", "50176"]
+    cmd = [sys.executable, "-m", "preprocess", *args, "--workers", "1", "--min-pixels", "3136", "--max-pixels", "50176"]
     subprocess.run(cmd, check=True, cwd=cwd, capture_output=True)
 
 
-def build_shards(root: Path, n_clips: int, seconds: float, max_pixels: int = 50176, seed: int = 0,
-                 **options) -> Path:
+def build_shards(root: Path, n_clips: int, seconds: float, max_pixels: int = 50176, seed: int = 0, **options) -> Path:
     """Shards of a synthetic Social-IQ 2.0 dataset built in this process (`options`: more BuildOptions)."""
     from omni_grpo.synthetic import make_siq2_dataset
     from preprocess.build import BuildOptions, build
     from preprocess.media import VideoOptions
 
     make_siq2_dataset(root / "raw", n_clips=n_clips, seconds=seconds, seed=seed)
-    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
-                       video=VideoOptions(min_pixels=3136, max_pixels=max_pixels), **options))
+    build(
+        BuildOptions(
+            source="siq2",
+            root=root / "raw",
+            output=root / "shards",
+            workers=0,
+            progress=False,
+            video=VideoOptions(min_pixels=3136, max_pixels=max_pixels),
+            **options,
+        )
+    )
     return root / "shards"
 
 
@@ -99,19 +107,36 @@ def free_port() -> int:
 def zero3_test_config(path: Path) -> Path:
     """zero3.json with nothing kept gathered, so a rank that skips a tower would really hang."""
     cfg = json.loads((REPO / "configs/deepspeed/zero3.json").read_text())
-    cfg["zero_optimization"].update(stage3_max_reuse_distance=0, stage3_param_persistence_threshold=0,
-                                    stage3_max_live_parameters=0, stage3_prefetch_bucket_size=0)
+    cfg["zero_optimization"].update(
+        stage3_max_reuse_distance=0,
+        stage3_param_persistence_threshold=0,
+        stage3_max_live_parameters=0,
+        stage3_prefetch_bucket_size=0,
+    )
     path.write_text(json.dumps(cfg))
     return path
 
 
-def launch(tmp_path: Path, overrides: list[str], timeout: int = 420, entry: tuple[str, ...] = ("-m", "omni_grpo.train"),
-           processes: int = 2) -> subprocess.CompletedProcess:
+def launch(
+    tmp_path: Path,
+    overrides: list[str],
+    timeout: int = 420,
+    entry: tuple[str, ...] = ("-m", "omni_grpo.train"),
+    processes: int = 2,
+) -> subprocess.CompletedProcess:
     """`entry` (`python -m omni_grpo.train` unless given) under `accelerate launch` on `processes` ranks, or run
     directly when 1 (one process, no DeepSpeed unless the overrides ask for it)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    launcher = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/zero3.yaml"),
-                "--num_processes", str(processes), "--main_process_port", str(free_port())]
+    launcher = [
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate/zero3.yaml"),
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        str(free_port()),
+    ]
     cmd = [sys.executable, *(launcher if processes > 1 else []), *entry, *overrides]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -120,11 +145,24 @@ def launch(tmp_path: Path, overrides: list[str], timeout: int = 420, entry: tupl
 
 def common(model_dir, shards, out, ds_config, steps=3):
     """The overrides of a tiny ZeRO-3 run: G = 2, one prompt per rank, data in order, a checkpoint every 2 steps."""
-    return [f"model_name_or_path={model_dir}", f"data=[{shards}]", f"output_dir={out}", f"deepspeed={ds_config}",
-            "num_generations=2", "per_device_prompts=1", "max_completion_length=10", "max_prompt_length=4096",
-            f"max_steps={steps}", "learning_rate=1e-3", "dataloader_num_workers=0", "dataset_order=sequential",
-            "save_steps=2", "save_total_limit=0", "seed=5",
-            "reward_funcs=[format, tests.rewards_for_tests:length_reward]"]
+    return [
+        f"model_name_or_path={model_dir}",
+        f"data=[{shards}]",
+        f"output_dir={out}",
+        f"deepspeed={ds_config}",
+        "num_generations=2",
+        "per_device_prompts=1",
+        "max_completion_length=10",
+        "max_prompt_length=4096",
+        f"max_steps={steps}",
+        "learning_rate=1e-3",
+        "dataloader_num_workers=0",
+        "dataset_order=sequential",
+        "save_steps=2",
+        "save_total_limit=0",
+        "seed=5",
+        "reward_funcs=[format, tests.rewards_for_tests:length_reward]",
+    ]
 
 
 def scalars(out: Path, tag: str) -> list[float]:

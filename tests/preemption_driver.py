@@ -51,7 +51,11 @@ def fire(phase: str, step: int) -> None:
 
 
 real_rollout, real_update, real_save_rng, real_torch_save = (
-    GRPOTrainer.rollout, GRPOTrainer.update, checkpoint.save_rng, torch.save)
+    GRPOTrainer.rollout,
+    GRPOTrainer.update,
+    checkpoint.save_rng,
+    torch.save,
+)
 
 
 def rollout(self, batch, temperature):

@@ -12,7 +12,6 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-
 @pytest.fixture(autouse=True)
 def _restore_global_logging():
     """The bench `main()`s quiet loggers and warnings process-wide (right for a CLI); put them back so the
@@ -31,6 +30,7 @@ def _restore_global_logging():
         logging.getLogger(name).setLevel(level)
     warnings.filters[:] = filters
     transformers.logging.set_verbosity(verbosity)
+
 
 def load(name):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
@@ -127,10 +127,35 @@ def test_step_bench_tiny_configuration_counts_tower_calls(step_bench, tmp_path):
     and G policy rows; TRL passes no media."""
     systems = ["ours", "anchor"] + (["trl"] if importlib.util.find_spec("trl") else [])
     g = 2
-    records = step_bench.main([
-        "--models", "64x2:tiny", "--generations", str(g), "--seconds", "1", "--systems", *systems,
-        "--steps", "1", "--warmup", "0", "--completion-length", "4", "--clips", "1", "--size", "56", "84",
-        "--video-fps", "8", "--micro-batch", "2", "--workdir", str(tmp_path / "work")])
+    records = step_bench.main(
+        [
+            "--models",
+            "64x2:tiny",
+            "--generations",
+            str(g),
+            "--seconds",
+            "1",
+            "--systems",
+            *systems,
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--completion-length",
+            "4",
+            "--clips",
+            "1",
+            "--size",
+            "56",
+            "84",
+            "--video-fps",
+            "8",
+            "--micro-batch",
+            "2",
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     (rec,) = records
     assert rec["errors"] == {}
     summary = rec["summary"]
@@ -144,7 +169,8 @@ def test_step_bench_tiny_configuration_counts_tower_calls(step_bench, tmp_path):
         assert summary["trl"]["prompt_tokens"] < summary["ours"]["prompt_tokens"]  # text only
     for name in systems:
         assert summary[name]["steps_per_s"] > 0 and summary[name]["samples_per_s"] == pytest.approx(
-            g * summary[name]["steps_per_s"])
+            g * summary[name]["steps_per_s"]
+        )
 
 
 @pytest.fixture(scope="module")
@@ -161,9 +187,24 @@ def test_scale_bench_quick_sweep_runs_a_worker_per_system(scale_bench, tmp_path)
     """The quickest sweep, ours only (G = 2 measured in its own worker process, G = 4 left out): the worker's
     step reports the shared-prompt trainer's one encode per prompt, the completions' forced length, the step
     peak and the resident set after the build; the left-out point is in the table as such."""
-    records = scale_bench.main(["--quick", "--only", "G", "--systems", "ours", "--warmup", "0", "--skip",
-                                "ours:G:4", "--no-plot", "--workdir", str(tmp_path / "work"),
-                                "--json", str(tmp_path / "r.json")])
+    records = scale_bench.main(
+        [
+            "--quick",
+            "--only",
+            "G",
+            "--systems",
+            "ours",
+            "--warmup",
+            "0",
+            "--skip",
+            "ours:G:4",
+            "--no-plot",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert [(r["sweep"], r["x"], r["skipped"]) for r in records] == [("G", 2, []), ("G", 4, ["ours"])]
     rec = records[0]
     assert rec["errors"] == {}
@@ -215,15 +256,26 @@ def test_anchor_decodes_the_frames_the_budget_kept(step_bench, tmp_path):
     seconds = 4.0  # 8 frames at 2 fps of 56x84 (2x3 cells): 24 video tokens without a budget, 12 fit
     question = format_question({"question": step_bench.QUESTION, "options": step_bench.OPTIONS})
     fixed = TextCounter(DEFAULT_SYSTEM_PROMPT).count(question) + audio_tokens(int(16000 * seconds)) + 2
-    args = SimpleNamespace(clips=1, size=[56, 84], video_fps=8, fps=2.0, min_pixels=None, max_pixels=None,
-                           max_prompt_tokens=fixed + 12)
+    args = SimpleNamespace(
+        clips=1, size=[56, 84], video_fps=8, fps=2.0, min_pixels=None, max_pixels=None, max_prompt_tokens=fixed + 12
+    )
     manifest, shards = step_bench.prepare_data(tmp_path, seconds, args)
     plan = step_bench.frame_plan(shards)
     (frames,) = plan.values()
     assert frames[0] < 8  # the budget reduced the frames
-    anchor = SimpleNamespace(s=step_bench.Settings(model_dir=tmp_path, shards=shards, manifest=manifest,
-                                                   generations=2, completion_length=4, micro_batch=2,
-                                                   max_pixels=None, min_pixels=None, frames=plan))
+    anchor = SimpleNamespace(
+        s=step_bench.Settings(
+            model_dir=tmp_path,
+            shards=shards,
+            manifest=manifest,
+            generations=2,
+            completion_length=4,
+            micro_batch=2,
+            max_pixels=None,
+            min_pixels=None,
+            frames=plan,
+        )
+    )
     row = json.loads(manifest.read_text().splitlines()[0])
     decoded = step_bench.Anchor._decode(anchor, row)
     assert decoded["frames"].shape[:3] == frames
@@ -247,8 +299,9 @@ def test_memory_model_kv_term_matches_a_real_cache(memory_model, tiny):
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
 
     def modelled(one_copy):
-        run = memory_model.Run(prompt=p, completion=0, generations=g, micro_batch=g, world=1,
-                               one_prompt_copy=one_copy, bytes_per_weight=4)
+        run = memory_model.Run(
+            prompt=p, completion=0, generations=g, micro_batch=g, world=1, one_prompt_copy=one_copy, bytes_per_weight=4
+        )
         return memory_model.terms(d, run)["rollout"]["KV cache"]
 
     assert nbytes() == modelled(one_copy=True)
@@ -315,8 +368,15 @@ def test_swift_phases_are_exclusive(swift_system, monkeypatch):
 
 
 def test_swift_argv_matches_the_bench_settings(swift_system, step_bench, tmp_path):
-    s = step_bench.Settings(model_dir=tmp_path, shards=tmp_path, manifest=tmp_path, generations=8,
-                            completion_length=16, micro_batch=2, out=tmp_path)
+    s = step_bench.Settings(
+        model_dir=tmp_path,
+        shards=tmp_path,
+        manifest=tmp_path,
+        generations=8,
+        completion_length=16,
+        micro_batch=2,
+        out=tmp_path,
+    )
     argv = swift_system.swift_argv(tmp_path / "ckpt", tmp_path / "data.jsonl", s, rounds=4)
     opts = dict(a[2:].split("=", 1) for a in argv if "=" in a)
     assert opts["num_generations"] == "8" and opts["gradient_accumulation_steps"] == "4"
@@ -341,10 +401,36 @@ def test_swift_system_runs_steps_on_the_same_prompt(step_bench, swift_system, tm
     if not swift_system.venv_ready():
         pytest.skip("no ms-swift environment: `python bench/swift_system.py --setup` creates it")
     g = 2
-    (rec,) = step_bench.main([
-        "--models", "64x2:tiny", "--generations", str(g), "--seconds", "1", "--systems", "ours", "swift",
-        "--steps", "1", "--warmup", "1", "--completion-length", "4", "--clips", "1", "--size", "56", "84",
-        "--video-fps", "8", "--micro-batch", "2", "--workdir", str(tmp_path / "work")])
+    (rec,) = step_bench.main(
+        [
+            "--models",
+            "64x2:tiny",
+            "--generations",
+            str(g),
+            "--seconds",
+            "1",
+            "--systems",
+            "ours",
+            "swift",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--completion-length",
+            "4",
+            "--clips",
+            "1",
+            "--size",
+            "56",
+            "84",
+            "--video-fps",
+            "8",
+            "--micro-batch",
+            "2",
+            "--workdir",
+            str(tmp_path / "work"),
+        ]
+    )
     assert rec["errors"] == {}
     ours, swift = rec["summary"]["ours"], rec["summary"]["swift"]
     assert abs(ours["prompt_tokens"] - swift["prompt_tokens"]) <= 1
@@ -362,8 +448,13 @@ def test_limit_peaks_and_fractions(limit):
     against the read bandwidth."""
     peaks = limit.peaks(torch.device("cpu"), repeats=1, gib=2**-10, n=64)
     assert all(peaks[k] > 0 for k in ("float32", "bfloat16", "read", "copy"))
-    step = {"dtype": "bfloat16", "seconds": {"encode": 1.0, "policy": 2.0, "optimizer": 1.0, "ref": 1.0},
-            "flops": {"encode": 4.0, "policy": 12.0, "ref": 3.0}, "decode_s": 2.0, "decode_bytes": 10.0}
+    step = {
+        "dtype": "bfloat16",
+        "seconds": {"encode": 1.0, "policy": 2.0, "optimizer": 1.0, "ref": 1.0},
+        "flops": {"encode": 4.0, "policy": 12.0, "ref": 3.0},
+        "decode_s": 2.0,
+        "decode_bytes": 10.0,
+    }
     rows = {r["phase"].split()[0]: r for r in limit.fractions(step, dict(peaks, bfloat16=8.0, read=10.0))}
     assert rows["update"]["fraction"] == pytest.approx(16.0 / 4.0 / 8.0)
     assert rows["policy"]["fraction"] == pytest.approx(6.0 / 8.0)
@@ -434,8 +525,11 @@ def test_contention_variants_set_the_thread_environment():
     count, OpenMP's spinning wait), `passive` adds OMP_WAIT_POLICY=PASSIVE, `one` one thread."""
     contention = load("contention")
     assert contention.parse_variant("default") == ("default", 0, {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": None})
-    assert contention.parse_variant("passive") == ("passive", 0, {"OMP_NUM_THREADS": None,
-                                                                   "OMP_WAIT_POLICY": "PASSIVE"})
+    assert contention.parse_variant("passive") == (
+        "passive",
+        0,
+        {"OMP_NUM_THREADS": None, "OMP_WAIT_POLICY": "PASSIVE"},
+    )
     assert contention.parse_variant("one") == ("one", 1, {})
     assert contention.parse_variant("spin:2:GOMP_SPINCOUNT=1000") == ("spin", 2, {"GOMP_SPINCOUNT": "1000"})
     with pytest.raises(SystemExit, match="NAME:THREADS"):
@@ -455,8 +549,15 @@ def test_scale_bench_worker_environment_unsets_none(scale_bench, step_bench, mon
     monkeypatch.setattr(scale_bench.subprocess, "Popen", Popen)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    s = step_bench.Settings(model_dir=tmp_path, shards=tmp_path, manifest=tmp_path, generations=2,
-                            completion_length=4, micro_batch=2, out=tmp_path)
+    s = step_bench.Settings(
+        model_dir=tmp_path,
+        shards=tmp_path,
+        manifest=tmp_path,
+        generations=2,
+        completion_length=4,
+        micro_batch=2,
+        out=tmp_path,
+    )
     scale_bench.Worker("ours", s, 1, tmp_path / "w.log", 0, True, env={"OMP_NUM_THREADS": None, "X_TEST": "1"})
     assert "OMP_NUM_THREADS" not in seen and seen["X_TEST"] == "1"
     assert seen["OMP_WAIT_POLICY"] == "PASSIVE"  # ours as the training entry point runs it

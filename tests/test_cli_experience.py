@@ -30,8 +30,9 @@ def user_env(**extra) -> dict:
 
 
 def bash(args: list[str], timeout: int = 120, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", *args], cwd=REPO, env=user_env(**env), capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", *args], cwd=REPO, env=user_env(**env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 # ------------------------------------------------------------------------- errors before launch: one line, once
@@ -41,8 +42,11 @@ def bash(args: list[str], timeout: int = 120, **env) -> subprocess.CompletedProc
 def test_stage4_config_errors_are_one_line_before_any_rank(case, tmp_path, tiny_model_dir):
     (tmp_path / "empty").mkdir()
     model, data, args = str(tiny_model_dir), str(tmp_path / "empty"), []
-    expect = {"misspelled_key": "did you mean 'learning_rate'", "missing_model": "not found",
-              "empty_data": "manifest.json"}[case]
+    expect = {
+        "misspelled_key": "did you mean 'learning_rate'",
+        "missing_model": "not found",
+        "empty_data": "manifest.json",
+    }[case]
     if case == "misspelled_key":
         args = ["learnin_rate=1e-6"]
     elif case == "missing_model":
@@ -55,11 +59,25 @@ def test_stage4_config_errors_are_one_line_before_any_rank(case, tmp_path, tiny_
 
 
 def test_train_check_passes_and_a_bug_reports_its_line(tmp_path, tiny_model_dir, tiny_shards):
-    args = [sys.executable, "-m", "omni_grpo.train", "--config", str(REPO / "configs" / "demo.yaml"),
-            f"model_name_or_path={tiny_model_dir}", f"data=[{tiny_shards}]", f"eval_data=[{tiny_shards}]",
-            f"output_dir={tmp_path / 'out'}"]
-    ok = subprocess.run([*args, "--check"], cwd=tmp_path, env=user_env(PYTHONPATH=str(REPO)), capture_output=True,
-                        text=True, timeout=120)
+    args = [
+        sys.executable,
+        "-m",
+        "omni_grpo.train",
+        "--config",
+        str(REPO / "configs" / "demo.yaml"),
+        f"model_name_or_path={tiny_model_dir}",
+        f"data=[{tiny_shards}]",
+        f"eval_data=[{tiny_shards}]",
+        f"output_dir={tmp_path / 'out'}",
+    ]
+    ok = subprocess.run(
+        [*args, "--check"],
+        cwd=tmp_path,
+        env=user_env(PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0 and ok.stderr == "", ok.stderr
     # A bug of ours (here: the trainer module cannot be imported) keeps its traceback and ends in one line to report.
     shadow = tmp_path / "shadow" / "omni_grpo"
@@ -69,8 +87,14 @@ def test_train_check_passes_and_a_bug_reports_its_line(tmp_path, tiny_model_dir,
         if item.name != "trainer.py":
             (shadow / item.name).symlink_to(item)
     (shadow / "trainer.py").write_text("raise ZeroDivisionError('planted bug')\n")
-    bug = subprocess.run(args, cwd=tmp_path, env=user_env(PYTHONPATH=f"{shadow.parent}{os.pathsep}{REPO}"),
-                         capture_output=True, text=True, timeout=120)
+    bug = subprocess.run(
+        args,
+        cwd=tmp_path,
+        env=user_env(PYTHONPATH=f"{shadow.parent}{os.pathsep}{REPO}"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bug.returncode == 1
     last = bug.stderr.strip().splitlines()[-1]
     assert "Traceback" in bug.stderr and last.startswith("internal error (a bug in omni-grpo")
@@ -88,7 +112,9 @@ def test_failure_lines_print_each_message_once(tmp_path):
     assert failure_lines(tmp_path, {1: 2}) == ["[rank 0] training stopped: x", "[rank 1] data error: y"]
     (tmp_path / "rank-0.txt").unlink()
     (tmp_path / "rank-1.txt").unlink()
-    assert failure_lines(tmp_path, {1: -9}) == ["rank 1 was killed by signal 9 without an error line; its output is above"]
+    assert failure_lines(tmp_path, {1: -9}) == [
+        "rank 1 was killed by signal 9 without an error line; its output is above"
+    ]
 
 
 RANK_SCRIPT = """import os, sys
@@ -107,9 +133,26 @@ import time; time.sleep(60)  # rank 0 waits, as at a barrier, until the launcher
 def test_launch_reports_failed_ranks_in_one_line(tmp_path, mode):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    proc = subprocess.run([sys.executable, "-m", "omni_grpo.launch", "--config_file", "configs/accelerate/zero3.yaml",
-                           "--num_processes", "2", "--main_process_port", str(free_port()), str(script), mode],
-                          cwd=REPO, env=user_env(PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "omni_grpo.launch",
+            "--config_file",
+            "configs/accelerate/zero3.yaml",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            str(script),
+            mode,
+        ],
+        cwd=REPO,
+        env=user_env(PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     want = {"same": "config error: the same on every rank", "rank1": "data error: only rank 1"}[mode]
     assert proc.stderr.count(want) == 1, proc.stderr
@@ -121,9 +164,11 @@ def test_launch_reports_failed_ranks_in_one_line(tmp_path, mode):
 
 @pytest.mark.parametrize("verbose", [False, True])
 def test_dependency_deprecation_warnings_only_when_verbose(verbose):
-    code = ("import warnings; from omni_grpo.logging import configure_logging; configure_logging(0, verbose=%s); "
-            "warnings.warn('dep-future', FutureWarning); warnings.warn('dep-deprecated', DeprecationWarning); "
-            "warnings.warn('ours', UserWarning)") % verbose
+    code = (
+        "import warnings; from omni_grpo.logging import configure_logging; configure_logging(0, verbose=%s); "
+        "warnings.warn('dep-future', FutureWarning); warnings.warn('dep-deprecated', DeprecationWarning); "
+        "warnings.warn('ours', UserWarning)"
+    ) % verbose
     proc = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "ours" in proc.stderr
     assert ("dep-future" in proc.stderr) == verbose and ("dep-deprecated" in proc.stderr) == verbose
@@ -131,10 +176,17 @@ def test_dependency_deprecation_warnings_only_when_verbose(verbose):
 
 def test_deepspeed_cpu_shm_op_is_not_built():
     # In a fresh process: without the skip, DeepSpeed's process group would load or JIT-compile the op here.
-    code = ("from omni_grpo.train import skip_deepspeed_shm_op; skip_deepspeed_shm_op(); "
-            "from deepspeed.comm.torch import build_shm_op; print('op', build_shm_op())")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu"})
+    code = (
+        "from omni_grpo.train import skip_deepspeed_shm_op; skip_deepspeed_shm_op(); "
+        "from deepspeed.comm.torch import build_shm_op; print('op', build_shm_op())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
     assert proc.returncode == 0 and "op None" in proc.stdout, proc.stderr[-2000:]
 
 
@@ -149,8 +201,10 @@ def test_completions_table_is_verbatim(tmp_path):
     from omni_grpo.logging import MetricsWriter
 
     texts = ["<think>a\rb | c</think>\n\n*not italic* **nor bold** `x` & &amp;\n| id | fake row |", "plain"]
-    rows = [{"id": f"q_{i}*", "answer": "A", "format": 1.0, "total": 1.0, "advantage": 0.5, "completion": t}
-            for i, t in enumerate(texts)]
+    rows = [
+        {"id": f"q_{i}*", "answer": "A", "format": 1.0, "total": 1.0, "advantage": 0.5, "completion": t}
+        for i, t in enumerate(texts)
+    ]
     writer = MetricsWriter(str(tmp_path), enabled=True)
     writer.completions(rows, step=3)
     writer.close()
@@ -175,8 +229,12 @@ def test_readme_commands_go_through_the_scripts():
     bare = [c for c in typed if c.startswith(("python ", "python3 ", "tensorboard ", "pip ", "accelerate "))]
     assert not bare, f"commands that need the venv on PATH: {bare}"
     scripts = {re.search(r"bash (run_scripts/\S+)", c).group(1) for c in readme_commands()}
-    assert {"run_scripts/stage4.sh", "run_scripts/test.sh", "run_scripts/python.sh",
-            "run_scripts/tensorboard.sh"} <= scripts
+    assert {
+        "run_scripts/stage4.sh",
+        "run_scripts/test.sh",
+        "run_scripts/python.sh",
+        "run_scripts/tensorboard.sh",
+    } <= scripts
     assert all((REPO / s).is_file() for s in scripts)
 
 
@@ -192,11 +250,11 @@ def test_printed_commands_run_as_typed():
     for command in commands:
         words = command.split()
         if "python.sh" in command:  # a module or script, its arguments replaced by --help; alone: the interpreter
-            after = words[words.index("run_scripts/python.sh") + 1:]
+            after = words[words.index("run_scripts/python.sh") + 1 :]
             if "-m" in words:
-                words = words[:words.index("-m") + 2] + ["--help"]
+                words = words[: words.index("-m") + 2] + ["--help"]
             elif after and after[0].endswith(".py"):
-                words = words[:words.index(after[0]) + 1] + ["--help"]
+                words = words[: words.index(after[0]) + 1] + ["--help"]
             else:
                 words = [*words, "-c", "print('usage')"]
         else:

@@ -24,8 +24,14 @@ def test_a_python_without_the_dependencies_gets_one_line(module, tmp_path):
     """`python -S`: this interpreter without its site-packages (no torch, numpy, yaml), the repository on the path."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "OMNI_GRPO"))}
     env["PYTHONPATH"] = str(REPO)
-    proc = subprocess.run([sys.executable, "-S", "-m", module, *COMMANDS[module]], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", module, *COMMANDS[module]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("setup error: this Python"), proc.stderr
@@ -43,14 +49,17 @@ def test_a_missing_module_of_the_project_is_still_a_bug():
 def test_one_process_runs_one_torch_thread_unless_told(tmp_path):
     """torch's default (a thread per core) made a one-process run 10-30x slower on a shared CPU; torchrun gives each
     rank OMP_NUM_THREADS=1 and `python -m omni_grpo.train` does the same, unless OMP_NUM_THREADS is set."""
-    script = ("import sys; from omni_grpo import train; code = train.main(['--check', '--config', 'missing.yaml']); "
-              "import torch; print(code, torch.get_num_threads())")
+    script = (
+        "import sys; from omni_grpo import train; code = train.main(['--check', '--config', 'missing.yaml']); "
+        "import torch; print(code, torch.get_num_threads())"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",) and not k.startswith("PYTEST")}
     env["PYTHONPATH"] = str(REPO)
     for given, expected in ((None, "1"), ("2", "2")):
         run_env = dict(env, **({"OMP_NUM_THREADS": given} if given else {}))
-        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=run_env, capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", script], cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=120
+        )
         assert proc.stdout.split() == ["2", expected], proc.stdout + proc.stderr  # code 2: the config error
 
 
@@ -82,11 +91,13 @@ def test_ranks_the_launcher_ended_are_not_listed_as_failures(tmp_path):
 
     (tmp_path / "rank-0.txt").write_text("training stopped: sample 'x' too long")
     assert failure_lines(tmp_path, {0: 1, 1: -15}) == ["training stopped: sample 'x' too long"]
-    assert failure_lines(tmp_path, {0: 1, 1: -9})[1] == ("rank 1 was killed by signal 9 without an error line; its "
-                                                         "output is above")  # the out-of-memory killer: listed
+    assert failure_lines(tmp_path, {0: 1, 1: -9})[1] == (
+        "rank 1 was killed by signal 9 without an error line; its output is above"
+    )  # the out-of-memory killer: listed
     (tmp_path / "rank-0.txt").unlink()
-    assert failure_lines(tmp_path, {1: -15}) == ["rank 1 was killed by signal 15 without an error line; its output "
-                                                 "is above"]  # nobody else said why
+    assert failure_lines(tmp_path, {1: -15}) == [
+        "rank 1 was killed by signal 15 without an error line; its output is above"
+    ]  # nobody else said why
 
 
 def test_dropping_a_configs_reward_options_is_said_and_works():

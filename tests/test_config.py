@@ -52,8 +52,14 @@ def test_yaml_and_overrides(tmp_path):
 def test_nested_dot_overrides():
     cfg = load_config(
         None,
-        [MODEL, "lora.enabled=true", "lora.target_modules=[q_proj, v_proj]", "judge.timeout_s=5",
-         "reward_kwargs.accuracy.strict=true", "reward_kwargs.accuracy.tolerance=1e-3"],
+        [
+            MODEL,
+            "lora.enabled=true",
+            "lora.target_modules=[q_proj, v_proj]",
+            "judge.timeout_s=5",
+            "reward_kwargs.accuracy.strict=true",
+            "reward_kwargs.accuracy.tolerance=1e-3",
+        ],
     )
     assert cfg.lora == LoraConfig(enabled=True, target_modules=["q_proj", "v_proj"])
     assert cfg.judge.timeout_s == 5.0
@@ -63,8 +69,14 @@ def test_nested_dot_overrides():
 def test_override_values_are_yaml_but_strings_stay_strings():
     cfg = load_config(
         None,
-        [MODEL, "system_prompt=Answer: yes or no.", "data=shards/one", "temperature_final=null", "resume_from_checkpoint=latest",
-         "temperature=1"],
+        [
+            MODEL,
+            "system_prompt=Answer: yes or no.",
+            "data=shards/one",
+            "temperature_final=null",
+            "resume_from_checkpoint=latest",
+            "temperature=1",
+        ],
     )
     assert cfg.system_prompt == "Answer: yes or no."
     assert cfg.data == ["shards/one"]
@@ -76,12 +88,18 @@ def test_override_values_are_yaml_but_strings_stay_strings():
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        (["learnig_rate=1e-6"], "unknown config key 'learnig_rate' in override 'learnig_rate=1e-6'; did you mean 'learning_rate'?"),
+        (
+            ["learnig_rate=1e-6"],
+            "unknown config key 'learnig_rate' in override 'learnig_rate=1e-6'; did you mean 'learning_rate'?",
+        ),
         (["lora.rr=8"], "unknown config key 'lora.rr' in override 'lora.rr=8'; did you mean 'lora.r'?"),
         (["r=8"], "did you mean 'lora.r'?"),
         (["per_device_train_batch_size=2"], "did you mean 'per_device_prompts'?"),
         (["judge.urll=http://x"], "did you mean 'judge.url'?"),
-        (["beta.value=1"], "beta in override 'beta.value=1' is an option, not a section with sub-keys; set it as beta=VALUE"),
+        (
+            ["beta.value=1"],
+            "beta in override 'beta.value=1' is an option, not a section with sub-keys; set it as beta=VALUE",
+        ),
         (["learning_rate"], "must look like key=value"),
     ],
 )
@@ -93,7 +111,9 @@ def test_unknown_or_malformed_override_names_the_key(overrides, fragment):
 
 def test_unknown_yaml_key_names_file_key_and_suggestion(tmp_path):
     config_file = write(tmp_path / "bad.yaml", "model_name_or_path: m\nlora:\n  enabled: true\n  dropuot: 0.1\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'lora.dropuot' in .*bad.yaml; did you mean 'lora.dropout'\?"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'lora.dropuot' in .*bad.yaml; did you mean 'lora.dropout'\?"
+    ):
         load_config(config_file)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
@@ -105,9 +125,11 @@ def test_unknown_yaml_key_names_file_key_and_suggestion(tmp_path):
     "overrides, fragment",
     [
         (["num_generations=1"], "G must be >= 2; set num_generations=8"),
-        (["num_generations=4", "per_device_prompts=2", "micro_batch_size=3"],
-         "micro_batch_size=3 does not divide the 8 rows of a micro-step (per_device_prompts=2 × num_generations=4); "
-         "use one of [1, 2, 4, 8], or 0"),
+        (
+            ["num_generations=4", "per_device_prompts=2", "micro_batch_size=3"],
+            "micro_batch_size=3 does not divide the 8 rows of a micro-step (per_device_prompts=2 × num_generations=4); "
+            "use one of [1, 2, 4, 8], or 0",
+        ),
         (["learning_rate=0"], "learning_rate=0.0 must be > 0"),
         (["learning_rate=-1e-6"], "must be > 0"),
         (["learning_rate=.nan"], "learning_rate must be a finite number"),
@@ -115,8 +137,11 @@ def test_unknown_yaml_key_names_file_key_and_suggestion(tmp_path):
         (["beta_schedule=linear"], "beta_schedule=linear needs beta_final"),
         (["beta_schedule_fraction=0"], "beta_schedule_fraction=0.0 must be in (0, 1]"),
         (["temperature_schedule=linear", "temperature_final=0"], "temperature_final=0.0 must be > 0"),
-        (["loss_agg=token-mean"], "loss_agg='token-mean' is not one of token_mean, seq_mean_token_mean, "
-                                  "seq_mean_token_sum_norm; did you mean 'token_mean'?"),
+        (
+            ["loss_agg=token-mean"],
+            "loss_agg='token-mean' is not one of token_mean, seq_mean_token_mean, "
+            "seq_mean_token_sum_norm; did you mean 'token_mean'?",
+        ),
         (["kl_estimator=k4"], "kl_estimator='k4' is not one of k1, k2, k3"),
         (["advantage_scale=global"], "advantage_scale='global' is not one of group, batch, none"),
         (["model_family=qwen25"], "model_family='qwen25' is not one of"),
@@ -167,8 +192,17 @@ def test_derived_sizes():
 def test_save_and_load_round_trip(tmp_path):
     cfg = load_config(
         None,
-        [MODEL, "learning_rate=3e-7", "data=[s/a, s/b]", "lora.enabled=true", "reward_weights=[1, 0.5, 2]",
-         "reward_kwargs.format.partial_credit=0.25", "beta_schedule=linear", "beta_final=0.1", "temperature_final=0.5"],
+        [
+            MODEL,
+            "learning_rate=3e-7",
+            "data=[s/a, s/b]",
+            "lora.enabled=true",
+            "reward_weights=[1, 0.5, 2]",
+            "reward_kwargs.format.partial_credit=0.25",
+            "beta_schedule=linear",
+            "beta_final=0.1",
+            "temperature_final=0.5",
+        ],
     )
     save_config(cfg, tmp_path / "out" / "config.yaml")
     again = load_config(tmp_path / "out" / "config.yaml")
@@ -181,8 +215,13 @@ def test_judge_key_is_never_stored(tmp_path, monkeypatch):
     monkeypatch.setenv("JUDGE_API_KEY", secret)
     cfg = load_config(
         None,
-        [MODEL, "judge.enabled=true", "judge.url=http://127.0.0.1:8000/v1/chat/completions", "judge.model=qwen",
-         "judge.api_key_env=JUDGE_API_KEY"],
+        [
+            MODEL,
+            "judge.enabled=true",
+            "judge.url=http://127.0.0.1:8000/v1/chat/completions",
+            "judge.model=qwen",
+            "judge.api_key_env=JUDGE_API_KEY",
+        ],
     )
     assert cfg.judge.api_key() == secret
     save_config(cfg, tmp_path / "config.yaml")
@@ -270,26 +309,37 @@ def test_check_paths_data_directories(tmp_path, model_dir):
         check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(tmp_path / "missing")]))
     # An empty folder: no preprocess ran there, so the message says how to write shards, not that one was cut short.
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match=r"holds no shards \(no manifest.json\); write them with "
-                                          r"bash run_scripts/python\.sh -m preprocess --output .*empty") as empty:
+    with pytest.raises(
+        ConfigError,
+        match=r"holds no shards \(no manifest.json\); write them with "
+        r"bash run_scripts/python\.sh -m preprocess --output .*empty",
+    ) as empty:
         check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(tmp_path / "empty")]))
     assert "did not finish" not in str(empty.value)
     for leftover in ("shard-00000.parquet", ".shard-00000.parquet.partial"):  # what an interrupted preprocess leaves
         unfinished = tmp_path / f"unfinished{leftover}"
         unfinished.mkdir()
         (unfinished / leftover).write_bytes(b"")
-        with pytest.raises(ConfigError, match="has no manifest.json, so preprocess did not finish writing it; "
-                                              "re-run bash run_scripts/python.sh -m preprocess"):
+        with pytest.raises(
+            ConfigError,
+            match="has no manifest.json, so preprocess did not finish writing it; "
+            "re-run bash run_scripts/python.sh -m preprocess",
+        ):
             check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(unfinished)]))
     good = make_shards(tmp_path / "good")
     with pytest.raises(ConfigError, match="resume_from_checkpoint"):
-        check_paths(TrainConfig(model_name_or_path=str(model_dir), data=[str(good)], resume_from_checkpoint="ckpt/none"))
+        check_paths(
+            TrainConfig(model_name_or_path=str(model_dir), data=[str(good)], resume_from_checkpoint="ckpt/none")
+        )
 
 
 def test_check_paths_rejects_silent_shards_when_audio_is_used(tmp_path, model_dir):
     silent = make_shards(tmp_path / "silent", with_audio=0)
     cfg = TrainConfig(model_name_or_path=str(model_dir), data=[str(silent)])
-    with pytest.raises(ConfigError, match="re-run bash run_scripts/python.sh -m preprocess on clips with audio, or set use_audio_in_video=false"):
+    with pytest.raises(
+        ConfigError,
+        match="re-run bash run_scripts/python.sh -m preprocess on clips with audio, or set use_audio_in_video=false",
+    ):
         check_paths(cfg)
     check_paths(dataclasses.replace(cfg, use_audio_in_video=False))
 
@@ -297,9 +347,18 @@ def test_check_paths_rejects_silent_shards_when_audio_is_used(tmp_path, model_di
 def test_top_level_judge_reaches_people_focus_without_the_key():
     from omni_grpo.rewards import effective_reward_kwargs
 
-    cfg = load_config(None, ["model_name_or_path=m", "judge.enabled=true", "judge.url=http://127.0.0.1:9/v1",
-                             "judge.model=judge", "judge.api_key_env=JUDGE_KEY", "judge.temperature=0.3",
-                             "judge.max_cache_entries=7"])
+    cfg = load_config(
+        None,
+        [
+            "model_name_or_path=m",
+            "judge.enabled=true",
+            "judge.url=http://127.0.0.1:9/v1",
+            "judge.model=judge",
+            "judge.api_key_env=JUDGE_KEY",
+            "judge.temperature=0.3",
+            "judge.max_cache_entries=7",
+        ],
+    )
     kw = effective_reward_kwargs(cfg)
     assert kw["people_focus"]["judge"]["api_key_env"] == "JUDGE_KEY"
     from omni_grpo.rewards.judge import JudgeConfig

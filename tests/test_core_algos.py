@@ -104,10 +104,14 @@ def test_group_reward_totals_rule():
     total; a weight-0 reward never matters; with groups of 1 it is a sum over the scored rewards."""
     nan = float("nan")
     w = torch.tensor([1.0, 0.5, 0.0])
-    scores = torch.tensor([
-        [1.0, nan, 3.0], [0.0, nan, nan],          # group 0: reward 1 scores nobody → left out
-        [1.0, 1.0, 0.0], [1.0, nan, 0.0],          # group 1: row 3 lacks reward 1 → NaN
-    ])
+    scores = torch.tensor(
+        [
+            [1.0, nan, 3.0],
+            [0.0, nan, nan],  # group 0: reward 1 scores nobody → left out
+            [1.0, 1.0, 0.0],
+            [1.0, nan, 0.0],  # group 1: row 3 lacks reward 1 → NaN
+        ]
+    )
     totals = group_reward_totals(scores, w, 2)
     assert totals[:3].tolist() == [1.0, 0.0, 1.5] and torch.isnan(totals[3])
     assert group_reward_totals(scores, w, 1).tolist() == [1.0, 0.0, 1.5, 1.0]
@@ -193,8 +197,11 @@ MASK = [[1, 1, 1], [1, 1, 0]]
 
 def hand_case():
     log_probs = torch.tensor(RATIOS, dtype=torch.float64).log().requires_grad_(True)
-    return log_probs, torch.zeros(2, 3, dtype=torch.float64), torch.tensor(ADVANTAGES, dtype=torch.float64), (
-        torch.tensor(MASK, dtype=torch.bool)
+    return (
+        log_probs,
+        torch.zeros(2, 3, dtype=torch.float64),
+        torch.tensor(ADVANTAGES, dtype=torch.float64),
+        (torch.tensor(MASK, dtype=torch.bool)),
     )
 
 
@@ -236,8 +243,14 @@ def test_policy_loss_adds_kl_and_entropy_terms():
     ref_log_probs = torch.full((2, 3), -0.2, dtype=torch.float64)
     entropy = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float64)
     loss, metrics = policy_loss(
-        log_probs, old_log_probs, advantages, mask,
-        ref_log_probs=ref_log_probs, beta=0.1, entropy=entropy, entropy_coef=0.01,
+        log_probs,
+        old_log_probs,
+        advantages,
+        mask,
+        ref_log_probs=ref_log_probs,
+        beta=0.1,
+        entropy=entropy,
+        entropy_coef=0.01,
     )
     kl = kl_penalty(log_probs, ref_log_probs, "k3")
     expected = 1.1 / 5 + 0.1 * agg_loss(kl, mask, "token_mean") - 0.01 * 15.0 / 5
@@ -296,8 +309,17 @@ def _micro_loss(weight, rows, case, loss_agg, **normalisers):
     features, old_log_probs, ref_log_probs, advantages, mask = case
     log_probs = -torch.nn.functional.softplus(features[rows] @ weight)  # [b, L]
     loss, _ = policy_loss(
-        log_probs, old_log_probs[rows], advantages[rows], mask[rows], 0.2, 0.28, loss_agg,
-        ref_log_probs=ref_log_probs[rows], beta=0.04, max_length=6, **normalisers,
+        log_probs,
+        old_log_probs[rows],
+        advantages[rows],
+        mask[rows],
+        0.2,
+        0.28,
+        loss_agg,
+        ref_log_probs=ref_log_probs[rows],
+        beta=0.04,
+        max_length=6,
+        **normalisers,
     )
     return loss
 

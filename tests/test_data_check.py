@@ -84,8 +84,9 @@ def test_unknown_problem_types_reported_with_the_known_ones_unless_report_is_off
     manifest = json.loads((data / "manifest.json").read_text())
     manifest["problem_types"] = {"matched": {"multiple_choice": 3}, "unknown": {"essay": 2}}
     (data / "manifest.json").write_text(json.dumps(manifest))
-    cfg = SimpleNamespace(data=[str(data)], max_prompt_length=10**6, skip_long_prompts=False,
-                          model_family="qwen2_5_omni")
+    cfg = SimpleNamespace(
+        data=[str(data)], max_prompt_length=10**6, skip_long_prompts=False, model_family="qwen2_5_omni"
+    )
     with caplog.at_level(logging.WARNING, logger="omni_grpo"):
         check_data(cfg, report=False)
         assert not caplog.records
@@ -137,8 +138,9 @@ def test_shards_for_another_family_stop_the_check_with_the_fix(tiny_model_dir, t
     assert "--family qwen2_5_omni" in err
 
 
-def test_the_text_is_counted_with_the_models_tokenizer_where_the_estimate_undercounts(tiny, tiny_model_dir,
-                                                                                      tiny_shards, tmp_path):
+def test_the_text_is_counted_with_the_models_tokenizer_where_the_estimate_undercounts(
+    tiny, tiny_model_dir, tiny_shards, tmp_path
+):
     """preprocess estimates the text without --tokenizer; the tiny kit's tokenizer splits finer than that estimate,
     so every stored count is short of the real prompt. The check counts the text with the model's tokenizer:
     its count is the prompt `build_inputs` builds, and a limit the stored counts pass is refused before any

@@ -27,8 +27,7 @@ PREPROCESS = ["--max-pixels", "3136", "--min-pixels", "3136", "--no-progress", "
 
 
 def _run(args: list[str], env: dict, timeout: int = 300) -> str:
-    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(args[:3])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
@@ -41,19 +40,68 @@ def _curves(run: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in ("reward/accuracy", "reward/format")}
 
 
-def _demo(folder: Path, model: Path, env: dict, seed: int, blank: str | None = None,
-          overrides: tuple[str, ...] = ()) -> dict[str, list[float]]:
+def _demo(
+    folder: Path, model: Path, env: dict, seed: int, blank: str | None = None, overrides: tuple[str, ...] = ()
+) -> dict[str, list[float]]:
     """The demo pipeline on its own data (``blank``: see `omni_grpo.demo.clip_arrays`): clips → shards → format
     warm-up → GRPO (``overrides``: extra key=value for the training command); returns the logged curves."""
-    _run(["-m", "omni_grpo.demo", "data", str(folder / "raw"), "--seed", str(seed),
-          *(["--blank", blank] if blank else [])], env)
-    _run(["-m", "preprocess", "--source", "jsonl", "--manifest", str(folder / "raw" / "manifest.jsonl"),
-          "--output", str(folder / "shards"), *PREPROCESS], env)
-    _run(["-m", "omni_grpo.demo", "warmup", "--model", str(model), "--data", str(folder / "shards"),
-          "--output", str(folder / "model"), "--config", "configs/demo.yaml"], env)
-    _run(["-m", "omni_grpo.train", "--config", "configs/demo.yaml", f"model_name_or_path={folder / 'model'}",
-          f"data=[{folder / 'shards'}]", f"eval_data=[{folder / 'shards'}]", f"output_dir={folder / 'run'}",
-          f"seed={seed}", *overrides], env)
+    _run(
+        [
+            "-m",
+            "omni_grpo.demo",
+            "data",
+            str(folder / "raw"),
+            "--seed",
+            str(seed),
+            *(["--blank", blank] if blank else []),
+        ],
+        env,
+    )
+    _run(
+        [
+            "-m",
+            "preprocess",
+            "--source",
+            "jsonl",
+            "--manifest",
+            str(folder / "raw" / "manifest.jsonl"),
+            "--output",
+            str(folder / "shards"),
+            *PREPROCESS,
+        ],
+        env,
+    )
+    _run(
+        [
+            "-m",
+            "omni_grpo.demo",
+            "warmup",
+            "--model",
+            str(model),
+            "--data",
+            str(folder / "shards"),
+            "--output",
+            str(folder / "model"),
+            "--config",
+            "configs/demo.yaml",
+        ],
+        env,
+    )
+    _run(
+        [
+            "-m",
+            "omni_grpo.train",
+            "--config",
+            "configs/demo.yaml",
+            f"model_name_or_path={folder / 'model'}",
+            f"data=[{folder / 'shards'}]",
+            f"eval_data=[{folder / 'shards'}]",
+            f"output_dir={folder / 'run'}",
+            f"seed={seed}",
+            *overrides,
+        ],
+        env,
+    )
     return _curves(folder / "run")
 
 
@@ -80,9 +128,23 @@ def test_demo_learns_from_the_clip_and_not_without_it(tmp_path):
     # The trained model evaluated with its media blanked (evaluate --ablate media) falls to chance or below.
     for ablate in (None, "media"):
         out = tmp_path / f"eval-{ablate or 'full'}"
-        _run(["-m", "omni_grpo.evaluate", "--model", str(tmp_path / "media" / "run"), "--data",
-              str(tmp_path / "media" / "shards"), "--output", str(out), "--no-progress", "--num-workers", "0",
-              *(["--ablate", ablate] if ablate else [])], env)
+        _run(
+            [
+                "-m",
+                "omni_grpo.evaluate",
+                "--model",
+                str(tmp_path / "media" / "run"),
+                "--data",
+                str(tmp_path / "media" / "shards"),
+                "--output",
+                str(out),
+                "--no-progress",
+                "--num-workers",
+                "0",
+                *(["--ablate", ablate] if ablate else []),
+            ],
+            env,
+        )
         accuracy = json.loads((out / "summary.json").read_text())["accuracy"]
         if ablate is None:
             assert accuracy >= 0.7, f"the trained demo scores {accuracy} with its media"
@@ -91,8 +153,9 @@ def test_demo_learns_from_the_clip_and_not_without_it(tmp_path):
 
     acc, fmt = blank["reward/accuracy"], blank["reward/format"]
     assert _mean(fmt) >= 0.8, f"blanked media: the control must still write the format, got {fmt}"
-    assert _mean(acc[-10:]) <= CHANCE + 0.15 and max(_mean(acc[i:i + 10]) for i in range(len(acc) - 9)) <= 0.5, (
-        f"blanked media learned beyond chance ({CHANCE}): {acc}")
+    assert _mean(acc[-10:]) <= CHANCE + 0.15 and max(_mean(acc[i : i + 10]) for i in range(len(acc) - 9)) <= 0.5, (
+        f"blanked media learned beyond chance ({CHANCE}): {acc}"
+    )
 
 
 # One stream alone learns more slowly than both; 40 of the demo's 60 steps show it and keep CI's time down.
@@ -155,8 +218,13 @@ def test_warm_up_never_reads_the_answer_and_changes_only_the_output_layer(tiny_m
     weights = []
     for name, path in (("a", manifest), ("b", moved)):
         shards = _preprocess(path, tmp_path / f"shards_{name}")
-        out = warm_up(tiny_model_dir, [str(shards)], tmp_path / f"warm_{name}",
-                      config=str(REPO / "configs" / "demo.yaml"), steps=5)
+        out = warm_up(
+            tiny_model_dir,
+            [str(shards)],
+            tmp_path / f"warm_{name}",
+            config=str(REPO / "configs" / "demo.yaml"),
+            steps=5,
+        )
         weights.append(load_file(str(out / "model.safetensors")))
         assert json.loads((out / "warm_up.json").read_text())["trained"] == "lm_head"
     before = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
@@ -180,6 +248,10 @@ def test_the_warm_up_reply_is_what_the_demo_rewards():
     replies = [REPLY.format(letter=x) for x in "ABCD"]
     assert format_reward(replies, tags=tags) == [1.0] * 4
     assert all(f"<{t}>" in cfg.system_prompt for t in tags)
-    fields = dict(question=[QUESTION] * 4, options=[["red", "green", "blue", "yellow"]] * 4, answer=["C"] * 4,
-                  problem_type=["multiple_choice"] * 4)
+    fields = dict(
+        question=[QUESTION] * 4,
+        options=[["red", "green", "blue", "yellow"]] * 4,
+        answer=["C"] * 4,
+        problem_type=["multiple_choice"] * 4,
+    )
     assert accuracy_reward(replies, **fields) == [0.0, 0.0, 1.0, 0.0]

@@ -39,13 +39,15 @@ def test_zero3_two_ranks_mixed_modalities_train_trainable_only(full_run, tiny_mo
 def test_zero3_resume_equals_uninterrupted(full_run, tiny_model_dir, mixed_shards):
     tmp, ds = full_run
     out = tmp / "resumed"
-    launch(tmp, common(tiny_model_dir, mixed_shards, out, ds) +
-           [f"resume_from_checkpoint={tmp / 'out' / 'checkpoints' / 'step-0000002'}"])
+    launch(
+        tmp,
+        common(tiny_model_dir, mixed_shards, out, ds)
+        + [f"resume_from_checkpoint={tmp / 'out' / 'checkpoints' / 'step-0000002'}"],
+    )
     assert scalars(out, "actor/loss") == scalars(tmp / "out", "actor/loss")[2:]
 
 
-def test_zero3_lora_dynamic_sampling_saves_no_frozen_weight_and_resumes_exactly(tiny_model_dir, mixed_shards,
-                                                                               tmp_path):
+def test_zero3_lora_dynamic_sampling_saves_no_frozen_weight_and_resumes_exactly(tiny_model_dir, mixed_shards, tmp_path):
     """LoRA with gradient checkpointing under ZeRO-3 on 2 ranks: the adapters move; the checkpoint's DeepSpeed
     state holds no frozen weight (issue 17 item 4), and a resume from step 2 continues exactly (step 3's loss
     and adapter). With dynamic sampling (item 1(b)), where rank 0's prompt always scores one constant value and
@@ -56,8 +58,15 @@ def test_zero3_lora_dynamic_sampling_saves_no_frozen_weight_and_resumes_exactly(
     from tests.test_lora_checkpoint import frozen_weights_in_state
 
     ds = zero3_test_config(tmp_path / "zero3.json")
-    lora = ["lora.enabled=true", "lora.r=4", "lora.alpha=8", "gradient_checkpointing=true", "dynamic_sampling=true",
-            "dynamic_sampling_max_extra_rounds=1", "reward_funcs=[tests.rewards_for_tests:half_constant_reward]"]
+    lora = [
+        "lora.enabled=true",
+        "lora.r=4",
+        "lora.alpha=8",
+        "gradient_checkpointing=true",
+        "dynamic_sampling=true",
+        "dynamic_sampling_max_extra_rounds=1",
+        "reward_funcs=[tests.rewards_for_tests:half_constant_reward]",
+    ]
     out, resumed = tmp_path / "out", tmp_path / "resumed"
     launch(tmp_path, common(tiny_model_dir, mixed_shards, out, ds) + lora)
     step2, step3 = (out / "checkpoints" / f"step-000000{k}" for k in (2, 3))
@@ -80,8 +89,11 @@ def test_zero3_mu_two_makes_two_optimizer_steps_per_trainer_step(tiny_model_dir,
     """Issue 13 item 1 under ZeRO-3 on 2 ranks: DeepSpeed's accumulation boundary falls after each of the μ
     passes, so each trainer step makes μ optimizer steps and the ratio departs from 1 (clipping acts)."""
     ds = zero3_test_config(tmp_path / "zero3.json")
-    launch(tmp_path, common(tiny_model_dir, mixed_shards, tmp_path / "out", ds, steps=2) +
-           ["num_iterations=2", "learning_rate=3e-3", "beta=0.0", "save_steps=0"])
+    launch(
+        tmp_path,
+        common(tiny_model_dir, mixed_shards, tmp_path / "out", ds, steps=2)
+        + ["num_iterations=2", "learning_rate=3e-3", "beta=0.0", "save_steps=0"],
+    )
     out = tmp_path / "out"
     assert scalars(out, "actor/optimizer_steps") == [2.0, 2.0]
     assert max(scalars(out, "actor/clip_ratio")) > 0.0
@@ -95,17 +107,36 @@ def test_zero3_gradient_equals_single_process(tiny_model_dir, mixed_shards, tmp_
     the prompt pass shared by them); one process then trains on both ranks' rows, a rollout per backward. Before
     the fix in `DeepSpeedEngine.backward` ZeRO-3 kept only the last micro-batch's gradient (off by 0.64 of the norm)."""
     ds = zero3_test_config(tmp_path / "zero3.json")
-    args = [f"model_name_or_path={tiny_model_dir}", f"data=[{mixed_shards}]", "num_generations=4",
-            "per_device_prompts=1", "max_completion_length=10", "max_prompt_length=4096", "max_steps=1",
-            "learning_rate=1e-3", "beta=0.0", "dataloader_num_workers=0", "dataset_order=sequential", "save_steps=0",
-            "seed=5", "reward_funcs=[format, tests.rewards_for_tests:length_reward]"]
+    args = [
+        f"model_name_or_path={tiny_model_dir}",
+        f"data=[{mixed_shards}]",
+        "num_generations=4",
+        "per_device_prompts=1",
+        "max_completion_length=10",
+        "max_prompt_length=4096",
+        "max_steps=1",
+        "learning_rate=1e-3",
+        "beta=0.0",
+        "dataloader_num_workers=0",
+        "dataset_order=sequential",
+        "save_steps=0",
+        "seed=5",
+        "reward_funcs=[format, tests.rewards_for_tests:length_reward]",
+    ]
     rollouts = tmp_path / "rollouts"
     driver = (str(REPO / "tests" / "gradient_driver.py"), str(rollouts))
-    launch(tmp_path, [f"output_dir={tmp_path / 'z3'}", f"deepspeed={ds}", "micro_batch_size=1", *args],
-           entry=(*driver, str(tmp_path / "zero3.pt")))
+    launch(
+        tmp_path,
+        [f"output_dir={tmp_path / 'z3'}", f"deepspeed={ds}", "micro_batch_size=1", *args],
+        entry=(*driver, str(tmp_path / "zero3.pt")),
+    )
     assert sorted(p.name for p in rollouts.iterdir()) == ["rank0.pt", "rank1.pt"]
-    launch(tmp_path, [f"output_dir={tmp_path / 'one'}", "micro_batch_size=0", *args],
-           entry=(*driver, str(tmp_path / "one.pt")), processes=1)
+    launch(
+        tmp_path,
+        [f"output_dir={tmp_path / 'one'}", "micro_batch_size=0", *args],
+        entry=(*driver, str(tmp_path / "one.pt")),
+        processes=1,
+    )
     zero3, one = torch.load(tmp_path / "zero3.pt"), torch.load(tmp_path / "one.pt")
     assert zero3.keys() == one.keys()
     error = sum((zero3[k] - one[k]).square().sum() for k in one).sqrt()

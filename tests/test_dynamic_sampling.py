@@ -15,9 +15,18 @@ from tests.rewards_for_tests import constant_prompt
 HALF = "tests.rewards_for_tests:half_constant_reward"
 # One prompt per micro-step, two micro-steps: a step needs 2 groups with a spread. In the tiny shards' order
 # every other prompt (ids ending in an even digit) scores one constant value for all its completions.
-RUN = dict(TINY_RUN, per_device_prompts=1, gradient_accumulation_steps=2, max_completion_length=6, save_steps=0,
-           dataset_order="sequential", beta=0.0, reward_funcs=[HALF], dynamic_sampling=True,
-           dynamic_sampling_max_extra_rounds=4)
+RUN = dict(
+    TINY_RUN,
+    per_device_prompts=1,
+    gradient_accumulation_steps=2,
+    max_completion_length=6,
+    save_steps=0,
+    dataset_order="sequential",
+    beta=0.0,
+    reward_funcs=[HALF],
+    dynamic_sampling=True,
+    dynamic_sampling_max_extra_rounds=4,
+)
 
 
 class Recorder:
@@ -73,8 +82,15 @@ def test_every_trained_group_has_a_spread_and_the_counters_match_the_draws(tiny_
 
 
 def test_the_extra_round_cap_holds_and_constant_groups_fill_the_step(tiny_model_dir, tiny_shards, tmp_path):
-    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, RUN, max_steps=1, dynamic_sampling_max_extra_rounds=3,
-                      reward_funcs=["tests.rewards_for_tests:constant_reward"])
+    cfg = tiny_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        RUN,
+        max_steps=1,
+        dynamic_sampling_max_extra_rounds=3,
+        reward_funcs=["tests.rewards_for_tests:constant_reward"],
+    )
     rec = Recorder(GRPOTrainer(cfg))
     m = rec.step()
     assert len(rec.drawn[0]) == m["rollout/dynamic_sampling_rounds"] == 2 + 3
@@ -86,8 +102,9 @@ def test_the_gradient_does_not_depend_on_the_micro_batch(tiny_model_dir, tiny_sh
     """The kept rows of several rounds, in update micro-batches of 1 row or of a whole group: the same gradient."""
     grads = []
     for mb in (1, 2):
-        trainer = GRPOTrainer(tiny_config(tiny_model_dir, tiny_shards, tmp_path / str(mb), RUN, max_steps=1,
-                                          micro_batch_size=mb))
+        trainer = GRPOTrainer(
+            tiny_config(tiny_model_dir, tiny_shards, tmp_path / str(mb), RUN, max_steps=1, micro_batch_size=mb)
+        )
         got, step = {}, trainer.engine.step
 
         def capture(_got=got, _step=step, _policy=trainer.policy):
@@ -108,8 +125,9 @@ def test_resume_with_dynamic_sampling_equals_uninterrupted(tiny_model_dir, tiny_
     full.step()
     folder = full.save()
     rest = full.step()
-    resumed = GRPOTrainer(tiny_config(tiny_model_dir, tiny_shards, tmp_path / "b", RUN, max_steps=2,
-                                      resume_from_checkpoint=str(folder)))
+    resumed = GRPOTrainer(
+        tiny_config(tiny_model_dir, tiny_shards, tmp_path / "b", RUN, max_steps=2, resume_from_checkpoint=str(folder))
+    )
     again = resumed.step()
     assert rest["rollout/dynamic_sampling_rounds"] > 2  # the resumed step drew extra rounds too
     for key in ("actor/loss", "rollout/dynamic_sampling_drawn", "rollout/dynamic_sampling_dropped", "reward/total"):

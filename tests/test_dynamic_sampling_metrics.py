@@ -10,8 +10,9 @@ from tests.helpers import tiny_config
 from tests.test_dynamic_sampling import RUN
 
 
-def test_reward_and_rollout_metrics_cover_the_kept_groups_and_drawn_ones_are_logged_apart(tiny_model_dir,
-                                                                                          tiny_shards, tmp_path):
+def test_reward_and_rollout_metrics_cover_the_kept_groups_and_drawn_ones_are_logged_apart(
+    tiny_model_dir, tiny_shards, tmp_path
+):
     trainer = GRPOTrainer(tiny_config(tiny_model_dir, tiny_shards, tmp_path, RUN, max_steps=1))
     seen = {}
     collect = trainer.collect_rollouts
@@ -35,8 +36,7 @@ def test_reward_and_rollout_metrics_cover_the_kept_groups_and_drawn_ones_are_log
         return torch.cat([(r.advantages.view(-1, 2) == 0).all(dim=1).float().cpu() for r in rollouts]).mean().item()
 
     assert math.isclose(metrics["reward/total_std"], total(kept).std(correction=0).item(), rel_tol=1e-6)
-    assert math.isclose(metrics["rollout/drawn_reward_total_std"], total(drawn).std(correction=0).item(),
-                        rel_tol=1e-6)
+    assert math.isclose(metrics["rollout/drawn_reward_total_std"], total(drawn).std(correction=0).item(), rel_tol=1e-6)
     assert metrics["reward/zero_std_group_ratio"] == zero_std(kept) == 0.0  # every trained group has a spread
     assert metrics["rollout/drawn_reward_zero_std_group_ratio"] == zero_std(drawn) > 0.0
     assert math.isclose(metrics["rollout/completion_length"], length(kept), rel_tol=1e-6)

@@ -26,8 +26,13 @@ def _losses(trainer) -> list[float]:
 
 def test_evaluating_every_step_keeps_the_loss_curve_and_writes_each_step(tiny_model_dir, tiny_shards, tmp_path):
     plain = _losses(GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "plain", max_steps=3)))
-    evaluated = _losses(GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "eval", max_steps=3,
-                                                eval_data=[str(tiny_shards)], eval_steps=1)))
+    evaluated = _losses(
+        GRPOTrainer(
+            make_config(
+                tiny_model_dir, tiny_shards, tmp_path / "eval", max_steps=3, eval_data=[str(tiny_shards)], eval_steps=1
+            )
+        )
+    )
     assert len(plain) == 3 and evaluated == plain
     folders = sorted(p.name for p in (tmp_path / "eval" / "eval").iterdir())
     assert folders == ["step-0000001", "step-0000002", "step-0000003"]
@@ -38,8 +43,15 @@ def test_eval_steps_also_evaluates_the_last_step(tiny_model_dir, tiny_shards, tm
     """eval_steps=2 of 3 steps: step 2 and the end (3); TensorBoard gets eval/accuracy at both."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=3, eval_data=[str(tiny_shards)], eval_steps=2,
-                      reward_funcs=["format", "accuracy"])
+    cfg = make_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        max_steps=3,
+        eval_data=[str(tiny_shards)],
+        eval_steps=2,
+        reward_funcs=["format", "accuracy"],
+    )
     GRPOTrainer(cfg).train()
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["step-0000002", "step-0000003"]
     acc = EventAccumulator(str(log_dir(tmp_path)), size_guidance={"scalars": 0, "tensors": 0})
@@ -48,8 +60,10 @@ def test_eval_steps_also_evaluates_the_last_step(tiny_model_dir, tiny_shards, tm
     assert [e.step for e in acc.Scalars("eval/accuracy")] == [2, 3]
     for tag in ("eval/format_rate", "eval/reward/format", "eval/reward/accuracy", "eval/reward/people_focus"):
         assert tag in tags["scalars"], tag
-    assert any(t.startswith("eval/") and t.endswith("/accuracy") and t.count("/") == 2 and t != "eval/reward/accuracy"
-               for t in tags["scalars"])  # eval/<problem_type>/accuracy
+    assert any(
+        t.startswith("eval/") and t.endswith("/accuracy") and t.count("/") == 2 and t != "eval/reward/accuracy"
+        for t in tags["scalars"]
+    )  # eval/<problem_type>/accuracy
     assert "eval/completions/text_summary" in tags["tensors"]
 
 
@@ -64,15 +78,17 @@ def test_the_step_folder_has_the_cli_format_and_every_question_once(tiny_model_d
     rows = eval_report.load_predictions(folder)
     assert [r["id"] for r in rows] == question_ids(PromptDataset([str(tiny_shards)]))
     summary = json.loads((folder / eval_report.SUMMARY_FILE).read_text())
-    again = eval_report.summarize(rows, list(summary["rewards"]), [s["weight"] for s in summary["rewards"].values()], 1,
-                                  list(summary["groups"]))
+    again = eval_report.summarize(
+        rows, list(summary["rewards"]), [s["weight"] for s in summary["rewards"].values()], 1, list(summary["groups"])
+    )
     assert {k: summary[k] for k in again} == json.loads(json.dumps(again))
     assert summary["num_questions"] == len(rows) and summary["step"] == 2
     assert evaluate_main(["--compare", str(folder), str(eval_loop.step_dir(tmp_path, 1))]) == 0
 
 
-def test_evaluation_restores_every_random_state_even_if_sampling_draws(tiny_model_dir, tiny_shards, tmp_path,
-                                                                        monkeypatch):
+def test_evaluation_restores_every_random_state_even_if_sampling_draws(
+    tiny_model_dir, tiny_shards, tmp_path, monkeypatch
+):
     """Greedy decoding draws nothing today; the guard must hold for any sampling code that does."""
     real = eval_loop.sample
 
@@ -81,8 +97,9 @@ def test_evaluation_restores_every_random_state_even_if_sampling_draws(tiny_mode
         return real(*args, **kwargs)
 
     monkeypatch.setattr(eval_loop, "sample", drawing)
-    trainer = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=1,
-                                      eval_data=[str(tiny_shards)], eval_steps=1))
+    trainer = GRPOTrainer(
+        make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=1, eval_data=[str(tiny_shards)], eval_steps=1)
+    )
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     want = random.random(), np.random.rand(), torch.rand(1).item()
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
@@ -143,15 +160,22 @@ def test_eval_ablations_log_the_accuracy_without_the_media(tiny_model_dir, tiny_
         return real(family, policy, processor, inputs, *args, **kwargs)
 
     monkeypatch.setattr(eval_loop, "sample", spy)
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=1, eval_data=[str(tiny_shards)], eval_steps=1,
-                      eval_ablations=["media", "text"])
+    cfg = make_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        max_steps=1,
+        eval_data=[str(tiny_shards)],
+        eval_steps=1,
+        eval_ablations=["media", "text"],
+    )
     GRPOTrainer(cfg).train()
     third = len(seen) // 3  # the plain pass, then the ablated ones in order
     assert len(seen) == 3 * third and third > 0
-    assert all(x.pixel_values_videos is None and x.input_features is None for x in seen[2 * third:])
+    assert all(x.pixel_values_videos is None and x.input_features is None for x in seen[2 * third :])
     for name in ("pixel_values_videos", "input_features"):
         plain = [getattr(x, name) for x in seen[:third] if getattr(x, name) is not None]
-        blank = [getattr(x, name) for x in seen[third:2 * third] if getattr(x, name) is not None]
+        blank = [getattr(x, name) for x in seen[third : 2 * third] if getattr(x, name) is not None]
         assert plain and len(blank) == len(plain)
         assert all(bool((t == blank[0][:1]).all()) for t in blank), f"{name}: the ablated pass still sees the media"
         assert any(not torch.equal(a, b) for a, b in zip(plain, blank)), name

@@ -17,10 +17,20 @@ NAMES, WEIGHTS = ["format", "accuracy"], [1.0, 1.0]
 
 
 def row(qid, k=0, accuracy=1.0, fmt=1.0, **extra):
-    return {"id": qid, "generation": k, "question": f"q {qid}", "answer": "A", "completion": "<answer>A</answer>",
-            "parsed_answer": "A", "problem_type": "multiple_choice", "extra": extra,
-            "rewards": {"format": fmt, "accuracy": accuracy},
-            "total": (fmt or 0.0) + (accuracy or 0.0), "length": 5, "truncated": False}
+    return {
+        "id": qid,
+        "generation": k,
+        "question": f"q {qid}",
+        "answer": "A",
+        "completion": "<answer>A</answer>",
+        "parsed_answer": "A",
+        "problem_type": "multiple_choice",
+        "extra": extra,
+        "rewards": {"format": fmt, "accuracy": accuracy},
+        "total": (fmt or 0.0) + (accuracy or 0.0),
+        "length": 5,
+        "truncated": False,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- statistics
@@ -114,9 +124,12 @@ def test_paired_bootstrap_covers_the_truth_keeps_pairs_and_is_reproducible():
 
 
 def test_summary_per_group_tables():
-    rows = [row("q1", accuracy=1.0, task="count", domain="sports"), row("q2", accuracy=0.0, task="count"),
-            row("q3", accuracy=1.0, fmt=0.0, task="speech", domain="sports"),
-            row("q4", accuracy=None, task="speech", domain="news")]
+    rows = [
+        row("q1", accuracy=1.0, task="count", domain="sports"),
+        row("q2", accuracy=0.0, task="count"),
+        row("q3", accuracy=1.0, fmt=0.0, task="speech", domain="sports"),
+        row("q4", accuracy=None, task="speech", domain="news"),
+    ]
     summary = eval_report.summarize(rows, NAMES, WEIGHTS, 1, ["task", "domain", "problem_type"])
     assert summary["accuracy"] == pytest.approx(2 / 3) and summary["format_rate"] == pytest.approx(3 / 4)
     assert summary["rewards"]["accuracy"]["questions"] == 3 and summary["rewards"]["accuracy"]["none_ratio"] == 0.25
@@ -126,39 +139,61 @@ def test_summary_per_group_tables():
     assert task["count"]["rewards"]["accuracy"]["mean"] == 0.5 and task["speech"]["rewards"]["accuracy"]["mean"] == 1.0
     assert task["speech"]["rewards"]["format"]["mean"] == 0.5
     assert {v: g["questions"] for v, g in summary["groups"]["domain"].items()} == {
-        eval_report.MISSING: 1, "news": 1, "sports": 2}
+        eval_report.MISSING: 1,
+        "news": 1,
+        "sports": 2,
+    }
     assert list(summary["groups"]["problem_type"]) == ["multiple_choice"]
     table = eval_report.format_summary(summary).splitlines()
     assert len(table) == 1 + 1 + 2 + 3 + 1  # header, overall, task values, domain values, problem_type
     assert table[2].startswith("task=count") and "0.500 [" in table[2]
-    with pytest.raises(eval_report.ReportError, match="--group-by tsak: no prediction has this field; fields: "
-                                                      "domain, problem_type, task"):
+    with pytest.raises(
+        eval_report.ReportError,
+        match="--group-by tsak: no prediction has this field; fields: domain, problem_type, task",
+    ):
         eval_report.summarize(rows, NAMES, WEIGHTS, 1, ["tsak"])
 
 
 def test_a_list_valued_category_counts_the_question_once_in_each_element():
     # WorldSense's audio_class is a list; lmms-eval's worldsense_aggregate_results adds a question to each class.
-    rows = [row("q1", accuracy=1.0, audio_class=["Speech", "Music"]),
-            row("q2", accuracy=0.0, audio_class=["Music", "Speech"]),
-            row("q3", accuracy=1.0, audio_class=["Speech", "Speech"]),
-            row("q4", accuracy=0.0, audio_class=[]), row("q5", accuracy=1.0, audio_class=["Event"])]
+    rows = [
+        row("q1", accuracy=1.0, audio_class=["Speech", "Music"]),
+        row("q2", accuracy=0.0, audio_class=["Music", "Speech"]),
+        row("q3", accuracy=1.0, audio_class=["Speech", "Speech"]),
+        row("q4", accuracy=0.0, audio_class=[]),
+        row("q5", accuracy=1.0, audio_class=["Event"]),
+    ]
     summary = eval_report.summarize(rows, NAMES, WEIGHTS, 1, ["audio_class"])
     groups = summary["groups"]["audio_class"]
-    assert {v: g["questions"] for v, g in groups.items()} == {"Event": 1, "Music": 2, "Speech": 3,
-                                                                eval_report.MISSING: 1}
+    assert {v: g["questions"] for v, g in groups.items()} == {
+        "Event": 1,
+        "Music": 2,
+        "Speech": 3,
+        eval_report.MISSING: 1,
+    }
     assert groups["Speech"]["rewards"]["accuracy"]["mean"] == pytest.approx(2 / 3)
     assert groups["Music"]["rewards"]["accuracy"]["mean"] == 0.5
     assert summary["num_questions"] == 5 and summary["accuracy"] == pytest.approx(3 / 5)
     other = [{**r, "rewards": {"format": 1.0, "accuracy": 1.0}} for r in rows]
     result = eval_report.compare(rows, other, ["audio_class"])
     assert {v: g["questions"] for v, g in result["groups"]["audio_class"].items()} == {
-        "Event": 1, "Music": 2, "Speech": 3, eval_report.MISSING: 1}
+        "Event": 1,
+        "Music": 2,
+        "Speech": 3,
+        eval_report.MISSING: 1,
+    }
     assert result["groups"]["audio_class"]["Speech"]["b_better"] == 1
 
 
 def test_summary_with_k_samples_averages_pass_at_1_per_question():
-    rows = [row("q1", 0, 1.0), row("q1", 1, 0.0), row("q2", 0, 0.0), row("q2", 1, 0.0), row("q3", 0, 1.0),
-            row("q3", 1, None)]
+    rows = [
+        row("q1", 0, 1.0),
+        row("q1", 1, 0.0),
+        row("q2", 0, 0.0),
+        row("q2", 1, 0.0),
+        row("q3", 0, 1.0),
+        row("q3", 1, None),
+    ]
     summary = eval_report.summarize(rows, NAMES, WEIGHTS, 2)
     assert summary["accuracy"] == pytest.approx((0.5 + 0.0 + 1.0) / 3)  # q3's unscored sample is left out
     assert summary["pass_at_2"] == pytest.approx(2 / 3) and summary["num_questions"] == 3
@@ -181,7 +216,7 @@ def test_resume_after_a_kill_equals_one_uninterrupted_pass(tmp_path):
     assert eval_report.open_run(whole, HEADER, 2) == {}
     with eval_report.PredictionLog(whole) as log:
         for start in range(0, 10, 4):
-            log.append(_run_rows(qids)[2 * start: 2 * start + 8])
+            log.append(_run_rows(qids)[2 * start : 2 * start + 8])
 
     cut = tmp_path / "cut"
     eval_report.open_run(cut, HEADER, 2)
@@ -228,8 +263,13 @@ def _write_run(folder: Path, model: str, outcomes: dict[str, float], cats: dict[
 
 
 def _evaluate_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "omni_grpo.evaluate", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "omni_grpo.evaluate", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_compare_two_prediction_files_through_the_command_line(tmp_path):

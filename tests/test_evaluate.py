@@ -22,8 +22,22 @@ def shards(tmp_path_factory):
 
 def run(model, shards, out, *extra):
     """The command line, in this process; returns the metrics and the prediction lines."""
-    argv = ["--model", str(model), "--data", str(shards), "--output", str(out), "--max-new-tokens", "8",
-            "--batch-size", "2", "--num-workers", "0", "--no-progress", *extra]
+    argv = [
+        "--model",
+        str(model),
+        "--data",
+        str(shards),
+        "--output",
+        str(out),
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
     assert main(argv) == 0
     metrics = json.loads((out / "summary.json").read_text())
     lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -36,7 +50,9 @@ def check(metrics, lines, n_completions):
         assert key in metrics
     assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["format_rate"] <= 1.0
     for line in lines:
-        assert {"id", "question", "answer", "problem_type", "extra", "completion", "parsed_answer", "rewards"} <= set(line)
+        assert {"id", "question", "answer", "problem_type", "extra", "completion", "parsed_answer", "rewards"} <= set(
+            line
+        )
         assert set(line["rewards"]) == {"format", "accuracy", "people_focus"}
         assert line["answer"] in "ABCD" and 1 <= line["length"] <= 8
 
@@ -81,8 +97,20 @@ def test_a_killed_run_resumes_where_it_stopped(base_run, tiny_model_dir, shards,
     monkeypatch.undo()
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 2  # one batch of --batch-size 2
     capsys.readouterr()
-    argv = ["--model", str(tiny_model_dir), "--data", str(shards), "--output", str(out), "--max-new-tokens", "8",
-            "--batch-size", "2", "--num-workers", "0"]
+    argv = [
+        "--model",
+        str(tiny_model_dir),
+        "--data",
+        str(shards),
+        "--output",
+        str(out),
+        "--max-new-tokens",
+        "8",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+    ]
     assert main(argv) == 0  # the same command, with its progress bar over questions
     printed = capsys.readouterr()
     assert f"2/{N_QUESTIONS}" in printed.err and f"{N_QUESTIONS}/{N_QUESTIONS}" in printed.err
@@ -93,7 +121,8 @@ def test_a_killed_run_resumes_where_it_stopped(base_run, tiny_model_dir, shards,
     assert lines == base_lines and metrics["resumed_questions"] == 2
     session = ("seconds", "resumed_questions")
     assert {k: v for k, v in metrics.items() if k not in session} == {
-        k: v for k, v in base_metrics.items() if k not in session}
+        k: v for k, v in base_metrics.items() if k not in session
+    }
     assert main([*argv, "system_prompt=Other."]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "another system_prompt" in err and "--output" in err
@@ -102,8 +131,17 @@ def test_a_killed_run_resumes_where_it_stopped(base_run, tiny_model_dir, shards,
 
 def test_group_by_and_compare_with_a_finished_run(base_run, base_dir, tiny_model_dir, shards, tmp_path, capsys):
     out = tmp_path / "cmp"
-    metrics, lines = run(tiny_model_dir, shards, out, "--limit", "3", "--group-by", "problem_type,vid_name",
-                         "--compare", str(base_dir / "predictions.jsonl"))
+    metrics, lines = run(
+        tiny_model_dir,
+        shards,
+        out,
+        "--limit",
+        "3",
+        "--group-by",
+        "problem_type,vid_name",
+        "--compare",
+        str(base_dir / "predictions.jsonl"),
+    )
     vids = {line["extra"]["vid_name"] for line in lines}
     assert len(vids) == 2 and set(metrics["groups"]["vid_name"]) == vids
     assert metrics["groups"]["problem_type"]["multiple_choice"]["questions"] == 3
@@ -127,13 +165,20 @@ def shards_with_a_missing_video(tmp_path_factory):
     qa = [json.loads(line) for line in (root / "raw" / "qa" / "qa_train.json").read_text().splitlines()]
     gone = qa[0]["vid_name"]
     (root / "raw" / "video" / f"{gone}.mp4").unlink()
-    build(BuildOptions(source="siq2", root=root / "raw", output=root / "shards", workers=0, progress=False,
-                       video=VideoOptions(min_pixels=3136, max_pixels=12544)))
+    build(
+        BuildOptions(
+            source="siq2",
+            root=root / "raw",
+            output=root / "shards",
+            workers=0,
+            progress=False,
+            video=VideoOptions(min_pixels=3136, max_pixels=12544),
+        )
+    )
     return root / "shards", qa, gone
 
 
-def test_coverage_counts_the_questions_preprocess_lost(tiny_model_dir, shards_with_a_missing_video, tmp_path,
-                                                         capsys):
+def test_coverage_counts_the_questions_preprocess_lost(tiny_model_dir, shards_with_a_missing_video, tmp_path, capsys):
     data, qa, gone = shards_with_a_missing_video
     lost = [row["qid"] for row in qa if row["vid_name"] == gone]
     metrics, lines = run(tiny_model_dir, data, tmp_path / "out", "--group-by", "vid_name")
@@ -204,8 +249,11 @@ def test_ablated_runs_do_not_see_the_blanked_media(tiny_model_dir, shards, full_
     metrics, _ = run(tiny_model_dir, shards, tmp_path / ablate, "--batch-size", "1", "--ablate", ablate)
     blank = {ids[0]: inputs for ids, inputs in seen}
     assert sorted(blank) == sorted(full) and len(blank) == N_QUESTIONS
-    streams = {"video": ["pixel_values_videos"], "audio": ["input_features"],
-               "media": ["pixel_values_videos", "input_features"]}[ablate]
+    streams = {
+        "video": ["pixel_values_videos"],
+        "audio": ["input_features"],
+        "media": ["pixel_values_videos", "input_features"],
+    }[ablate]
     for q in blank:
         assert torch.equal(blank[q].input_ids, full[q].input_ids)
         for name in ("pixel_values_videos", "input_features"):
@@ -218,14 +266,16 @@ def test_ablated_runs_do_not_see_the_blanked_media(tiny_model_dir, shards, full_
         assert len({getattr(x, name).sum().item() for x in full.values()}) > 1, f"the full run's {name} is one clip"
     assert metrics["ablate"] == ablate
     assert json.loads((tmp_path / ablate / "run.json").read_text())["ablate"] == ablate
-    result = eval_report.compare(eval_report.load_predictions(full_dir),
-                                 eval_report.load_predictions(tmp_path / ablate))
+    result = eval_report.compare(
+        eval_report.load_predictions(full_dir), eval_report.load_predictions(tmp_path / ablate)
+    )
     assert result["paired_questions"] == N_QUESTIONS
     assert eval_report.run_label(tmp_path / ablate).endswith(f" (ablate {ablate})")
 
 
-def test_text_ablation_leaves_no_media_token_and_the_text_as_is(tiny, tiny_model_dir, shards, full_inputs, tmp_path,
-                                                                 monkeypatch):
+def test_text_ablation_leaves_no_media_token_and_the_text_as_is(
+    tiny, tiny_model_dir, shards, full_inputs, tmp_path, monkeypatch
+):
     full_dir, full = full_inputs
     seen = _captured_inputs(monkeypatch)
     metrics, _ = run(tiny_model_dir, shards, tmp_path / "text", "--batch-size", "1", "--ablate", "text")
@@ -245,9 +295,22 @@ def test_the_configs_answer_instruction_reaches_the_prompt(tiny, tiny_model_dir,
     prompt = tiny[2].tokenizer.decode(seen[0][1].input_ids[0])
     assert "D. " in prompt and "\nPick one.<|im_end|>" in prompt and "letter of the correct option" not in prompt
     assert json.loads((tmp_path / "out" / "run.json").read_text())["answer_instructions"] == {
-        "multiple_choice": "Pick one."}
-    assert main(["--model", str(tiny_model_dir), "--data", str(shards), "--output", str(tmp_path / "bad"),
-                 "answer_instructions.yesno=x"]) == 2
+        "multiple_choice": "Pick one."
+    }
+    assert (
+        main(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--data",
+                str(shards),
+                "--output",
+                str(tmp_path / "bad"),
+                "answer_instructions.yesno=x",
+            ]
+        )
+        == 2
+    )
 
 
 def test_overrides_reach_the_prompt(base_run, tiny_model_dir, shards, tmp_path):
@@ -269,10 +332,22 @@ def test_trainer_checkpoint(tiny_model_dir, shards, tmp_path):
     from omni_grpo.trainer import GRPOTrainer
 
     out = tmp_path / "run"
-    cfg = load_config(None, [f"model_name_or_path={tiny_model_dir}", f"data=[{shards}]", f"output_dir={out}",
-                             "num_generations=2", "max_completion_length=8", "max_steps=1", "learning_rate=1e-3",
-                             "entropy_coef=0.01", "dataloader_num_workers=0", "log_completions=0",
-                             "system_prompt=Answer the question."])
+    cfg = load_config(
+        None,
+        [
+            f"model_name_or_path={tiny_model_dir}",
+            f"data=[{shards}]",
+            f"output_dir={out}",
+            "num_generations=2",
+            "max_completion_length=8",
+            "max_steps=1",
+            "learning_rate=1e-3",
+            "entropy_coef=0.01",
+            "dataloader_num_workers=0",
+            "log_completions=0",
+            "system_prompt=Answer the question.",
+        ],
+    )
     GRPOTrainer(cfg).train()
     step = out / "checkpoints" / "step-0000001"
     assert resolve_model_dir(step) == step / "model" == resolve_model_dir(out)
@@ -294,7 +369,9 @@ def test_lora_adapter(tiny, tiny_model_dir, shards, base_run, tmp_path):
 
     module, _, _ = tiny
     model = module.load_model(tiny_model_dir)
-    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model\..*\.(q_proj|v_proj)$"))
+    lora = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model\..*\.(q_proj|v_proj)$")
+    )
     torch.manual_seed(1)
     with torch.no_grad():  # lora_B starts at 0 (a no-op adapter); make it change the outputs
         for name, p in lora.named_parameters():
@@ -327,11 +404,15 @@ def test_lora_adapter_with_missing_base(tmp_path, shards):
 def test_clear_errors(tiny_model_dir, shards, tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nope"), "--data", str(shards), "--output", str(tmp_path / "o")]) == 2
     assert "directory not found" in capsys.readouterr().err
-    assert main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    )
     err = capsys.readouterr().err
     assert "--data" in err and "bash run_scripts/python.sh -m preprocess --output" in err
     (tmp_path / "empty").mkdir()
     assert main(["--model", str(tmp_path / "empty"), "--data", str(shards), "--output", str(tmp_path / "o")]) == 2
     assert "config.json" in capsys.readouterr().err
-    assert main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
+    assert (
+        main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
+    )
     assert "manifest.json" in capsys.readouterr().err

@@ -95,7 +95,8 @@ def test_readme_first_screen_has_two_commands_and_ci_runs_the_test_one():
 def test_import_has_no_side_effects_in_a_clean_environment(tmp_path):
     code = "import omni_grpo, preprocess, os; print(sorted(os.listdir('.')))"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"  # nothing written
     assert out.stderr == ""

@@ -15,9 +15,20 @@ pytestmark = pytest.mark.gpu
 def test_one_grpo_step_on_cuda_starts_at_kl_zero(tiny_model_dir, tiny_shards, tmp_path, bf16):
     from omni_grpo.trainer import GRPOTrainer
 
-    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path / "run", TINY_RUN, bf16=bf16, beta=0.04, max_steps=2,
-                      max_completion_length=6, save_steps=0, logging_steps=1, dataset_order="sequential",
-                      reward_funcs=["format", LENGTH])
+    cfg = tiny_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path / "run",
+        TINY_RUN,
+        bf16=bf16,
+        beta=0.04,
+        max_steps=2,
+        max_completion_length=6,
+        save_steps=0,
+        logging_steps=1,
+        dataset_order="sequential",
+        reward_funcs=["format", LENGTH],
+    )
     trainer = GRPOTrainer(cfg)
     assert trainer.device.type == "cuda"
     assert all(p.is_cuda for p in trainer.policy.parameters())

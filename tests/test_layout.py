@@ -106,27 +106,30 @@ def test_the_cycle_check_sees_imports_inside_functions(tmp_path):
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     module = tmp_path / "convert.py"
     module.write_text("import os\n\n\ndef f():\n    from .schema import TrainConfig\n")
-    assert _imported_names(module, "omni_grpo.config") == {"os", "omni_grpo.config.schema",
-                                                           "omni_grpo.config.schema.TrainConfig"}
+    assert _imported_names(module, "omni_grpo.config") == {
+        "os",
+        "omni_grpo.config.schema",
+        "omni_grpo.config.schema.TrainConfig",
+    }
 
 
 def test_a_config_builds_without_torch_rewards_models_or_preprocess():
-    code = ("import sys\n"
-            "from omni_grpo.config import check_paths, load_config, reference_markdown, save_config\n"
-            "load_config(None, ['model_name_or_path=m', 'reward_funcs=[format, accuracy]', 'lora.enabled=true'])\n"
-            "reference_markdown()\n"
-            "print(' '.join(sorted(sys.modules)))\n")
+    code = (
+        "import sys\n"
+        "from omni_grpo.config import check_paths, load_config, reference_markdown, save_config\n"
+        "load_config(None, ['model_name_or_path=m', 'reward_funcs=[format, accuracy]', 'lora.enabled=true'])\n"
+        "reference_markdown()\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     loaded = result.stdout.split()
-    heavy = [m for m in loaded if m.split(".")[0] in ("torch", "preprocess", "transformers")
-             or m.startswith(("omni_grpo.rewards", "omni_grpo.models", "omni_grpo.data_check"))]
+    heavy = [
+        m
+        for m in loaded
+        if m.split(".")[0] in ("torch", "preprocess", "transformers")
+        or m.startswith(("omni_grpo.rewards", "omni_grpo.models", "omni_grpo.data_check"))
+    ]
     assert "omni_grpo.config.loading" in loaded and not heavy, heavy
-
-
-def test_check_data_is_still_reachable_from_the_config_package():
-    from omni_grpo import config, data_check
-
-    assert config.check_data is data_check.check_data
 
 
 # ------------------------------------------------------------------------------------------ README tree
@@ -163,15 +166,25 @@ def test_the_readme_tree_lists_every_module():
     in_packages = {n for n in named if n.startswith(tuple(f"{p}/" for p in PACKAGES))}
     missing = sorted(modules - named)
     gone = sorted(in_packages - modules - {str(p.relative_to(REPO)) for p in module_files().values()})
-    assert not missing and not gone, (f"README Development tree: add {', '.join(missing) or 'nothing'}; "
-                                      f"remove {', '.join(gone) or 'nothing'}")
+    assert not missing and not gone, (
+        f"README Development tree: add {', '.join(missing) or 'nothing'}; remove {', '.join(gone) or 'nothing'}"
+    )
 
 
 def test_the_tree_parser_reads_subdirectories_and_continuation_lines():
-    tree = ("pkg/\n"
-            "  sub/            a.py (x) · b.py\n"
-            "                  c.py\n"
-            "  d.py  e.py      words (f.py inside words counts)\n"
-            "other/          g.py\n")
-    assert tree_modules(tree) == {"pkg/sub/a.py", "pkg/sub/b.py", "pkg/sub/c.py", "pkg/d.py", "pkg/e.py",
-                                  "pkg/f.py", "other/g.py"}
+    tree = (
+        "pkg/\n"
+        "  sub/            a.py (x) · b.py\n"
+        "                  c.py\n"
+        "  d.py  e.py      words (f.py inside words counts)\n"
+        "other/          g.py\n"
+    )
+    assert tree_modules(tree) == {
+        "pkg/sub/a.py",
+        "pkg/sub/b.py",
+        "pkg/sub/c.py",
+        "pkg/d.py",
+        "pkg/e.py",
+        "pkg/f.py",
+        "other/g.py",
+    }

@@ -56,9 +56,25 @@ def test_deepspeed_lora_state_holds_no_frozen_weight(tmp_path):
     """One rank, ZeRO-2 and ZeRO-3, through the checkpoint bench: the state files hold at most the adapter,
     its fp32 master and its two Adam moments (4 × the adapter, 5 × allowed), and no frozen parameter."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "lora_checkpoint_bench.py"), "--width", "tiny",
-                           "--backend", "zero2", "zero3", "--work", str(tmp_path), "--json", str(tmp_path / "r.json")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "lora_checkpoint_bench.py"),
+            "--width",
+            "tiny",
+            "--backend",
+            "zero2",
+            "zero3",
+            "--work",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     for row in json.loads((tmp_path / "r.json").read_text()):
         state = tmp_path / "runs" / row["backend"] / "checkpoints" / "step-0000001" / "state"
@@ -71,8 +87,15 @@ def test_deepspeed_lora_state_holds_no_frozen_weight(tmp_path):
 def test_plain_lora_checkpoint_is_small_and_resume_is_exact(tiny_model_dir, tiny_shards, tmp_path):
     """Plain engine: the checkpoint holds no frozen weight, and the step after a resume from step 1 equals
     the uninterrupted run's (loss and adapter weights)."""
-    run = dict(TINY_RUN, per_device_prompts=2, max_completion_length=6, max_steps=2, save_steps=0,
-               reward_funcs=["format", LENGTH], **LORA)
+    run = dict(
+        TINY_RUN,
+        per_device_prompts=2,
+        max_completion_length=6,
+        max_steps=2,
+        save_steps=0,
+        reward_funcs=["format", LENGTH],
+        **LORA,
+    )
     full = GRPOTrainer(tiny_config(tiny_model_dir, tiny_shards, tmp_path / "a", run))
     full.step()
     folder = full.save()
@@ -81,8 +104,9 @@ def test_plain_lora_checkpoint_is_small_and_resume_is_exact(tiny_model_dir, tiny
     total = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     assert total < frozen
     assert frozen_weights_in_state(folder / "state") == []
-    resumed = GRPOTrainer(tiny_config(tiny_model_dir, tiny_shards, tmp_path / "b", run,
-                                      resume_from_checkpoint=str(folder)))
+    resumed = GRPOTrainer(
+        tiny_config(tiny_model_dir, tiny_shards, tmp_path / "b", run, resume_from_checkpoint=str(folder))
+    )
     assert resumed.global_step == 1
     assert resumed.step()["actor/loss"] == second != 0.0
     for (n, p), (_, q) in zip(full.policy.named_parameters(), resumed.policy.named_parameters()):

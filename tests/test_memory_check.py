@@ -22,8 +22,16 @@ def config_7b(tmp_path_factory):
 
 
 def cfg(model, **kw):
-    return TrainConfig(model_name_or_path=str(model), max_prompt_length=2048, max_completion_length=1024,
-                       num_generations=8, per_device_prompts=1, gradient_checkpointing=True, bf16=True, **kw)
+    return TrainConfig(
+        model_name_or_path=str(model),
+        max_prompt_length=2048,
+        max_completion_length=1024,
+        num_generations=8,
+        per_device_prompts=1,
+        gradient_checkpointing=True,
+        bf16=True,
+        **kw,
+    )
 
 
 def test_the_estimate_is_the_memory_models_and_warns_when_it_will_not_fit(config_7b):
@@ -31,8 +39,9 @@ def test_the_estimate_is_the_memory_models_and_warns_when_it_will_not_fit(config
     lines = memory_check.report(lora, 8, [80.0] * 8)
     assert len(lines) == 1 and lines[0].startswith("memory estimate: ") and "8 GPU(s) of 80 GB here" in lines[0]
     # The README's table: the same model at the same sizes.
-    run = memory_model.Run(prompt=2048, completion=1024, generations=8, micro_batch=8, world=8, lora=True,
-                           one_prompt_copy=True)
+    run = memory_model.Run(
+        prompt=2048, completion=1024, generations=8, micro_batch=8, world=8, lora=True, one_prompt_copy=True
+    )
     peaks = memory_model.phase_peaks(memory_model.dims("7b"), run)
     expected = max(peaks[p + " total"] for p in ("rollout", "reference", "update")) / memory_check.GB
     assert memory_check.estimate_gb(lora, 8)[0] == pytest.approx(expected + memory_check.RUNTIME_GB, rel=1e-6)
@@ -68,16 +77,23 @@ def test_the_readme_table_is_the_memory_models():
     import re
 
     text = (memory_check.MODEL_FILE.parents[1] / "README.md").read_text()
-    rows = [r for r in text[text.index("### From the demo to 8 GPUs"):].splitlines() if re.match(r"\| [37]B \|", r)]
+    rows = [r for r in text[text.index("### From the demo to 8 GPUs") :].splitlines() if re.match(r"\| [37]B \|", r)]
     assert len(rows) == 6
     dims = {name: memory_model.dims(name.lower()) for name in ("3B", "7B")}
     for row in rows:
         name, mode, _, *cells = [c.strip() for c in row.strip("|").split("|")]
         for world, cell in zip((1, 2, 4, 8), cells):
             for prompt, shown in zip((2048, 4096), cell.split(" / ")):
-                run = memory_model.Run(prompt=prompt, completion=1024, generations=8, micro_batch=8, world=world,
-                                       lora=mode == "LoRA", one_prompt_copy=True,
-                                       optimizer_bytes=0 if "offload" in mode else 16)
+                run = memory_model.Run(
+                    prompt=prompt,
+                    completion=1024,
+                    generations=8,
+                    micro_batch=8,
+                    world=world,
+                    lora=mode == "LoRA",
+                    one_prompt_copy=True,
+                    optimizer_bytes=0 if "offload" in mode else 16,
+                )
                 peaks = memory_model.phase_peaks(dims[name], run)
                 peak = max(peaks[p + " total"] for p in ("rollout", "reference", "update")) / memory_check.GB
                 assert int(shown) == round(peak), (name, mode, world, prompt, shown, peak)

@@ -70,9 +70,29 @@ def real_like_shards(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("real-like")
     make_siq2_dataset(root / "raw", n_clips=4, real_like=True, seed=0)
-    subprocess.run([sys.executable, "-m", "preprocess", "--source", "siq2", "--root", str(root / "raw"), "--split",
-                    "train", "--output", str(root / "shards"), "--workers", "1", "--min-pixels", "3136",
-                    "--max-pixels", "3136"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "preprocess",
+            "--source",
+            "siq2",
+            "--root",
+            str(root / "raw"),
+            "--split",
+            "train",
+            "--output",
+            str(root / "shards"),
+            "--workers",
+            "1",
+            "--min-pixels",
+            "3136",
+            "--max-pixels",
+            "3136",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return root / "shards"
 
 
@@ -88,21 +108,40 @@ def test_trainer_and_evaluate_take_batches_of_real_frame_rates(tiny_model_dir, r
     data = shards.load(real_like_shards)
     rates = [data[i]["fps"] for i in range(len(data))]
     assert len(data) == 10 and len(set(rates[:4])) >= 2 and len(set(rates)) == 4  # every batch mixes rates
-    cfg = tiny_config(tiny_model_dir, real_like_shards, tmp_path / "run", TINY_RUN, per_device_prompts=4,
-                      max_completion_length=4, max_steps=2, save_steps=0, logging_steps=1,
-                      dataset_order="sequential")
+    cfg = tiny_config(
+        tiny_model_dir,
+        real_like_shards,
+        tmp_path / "run",
+        TINY_RUN,
+        per_device_prompts=4,
+        max_completion_length=4,
+        max_steps=2,
+        save_steps=0,
+        logging_steps=1,
+        dataset_order="sequential",
+    )
     metrics = GRPOTrainer(cfg).train()
     assert metrics is not None
     default_batch = inspect.signature(evaluate).parameters["batch_size"].default
     assert default_batch > 1
-    summary = evaluate(str(tiny_model_dir), [str(real_like_shards)], str(tmp_path / "eval"), max_new_tokens=4,
-                       num_workers=0, progress=False)
+    summary = evaluate(
+        str(tiny_model_dir),
+        [str(real_like_shards)],
+        str(tmp_path / "eval"),
+        max_new_tokens=4,
+        num_workers=0,
+        progress=False,
+    )
     assert summary["num_questions"] == 10
 
 
 def flag_samples() -> list[dict]:
     """A clip whose audio rides in the video, one that keeps its audio out (its own flag), a silent clip."""
-    on, off, silent = make_sample(0, seed=20), make_sample(1, seconds=3.0, frames=6, seed=20), make_sample(2, audio=False)
+    on, off, silent = (
+        make_sample(0, seed=20),
+        make_sample(1, seconds=3.0, frames=6, seed=20),
+        make_sample(2, audio=False),
+    )
     off["use_audio_in_video"] = False
     return [on, off, silent]
 
@@ -123,8 +162,7 @@ def test_per_sample_audio_in_video_equals_one_by_one(kit):
         lp_both, _ = log_probs(module, model, rep, comps.completion_ids, comps.completion_mask)
         ref, _ = log_probs(module, copy.deepcopy(model), rep, comps.completion_ids, comps.completion_mask)
         _, pos_both = module.embed(model, both, both.input_ids, both.attention_mask)
-    assert torch.equal(kl_penalty(lp_both, ref, kind="k3") * comps.completion_mask,
-                       torch.zeros_like(lp_both))
+    assert torch.equal(kl_penalty(lp_both, ref, kind="k3") * comps.completion_mask, torch.zeros_like(lp_both))
     for row, sample in enumerate(samples):
         alone = module.build_inputs(processor, [sample], SYS, True)
         assert torch.equal(real_ids(both, row), real_ids(alone, 0))

@@ -31,8 +31,9 @@ def layout_samples() -> list[dict]:
     off = dict(make_sample(1, frames=6, seconds=3.0, seed=30), use_audio_in_video=False)
     silent = make_sample(2, audio=False, seed=30)
     audio = dict(make_sample(3), modality="audio", frames=None, fps=None, audio=chirp(2.7, 16000, seed=3))
-    image = dict(make_sample(4), modality="image", frames=None, fps=None,
-                 image=frame_image(0, 1.0, 1.0, (56, 84), seed=4))
+    image = dict(
+        make_sample(4), modality="image", frames=None, fps=None, image=frame_image(0, 1.0, 1.0, (56, 84), seed=4)
+    )
     return [on, off, silent, audio, image]
 
 
@@ -44,8 +45,10 @@ def test_each_layout_builds_its_own_user_turn(kit):
     vision = f"{p.vision_bos_token}{p.video_token}"
     expected = {  # (must appear, must not appear)
         "video+audio": ([f"{p.vision_bos_token}{p.audio_bos_token}{p.video_token}", p.audio_token], [p.image_token]),
-        "video then audio": ([vision, f"{p.vision_eos_token}{p.audio_bos_token}{p.audio_token}"],
-                             [f"{p.vision_bos_token}{p.audio_bos_token}"]),
+        "video then audio": (
+            [vision, f"{p.vision_eos_token}{p.audio_bos_token}{p.audio_token}"],
+            [f"{p.vision_bos_token}{p.audio_bos_token}"],
+        ),
         "silent video": ([vision], [p.audio_token, p.audio_bos_token]),
         "audio": ([f"{p.audio_bos_token}{p.audio_token}"], [p.vision_bos_token, p.video_token]),
         "image": ([f"{p.vision_bos_token}{p.image_token}"], [p.video_token, p.audio_token]),
@@ -96,8 +99,13 @@ def test_mixed_layouts_batch_equals_one_by_one(kit):
     # the image matters: with its features zeroed the image row scores differently
     blank = dataclasses.replace(batch.encoded, image=[torch.zeros_like(f) for f in batch.encoded.image])
     with torch.no_grad():
-        lp_blank, _ = log_probs(module, model, dataclasses.replace(batch, encoded=blank).repeat(2),
-                                comps.completion_ids, comps.completion_mask)
+        lp_blank, _ = log_probs(
+            module,
+            model,
+            dataclasses.replace(batch, encoded=blank).repeat(2),
+            comps.completion_ids,
+            comps.completion_mask,
+        )
     assert not torch.allclose(lp_blank[8], lp[8]) and torch.equal(lp_blank[:8], lp[:8])
 
 
@@ -143,8 +151,10 @@ def test_sync_towers_run_the_same_calls_for_an_audio_batch_and_a_video_batch(kit
     for name, sample in (("audio", audio), ("video", silent)):
         inputs = module.build_inputs(processor, [sample], SYS, True)
         seen = []
-        hooks = [base.register_forward_pre_hook(lambda *_, tag=tag: seen.append(tag))
-                 for tag, base in (("vision", model.model.visual), ("audio", model.model.audio_tower))]
+        hooks = [
+            base.register_forward_pre_hook(lambda *_, tag=tag: seen.append(tag))
+            for tag, base in (("vision", model.model.visual), ("audio", model.model.audio_tower))
+        ]
         try:
             with torch.no_grad():
                 enc = synced.encode_media(model, inputs)
@@ -164,6 +174,7 @@ def test_sync_towers_run_the_same_calls_for_an_audio_batch_and_a_video_batch(kit
 
 # --- from the jsonl manifest: the per-sample flag in the shards, and a trainer step --------------------------
 
+
 @pytest.fixture(scope="module")
 def layout_shards(tmp_path_factory):
     """A jsonl manifest with every layout (the second question about the clip with sound overrides
@@ -178,12 +189,13 @@ def layout_shards(tmp_path_factory):
     make_audio(root / "voice.wav", seconds=2.5, sample_rate=22050, seed=3)
     make_image(root / "photo.png", size=(84, 112), seed=4)
     qa = {"question": "Is the person happy?", "options": ["yes", "no"], "answer": "A"}
-    rows = [{"id": "talk", "video": "talk.mp4", **qa},
-            {"id": "talk_apart", "video": "talk.mp4", **qa, "question": "Is the person sad?",
-             "use_audio_in_video": False},
-            {"id": "quiet", "video": "quiet.mp4", **qa},
-            {"id": "voice", "audio": "voice.wav", **qa},
-            {"id": "photo", "image": "photo.png", **qa}]
+    rows = [
+        {"id": "talk", "video": "talk.mp4", **qa},
+        {"id": "talk_apart", "video": "talk.mp4", **qa, "question": "Is the person sad?", "use_audio_in_video": False},
+        {"id": "quiet", "video": "quiet.mp4", **qa},
+        {"id": "voice", "audio": "voice.wav", **qa},
+        {"id": "photo", "image": "photo.png", **qa},
+    ]
     (root / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     preprocess_here(root / "shards", manifest=root / "qa.jsonl", video=VideoOptions(min_pixels=3136, max_pixels=6272))
     return root / "shards"
@@ -225,8 +237,7 @@ def test_version_2_shards_without_the_flag_still_read(layout_shards, tmp_path):
         samples = table.column("samples").combine_chunks()
         old = pa.struct([f for f in samples.type.value_type if f.name != "use_audio_in_video"])
         rows = [[{k: v for k, v in s.items() if k != "use_audio_in_video"} for s in row] for row in samples.to_pylist()]
-        table = table.set_column(table.schema.get_field_index("samples"), "samples",
-                                 pa.array(rows, type=pa.list_(old)))
+        table = table.set_column(table.schema.get_field_index("samples"), "samples", pa.array(rows, type=pa.list_(old)))
         table = table.replace_schema_metadata({shards.VERSION_KEY: b"2"})
         pq.write_table(table, out / entry["file"], row_group_size=1)
         entries.append({**entry, "sha256": shards.sha256_file(out / entry["file"])})
@@ -242,9 +253,19 @@ def test_trainer_step_on_a_mixed_batch_starts_at_kl_zero(tiny_model_dir, layout_
     from omni_grpo.trainer import GRPOTrainer
     from tests.helpers import LENGTH, TINY_RUN, tiny_config
 
-    cfg = tiny_config(tiny_model_dir, layout_shards, tmp_path / "run", TINY_RUN, per_device_prompts=5,
-                      max_completion_length=6, max_steps=2, save_steps=0, logging_steps=1,
-                      dataset_order="sequential", reward_funcs=["format", LENGTH])
+    cfg = tiny_config(
+        tiny_model_dir,
+        layout_shards,
+        tmp_path / "run",
+        TINY_RUN,
+        per_device_prompts=5,
+        max_completion_length=6,
+        max_steps=2,
+        save_steps=0,
+        logging_steps=1,
+        dataset_order="sequential",
+        reward_funcs=["format", LENGTH],
+    )
     trainer = GRPOTrainer(cfg)
     first, second = trainer.step(), trainer.step()
     assert first["actor/kl"] == 0.0 and second["actor/kl"] > 0.0

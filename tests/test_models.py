@@ -15,6 +15,8 @@ from omni_grpo.models import OmniModule, detect_family, generate, get_module, he
 from tests.conftest import KITS, make_sample
 
 SYS = DEFAULT_SYSTEM_PROMPT
+
+
 def build(kit, samples, flag=True):
     module, _, processor = kit
     return module.build_inputs(processor, samples, SYS, flag)
@@ -31,16 +33,23 @@ def hf_generate(kit, inputs, n=6, **kwargs):
     module, model, processor = kit
     tok = processor.tokenizer
     with torch.no_grad():
-        return model.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                              **inputs.media_kwargs(), max_new_tokens=n, do_sample=False,
-                              eos_token_id=module.stop_token_ids(tok), pad_token_id=tok.pad_token_id, **kwargs)
+        return model.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            **inputs.media_kwargs(),
+            max_new_tokens=n,
+            do_sample=False,
+            eos_token_id=module.stop_token_ids(tok),
+            pad_token_id=tok.pad_token_id,
+            **kwargs,
+        )
 
 
 def hf_greedy(kit, inputs, n=6, **kwargs):
     """`hf_generate` with the media tokens banned: the completions only."""
     module, _, processor = kit
     out = hf_generate(kit, inputs, n, suppress_tokens=module.banned_token_ids(processor.tokenizer), **kwargs)
-    return out[:, inputs.input_ids.shape[1]:]
+    return out[:, inputs.input_ids.shape[1] :]
 
 
 def test_processor_output_holds_media_and_token_counts_match_features(tiny, samples):
@@ -249,7 +258,7 @@ def test_log_probs_equal_generation_logits(kit, samples, monkeypatch):
     module, model, processor = kit
     inputs = build(kit, samples)
     out = hf_generate(kit, inputs, output_logits=True, return_dict_in_generate=True)
-    comp = out.sequences[:, inputs.input_ids.shape[1]:]
+    comp = out.sequences[:, inputs.input_ids.shape[1] :]
     step_logits = torch.stack(out.logits, dim=1).float()  # [B, C, V]
     expected = torch.log_softmax(step_logits, -1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
     mask = torch.ones_like(comp)
@@ -291,17 +300,30 @@ def test_banned_media_tokens_are_never_generated(kit, samples):
     inputs = build(kit, samples)
     with torch.no_grad():
         comps = generate(module, biased, processor, inputs, num_generations=2, max_new_tokens=5, do_sample=True)
-        unbanned = biased.generate(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask,
-                                   **inputs.media_kwargs(), max_new_tokens=3, do_sample=False)
+        unbanned = biased.generate(
+            input_ids=inputs.input_ids,
+            attention_mask=inputs.attention_mask,
+            **inputs.media_kwargs(),
+            max_new_tokens=3,
+            do_sample=False,
+        )
     banned = set(module.banned_token_ids(processor.tokenizer))
     assert vid in banned
     if module.family == "qwen3_omni":
         tok = processor.tokenizer
-        named = [tok.video_token, tok.audio_token, tok.image_token, tok.vision_bos_token, tok.vision_eos_token,
-                 tok.audio_bos_token, tok.audio_eos_token, "<|vision_pad|>"]
+        named = [
+            tok.video_token,
+            tok.audio_token,
+            tok.image_token,
+            tok.vision_bos_token,
+            tok.vision_eos_token,
+            tok.audio_bos_token,
+            tok.audio_eos_token,
+            "<|vision_pad|>",
+        ]
         assert banned == set(tok.convert_tokens_to_ids(named))
     assert not any(int(t) in banned for t in comps.completion_ids.flatten())
-    assert (unbanned[:, inputs.input_ids.shape[1]:] == vid).any(), "the bias must make the bug reachable"
+    assert (unbanned[:, inputs.input_ids.shape[1] :] == vid).any(), "the bias must make the bug reachable"
 
 
 def test_encode_once_equals_plain_path_and_cuts_tower_calls(kit, samples):
@@ -314,20 +336,25 @@ def test_encode_once_equals_plain_path_and_cuts_tower_calls(kit, samples):
     expanded = inputs.repeat(g)
     inputs.tower_calls.vision = inputs.tower_calls.audio = 0
     with torch.no_grad():
-        plain = [log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask, share_prompt=False)[0]
-                 for _ in range(passes)]
+        plain = [
+            log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask, share_prompt=False)[0]
+            for _ in range(passes)
+        ]
     assert inputs.tower_calls.vision == passes * g * len(samples)  # every row of every pass
     inputs.tower_calls.vision = inputs.tower_calls.audio = 0
     with torch.no_grad():
-        shared = [log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask)[0]
-                  for _ in range(passes)]
+        shared = [
+            log_probs(module, model, expanded, comps.completion_ids, comps.completion_mask)[0] for _ in range(passes)
+        ]
     assert inputs.tower_calls.vision == passes * len(samples)  # shared prompt: once per prompt per pass
     inputs.tower_calls.vision = inputs.tower_calls.audio = 0
     with torch.no_grad():
         inputs.encoded = module.encode_media(model, inputs)
         enc_expanded = inputs.repeat(g)
-        once = [log_probs(module, model, enc_expanded, comps.completion_ids, comps.completion_mask)[0]
-                for _ in range(passes)]
+        once = [
+            log_probs(module, model, enc_expanded, comps.completion_ids, comps.completion_mask)[0]
+            for _ in range(passes)
+        ]
         comps_enc = generate(module, model, processor, inputs, num_generations=g, max_new_tokens=5, do_sample=False)
     assert inputs.tower_calls.vision == len(samples) and inputs.tower_calls.audio == len(samples)
     for a, b, c in zip(plain, shared, once):
@@ -372,7 +399,9 @@ def test_lora_with_gradient_checkpointing_gets_gradients(tiny, samples):
     base = copy.deepcopy(model)
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     base.train()
-    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    peft_model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    )
     lp, _ = log_probs(module, peft_model, inputs, comps.completion_ids, comps.completion_mask)
     lp.sum().backward()
     lora = [(n, p) for n, p in peft_model.named_parameters() if "lora_B" in n]
@@ -381,8 +410,10 @@ def test_lora_with_gradient_checkpointing_gets_gradients(tiny, samples):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in lora)
 
 
-FULL_OMNI = {"qwen2_5_omni": ("qwen2_5_omni", "Qwen2_5OmniForConditionalGeneration"),
-             "qwen3_omni": ("qwen3_omni_moe", "Qwen3OmniMoeForConditionalGeneration")}  # model_type, class
+FULL_OMNI = {
+    "qwen2_5_omni": ("qwen2_5_omni", "Qwen2_5OmniForConditionalGeneration"),
+    "qwen3_omni": ("qwen3_omni_moe", "Qwen3OmniMoeForConditionalGeneration"),
+}  # model_type, class
 
 
 def test_full_omni_checkpoint_loads_its_thinker(kit, tmp_path, request):
@@ -398,8 +429,16 @@ def test_full_omni_checkpoint_loads_its_thinker(kit, tmp_path, request):
     cfg = json.loads((full / "config.json").read_text())
     thinker_cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "transformers_version")}
     model_type, arch = FULL_OMNI[module.family]
-    (full / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": [arch],
-                                                  "thinker_config": thinker_cfg, "enable_audio_output": False}))
+    (full / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": model_type,
+                "architectures": [arch],
+                "thinker_config": thinker_cfg,
+                "enable_audio_output": False,
+            }
+        )
+    )
     weights = load_file(str(full / "model.safetensors"))
     weights = {f"thinker.{k}": v for k, v in weights.items()}
     weights["talker.codec_head.weight"] = torch.zeros(2, 2)
@@ -432,7 +471,7 @@ def test_sample_without_audio_in_an_audio_batch(kit):
     for row in range(2):
         alone = inputs.select([row])
         out = hf_generate(kit, alone, n=4, output_logits=True, return_dict_in_generate=True)
-        comp = out.sequences[:, alone.input_ids.shape[1]:]
+        comp = out.sequences[:, alone.input_ids.shape[1] :]
         expected = torch.log_softmax(torch.stack(out.logits, 1).float(), -1).gather(-1, comp.unsqueeze(-1)).squeeze(-1)
         with torch.no_grad():
             lp_hf, _ = log_probs(module, model, alone, comp, torch.ones_like(comp))
@@ -480,18 +519,27 @@ def test_audio_features_padded_to_the_clip_equal_the_300_s_features(tiny, sample
     batch = [*samples, loud_end, silent]
     fe = processor.feature_extractor
     asked, extract = [], type(fe).__call__
-    monkeypatch.setattr(type(fe), "__call__", lambda self, *a, **k: (asked.append(k.get("max_length")), extract(self, *a, **k))[1])
+    monkeypatch.setattr(
+        type(fe), "__call__", lambda self, *a, **k: (asked.append(k.get("max_length")), extract(self, *a, **k))[1]
+    )
     inputs = build(tiny, batch)
     monkeypatch.undo()
     assert asked and all(n is not None and n < 16000 * 4 for n in asked)  # extraction covers ~the clip, not 300 s
-    full = fe([s["audio"] for s in batch], sampling_rate=16000, padding="max_length", return_attention_mask=True,
-              return_tensors="pt")
+    full = fe(
+        [s["audio"] for s in batch],
+        sampling_rate=16000,
+        padding="max_length",
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
     assert full["input_features"].shape[-1] == fe.n_samples // fe.hop_length == 30000  # the default: 300 s
     used = inputs.input_features.shape[-1]
     assert used == int(full["attention_mask"].sum(-1).max()) < 1000
     assert torch.equal(inputs.feature_attention_mask, full["attention_mask"][:, :used])
     keep = inputs.feature_attention_mask.bool()
-    assert torch.equal(inputs.input_features.transpose(1, 2)[keep], full["input_features"][:, :, :used].transpose(1, 2)[keep])
+    assert torch.equal(
+        inputs.input_features.transpose(1, 2)[keep], full["input_features"][:, :, :used].transpose(1, 2)[keep]
+    )
 
 
 def test_generate_prefills_each_prompt_once_and_projects_one_position_per_row(tiny, samples):
@@ -507,8 +555,9 @@ def test_generate_prefills_each_prompt_once_and_projects_one_position_per_row(ti
     g, n = 3, 4
     layer_in, head_out = [], []
     hooks = [
-        _getattr_path(model, module.language_model).layers[0].mlp.register_forward_pre_hook(
-            lambda m, args: layer_in.append(tuple(args[0].shape[:2]))),
+        _getattr_path(model, module.language_model)
+        .layers[0]
+        .mlp.register_forward_pre_hook(lambda m, args: layer_in.append(tuple(args[0].shape[:2]))),
         model.lm_head.register_forward_hook(lambda m, args, out: head_out.append(tuple(out.shape[:-1]))),
     ]
     try:
@@ -536,8 +585,9 @@ def test_sampling_options_follow_hugging_face(tiny, samples, monkeypatch):
         assert torch.equal(top1.completion_ids, greedy(tiny, inputs, g=2, n=6).completion_ids)
         from omni_grpo.models import sampling
 
-        monkeypatch.setattr(sampling, "sampling_processors",
-                            functools.partial(sampling.sampling_processors, min_new_tokens=5))  # as the benchmarks
+        monkeypatch.setattr(
+            sampling, "sampling_processors", functools.partial(sampling.sampling_processors, min_new_tokens=5)
+        )  # as the benchmarks
         forced = generate(module, model, processor, inputs, 2, 5, do_sample=True, temperature=3.0)
     assert forced.completion_ids.shape[1] == 5 and bool(forced.completion_mask.all())
 
@@ -550,7 +600,11 @@ def test_no_module_outside_models_imports_a_family():
 
     root = Path(__file__).resolve().parents[1]
     family = re.compile(r"^\s*(from|import)\s+omni_grpo\.models\.(qwen\w+)", re.M)
-    files = [p for d in ("omni_grpo", "preprocess", "bench") for p in (root / d).rglob("*.py")
-             if "models" not in p.relative_to(root).parts]
+    files = [
+        p
+        for d in ("omni_grpo", "preprocess", "bench")
+        for p in (root / d).rglob("*.py")
+        if "models" not in p.relative_to(root).parts
+    ]
     assert files
     assert [str(p.relative_to(root)) for p in files if family.search(p.read_text())] == []

@@ -35,9 +35,17 @@ def test_real_vocab_puts_special_tokens_at_the_released_ids():
     from omni_grpo.tiny_models import _build_tokenizer
 
     tok, _ = _build_tokenizer("qwen", 0, "qwen3_omni")
-    released = {"<|endoftext|>": 151643, "<|im_end|>": 151645, "<|vision_start|>": 151652, "<|image_pad|>": 151655,
-                "<|video_pad|>": 151656, "<think>": 151667, "<|audio_start|>": 151669, "<|audio_end|>": 151670,
-                "<|audio_pad|>": 151675}
+    released = {
+        "<|endoftext|>": 151643,
+        "<|im_end|>": 151645,
+        "<|vision_start|>": 151652,
+        "<|image_pad|>": 151655,
+        "<|video_pad|>": 151656,
+        "<think>": 151667,
+        "<|audio_start|>": 151669,
+        "<|audio_end|>": 151670,
+        "<|audio_pad|>": 151675,
+    }
     assert {t: tok.convert_tokens_to_ids(t) for t in released} == released
 
 
@@ -68,8 +76,15 @@ def test_audio_in_video_positions_follow_the_processor_interleaving(qwen3):
     module, model, _ = qwen3
     inputs = build(qwen3, [make_sample(0, frames=6, seconds=3.0)])
     ids = inputs.input_ids[0]
-    pos, _ = model.model.get_rope_index(inputs.input_ids, None, inputs.video_grid_thw, inputs.attention_mask, True,
-                                        inputs.feature_attention_mask.sum(-1), inputs.video_second_per_grid)
+    pos, _ = model.model.get_rope_index(
+        inputs.input_ids,
+        None,
+        inputs.video_grid_thw,
+        inputs.attention_mask,
+        True,
+        inputs.feature_attention_mask.sum(-1),
+        inputs.video_second_per_grid,
+    )
     pos = pos[:, 0].long()  # [3, L]
     cfg = model.config
     audio, video = pos[:, ids == cfg.audio_token_id], pos[:, ids == cfg.video_token_id]

@@ -22,16 +22,28 @@ pytestmark = pytest.mark.slow
 
 def overrides(model_dir, shards, out, ds, steps: int) -> list[str]:
     """The tiny ZeRO-3 run of test_distributed on top of configs/stage4.yaml (what stage4.sh runs), in float32."""
-    return [*common(model_dir, shards, out, ds, steps=steps), "bf16=false", "reward_weights=[1.0, 1.0]",
-            "gradient_accumulation_steps=1", "save_steps=0"]
+    return [
+        *common(model_dir, shards, out, ds, steps=steps),
+        "bf16=false",
+        "reward_weights=[1.0, 1.0]",
+        "gradient_accumulation_steps=1",
+        "save_steps=0",
+    ]
 
 
 def node(tmp: Path, args: list[str], **env) -> subprocess.Popen:
     """One `stage4.sh` in its own session (so that a test can kill the whole node)."""
     base = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV and not k.startswith("PYTEST")}
     base.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MODEL="unused", DATA="unused", **env)
-    return subprocess.Popen(["bash", STAGE4, *args], cwd=tmp, env=base, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        ["bash", STAGE4, *args],
+        cwd=tmp,
+        env=base,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(procs: list[subprocess.Popen], timeout: int = 420) -> list[tuple[int, str]]:
@@ -49,14 +61,15 @@ def finish(procs: list[subprocess.Popen], timeout: int = 420) -> list[tuple[int,
 
 def two_nodes(tmp: Path, args: list[str]) -> list[subprocess.Popen]:
     port = str(free_port())
-    return [node(tmp, args, NNODES="2", NODE_RANK=str(rank), NPROC="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-            for rank in (0, 1)]
+    return [
+        node(tmp, args, NNODES="2", NODE_RANK=str(rank), NPROC="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        for rank in (0, 1)
+    ]
 
 
 def test_two_nodes_train_the_curve_of_two_processes_on_one_node(tiny_model_dir, tiny_shards, tmp_path):
     ds = zero3_test_config(tmp_path / "zero3.json")
-    [(code, err)] = finish([node(tmp_path, overrides(tiny_model_dir, tiny_shards, tmp_path / "one", ds, 3),
-                                 NPROC="2")])
+    [(code, err)] = finish([node(tmp_path, overrides(tiny_model_dir, tiny_shards, tmp_path / "one", ds, 3), NPROC="2")])
     assert code == 0, err[-4000:]
     results = finish(two_nodes(tmp_path, overrides(tiny_model_dir, tiny_shards, tmp_path / "two", ds, 3)))
     assert all(code == 0 for code, _ in results), [err[-3000:] for _, err in results]

@@ -17,9 +17,9 @@ import copy
 import pytest
 import torch
 
+from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
 from omni_grpo.models import generate, log_probs
 from omni_grpo.models.base import base_thinker
-from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
 
 
 @pytest.fixture(autouse=True)
@@ -35,15 +35,17 @@ def _rollout(kit, samples, g=3, new_tokens=7):
     inputs = module.build_inputs(processor, samples, SYS, True)
     torch.manual_seed(1)
     with torch.no_grad():
-        comps = generate(module, model, processor, inputs, num_generations=g, max_new_tokens=new_tokens,
-                         temperature=2.0)
+        comps = generate(
+            module, model, processor, inputs, num_generations=g, max_new_tokens=new_tokens, temperature=2.0
+        )
     return inputs.repeat(g), comps
 
 
 def _pass(module, model, inputs, comps, **kw):
     model.zero_grad(set_to_none=True)
-    lp, ent = log_probs(module, model, inputs, comps.completion_ids, comps.completion_mask, with_entropy=True,
-                        temperature=1.3, **kw)
+    lp, ent = log_probs(
+        module, model, inputs, comps.completion_ids, comps.completion_mask, with_entropy=True, temperature=1.3, **kw
+    )
     (lp * comps.completion_mask).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return lp.detach(), ent, grads
@@ -93,9 +95,21 @@ def test_skipping_zero_advantage_rows_keeps_every_gradient(tiny_model_dir, tiny_
     from omni_grpo.trainer import GRPOTrainer
     from tests.helpers import TINY_RUN, tiny_config
 
-    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, dict(TINY_RUN, per_device_prompts=2,
-                      num_generations=3, micro_batch_size=2, max_completion_length=8, save_steps=0, beta=0.0,
-                      reward_funcs=["format"]))
+    cfg = tiny_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        dict(
+            TINY_RUN,
+            per_device_prompts=2,
+            num_generations=3,
+            micro_batch_size=2,
+            max_completion_length=8,
+            save_steps=0,
+            beta=0.0,
+            reward_funcs=["format"],
+        ),
+    )
     trainer = GRPOTrainer(cfg)
     rollout = trainer.rollout(trainer._next_batch(), 1.0)
     trainer.score(rollout)
@@ -146,9 +160,23 @@ def test_prompt_once_per_group_keeps_every_gradient(tiny_model_dir, tiny_shards,
     from tests.helpers import TINY_RUN, tiny_config
 
     lora = {"lora.enabled": True, "lora.r": 4, "lora.alpha": 8} if train == "lora" else {}
-    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, dict(TINY_RUN, per_device_prompts=2,
-                      num_generations=3, micro_batch_size=2, max_completion_length=8, save_steps=0, beta=0.0,
-                      gradient_checkpointing=True, reward_funcs=["format"]), **lora)
+    cfg = tiny_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        dict(
+            TINY_RUN,
+            per_device_prompts=2,
+            num_generations=3,
+            micro_batch_size=2,
+            max_completion_length=8,
+            save_steps=0,
+            beta=0.0,
+            gradient_checkpointing=True,
+            reward_funcs=["format"],
+        ),
+        **lora,
+    )
     trainer = GRPOTrainer(cfg)
     rollout = trainer.rollout(trainer._next_batch(), 1.0)
     trainer.score(rollout)
@@ -176,11 +204,14 @@ def test_prompt_once_per_group_keeps_every_gradient(tiny_model_dir, tiny_shards,
             return backward(loss)
 
         hook = lm.layers[0].mlp.register_forward_pre_hook(
-            lambda m, args, _prompts=prompts: _prompts.append(1) if args[0].shape[1] == p_len else None)
+            lambda m, args, _prompts=prompts: _prompts.append(1) if args[0].shape[1] == p_len else None
+        )
         trainer.engine.step, trainer.engine.backward = capture, counting
         try:
-            with pytest.MonkeyPatch.context() as mp, \
-                    _CountOps(torch.ops.aten.embedding_dense_backward.default) as table_grads:
+            with (
+                pytest.MonkeyPatch.context() as mp,
+                _CountOps(torch.ops.aten.embedding_dense_backward.default) as table_grads,
+            ):
                 if not once:  # each micro-batch runs its own prompts
                     mp.setattr(trainer_module, "group_prompt", lambda *a, **k: PerBatchPrompt())
                 metrics = trainer.update([rollout], beta=0.0)

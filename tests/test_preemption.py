@@ -69,13 +69,13 @@ print("not reached")
 
 
 def test_first_signal_sets_the_flag_a_second_stops_at_once():
-    proc = subprocess.run([sys.executable, "-c", SIGNALS_SCRIPT], capture_output=True, text=True, timeout=60,
-                          env=env())
+    proc = subprocess.run([sys.executable, "-c", SIGNALS_SCRIPT], capture_output=True, text=True, timeout=60, env=env())
     assert proc.stdout.splitlines() == [f"requested {int(signal.SIGTERM)} child 7"], proc.stdout + proc.stderr
     assert proc.returncode == 128 + signal.SIGINT
     assert proc.stderr.strip().splitlines() == [
         "stopped at once by a second signal (SIGINT), without saving; resume from the newest checkpoint with: "
-        "RESUME-CMD"]
+        "RESUME-CMD"
+    ]
 
 
 STUCK_SCRIPT = """import sys
@@ -91,8 +91,13 @@ print("not reached")
 def test_a_second_signal_stops_a_process_stuck_in_a_collective():
     """The main thread waits inside gloo (C++), where no Python signal handler runs, as a rank whose peer is gone
     would: the second signal still ends it at once (the test's timeout would catch a hang)."""
-    proc = subprocess.Popen([sys.executable, "-c", STUCK_SCRIPT, f"tcp://127.0.0.1:{free_port()}"], env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_SCRIPT, f"tcp://127.0.0.1:{free_port()}"],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline() == "ready\n"
         time.sleep(2)  # into the C call
@@ -123,8 +128,9 @@ def test_resume_command(monkeypatch):
     assert resume_command(argv, cfg) == "MODEL=m\\ 1 bash run_scripts/stage4.sh lr=1"
     # Told to start again, or to start from another checkpoint: continue from this run's own newest one instead.
     fresh = TrainConfig(model_name_or_path="m", overwrite_output_dir=True, resume_from_checkpoint="other/step-2")
-    assert resume_command(argv, fresh) == ("MODEL=m\\ 1 bash run_scripts/stage4.sh lr=1 overwrite_output_dir=false "
-                                           "resume_from_checkpoint=auto")
+    assert resume_command(argv, fresh) == (
+        "MODEL=m\\ 1 bash run_scripts/stage4.sh lr=1 overwrite_output_dir=false resume_from_checkpoint=auto"
+    )
 
 
 FAKE_PY = """#!/usr/bin/env bash
@@ -140,22 +146,30 @@ def test_stage4_exports_the_command_as_typed(tmp_path):
     run_env = {k: v for k, v in env().items() if k not in ("MODEL", "DATA", "OUTPUT_DIR", "NPROC", "DEMO_DIR")}
     run_env.update(PY=str(fake), SEEN=str(tmp_path / "seen"), MODEL="my model", DATA="d")
     script = os.path.relpath(REPO / "run_scripts" / "stage4.sh", tmp_path)
-    proc = subprocess.run(["bash", script, "learning_rate=1e-6", "data=[a b]"], cwd=tmp_path, env=run_env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", script, "learning_rate=1e-6", "data=[a b]"],
+        cwd=tmp_path,
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 3, proc.stderr  # stopped at the fake --check
     assert (tmp_path / "seen").read_text().strip() == (
-        f"PY={fake} MODEL=my\\ model DATA=d bash {script} learning_rate=1e-6 data=\\[a\\ b\\]")
+        f"PY={fake} MODEL=my\\ model DATA=d bash {script} learning_rate=1e-6 data=\\[a\\ b\\]"
+    )
 
 
-def test_sigterm_to_a_training_process_saves_and_prints_a_command_that_resumes(tiny_model_dir, tiny_shards,
-                                                                                 tmp_path):
+def test_sigterm_to_a_training_process_saves_and_prints_a_command_that_resumes(tiny_model_dir, tiny_shards, tmp_path):
     """A real SIGTERM from outside while `python -m omni_grpo.train` trains: exit code 143, one line; the printed
     command (with a nearer max_steps appended, else it would train its 1000 steps) resumes from that checkpoint."""
     out = tmp_path / "out"
-    args = run_args(tiny_model_dir, tiny_shards, out, CLI_RUN, max_steps=1000, save_steps=0,
-                    reward_funcs=f"[format, {LENGTH}]")
-    proc = subprocess.Popen([sys.executable, "-m", "omni_grpo.train", *args], cwd=tmp_path, env=env(),
-                            stderr=subprocess.PIPE, text=False)
+    args = run_args(
+        tiny_model_dir, tiny_shards, out, CLI_RUN, max_steps=1000, save_steps=0, reward_funcs=f"[format, {LENGTH}]"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "omni_grpo.train", *args], cwd=tmp_path, env=env(), stderr=subprocess.PIPE, text=False
+    )
     seen = b""
     try:
         while b" 1/1000 " not in seen:  # the progress bar after the first step
@@ -173,8 +187,15 @@ def test_sigterm_to_a_training_process_saves_and_prints_a_command_that_resumes(t
     assert name == "SIGTERM" and step >= 1
     assert [p.name for p in ckpt.list_checkpoints(out)] == [ckpt.step_name(step)]
     assert saved == str(out / "checkpoints" / ckpt.step_name(step))
-    resumed = subprocess.run(f"{command} max_steps={step + 1}", shell=True, cwd=tmp_path, env=env(),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        f"{command} max_steps={step + 1}",
+        shell=True,
+        cwd=tmp_path,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"resumed from {saved} at step {step}" in resumed.stderr
     assert scalar_steps(out) == list(range(1, step + 2))  # each step once
@@ -190,12 +211,14 @@ def scalar_steps(out: Path, tag: str = "actor/loss") -> list[int]:
 
 # ------------------------------------------------------------------------------------- 2 ranks, ZeRO-3
 
+
 def run_tree(cmd, tmp: Path, shell: bool = False) -> subprocess.CompletedProcess:
     """`subprocess.run`, except that a hang (the test fails) also kills the ranks (they run in their own sessions)."""
     import psutil
 
-    proc = subprocess.Popen(cmd, shell=shell, cwd=tmp, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, shell=shell, cwd=tmp, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         out, err = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -207,9 +230,23 @@ def run_tree(cmd, tmp: Path, shell: bool = False) -> subprocess.CompletedProcess
 
 
 def launch_driver(tmp: Path, plan: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    return run_tree([sys.executable, "-m", "omni_grpo.launch", "--config_file",
-                     str(REPO / "configs/accelerate/zero3.yaml"), "--num_processes", "2", "--main_process_port",
-                     str(free_port()), str(DRIVER), str(plan), *overrides], tmp)
+    return run_tree(
+        [
+            sys.executable,
+            "-m",
+            "omni_grpo.launch",
+            "--config_file",
+            str(REPO / "configs/accelerate/zero3.yaml"),
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            str(DRIVER),
+            str(plan),
+            *overrides,
+        ],
+        tmp,
+    )
 
 
 def as_printed(tmp: Path, command: str) -> subprocess.CompletedProcess:
@@ -230,16 +267,23 @@ def test_zero3_preempted_in_each_phase_resumes_to_the_uninterrupted_curve(tiny_m
     Loss, reward and grad-norm curves equal the uninterrupted run's, TensorBoard shows each step once, and the
     final weights are the same."""
     ds = zero3_test_config(tmp_path / "zero3.json")
-    ref = launch_driver(tmp_path, write_plan(tmp_path / "none.json", []),
-                        common(tiny_model_dir, mixed_shards, tmp_path / "ref", ds, steps=4))
+    ref = launch_driver(
+        tmp_path,
+        write_plan(tmp_path / "none.json", []),
+        common(tiny_model_dir, mixed_shards, tmp_path / "ref", ds, steps=4),
+    )
     assert ref.returncode == 0, ref.stderr[-4000:]
 
     out = tmp_path / "out"
-    plan = write_plan(tmp_path / "plan.json", [
-        {"phase": "rollout", "step": 2, "ranks": [1], "signal": "SIGTERM"},
-        {"phase": "save", "step": 2, "ranks": [0], "signal": "SIGINT", "to": "launcher"},
-        {"phase": "update", "step": 3, "ranks": [0, 1], "signal": "SIGTERM"},
-        {"phase": "write", "step": 3, "ranks": [1]}])
+    plan = write_plan(
+        tmp_path / "plan.json",
+        [
+            {"phase": "rollout", "step": 2, "ranks": [1], "signal": "SIGTERM"},
+            {"phase": "save", "step": 2, "ranks": [0], "signal": "SIGINT", "to": "launcher"},
+            {"phase": "update", "step": 3, "ranks": [0, 1], "signal": "SIGTERM"},
+            {"phase": "write", "step": 3, "ranks": [1]},
+        ],
+    )
     first = launch_driver(tmp_path, plan, common(tiny_model_dir, mixed_shards, out, ds, steps=4))
     assert first.returncode == 143, first.stderr[-4000:]
     name, step, saved, command = the_line(first.stderr).groups()
@@ -253,8 +297,13 @@ def test_zero3_preempted_in_each_phase_resumes_to_the_uninterrupted_curve(tiny_m
 
     third = as_printed(tmp_path, command)
     assert third.returncode == 1, third.stderr[-4000:]
-    failed = the_line(third.stderr, re.compile(r"^training stopped: saving the checkpoint of step 3 .* failed on "
-                                               r"rank 1: OSError: \[Errno 28\] No space left on device .*$"))
+    failed = the_line(
+        third.stderr,
+        re.compile(
+            r"^training stopped: saving the checkpoint of step 3 .* failed on "
+            r"rank 1: OSError: \[Errno 28\] No space left on device .*$"
+        ),
+    )
     assert "resume_from_checkpoint=latest" in failed.group(0)
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-0000001", "step-0000002"]
 
@@ -275,8 +324,9 @@ def write_plan(path: Path, events: list[dict]) -> Path:
 def weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
-    return {k: v.tolist() for f in sorted((folder / "model").glob("*.safetensors")) for k, v in load_file(str(f)).items()}
-
+    return {
+        k: v.tolist() for f in sorted((folder / "model").glob("*.safetensors")) for k, v in load_file(str(f)).items()
+    }
 
 
 SLEEPER = """import time
@@ -290,9 +340,25 @@ def test_launcher_stopped_by_a_signal_says_so_in_one_line(tmp_path):
     """SIGTERM to omni_grpo.launch whose ranks cannot save (they die of it): one line and 143, not elastic's log."""
     script = tmp_path / "sleeper.py"
     script.write_text(SLEEPER)
-    proc = subprocess.Popen([sys.executable, "-m", "omni_grpo.launch", "--config_file", "configs/accelerate/zero3.yaml",
-                             "--num_processes", "2", "--main_process_port", str(free_port()), str(script)],
-                            cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "omni_grpo.launch",
+            "--config_file",
+            "configs/accelerate/zero3.yaml",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            str(script),
+        ],
+        cwd=REPO,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         ready = 0
         while ready < 2:  # both ranks started
@@ -304,5 +370,7 @@ def test_launcher_stopped_by_a_signal_says_so_in_one_line(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
-    assert err.strip().splitlines() == ["stopped by SIGTERM: no rank reported a checkpoint (not started yet, or killed "
-                                        "after TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300 s)"], err
+    assert err.strip().splitlines() == [
+        "stopped by SIGTERM: no rank reported a checkpoint (not started yet, or killed "
+        "after TORCH_ELASTIC_SHUTDOWN_TIMEOUT=300 s)"
+    ], err

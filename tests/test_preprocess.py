@@ -62,19 +62,28 @@ def clip_dir(tmp_path_factory):
         if kwargs.get("video_codec") == "libx265" and not synthetic.hevc_available():
             continue
         synthetic.make_clip(folder / f"{name}.mp4", **kwargs)
-    rows = [{"id": p.stem, "video": p.name, "question": "What happens?", "answer": "x"}
-            for p in sorted(folder.glob("*.mp4"))]
+    rows = [
+        {"id": p.stem, "video": p.name, "question": "What happens?", "answer": "x"}
+        for p in sorted(folder.glob("*.mp4"))
+    ]
     write_manifest(folder / "manifest.jsonl", rows)
     return folder
 
 
-@pytest.mark.parametrize("video_options,ele", [
-    (VideoOptions(), {"fps": 2.0}),
-    (VideoOptions(fps=4.0, min_pixels=28 * 28 * 8, max_pixels=28 * 28 * 30, max_frames=6),
-     {"fps": 4.0, "min_pixels": 28 * 28 * 8, "max_pixels": 28 * 28 * 30, "max_frames": 6}),
-    (VideoOptions(fps=1.0, min_pixels=28 * 28 * 4, total_pixels=28 * 28 * 40),
-     {"fps": 1.0, "min_pixels": 28 * 28 * 4, "total_pixels": 28 * 28 * 40}),
-])
+@pytest.mark.parametrize(
+    "video_options,ele",
+    [
+        (VideoOptions(), {"fps": 2.0}),
+        (
+            VideoOptions(fps=4.0, min_pixels=28 * 28 * 8, max_pixels=28 * 28 * 30, max_frames=6),
+            {"fps": 4.0, "min_pixels": 28 * 28 * 8, "max_pixels": 28 * 28 * 30, "max_frames": 6},
+        ),
+        (
+            VideoOptions(fps=1.0, min_pixels=28 * 28 * 4, total_pixels=28 * 28 * 40),
+            {"fps": 1.0, "min_pixels": 28 * 28 * 4, "total_pixels": 28 * 28 * 40},
+        ),
+    ],
+)
 def test_frames_match_qwen_omni_utils(clip_dir, tmp_path, monkeypatch, video_options, ele):
     preprocess_here(tmp_path / "out", manifest=clip_dir / "manifest.jsonl", video=video_options)
     ds = shards.load(tmp_path / "out")
@@ -108,19 +117,21 @@ def test_audio_from_mp4_matches_process_mm_info(tmp_path, rate, channels):
     assert len(audio) == 32000  # 16 kHz over the video's 16 frames at 8 fps, cut at the video's end
     reference = qwen_audio(path)
     assert len(reference) >= len(audio) and len(reference) - len(audio) < 0.1 * 16000
-    np.testing.assert_allclose(audio, reference[:len(audio)], atol=1e-4)  # 16-bit rounding in audioread
+    np.testing.assert_allclose(audio, reference[: len(audio)], atol=1e-4)  # 16-bit rounding in audioread
     # Aligned in time: the chirp's pitch at each instant matches, at zero lag.
     expected = synthetic.chirp(2.0, 16000, seed=5)
     assert np.corrcoef(audio, expected)[0, 1] > 0.99
 
 
-@pytest.mark.parametrize("rate,channels,subtype", [
-    (22050, 1, "PCM_16"), (11025, 1, "PCM_U8"), (44100, 2, "PCM_16"), (48000, 6, "PCM_24")])
+@pytest.mark.parametrize(
+    "rate,channels,subtype", [(22050, 1, "PCM_16"), (11025, 1, "PCM_U8"), (44100, 2, "PCM_16"), (48000, 6, "PCM_24")]
+)
 def test_audio_file_matches_librosa(tmp_path, rate, channels, subtype):
     import librosa
 
-    path = synthetic.make_wav(tmp_path / "a.wav", seconds=2.0, sample_rate=rate, channels=channels,
-                              subtype=subtype, seed=6)
+    path = synthetic.make_wav(
+        tmp_path / "a.wav", seconds=2.0, sample_rate=rate, channels=channels, subtype=subtype, seed=6
+    )
     audio = media.load_audio_file(path)
     reference, sr = librosa.load(str(path), sr=16000)
     assert sr == 16000 and audio.dtype == np.float32
@@ -168,8 +179,15 @@ def test_jsonl_fields_extra_and_no_audio(tmp_path):
     synthetic.make_clip(tmp_path / "v" / "a.mp4", seconds=1.0)
     synthetic.make_clip(tmp_path / "v" / "quiet.mp4", seconds=1.0, audio=None)
     rows = [
-        {"id": "mc", "video": "v/a.mp4", "question": "Q1", "options": ["x", "y"], "answer": "B",
-         "source": "unit", "meta": {"k": [1, 2]}},
+        {
+            "id": "mc",
+            "video": "v/a.mp4",
+            "question": "Q1",
+            "options": ["x", "y"],
+            "answer": "B",
+            "source": "unit",
+            "meta": {"k": [1, 2]},
+        },
         {"id": 7, "video": "./v/a.mp4", "question": "Q2", "answer": 3.5, "problem_type": "numerical"},
         {"id": "free", "video": "v/quiet.mp4", "question": "Q3", "answer": "a dog"},
     ]
@@ -191,8 +209,13 @@ def test_jsonl_fields_extra_and_no_audio(tmp_path):
 def test_require_audio_makes_silent_clip_a_failure(tmp_path):
     synthetic.make_clip(tmp_path / "quiet.mp4", seconds=1.0, audio=None)
     synthetic.make_clip(tmp_path / "loud.mp4", seconds=1.0)
-    write_manifest(tmp_path / "m.jsonl", [{"id": "q", "video": "quiet.mp4", "question": "?", "answer": "a"},
-                                          {"id": "l", "video": "loud.mp4", "question": "?", "answer": "a"}])
+    write_manifest(
+        tmp_path / "m.jsonl",
+        [
+            {"id": "q", "video": "quiet.mp4", "question": "?", "answer": "a"},
+            {"id": "l", "video": "loud.mp4", "question": "?", "answer": "a"},
+        ],
+    )
     summary = preprocess_here(tmp_path / "out", manifest=tmp_path / "m.jsonl", video=SMALL_VIDEO, require_audio=True)
     assert summary["counts"]["written"] == 1 and summary["counts"]["without_audio"] == 0
     failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]

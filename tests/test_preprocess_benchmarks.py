@@ -33,21 +33,44 @@ def failures(out):
 
 # --- Daily-Omni: qa.json (a JSON list), Videos/{id}/{id}_video.mp4 ---------------------------------------
 
+
 def daily_record(video_id, answer="B", **extra):
-    return {"Question": f"What happens in {video_id}?", "Choice": ["A. First", "B. Second", "C. Third", "D. Fourth"],
-            "Answer": answer, "video_id": video_id, "Type": "AV Event Alignment", "video_category": "People & Blogs",
-            "video_duration": "30s", **extra}
+    return {
+        "Question": f"What happens in {video_id}?",
+        "Choice": ["A. First", "B. Second", "C. Third", "D. Fourth"],
+        "Answer": answer,
+        "video_id": video_id,
+        "Type": "AV Event Alignment",
+        "video_category": "People & Blogs",
+        "video_duration": "30s",
+        **extra,
+    }
 
 
 def test_dailyomni_cli_reads_the_release(tmp_path):
     root = tmp_path / "Daily-Omni"
     clip(root / "Videos" / "vidA" / "vidA_video.mp4")
     (root / "Videos" / "vidB").mkdir(parents=True)  # its mp4 is missing from this download
-    records = [daily_record("vidA", "B"), daily_record("vidA", "d", Type="Inference", video_duration="60s"),
-               daily_record("vidB", "A"), daily_record("vidA", "E")]
+    records = [
+        daily_record("vidA", "B"),
+        daily_record("vidA", "d", Type="Inference", video_duration="60s"),
+        daily_record("vidB", "A"),
+        daily_record("vidA", "E"),
+    ]
     (root / "qa.json").write_text(json.dumps(records))
-    result = preprocess_cli("--source", "dailyomni", "--root", str(root), "--output", "out", "--workers", "0",
-                 "--min-pixels", str(28 * 28 * 4), cwd=tmp_path)
+    result = preprocess_cli(
+        "--source",
+        "dailyomni",
+        "--root",
+        str(root),
+        "--output",
+        "out",
+        "--workers",
+        "0",
+        "--min-pixels",
+        str(28 * 28 * 4),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     items = written(tmp_path / "out")
     assert set(items) == {"vidA#0", "vidA#1"}
@@ -56,8 +79,12 @@ def test_dailyomni_cli_reads_the_release(tmp_path):
     assert first["options"] == ["First", "Second", "Third", "Fourth"]
     assert (first["answer"], second["answer"]) == ("B", "D")
     assert first["problem_type"] == second["problem_type"] == "multiple_choice"
-    assert first["extra"] == {"video_id": "vidA", "Type": "AV Event Alignment", "video_category": "People & Blogs",
-                              "video_duration": "30s"}
+    assert first["extra"] == {
+        "video_id": "vidA",
+        "Type": "AV Event Alignment",
+        "video_category": "People & Blogs",
+        "video_duration": "30s",
+    }
     assert (second["extra"]["Type"], second["extra"]["video_duration"]) == ("Inference", "60s")
     lost = failures(tmp_path / "out")
     assert set(lost) == {"vidB#0", "vidA#2"}
@@ -75,32 +102,54 @@ def test_dailyomni_object_keyed_by_entry_uses_the_keys(tmp_path):
 
 # --- WorldSense: worldsense_qa.json keyed by video, videos/{video}.mp4 ----------------------------------
 
+
 def world_video(tasks, domain="Sports"):
-    return {"duration": "1min", "domain": domain, "sub_category": "Football", "audio_class": ["Speech", "Event"],
-            "video_caption": "A long description of the clip.", **tasks}
+    return {
+        "duration": "1min",
+        "domain": domain,
+        "sub_category": "Football",
+        "audio_class": ["Speech", "Event"],
+        "video_caption": "A long description of the clip.",
+        **tasks,
+    }
 
 
 def world_task(answer, task_type="Audio Recognition"):
-    return {"question": "What is heard?", "candidates": ["A. A dog", "B. A car", "C. Rain", "D. Music"],
-            "answer": answer, "task_domain": "Recognition", "task_type": task_type}
+    return {
+        "question": "What is heard?",
+        "candidates": ["A. A dog", "B. A car", "C. Rain", "D. Music"],
+        "answer": answer,
+        "task_domain": "Recognition",
+        "task_type": task_type,
+    }
 
 
 def test_worldsense_reads_the_release(tmp_path):
     root = tmp_path / "WorldSense"
     clip(root / "videos" / "w1.mp4")
-    (root / "worldsense_qa.json").write_text(json.dumps({
-        "w1": world_video({"task1": world_task("C"), "task2": world_task("A", "Object Counting")}),
-        "w2": world_video({"task1": world_task("B")}, domain="Music"),  # video not downloaded
-    }))
+    (root / "worldsense_qa.json").write_text(
+        json.dumps(
+            {
+                "w1": world_video({"task1": world_task("C"), "task2": world_task("A", "Object Counting")}),
+                "w2": world_video({"task1": world_task("B")}, domain="Music"),  # video not downloaded
+            }
+        )
+    )
     preprocess_here(tmp_path / "out", source="worldsense", root=root)
     items = written(tmp_path / "out")
     assert set(items) == {"w1_task1", "w1_task2"}
     one = items["w1_task1"]
     assert one["question"] == "What is heard?" and one["options"] == ["A dog", "A car", "Rain", "Music"]
     assert (one["answer"], items["w1_task2"]["answer"]) == ("C", "A") and one["problem_type"] == "multiple_choice"
-    assert one["extra"] == {"video_id": "w1", "duration": "1min", "domain": "Sports", "sub_category": "Football",
-                            "audio_class": ["Speech", "Event"], "task_domain": "Recognition",
-                            "task_type": "Audio Recognition"}
+    assert one["extra"] == {
+        "video_id": "w1",
+        "duration": "1min",
+        "domain": "Sports",
+        "sub_category": "Football",
+        "audio_class": ["Speech", "Event"],
+        "task_domain": "Recognition",
+        "task_type": "Audio Recognition",
+    }
     assert items["w1_task2"]["extra"]["task_type"] == "Object Counting"
     lost = failures(tmp_path / "out")
     assert set(lost) == {"w2_task1"} and lost["w2_task1"]["path"] == "videos/w2.mp4"
@@ -108,29 +157,78 @@ def test_worldsense_reads_the_release(tmp_path):
 
 # --- IntentBench: qa.json in HumanOmniV2's schema, videos/ ------------------------------------------------
 
+
 def test_intentbench_reads_each_problem_type(tmp_path):
     root = tmp_path / "IntentBench"
     clip(root / "videos" / "social" / "s1.mp4")
     clip(root / "videos" / "emer" / "e1.mp4")
     records = [
-        {"qid": "q1", "problem": "Why does he smile?", "options": ["A. Joy", "B. Fear", "C. Anger", "D. Pity"],
-         "solution": "<think>…</think><answer>C</answer>", "problem_type": "multiple choice",
-         "data_type": "video", "video": "social/s1.mp4", "Type": "why"},
-        {"qid": "q2", "problem": "Which emotions apply?",
-         "options": ["A. Joy", "B. Helpless", "C. Calm", "D. Pride", "E. Angry", "F. Friendly"],
-         "solution": "<answer>E,B</answer>", "problem_type": "emer_ov_mc", "data_type": "video",
-         "video": "emer/e1.mp4", "Type": "emotion"},
-        {"qid": "q3", "problem": 'Is the person lying when asked "Where were you?"', "solution": "<answer>Yes</answer>",
-         "problem_type": "judge", "data_type": "video", "video": "social/s1.mp4", "Type": "deception"},
-        {"qid": "q3b", "problem": "Is she lying?", "options": ["A. Yes", "B. No"], "solution": "<answer>B</answer>",
-         "problem_type": "judge", "data_type": "video", "video": "social/s1.mp4", "Type": "deception"},
-        {"qid": "q4", "problem": "What?", "options": ["A. x", "B. y"], "solution": "<answer>A</answer>",
-         "problem_type": "multiple choice", "data_type": "video", "video": "social/missing.mp4", "Type": "what"},
-        {"qid": "q5", "problem": "How many?", "solution": "<answer>3</answer>", "problem_type": "numerical",
-         "data_type": "video", "video": "social/s1.mp4"},
-        {"qid": "q6", "problem": "What sound?", "options": ["A. x", "B. y"], "solution": "<answer>B</answer>",
-         "problem_type": "multiple choice", "data_type": "image_audio",
-         "path": {"image": "i.jpg", "audio": "a.wav"}},
+        {
+            "qid": "q1",
+            "problem": "Why does he smile?",
+            "options": ["A. Joy", "B. Fear", "C. Anger", "D. Pity"],
+            "solution": "<think>…</think><answer>C</answer>",
+            "problem_type": "multiple choice",
+            "data_type": "video",
+            "video": "social/s1.mp4",
+            "Type": "why",
+        },
+        {
+            "qid": "q2",
+            "problem": "Which emotions apply?",
+            "options": ["A. Joy", "B. Helpless", "C. Calm", "D. Pride", "E. Angry", "F. Friendly"],
+            "solution": "<answer>E,B</answer>",
+            "problem_type": "emer_ov_mc",
+            "data_type": "video",
+            "video": "emer/e1.mp4",
+            "Type": "emotion",
+        },
+        {
+            "qid": "q3",
+            "problem": 'Is the person lying when asked "Where were you?"',
+            "solution": "<answer>Yes</answer>",
+            "problem_type": "judge",
+            "data_type": "video",
+            "video": "social/s1.mp4",
+            "Type": "deception",
+        },
+        {
+            "qid": "q3b",
+            "problem": "Is she lying?",
+            "options": ["A. Yes", "B. No"],
+            "solution": "<answer>B</answer>",
+            "problem_type": "judge",
+            "data_type": "video",
+            "video": "social/s1.mp4",
+            "Type": "deception",
+        },
+        {
+            "qid": "q4",
+            "problem": "What?",
+            "options": ["A. x", "B. y"],
+            "solution": "<answer>A</answer>",
+            "problem_type": "multiple choice",
+            "data_type": "video",
+            "video": "social/missing.mp4",
+            "Type": "what",
+        },
+        {
+            "qid": "q5",
+            "problem": "How many?",
+            "solution": "<answer>3</answer>",
+            "problem_type": "numerical",
+            "data_type": "video",
+            "video": "social/s1.mp4",
+        },
+        {
+            "qid": "q6",
+            "problem": "What sound?",
+            "options": ["A. x", "B. y"],
+            "solution": "<answer>B</answer>",
+            "problem_type": "multiple choice",
+            "data_type": "image_audio",
+            "path": {"image": "i.jpg", "audio": "a.wav"},
+        },
     ]
     (root / "qa.json").write_text(json.dumps(records))
     preprocess_here(tmp_path / "out", source="intentbench", root=root)
@@ -141,8 +239,12 @@ def test_intentbench_reads_each_problem_type(tmp_path):
     assert (items["q2"]["answer"], items["q2"]["problem_type"]) == ("B,E", "multi_label")
     assert (items["q3"]["answer"], items["q3"]["problem_type"], items["q3"]["options"]) == ("yes", "yes_no", [])
     assert (items["q3b"]["answer"], items["q3b"]["options"]) == ("no", [])
-    assert items["q1"]["extra"] == {"qid": "q1", "data_type": "video", "Type": "why",
-                                    "source_problem_type": "multiple choice"}
+    assert items["q1"]["extra"] == {
+        "qid": "q1",
+        "data_type": "video",
+        "Type": "why",
+        "source_problem_type": "multiple choice",
+    }
     assert items["q2"]["extra"]["Type"] == "emotion" and items["q3"]["extra"]["source_problem_type"] == "judge"
     lost = failures(tmp_path / "out")
     assert set(lost) == {"q4", "q5", "q6"}
@@ -153,26 +255,56 @@ def test_intentbench_reads_each_problem_type(tmp_path):
 def test_intentbench_paths_already_under_videos_are_found(tmp_path):
     root = tmp_path / "ib"
     clip(root / "videos" / "a.mp4")
-    (root / "qa.json").write_text(json.dumps([{"qid": "x", "problem": "?", "options": ["A. p", "B. q"],
-                                               "solution": "<answer>B</answer>", "problem_type": "multiple choice",
-                                               "video": "videos/a.mp4"}]))
+    (root / "qa.json").write_text(
+        json.dumps(
+            [
+                {
+                    "qid": "x",
+                    "problem": "?",
+                    "options": ["A. p", "B. q"],
+                    "solution": "<answer>B</answer>",
+                    "problem_type": "multiple choice",
+                    "video": "videos/a.mp4",
+                }
+            ]
+        )
+    )
     preprocess_here(tmp_path / "out", source="intentbench", root=root)
     assert set(written(tmp_path / "out")) == {"x"}
 
 
 # --- AVQA: annotation/{split}_qa.json, video/{video_name}.mp4 -------------------------------------------
 
+
 def test_avqa_reads_the_split(tmp_path):
     root = tmp_path / "avqa"
     clip(root / "video" / "-0PQM4-hqg_000030.mp4")
     (root / "annotation").mkdir(parents=True)
     rows = [
-        {"video_name": "-0PQM4-hqg_000030", "video_id": 1, "question_text": "Where is the sound coming from?",
-         "multi_choice": ["street", "kitchen", "forest", "stage"], "answer": 2, "question_type": "Come From"},
-        {"video_name": "-0PQM4-hqg_000030", "video_id": 1, "question_text": "What is happening?",
-         "multi_choice": ["cooking", "singing", "driving", "sleeping"], "answer": "1", "question_type": "Happening"},
-        {"video_name": "gone_000001", "video_id": 2, "question_text": "Why?", "multi_choice": ["a", "b", "c", "d"],
-         "answer": 0, "question_type": "Why"},
+        {
+            "video_name": "-0PQM4-hqg_000030",
+            "video_id": 1,
+            "question_text": "Where is the sound coming from?",
+            "multi_choice": ["street", "kitchen", "forest", "stage"],
+            "answer": 2,
+            "question_type": "Come From",
+        },
+        {
+            "video_name": "-0PQM4-hqg_000030",
+            "video_id": 1,
+            "question_text": "What is happening?",
+            "multi_choice": ["cooking", "singing", "driving", "sleeping"],
+            "answer": "1",
+            "question_type": "Happening",
+        },
+        {
+            "video_name": "gone_000001",
+            "video_id": 2,
+            "question_text": "Why?",
+            "multi_choice": ["a", "b", "c", "d"],
+            "answer": 0,
+            "question_type": "Why",
+        },
     ]
     (root / "annotation" / "val_qa.json").write_text(json.dumps(rows))
     (root / "annotation" / "train_qa.json").write_text(json.dumps(rows[:1]))
@@ -191,10 +323,16 @@ def test_avqa_null_option_is_read_as_the_authors_encode_it(tmp_path):
     root = tmp_path / "avqa"
     clip(root / "video" / "-0PQM4-hqg_000030.mp4")
     (root / "annotation").mkdir(parents=True)
-    base = {"video_name": "-0PQM4-hqg_000030", "video_id": 1, "question_text": "Which instrument is heard?",
-            "question_type": "Which"}
-    rows = [{**base, "id": 7, "multi_choice": ["piano", None, "violin", "drum"], "answer": 2},
-            {**base, "id": 8, "multi_choice": ["piano", "guitar", None, "drum"], "answer": 2}]
+    base = {
+        "video_name": "-0PQM4-hqg_000030",
+        "video_id": 1,
+        "question_text": "Which instrument is heard?",
+        "question_type": "Which",
+    }
+    rows = [
+        {**base, "id": 7, "multi_choice": ["piano", None, "violin", "drum"], "answer": 2},
+        {**base, "id": 8, "multi_choice": ["piano", "guitar", None, "drum"], "answer": 2},
+    ]
     (root / "annotation" / "train_qa.json").write_text(json.dumps(rows))
     preprocess_here(tmp_path / "out", source="avqa", root=root)
     items = written(tmp_path / "out")
@@ -207,22 +345,38 @@ def test_avqa_null_option_is_read_as_the_authors_encode_it(tmp_path):
 
 # --- HumanOmniV2 / R1-Omni / Video-R1 records (--source r1) --------------------------------------------
 
+
 def humanomniv2_record(video, problem_type, options, answer, **extra):
     """A record as in HumanMLLM/HumanOmniV2 src/open-r1-multimodal/data_config/emer_rewrite.json (9bf0e6f):
     problem, problem_type, options ("A. …"), solution (<context>/<think> reasoning, then <answer>), answer,
     data_type, clean_list, video and path."""
-    return {"problem": f"What emotions does the speaker in {video} show?", "problem_type": problem_type,
-            "options": options, "solution": f"<context>a face</context><think>she smiles</think><answer>{answer}"
-            "</answer>", "answer": answer, "data_type": "video", "clean_list": ["Happy"], "video": f"MER24/{video}",
-            "path": f"MER24/{video}", **extra}
+    return {
+        "problem": f"What emotions does the speaker in {video} show?",
+        "problem_type": problem_type,
+        "options": options,
+        "solution": f"<context>a face</context><think>she smiles</think><answer>{answer}</answer>",
+        "answer": answer,
+        "data_type": "video",
+        "clean_list": ["Happy"],
+        "video": f"MER24/{video}",
+        "path": f"MER24/{video}",
+        **extra,
+    }
 
 
 def video_r1_record(problem_id, data_type, path, problem_type, answer, options=()):
     """A record as tulerfeng/Video-R1 reads Video-R1-260k.json (src/r1-v/src/open_r1/grpo.py, 59d65c3):
     problem_id, problem, data_type, problem_type, options, process, solution "<answer>…</answer>", path "./…"."""
-    return {"problem_id": problem_id, "problem": f"Question {problem_id}?", "data_type": data_type,
-            "problem_type": problem_type, "options": list(options), "process": "<think>long reasoning</think>",
-            "solution": f"<answer>{answer}</answer>", "path": path}
+    return {
+        "problem_id": problem_id,
+        "problem": f"Question {problem_id}?",
+        "data_type": data_type,
+        "problem_type": problem_type,
+        "options": list(options),
+        "process": "<think>long reasoning</think>",
+        "solution": f"<answer>{answer}</answer>",
+        "path": path,
+    }
 
 
 def test_r1_reads_humanomniv2_and_video_r1_records(tmp_path):
@@ -231,23 +385,38 @@ def test_r1_reads_humanomniv2_and_video_r1_records(tmp_path):
     clip(root / "LLaVA-Video-178K" / "v.mp4")
     synthetic.make_image(root / "Math" / "g.png", size=(56, 56))
     six = ["A. Urgent", "B. Happy", "C. Relaxed", "D. Understanding", "E. Admiration", "F. Approve"]
-    records = [humanomniv2_record("sample_0.mp4", "emer_ov_mc", six, "C,B"),
-               humanomniv2_record("sample_0.mp4", "multiple choice", six[:4], "D"),
-               humanomniv2_record("sample_0.mp4", "judge", [], "Yes"),
-               humanomniv2_record("sample_0.mp4", "emer_ov", [], "happy"),
-               humanomniv2_record("sample_0.mp4", "emer_ov_mc", six, "B", path={"image": "a.png", "audio": "a.wav"}),
-               video_r1_record(17, "video", "./LLaVA-Video-178K/v.mp4", "numerical", "3.5"),
-               video_r1_record(18, "image", "./Math/g.png", "regression", "42"),
-               video_r1_record(19, "video", "./LLaVA-Video-178K/v.mp4", "OCR", "EXIT 12"),
-               video_r1_record(20, "video", "./LLaVA-Video-178K/v.mp4", "free-form", "a red car"),
-               video_r1_record(21, "video", "./LLaVA-Video-178K/v.mp4", "multiple choice", "B",
-                               ["A. left", "B. right", "C. up", "D. down"]),
-               video_r1_record(22, "video", "./missing.mp4", "numerical", "1")]
+    records = [
+        humanomniv2_record("sample_0.mp4", "emer_ov_mc", six, "C,B"),
+        humanomniv2_record("sample_0.mp4", "multiple choice", six[:4], "D"),
+        humanomniv2_record("sample_0.mp4", "judge", [], "Yes"),
+        humanomniv2_record("sample_0.mp4", "emer_ov", [], "happy"),
+        humanomniv2_record("sample_0.mp4", "emer_ov_mc", six, "B", path={"image": "a.png", "audio": "a.wav"}),
+        video_r1_record(17, "video", "./LLaVA-Video-178K/v.mp4", "numerical", "3.5"),
+        video_r1_record(18, "image", "./Math/g.png", "regression", "42"),
+        video_r1_record(19, "video", "./LLaVA-Video-178K/v.mp4", "OCR", "EXIT 12"),
+        video_r1_record(20, "video", "./LLaVA-Video-178K/v.mp4", "free-form", "a red car"),
+        video_r1_record(
+            21, "video", "./LLaVA-Video-178K/v.mp4", "multiple choice", "B", ["A. left", "B. right", "C. up", "D. down"]
+        ),
+        video_r1_record(22, "video", "./missing.mp4", "numerical", "1"),
+    ]
     (tmp_path / "data_config").mkdir()
     (tmp_path / "data_config" / "mixed.json").write_text(json.dumps(records))
-    result = preprocess_cli("--source", "r1", "--root", str(root), "--split",
-                            str(tmp_path / "data_config" / "mixed.json"), "--output", "out", "--workers", "0",
-                            "--min-pixels", str(28 * 28 * 4), cwd=tmp_path)
+    result = preprocess_cli(
+        "--source",
+        "r1",
+        "--root",
+        str(root),
+        "--split",
+        str(tmp_path / "data_config" / "mixed.json"),
+        "--output",
+        "out",
+        "--workers",
+        "0",
+        "--min-pixels",
+        str(28 * 28 * 4),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     items = written(tmp_path / "out")
     assert set(items) == {"mixed-0", "mixed-1", "mixed-2", "17", "18", "19", "20", "21"}
@@ -255,12 +424,22 @@ def test_r1_reads_humanomniv2_and_video_r1_records(tmp_path):
     assert items["mixed-0"]["options"] == [o[3:] for o in six]
     assert (items["mixed-1"]["problem_type"], items["mixed-1"]["answer"]) == ("multiple_choice", "D")
     assert (items["mixed-2"]["problem_type"], items["mixed-2"]["answer"], items["mixed-2"]["options"]) == (
-        "yes_no", "yes", [])
-    assert items["mixed-0"]["extra"] == {"data_type": "video", "clean_list": ["Happy"],
-                                         "source_problem_type": "emer_ov_mc"}
+        "yes_no",
+        "yes",
+        [],
+    )
+    assert items["mixed-0"]["extra"] == {
+        "data_type": "video",
+        "clean_list": ["Happy"],
+        "source_problem_type": "emer_ov_mc",
+    }
     assert [(items[k]["problem_type"], items[k]["answer"]) for k in ("17", "18", "19", "20", "21")] == [
-        ("numeric", "3.5"), ("numeric", "42"), ("free_text", "EXIT 12"), ("free_text", "a red car"),
-        ("multiple_choice", "B")]
+        ("numeric", "3.5"),
+        ("numeric", "42"),
+        ("free_text", "EXIT 12"),
+        ("free_text", "a red car"),
+        ("multiple_choice", "B"),
+    ]
     assert items["18"]["modality"] == "image" and items["17"]["modality"] == "video"
     assert "process" not in items["17"]["extra"] and items["17"]["extra"]["source_problem_type"] == "numerical"
     lost = failures(tmp_path / "out")
@@ -283,6 +462,7 @@ def test_r1_reads_json_lines(tmp_path):
 
 # --- Social-IQ 2.0 validation split (existing siq2 reader) ---------------------------------------------
 
+
 def test_siq2_val_split(tmp_path):
     root = synthetic.make_siq2_dataset(tmp_path / "siq2", n_clips=2, split="val", seconds=1.0)
     qa = [json.loads(line) for line in (root / "qa" / "qa_val.json").read_text().splitlines()]
@@ -297,27 +477,41 @@ def siq2_line(qid, q, vid_name="3vZccD8ySXc", answer_idx=1):
     """A line of Social-IQ 2.0's qa_val.json as released (abwilf/Social-IQ-2.0-Challenge siq2/qa/qa_val.json,
     62a5c4b: qid, q, vid_name, ts, ans_corr, answer_idx, idx_types, a0..a3); ts fits the 1 s clip."""
     options = [f"{q} option {i}" for i in range(4)]
-    return {"qid": qid, "q": q, "vid_name": vid_name, "ts": "0.00-1.000000", "ans_corr": options[answer_idx],
-            "answer_idx": answer_idx, "idx_types": ["matched", "corr", "rewrite", "matched"],
-            **{f"a{i}": o for i, o in enumerate(options)}}
+    return {
+        "qid": qid,
+        "q": q,
+        "vid_name": vid_name,
+        "ts": "0.00-1.000000",
+        "ans_corr": options[answer_idx],
+        "answer_idx": answer_idx,
+        "idx_types": ["matched", "corr", "rewrite", "matched"],
+        **{f"a{i}": o for i, o in enumerate(options)},
+    }
 
 
 def test_siq2_keeps_every_question_of_a_reused_qid(tmp_path):
     # As in the val release (lines 48-52): q3_0 and q2_0 each name two different questions.
     root = tmp_path / "siq2"
     clip(root / "video" / "3vZccD8ySXc.mp4")
-    lines = [siq2_line("3vZccD8ySXc_q3_0", "How did the girls react to hitting the wrong button?"),
-             siq2_line("3vZccD8ySXc_q2_0", "How does the driver's lack of understanding affect her driving?"),
-             siq2_line("3vZccD8ySXc_q3_0", "Why did the girls suddenly scream at 0:15?", answer_idx=3),
-             siq2_line("3vZccD8ySXc_q2_0", "Why is the driver hitting the roof of the car", answer_idx=0),
-             siq2_line("3vZccD8ySXc_q3_0", "Why did the girls suddenly scream at 0:15?", answer_idx=3),
-             siq2_line("3vZccD8ySXc_q3_0", "What do the girls do next?", answer_idx=2)]
+    lines = [
+        siq2_line("3vZccD8ySXc_q3_0", "How did the girls react to hitting the wrong button?"),
+        siq2_line("3vZccD8ySXc_q2_0", "How does the driver's lack of understanding affect her driving?"),
+        siq2_line("3vZccD8ySXc_q3_0", "Why did the girls suddenly scream at 0:15?", answer_idx=3),
+        siq2_line("3vZccD8ySXc_q2_0", "Why is the driver hitting the roof of the car", answer_idx=0),
+        siq2_line("3vZccD8ySXc_q3_0", "Why did the girls suddenly scream at 0:15?", answer_idx=3),
+        siq2_line("3vZccD8ySXc_q3_0", "What do the girls do next?", answer_idx=2),
+    ]
     (root / "qa").mkdir()
     (root / "qa" / "qa_val.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
     summary = preprocess_here(tmp_path / "out", source="siq2", root=root, split="val")
     items = written(tmp_path / "out")
-    assert set(items) == {"3vZccD8ySXc_q3_0", "3vZccD8ySXc_q2_0", "3vZccD8ySXc_q3_0#1", "3vZccD8ySXc_q2_0#1",
-                          "3vZccD8ySXc_q3_0#2"}
+    assert set(items) == {
+        "3vZccD8ySXc_q3_0",
+        "3vZccD8ySXc_q2_0",
+        "3vZccD8ySXc_q3_0#1",
+        "3vZccD8ySXc_q2_0#1",
+        "3vZccD8ySXc_q3_0#2",
+    }
     assert items["3vZccD8ySXc_q3_0#1"]["question"] == "Why did the girls suddenly scream at 0:15?"
     assert items["3vZccD8ySXc_q3_0#1"]["answer"] == "D"
     assert items["3vZccD8ySXc_q2_0#1"]["question"] == "Why is the driver hitting the roof of the car"
@@ -338,8 +532,11 @@ def test_siq2_repeat_ids_do_not_take_a_released_id(tmp_path):
     (root / "qa" / "qa_train.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
     preprocess_here(tmp_path / "out", source="siq2", root=root)
     items = written(tmp_path / "out")
-    assert {k: v["question"] for k, v in items.items()} == {"v_q1": "First?", "v_q1#1": "Released with a hash?",
-                                                           "v_q1#2": "Second?"}
+    assert {k: v["question"] for k, v in items.items()} == {
+        "v_q1": "First?",
+        "v_q1#1": "Released with a hash?",
+        "v_q1#2": "Second?",
+    }
 
 
 # --- layouts and field rules ----------------------------------------------------------------------------
@@ -375,14 +572,17 @@ def test_cli_wrong_layout_exits_2_with_the_layout(tmp_path):
     assert result.stderr.startswith("preprocess: error:") and "ROOT/videos/{video}.mp4" in result.stderr
 
 
-@pytest.mark.parametrize("raw,expected", [
-    (["A. one", "B. two"], ("one", "two")),
-    (["(A) one", "(B) two"], ("one", "two")),
-    (["A) one", "B: two"], ("one", "two")),
-    (["A. one", "two"], ("A. one", "two")),       # not every option labelled: kept as written
-    (["B. one", "A. two"], ("B. one", "A. two")),  # labels out of order: kept as written
-    (["one", "two"], ("one", "two")),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        (["A. one", "B. two"], ("one", "two")),
+        (["(A) one", "(B) two"], ("one", "two")),
+        (["A) one", "B: two"], ("one", "two")),
+        (["A. one", "two"], ("A. one", "two")),  # not every option labelled: kept as written
+        (["B. one", "A. two"], ("B. one", "A. two")),  # labels out of order: kept as written
+        (["one", "two"], ("one", "two")),
+    ],
+)
 def test_option_labels_removed_only_when_every_option_has_its_own(raw, expected):
     assert _options(raw, "id", "options") == expected
 
@@ -395,8 +595,14 @@ def test_options_must_be_strings():
 def test_bad_records_become_failures_and_a_bad_file_an_error(tmp_path):
     root = tmp_path / "d"
     clip(root / "Videos" / "v1" / "v1_video.mp4")
-    text = json.dumps({"ok": daily_record("v1", "A"), "KEY": daily_record("v1", "B"), "list": [1],
-                       "no_video": {k: v for k, v in daily_record("v1").items() if k != "video_id"}})
+    text = json.dumps(
+        {
+            "ok": daily_record("v1", "A"),
+            "KEY": daily_record("v1", "B"),
+            "list": [1],
+            "no_video": {k: v for k, v in daily_record("v1").items() if k != "video_id"},
+        }
+    )
     (root / "qa.json").write_text(text.replace('"KEY"', '"\\ud800"'))  # a lone surrogate as an entry name
     preprocess_here(tmp_path / "out", source="dailyomni", root=root)
     assert set(written(tmp_path / "out")) == {"ok"}

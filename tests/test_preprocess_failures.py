@@ -71,10 +71,23 @@ def test_jsonl_bad_inputs_become_failures(tmp_path):
         lines.append(row("hevc", "hevc.mp4"))
     (d / "manifest.jsonl").write_bytes(b"\n".join(lines) + b"\n\n")
     expected = {  # line number → reason fragment
-        7: "not found", 8: "truncated", 9: "not a video", 10: "empty", 11: "too short", 12: "cannot read audio",
-        13: "outside", 14: "outside", 15: "duplicate id", 16: "missing field 'question'",
-        17: "missing field 'id'", 18: "options", 19: "malformed JSON", 20: "UTF-8", 21: "NaN",
-        22: "invalid character", 23: "JSON object",
+        7: "not found",
+        8: "truncated",
+        9: "not a video",
+        10: "empty",
+        11: "too short",
+        12: "cannot read audio",
+        13: "outside",
+        14: "outside",
+        15: "duplicate id",
+        16: "missing field 'question'",
+        17: "missing field 'id'",
+        18: "options",
+        19: "malformed JSON",
+        20: "UTF-8",
+        21: "NaN",
+        22: "invalid character",
+        23: "JSON object",
     }
 
     summary = preprocess_here(tmp_path / "out", source="jsonl", manifest=d / "manifest.jsonl")
@@ -82,8 +95,13 @@ def test_jsonl_bad_inputs_become_failures(tmp_path):
     assert sorted(f["line"] for f in failures) == sorted(expected)
     for failure in failures:
         assert expected[failure["line"]] in failure["reason"], failure
-    assert {f["id"] for f in failures if f["line"] in (7, 8, 9, 13, 15)} == {"missing", "truncated", "text",
-                                                                             "escape", "good"}
+    assert {f["id"] for f in failures if f["line"] in (7, 8, 9, 13, 15)} == {
+        "missing",
+        "truncated",
+        "text",
+        "escape",
+        "good",
+    }
     counts = summary["counts"]
     assert counts["failed"] == len(expected) and counts["written"] == len(good)
     assert counts["samples"] == counts["written"] + counts["failed"]
@@ -139,16 +157,21 @@ def test_siq2_bad_lines_and_media(tmp_path):
     assert summary["counts"]["failed"] == len(failures) == len(lost_0) + len(lost_1) + 7
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["--source", "siq2", "--root", "nowhere", "--output", "out"], "nowhere is not a folder"),
-    (["--source", "jsonl", "--manifest", "missing.jsonl", "--output", "out"], "missing.jsonl does not exist"),
-    (["--source", "jsonl", "--manifest", ".", "--output", "out"], "is a folder"),
-    (["--source", "siq2", "--output", "out"], "needs --root"),
-    (["--source", "siq2", "--root", ".", "--output", "out", "--fps", "0"], "--fps must be positive"),
-    (["--source", "siq2", "--root", ".", "--output", "out", "--num-shards", "2", "--shard-index", "2"],
-     "--shard-index"),
-    (["--source", "siq2", "--root", ".", "--output", "out"], "qa/qa_train.json and video not found"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--source", "siq2", "--root", "nowhere", "--output", "out"], "nowhere is not a folder"),
+        (["--source", "jsonl", "--manifest", "missing.jsonl", "--output", "out"], "missing.jsonl does not exist"),
+        (["--source", "jsonl", "--manifest", ".", "--output", "out"], "is a folder"),
+        (["--source", "siq2", "--output", "out"], "needs --root"),
+        (["--source", "siq2", "--root", ".", "--output", "out", "--fps", "0"], "--fps must be positive"),
+        (
+            ["--source", "siq2", "--root", ".", "--output", "out", "--num-shards", "2", "--shard-index", "2"],
+            "--shard-index",
+        ),
+        (["--source", "siq2", "--root", ".", "--output", "out"], "qa/qa_train.json and video not found"),
+    ],
+)
 def test_cli_unusable_arguments_exit_nonzero_with_one_line(tmp_path, args, fragment):
     result = preprocess_cli(*args, cwd=tmp_path)
     assert result.returncode == 2
@@ -161,10 +184,24 @@ def test_cli_completed_run_with_failures_exits_zero(tmp_path):
     synthetic.make_clip(tmp_path / "ok.mp4", seconds=1.0)
     broken_media.make_text_file(tmp_path / "bad.mp4")
     (tmp_path / "m.jsonl").write_text(
-        json.dumps({"id": "ok", "video": "ok.mp4", "question": "?", "answer": "A"}) + "\n"
-        + json.dumps({"id": "bad", "video": "bad.mp4", "question": "?", "answer": "A"}) + "\n")
-    result = preprocess_cli("--source", "jsonl", "--manifest", "m.jsonl", "--output", "out", "--workers", "1",
-                  "--min-pixels", "3136", cwd=tmp_path)
+        json.dumps({"id": "ok", "video": "ok.mp4", "question": "?", "answer": "A"})
+        + "\n"
+        + json.dumps({"id": "bad", "video": "bad.mp4", "question": "?", "answer": "A"})
+        + "\n"
+    )
+    result = preprocess_cli(
+        "--source",
+        "jsonl",
+        "--manifest",
+        "m.jsonl",
+        "--output",
+        "out",
+        "--workers",
+        "1",
+        "--min-pixels",
+        "3136",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     summary = result.stdout.strip().splitlines()[-1]

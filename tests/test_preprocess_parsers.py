@@ -15,10 +15,26 @@ SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Heal
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
-    max_leaves=8)
+    max_leaves=8,
+)
 texts = st.text(max_size=12) | st.sampled_from(["\ud800", "x\udc00y", "caf\u00e9", "", " "])  # lone surrogates too
-paths = st.sampled_from(["a.mp4", "v/b.mp4", "./c.mp4", "../x.mp4", "../../etc/passwd", "/etc/passwd",
-                         BASE + "/d.mp4", BASE + "/../e.mp4", "v/../../f.mp4", "", " ", "a\x00b.mp4", "v//g.mp4"])
+paths = st.sampled_from(
+    [
+        "a.mp4",
+        "v/b.mp4",
+        "./c.mp4",
+        "../x.mp4",
+        "../../etc/passwd",
+        "/etc/passwd",
+        BASE + "/d.mp4",
+        BASE + "/../e.mp4",
+        "v/../../f.mp4",
+        "",
+        " ",
+        "a\x00b.mp4",
+        "v//g.mp4",
+    ]
+)
 
 
 def parse_or_fail(parse, raw):
@@ -53,9 +69,33 @@ def test_arbitrary_bytes(raw):
 
 
 @SETTINGS
-@given(st.dictionaries(st.sampled_from(["qid", "q", "vid_name", "ts", "a0", "a1", "a2", "a3", "answer_idx",
-                                        "id", "video", "question", "options", "answer", "problem_type", "audio",
-                                        "other"]), json_values | texts, max_size=12))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "qid",
+                "q",
+                "vid_name",
+                "ts",
+                "a0",
+                "a1",
+                "a2",
+                "a3",
+                "answer_idx",
+                "id",
+                "video",
+                "question",
+                "options",
+                "answer",
+                "problem_type",
+                "audio",
+                "other",
+            ]
+        ),
+        json_values | texts,
+        max_size=12,
+    )
+)
 def test_objects_with_random_field_types(obj):
     raw = dumps(obj).encode()
     parse_or_fail(parse_siq2_line, raw)
@@ -63,12 +103,23 @@ def test_objects_with_random_field_types(obj):
 
 
 @SETTINGS
-@given(qid=st.one_of(texts, st.integers()), q=texts, vid=texts, answers=st.lists(texts, min_size=4, max_size=4),
-       idx=st.one_of(st.integers(-2, 6), st.sampled_from(["0", "3", "7", " 1", "x"]), st.booleans()),
-       extra=st.dictionaries(st.sampled_from(["ts", "ans_corr", "idx_types"]), json_values, max_size=3))
+@given(
+    qid=st.one_of(texts, st.integers()),
+    q=texts,
+    vid=texts,
+    answers=st.lists(texts, min_size=4, max_size=4),
+    idx=st.one_of(st.integers(-2, 6), st.sampled_from(["0", "3", "7", " 1", "x"]), st.booleans()),
+    extra=st.dictionaries(st.sampled_from(["ts", "ans_corr", "idx_types"]), json_values, max_size=3),
+)
 def test_siq2_lines(qid, q, vid, answers, idx, extra):
-    obj = {"qid": qid, "q": q, "vid_name": vid, **{f"a{i}": a for i, a in enumerate(answers)},
-           "answer_idx": idx, **extra}
+    obj = {
+        "qid": qid,
+        "q": q,
+        "vid_name": vid,
+        **{f"a{i}": a for i, a in enumerate(answers)},
+        "answer_idx": idx,
+        **extra,
+    }
     sample = parse_or_fail(parse_siq2_line, dumps(obj))
     if sample is None:
         return
@@ -80,10 +131,15 @@ def test_siq2_lines(qid, q, vid, answers, idx, extra):
 
 
 @SETTINGS
-@given(sample_id=st.one_of(texts, st.integers(), st.none()), video=paths, question=texts,
-       options=st.one_of(st.none(), st.lists(texts, max_size=4), st.just("A,B")),
-       answer=st.one_of(texts, st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.none()),
-       problem_type=st.one_of(st.none(), texts), extra=st.dictionaries(st.sampled_from(["src", "t"]), json_values))
+@given(
+    sample_id=st.one_of(texts, st.integers(), st.none()),
+    video=paths,
+    question=texts,
+    options=st.one_of(st.none(), st.lists(texts, max_size=4), st.just("A,B")),
+    answer=st.one_of(texts, st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.none()),
+    problem_type=st.one_of(st.none(), texts),
+    extra=st.dictionaries(st.sampled_from(["src", "t"]), json_values),
+)
 def test_jsonl_lines(sample_id, video, question, options, answer, problem_type, extra):
     obj = {"id": sample_id, "video": video, "question": question, "answer": answer, **extra}
     if options is not None:
@@ -125,8 +181,16 @@ def test_known_escapes_are_refused():
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.binary(max_size=60) | st.builds(lambda o: dumps(o).encode(), st.dictionaries(
-    st.sampled_from(["id", "video", "question", "answer"]), json_values | texts)), max_size=12))
+@given(
+    st.lists(
+        st.binary(max_size=60)
+        | st.builds(
+            lambda o: dumps(o).encode(),
+            st.dictionaries(st.sampled_from(["id", "video", "question", "answer"]), json_values | texts),
+        ),
+        max_size=12,
+    )
+)
 def test_read_jsonl_accounts_for_every_line(tmp_path, lines):
     path = tmp_path / "m.jsonl"
     path.write_bytes(b"\n".join(line.replace(b"\n", b" ") for line in lines))

@@ -22,8 +22,17 @@ from tests.helpers import flip_byte
 def output(tmp_path_factory):
     root = synthetic.make_siq2_dataset(tmp_path_factory.mktemp("siq2"), n_clips=5, seconds=1.0)
     out = tmp_path_factory.mktemp("shards") / "out"
-    build(BuildOptions(source="siq2", root=root, output=out, workers=0, progress=False, shard_size=2,
-                       video=VideoOptions(min_pixels=28 * 28 * 4)))
+    build(
+        BuildOptions(
+            source="siq2",
+            root=root,
+            output=out,
+            workers=0,
+            progress=False,
+            shard_size=2,
+            video=VideoOptions(min_pixels=28 * 28 * 4),
+        )
+    )
     return out
 
 
@@ -87,8 +96,7 @@ def test_datasets_load_dataset_reads_shards(output):
     import datasets
 
     files = sorted(str(p) for p in output.glob("*.parquet"))
-    table = datasets.load_dataset("parquet", data_files=files, split="train",
-                                  cache_dir=str(output.parent / "hf-cache"))
+    table = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(output.parent / "hf-cache"))
     manifest = shards.read_manifest(output)
     assert table.num_rows == manifest["counts"]["clips_written"]
     ids = [s["id"] for row in table["samples"] for s in row]

@@ -21,9 +21,12 @@ from tests.helpers import preprocess_here
 def snapshot(out):
     """What must be equal between two runs: ids, manifest, failures, shard checksums."""
     manifest = shards.read_manifest(out)
-    return {"ids": shards.load(out).ids, "counts": manifest["counts"],
-            "shards": [(s["file"], s["sha256"]) for s in manifest["shards"]],
-            "failures": (out / "failures.jsonl").read_text()}
+    return {
+        "ids": shards.load(out).ids,
+        "counts": manifest["counts"],
+        "shards": [(s["file"], s["sha256"]) for s in manifest["shards"]],
+        "failures": (out / "failures.jsonl").read_text(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,22 @@ def clean(dataset, tmp_path_factory):
 
 def test_kill_9_mid_run_then_resume_equals_clean_run(dataset, clean, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "preprocess", "--source", "siq2", "--root", str(dataset), "--output", str(out),
-               "--workers", "1", "--shard-size", "2", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "preprocess",
+        "--source",
+        "siq2",
+        "--root",
+        str(dataset),
+        "--output",
+        str(out),
+        "--workers",
+        "1",
+        "--shard-size",
+        "2",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -86,8 +103,9 @@ def test_changed_options_need_overwrite(dataset, tmp_path):
     with pytest.raises(PreprocessError, match="--overwrite") as info:
         preprocess_here(out, root=dataset, shard_size=4, video=VideoOptions(fps=1.0, min_pixels=28 * 28 * 4))
     assert "fps" in str(info.value)
-    summary = preprocess_here(out, root=dataset, shard_size=4, video=VideoOptions(fps=1.0, min_pixels=28 * 28 * 4),
-                              overwrite=True)
+    summary = preprocess_here(
+        out, root=dataset, shard_size=4, video=VideoOptions(fps=1.0, min_pixels=28 * 28 * 4), overwrite=True
+    )
     assert summary["clips_processed"] == 12 and summary["options"]["fps"] == 1.0
     assert {item["frames"].shape[0] for item in shards.load(out)} == {4}
 

@@ -5,8 +5,8 @@ distinct prompt) and its own part and merges them by log-sum-exp. These tests ho
 (`_PrefixLayer`, forced by `_one_copy(monkeypatch, False)`) and to the plain unshared forward, in
 values and every trainable parameter's gradient (LoRA and full, with and without gradient checkpointing,
 both families, prompts of different lengths left-padded, ragged completions and groups); generation gives
-the same tokens as with copies (and, in test_models, as Hugging Face's `generate`); and no tensor of one row's width with the
-prompt's length is ever made (the claim itself: the prompt's keys/values are not copied per row).
+the same tokens as with copies (and, in test_models, as Hugging Face's `generate`); and no tensor of one row's width
+with the prompt's length is ever made (the claim itself: the prompt's keys/values are not copied per row).
 """
 
 import copy
@@ -96,8 +96,9 @@ def test_generation_with_one_copy_gives_the_same_tokens(kit, samples, monkeypatc
         with torch.no_grad():
             greedy = generate(module, model, processor, inputs, num_generations=2, max_new_tokens=6, do_sample=False)
             torch.manual_seed(3)
-            sampled = generate_with_log_probs(module, model, processor, inputs, num_generations=3,
-                                              max_new_tokens=6, temperature=1.5)
+            sampled = generate_with_log_probs(
+                module, model, processor, inputs, num_generations=3, max_new_tokens=6, temperature=1.5
+            )
         out[one_copy] = greedy, sampled
     (greedy, (sampled, lp)), (greedy_c, (sampled_c, lp_c)) = out[True], out[False]
     assert torch.equal(greedy.completion_ids, greedy_c.completion_ids)
@@ -117,8 +118,13 @@ class _RowWideKeys(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if (isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[0] == self.n
-                    and t.shape[2] >= self.prompt_len and t.shape[3] == self.head_dim):
+            if (
+                isinstance(t, torch.Tensor)
+                and t.dim() == 4
+                and t.shape[0] == self.n
+                and t.shape[2] >= self.prompt_len
+                and t.shape[3] == self.head_dim
+            ):
                 self.seen.append(tuple(t.shape))
         return out
 

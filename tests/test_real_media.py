@@ -23,7 +23,7 @@ QA = {"question": "What happens?", "options": ["x", "y"], "answer": "A"}
 
 def dominant_hz(audio: np.ndarray, centre_s: float, rate: int = 16000, window_s: float = 0.25) -> float:
     start = int((centre_s - window_s / 2) * rate)
-    chunk = audio[start:start + int(window_s * rate)] * np.hanning(int(window_s * rate))
+    chunk = audio[start : start + int(window_s * rate)] * np.hanning(int(window_s * rate))
     spectrum = np.abs(np.fft.rfft(chunk))
     return float(np.fft.rfftfreq(chunk.shape[0], 1 / rate)[np.argmax(spectrum)])
 
@@ -38,8 +38,11 @@ def mixed(tmp_path_factory):
     """One manifest with each real-like video, each audio-only file and each image; preprocessed once."""
     folder = tmp_path_factory.mktemp("real_like")
     synthetic.make_mixed_manifest(folder, audio_seconds=AUDIO_SECONDS)
-    build(BuildOptions(source="jsonl", manifest=folder / "manifest.jsonl", output=folder / "out", workers=0,
-                       progress=False))
+    build(
+        BuildOptions(
+            source="jsonl", manifest=folder / "manifest.jsonl", output=folder / "out", workers=0, progress=False
+        )
+    )
     data = shards.load(folder / "out")
     return folder, {data[i]["id"]: data[i] for i in range(len(data))}
 
@@ -49,8 +52,12 @@ def test_every_sample_is_written(mixed):
     assert sorted(samples) == sorted([*VIDEOS, *(n for n, _, _ in AUDIO_FILES), *(n for n, _ in IMAGES)])
     assert (folder / "out" / "failures.jsonl").read_text() == ""
     manifest = json.loads((folder / "out" / "manifest.json").read_text())
-    assert manifest["modalities"] == {"video": len(VIDEOS) - 1, "video_only": 1, "audio": len(AUDIO_FILES),
-                                      "image": len(IMAGES)}
+    assert manifest["modalities"] == {
+        "video": len(VIDEOS) - 1,
+        "video_only": 1,
+        "audio": len(AUDIO_FILES),
+        "image": len(IMAGES),
+    }
 
 
 @pytest.mark.parametrize("name", list(VIDEOS))
@@ -129,8 +136,16 @@ def test_images(mixed, name, size):
 
 def test_require_audio_fails_only_the_video_without_sound(mixed, tmp_path):
     folder, _ = mixed
-    build(BuildOptions(source="jsonl", manifest=folder / "manifest.jsonl", output=tmp_path / "o", workers=0,
-                       progress=False, require_audio=True))
+    build(
+        BuildOptions(
+            source="jsonl",
+            manifest=folder / "manifest.jsonl",
+            output=tmp_path / "o",
+            workers=0,
+            progress=False,
+            require_audio=True,
+        )
+    )
     failures = [json.loads(line) for line in (tmp_path / "o" / "failures.jsonl").read_text().splitlines()]
     assert [f["id"] for f in failures] == ["web30_6s1_silent_track"]
     assert "--require-audio" in failures[0]["reason"]
@@ -156,8 +171,7 @@ def test_image_and_video_in_one_sample_is_one_clear_failure(tmp_path):
     synthetic.make_clip(tmp_path / "c.mp4", seconds=1.0)
     rows = [{"id": "both", "image": "p.png", "video": "c.mp4", **QA}, {"id": "ok", "image": "p.png", **QA}]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    build(BuildOptions(source="jsonl", manifest=tmp_path / "m.jsonl", output=tmp_path / "o", workers=0,
-                       progress=False))
+    build(BuildOptions(source="jsonl", manifest=tmp_path / "m.jsonl", output=tmp_path / "o", workers=0, progress=False))
     failures = [json.loads(line) for line in (tmp_path / "o" / "failures.jsonl").read_text().splitlines()]
     assert [(f["id"], f["line"]) for f in failures] == [("both", 1)]
     assert "'image' cannot be combined with 'video'" in failures[0]["reason"]
@@ -178,14 +192,28 @@ def test_version_1_shards_are_still_read(mixed, tmp_path):
     table = table.take(keep).drop_columns(["modality", "media_tokens"])
     samples = table.column("samples").combine_chunks()
     old_struct = pa.struct([f for f in samples.type.value_type if f.name != "prompt_tokens"])
-    table = table.set_column(table.schema.get_field_index("samples"), "samples",
-                             pa.array([[{k: v for k, v in s.items() if k != "prompt_tokens"} for s in row]
-                                       for row in samples.to_pylist()], type=pa.list_(old_struct)))
+    table = table.set_column(
+        table.schema.get_field_index("samples"),
+        "samples",
+        pa.array(
+            [[{k: v for k, v in s.items() if k != "prompt_tokens"} for s in row] for row in samples.to_pylist()],
+            type=pa.list_(old_struct),
+        ),
+    )
     table = table.replace_schema_metadata({shards.VERSION_KEY: b"1"})
     pq.write_table(table, out / "shard-00000.parquet", row_group_size=1)
     n = sum(len(r) for r in table.column("samples").to_pylist())
-    manifest.update(format_version=1, shards=[{"file": "shard-00000.parquet", "rows": table.num_rows, "samples": n,
-                                               "sha256": shards.sha256_file(out / "shard-00000.parquet")}])
+    manifest.update(
+        format_version=1,
+        shards=[
+            {
+                "file": "shard-00000.parquet",
+                "rows": table.num_rows,
+                "samples": n,
+                "sha256": shards.sha256_file(out / "shard-00000.parquet"),
+            }
+        ],
+    )
     (out / "manifest.json").write_text(json.dumps(manifest))
     data = shards.load(out)
     assert len(data) == len(VIDEOS)
@@ -196,13 +224,22 @@ def test_version_1_shards_are_still_read(mixed, tmp_path):
 
 
 FORENSICS = Path("/usr/share/forensics-samples/original-files")
-REAL_FILES = [("video", "movie2/movie-hello.mp4"), ("video", "movie1/VID_20191220_170832.mp4"),
-              ("audio", "audio1/debian.mp3"), ("audio", "audio1/debian.ogg"), ("audio", "audio1/debian.wav"),
-              ("image", "pic1/IMG_1054.JPG"), ("image", "pic1/debian.png")]
+REAL_FILES = [
+    ("video", "movie2/movie-hello.mp4"),
+    ("video", "movie1/VID_20191220_170832.mp4"),
+    ("audio", "audio1/debian.mp3"),
+    ("audio", "audio1/debian.ogg"),
+    ("audio", "audio1/debian.wav"),
+    ("image", "pic1/IMG_1054.JPG"),
+    ("image", "pic1/debian.png"),
+]
 
 
-@pytest.mark.skipif(not FORENSICS.is_dir(), reason="real third-party media come from the Debian package "
-                    "forensics-samples-files (apt-get install forensics-samples-files); not installed here")
+@pytest.mark.skipif(
+    not FORENSICS.is_dir(),
+    reason="real third-party media come from the Debian package "
+    "forensics-samples-files (apt-get install forensics-samples-files); not installed here",
+)
 def test_real_third_party_media(tmp_path):
     """Phone and screen recordings with speech (H.264 + AAC 48 kHz stereo at 27.02 and 30.12 fps), speech as
     mp3 / ogg / wav, photos and a png: all preprocess into samples that fit the default budget."""
@@ -212,8 +249,7 @@ def test_real_third_party_media(tmp_path):
         os.symlink(FORENSICS / rel, link)
         rows.append({"id": rel, kind: link.name, **QA})
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    build(BuildOptions(source="jsonl", manifest=tmp_path / "m.jsonl", output=tmp_path / "o", workers=0,
-                       progress=False))
+    build(BuildOptions(source="jsonl", manifest=tmp_path / "m.jsonl", output=tmp_path / "o", workers=0, progress=False))
     assert (tmp_path / "o" / "failures.jsonl").read_text() == ""
     data = shards.load(tmp_path / "o")
     by_id = {data[i]["id"]: data[i] for i in range(len(data))}

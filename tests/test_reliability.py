@@ -40,8 +40,9 @@ VIDEO = VideoOptions(min_pixels=3136, max_pixels=50176)
 
 def train_args(model_dir, data_dir, out, **overrides) -> list[str]:
     """`key=value` arguments of a tiny run: G=2, one prompt per micro-step, sequential data, no saves."""
-    return run_args(model_dir, data_dir, out, CLI_RUN, **{"save_steps": 0, "reward_funcs": f"[format, {LENGTH}]",
-                                                         **overrides})
+    return run_args(
+        model_dir, data_dir, out, CLI_RUN, **{"save_steps": 0, "reward_funcs": f"[format, {LENGTH}]", **overrides}
+    )
 
 
 def make_trainer(model_dir, data_dir, out, **overrides) -> GRPOTrainer:
@@ -149,8 +150,15 @@ def drive(tmp: Path, fault: str, record: Path, args: list[str]) -> subprocess.Co
     driver.write_text(DRIVER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, str(driver), fault, str(record), *args], cwd=tmp, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), fault, str(record), *args],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=420)
     finally:
@@ -207,12 +215,17 @@ def test_kill_9_then_resume_latest_equals_uninterrupted(fault, uninterrupted, ti
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
     assert [p.name for p in ckpt.list_checkpoints(out)] == ["step-0000002"]
     assert checkpoint_content(out / "checkpoints" / "step-0000002") == checkpoint_content(
-        ref_out / "checkpoints" / "step-0000002")
+        ref_out / "checkpoints" / "step-0000002"
+    )
     done_before_kill = read_records(tmp_path / "killed.jsonl")
     assert [r["step"] for r in done_before_kill] == ([1, 2, 3] if fault == "between_steps" else [1, 2, 3, 4])
 
-    resumed = drive(tmp_path, "none", tmp_path / "resumed.jsonl",
-                    kill_args(tiny_model_dir, shards, out, "resume_from_checkpoint=latest"))
+    resumed = drive(
+        tmp_path,
+        "none",
+        tmp_path / "resumed.jsonl",
+        kill_args(tiny_model_dir, shards, out, "resume_from_checkpoint=latest"),
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert "resumed from" in resumed.stderr and "at step 2" in resumed.stderr
     after = read_records(tmp_path / "resumed.jsonl")
@@ -223,7 +236,8 @@ def test_kill_9_then_resume_latest_equals_uninterrupted(fault, uninterrupted, ti
     assert names == [p.name for p in ckpt.list_checkpoints(ref_out)] == ["step-0000002", "step-0000004"]
     assert not list((out / "checkpoints").glob(".tmp-*"))  # the half-written one was cleaned up
     assert checkpoint_content(out / "checkpoints" / "step-0000004") == checkpoint_content(
-        ref_out / "checkpoints" / "step-0000004")
+        ref_out / "checkpoints" / "step-0000004"
+    )
 
 
 # ------------------------------------------------------------------------------------- corrupt shards
@@ -237,28 +251,32 @@ def corrupt_shards(shards, tmp_path) -> Path:
     return copy
 
 
-def test_trainer_refuses_a_corrupt_shard_before_loading_a_model(tiny_model_dir, corrupt_shards, tmp_path,
-                                                                no_model_loads):
+def test_trainer_refuses_a_corrupt_shard_before_loading_a_model(
+    tiny_model_dir, corrupt_shards, tmp_path, no_model_loads
+):
     with pytest.raises(shard_fmt.ShardCorruptError) as info:
         make_trainer(tiny_model_dir, corrupt_shards, tmp_path / "out")
     assert "shard-00001.parquet" in str(info.value) and "sha256" in str(info.value)
 
 
-def test_cli_refuses_a_corrupt_shard_with_one_line_naming_it_and_the_option(tiny_model_dir, corrupt_shards,
-                                                                            tmp_path, capsys, no_model_loads):
+def test_cli_refuses_a_corrupt_shard_with_one_line_naming_it_and_the_option(
+    tiny_model_dir, corrupt_shards, tmp_path, capsys, no_model_loads
+):
     rc = train_cli.main(train_args(tiny_model_dir, corrupt_shards, tmp_path / "out"))
     line = one_line(capsys.readouterr().err, "data error:")
     assert rc == 2
     assert "shard-00001.parquet" in line and "sha256" in line and "skip_corrupt_shards=true" in line
 
 
-def test_skip_corrupt_shards_trains_and_logs_how_many_samples_it_skipped(tiny_model_dir, corrupt_shards, tmp_path,
-                                                                          caplog):
+def test_skip_corrupt_shards_trains_and_logs_how_many_samples_it_skipped(
+    tiny_model_dir, corrupt_shards, tmp_path, caplog
+):
     lost = shard_fmt.read_manifest(corrupt_shards)["shards"][1]["samples"]
     written = shard_fmt.read_manifest(corrupt_shards)["counts"]["written"]
     with caplog.at_level(logging.WARNING, logger="omni_grpo"):
-        trainer = make_trainer(tiny_model_dir, corrupt_shards, tmp_path / "out", skip_corrupt_shards="true",
-                               max_steps=1)
+        trainer = make_trainer(
+            tiny_model_dir, corrupt_shards, tmp_path / "out", skip_corrupt_shards="true", max_steps=1
+        )
     assert f"skipping {lost} samples in 1 corrupt shard(s): shard-00001.parquet" in caplog.text
     assert len(trainer.dataset) == written - lost
     assert math.isfinite(trainer.train()["actor/loss"])
@@ -338,16 +356,18 @@ def test_resume_from_the_last_good_checkpoint_after_a_failed_save(saving, tiny_m
         saving["trainer"].save()
     assert list((saving["out"] / "checkpoints").glob(".tmp-*"))  # the failed save's leftovers
     monkeypatch.undo()
-    resumed = make_trainer(tiny_model_dir, shards, saving["out"], max_steps=4, save_total_limit=0,
-                           resume_from_checkpoint="latest")
+    resumed = make_trainer(
+        tiny_model_dir, shards, saving["out"], max_steps=4, save_total_limit=0, resume_from_checkpoint="latest"
+    )
     assert resumed.global_step == 1 and same_params(resumed.policy, saving["weights"])
     assert resumed.step()["actor/loss"] == saving["loss_2"]  # continues exactly where the good one ended
     assert resumed.save().name == "step-0000002"
     assert not list((saving["out"] / "checkpoints").glob(".tmp-*"))
 
 
-def test_unwritable_output_dir_is_a_config_error_before_any_model_loads(tiny_model_dir, shards, tmp_path, capsys,
-                                                                        no_model_loads):
+def test_unwritable_output_dir_is_a_config_error_before_any_model_loads(
+    tiny_model_dir, shards, tmp_path, capsys, no_model_loads
+):
     blocker = tmp_path / "a_file"
     blocker.write_text("output_dir cannot be created under a file\n")
     rc = train_cli.main(train_args(tiny_model_dir, shards, blocker / "out"))
@@ -369,14 +389,24 @@ def nonfinite_reward(completions, **kwargs):
     return [bad[i] if i < len(bad) else float(len(c)) for i, c in enumerate(completions)]
 
 
-@pytest.mark.parametrize("reward, cause", [
-    ("tests.rewards_for_tests:raising_reward", "RuntimeError: judge unavailable"),
-    ("tests.test_reliability:short_reward", "returned 1 scores for 2 completions"),
-])
-def test_a_failing_reward_is_counted_logged_and_stops_the_cli_after_n_in_a_row(tiny_model_dir, shards, tmp_path,
-                                                                               caplog, capsys, reward, cause):
-    args = train_args(tiny_model_dir, shards, tmp_path / "out", max_steps=4, reward_funcs=f"[{LENGTH}, {reward}]",
-                      max_consecutive_reward_errors=2)
+@pytest.mark.parametrize(
+    "reward, cause",
+    [
+        ("tests.rewards_for_tests:raising_reward", "RuntimeError: judge unavailable"),
+        ("tests.test_reliability:short_reward", "returned 1 scores for 2 completions"),
+    ],
+)
+def test_a_failing_reward_is_counted_logged_and_stops_the_cli_after_n_in_a_row(
+    tiny_model_dir, shards, tmp_path, caplog, capsys, reward, cause
+):
+    args = train_args(
+        tiny_model_dir,
+        shards,
+        tmp_path / "out",
+        max_steps=4,
+        reward_funcs=f"[{LENGTH}, {reward}]",
+        max_consecutive_reward_errors=2,
+    )
     with caplog.at_level(logging.WARNING):
         rc = train_cli.main(args)
     line = one_line(capsys.readouterr().err, "training stopped:")
@@ -388,8 +418,9 @@ def test_a_failing_reward_is_counted_logged_and_stops_the_cli_after_n_in_a_row(t
 
 def test_nan_and_inf_rewards_are_counted_and_training_goes_on(tiny_model_dir, shards, tmp_path):
     reward = "tests.test_reliability:nonfinite_reward"
-    trainer = make_trainer(tiny_model_dir, shards, tmp_path / "out", per_device_prompts=2,
-                           reward_funcs=f"[{LENGTH}, {reward}]")
+    trainer = make_trainer(
+        tiny_model_dir, shards, tmp_path / "out", per_device_prompts=2, reward_funcs=f"[{LENGTH}, {reward}]"
+    )
     before = snapshot(trainer.policy, trainable_only=True)
     metrics = trainer.step()
     assert metrics[f"reward/{reward}/nonfinite"] == 3.0 and metrics[f"reward/{reward}/none_ratio"] == 0.75
@@ -410,8 +441,9 @@ def nan_policy_log_probs(monkeypatch, when=lambda: True):
     monkeypatch.setattr(trainer_mod, "log_probs", patched)
 
 
-def test_a_nonfinite_loss_skips_the_update_is_logged_and_training_recovers(tiny_model_dir, shards, tmp_path,
-                                                                           monkeypatch, caplog):
+def test_a_nonfinite_loss_skips_the_update_is_logged_and_training_recovers(
+    tiny_model_dir, shards, tmp_path, monkeypatch, caplog
+):
     trainer = make_trainer(tiny_model_dir, shards, tmp_path / "out", max_steps=3)
     nan_policy_log_probs(monkeypatch, when=lambda: trainer.global_step == 0)
     before = snapshot(trainer.policy, trainable_only=True)
@@ -426,11 +458,11 @@ def test_a_nonfinite_loss_skips_the_update_is_logged_and_training_recovers(tiny_
     assert math.isfinite(metrics["actor/loss"]) and not same_params(trainer.policy, before)
 
 
-def test_nonfinite_loss_n_times_in_a_row_stops_the_cli_with_exit_1(tiny_model_dir, shards, tmp_path, monkeypatch,
-                                                                   capsys):
+def test_nonfinite_loss_n_times_in_a_row_stops_the_cli_with_exit_1(
+    tiny_model_dir, shards, tmp_path, monkeypatch, capsys
+):
     nan_policy_log_probs(monkeypatch)
-    rc = train_cli.main(train_args(tiny_model_dir, shards, tmp_path / "out", max_steps=5,
-                                   max_consecutive_nonfinite=2))
+    rc = train_cli.main(train_args(tiny_model_dir, shards, tmp_path / "out", max_steps=5, max_consecutive_nonfinite=2))
     line = one_line(capsys.readouterr().err, "training stopped:")
     assert rc == 1 and "2 optimizer steps in a row had a non-finite loss" in line
     assert "resume_from_checkpoint=latest" in line
@@ -444,10 +476,14 @@ def silent_shards(tmp_path_factory) -> Path:
     """Real shards whose only clip has no audio track."""
     root = tmp_path_factory.mktemp("silent")
     synthetic.make_clip(root / "quiet.mp4", seconds=1.0, audio=None)
-    (root / "qa.jsonl").write_text(json.dumps({"id": "q", "video": "quiet.mp4", "question": "Why?",
-                                               "options": ["a", "b"], "answer": "A"}) + "\n")
-    build(BuildOptions(source="jsonl", manifest=root / "qa.jsonl", output=root / "shards", workers=0,
-                       progress=False, video=VIDEO))
+    (root / "qa.jsonl").write_text(
+        json.dumps({"id": "q", "video": "quiet.mp4", "question": "Why?", "options": ["a", "b"], "answer": "A"}) + "\n"
+    )
+    build(
+        BuildOptions(
+            source="jsonl", manifest=root / "qa.jsonl", output=root / "shards", workers=0, progress=False, video=VIDEO
+        )
+    )
     return root / "shards"
 
 
@@ -465,10 +501,12 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("overrides, fragment", BAD_CONFIGS, ids=[next(iter(o)) + str(i) for i, (o, _) in
-                                                                  enumerate(BAD_CONFIGS)])
-def test_bad_config_exits_2_with_one_line_before_any_model_loads(tiny_model_dir, shards, silent_shards, tmp_path,
-                                                                 capsys, no_model_loads, overrides, fragment):
+@pytest.mark.parametrize(
+    "overrides, fragment", BAD_CONFIGS, ids=[next(iter(o)) + str(i) for i, (o, _) in enumerate(BAD_CONFIGS)]
+)
+def test_bad_config_exits_2_with_one_line_before_any_model_loads(
+    tiny_model_dir, shards, silent_shards, tmp_path, capsys, no_model_loads, overrides, fragment
+):
     overrides = {k: (f"[{silent_shards}]" if v == "SILENT" else v) for k, v in overrides.items()}
     rc = train_cli.main(train_args(tiny_model_dir, shards, tmp_path / "out", **overrides))
     line = one_line(capsys.readouterr().err, "config error:")
@@ -496,8 +534,8 @@ def _audio_only_mp4(path: Path) -> None:
         signal_ = synthetic.chirp(1.0, 16000)
         for start in range(0, len(signal_), 1024):
             chunk = np.zeros((1, 1024), dtype=np.float32)
-            part = signal_[start:start + 1024]
-            chunk[0, :len(part)] = part
+            part = signal_[start : start + 1024]
+            chunk[0, : len(part)] = part
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
             frame.sample_rate, frame.pts = 16000, start
             container.mux(stream.encode(frame))
@@ -550,10 +588,14 @@ def test_more_media_edge_cases_fail_with_a_reason_or_are_handled(tmp_path):
     synthetic.make_clip(d / "huge.mp4", seconds=0.5, fps=8, size=(2160, 3840))
     _variable_frame_rate_mp4(d / "vfr.mp4")
     names = ["good", "audio_only", "zero_frames", "huge", "vfr"]
-    (d / "qa.jsonl").write_text("".join(json.dumps({"id": n, "video": f"{n}.mp4", "question": "Why?",
-                                                    "answer": "A"}) + "\n" for n in names))
-    summary = build(BuildOptions(source="jsonl", manifest=d / "qa.jsonl", output=tmp_path / "out", workers=0,
-                                 progress=False, video=VIDEO))
+    (d / "qa.jsonl").write_text(
+        "".join(json.dumps({"id": n, "video": f"{n}.mp4", "question": "Why?", "answer": "A"}) + "\n" for n in names)
+    )
+    summary = build(
+        BuildOptions(
+            source="jsonl", manifest=d / "qa.jsonl", output=tmp_path / "out", workers=0, progress=False, video=VIDEO
+        )
+    )
     failures = {f["id"]: f for f in map(json.loads, (tmp_path / "out" / "failures.jsonl").read_text().splitlines())}
     assert sorted(failures) == ["audio_only", "zero_frames"]
     assert failures["audio_only"]["reason"] == "audio_only.mp4 has no video stream"
@@ -574,8 +616,9 @@ def test_a_clip_shorter_than_its_qa_timestamps_is_a_failure_naming_ts(tmp_path):
     assert all(r["ts"] == "00:00-00:01" for r in rows)  # within the 1-s clip
     with qa.open("a") as f:
         f.write(json.dumps({**rows[0], "qid": "late", "ts": "00:20-00:30"}) + "\n")
-    summary = build(BuildOptions(source="siq2", root=root, output=tmp_path / "out", workers=0, progress=False,
-                                 video=VIDEO))
+    summary = build(
+        BuildOptions(source="siq2", root=root, output=tmp_path / "out", workers=0, progress=False, video=VIDEO)
+    )
     failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
     assert [f["id"] for f in failures] == ["late"]
     reason = failures[0]["reason"]
@@ -589,10 +632,23 @@ def test_a_very_long_question_is_kept_and_training_refuses_it_at_startup(tiny_mo
     d = tmp_path / "data"
     synthetic.make_clip(d / "clip.mp4", seconds=1.0)
     question = "Why does she smile? " * 2000  # 40 000 characters
-    (d / "qa.jsonl").write_text("".join(json.dumps({"id": i, "video": "clip.mp4", "question": q, "answer": "A"})
-                                        + "\n" for i, q in (("long", question), ("short", "Why?"))))
-    build(BuildOptions(source="jsonl", manifest=d / "qa.jsonl", output=tmp_path / "shards", workers=0,
-                       progress=False, video=VIDEO, max_prompt_tokens=0))  # no budget: the trainer's own check
+    (d / "qa.jsonl").write_text(
+        "".join(
+            json.dumps({"id": i, "video": "clip.mp4", "question": q, "answer": "A"}) + "\n"
+            for i, q in (("long", question), ("short", "Why?"))
+        )
+    )
+    build(
+        BuildOptions(
+            source="jsonl",
+            manifest=d / "qa.jsonl",
+            output=tmp_path / "shards",
+            workers=0,
+            progress=False,
+            video=VIDEO,
+            max_prompt_tokens=0,
+        )
+    )  # no budget: the trainer's own check
     items = {item["id"]: item for item in shard_fmt.load(tmp_path / "shards")}
     assert items["long"]["question"] == question  # stored whole: never silently truncated
     rc = train_cli.main(train_args(tiny_model_dir, tmp_path / "shards", tmp_path / "out", max_prompt_length=4096))

@@ -17,15 +17,24 @@ def test_a_sample_generates_the_same_alone_and_in_a_padded_batch(tiny):
 
     def pad_just_ahead(_, __, logits):  # the pad token leads by a little: a penalty on it changes the pick
         return logits.index_fill(-1, torch.tensor([pad]), 0).index_put(
-            (torch.arange(logits.shape[0]), torch.full((logits.shape[0],), pad)), logits.max(-1).values + 0.05)
+            (torch.arange(logits.shape[0]), torch.full((logits.shape[0],), pad)), logits.max(-1).values + 0.05
+        )
 
     hook = model.lm_head.register_forward_hook(pad_just_ahead)
     try:
         with torch.no_grad():
             batch = module.build_inputs(processor, [short, long], SYS, True)
             assert not batch.attention_mask[0].all()  # the short prompt is left-padded in the batch
-            alone = generate(module, model, processor, module.build_inputs(processor, [short], SYS, True), 1, 6,
-                             do_sample=False, repetition_penalty=1.3)
+            alone = generate(
+                module,
+                model,
+                processor,
+                module.build_inputs(processor, [short], SYS, True),
+                1,
+                6,
+                do_sample=False,
+                repetition_penalty=1.3,
+            )
             batched = generate(module, model, processor, batch, 1, 6, do_sample=False, repetition_penalty=1.3)
     finally:
         hook.remove()

@@ -80,11 +80,13 @@ def test_overwrite_moves_the_old_run_aside(tmp_path):
 
 
 def _train(tmp_path: Path, out: Path, *extra: str, check: bool = False) -> subprocess.CompletedProcess:
-    args = run_args(os.environ["_MODEL"], os.environ["_DATA"], out, CLI_RUN, save_steps=1,
-                    reward_funcs=f"[format, {LENGTH}]")
+    args = run_args(
+        os.environ["_MODEL"], os.environ["_DATA"], out, CLI_RUN, save_steps=1, reward_funcs=f"[format, {LENGTH}]"
+    )
     cmd = [sys.executable, "-m", "omni_grpo.train", *args, *extra, *(["--check"] if check else [])]
-    return subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
 
 
 def _steps(runs: Path, tag: str = "actor/loss") -> list[int]:
@@ -96,8 +98,9 @@ def _steps(runs: Path, tag: str = "actor/loss") -> list[int]:
 
 
 @pytest.mark.slow  # five real runs (about 2-3 min on 2 cores)
-def test_rerunning_the_same_command_resumes_and_tensorboard_shows_each_step_once(tmp_path, tiny_model_dir,
-                                                                                  tiny_shards, monkeypatch):
+def test_rerunning_the_same_command_resumes_and_tensorboard_shows_each_step_once(
+    tmp_path, tiny_model_dir, tiny_shards, monkeypatch
+):
     monkeypatch.setenv("_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("_DATA", str(tiny_shards))
     out = tmp_path / "out"

@@ -113,7 +113,17 @@ def test_table_is_large_enough():
 
 @pytest.mark.parametrize(
     "problem_type, gold",
-    [("essay", "B"), (None, "B"), (MC, None), (MC, "Z"), (MC, 1), (ML, "B, maybe"), (YN, "perhaps"), (NUM, "many"), (FT, " ")],
+    [
+        ("essay", "B"),
+        (None, "B"),
+        (MC, None),
+        (MC, "Z"),
+        (MC, 1),
+        (ML, "B, maybe"),
+        (YN, "perhaps"),
+        (NUM, "many"),
+        (FT, " "),
+    ],
 )
 def test_cannot_score_gives_none(problem_type, gold):
     assert accuracy_reward([wrap("B")], answer=[gold], options=[OPTS], problem_type=[problem_type]) == [None]
@@ -215,9 +225,15 @@ _TAGGY = st.text(alphabet=st.sampled_from(list("<>/answer ABCDbe(),.:;-012345678
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.one_of(st.text(max_size=80), _TAGGY), st.sampled_from(PROBLEM_TYPES), st.sampled_from(["B", "B, E", "yes", "3", "x"]))
+@given(
+    st.one_of(st.text(max_size=80), _TAGGY),
+    st.sampled_from(PROBLEM_TYPES),
+    st.sampled_from(["B", "B, E", "yes", "3", "x"]),
+)
 def test_accuracy_never_raises_on_arbitrary_text(text, problem_type, gold):
-    (score,) = accuracy_reward([text], answer=[gold], options=[OPTS], problem_type=[problem_type], fallback_to_completion=True)
+    (score,) = accuracy_reward(
+        [text], answer=[gold], options=[OPTS], problem_type=[problem_type], fallback_to_completion=True
+    )
     assert score is None or score in (0.0, 1.0)
     assert score is None or not math.isnan(score)
 
@@ -257,10 +273,23 @@ def test_dataset_spellings_of_problem_types(problem_type, gold, options, answer,
     assert scores == [expected]
 
 
-@pytest.mark.parametrize("spelling, kind", [
-    ("yes/no", YN), ("YES_NO", YN), ("multiple choice", MC), ("multi-label", ML), ("numerical", NUM),
-    ("regression", NUM), ("free-form", FT), ("OCR", FT), (" Free  Form ", FT), ("essay", None), ("", None), (3, None),
-])
+@pytest.mark.parametrize(
+    "spelling, kind",
+    [
+        ("yes/no", YN),
+        ("YES_NO", YN),
+        ("multiple choice", MC),
+        ("multi-label", ML),
+        ("numerical", NUM),
+        ("regression", NUM),
+        ("free-form", FT),
+        ("OCR", FT),
+        (" Free  Form ", FT),
+        ("essay", None),
+        ("", None),
+        (3, None),
+    ],
+)
 def test_normalise_problem_type(spelling, kind):
     assert normalise_problem_type(spelling) == kind
 
@@ -284,21 +313,41 @@ def _humanomniv2_emer_ov_mc(reference: str, hypothesis: str) -> float:
     return 2 * p * r / (p + r) if p + r else 0.0
 
 
-@pytest.mark.parametrize("pred, gold", [("A,E", "A,E"), ("A", "A,E"), ("A,B,E", "A,E"), ("C", "A,E"),
-                                        ("B,C,D", "B"), ("A,B,C,D", "A,B,C,D"), ("D,A", "A,D,E")])
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("A,E", "A,E"),
+        ("A", "A,E"),
+        ("A,B,E", "A,E"),
+        ("C", "A,E"),
+        ("B,C,D", "B"),
+        ("A,B,C,D", "A,B,C,D"),
+        ("D,A", "A,D,E"),
+    ],
+)
 def test_multi_label_f1_is_humanomniv2s_partial_credit(pred, gold):
-    got = accuracy_reward([f"<answer>{pred}</answer>"], answer=[gold], options=[list("ABCDE")],
-                          problem_type=["emer_ov_mc"], multi_label_scoring="f1")[0]
+    got = accuracy_reward(
+        [f"<answer>{pred}</answer>"],
+        answer=[gold],
+        options=[list("ABCDE")],
+        problem_type=["emer_ov_mc"],
+        multi_label_scoring="f1",
+    )[0]
     assert got == pytest.approx(_humanomniv2_emer_ov_mc(gold, pred))
-    exact = accuracy_reward([f"<answer>{pred}</answer>"], answer=[gold], options=[list("ABCDE")],
-                            problem_type=["multi_label"])[0]
+    exact = accuracy_reward(
+        [f"<answer>{pred}</answer>"], answer=[gold], options=[list("ABCDE")], problem_type=["multi_label"]
+    )[0]
     assert exact == (1.0 if set(pred.split(",")) == set(gold.split(",")) else 0.0)
 
 
 def test_multi_label_f1_reads_the_same_letter_forms_and_rejects_bad_settings():
-    score = accuracy_reward(["<answer>(b) and (e)</answer>", "no answer", "<answer>B, C</answer>"],
-                            answer=["B, E"] * 3, options=[list("ABCDE")] * 3, problem_type=["multi_label"] * 3,
-                            multi_label_scoring="f1")
+    score = accuracy_reward(
+        ["<answer>(b) and (e)</answer>", "no answer", "<answer>B, C</answer>"],
+        answer=["B, E"] * 3,
+        options=[list("ABCDE")] * 3,
+        problem_type=["multi_label"] * 3,
+        multi_label_scoring="f1",
+    )
     assert score == [1.0, 0.0, 0.5]
     with pytest.raises(ValueError, match="multi_label_scoring"):
         accuracy_reward(["x"], answer=["A"], problem_type=["multi_label"], multi_label_scoring="partial")
@@ -319,8 +368,11 @@ def test_each_problem_type_gets_its_own_instruction():
     from omni_grpo.rewards.instructions import DEFAULT_INSTRUCTIONS, instruction
 
     options = ["x", "y", "z"]
-    assert instruction({"problem_type": "multiple_choice", "options": options}) == DEFAULT_INSTRUCTIONS[
-        "multiple_choice"] == "Answer with the letter of the correct option."
+    assert (
+        instruction({"problem_type": "multiple_choice", "options": options})
+        == DEFAULT_INSTRUCTIONS["multiple_choice"]
+        == "Answer with the letter of the correct option."
+    )
     assert "letters of all correct options" in instruction({"problem_type": "emer_ov_mc", "options": options})
     assert instruction({"problem_type": "judge", "options": []}) == "Answer yes or no."
     assert instruction({"problem_type": "numerical"}) == "Answer with a number."
@@ -349,7 +401,8 @@ def test_format_question_ends_with_the_instruction_of_the_samples_type():
     mc = {"question": "Who?", "options": ["x", "y"], "problem_type": "multiple_choice"}
     assert format_question(mc) == "Who?\nOptions:\nA. x\nB. y\nAnswer with the letter of the correct option."
     assert format_question({**mc, "problem_type": "emer_ov_mc"}).endswith(
-        "B. y\nAnswer with the letters of all correct options, separated by commas (e.g. A,C).")
+        "B. y\nAnswer with the letters of all correct options, separated by commas (e.g. A,C)."
+    )
     assert format_question({"question": "Is it red?", "problem_type": "judge"}) == "Is it red?\nAnswer yes or no."
     assert format_question({"question": "How many?", "problem_type": "numerical"}) == "How many?\nAnswer with a number."
     assert format_question({**mc, "instruction": "Pick one."}).endswith("B. y\nPick one.")

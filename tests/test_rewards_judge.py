@@ -87,8 +87,13 @@ def key(monkeypatch):
 
 def client(server, mode, **overrides):
     port = server.server_address[1]
-    settings = dict(url=f"http://127.0.0.1:{port}/{mode}/v1/chat/completions", model="judge-test", api_key_env=KEY_ENV, timeout_s=5.0,
-                    batch_size=1)  # one text per request (the config default is 8)
+    settings = dict(
+        url=f"http://127.0.0.1:{port}/{mode}/v1/chat/completions",
+        model="judge-test",
+        api_key_env=KEY_ENV,
+        timeout_s=5.0,
+        batch_size=1,
+    )  # one text per request (the config default is 8)
     settings.update(overrides)
     return JudgeClient(JudgeConfig(**settings))
 
@@ -120,7 +125,10 @@ def test_cache_hit_costs_no_request(server, key):
     assert judge.stats["cache_hits"] == 2 and judge.stats["requests"] == 1
 
 
-@pytest.mark.parametrize("mode, reason", [("error", "HTTP 500"), ("badjson", "chat-completions JSON"), ("wrongcount", "rating"), ("slow", "timed out")])
+@pytest.mark.parametrize(
+    "mode, reason",
+    [("error", "HTTP 500"), ("badjson", "chat-completions JSON"), ("wrongcount", "rating"), ("slow", "timed out")],
+)
 def test_failures_are_none_counted_and_logged(server, key, caplog, mode, reason):
     judge = client(server, mode, timeout_s=0.2)
     with caplog.at_level(logging.WARNING, logger="omni_grpo.rewards.judge"):
@@ -158,9 +166,13 @@ def test_no_key_configured_sends_no_authorization(server):
 
 def test_key_never_appears_in_logs_reprs_metrics_or_errors(server, key, caplog):
     port = server.server_address[1]
-    judge_settings = dict(url=f"http://127.0.0.1:{port}/error/v1/chat/completions", model="m", api_key_env=KEY_ENV, timeout_s=0.2)
+    judge_settings = dict(
+        url=f"http://127.0.0.1:{port}/error/v1/chat/completions", model="m", api_key_env=KEY_ENV, timeout_s=0.2
+    )
     completion = "<context>She smiles at him.</context><think>She says hi; she is happy.</think><answer>B</answer>"
-    manager = build_reward_manager(["people_focus"], reward_kwargs={"people_focus": {"judge": judge_settings}}, max_consecutive_errors=1)
+    manager = build_reward_manager(
+        ["people_focus"], reward_kwargs={"people_focus": {"judge": judge_settings}}, max_consecutive_errors=1
+    )
     texts = []
     with caplog.at_level(logging.DEBUG):
         out = manager([completion], [{"id": 1}])
@@ -169,7 +181,15 @@ def test_key_never_appears_in_logs_reprs_metrics_or_errors(server, key, caplog):
         for mode in ("slow", "badjson"):
             client(server, mode, timeout_s=0.2).rate(["She smiles."])
     config = JudgeConfig(**judge_settings)
-    texts += [caplog.text, repr(config), str(config), repr(JudgeClient(config)), repr(manager), str(out.metrics), str(out.per_sample)]
+    texts += [
+        caplog.text,
+        repr(config),
+        str(config),
+        repr(JudgeClient(config)),
+        repr(manager),
+        str(out.metrics),
+        str(out.per_sample),
+    ]
     with pytest.raises(ValueError) as bad_env_name:
         JudgeConfig(url="http://127.0.0.1:1/x", model="m", api_key_env=SECRET)
     texts.append(str(bad_env_name.value))
@@ -191,7 +211,14 @@ def test_config_validation():
 
 @pytest.mark.parametrize(
     "content, n, expected",
-    [("[7]", 1, [0.7]), ("7", 1, [0.7]), ("Ratings: [10, 0]", 2, [1.0, 0.0]), ("[3, 4]", 1, None), ("[11]", 1, None), ("great", 1, None)],
+    [
+        ("[7]", 1, [0.7]),
+        ("7", 1, [0.7]),
+        ("Ratings: [10, 0]", 2, [1.0, 0.0]),
+        ("[3, 4]", 1, None),
+        ("[11]", 1, None),
+        ("great", 1, None),
+    ],
 )
 def test_parse_ratings(content, n, expected):
     raw = json.dumps({"choices": [{"message": {"content": content}}]}).encode()

@@ -114,7 +114,10 @@ def test_defaults_and_user_options(user_module):
         (dict(reward_funcs=["format"], reward_weights=[float("inf")]), "finite"),
         (dict(reward_funcs=["format"], reward_weights=["1"]), "finite"),
         (dict(reward_funcs=["format"], reward_kwargs={"accuracy": {}}), "not in reward_funcs"),
-        (dict(reward_funcs=["format"], reward_kwargs={"format": {"tag": ["think"]}}), r"reward 'format'.*\['tag'\].*valid options are \['partial_credit', 'tags'\]"),
+        (
+            dict(reward_funcs=["format"], reward_kwargs={"format": {"tag": ["think"]}}),
+            r"reward 'format'.*\['tag'\].*valid options are \['partial_credit', 'tags'\]",
+        ),
         (dict(reward_funcs=["format"], reward_kwargs={"format": {"tags": []}}), "reward 'format': bad option"),
         (dict(reward_funcs=["people_focus"], reward_kwargs={"people_focus": {"floor": 2}}), "floor"),
         (dict(reward_funcs=["my_rewards:needs_option"]), r"needs option\(s\) \['threshold'\]"),
@@ -150,7 +153,10 @@ def test_output_shapes_metrics_and_per_sample():
     out = manager([GOOD, bad], [SAMPLE, {**SAMPLE, "problem_type": "essay"}])
     assert isinstance(out, RewardOutput)
     assert out.scores.dtype == torch.float32 and out.scores.shape == (2, 3) and out.total.shape == (2,)
-    assert out.per_sample == [{"format": 1.0, "accuracy": 1.0, "people_focus": 1.0}, {"format": 0.0, "accuracy": None, "people_focus": 0.0}]
+    assert out.per_sample == [
+        {"format": 1.0, "accuracy": 1.0, "people_focus": 1.0},
+        {"format": 0.0, "accuracy": None, "people_focus": 0.0},
+    ]
     assert torch.isnan(out.scores[1, 1])
     assert out.total.tolist() == [3.5, 0.0]
     m = out.metrics
@@ -168,13 +174,17 @@ def test_all_none_reward_has_nan_mean_and_full_none_ratio(monkeypatch):
 
 
 def test_nonfinite_values_become_none_and_are_counted(monkeypatch):
-    out = manager_with(monkeypatch, scripted([[1.0, float("nan"), float("inf"), -float("inf"), 1e300]]))(["a"] * 5, [{}] * 5)
+    out = manager_with(monkeypatch, scripted([[1.0, float("nan"), float("inf"), -float("inf"), 1e300]]))(
+        ["a"] * 5, [{}] * 5
+    )
     assert out.per_sample == [{"scripted": 1.0}] + [{"scripted": None}] * 4
     assert out.metrics["reward/scripted/nonfinite"] == 4.0 and out.metrics["reward/scripted/none_ratio"] == 0.8
     assert out.metrics["reward/scripted/errors"] == 0.0 and out.total.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("bad", [RuntimeError("judge down"), [1.0], [1.0, 2.0, 3.0], 1.0, "10", ["x", 1.0], [[1.0], 2.0]])
+@pytest.mark.parametrize(
+    "bad", [RuntimeError("judge down"), [1.0], [1.0, 2.0, 3.0], 1.0, "10", ["x", 1.0], [[1.0], 2.0]]
+)
 def test_a_failing_reward_is_none_for_the_batch_counted_and_logged(monkeypatch, caplog, bad):
     manager = manager_with(monkeypatch, scripted([bad, [0.5, 0.5]]))
     with caplog.at_level(logging.WARNING, logger="omni_grpo.rewards.manager"):
@@ -263,5 +273,8 @@ def test_a_user_reward_changes_the_advantages(monkeypatch):
 
 
 def test_importing_the_registry_does_not_import_torch():
-    code = "import sys, omni_grpo.rewards as r; assert 'torch' not in sys.modules; assert set(r.REWARDS) == {'format', 'accuracy', 'people_focus'}"
+    code = (
+        "import sys, omni_grpo.rewards as r; assert 'torch' not in sys.modules; "
+        "assert set(r.REWARDS) == {'format', 'accuracy', 'people_focus'}"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env={"PATH": ""})

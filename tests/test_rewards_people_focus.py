@@ -101,7 +101,9 @@ def test_the_answer_is_never_scored():
 def test_inflections_and_word_boundaries():
     hits = explain(stage4("He kept nodding and smiled; she laughed.", "He asked twice.")).cues
     assert set(hits["visual"]) == {"nod", "smile"} and hits["vocal"] == ("laugh",) and hits["speech"] == ("ask",)
-    misses = explain(stage4("The surface of the stone table.", "A pitcher of water sits there; the toner is empty.")).cues
+    misses = explain(
+        stage4("The surface of the stone table.", "A pitcher of water sits there; the toner is empty.")
+    ).cues
     assert not any(misses.values())
 
 

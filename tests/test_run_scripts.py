@@ -33,11 +33,21 @@ def test_script_parses(script):
 
 def test_absolute_path_pattern():
     root = "/"  # the detector's own positives, put together here so that no absolute path sits in the source
-    for bad in (f"cd {root}work/x", f'PY="{root}usr/bin/python3"', f"x={root}data/shards", f"a:{root}opt/b",
-                f"$({root}bin/ls)"):
+    for bad in (
+        f"cd {root}work/x",
+        f'PY="{root}usr/bin/python3"',
+        f"x={root}data/shards",
+        f"a:{root}opt/b",
+        f"$({root}bin/ls)",
+    ):
         assert ABSOLUTE.search(bad), bad
-    for ok in ('"$REPO_ROOT/.venv/bin/python"', '"$(dirname "$0")/_env.sh"', "2>/dev/null", "outputs/demo/run",
-               "https://example.org/x"):
+    for ok in (
+        '"$REPO_ROOT/.venv/bin/python"',
+        '"$(dirname "$0")/_env.sh"',
+        "2>/dev/null",
+        "outputs/demo/run",
+        "https://example.org/x",
+    ):
         assert not ABSOLUTE.search(ok), ok
 
 
@@ -81,8 +91,14 @@ def stage4(tmp_path, *args, devices=2, **env):
     log.write_text("")
     base = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     base.update(PY=str(fake), FAKE_LOG=str(log), FAKE_DEVICES=str(devices), **env)
-    proc = subprocess.run(["bash", str(REPO / "run_scripts" / "stage4.sh"), *args], cwd=tmp_path, env=base,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", str(REPO / "run_scripts" / "stage4.sh"), *args],
+        cwd=tmp_path,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return proc, log.read_text().splitlines()
 
 
@@ -100,8 +116,10 @@ def test_stage4_real_run_single_node(tmp_path):
     assert flags["--config_file"] == "configs/accelerate/zero3.yaml"
     assert flags["--num_processes"] == "4" and flags["--num_machines"] == "1" and flags["--machine_rank"] == "0"
     assert flags["--main_process_port"] == "40123"  # a free port, so parallel runs do not collide
-    assert line.endswith("-m omni_grpo.train --config configs/stage4.yaml model_name_or_path=ckpt/omni "
-                         "data=[shards/a,shards/b] output_dir=outputs/stage4 learning_rate=5e-7")
+    assert line.endswith(
+        "-m omni_grpo.train --config configs/stage4.yaml model_name_or_path=ckpt/omni "
+        "data=[shards/a,shards/b] output_dir=outputs/stage4 learning_rate=5e-7"
+    )
     assert "CUDA_VISIBLE_DEVICES=unset" in line
     assert "bash run_scripts/tensorboard.sh outputs/stage4/runs" in proc.stdout
     # The config and the paths are checked once, with the same arguments, before any rank starts.
@@ -116,8 +134,9 @@ def test_stage4_stops_when_the_check_fails(tmp_path):
 
 
 def test_stage4_multi_node(tmp_path):
-    proc, calls = stage4(tmp_path, "output_dir=runs/x", MODEL="m", DATA="d", NPROC="8", NNODES="2", NODE_RANK="1",
-                         MASTER_ADDR="10.0.0.1")
+    proc, calls = stage4(
+        tmp_path, "output_dir=runs/x", MODEL="m", DATA="d", NPROC="8", NNODES="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1"
+    )
     assert proc.returncode == 0, proc.stderr
     _, flags = launch_args(calls)
     assert flags["--num_processes"] == "16" and flags["--num_machines"] == "2" and flags["--machine_rank"] == "1"
@@ -139,7 +158,8 @@ def test_stage4_needs_model_and_data_together(tmp_path, given):
     proc, calls = stage4(tmp_path, **given)
     assert proc.returncode == 2 and calls == []
     assert proc.stderr.splitlines() == [
-        "config error: set MODEL=DIR and DATA=SHARDS together (neither: the built-in demo)"]  # no bash error
+        "config error: set MODEL=DIR and DATA=SHARDS together (neither: the built-in demo)"
+    ]  # no bash error
 
 
 FAKE_LAUNCHER = """#!/usr/bin/env bash
@@ -164,8 +184,9 @@ def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: boo
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), MODEL="m", DATA="d", **extra)
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         for _ in range(300):
             if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text().strip():
@@ -208,8 +229,12 @@ def test_slurm_templates_parse_and_hold_no_absolute_path(template):
 
 def test_slurm_one_node_passes_the_schedulers_sigterm_to_the_launcher(tmp_path):
     """`--signal=B:TERM@…` signals the batch script alone: it must reach the launcher (exec all the way)."""
-    code, err, _, left = signal_a_run(tmp_path, ["bash", str(REPO / "run_scripts" / "slurm_one_node.sbatch")],
-                                      signal.SIGTERM, SLURM_SUBMIT_DIR=str(REPO))
+    code, err, _, left = signal_a_run(
+        tmp_path,
+        ["bash", str(REPO / "run_scripts" / "slurm_one_node.sbatch")],
+        signal.SIGTERM,
+        SLURM_SUBMIT_DIR=str(REPO),
+    )
     assert code == 143 and err.strip().splitlines()[-1].startswith("preempted (SIGTERM) at step 3"), err
     assert not left, f"processes left running: {left}"
 
@@ -230,9 +255,15 @@ def test_slurm_nodes_runs_one_stage4_per_node_and_passes_sigterm(tmp_path):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     code, err, args, left = signal_a_run(
-        tmp_path, ["bash", str(REPO / "run_scripts" / "slurm_nodes.sbatch"), "learning_rate=1e-6"], signal.SIGTERM,
-        to_launcher=True, SLURM_SUBMIT_DIR=str(REPO), SLURM_JOB_NUM_NODES="2", SLURM_JOB_NODELIST="gpu-[a-b]",
-        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        tmp_path,
+        ["bash", str(REPO / "run_scripts" / "slurm_nodes.sbatch"), "learning_rate=1e-6"],
+        signal.SIGTERM,
+        to_launcher=True,
+        SLURM_SUBMIT_DIR=str(REPO),
+        SLURM_JOB_NUM_NODES="2",
+        SLURM_JOB_NODELIST="gpu-[a-b]",
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+    )
     assert code == 143 and err.strip().splitlines()[-1].startswith("preempted (SIGTERM) at step 3"), err
     assert not left, f"processes left running: {left}"
     words = args.split()
@@ -252,8 +283,10 @@ def test_stage4_default_is_the_cpu_demo(tmp_path):
     assert any("-m omni_grpo.demo warmup --model demo/base --data demo/shards --output demo/model" in c for c in calls)
     line, flags = launch_args(calls)
     assert line.startswith("CUDA_VISIBLE_DEVICES= ") and flags["--num_processes"] == "2"
-    assert line.endswith("--config configs/demo.yaml model_name_or_path=demo/model data=[demo/shards] "
-                         "eval_data=[demo/shards] eval_steps=60 output_dir=demo/run max_steps=2")
+    assert line.endswith(
+        "--config configs/demo.yaml model_name_or_path=demo/model data=[demo/shards] "
+        "eval_data=[demo/shards] eval_steps=60 output_dir=demo/run max_steps=2"
+    )
     assert "bash run_scripts/tensorboard.sh demo/run/runs" in proc.stdout
 
 
@@ -261,11 +294,15 @@ def test_stage4_demo_says_one_line_per_stage(tmp_path):
     proc, calls = stage4(tmp_path, DEMO_DIR="demo")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
-        "demo set-up: a random tiny thinker in demo/base", "demo set-up: 32 colour/tone clips in demo/clips",
+        "demo set-up: a random tiny thinker in demo/base",
+        "demo set-up: 32 colour/tone clips in demo/clips",
         "demo set-up: their frames and audio in demo/shards",
-        "demo set-up: the reply format (never the answers) fitted, into demo/model"]
-    assert ("starting 2 processes on 1 node(s), each loading the model; TensorBoard (its Custom Scalars tab first):"
-            in proc.stdout.splitlines())
+        "demo set-up: the reply format (never the answers) fitted, into demo/model",
+    ]
+    assert (
+        "starting 2 processes on 1 node(s), each loading the model; TensorBoard (its Custom Scalars tab first):"
+        in proc.stdout.splitlines()
+    )
     assert proc.stdout.count("a/path/it/wrote") == 2  # the --check's and the launcher's, not the builders'
     # On a machine without GPUs DeepSpeed is told the accelerator instead of warning that it guessed it.
     assert all(" DS_ACCELERATOR=cpu " in c for c in calls if "omni_grpo.launch" in c or "--check" in c), calls
@@ -348,16 +385,23 @@ def first_install(tmp_path, fail_on: str = "never"):
     venv_py.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in ("PY", "PYTHONPATH")}
     env["FAIL_ON"] = fail_on
-    proc = subprocess.run(["bash", "-c", 'source run_scripts/_env.sh && echo "PY=$PY"'], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["bash", "-c", 'source run_scripts/_env.sh && echo "PY=$PY"'],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return proc, (tmp_path / ".venv" / "bin" / "calls").read_text().splitlines()
 
 
 def test_first_install_is_one_line_and_its_noise_goes_to_a_log(tmp_path):
     proc, calls = first_install(tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.splitlines() == [f"setting up {tmp_path}/.venv (first run: a few minutes; pip's output in "
-                                        f"{tmp_path}/.venv/install.log)"]
+    assert proc.stderr.splitlines() == [
+        f"setting up {tmp_path}/.venv (first run: a few minutes; pip's output in {tmp_path}/.venv/install.log)"
+    ]
     assert proc.stdout.splitlines() == [f"PY={tmp_path}/.venv/bin/python"]
     assert [c.split()[4] for c in calls] == ["--upgrade", "torch==2.14.1", "-e"]  # torch first, then the package
     assert "SetuptoolsDeprecationWarning" in (tmp_path / ".venv" / "install.log").read_text()

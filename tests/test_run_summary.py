@@ -18,17 +18,30 @@ def test_window_is_a_quarter_of_the_run_between_one_and_five_steps():
 
 def test_main_rewards_exclude_their_companions():
     assert is_main_reward("reward/accuracy") and is_main_reward("reward/total")
-    assert not any(map(is_main_reward, ["reward/accuracy_std", "reward/total/none_ratio", "reward/format/errors",
-                                        "reward/zero_std_group_ratio", "actor/kl"]))
+    assert not any(
+        map(
+            is_main_reward,
+            [
+                "reward/accuracy_std",
+                "reward/total/none_ratio",
+                "reward/format/errors",
+                "reward/zero_std_group_ratio",
+                "actor/kl",
+            ],
+        )
+    )
 
 
 def test_trend_compares_the_first_and_last_k_steps():
     accuracy = [0.25] * 5 + [0.5] * 50 + [0.75, 0.75, 0.8, 0.9, 1.0]  # 60 steps: k = 5
     total = [1.0] * 60
-    line = reward_trend({"reward/total": total, "reward/accuracy": accuracy, "reward/accuracy_std": accuracy,
-                         "actor/kl": total})
-    assert line == ("accuracy rose from 0.25 to 0.84, total did not rise from 1.00 to 1.00 "
-                    "(reward/*, mean of the first and last 5 steps)")
+    line = reward_trend(
+        {"reward/total": total, "reward/accuracy": accuracy, "reward/accuracy_std": accuracy, "actor/kl": total}
+    )
+    assert line == (
+        "accuracy rose from 0.25 to 0.84, total did not rise from 1.00 to 1.00 "
+        "(reward/*, mean of the first and last 5 steps)"
+    )
 
 
 def test_trend_leaves_out_non_finite_values_and_unscored_rewards():
@@ -42,12 +55,21 @@ def test_plural():
 
 
 def test_a_real_run_banner_points_to_the_config_and_the_done_line_says_how_the_rewards_moved(
-        tmp_path, tiny_model_dir, tiny_shards):
-    args = run_args(tiny_model_dir, tiny_shards, tmp_path / "out", CLI_RUN, save_steps=0,
-                    reward_funcs=f"[format, {LENGTH}]")
+    tmp_path, tiny_model_dir, tiny_shards
+):
+    args = run_args(
+        tiny_model_dir, tiny_shards, tmp_path / "out", CLI_RUN, save_steps=0, reward_funcs=f"[format, {LENGTH}]"
+    )
+
     def train():
-        return subprocess.run([sys.executable, "-m", "omni_grpo.train", *args], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+        return subprocess.run(
+            [sys.executable, "-m", "omni_grpo.train", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
 
     proc = train()
     assert proc.returncode == 0, proc.stderr

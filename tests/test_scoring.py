@@ -39,6 +39,7 @@ def generate_with_log_probs(*args, **kwargs):
         def call(ids, scores):
             steps.append(processors(ids, scores))
             return steps[-1]
+
         return call
 
     with pytest.MonkeyPatch.context() as mp:
@@ -108,7 +109,7 @@ def test_banned_tokens_get_no_gradient_and_the_entropy_is_the_sampled_distributi
     (lp * g_lp + ent * g_ent).sum().backward()
     ours, ours_w = hidden.grad.clone(), weight.grad.clone()
     hidden.grad, weight.grad = None, None
-    logits = ((hidden @ weight[keep].t()) / 0.7)  # the 8 tokens that can be sampled
+    logits = (hidden @ weight[keep].t()) / 0.7  # the 8 tokens that can be sampled
     ref_lp = torch.log_softmax(logits, -1).gather(-1, (targets - 1).unsqueeze(-1)).squeeze(-1)
     ref_ent = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
     (ref_lp * g_lp + ref_ent * g_ent).sum().backward()

@@ -76,10 +76,29 @@ def test_shards_are_parquet_json_and_plain_arrow_types(tmp_path):
     """Shards hold Parquet (of plain Arrow types: no extension or pandas-object columns), JSON and JSON Lines;
     never a pickle. (tests/test_preprocess_reader.py::test_no_pickle_in_the_format checks the schema metadata.)"""
     synthetic.make_clip(tmp_path / "clip.mp4", seconds=1.0)
-    (tmp_path / "qa.jsonl").write_text(json.dumps({"id": "a", "video": "clip.mp4", "question": "Why?", "answer": "A",
-                                                   "options": ["x", "y"], "note": {"k": [1, 2]}}) + "\n")
-    build(BuildOptions(source="jsonl", manifest=tmp_path / "qa.jsonl", output=tmp_path / "out", workers=0,
-                       progress=False, video=VideoOptions(min_pixels=3136, max_pixels=50176)))
+    (tmp_path / "qa.jsonl").write_text(
+        json.dumps(
+            {
+                "id": "a",
+                "video": "clip.mp4",
+                "question": "Why?",
+                "answer": "A",
+                "options": ["x", "y"],
+                "note": {"k": [1, 2]},
+            }
+        )
+        + "\n"
+    )
+    build(
+        BuildOptions(
+            source="jsonl",
+            manifest=tmp_path / "qa.jsonl",
+            output=tmp_path / "out",
+            workers=0,
+            progress=False,
+            video=VideoOptions(min_pixels=3136, max_pixels=50176),
+        )
+    )
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert {p.suffix for p in files} == {".parquet", ".json", ".jsonl"}
     for path in files:
@@ -98,9 +117,16 @@ def test_shards_are_parquet_json_and_plain_arrow_types(tmp_path):
                 return plain(tp.value_type)
             if pa.types.is_struct(tp):
                 return all(plain(tp.field(i).type) for i in range(tp.num_fields))
-            return (pa.types.is_binary(tp) or pa.types.is_large_binary(tp) or pa.types.is_string(tp)
-                    or pa.types.is_large_string(tp) or pa.types.is_integer(tp) or pa.types.is_floating(tp)
-                    or pa.types.is_boolean(tp) or pa.types.is_null(tp))
+            return (
+                pa.types.is_binary(tp)
+                or pa.types.is_large_binary(tp)
+                or pa.types.is_string(tp)
+                or pa.types.is_large_string(tp)
+                or pa.types.is_integer(tp)
+                or pa.types.is_floating(tp)
+                or pa.types.is_boolean(tp)
+                or pa.types.is_null(tp)
+            )
 
         assert all(plain(f.type) for f in parquet.schema_arrow), parquet.schema_arrow
 
@@ -113,8 +139,9 @@ def unsafe_calls(path: Path) -> list[str]:
     found = []
     for node in ast.walk(parsed(path)):
         if isinstance(node, ast.Import):
-            found += [f"{where(path, node)} import {a.name}" for a in node.names
-                      if a.name.split(".")[0] in PICKLE_MODULES]
+            found += [
+                f"{where(path, node)} import {a.name}" for a in node.names if a.name.split(".")[0] in PICKLE_MODULES
+            ]
         elif isinstance(node, ast.ImportFrom):
             module = (node.module or "").split(".")[0]
             loaders = {a.name for a in node.names} & {"load", "unsafe_load", "full_load"}
@@ -151,10 +178,12 @@ def test_no_pickle_no_unsafe_torch_load_no_eval_in_the_source():
 def test_the_source_scan_finds_what_it_looks_for(tmp_path):
     """The scanner is not vacuous: each unsafe pattern in a sample file is reported."""
     bad = tmp_path / "bad.py"
-    bad.write_text("import pickle\nimport torch, yaml, numpy as np\nfrom torch import load\n"
-                   "torch.load('x')\ntorch.load('x', weights_only=False)\nnp.load('x', allow_pickle=True)\n"
-                   "yaml.load('x', Loader=yaml.Loader)\nyaml.unsafe_load('x')\neval('1')\n"
-                   "torch.load('x', weights_only=True)\nyaml.load('x', Loader=yaml.SafeLoader)\n")
+    bad.write_text(
+        "import pickle\nimport torch, yaml, numpy as np\nfrom torch import load\n"
+        "torch.load('x')\ntorch.load('x', weights_only=False)\nnp.load('x', allow_pickle=True)\n"
+        "yaml.load('x', Loader=yaml.Loader)\nyaml.unsafe_load('x')\neval('1')\n"
+        "torch.load('x', weights_only=True)\nyaml.load('x', Loader=yaml.SafeLoader)\n"
+    )
     assert len(unsafe_calls(bad)) == 8
 
 
@@ -211,9 +240,11 @@ class _Judge(BaseHTTPRequestHandler):
         pass
 
 
-GOOD = ("<context>The woman smiles at the man and says that the trip went well, number {n}; her voice is warm and "
-        "she laughs.</context><think>She leans toward him while she talks, so she trusts him and is glad to see him "
-        "again after the long trip.</think><answer>B</answer>")
+GOOD = (
+    "<context>The woman smiles at the man and says that the trip went well, number {n}; her voice is warm and "
+    "she laughs.</context><think>She leans toward him while she talks, so she trusts him and is glad to see him "
+    "again after the long trip.</think><answer>B</answer>"
+)
 
 
 @pytest.fixture(scope="module")
@@ -232,9 +263,20 @@ def judge_run(tiny_model_dir, shards, tmp_path_factory):
     server.auths, server.lock = [], threading.Lock()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path_factory.mktemp("judge_run") / "out"
-    args = run_args(tiny_model_dir, shards, out, SEC_RUN, reward_funcs=f"[people_focus, {LENGTH}]", **{
-        "judge.enabled": "true", "judge.url": f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions",
-        "judge.model": "fake-judge", "judge.api_key_env": KEY_ENV, "judge.timeout_s": 10})
+    args = run_args(
+        tiny_model_dir,
+        shards,
+        out,
+        SEC_RUN,
+        reward_funcs=f"[people_focus, {LENGTH}]",
+        **{
+            "judge.enabled": "true",
+            "judge.url": f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions",
+            "judge.model": "fake-judge",
+            "judge.api_key_env": KEY_ENV,
+            "judge.timeout_s": 10,
+        },
+    )
     counter = itertools.count()
     real_rollout = GRPOTrainer.rollout
 
@@ -260,8 +302,14 @@ def judge_run(tiny_model_dir, shards, tmp_path_factory):
         server.shutdown()
         server.server_close()
     assert rc == 0, stderr.getvalue()[-3000:]
-    return {"out": out, "auths": server.auths, "logs": logs.getvalue(), "stdout": stdout.getvalue(),
-            "stderr": stderr.getvalue(), "args": args}
+    return {
+        "out": out,
+        "auths": server.auths,
+        "logs": logs.getvalue(),
+        "stdout": stdout.getvalue(),
+        "stderr": stderr.getvalue(),
+        "args": args,
+    }
 
 
 def test_the_judge_gets_the_key_from_the_named_variable(judge_run):
@@ -322,12 +370,23 @@ def canary(tmp_path, monkeypatch):
     sys.modules.pop("rel_canary_reward", None)
 
 
-@pytest.mark.parametrize("name", [
-    "../rel_canary_reward:reward", "/tmp/rel_canary_reward.py:reward", "canary/rel_canary_reward:reward",
-    "rel_canary_reward", "rel_canary_reward.reward", "rel_canary_reward:reward()", "rel_canary_reward: reward",
-    "rel_canary_reward:reward; import os", "__import__('rel_canary_reward').reward", "rel_canary_reward:reward:x",
-    "file://rel_canary_reward:reward", "rel_canary_reward:os.system",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../rel_canary_reward:reward",
+        "/tmp/rel_canary_reward.py:reward",
+        "canary/rel_canary_reward:reward",
+        "rel_canary_reward",
+        "rel_canary_reward.reward",
+        "rel_canary_reward:reward()",
+        "rel_canary_reward: reward",
+        "rel_canary_reward:reward; import os",
+        "__import__('rel_canary_reward').reward",
+        "rel_canary_reward:reward:x",
+        "file://rel_canary_reward:reward",
+        "rel_canary_reward:os.system",
+    ],
+)
 def test_a_reward_name_that_is_not_a_plain_import_path_imports_nothing(canary, name):
     before = set(sys.modules)
     with pytest.raises(ValueError, match="unknown reward"):
@@ -356,8 +415,17 @@ def test_resuming_never_runs_code_named_in_a_checkpoint(judge_run, tiny_model_di
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     saved["reward_funcs"] = ["rel_canary_reward:reward"]
     (folder / "config.yaml").write_text(yaml.safe_dump(saved))
-    cfg = load_config(None, run_args(tiny_model_dir, shards, tmp_path / "out", SEC_RUN,
-                                     reward_funcs=f"[format, {LENGTH}]", resume_from_checkpoint=folder))
+    cfg = load_config(
+        None,
+        run_args(
+            tiny_model_dir,
+            shards,
+            tmp_path / "out",
+            SEC_RUN,
+            reward_funcs=f"[format, {LENGTH}]",
+            resume_from_checkpoint=folder,
+        ),
+    )
     trainer = GRPOTrainer(cfg)
     assert trainer.global_step == 1 and trainer.rewards.names == ["format", LENGTH]
     assert not canary.exists() and "rel_canary_reward" not in sys.modules
@@ -365,7 +433,7 @@ def test_resuming_never_runs_code_named_in_a_checkpoint(judge_run, tiny_model_di
 
 # ------------------------------------------------------------------------------- import side effects
 
-AUDIT = r'''
+AUDIT = r"""
 import importlib, json, os, sys
 import numpy, torch  # third-party import-time work (OpenBLAS env, ldconfig probe) is theirs, not ours
 
@@ -391,7 +459,7 @@ for name in sys.argv[1:]:
     current[0] = name
     importlib.import_module(name)
 print(json.dumps(events))
-'''
+"""
 
 
 def test_importing_every_module_in_a_clean_environment_has_no_side_effects(tmp_path):
@@ -401,8 +469,9 @@ def test_importing_every_module_in_a_clean_environment_has_no_side_effects(tmp_p
     home.mkdir()
     cwd.mkdir()
     env = {"PATH": os.defpath, "HOME": str(home), "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run([sys.executable, "-c", AUDIT, *module_names()], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", AUDIT, *module_names()], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr == ""
     assert json.loads(proc.stdout) == []
@@ -442,14 +511,21 @@ class _ImportTimeEnv(ast.NodeVisitor):
 
     def visit_If(self, node):
         test = node.test
-        if (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
-                and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)):
+        if (
+            isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Name)
+            and test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+        ):
             return  # runs as a script only
         self.generic_visit(node)
 
     def visit_Attribute(self, node):
-        if (isinstance(node.value, ast.Name) and self.aliases.get(node.value.id) == "os"
-                and node.attr in ("environ", "environb", "getenv", "getenvb")):
+        if (
+            isinstance(node.value, ast.Name)
+            and self.aliases.get(node.value.id) == "os"
+            and node.attr in ("environ", "environb", "getenv", "getenvb")
+        ):
             self.hits.append(node)
         self.generic_visit(node)
 
@@ -467,6 +543,8 @@ def test_no_module_reads_the_environment_at_import_time():
 
 
 def test_the_import_time_check_finds_module_level_reads_and_ignores_function_bodies():
-    code = ("import os\nKEY = os.environ.get('K')\nclass C:\n    home = os.getenv('HOME')\n"
-            "def f(x=os.environ['X']):\n    return os.environ['Y']\nif __name__ == '__main__':\n    os.getenv('Z')\n")
+    code = (
+        "import os\nKEY = os.environ.get('K')\nclass C:\n    home = os.getenv('HOME')\n"
+        "def f(x=os.environ['X']):\n    return os.environ['Y']\nif __name__ == '__main__':\n    os.getenv('Z')\n"
+    )
     assert env_reads_at_import(ast.parse(code)) == [2, 4, 5]

@@ -11,10 +11,10 @@ import copy
 import pytest
 import torch
 
+from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
 from omni_grpo.models import generate, log_probs
 from omni_grpo.models.base import _getattr_path
 from omni_grpo.models.shared_prompt import forward_hidden
-from omni_grpo.config import DEFAULT_SYSTEM_PROMPT as SYS
 
 
 def rollout(kit, samples, g=3):

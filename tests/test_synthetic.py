@@ -15,10 +15,15 @@ from tests import broken_media
 def _decode(path):
     with av.open(str(path)) as container:
         video = container.streams.video[0]
-        info = {"codec": video.codec_context.name, "fps": float(video.average_rate),
-                "size": (video.codec_context.height, video.codec_context.width),
-                "audio": [(s.codec_context.name, s.codec_context.sample_rate, s.codec_context.channels)
-                          for s in container.streams.audio]}
+        info = {
+            "codec": video.codec_context.name,
+            "fps": float(video.average_rate),
+            "size": (video.codec_context.height, video.codec_context.width),
+            "audio": [
+                (s.codec_context.name, s.codec_context.sample_rate, s.codec_context.channels)
+                for s in container.streams.audio
+            ],
+        }
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     return info, np.stack(frames)
 
@@ -69,8 +74,8 @@ def test_clip_audio_rates_and_channels(tmp_path, rate, channels, layout):
         assert stream.codec_context.layout.name == layout
     audio = _decode_audio(path)
     # Channel c is the chirp scaled by 1 - 0.1 c, so no channel cancels another in a mono mix.
-    middle = audio[:, rate // 4: 3 * rate // 4]
-    rms = np.sqrt((middle ** 2).mean(axis=1))
+    middle = audio[:, rate // 4 : 3 * rate // 4]
+    rms = np.sqrt((middle**2).mean(axis=1))
     last = channels - 1
     assert rms[last] / rms[0] == pytest.approx(1 - 0.1 * last, abs=0.05)
 
@@ -137,8 +142,15 @@ def test_siq2_dataset_layout(tmp_path):
     assert all(sum(r["vid_name"] == v for r in rows) >= 2 for v in videos)
 
 
-@pytest.mark.parametrize("fps,rate", [(Fraction(30000, 1001), Fraction(30000, 1001)), (30000 / 1001, Fraction(30000, 1001)),
-                                      (Fraction(24000, 1001), Fraction(24000, 1001)), (25, Fraction(25))])
+@pytest.mark.parametrize(
+    "fps,rate",
+    [
+        (Fraction(30000, 1001), Fraction(30000, 1001)),
+        (30000 / 1001, Fraction(30000, 1001)),
+        (Fraction(24000, 1001), Fraction(24000, 1001)),
+        (25, Fraction(25)),
+    ],
+)
 def test_clip_at_ntsc_and_pal_rates_with_odd_duration(tmp_path, fps, rate):
     path = synthetic.make_clip(tmp_path / "a.mp4", seconds=2.3, fps=fps, size=(64, 96))
     with av.open(str(path)) as container:
@@ -147,8 +159,10 @@ def test_clip_at_ntsc_and_pal_rates_with_odd_duration(tmp_path, fps, rate):
     assert frames.shape[0] == round(2.3 * rate)
 
 
-@pytest.mark.parametrize("name,rate,channels", [("a.wav", 22050, 1), ("a.flac", 48000, 6), ("a.mp3", 44100, 2),
-                                                ("a.m4a", 48000, 6), ("b.m4a", 22050, 1)])
+@pytest.mark.parametrize(
+    "name,rate,channels",
+    [("a.wav", 22050, 1), ("a.flac", 48000, 6), ("a.mp3", 44100, 2), ("a.m4a", 48000, 6), ("b.m4a", 22050, 1)],
+)
 def test_audio_only_files(tmp_path, name, rate, channels):
     path = synthetic.make_audio(tmp_path / name, seconds=1.5, sample_rate=rate, channels=channels)
     with av.open(str(path)) as container:
@@ -157,7 +171,7 @@ def test_audio_only_files(tmp_path, name, rate, channels):
         assert (stream.codec_context.sample_rate, stream.codec_context.channels) == (rate, channels)
     audio = _decode_audio(path)
     assert audio.shape[1] / rate == pytest.approx(1.5, abs=1152 / rate + 1e-3)
-    rms = np.sqrt((audio[:, rate // 4: rate] ** 2).mean(axis=1))
+    rms = np.sqrt((audio[:, rate // 4 : rate] ** 2).mean(axis=1))
     assert rms[-1] / rms[0] == pytest.approx(1 - 0.1 * (channels - 1), abs=0.05)
 
 

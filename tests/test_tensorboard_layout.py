@@ -16,8 +16,15 @@ def test_the_run_is_named_and_its_first_screen_is_the_reward_curves(tiny_model_d
     from tensorboard.plugins.custom_scalar import layout_pb2, metadata
 
     out = tmp_path / "my-run"
-    cfg = make_config(tiny_model_dir, tiny_shards, out, max_steps=1, eval_data=[str(tiny_shards)], eval_steps=1,
-                      reward_funcs=["format", "accuracy"])
+    cfg = make_config(
+        tiny_model_dir,
+        tiny_shards,
+        out,
+        max_steps=1,
+        eval_data=[str(tiny_shards)],
+        eval_steps=1,
+        reward_funcs=["format", "accuracy"],
+    )
     GRPOTrainer(cfg).train()
     events = list((out / "runs").rglob("events.out.tfevents.*"))
     assert [e.parent for e in events] == [out / "runs" / "my-run"] == [log_dir(out)]

@@ -10,17 +10,41 @@ from omni_grpo.trainer import GRPOTrainer
 from tests.helpers import LENGTH, TINY_RUN, snapshot, tiny_config
 
 REQUIRED_TAGS = [
-    "reward/total", "reward/format", "reward/accuracy", "reward/people_focus", "reward/format/none_ratio",
-    "actor/kl", "actor/entropy", "actor/clip_ratio", "actor/grad_norm", "actor/lr", "actor/beta", "actor/loss",
-    "rollout/completion_length", "rollout/completion_length_max", "rollout/truncated_ratio", "rollout/temperature",
-    "timing/rollout", "timing/update", "timing/ref_log_probs", "throughput/samples_per_s",
-    "counters/tower_calls", "counters/video_decodes",
+    "reward/total",
+    "reward/format",
+    "reward/accuracy",
+    "reward/people_focus",
+    "reward/format/none_ratio",
+    "actor/kl",
+    "actor/entropy",
+    "actor/clip_ratio",
+    "actor/grad_norm",
+    "actor/lr",
+    "actor/beta",
+    "actor/loss",
+    "rollout/completion_length",
+    "rollout/completion_length_max",
+    "rollout/truncated_ratio",
+    "rollout/temperature",
+    "timing/rollout",
+    "timing/update",
+    "timing/ref_log_probs",
+    "throughput/samples_per_s",
+    "counters/tower_calls",
+    "counters/video_decodes",
 ]
 
 
 # The pinned loss curve's run: two prompts per micro-step, the length reward beside format.
-TRAINER_RUN = dict(TINY_RUN, per_device_prompts=2, max_completion_length=12, max_steps=3, save_steps=0,
-                   logging_steps=1, reward_funcs=["format", LENGTH])
+TRAINER_RUN = dict(
+    TINY_RUN,
+    per_device_prompts=2,
+    max_completion_length=12,
+    max_steps=3,
+    save_steps=0,
+    logging_steps=1,
+    reward_funcs=["format", LENGTH],
+)
 
 
 def make_config(model_dir, shards, out, **overrides):
@@ -42,8 +66,14 @@ def test_full_training_changes_trainable_and_keeps_frozen(tiny_model_dir, tiny_s
 def test_lora_with_gradient_checkpointing_trains_only_adapters(tiny_model_dir, tiny_shards, tmp_path):
     """Through the trainer: adapters move under checkpointing, the base does not; the
     reference is the base with the adapter off (no second copy)."""
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, gradient_checkpointing=True,
-                      **{"lora.enabled": True, "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0})
+    cfg = make_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        max_steps=2,
+        gradient_checkpointing=True,
+        **{"lora.enabled": True, "lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0},
+    )
     trainer = GRPOTrainer(cfg)
     assert trainer.reference is None
     before = snapshot(trainer.policy)
@@ -83,8 +113,15 @@ def test_resume_equals_uninterrupted(tiny_model_dir, tiny_shards, tmp_path):
     first = losses(full, 2)
     full.save()
     rest = losses(full, 2)
-    resumed = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "b", max_steps=4,
-                                      resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000002")))
+    resumed = GRPOTrainer(
+        make_config(
+            tiny_model_dir,
+            tiny_shards,
+            tmp_path / "b",
+            max_steps=4,
+            resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000002"),
+        )
+    )
     assert resumed.global_step == 2
     again = losses(resumed, 2)
     assert all(math.isfinite(x) for x in first + rest)
@@ -140,8 +177,9 @@ def update_layer_calls(model_dir, shards, out, checkpointing):
     the rollout?) for one step."""
     from omni_grpo.models.base import _getattr_path, base_thinker
 
-    trainer = GRPOTrainer(make_config(model_dir, shards, out, max_steps=1, beta=0.0,
-                                      gradient_checkpointing=checkpointing))
+    trainer = GRPOTrainer(
+        make_config(model_dir, shards, out, max_steps=1, beta=0.0, gradient_checkpointing=checkpointing)
+    )
     mlp = _getattr_path(base_thinker(trainer.policy), trainer.family.language_model).layers[0].mlp
     phase = {"now": "rollout"}
     seen = {"rollout": [], "update": []}
@@ -181,10 +219,19 @@ def test_share_prompt_does_not_change_training(tiny_model_dir, tiny_shards, tmp_
     row of each of two groups."""
     runs = {}
     for share in (False, True):
-        cfg = make_config(tiny_model_dir, tiny_shards, tmp_path / str(share), max_steps=2, share_prompt=share,
-                          num_generations=3, micro_batch_size=2, dataset_order="sequential")
+        cfg = make_config(
+            tiny_model_dir,
+            tiny_shards,
+            tmp_path / str(share),
+            max_steps=2,
+            share_prompt=share,
+            num_generations=3,
+            micro_batch_size=2,
+            dataset_order="sequential",
+        )
         trainer = GRPOTrainer(cfg)
-        runs[share] = [m[k] for m in (trainer.step() for _ in range(2))
-                       for k in ("actor/loss", "actor/kl", "actor/entropy")]
+        runs[share] = [
+            m[k] for m in (trainer.step() for _ in range(2)) for k in ("actor/loss", "actor/kl", "actor/entropy")
+        ]
     assert runs[True] == pytest.approx(runs[False], abs=1e-5)
     assert runs[True][3] != 0.0  # the policy moved after step 1, so step 2 compares trained weights

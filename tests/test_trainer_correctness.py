@@ -28,11 +28,21 @@ class PolicyLossSpy:
 
 
 @pytest.mark.parametrize("mu", [1, 3])
-def test_mu_makes_mu_optimizer_steps_and_the_ratio_departs_from_one(tiny_model_dir, tiny_shards, tmp_path,
-                                                                    monkeypatch, mu):
+def test_mu_makes_mu_optimizer_steps_and_the_ratio_departs_from_one(
+    tiny_model_dir, tiny_shards, tmp_path, monkeypatch, mu
+):
     spy = PolicyLossSpy(monkeypatch)
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=2, num_iterations=mu, beta=0.0,
-                      learning_rate=3e-3, micro_batch_size=2, warmup_ratio=0.0)
+    cfg = make_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        max_steps=2,
+        num_iterations=mu,
+        beta=0.0,
+        learning_rate=3e-3,
+        micro_batch_size=2,
+        warmup_ratio=0.0,
+    )
     trainer = GRPOTrainer(cfg)
     steps = []
     real_step = trainer.engine.step
@@ -48,8 +58,9 @@ def test_mu_makes_mu_optimizer_steps_and_the_ratio_departs_from_one(tiny_model_d
         assert max(clip for _, clip in later) > 0.0  # and clipping acts from the second pass on
 
 
-def test_every_log_prob_pass_scores_at_the_rollout_temperature_with_media_banned(tiny_model_dir, tiny_shards,
-                                                                                  tmp_path, monkeypatch):
+def test_every_log_prob_pass_scores_at_the_rollout_temperature_with_media_banned(
+    tiny_model_dir, tiny_shards, tmp_path, monkeypatch
+):
     """The reference, old and policy passes all get the scheduled temperature of the step and the banned ids;
     `tests/test_scoring.py` shows those two arguments make the scores equal the sampler's."""
     import omni_grpo.trainer as trainer_module
@@ -62,8 +73,16 @@ def test_every_log_prob_pass_scores_at_the_rollout_temperature_with_media_banned
         return real(*args, **kwargs)
 
     monkeypatch.setattr(trainer_module, "log_probs", spy)
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=4, num_iterations=2, temperature=0.7,
-                      temperature_schedule="linear", temperature_final=1.3)
+    cfg = make_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        max_steps=4,
+        num_iterations=2,
+        temperature=0.7,
+        temperature_schedule="linear",
+        temperature_final=1.3,
+    )
     trainer = GRPOTrainer(cfg)
     banned = tuple(trainer.family.banned_token_ids(trainer.processor.tokenizer))
     assert banned
@@ -80,8 +99,9 @@ def test_bf16_without_deepspeed_keeps_fp32_masters_so_small_updates_add_up(tiny_
     """At lr 1e-6 an AdamW update is below half a bf16 ulp for most weights: stepping bf16 weights directly
     changed 0.4 % of them. The optimizer now steps fp32 masters (every element moves) and the bf16 weights are
     their rounding, so the updates accumulate instead of vanishing."""
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=3, bf16=True, learning_rate=1e-6, beta=0.0,
-                      max_grad_norm=0.0)
+    cfg = make_config(
+        tiny_model_dir, tiny_shards, tmp_path, max_steps=3, bf16=True, learning_rate=1e-6, beta=0.0, max_grad_norm=0.0
+    )
     trainer = GRPOTrainer(cfg)
     params = trainer.engine.params
     assert all(p.dtype == torch.bfloat16 for p in params)
@@ -104,8 +124,15 @@ def test_bf16_resume_restores_the_masters(tiny_model_dir, tiny_shards, tmp_path)
     a.save()
     saved = [m.detach().clone() for m in a.engine.masters]
     want = a.step()["actor/loss"]  # before the next trainer resets the process's random state
-    b = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "b", **cfg,
-                                resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000001")))
+    b = GRPOTrainer(
+        make_config(
+            tiny_model_dir,
+            tiny_shards,
+            tmp_path / "b",
+            **cfg,
+            resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000001"),
+        )
+    )
     assert all(torch.equal(x, y) for x, y in zip(saved, b.engine.masters))
     assert b.step()["actor/loss"] == want
     assert all(torch.equal(x, y) for x, y in zip(a.engine.masters, b.engine.masters))
@@ -113,8 +140,9 @@ def test_bf16_resume_restores_the_masters(tiny_model_dir, tiny_shards, tmp_path)
 
 def test_beta_schedule_from_zero_loads_the_reference_at_setup(tiny_model_dir, tiny_shards, tmp_path):
     """Full fine-tuning with β ramping from 0 crashed at step 2 (no reference model had been loaded)."""
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=3, beta=0.0, beta_schedule="linear",
-                      beta_final=0.1)
+    cfg = make_config(
+        tiny_model_dir, tiny_shards, tmp_path, max_steps=3, beta=0.0, beta_schedule="linear", beta_final=0.1
+    )
     trainer = GRPOTrainer(cfg)
     assert trainer.reference is not None
     metrics = [trainer.step() for _ in range(3)]
@@ -123,8 +151,15 @@ def test_beta_schedule_from_zero_loads_the_reference_at_setup(tiny_model_dir, ti
 
 
 def test_warmup_applies_with_the_constant_schedule(tiny_model_dir, tiny_shards, tmp_path):
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=4, warmup_ratio=0.5, learning_rate=1e-3,
-                      lr_scheduler="constant")
+    cfg = make_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        max_steps=4,
+        warmup_ratio=0.5,
+        learning_rate=1e-3,
+        lr_scheduler="constant",
+    )
     trainer = GRPOTrainer(cfg)
     lrs = [trainer.step()["actor/lr"] for _ in range(4)]
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3])  # the lr after each step: warmup over 2 steps
@@ -134,9 +169,17 @@ def test_a_reward_that_cannot_score_gives_advantage_zero(tiny_model_dir, tiny_sh
     """A None score among its group mates' scores: no total, advantage 0, counted; never pushed down."""
     got = []
     real = core_algos.group_advantages
-    monkeypatch.setattr(core_algos, "group_advantages", lambda r, *a, **k: (got.append((r, real(r, *a, **k))), got[-1][1])[1])
-    cfg = make_config(tiny_model_dir, tiny_shards, tmp_path, max_steps=1, num_generations=3,
-                      reward_funcs=["tests.rewards_for_tests:flaky_judge"])
+    monkeypatch.setattr(
+        core_algos, "group_advantages", lambda r, *a, **k: (got.append((r, real(r, *a, **k))), got[-1][1])[1]
+    )
+    cfg = make_config(
+        tiny_model_dir,
+        tiny_shards,
+        tmp_path,
+        max_steps=1,
+        num_generations=3,
+        reward_funcs=["tests.rewards_for_tests:flaky_judge"],
+    )
     metrics = GRPOTrainer(cfg).step()
     rewards, advantages = got[0]
     missing = torch.isnan(rewards)
@@ -154,7 +197,14 @@ def test_resume_with_mu_two_equals_uninterrupted(tiny_model_dir, tiny_shards, tm
     full.step()
     full.save()
     want = [full.step()["actor/loss"] for _ in range(2)]
-    resumed = GRPOTrainer(make_config(tiny_model_dir, tiny_shards, tmp_path / "b", **cfg,
-                                      resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000001")))
+    resumed = GRPOTrainer(
+        make_config(
+            tiny_model_dir,
+            tiny_shards,
+            tmp_path / "b",
+            **cfg,
+            resume_from_checkpoint=str(tmp_path / "a" / "checkpoints" / "step-0000001"),
+        )
+    )
     assert resumed.engine.scheduler.last_epoch == 2
     assert [resumed.step()["actor/loss"] for _ in range(2)] == want

@@ -10,8 +10,7 @@ The package, one job per module:
   reference.py  reference_markdown(), the source of docs/config_reference.md (`python -m omni_grpo.config`)
 
 None of them imports torch, the reward modules or `preprocess`: reward names are resolved by
-`omni_grpo.rewards.check_reward_names`, the data's own facts checked by `omni_grpo.data_check.check_data`
-(which `check_data` here names, loaded on first use).
+`omni_grpo.rewards.check_reward_names`, the data's own facts checked by `omni_grpo.data_check.check_data`.
 """
 
 from omni_grpo.config.convert import ConfigError
@@ -26,18 +25,9 @@ __all__ = [
     "JudgeConfig",
     "LoraConfig",
     "TrainConfig",
-    "check_data",
     "check_paths",
     "config_to_dict",
     "load_config",
     "reference_markdown",
     "save_config",
 ]
-
-
-def __getattr__(name: str):
-    if name == "check_data":
-        from omni_grpo.data_check import check_data
-
-        return check_data
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

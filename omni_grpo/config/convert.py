@@ -95,7 +95,9 @@ def _coerce(value: Any, tp: Any, name: str, root: type) -> Any:
         if value is None:
             return tp()
         if not isinstance(value, dict):
-            raise ConfigError(f"{name} must be a mapping of its options (e.g. {name}.KEY=VALUE), got {_describe(value)}")
+            raise ConfigError(
+                f"{name} must be a mapping of its options (e.g. {name}.KEY=VALUE), got {_describe(value)}"
+            )
         _check_keys(value, tp, f"{name}.", where="", root=root)
         return tp(**value)
     if tp is bool:
@@ -139,8 +141,9 @@ def _coerce(value: Any, tp: Any, name: str, root: type) -> Any:
             return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{name} must be a mapping such as {{key: value}}, got {_describe(value)}")
-        return {_coerce(k, args[0], f"{name} key", root): _coerce(v, args[1], f"{name}.{k}", root)
-                for k, v in value.items()}
+        return {
+            _coerce(k, args[0], f"{name} key", root): _coerce(v, args[1], f"{name}.{k}", root) for k, v in value.items()
+        }
     raise TypeError(f"config field {name} has an unsupported type {tp!r}")
 
 
@@ -205,7 +208,9 @@ def _check_keys(raw: dict, cls: type, prefix: str, where: str, root: type | None
             if isinstance(value, dict):
                 _check_keys(value, tp, f"{prefix}{key}.", where, root)
         elif isinstance(value, dict) and typing.get_origin(tp) is not dict:
-            raise ConfigError(f"{prefix}{key}{where} is an option, not a section with sub-keys; set it as {prefix}{key}=VALUE")
+            raise ConfigError(
+                f"{prefix}{key}{where} is an option, not a section with sub-keys; set it as {prefix}{key}=VALUE"
+            )
 
 
 def _field_type(root: type, path: list[str]) -> Any:

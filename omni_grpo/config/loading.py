@@ -86,7 +86,9 @@ def load_config(path: str | os.PathLike | None, overrides: typing.Sequence[str] 
     if path is not None:
         file = Path(path)
         if not file.is_file():
-            raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/stage4.yaml")
+            raise ConfigError(
+                f"config file {str(path)!r} not found; pass the path of a YAML file such as configs/stage4.yaml"
+            )
         try:
             loaded = _parse_yaml(file.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:

@@ -61,8 +61,10 @@ def _check_shard_dir(key: str, shard_dir: Path, use_audio_in_video: bool) -> Non
         raise ConfigError(f"{manifest_path} cannot be read ({exc}); re-run {_PREPROCESS} for it") from None
     counts = manifest.get("counts", {}) if isinstance(manifest, dict) else {}
     if counts.get("written") == 0:
-        raise ConfigError(f"{key} directory {str(shard_dir)!r} holds no samples (counts.written = 0); "
-                          "check the preprocess failures.jsonl")
+        raise ConfigError(
+            f"{key} directory {str(shard_dir)!r} holds no samples (counts.written = 0); "
+            "check the preprocess failures.jsonl"
+        )
     if use_audio_in_video and counts.get("with_audio") == 0:
         raise ConfigError(
             f"{key} directory {str(shard_dir)!r} has no clip with audio (counts.with_audio = 0) but "

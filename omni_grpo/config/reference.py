@@ -84,6 +84,14 @@ def reference_markdown() -> str:
             lines.append(_row(f, ""))
     for f in dataclasses.fields(TrainConfig):
         if isinstance(f.default, str) and len(f.default) > _LONG_DEFAULT:
-            lines += ["", f"## Default `{f.name}`", "", "One line, wrapped here for reading:", "",
-                      "```text", *textwrap.wrap(f.default, 100), "```"]
+            lines += [
+                "",
+                f"## Default `{f.name}`",
+                "",
+                "One line, wrapped here for reading:",
+                "",
+                "```text",
+                *textwrap.wrap(f.default, 100),
+                "```",
+            ]
     return "\n".join(lines) + "\n"

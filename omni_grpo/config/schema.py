@@ -24,7 +24,12 @@ from omni_grpo.config.convert import ConfigError, _coerce_fields, _did_you_mean,
 
 __all__ = ["ConfigError", "DEFAULT_SYSTEM_PROMPT", "JudgeConfig", "LoraConfig", "TrainConfig"]
 
-EVAL_ABLATIONS = ("video", "audio", "media", "text")  # = omni_grpo.evaluate.ABLATIONS (a config builds without evaluate)
+EVAL_ABLATIONS = (
+    "video",
+    "audio",
+    "media",
+    "text",
+)  # = omni_grpo.evaluate.ABLATIONS (a config builds without evaluate)
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant who watches a video and listens to its audio to answer a question about "
     "the people in it. First describe the context that matters for the question: what people do, say and "
@@ -32,6 +37,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "and relationships inside <think> </think>. Finally give only the answer inside <answer> </answer>. "
     "Reply exactly as <context>...</context><think>...</think><answer>...</answer>."
 )
+
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
     return {"help": text, **extra}
@@ -46,8 +52,10 @@ class LoraConfig:
     enabled: bool = field(default=False, metadata=_help("Train LoRA adapters instead of all language-model weights."))
     r: int = field(default=16, metadata=_help("LoRA rank."))
     alpha: int = field(default=32, metadata=_help("LoRA scaling numerator (scale = alpha / r)."))
-    dropout: float = field(default=0.0, metadata=_help(
-        "Dropout on the LoRA input, in [0, 1). Above 0, KL(π‖π_ref) is no longer exactly 0 at step 0."))
+    dropout: float = field(
+        default=0.0,
+        metadata=_help("Dropout on the LoRA input, in [0, 1). Above 0, KL(π‖π_ref) is no longer exactly 0 at step 0."),
+    )
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         metadata=_help("Linear-layer names that get adapters, matched inside the language model only."),
@@ -77,7 +85,9 @@ class JudgeConfig:
     _section: ClassVar[str] = "judge"
 
     enabled: bool = field(default=False, metadata=_help("Call the judge for rewards that use one."))
-    url: str = field(default="", metadata=_help("Chat-completions URL, e.g. `http://127.0.0.1:8000/v1/chat/completions`."))
+    url: str = field(
+        default="", metadata=_help("Chat-completions URL, e.g. `http://127.0.0.1:8000/v1/chat/completions`.")
+    )
     model: str = field(default="", metadata=_help("Model name sent to the judge."))
     api_key_env: str = field(
         default="",
@@ -91,7 +101,8 @@ class JudgeConfig:
     concurrency: int = field(default=4, metadata=_help("Judge requests in flight at once."))
     temperature: float = field(default=0.0, metadata=_help("Sampling temperature sent to the judge, in [0, 2]."))
     max_cache_entries: int = field(
-        default=100_000, metadata=_help("Ratings kept in memory (keyed by the rated text; oldest evicted first)."))
+        default=100_000, metadata=_help("Ratings kept in memory (keyed by the rated text; oldest evicted first).")
+    )
 
     def __post_init__(self) -> None:
         if self.api_key_env is None:  # a mapping may say null for "no key"
@@ -103,10 +114,14 @@ class JudgeConfig:
                 "judge.enabled=true needs judge.url, the http(s) URL of a chat-completions endpoint; "
                 "set judge.url=... or judge.enabled=false",
             )
-            _require(bool(self.model.strip()), "judge.enabled=true needs judge.model=NAME (the model the endpoint serves)")
+            _require(
+                bool(self.model.strip()), "judge.enabled=true needs judge.model=NAME (the model the endpoint serves)"
+            )
         elif self.url:  # a client built from settings (people_focus's `judge` option) is not "enabled"
-            _require(self.url.startswith(("http://", "https://")),
-                     "judge.url must be the http(s) URL of a chat-completions endpoint")
+            _require(
+                self.url.startswith(("http://", "https://")),
+                "judge.url must be the http(s) URL of a chat-completions endpoint",
+            )
         _require(
             self.api_key_env == "" or re.fullmatch(r"[A-Z_][A-Z0-9_]*", self.api_key_env) is not None,
             "judge.api_key_env must be the NAME of an environment variable in capitals (e.g. JUDGE_API_KEY) that "
@@ -153,8 +168,10 @@ class TrainConfig:
     )
     model_family: str = field(
         default="auto",
-        metadata=_help("Model module to use; `auto` reads `model_type` from config.json.",
-                       choices=("auto", "qwen2_5_omni", "qwen3_omni")),
+        metadata=_help(
+            "Model module to use; `auto` reads `model_type` from config.json.",
+            choices=("auto", "qwen2_5_omni", "qwen3_omni"),
+        ),
     )
     use_audio_in_video: bool = field(
         default=True,
@@ -165,49 +182,71 @@ class TrainConfig:
             "processor, generation and every log-prob pass receive each row's value. Needs shards with audio."
         ),
     )
-    freeze_vision_tower: bool = field(default=True, metadata=_help("Keep the vision encoder frozen (run once per prompt per step)."))
-    freeze_audio_tower: bool = field(default=True, metadata=_help("Keep the audio encoder frozen (run once per prompt per step)."))
-    gradient_checkpointing: bool = field(default=False, metadata=_help("Recompute activations in the backward pass to save memory."))
+    freeze_vision_tower: bool = field(
+        default=True, metadata=_help("Keep the vision encoder frozen (run once per prompt per step).")
+    )
+    freeze_audio_tower: bool = field(
+        default=True, metadata=_help("Keep the audio encoder frozen (run once per prompt per step).")
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata=_help("Recompute activations in the backward pass to save memory.")
+    )
     bf16: bool = field(
         default=False,
-        metadata=_help("Train in bfloat16 (needs hardware support) with float32 master weights for the optimizer "
-                       "(DeepSpeed's own, or ours without DeepSpeed); false = float32."),
+        metadata=_help(
+            "Train in bfloat16 (needs hardware support) with float32 master weights for the optimizer "
+            "(DeepSpeed's own, or ours without DeepSpeed); false = float32."
+        ),
     )
     attn_implementation: str = field(
         default="sdpa",
-        metadata=_help("Attention kernel passed to transformers.",
-                       choices=("sdpa", "eager", "flash_attention_2", "flash_attention_3")),
+        metadata=_help(
+            "Attention kernel passed to transformers.",
+            choices=("sdpa", "eager", "flash_attention_2", "flash_attention_3"),
+        ),
     )
     system_prompt: str = field(
         default=DEFAULT_SYSTEM_PROMPT,
-        metadata=_help("System message of every prompt; the default asks for `<context>`, `<think>`, `<answer>` sections."),
+        metadata=_help(
+            "System message of every prompt; the default asks for `<context>`, `<think>`, `<answer>` sections."
+        ),
     )
     answer_instructions: dict[str, str] = field(
         default_factory=dict,
-        metadata=_help("Replace the sentence that ends each question's prompt for a problem type: `{matcher: text}` with "
-                       "matcher one of multiple_choice, multi_label, yes_no, numeric, free_text ('' for none); e.g. "
-                       "`answer_instructions.yes_no='Reply Yes or No.'`. The defaults are in docs/rewards.md; pass the "
-                       "same to preprocess (--answer-instructions) so its prompt budget counts the same text."),
+        metadata=_help(
+            "Replace the sentence that ends each question's prompt for a problem type: `{matcher: text}` with "
+            "matcher one of multiple_choice, multi_label, yes_no, numeric, free_text ('' for none); e.g. "
+            "`answer_instructions.yes_no='Reply Yes or No.'`. The defaults are in docs/rewards.md; pass the "
+            "same to preprocess (--answer-instructions) so its prompt budget counts the same text."
+        ),
     )
     lora: LoraConfig = field(default_factory=LoraConfig, metadata=_help("LoRA settings."))
 
     # ------------------------------------------------------------------------------------------------- data
     data: list[str] = field(
         default_factory=list,
-        metadata=_help("Training shard directories written by `bash run_scripts/python.sh -m preprocess` (each has manifest.json)."),
+        metadata=_help(
+            "Training shard directories written by `bash run_scripts/python.sh -m preprocess` (each has manifest.json)."
+        ),
     )
     dataset_order: str = field(
         default="shuffle",
-        metadata=_help("Prompt order each epoch: `shuffle` (seeded by `seed`) or `sequential`.", choices=("shuffle", "sequential")),
+        metadata=_help(
+            "Prompt order each epoch: `shuffle` (seeded by `seed`) or `sequential`.", choices=("shuffle", "sequential")
+        ),
     )
     skip_corrupt_shards: bool = field(
         default=False,
-        metadata=_help("Skip (with a warning) a shard file or sample that cannot be read or decoded instead of stopping."),
+        metadata=_help(
+            "Skip (with a warning) a shard file or sample that cannot be read or decoded instead of stopping."
+        ),
     )
     eval_data: list[str] = field(
         default_factory=list,
-        metadata=_help("Held-out shard directories evaluated during training (greedy, every `eval_steps`); "
-            "see `omni_grpo.eval_loop`."),
+        metadata=_help(
+            "Held-out shard directories evaluated during training (greedy, every `eval_steps`); "
+            "see `omni_grpo.eval_loop`."
+        ),
     )
     eval_steps: int = field(
         default=0,
@@ -215,24 +254,36 @@ class TrainConfig:
     )
     eval_group_by: list[str] = field(
         default_factory=lambda: ["problem_type"],
-        metadata=_help("Sample fields whose values get their own `eval/<value>/accuracy` (a field no eval sample has is skipped)."),
+        metadata=_help(
+            "Sample fields whose values get their own `eval/<value>/accuracy` (a field no eval sample has is skipped)."
+        ),
     )
     eval_ablations: list[str] = field(
         default_factory=list,
-        metadata=_help("Also evaluate with media blanked, each logged as `eval/ablate_<name>/accuracy`: `video` (every "
-                       "frame one grey), `audio` (silence), `media` (both), `text` (no media tokens at all); shows "
-                       "whether the gains depend on the media (as `python -m omni_grpo.evaluate --ablate`)."),
+        metadata=_help(
+            "Also evaluate with media blanked, each logged as `eval/ablate_<name>/accuracy`: `video` (every "
+            "frame one grey), `audio` (silence), `media` (both), `text` (no media tokens at all); shows "
+            "whether the gains depend on the media (as `python -m omni_grpo.evaluate --ablate`)."
+        ),
     )
     skip_long_prompts: bool = field(
         default=False,
-        metadata=_help("Leave out (counted, logged at startup) samples whose prompt is longer than "
-                       "`max_prompt_length` instead of stopping before training."),
+        metadata=_help(
+            "Leave out (counted, logged at startup) samples whose prompt is longer than "
+            "`max_prompt_length` instead of stopping before training."
+        ),
     )
-    dataloader_num_workers: int = field(default=2, metadata=_help("Data-loading worker processes per device; 0 = load in the main process."))
-    dataloader_prefetch_factor: int = field(default=2, metadata=_help("Batches each worker loads ahead (used when workers > 0)."))
+    dataloader_num_workers: int = field(
+        default=2, metadata=_help("Data-loading worker processes per device; 0 = load in the main process.")
+    )
+    dataloader_prefetch_factor: int = field(
+        default=2, metadata=_help("Batches each worker loads ahead (used when workers > 0).")
+    )
 
     # ---------------------------------------------------------------------------------------------- rollout
-    num_generations: int = field(default=8, metadata=_help("G: completions sampled per prompt; advantages compare them. At least 2."))
+    num_generations: int = field(
+        default=8, metadata=_help("G: completions sampled per prompt; advantages compare them. At least 2.")
+    )
     per_device_prompts: int = field(
         default=1,
         metadata=_help(
@@ -304,7 +355,9 @@ class TrainConfig:
         default="constant",
         metadata=_help("`linear` ramps the temperature to temperature_final.", choices=("constant", "linear")),
     )
-    temperature_final: float | None = field(default=None, metadata=_help("Temperature at the end of a linear schedule."))
+    temperature_final: float | None = field(
+        default=None, metadata=_help("Temperature at the end of a linear schedule.")
+    )
     temperature_schedule_fraction: float = field(
         default=1.0, metadata=_help("Fraction of training over which a linear temperature schedule ramps, in (0, 1].")
     )
@@ -315,7 +368,9 @@ class TrainConfig:
     # -------------------------------------------------------------------------------------------- algorithm
     beta: float = field(
         default=0.04,
-        metadata=_help("KL coefficient β (the start value when scheduled); 0 with a constant schedule = no reference model."),
+        metadata=_help(
+            "KL coefficient β (the start value when scheduled); 0 with a constant schedule = no reference model."
+        ),
     )
     beta_schedule: str = field(
         default="constant",
@@ -327,13 +382,17 @@ class TrainConfig:
     )
     kl_estimator: str = field(
         default="k3",
-        metadata=_help("Per-token KL estimator: `k2` ½ squared log-ratio (gradient of KL(π‖ref)), `k3` Schulman's "
-                       "(GRPO; gradient of KL(ref‖π)); `k1` log-ratio has zero expected gradient and is refused "
-                       "as a loss term.",
-                       choices=("k1", "k2", "k3")),
+        metadata=_help(
+            "Per-token KL estimator: `k2` ½ squared log-ratio (gradient of KL(π‖ref)), `k3` Schulman's "
+            "(GRPO; gradient of KL(ref‖π)); `k1` log-ratio has zero expected gradient and is refused "
+            "as a loss term.",
+            choices=("k1", "k2", "k3"),
+        ),
     )
     clip_low: float = field(default=0.2, metadata=_help("PPO ratio clip below: 1 - clip_low, in (0, 1)."))
-    clip_high: float = field(default=0.2, metadata=_help("PPO ratio clip above: 1 + clip_high (DAPO's clip-higher uses 0.28)."))
+    clip_high: float = field(
+        default=0.2, metadata=_help("PPO ratio clip above: 1 + clip_high (DAPO's clip-higher uses 0.28).")
+    )
     loss_agg: str = field(
         default="token_mean",
         metadata=_help(
@@ -352,29 +411,36 @@ class TrainConfig:
     )
     num_iterations: int = field(
         default=1,
-        metadata=_help("μ: optimizer steps over each step's rollouts (> 1: ratios against the log-probs from before the "
-                       "first, clipping acts from the second); the LR schedule counts all of them."),
+        metadata=_help(
+            "μ: optimizer steps over each step's rollouts (> 1: ratios against the log-probs from before the "
+            "first, clipping acts from the second); the LR schedule counts all of them."
+        ),
     )
     entropy_coef: float = field(
         default=0.0,
-        metadata=_help("Weight of the entropy term, either sign: the loss gets −entropy_coef·H per token (verl's "
-                       "entropy_coeff). > 0 raises the policy's entropy (exploration; open-ended answers), < 0 "
-                       "lowers it (sharper answers: grounding, counting, one letter); 0 = off."),
+        metadata=_help(
+            "Weight of the entropy term, either sign: the loss gets −entropy_coef·H per token (verl's "
+            "entropy_coeff). > 0 raises the policy's entropy (exploration; open-ended answers), < 0 "
+            "lowers it (sharper answers: grounding, counting, one letter); 0 = off."
+        ),
     )
     ref_sync_steps: int = field(
         default=0,
-        metadata=_help("Every N steps (counted as save_steps counts them; after the step's μ updates) the reference "
-                       "follows the policy: reference ← α·policy + (1 − α)·reference, α = ref_sync_alpha (TR-DPO, "
-                       "arXiv:2404.09656; TRL's ref_model_sync_steps; α = 1 is Kimi k1.5's reference reset, "
-                       "arXiv:2501.12599). 0 = off: the initial policy throughout, as in the paper. "
-                       "Needs β > 0 at some step. Refused with LoRA: there the reference is the base model with the "
-                       "adapter off, and following the policy would change the frozen base, which checkpoints do not "
-                       "hold and the saved adapter is relative to. Checkpoints then hold the reference's weights."),
+        metadata=_help(
+            "Every N steps (counted as save_steps counts them; after the step's μ updates) the reference "
+            "follows the policy: reference ← α·policy + (1 − α)·reference, α = ref_sync_alpha (TR-DPO, "
+            "arXiv:2404.09656; TRL's ref_model_sync_steps; α = 1 is Kimi k1.5's reference reset, "
+            "arXiv:2501.12599). 0 = off: the initial policy throughout, as in the paper. "
+            "Needs β > 0 at some step. Refused with LoRA: there the reference is the base model with the "
+            "adapter off, and following the policy would change the frozen base, which checkpoints do not "
+            "hold and the saved adapter is relative to. Checkpoints then hold the reference's weights."
+        ),
     )
     ref_sync_alpha: float = field(
         default=0.6,
-        metadata=_help("α of the reference sync, in (0, 1]: 1 copies the policy; TRL's ref_model_mixup_alpha (its "
-                       "default 0.6)."),
+        metadata=_help(
+            "α of the reference sync, in (0, 1]: 1 copies the policy; TRL's ref_model_mixup_alpha (its default 0.6)."
+        ),
     )
     max_grad_norm: float = field(default=1.0, metadata=_help("Clip the gradient norm to this value; 0 = no clipping."))
     max_consecutive_nonfinite: int = field(
@@ -390,14 +456,18 @@ class TrainConfig:
     )
     warmup_ratio: float = field(
         default=0.0,
-        metadata=_help("Fraction of optimizer steps of linear warmup, in [0, 1); applies to every lr_scheduler, "
-                       "`constant` included."),
+        metadata=_help(
+            "Fraction of optimizer steps of linear warmup, in [0, 1); applies to every lr_scheduler, "
+            "`constant` included."
+        ),
     )
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
     adam_beta1: float = field(default=0.9, metadata=_help("AdamW β1, in [0, 1)."))
     adam_beta2: float = field(default=0.999, metadata=_help("AdamW β2, in [0, 1)."))
     adam_epsilon: float = field(default=1e-8, metadata=_help("AdamW ε, > 0."))
-    max_steps: int = field(default=-1, metadata=_help("Optimizer steps to train; -1 = num_epochs passes over the data."))
+    max_steps: int = field(
+        default=-1, metadata=_help("Optimizer steps to train; -1 = num_epochs passes over the data.")
+    )
     num_epochs: int = field(default=1, metadata=_help("Passes over the training data when max_steps = -1."))
 
     # ---------------------------------------------------------------------------------------------- rewards
@@ -410,10 +480,13 @@ class TrainConfig:
     )
     reward_kwargs: dict[str, dict[str, Any]] = field(
         default_factory=dict,
-        metadata=_help("Options per reward: `{name: {option: value}}`, e.g. `reward_kwargs.format.partial_credit=0.5`."),
+        metadata=_help(
+            "Options per reward: `{name: {option: value}}`, e.g. `reward_kwargs.format.partial_credit=0.5`."
+        ),
     )
     max_consecutive_reward_errors: int = field(
-        default=3, metadata=_help("Stop when a reward fails on this many batches in a row (failures are counted and logged).")
+        default=3,
+        metadata=_help("Stop when a reward fails on this many batches in a row (failures are counted and logged)."),
     )
     judge: JudgeConfig = field(default_factory=JudgeConfig, metadata=_help("LLM judge settings."))
 
@@ -421,25 +494,37 @@ class TrainConfig:
     seed: int = field(default=42, metadata=_help("Seed for data order, sampling and initialisation."))
     deepspeed: str | None = field(
         default=None,
-        metadata=_help("DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json); null = the file `accelerate launch "
-                       "--deepspeed_config_file` names, else plain single-process PyTorch."),
+        metadata=_help(
+            "DeepSpeed JSON config (e.g. configs/deepspeed/zero3.json); null = the file `accelerate launch "
+            "--deepspeed_config_file` names, else plain single-process PyTorch."
+        ),
     )
-    output_dir: str = field(default="outputs/run", metadata=_help("Where checkpoints, TensorBoard logs and the saved config go."))
+    output_dir: str = field(
+        default="outputs/run", metadata=_help("Where checkpoints, TensorBoard logs and the saved config go.")
+    )
     logging_steps: int = field(default=1, metadata=_help("Log scalars every N optimizer steps."))
-    log_completions: int = field(default=4, metadata=_help("Sample completions per logging step in the TensorBoard table; 0 = none."))
-    save_steps: int = field(default=50, metadata=_help("Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end."))
+    log_completions: int = field(
+        default=4, metadata=_help("Sample completions per logging step in the TensorBoard table; 0 = none.")
+    )
+    save_steps: int = field(
+        default=50, metadata=_help("Save a checkpoint every N optimizer steps (and at the end); 0 = only at the end.")
+    )
     save_total_limit: int = field(default=2, metadata=_help("Keep the newest N checkpoints; 0 = keep all."))
     resume_from_checkpoint: str | None = field(
         default="auto",
-        metadata=_help("`auto`: resume output_dir's newest checkpoint if this config wrote it, refuse a folder "
-                       "holding a different run, else start fresh; `latest`: the newest checkpoint whatever its "
-                       "config; a checkpoint directory; null: never resume (refuses a folder with checkpoints). "
-                       "See omni_grpo/run_control.py."),
+        metadata=_help(
+            "`auto`: resume output_dir's newest checkpoint if this config wrote it, refuse a folder "
+            "holding a different run, else start fresh; `latest`: the newest checkpoint whatever its "
+            "config; a checkpoint directory; null: never resume (refuses a folder with checkpoints). "
+            "See omni_grpo/run_control.py."
+        ),
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata=_help("Start at step 0 even if output_dir holds a run: its checkpoints/, runs/ and config.yaml "
-                       "are first moved to output_dir/overwritten-<UTC time>/."),
+        metadata=_help(
+            "Start at step 0 even if output_dir holds a run: its checkpoints/, runs/ and config.yaml "
+            "are first moved to output_dir/overwritten-<UTC time>/."
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -484,7 +569,10 @@ class TrainConfig:
             self.dataloader_num_workers >= 0,
             f"dataloader_num_workers={self.dataloader_num_workers} must be >= 0 (0 loads in the main process)",
         )
-        _require(self.dataloader_prefetch_factor >= 1, f"dataloader_prefetch_factor={self.dataloader_prefetch_factor} must be >= 1")
+        _require(
+            self.dataloader_prefetch_factor >= 1,
+            f"dataloader_prefetch_factor={self.dataloader_prefetch_factor} must be >= 1",
+        )
         _require(self.eval_steps >= 0, f"eval_steps={self.eval_steps} must be >= 0 (0 turns evaluation off)")
         bad = [name for name in self.eval_ablations if name not in EVAL_ABLATIONS]
         _require(not bad, f"eval_ablations {bad} unknown; use some of {list(EVAL_ABLATIONS)}")
@@ -527,18 +615,29 @@ class TrainConfig:
         )
         for name in ("max_prompt_length", "max_completion_length"):
             _require(getattr(self, name) > 0, f"{name}={getattr(self, name)} must be > 0 tokens")
-        self._validate_schedule("temperature", self.temperature, self.temperature_final,
-                                self.temperature_schedule, self.temperature_schedule_fraction, strictly_positive=True)
+        self._validate_schedule(
+            "temperature",
+            self.temperature,
+            self.temperature_final,
+            self.temperature_schedule,
+            self.temperature_schedule_fraction,
+            strictly_positive=True,
+        )
         _require(0 < self.top_p <= 1, f"top_p={self.top_p} must be in (0, 1]; 1 turns nucleus sampling off")
         _require(self.top_k >= 0, f"top_k={self.top_k} must be >= 0; 0 turns top-k sampling off")
-        _require(self.repetition_penalty > 0, f"repetition_penalty={self.repetition_penalty} must be > 0; 1 turns it off")
+        _require(
+            self.repetition_penalty > 0, f"repetition_penalty={self.repetition_penalty} must be > 0; 1 turns it off"
+        )
 
     def _validate_algorithm(self) -> None:
-        self._validate_schedule("beta", self.beta, self.beta_final, self.beta_schedule,
-                                self.beta_schedule_fraction, strictly_positive=False)
+        self._validate_schedule(
+            "beta", self.beta, self.beta_final, self.beta_schedule, self.beta_schedule_fraction, strictly_positive=False
+        )
         _require(0 < self.clip_low < 1, f"clip_low={self.clip_low} must be in (0, 1); GRPO uses 0.2")
         _require(self.clip_high > 0, f"clip_high={self.clip_high} must be > 0; GRPO uses 0.2, DAPO 0.28")
-        _require(self.num_iterations >= 1, f"num_iterations={self.num_iterations} must be >= 1 (1 = one update per rollout)")
+        _require(
+            self.num_iterations >= 1, f"num_iterations={self.num_iterations} must be >= 1 (1 = one update per rollout)"
+        )
         _require(
             self.kl_estimator != "k1" or not self.uses_reference_model,
             "kl_estimator=k1 as a loss term has zero expected gradient (E_π[∇ log π] = 0): it adds noise, not "
@@ -547,22 +646,30 @@ class TrainConfig:
         )
         self._validate_reference_sync()
         _require(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0; 0 turns clipping off")
-        _require(self.max_consecutive_nonfinite >= 1, f"max_consecutive_nonfinite={self.max_consecutive_nonfinite} must be >= 1")
+        _require(
+            self.max_consecutive_nonfinite >= 1,
+            f"max_consecutive_nonfinite={self.max_consecutive_nonfinite} must be >= 1",
+        )
 
     def _validate_reference_sync(self) -> None:
         steps = self.ref_sync_steps
         _require(steps >= 0, f"ref_sync_steps={steps} must be >= 0 (0 turns the reference sync off)")
-        _require(0 < self.ref_sync_alpha <= 1,
-                 f"ref_sync_alpha={self.ref_sync_alpha} must be in (0, 1]; 1 copies the policy into the reference")
+        _require(
+            0 < self.ref_sync_alpha <= 1,
+            f"ref_sync_alpha={self.ref_sync_alpha} must be in (0, 1]; 1 copies the policy into the reference",
+        )
         if steps == 0:
             return
-        _require(self.uses_reference_model,
-                 f"ref_sync_steps={steps} needs a reference model, which only β > 0 uses; set beta > 0 or "
-                 "ref_sync_steps=0")
-        _require(not self.lora.enabled,
-                 f"ref_sync_steps={steps} with lora.enabled: the reference is the base model with the adapter off, "
-                 "which cannot follow the policy without changing the frozen base; set lora.enabled=false or "
-                 "ref_sync_steps=0")
+        _require(
+            self.uses_reference_model,
+            f"ref_sync_steps={steps} needs a reference model, which only β > 0 uses; set beta > 0 or ref_sync_steps=0",
+        )
+        _require(
+            not self.lora.enabled,
+            f"ref_sync_steps={steps} with lora.enabled: the reference is the base model with the adapter off, "
+            "which cannot follow the policy without changing the frozen base; set lora.enabled=false or "
+            "ref_sync_steps=0",
+        )
 
     @staticmethod
     def _validate_schedule(
@@ -582,7 +689,9 @@ class TrainConfig:
         _require(0 < fraction <= 1, f"{name}_schedule_fraction={fraction} must be in (0, 1]")
 
     def _validate_optimiser(self) -> None:
-        _require(self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0; GRPO fine-tuning uses about 1e-6")
+        _require(
+            self.learning_rate > 0, f"learning_rate={self.learning_rate} must be > 0; GRPO fine-tuning uses about 1e-6"
+        )
         _require(0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         _require(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
         for name in ("adam_beta1", "adam_beta2"):
@@ -599,13 +708,17 @@ class TrainConfig:
         _require(self.logging_steps >= 1, f"logging_steps={self.logging_steps} must be >= 1")
         for name in ("log_completions", "save_steps", "save_total_limit"):
             _require(getattr(self, name) >= 0, f"{name}={getattr(self, name)} must be >= 0 (0 turns it off)")
-        _require(self.resume_from_checkpoint != "", "resume_from_checkpoint is empty; use auto, latest, null or a directory")
+        _require(
+            self.resume_from_checkpoint != "", "resume_from_checkpoint is empty; use auto, latest, null or a directory"
+        )
 
     def _validate_reward_settings(self) -> None:
         names = self.reward_funcs
         _require(len(names) > 0, "reward_funcs is empty; list at least one reward, e.g. [format, accuracy]")
         duplicates = sorted({n for n in names if names.count(n) > 1})
-        _require(not duplicates, f"reward_funcs lists {duplicates} more than once; list each once and use reward_weights")
+        _require(
+            not duplicates, f"reward_funcs lists {duplicates} more than once; list each once and use reward_weights"
+        )
         if self.reward_weights is not None:
             _require(
                 len(self.reward_weights) == len(names),

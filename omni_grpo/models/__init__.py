@@ -29,9 +29,7 @@ def detect_family(model_dir) -> str:
         raise FileNotFoundError(f"{config} not found: model_name_or_path must be a checkpoint directory")
     model_type = json.loads(config.read_text()).get("model_type", "")
     if model_type not in _MODEL_TYPES:
-        raise ValueError(
-            f"{model_dir}: model_type {model_type!r} is not supported; supported: {sorted(_MODEL_TYPES)}"
-        )
+        raise ValueError(f"{model_dir}: model_type {model_type!r} is not supported; supported: {sorted(_MODEL_TYPES)}")
     return _MODEL_TYPES[model_type]
 
 
@@ -48,5 +46,14 @@ def get_module(family: str) -> OmniModule:
     raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES}")
 
 
-__all__ = ["Completions", "EncodedMedia", "ModelInputs", "OmniModule", "detect_family", "get_module",
-           "generate", "log_probs", "FAMILIES"]
+__all__ = [
+    "Completions",
+    "EncodedMedia",
+    "ModelInputs",
+    "OmniModule",
+    "detect_family",
+    "get_module",
+    "generate",
+    "log_probs",
+    "FAMILIES",
+]

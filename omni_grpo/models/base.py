@@ -21,6 +21,7 @@ import torch
 from omni_grpo.engine import partitioned_over_ranks
 from omni_grpo.models.inputs import EncodedMedia, ModelInputs
 
+
 class OmniModule:
     """What the trainer needs to know about one model family. Subclasses fill in the class attributes.
 
@@ -54,8 +55,14 @@ class OmniModule:
     def build_messages(self, sample: dict, system_prompt: str, use_audio_in_video: bool) -> list[dict]:
         raise NotImplementedError
 
-    def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
-                     max_prompt_length: int | None = None) -> ModelInputs:
+    def build_inputs(
+        self,
+        processor,
+        samples: list[dict],
+        system_prompt: str,
+        use_audio_in_video: bool,
+        max_prompt_length: int | None = None,
+    ) -> ModelInputs:
         raise NotImplementedError
 
     # --- tokens ----------------------------------------------------------------------------------
@@ -140,12 +147,15 @@ def check_loading_info(path, info: dict) -> None:
     """Refuse a checkpoint whose weights do not all land in the thinker (transformers would silently
     initialise the rest at random). The talker / token2wav weights of a full Omni checkpoint are expected."""
     missing = list(info.get("missing_keys") or [])
-    unexpected = [k for k in info.get("unexpected_keys") or []
-                  if not k.startswith(("talker.", "token2wav.", "code2wav."))]
+    unexpected = [
+        k for k in info.get("unexpected_keys") or [] if not k.startswith(("talker.", "token2wav.", "code2wav."))
+    ]
     if missing or unexpected or info.get("mismatched_keys"):
-        raise ValueError(f"{path}: the weights do not match the thinker (missing {sorted(missing)[:3]}, unexpected "
-                         f"{sorted(unexpected)[:3]}); transformers would initialise them at random. Is this a "
-                         "checkpoint of the same model family and size?")
+        raise ValueError(
+            f"{path}: the weights do not match the thinker (missing {sorted(missing)[:3]}, unexpected "
+            f"{sorted(unexpected)[:3]}); transformers would initialise them at random. Is this a "
+            "checkpoint of the same model family and size?"
+        )
 
 
 def format_question(sample: dict) -> str:
@@ -167,8 +177,10 @@ def video_dummy_inputs(inner, param) -> tuple[torch.Tensor, torch.Tensor]:
     """(patches, grid) of one 4×4-patch blank frame: the vision tower's input for the ZeRO-3 sync pass."""
     p = inner.visual.patch_embed
     dim = p.in_channels * p.temporal_patch_size * p.patch_size**2
-    return (torch.zeros(16, dim, device=param.device, dtype=param.dtype),
-            torch.tensor([[1, 4, 4]], device=param.device))
+    return (
+        torch.zeros(16, dim, device=param.device, dtype=param.dtype),
+        torch.tensor([[1, 4, 4]], device=param.device),
+    )
 
 
 def audio_dummy_pass(inner, param) -> torch.Tensor:
@@ -198,8 +210,10 @@ def sample_modality(sample: dict) -> str:
             if sample.get(key) is not None:
                 return kind
     if modality not in MODALITIES:
-        raise ValueError(f"sample {sample.get('id')!r}: modality {modality!r} is not one of {MODALITIES}; it needs "
-                         "`frames` (a video), `image` or `audio`")
+        raise ValueError(
+            f"sample {sample.get('id')!r}: modality {modality!r} is not one of {MODALITIES}; it needs "
+            "`frames` (a video), `image` or `audio`"
+        )
     return modality
 
 
@@ -208,8 +222,11 @@ def row_audio_in_video(sample: dict, default: bool) -> bool:
     (:func:`sample_audio_in_video`) is on. A silent video, an audio clip or an image has nothing to interleave,
     and its positions are the flag-off ones whatever the config says (with the flag on, `get_rope_index` would
     place a silent video as text)."""
-    return (sample_modality(sample) == "video" and sample.get("audio") is not None
-            and sample_audio_in_video(sample, default))
+    return (
+        sample_modality(sample) == "video"
+        and sample.get("audio") is not None
+        and sample_audio_in_video(sample, default)
+    )
 
 
 def merge_processor_outputs(parts: list, pad_token_id: int) -> dict:
@@ -221,11 +238,19 @@ def merge_processor_outputs(parts: list, pad_token_id: int) -> dict:
     def left_pad(t, value):
         return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
 
-    out = {"input_ids": torch.cat([left_pad(p["input_ids"], pad_token_id) for p in parts]),
-           "attention_mask": torch.cat([left_pad(p["attention_mask"], 0) for p in parts]),
-           "video_second_per_grid": [s for p in parts for s in p.get("video_second_per_grid", [])]}
-    for key in ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "input_features",
-                "feature_attention_mask"):
+    out = {
+        "input_ids": torch.cat([left_pad(p["input_ids"], pad_token_id) for p in parts]),
+        "attention_mask": torch.cat([left_pad(p["attention_mask"], 0) for p in parts]),
+        "video_second_per_grid": [s for p in parts for s in p.get("video_second_per_grid", [])],
+    }
+    for key in (
+        "pixel_values",
+        "image_grid_thw",
+        "pixel_values_videos",
+        "video_grid_thw",
+        "input_features",
+        "feature_attention_mask",
+    ):
         found = [p[key] for p in parts if p.get(key) is not None]
         if key in ("input_features", "feature_attention_mask") and found:  # a processor may pad to its call's longest
             frames = max(t.shape[-1] for t in found)

@@ -38,7 +38,7 @@ from omni_grpo.engine import gathered_param, param_partitioned
 from omni_grpo.models.base import base_thinker
 
 BANNED_LOGIT = -1e30  # exp() of it is exactly 0 in float32, and 0 * it is 0 (no NaN in the entropy)
-VOCAB_SLICE = 16384   # rows of W per slice
+VOCAB_SLICE = 16384  # rows of W per slice
 POSITION_BLOCK = 1024  # positions per block: a slice is at most [1024, 16384] float32 = 64 MB
 HEAD_CHUNK = 256  # positions per `lm_head` module call on the unsliced path
 METRIC_ENTROPY_STRIDE = 8  # the entropy metric (entropy_coef = 0) reads every 8th completion position
@@ -150,17 +150,30 @@ class HeadLogProbs(torch.autograd.Function):
                     grad_h[b0:b1].addmm_(dlogits, _upcast(weight[start:end]))
                 if want_w:
                     grad_w[start:end].addmm_(dlogits.t(), _upcast(h))
-        return (grad_h.to(hidden.dtype) if want_h else None, grad_w.to(weight.dtype) if want_w else None,
-                None, None, None, None)
+        return (
+            grad_h.to(hidden.dtype) if want_h else None,
+            grad_w.to(weight.dtype) if want_w else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
-def head_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                   banned: torch.Tensor | None = None, entropy_grad: bool = False):
+def head_log_probs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    banned: torch.Tensor | None = None,
+    entropy_grad: bool = False,
+):
     """`HeadLogProbs` over positions of any leading shape: hidden [..., H], targets [...] ->
     (log-probs [...], entropies [...])."""
     lead = targets.shape
-    lp, ent = HeadLogProbs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), temperature,
-                                 banned, entropy_grad)
+    lp, ent = HeadLogProbs.apply(
+        hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), temperature, banned, entropy_grad
+    )
     return lp.view(lead), ent.view(lead)
 
 
@@ -187,8 +200,9 @@ def _entropy_sample(logits: torch.Tensor, logz: torch.Tensor, offset: int, strid
         return _entropy(logits[:, offset::stride].detach(), logz[:, offset::stride].detach())
 
 
-def _chunk_logprobs(lm_head, hidden, targets, temperature: float, with_entropy: bool, banned=None,
-                    offset: int = 0, stride: int = 1):
+def _chunk_logprobs(
+    lm_head, hidden, targets, temperature: float, with_entropy: bool, banned=None, offset: int = 0, stride: int = 1
+):
     """One chunk of positions through the `lm_head` module: the path of a ZeRO-3 partitioned trainable head."""
     logits = _scored_logits(lm_head(hidden).float(), temperature, banned)  # [n, c, V] for one chunk only
     logz = torch.logsumexp(logits, dim=-1)
@@ -215,14 +229,20 @@ def sliced_head(model) -> bool:
     return _can_slice(base_thinker(model).lm_head)
 
 
-def head_scores(model, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                with_entropy: bool = False, banned_token_ids: list[int] | None = None, entropy_stride: int = 1,
-                sliced: bool | None = None):
+def head_scores(
+    model,
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    banned_token_ids: list[int] | None = None,
+    entropy_stride: int = 1,
+    sliced: bool | None = None,
+):
     """Per-token log-probs (and entropies) of `targets` [N, C] predicted by `hidden` [N, C, H] through
     `model`'s `lm_head`: ([N, C], [N, C] or None); the arguments are those of `logprobs.log_probs`."""
     lm_head = base_thinker(model).lm_head
-    banned = (torch.tensor(banned_token_ids, dtype=torch.long, device=hidden.device)
-              if banned_token_ids else None)
+    banned = torch.tensor(banned_token_ids, dtype=torch.long, device=hidden.device) if banned_token_ids else None
     if getattr(lm_head, "bias", None) is not None:
         raise NotImplementedError("an lm_head with a bias is not supported")
     head_trains = any(p.requires_grad for p in lm_head.parameters())
@@ -233,14 +253,17 @@ def head_scores(model, hidden: torch.Tensor, targets: torch.Tensor, temperature:
     if sliced is None:
         sliced = can_slice
     if sliced and not can_slice:
-        raise ValueError("this lm_head (ZeRO-3 partitioned and trainable, or not a plain nn.Linear) can only be "
-                         "scored through its module: sliced=False")
+        raise ValueError(
+            "this lm_head (ZeRO-3 partitioned and trainable, or not a plain nn.Linear) can only be "
+            "scored through its module: sliced=False"
+        )
     grad = torch.is_grad_enabled() and (hidden.requires_grad or head_trains)
     if sliced or (grad and not head_trains and can_slice):  # a frozen head under gradient: always sliced
         partitioned = param_partitioned(lm_head.weight)
         with gathered_param(lm_head.weight) if partitioned else contextlib.nullcontext(lm_head.weight) as weight:
-            lp, ent = head_log_probs(hidden, weight, targets, temperature, banned,
-                                     entropy_grad=with_entropy and k == 1 and grad)
+            lp, ent = head_log_probs(
+                hidden, weight, targets, temperature, banned, entropy_grad=with_entropy and k == 1 and grad
+            )
         if not with_entropy:
             return lp, None
         return lp, (ent if k == 1 else ent[:, ::k].detach())
@@ -249,8 +272,9 @@ def head_scores(model, hidden: torch.Tensor, targets: torch.Tensor, temperature:
     for s in range(0, hidden.shape[1], chunk):
         h, t = hidden[:, s : s + chunk], targets[:, s : s + chunk]
         if grad:
-            lp, ent = checkpoint(_chunk_logprobs, lm_head, h, t, temperature, with_entropy, banned, -s % k, k,
-                                 use_reentrant=False)
+            lp, ent = checkpoint(
+                _chunk_logprobs, lm_head, h, t, temperature, with_entropy, banned, -s % k, k, use_reentrant=False
+            )
         else:
             lp, ent = _chunk_logprobs(lm_head, h, t, temperature, with_entropy, banned, -s % k, k)
         pieces_lp.append(lp)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+
 @dataclass
 class TowerCounter:
     """Counts tower forward calls (the encode-once saving is visible in `counters/tower_calls`)."""
@@ -36,7 +37,6 @@ class TowerCounter:
     @property
     def total(self) -> int:
         return self.vision + self.audio
-
 
 
 MEDIA_FIELDS = (
@@ -66,15 +66,25 @@ class EncodedMedia:
         def pick(items, idx):
             return [items[i] for i in idx] if items else []
 
-        return EncodedMedia(pick(self.video, video_idx), pick(self.audio, audio_idx), self.dummy,
-                            pick(self.video_deepstack, video_idx), pick(self.image, image_idx),
-                            pick(self.image_deepstack, image_idx))
+        return EncodedMedia(
+            pick(self.video, video_idx),
+            pick(self.audio, audio_idx),
+            self.dummy,
+            pick(self.video_deepstack, video_idx),
+            pick(self.image, image_idx),
+            pick(self.image_deepstack, image_idx),
+        )
 
     def to(self, move) -> "EncodedMedia":
         """Every tensor through `move`."""
-        return EncodedMedia([move(v) for v in self.video], [move(a) for a in self.audio], move(self.dummy),
-                            [move(d) for d in self.video_deepstack], [move(i) for i in self.image],
-                            [move(d) for d in self.image_deepstack])
+        return EncodedMedia(
+            [move(v) for v in self.video],
+            [move(a) for a in self.audio],
+            move(self.dummy),
+            [move(d) for d in self.video_deepstack],
+            [move(i) for i in self.image],
+            [move(d) for d in self.image_deepstack],
+        )
 
 
 @dataclass
@@ -146,8 +156,10 @@ class ModelInputs:
         rows = list(rows)
 
         def picked(owners):  # (indices of the items of `rows`, in row order; the new row of each)
-            return ([k for r in rows for k, o in enumerate(owners) if o == r],
-                    [i for i, r in enumerate(rows) for o in owners if o == r])
+            return (
+                [k for r in rows for k, o in enumerate(owners) if o == r],
+                [i for i, r in enumerate(rows) for o in owners if o == r],
+            )
 
         video_idx, video_rows = picked(self.video_rows)
         audio_idx, audio_rows = picked(self.audio_rows)
@@ -163,8 +175,13 @@ class ModelInputs:
             encoded=self.encoded.select(video_idx, audio_idx, image_idx) if self.encoded is not None else None,
             prompt_index=[self.prompt_index[r] if self.prompt_index is not None else r for r in rows],
             audio_in_video=[self.audio_in_video[r] for r in rows] if self.audio_in_video is not None else None,
-            pixel_values_videos=None, video_grid_thw=None, video_second_per_grid=None,
-            pixel_values=None, image_grid_thw=None, input_features=None, feature_attention_mask=None,
+            pixel_values_videos=None,
+            video_grid_thw=None,
+            video_second_per_grid=None,
+            pixel_values=None,
+            image_grid_thw=None,
+            input_features=None,
+            feature_attention_mask=None,
         )
         raw = self.encoded is None  # encoded: the tower outputs replace the raw media, which are not copied
         if video_idx:
@@ -208,19 +225,23 @@ class ModelInputs:
 
     def media_kwargs(self) -> dict:
         """The keyword arguments a Hugging Face thinker forward / generate takes for these media."""
-        raw_media = ((self.video_rows, self.pixel_values_videos, "videos"),
-                     (self.image_rows, self.pixel_values, "images"),
-                     (self.audio_rows, self.input_features, "audios"))
+        raw_media = (
+            (self.video_rows, self.pixel_values_videos, "videos"),
+            (self.image_rows, self.pixel_values, "images"),
+            (self.audio_rows, self.input_features, "audios"),
+        )
         for rows, raw, name in raw_media:
             if rows and raw is None:
-                raise ValueError(f"these inputs have {name} but not their raw media: they are a selection of an "
-                                 "encoded batch (select() keeps only the tower outputs). Pass the batch as built, "
-                                 "before encode_media, to a Hugging Face forward or generate.")
+                raise ValueError(
+                    f"these inputs have {name} but not their raw media: they are a selection of an "
+                    "encoded batch (select() keeps only the tower outputs). Pass the batch as built, "
+                    "before encode_media, to a Hugging Face forward or generate."
+                )
         kw = {name: getattr(self, name) for name in MEDIA_FIELDS if getattr(self, name) is not None}
         if self.audio_in_video is not None and len(set(self.audio_in_video)) > 1:
-            raise ValueError("rows with different use_audio_in_video values: a Hugging Face forward takes one; "
-                             "use select() to split them")
+            raise ValueError(
+                "rows with different use_audio_in_video values: a Hugging Face forward takes one; "
+                "use select() to split them"
+            )
         kw["use_audio_in_video"] = self.audio_in_video[0] if self.audio_in_video else self.use_audio_in_video
         return kw
-
-

@@ -15,11 +15,21 @@ from omni_grpo.models.inputs import ModelInputs
 from omni_grpo.models.shared_prompt import PromptPass, forward_hidden
 
 
-def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
-              completion_mask: torch.Tensor, temperature: float = 1.0, with_entropy: bool = False,
-              share_prompt: bool = True, banned_token_ids: list[int] | None = None,
-              entropy_stride: int = 1, prompt: PromptPass | None = None, sliced: bool | None = None,
-              completion_embeds: torch.Tensor | None = None):
+def log_probs(
+    module: OmniModule,
+    model,
+    inputs: ModelInputs,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    share_prompt: bool = True,
+    banned_token_ids: list[int] | None = None,
+    entropy_stride: int = 1,
+    prompt: PromptPass | None = None,
+    sliced: bool | None = None,
+    completion_embeds: torch.Tensor | None = None,
+):
     """Per-token log-probs (and entropies) of the completion tokens: ([N, C], [N, C] or None).
 
     Scored under the distribution `generate` samples from: logits divided by `temperature` (the rollout's)
@@ -43,7 +53,9 @@ def log_probs(module: OmniModule, model, inputs: ModelInputs, completion_ids: to
     gradients are the same as without it. (Sliced, the entropy of every position costs one more multiply-add
     per logit; the module path computes only the subsample.)
     """
-    hidden = forward_hidden(module, model, inputs, completion_ids, completion_mask, share_prompt, prompt,
-                            completion_embeds)  # [N, C, H]
-    return head_scores(model, hidden, completion_ids, temperature, with_entropy, banned_token_ids, entropy_stride,
-                       sliced)
+    hidden = forward_hidden(
+        module, model, inputs, completion_ids, completion_mask, share_prompt, prompt, completion_embeds
+    )  # [N, C, H]
+    return head_scores(
+        model, hidden, completion_ids, temperature, with_entropy, banned_token_ids, entropy_stride, sliced
+    )

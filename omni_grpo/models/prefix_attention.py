@@ -111,8 +111,14 @@ class SharedPrefix:
     completion_mask: [N, Lc] which completion keys may be attended (None: all), right-padded completions.
     """
 
-    def __init__(self, keys: list, values: list, prompt_mask: torch.Tensor, inverse: torch.Tensor,
-                 completion_mask: torch.Tensor | None = None):
+    def __init__(
+        self,
+        keys: list,
+        values: list,
+        prompt_mask: torch.Tensor,
+        inverse: torch.Tensor,
+        completion_mask: torch.Tensor | None = None,
+    ):
         self.keys, self.values = keys, values
         self.prompt_mask = prompt_mask.bool()
         self.completion_mask = None if completion_mask is None else completion_mask.bool()
@@ -137,8 +143,9 @@ class SharedPrefix:
             parts_lse.append(lse.view(hkv, len(rows), r, lq).transpose(0, 1).reshape(len(rows), h, lq))
         o_a, lse_a = torch.cat(parts_o)[self.restore], torch.cat(parts_lse)[self.restore]
         own = self._own_mask(lq, lc, query.device)  # [N or 1, 1, 1, Lq, Lc]
-        o_b, lse_b = _AttentionLSE.apply(query.reshape(n, hkv, r, lq, d), key.unsqueeze(2), value.unsqueeze(2), own,
-                                         scale)  # (b): [N, Hkv, r, Lq, Dv]
+        o_b, lse_b = _AttentionLSE.apply(
+            query.reshape(n, hkv, r, lq, d), key.unsqueeze(2), value.unsqueeze(2), own, scale
+        )  # (b): [N, Hkv, r, Lq, Dv]
         o_b, lse_b = o_b.reshape(n, h, lq, -1), lse_b.reshape(n, h, lq)
         lse = torch.logaddexp(lse_a, lse_b)
         out = torch.exp(lse_a - lse).unsqueeze(-1) * o_a + torch.exp(lse_b - lse).unsqueeze(-1) * o_b
@@ -170,8 +177,17 @@ def _original(name: str):
 def _wrapped(name: str):
     original = _original(name)
 
-    def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                  shared_prefix: SharedPrefix | None = None, **kwargs):
+    def attention(
+        module,
+        query,
+        key,
+        value,
+        attention_mask,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        shared_prefix: SharedPrefix | None = None,
+        **kwargs,
+    ):
         if shared_prefix is None:
             return original(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         if dropout or kwargs.get("sliding_window") is not None:

@@ -63,8 +63,9 @@ class Qwen25OmniModule(OmniModule):
             from transformers import AutoConfig
 
             thinker_config = AutoConfig.from_pretrained(path).thinker_config
-            model, info = cls.from_pretrained(path, config=thinker_config, key_mapping={r"^thinker\.": ""},
-                                              output_loading_info=True, **kwargs)
+            model, info = cls.from_pretrained(
+                path, config=thinker_config, key_mapping={r"^thinker\.": ""}, output_loading_info=True, **kwargs
+            )
         else:
             model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
         check_loading_info(path, info)
@@ -94,8 +95,14 @@ class Qwen25OmniModule(OmniModule):
         `fetch_image`): keep them."""
         return {"do_resize": False}
 
-    def build_inputs(self, processor, samples: list[dict], system_prompt: str, use_audio_in_video: bool,
-                     max_prompt_length: int | None = None) -> ModelInputs:
+    def build_inputs(
+        self,
+        processor,
+        samples: list[dict],
+        system_prompt: str,
+        use_audio_in_video: bool,
+        max_prompt_length: int | None = None,
+    ) -> ModelInputs:
         """The processor output for a batch of samples, each row exactly what its sample gives alone.
 
         A sample is a video (``frames``, ``fps``; ``audio`` when it has a sound track), an audio clip alone
@@ -121,8 +128,13 @@ class Qwen25OmniModule(OmniModule):
             modality = sample_modality(sample)
             messages = self.build_messages(sample, system_prompt, flags[row])
             text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            kwargs = dict(text=[text], padding=True, padding_side="left", return_tensors="pt",
-                          **processor_audio_kwargs(flags[row], [0]))
+            kwargs = dict(
+                text=[text],
+                padding=True,
+                padding_side="left",
+                return_tensors="pt",
+                **processor_audio_kwargs(flags[row], [0]),
+            )
             if modality == "video":
                 frames = np.asarray(sample["frames"])
                 if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -152,8 +164,9 @@ class Qwen25OmniModule(OmniModule):
             image_grid_thw=batch.get("image_grid_thw"),
             pixel_values_videos=batch.get("pixel_values_videos"),
             video_grid_thw=batch.get("video_grid_thw"),
-            video_second_per_grid=(torch.as_tensor(batch["video_second_per_grid"], dtype=torch.float32)
-                                   if video_rows else None),
+            video_second_per_grid=(
+                torch.as_tensor(batch["video_second_per_grid"], dtype=torch.float32) if video_rows else None
+            ),
             video_rows=video_rows,
             audio_rows=audio_rows,
             image_rows=image_rows,
@@ -194,8 +207,9 @@ class Qwen25OmniModule(OmniModule):
         if pixels:
             grids = [g for g in (inputs.image_grid_thw, inputs.video_grid_thw) if g is not None]
             both = len(pixels) > 1  # a lone tensor goes in as it is (a copy of a 3 s clip's patches is ~17 MB)
-            feats, deepstack = self._vision_pass(inner, torch.cat(pixels) if both else pixels[0],
-                                                 torch.cat(grids) if both else grids[0])
+            feats, deepstack = self._vision_pass(
+                inner, torch.cat(pixels) if both else pixels[0], torch.cat(grids) if both else grids[0]
+            )
             n_images = len(inputs.image_rows)
             enc.image, enc.video = feats[:n_images], feats[n_images:]
             if deepstack:
@@ -241,8 +255,11 @@ class Qwen25OmniModule(OmniModule):
         cfg = thinker.config
         embeds = thinker.get_input_embeddings()(ids)  # [N, L, H]
         enc = inputs.encoded if inputs.encoded is not None else self.encode_media(thinker, inputs)
-        for token_id, feats, name in ((cfg.image_token_id, enc.image, "image"), (cfg.video_token_id, enc.video, "video"),
-                                      (cfg.audio_token_id, enc.audio, "audio")):
+        for token_id, feats, name in (
+            (cfg.image_token_id, enc.image, "image"),
+            (cfg.video_token_id, enc.video, "video"),
+            (cfg.audio_token_id, enc.audio, "audio"),
+        ):
             slots = ids == token_id
             n_slots = int(slots.sum())
             n_feats = sum(f.shape[0] for f in feats)
@@ -257,8 +274,10 @@ class Qwen25OmniModule(OmniModule):
         if enc.dummy is not None:
             embeds = embeds + enc.dummy.to(embeds.dtype)
         if inputs.audio_in_video is not None and len(set(inputs.audio_in_video)) > 1:  # each row its own flag
-            rows = [self._positions(thinker, inputs.select([r]), ids[r : r + 1], mask[r : r + 1])
-                    for r in range(ids.shape[0])]
+            rows = [
+                self._positions(thinker, inputs.select([r]), ids[r : r + 1], mask[r : r + 1])
+                for r in range(ids.shape[0])
+            ]
             return embeds, torch.cat(rows, dim=-2), enc
         return embeds, self._positions(thinker, inputs, ids, mask), enc
 

@@ -73,8 +73,7 @@ class Qwen3OmniModule(Qwen25OmniModule):
 
     def _vision_dummy_pass(self, inner, param) -> torch.Tensor:
         out = inner.get_video_features(*video_dummy_inputs(inner, param), return_dict=True)
-        return (sum(t.sum() for t in out.pooler_output)
-                + sum(t.sum() for level in out.deepstack_features for t in level))
+        return sum(t.sum() for t in out.pooler_output) + sum(t.sum() for level in out.deepstack_features for t in level)
 
     def _audio_lengths(self, inner, feature_mask: torch.Tensor) -> torch.Tensor:
         from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths

@@ -30,10 +30,17 @@ class Completions:
     truncated: torch.Tensor
 
 
-
-def sampling_processors(module: OmniModule, tokenizer, prompt_length: int, temperature: float = 1.0,
-                        top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0, do_sample: bool = True,
-                        min_new_tokens: int = 0):
+def sampling_processors(
+    module: OmniModule,
+    tokenizer,
+    prompt_length: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    do_sample: bool = True,
+    min_new_tokens: int = 0,
+):
     """Hugging Face's logits processors for our sampling arguments, in Hugging Face's order.
 
     `GenerationMixin._get_logits_processor` applies: repetition penalty, min-new-tokens (stop tokens banned),
@@ -55,8 +62,9 @@ def sampling_processors(module: OmniModule, tokenizer, prompt_length: int, tempe
     if repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
     if min_new_tokens > 0:
-        processors.append(MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens,
-                                                            module.stop_token_ids(tokenizer)))
+        processors.append(
+            MinNewTokensLengthLogitsProcessor(prompt_length, min_new_tokens, module.stop_token_ids(tokenizer))
+        )
     banned = module.banned_token_ids(tokenizer)
     if banned:
         processors.append(SuppressTokensLogitsProcessor(banned))
@@ -70,9 +78,19 @@ def sampling_processors(module: OmniModule, tokenizer, prompt_length: int, tempe
     return processors
 
 
-def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_generations: int,
-             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             repetition_penalty: float = 1.0, do_sample: bool = True) -> Completions:
+def generate(
+    module: OmniModule,
+    model,
+    processor,
+    inputs: ModelInputs,
+    num_generations: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    repetition_penalty: float = 1.0,
+    do_sample: bool = True,
+) -> Completions:
     """G completions per prompt, sampled as one batch; media tokens banned; each row stops at `<|im_end|>`.
 
     `inputs` holds the B prompts; rows of the result are grouped: row i*G + j is sample j of prompt i.
@@ -101,21 +119,30 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
     slots = inputs.input_ids.new_full((b, max_new_tokens), pad_id)
     embeds, positions, mask, prompt_kw = prompt_model_inputs(module, thinker, inputs, slots)
     cache = DynamicCache(config=lm.config)
-    out = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=inputs.attention_mask,
-             cache=cache, use_cache=True, **prompt_kw)
+    out = lm(
+        inputs_embeds=embeds,
+        position_ids=positions[..., :p],
+        attention_mask=inputs.attention_mask,
+        cache=cache,
+        use_cache=True,
+        **prompt_kw,
+    )
     rows = torch.arange(b, device=device).repeat_interleave(num_generations)
     shared = None
     if one_copy_ready(lm.config):  # the G rows of a prompt read one copy of its keys/values
-        shared = SharedPrefix([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
-                              inputs.attention_mask, rows)
+        shared = SharedPrefix(
+            [layer.keys for layer in cache.layers],
+            [layer.values for layer in cache.layers],
+            inputs.attention_mask,
+            rows,
+        )
         cache = DynamicCache(config=lm.config)  # the completions' own keys/values
     else:
         cache.batch_repeat_interleave(num_generations)
     hidden = out.last_hidden_state[rows, -1]  # [N, H]
     positions, mask = positions[..., rows, :], mask[rows]
 
-    processors = sampling_processors(module, tokenizer, p, temperature, top_p, top_k, repetition_penalty,
-                                     do_sample)
+    processors = sampling_processors(module, tokenizer, p, temperature, top_p, top_k, repetition_penalty, do_sample)
     stops = torch.tensor(stop_ids, device=device)
     # Prompt + tokens so far, which the repetition penalty reads: each row's own tokens only. Its left padding
     # (the pad token, a stop token) becomes the row's first real token, already penalised once, so that a sample
@@ -138,10 +165,18 @@ def generate(module: OmniModule, model, processor, inputs: ModelInputs, num_gene
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         seen = torch.cat([seen, token[:, None]], dim=1)
-        step_kw = (dict(attention_mask=None, shared_prefix=shared) if shared is not None
-                   else dict(attention_mask=mask[:, : p + t + 1]))
-        step = lm(inputs_embeds=embed_tokens(token[:, None]), position_ids=positions[..., p + t : p + t + 1],
-                  cache=cache, use_cache=True, **step_kw)
+        step_kw = (
+            dict(attention_mask=None, shared_prefix=shared)
+            if shared is not None
+            else dict(attention_mask=mask[:, : p + t + 1])
+        )
+        step = lm(
+            inputs_embeds=embed_tokens(token[:, None]),
+            position_ids=positions[..., p + t : p + t + 1],
+            cache=cache,
+            use_cache=True,
+            **step_kw,
+        )
         hidden = step.last_hidden_state[:, -1]
     return finish_completions(torch.stack(tokens, dim=1), stop_ids, pad_id)
 

@@ -23,9 +23,16 @@ from omni_grpo.models.inputs import ModelInputs
 from omni_grpo.models.prefix_attention import SharedPrefix, one_copy_ready
 
 
-def forward_hidden(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
-                   completion_mask: torch.Tensor, share_prompt: bool = True,
-                   prompt: PromptPass | None = None, completion_embeds: torch.Tensor | None = None) -> torch.Tensor:
+def forward_hidden(
+    module: OmniModule,
+    model,
+    inputs: ModelInputs,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    share_prompt: bool = True,
+    prompt: PromptPass | None = None,
+    completion_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Last hidden states [N, C, H] that predict each completion token (N = rows of `inputs`).
 
     With `share_prompt`, rows that are copies of one prompt (`inputs.prompt_index`, set by `repeat`) run the
@@ -158,16 +165,33 @@ def prompt_pass(module: OmniModule, model, inputs: ModelInputs, completion_ids: 
     embeds, positions, _, prompt_kw = prompt_model_inputs(module, thinker, prompts, slots)
     cache = Cache(layers=[_PromptLayer() for _ in lm.layers])
     with _replay_safe_cache(lm.layers):
-        out = lm(inputs_embeds=embeds, position_ids=positions[..., :p], attention_mask=prompts.attention_mask,
-                 past_key_values=cache, use_cache=False, **prompt_kw)
-    return PromptPass(list(prompts.prompt_index), [layer.keys for layer in cache.layers],
-                      [layer.values for layer in cache.layers], out.last_hidden_state[:, p - 1 : p], positions,
-                      prompts.attention_mask)
+        out = lm(
+            inputs_embeds=embeds,
+            position_ids=positions[..., :p],
+            attention_mask=prompts.attention_mask,
+            past_key_values=cache,
+            use_cache=False,
+            **prompt_kw,
+        )
+    return PromptPass(
+        list(prompts.prompt_index),
+        [layer.keys for layer in cache.layers],
+        [layer.values for layer in cache.layers],
+        out.last_hidden_state[:, p - 1 : p],
+        positions,
+        prompts.attention_mask,
+    )
 
 
-def completion_hidden(module: OmniModule, model, prompt: PromptPass, inputs: ModelInputs,
-                      completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                      completion_embeds: torch.Tensor | None = None) -> torch.Tensor:
+def completion_hidden(
+    module: OmniModule,
+    model,
+    prompt: PromptPass,
+    inputs: ModelInputs,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    completion_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`forward_hidden` of rows of `inputs` against a prompt pass already run: one completion pass over all
     rows attending to their prompt's keys/values, one copy per distinct prompt
     (:mod:`omni_grpo.models.prefix_attention`), or, where the attention implementation is not wrapped, a
@@ -180,15 +204,22 @@ def completion_hidden(module: OmniModule, model, prompt: PromptPass, inputs: Mod
     positions = prompt.positions[..., inverse, p : p + c]
     with _replay_safe_cache(lm.layers):
         if one_copy_ready(lm.config):
-            shared = SharedPrefix(prompt.keys, prompt.values, prompt.prompt_mask, inverse,
-                                  completion_mask=completion_mask)
-            out = lm(inputs_embeds=embeds, position_ids=positions, attention_mask=None, use_cache=False,
-                     shared_prefix=shared)
+            shared = SharedPrefix(
+                prompt.keys, prompt.values, prompt.prompt_mask, inverse, completion_mask=completion_mask
+            )
+            out = lm(
+                inputs_embeds=embeds, position_ids=positions, attention_mask=None, use_cache=False, shared_prefix=shared
+            )
         else:
             prefix = Cache(layers=[_PrefixLayer(k[inverse], v[inverse]) for k, v in zip(prompt.keys, prompt.values)])
             mask = torch.cat([prompt.prompt_mask[inverse], completion_mask.to(prompt.prompt_mask.dtype)], dim=1)
-            out = lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, past_key_values=prefix,
-                     use_cache=False)
+            out = lm(
+                inputs_embeds=embeds,
+                position_ids=positions,
+                attention_mask=mask,
+                past_key_values=prefix,
+                use_cache=False,
+            )
     return torch.cat([prompt.last_hidden[inverse], out.last_hidden_state[:, :-1]], dim=1)
 
 
@@ -227,8 +258,11 @@ class GroupPrompt:
         scale = self.probe.grad
         if last and not first and scale is not None and bool(torch.isfinite(scale)) and float(scale) != 0.0:
             pairs = [*zip(self.attached.tensors(), self.leaves.tensors()), (self.embeds, self.embeds_leaf)]
-            terms = [(t.float() * (leaf.grad.float().nan_to_num(0.0, 0.0, 0.0) / scale)).sum()
-                     for t, leaf in pairs if leaf.grad is not None]
+            terms = [
+                (t.float() * (leaf.grad.float().nan_to_num(0.0, 0.0, 0.0) / scale)).sum()
+                for t, leaf in pairs
+                if leaf.grad is not None
+            ]
             loss = loss + sum(terms)
         return loss
 
@@ -243,8 +277,14 @@ class PerBatchPrompt:
         return loss
 
 
-def group_prompt(module: OmniModule, model, inputs: ModelInputs, completion_ids: torch.Tensor,
-                 micro_batches: list[list[int]], share_prompt: bool = True) -> GroupPrompt | PerBatchPrompt:
+def group_prompt(
+    module: OmniModule,
+    model,
+    inputs: ModelInputs,
+    completion_ids: torch.Tensor,
+    micro_batches: list[list[int]],
+    share_prompt: bool = True,
+) -> GroupPrompt | PerBatchPrompt:
     """How the update micro-batches `micro_batches` (row indices of `inputs`) get their prompts: a
     `GroupPrompt` when the prompt is shared and some prompt's rows fall in more than one micro-batch
     (`update_micro_batch_size` < G), else `PerBatchPrompt`. Under ZeRO-3 too: the step's gradient is the

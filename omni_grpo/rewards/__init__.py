@@ -19,8 +19,15 @@ REWARDS = {
     "people_focus": people_focus_reward,
 }
 
-_FROM_MANAGER = ("RewardError", "RewardManager", "RewardOutput", "build_reward_manager", "check_reward_names",
-                 "effective_reward_kwargs", "resolve_reward")
+_FROM_MANAGER = (
+    "RewardError",
+    "RewardManager",
+    "RewardOutput",
+    "build_reward_manager",
+    "check_reward_names",
+    "effective_reward_kwargs",
+    "resolve_reward",
+)
 
 __all__ = ["REWARDS", "accuracy_reward", "format_reward", "people_focus_reward", *_FROM_MANAGER]
 

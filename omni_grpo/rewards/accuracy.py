@@ -52,15 +52,30 @@ MULTI_LABEL_SCORING = ("exact", "f1")
 
 # Spellings used by common datasets → matcher; keys are in the form ``_problem_type_key`` gives them.
 PROBLEM_TYPE_ALIASES: dict[str, str] = {
-    **{k: "multiple_choice" for k in ("multiple_choice", "mc", "mcq", "choice", "single_choice",
-                                      "multiple_choice_question")},
-    **{k: "multi_label" for k in ("multi_label", "multilabel", "multiple_label", "multi_select",
-                                  "multiple_select", "multiple_answer", "multiple_answers", "multi_answer",
-                                  "emer_ov_mc")},
+    **{
+        k: "multiple_choice"
+        for k in ("multiple_choice", "mc", "mcq", "choice", "single_choice", "multiple_choice_question")
+    },
+    **{
+        k: "multi_label"
+        for k in (
+            "multi_label",
+            "multilabel",
+            "multiple_label",
+            "multi_select",
+            "multiple_select",
+            "multiple_answer",
+            "multiple_answers",
+            "multi_answer",
+            "emer_ov_mc",
+        )
+    },
     **{k: "yes_no" for k in ("yes_no", "yesno", "yes_or_no", "boolean", "binary", "judge")},
     **{k: "numeric" for k in ("numeric", "numerical", "number", "count", "counting", "regression")},
-    **{k: "free_text" for k in ("free_text", "free_form", "freeform", "open", "open_ended", "short_answer",
-                                "ocr", "text")},
+    **{
+        k: "free_text"
+        for k in ("free_text", "free_form", "freeform", "open", "open_ended", "short_answer", "ocr", "text")
+    },
 }
 
 _LETTERS = string.ascii_uppercase
@@ -385,8 +400,9 @@ def known_problem_types() -> dict[str, list[str]]:
 
 def describe_known_problem_types() -> str:
     """One line: every matcher and its accepted spellings."""
-    return "; ".join(f"{kind} ({', '.join(a for a in aliases if a != kind)})"
-                     for kind, aliases in known_problem_types().items())
+    return "; ".join(
+        f"{kind} ({', '.join(a for a in aliases if a != kind)})" for kind, aliases in known_problem_types().items()
+    )
 
 
 _problem_type = normalise_problem_type
@@ -413,8 +429,10 @@ def _check_options(**options: object) -> None:
             f"accuracy option 'default_problem_type' must be one of {list(PROBLEM_TYPES)} or null, got {default!r}"
         )
     if options.get("multi_label_scoring", "exact") not in MULTI_LABEL_SCORING:
-        raise ValueError(f"accuracy option 'multi_label_scoring' must be one of {list(MULTI_LABEL_SCORING)}, got "
-                         f"{options.get('multi_label_scoring')!r}")
+        raise ValueError(
+            f"accuracy option 'multi_label_scoring' must be one of {list(MULTI_LABEL_SCORING)}, got "
+            f"{options.get('multi_label_scoring')!r}"
+        )
     for key in ("numeric_rel_tol", "numeric_abs_tol"):
         value = options.get(key, 0.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):

@@ -38,8 +38,9 @@ def check_instructions(overrides: Mapping[str, str] | None) -> dict[str, str]:
     if overrides is None:
         return {}
     if not isinstance(overrides, Mapping):
-        raise ValueError(f"answer_instructions must map a problem type to its instruction, got "
-                         f"{type(overrides).__name__}")
+        raise ValueError(
+            f"answer_instructions must map a problem type to its instruction, got {type(overrides).__name__}"
+        )
     for key, text in overrides.items():
         if key not in PROBLEM_TYPES:
             raise ValueError(f"answer_instructions: {key!r} is not a problem type; use one of {list(PROBLEM_TYPES)}")

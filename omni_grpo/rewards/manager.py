@@ -141,7 +141,11 @@ def build_reward_manager(
             f"reward_kwargs has options for {stray}, which are not in reward_funcs {list(reward_funcs)}; "
             "add them there or remove the options"
         )
-    if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int) or max_consecutive_errors < 1:
+    if (
+        isinstance(max_consecutive_errors, bool)
+        or not isinstance(max_consecutive_errors, int)
+        or max_consecutive_errors < 1
+    ):
         raise ValueError(f"max_consecutive_errors must be an integer >= 1, got {max_consecutive_errors!r}")
     rewards = []
     for name in reward_funcs:
@@ -218,7 +222,11 @@ class RewardManager:
             reward.consecutive += 1
             logger.warning(
                 "reward %r failed on this batch (%d in a row, limit %d): %s: %s; its scores are None",
-                reward.name, reward.consecutive, self.max_consecutive_errors, type(exc).__name__, exc,
+                reward.name,
+                reward.consecutive,
+                self.max_consecutive_errors,
+                type(exc).__name__,
+                exc,
             )
             if reward.consecutive >= self.max_consecutive_errors:
                 raise RewardError(
@@ -269,7 +277,9 @@ def _check_weights(names: list[str], weights: list[float] | None) -> list[float]
     if weights is None:
         return [1.0] * len(names)
     if isinstance(weights, (str, bytes)) or not isinstance(weights, (list, tuple)) or len(weights) != len(names):
-        raise ValueError(f"reward_weights must list one number per reward in reward_funcs {list(names)}, got {weights!r}")
+        raise ValueError(
+            f"reward_weights must list one number per reward in reward_funcs {list(names)}, got {weights!r}"
+        )
     for name, w in zip(names, weights):
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
             raise ValueError(f"reward_weights: the weight of {name!r} must be a finite number, got {w!r}")
@@ -316,4 +326,3 @@ def effective_reward_kwargs(cfg) -> dict:
         settings = {f.name: getattr(cfg.judge, f.name) for f in dataclasses.fields(cfg.judge) if f.name != "enabled"}
         out.setdefault("people_focus", {})["judge"] = settings
     return out
-
