@@ -1,6 +1,8 @@
 """Session-wide fixtures: one tiny Qwen2.5-Omni thinker + processor (and a Qwen3-Omni one), shards built once
 (`tiny_shards`, `mixed_shards`); tests marked `gpu` skip without CUDA."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -95,14 +97,19 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
-def _sampling_processors_restored():
-    """Benchmarks run in-process force a completion length by replacing `sampling.sampling_processors` for the
-    rest of their process; each test gets the package's own back, so no test's tokens depend on test order."""
+def _process_state_restored():
+    """Benchmarks run in-process set state for the rest of their process: a forced completion length (by replacing
+    `sampling.sampling_processors`) and quieter loggers (`omni_grpo` at ERROR). Each test gets the package's
+    sampler and every logger's level back, so no test's tokens or captured log lines depend on test order."""
     from omni_grpo.models import sampling
 
     real = sampling.sampling_processors
+    loggers = [logging.root, *(x for x in logging.root.manager.loggerDict.values() if isinstance(x, logging.Logger))]
+    levels = {logger: logger.level for logger in loggers}
     yield
     sampling.sampling_processors = real
+    for logger, level in levels.items():
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="session")
