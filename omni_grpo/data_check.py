@@ -60,8 +60,9 @@ def long_prompt_message(found: PromptLengths, total: int, limit: int) -> str:
     )
 
 
-def exact_token_lists(cfg, token_lists: list[list[int | None]]) -> list[list[int | None]]:
-    """`token_lists` (preprocess's counts, one list per `cfg.data` directory) with each sample's text recounted
+def exact_token_lists(cfg, token_lists: list[list[int | None]], dirs=None) -> list[list[int | None]]:
+    """`token_lists` (preprocess's counts, one list per directory of `dirs`, default `cfg.data`; evaluation passes
+    its `--data`) with each sample's text recounted
     exactly: the model's own tokenizer on this config's system prompt and the sample's question, plus the media
     tokens preprocess stored (its count minus its own text count, which was an estimate unless it was given
     `--tokenizer`, and used the system prompt in its manifest). Unchanged where the model folder has no tokenizer
@@ -78,7 +79,7 @@ def exact_token_lists(cfg, token_lists: list[list[int | None]]) -> list[list[int
     except (OSError, ValueError):
         return token_lists
     out = []
-    for shard_dir, stored in zip(cfg.data, token_lists):
+    for shard_dir, stored in zip(cfg.data if dirs is None else dirs, token_lists):
         try:
             options = json.loads((Path(shard_dir) / "manifest.json").read_text(encoding="utf-8")).get("options") or {}
         except (OSError, ValueError):
