@@ -41,8 +41,10 @@ folder, a training `output_dir` (its newest complete checkpoint), or a LoRA adap
 `peft.PeftModel.from_pretrained` (--base-model overrides the base path).
 
 Settings come from --config, else from the trainer checkpoint's own config.yaml, else the defaults, then
-`key=value` overrides, as in training. The three built-in rewards are always scored; a reward that training
-did not use gets weight 0, so `reward_total` stays the training objective.
+`key=value` overrides, as in training. Before the model loads, every evaluated prompt is counted as training's
+check counts it (`check_prompt_lengths`); one longer than max_prompt_length is refused in one line. The three
+built-in rewards are always scored; a reward that training did not use gets weight 0, so `reward_total` stays
+the training objective.
 """
 
 from __future__ import annotations
