@@ -60,15 +60,21 @@ def long_prompt_message(found: PromptLengths, total: int, limit: int) -> str:
     )
 
 
-def exact_token_lists(cfg, token_lists: list[list[int | None]]) -> list[list[int | None]]:
-    """`token_lists` (preprocess's counts, one list per `cfg.data` directory) with each sample's text recounted
-    exactly: the model's own tokenizer on this config's system prompt and the sample's question, plus the media
-    tokens preprocess stored (its count minus its own text count, which was an estimate unless it was given
-    `--tokenizer`, and used the system prompt in its manifest). Unchanged where the model folder has no tokenizer
-    or a manifest records no system prompt."""
+def exact_token_lists(cfg, token_lists: list[list[int | None]], dirs=None) -> list[list[int | None]]:
+    """`token_lists` (preprocess's counts, one list per directory of `dirs`, default `cfg.data`; evaluation passes
+    its `--data`) with each sample's text recounted exactly: the model's own tokenizer on this config's system
+    prompt and the sample's question, plus the media tokens preprocess stored (its count minus its own text
+    count, which was an estimate unless it was given `--tokenizer`, and used the system prompt and answer
+    instructions in its manifest). The question closes with this config's `answer_instructions`, as
+    `data.Collate` builds it. Unchanged where the model folder has no tokenizer or a manifest records no system
+    prompt."""
     from omni_grpo.models.base import format_question
+    from omni_grpo.rewards.instructions import instruction
     from preprocess.budget import TextCounter
     from preprocess.shards import load
+
+    def text(sample: dict, instructions: dict | None) -> str:
+        return format_question({**sample, "instruction": instruction(sample, instructions)})
 
     system_prompt, model_dir = getattr(cfg, "system_prompt", None), getattr(cfg, "model_name_or_path", None)
     if system_prompt is None or model_dir is None:
@@ -77,8 +83,8 @@ def exact_token_lists(cfg, token_lists: list[list[int | None]]) -> list[list[int
         exact = TextCounter(system_prompt, model_dir)
     except (OSError, ValueError):
         return token_lists
-    out = []
-    for shard_dir, stored in zip(cfg.data, token_lists):
+    instructions, out = getattr(cfg, "answer_instructions", None), []
+    for shard_dir, stored in zip(cfg.data if dirs is None else dirs, token_lists):
         try:
             options = json.loads((Path(shard_dir) / "manifest.json").read_text(encoding="utf-8")).get("options") or {}
         except (OSError, ValueError):
@@ -87,11 +93,12 @@ def exact_token_lists(cfg, token_lists: list[list[int | None]]) -> list[list[int
             out.append(stored)
             continue
         used = TextCounter(options["system_prompt"], model_dir if options.get("tokenizer") else None)
+        stored_instructions = options.get("answer_instructions")
         reader = load(shard_dir, verify=False, skip_corrupt=getattr(cfg, "skip_corrupt_shards", False))
         samples = [sample for block in reader._iter_samples() for sample in block]  # metadata only, no media
         out.append(
             [
-                None if n is None else n - used.count(format_question(s)) + exact.count(format_question(s))
+                None if n is None else n - used.count(text(s, stored_instructions)) + exact.count(text(s, instructions))
                 for n, s in zip(stored, samples)
             ]
         )

@@ -41,14 +41,17 @@ folder, a training `output_dir` (its newest complete checkpoint), or a LoRA adap
 `peft.PeftModel.from_pretrained` (--base-model overrides the base path).
 
 Settings come from --config, else from the trainer checkpoint's own config.yaml, else the defaults, then
-`key=value` overrides, as in training. The three built-in rewards are always scored; a reward that training
-did not use gets weight 0, so `reward_total` stays the training objective.
+`key=value` overrides, as in training. Before the model loads, every evaluated prompt is counted as training's
+check counts it (`check_prompt_lengths`); one longer than max_prompt_length is refused in one line. The three
+built-in rewards are always scored; a reward that training did not use gets weight 0, so `reward_total` stays
+the training objective.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -265,6 +268,7 @@ def evaluate(
     positions, ids = [i for i, _ in chosen[:limit]], [q for _, q in chosen[:limit]]
     if not ids:
         raise EvalError(f"--data {' '.join(data)}: the shards hold no questions")
+    check_prompt_lengths(cfg, data, dataset, positions, ablate)
     scope = data_coverage(data, wanted, set(every), len(chosen) - len(ids))
     out_dir = Path(output)
     subset_info = (
@@ -388,6 +392,33 @@ class AblatedCollate:
 
     def __call__(self, items: list):
         return self.collate([ablate_sample(item, self.ablate) for item in items])
+
+
+def check_prompt_lengths(cfg, data: list[str], dataset, positions: list[int], ablate: str | None = None) -> None:
+    """EvalError, before any model loads, when an evaluated sample (`positions` in `dataset`) has a prompt longer
+    than `cfg.max_prompt_length`: counted as training's check counts it (`data_check.exact_token_lists`: the media
+    tokens preprocess stored, the text with the model's tokenizer). The line names the first such sample, its
+    count, the limit and the fixes. `--ablate text` prompts hold no media tokens: not checked here (the media
+    counts would overstate them); `build_inputs` still refuses one that is too long."""
+    from omni_grpo.data_check import exact_token_lists
+
+    if ablate == "text":
+        return
+    counts = [n for part in exact_token_lists(cfg, [p.prompt_tokens for p in dataset.parts], data) for n in part]
+    limit = cfg.max_prompt_length
+    over = [i for i in positions if counts[i] is not None and counts[i] > limit]
+    if not over:
+        return
+    ids = question_ids(dataset)
+    first, longest = over[0], max(counts[i] for i in over)
+    more = f" ({len(over)} of the {len(positions)} evaluated samples are over it, the longest {longest})"
+    more = more if len(over) > 1 else ""
+    raise EvalError(
+        f"sample {ids[first]!r}: prompt is {counts[first]} tokens (media included, its text counted with the "
+        f"model's tokenizer), over max_prompt_length={limit}{more}; re-run python -m preprocess with "
+        f"--max-prompt-tokens {limit} --tokenizer MODEL_DIR to fit them, or raise the limit: "
+        f"max_prompt_length={longest} on this command"
+    )
 
 
 def question_ids(dataset) -> list[str]:
@@ -643,8 +674,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=2, help="data-loading processes; 0 = in this process")
     parser.add_argument("--seed", type=int, help="sampling seed (default: the config's seed)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show dependencies' warnings and weight-loading bars (same as OMNI_GRPO_VERBOSE=1)",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. use_audio_in_video=false")
     args = parser.parse_args(argv)
+    from omni_grpo.logging import configure_logging
+
+    configure_logging(0, verbose=args.verbose or os.environ.get("OMNI_GRPO_VERBOSE", "") not in ("", "0"))
     overrides = list(args.overrides)
     data, compare = _paths(args.data, overrides), _paths(args.compare, overrides)
     group_by = [field.strip() for field in args.group_by.split(",") if field.strip()]
@@ -723,7 +762,10 @@ def _paths(items: list[str], overrides: list[str]) -> list[str]:
 
 
 def _error(err: Exception) -> int:
-    print(f"evaluate: error: {err}", file=sys.stderr)
+    """One line on stderr, exit code 2; an error re-raised from a data-loader worker keeps its own message only."""
+    from omni_grpo.logging import one_line
+
+    print(f"evaluate: error: {one_line(err)}", file=sys.stderr)
     return 2
 
 

@@ -7,6 +7,7 @@ import html
 import logging
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -41,6 +42,17 @@ def report_error(message: str, code: int) -> int:
     else:
         print(message, file=sys.stderr)
     return code
+
+
+def one_line(err: BaseException) -> str:
+    """`err`'s message as one line. An error raised in a data-loader worker comes back re-raised with the worker's
+    traceback as its message ("Caught PromptTooLongError in DataLoader worker process 1. Original Traceback …"):
+    only the original message, its last line, is kept."""
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = re.sub(rf"^([\w.]+\.)?{type(err).__name__}: ", "", last)  # "pkg.module.Error: message"
+    return " ".join(text.split())
 
 
 def missing_dependency(err: BaseException, module: str) -> str | None:

@@ -119,7 +119,7 @@ def train(cfg, command: str = "") -> int:
     """Build the trainer and run it; a known failure becomes one line and exit code 1 or 2; a stop signal the
     `preempted …` line with `command` (the one that resumes) and exit code 128 + the signal."""
     from omni_grpo.checkpoint import CheckpointError
-    from omni_grpo.logging import report_error
+    from omni_grpo.logging import one_line, report_error
     from omni_grpo.models.base import PromptTooLongError
     from omni_grpo.preemption import Preempted, report
     from omni_grpo.rewards import RewardError
@@ -148,17 +148,6 @@ def train(cfg, command: str = "") -> int:
             1,
         )
     return 0
-
-
-def one_line(err: BaseException) -> str:
-    """`err`'s message as one line. An error raised in a data-loader worker comes back re-raised with the worker's
-    traceback as its message ("Caught PromptTooLongError in DataLoader worker process 1. Original Traceback …"):
-    only the original message, its last line, is kept."""
-    text = str(err)
-    if "Original Traceback" in text:
-        last = [line for line in text.splitlines() if line.strip()][-1]
-        text = re.sub(rf"^([\w.]+\.)?{type(err).__name__}: ", "", last)  # "pkg.module.Error: message"
-    return " ".join(text.split())
 
 
 def lost_peer(err: BaseException) -> str | None:

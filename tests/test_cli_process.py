@@ -68,8 +68,8 @@ def test_an_error_from_a_loader_worker_is_its_own_message_in_one_line():
     message; the run's line keeps the original message alone."""
     import torch
 
+    from omni_grpo.logging import one_line
     from omni_grpo.models.qwen2_5_omni import PromptTooLongError
-    from omni_grpo.train import one_line
 
     class TooLong(torch.utils.data.Dataset):
         def __len__(self):

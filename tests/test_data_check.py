@@ -159,3 +159,35 @@ def test_the_text_is_counted_with_the_models_tokenizer_where_the_estimate_underc
     line = str(refused.value)
     assert f"longest is {max(exact)}, its text counted with the model's tokenizer" in line
     assert "--tokenizer MODEL_DIR" in line and "\n" not in line
+
+
+def test_the_exact_count_closes_the_question_with_the_configs_answer_instructions(
+    tiny, tiny_model_dir, tiny_shards, tmp_path
+):
+    """A config whose `answer_instructions` replace the default sentence: `Collate` builds the prompt with them, so
+    the check counts them too (it counted the default sentence, short of the prompt by the difference)."""
+    from omni_grpo.data import Collate
+    from omni_grpo.data_check import exact_token_lists
+    from preprocess import shards
+
+    module, _, processor = tiny
+    longer = "Think it through, then give only the letter of the one option that answers the question best."
+    cfg = tiny_config(tiny_model_dir, tiny_shards, tmp_path, **{"answer_instructions.multiple_choice": longer})
+    reader = shards.load(tiny_shards, verify=False)
+    counted = exact_token_lists(cfg, [reader.prompt_tokens])[0]
+    default = lengths(tiny_shards, tiny_model_dir)
+    collate = Collate(module, processor, cfg.system_prompt, cfg.use_audio_in_video, 100_000, cfg.answer_instructions)
+    for i in (0, len(reader) - 1):
+        built = collate([reader[i]]).inputs
+        assert int(built.attention_mask[0].sum()) == counted[i] > default[i]
+    # shards preprocessed with the same sentence (`--answer-instructions`, recorded in the manifest): their stored
+    # counts hold it, and the recount takes out that sentence, not the default one
+    from tests.helpers import build_shards
+
+    instructed = build_shards(
+        tmp_path / "instructed", n_clips=1, seconds=2.0, answer_instructions=cfg.answer_instructions
+    )
+    reader = shards.load(instructed, verify=False)
+    counted = exact_token_lists(cfg, [reader.prompt_tokens], [instructed])[0]
+    for i in range(len(reader)):
+        assert int(collate([reader[i]]).inputs.attention_mask[0].sum()) == counted[i]

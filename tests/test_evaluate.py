@@ -416,3 +416,88 @@ def test_clear_errors(tiny_model_dir, shards, tmp_path, capsys):
         main(["--model", str(tiny_model_dir), "--data", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 2
     )
     assert "manifest.json" in capsys.readouterr().err
+
+
+def exact_lengths(model_dir, shards_dir):
+    """(stored, exact): preprocess's count of each sample's prompt (its text estimated, no --tokenizer) and the
+    count with the text by the model's tokenizer (finer than the estimate for the tiny kit)."""
+    from omni_grpo.data_check import exact_token_lists
+    from preprocess.shards import load
+    from tests.helpers import tiny_config
+
+    stored = load(shards_dir, verify=False).prompt_tokens
+    return stored, exact_token_lists(tiny_config(model_dir, shards_dir, "unused"), [stored])[0]
+
+
+def test_a_prompt_longer_than_the_limit_is_refused_in_one_line_before_the_model_loads(
+    tiny_model_dir, shards, tmp_path, monkeypatch, capsys
+):
+    """The stored counts (text estimated) all fit the limit; counted with the model's tokenizer, as training's
+    check counts, they do not. The command names the first such sample, its true count, the limit and the fixes,
+    in one line, before any model loads or anything is written (it used to stop in the first batch with the
+    loader worker's traceback)."""
+    from omni_grpo import evaluate as evaluate_module
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the prompt length check")
+
+    monkeypatch.setattr(evaluate_module, "load_for_eval", no_load)
+    stored, exact = exact_lengths(tiny_model_dir, shards)
+    limit = max(stored)
+    over = [i for i, n in enumerate(exact) if n > limit]
+    assert over and all(n <= limit for n in stored)
+    ids = [q for part in evaluate_module.open_data([str(shards)]).parts for q in part.ids]
+    argv = ["--model", str(tiny_model_dir), "--data", str(shards), "--output", str(tmp_path / "out")]
+    assert main([*argv, "--no-progress", f"max_prompt_length={limit}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    line = err[0]
+    assert line.startswith(f"evaluate: error: sample {ids[over[0]]!r}: prompt is {exact[over[0]]} tokens")
+    assert f"over max_prompt_length={limit}" in line and f"{len(over)} of the {len(exact)} evaluated" in line
+    assert "--tokenizer MODEL_DIR" in line and f"--max-prompt-tokens {limit}" in line
+    assert f"max_prompt_length={max(exact)} on this command" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_found_too_long_in_a_loader_worker_is_one_line(tiny_model_dir, shards, tmp_path, monkeypatch, capsys):
+    """Past the check (here switched off), `build_inputs` refuses the prompt in a data-loader worker, which torch
+    re-raises with the worker's traceback as the message: the command prints the sample's own line alone."""
+    from omni_grpo import evaluate as evaluate_module
+
+    monkeypatch.setattr(evaluate_module, "check_prompt_lengths", lambda *a, **k: None, raising=False)
+    stored, exact = exact_lengths(tiny_model_dir, shards)
+    argv = ["--model", str(tiny_model_dir), "--data", str(shards), "--output", str(tmp_path / "out")]
+    code = main([*argv, "--num-workers", "1", "--no-progress", "--max-new-tokens", "2", "max_prompt_length=8"])
+    assert code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "Loading weights" not in line]
+    assert len(err) == 1 and "Traceback" not in err[0], err  # the bar: transformers was imported by the tests
+    assert re.match(r"evaluate: error: sample '[^']+': prompt is \d+ tokens .*over max_prompt_length=8\.", err[0])
+
+
+def test_the_command_prints_no_dependency_noise(tiny_model_dir, shards, tmp_path):
+    """`python -m omni_grpo.evaluate` sets up logging as training does: no "Loading weights" bar, no dependency's
+    FutureWarning on stderr (both came before), unless --verbose."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "OMNI_GRPO", "HF_HUB_DISABLE"))}
+    env.update(PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    argv = ["--model", str(tiny_model_dir), "--data", str(shards), "--limit", "1", "--max-new-tokens", "2"]
+    argv += ["--num-workers", "0", "--no-progress"]
+    for extra, out in (([], "quiet"), (["--verbose"], "verbose")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "omni_grpo.evaluate", *argv, "--output", str(tmp_path / out), *extra],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        if extra:
+            assert "Loading weights" in proc.stderr  # what the quiet run leaves out
+        else:
+            assert proc.stderr == "", proc.stderr
