@@ -91,7 +91,7 @@ class Run:
     world: int = 8
     lora: bool = True
     checkpointing: bool = True
-    one_prompt_copy: bool = False  # issue 17 item 3: attend to one copy of the prompt's keys/values
+    one_prompt_copy: bool = False  # attend to one copy of the prompt's keys/values
     bytes_per_weight: int = 2
     optimizer_bytes: int = 16  # per trainable parameter (16: DeepSpeed fp32 master + Adam + fp32 grad)
     vocab_chunk: int = 256

@@ -49,7 +49,7 @@ def test_zero3_resume_equals_uninterrupted(full_run, tiny_model_dir, mixed_shard
 
 def test_zero3_lora_dynamic_sampling_saves_no_frozen_weight_and_resumes_exactly(tiny_model_dir, mixed_shards, tmp_path):
     """LoRA with gradient checkpointing under ZeRO-3 on 2 ranks: the adapters move; the checkpoint's DeepSpeed
-    state holds no frozen weight (issue 17 item 4), and a resume from step 2 continues exactly (step 3's loss
+    state holds no frozen weight, and a resume from step 2 continues exactly (step 3's loss
     and adapter). With dynamic sampling (item 1(b)), where rank 0's prompt always scores one constant value and
     rank 1's never does: rank 1 has its group after one round but draws on with rank 0 until the cap, so both
     run 1 + 1 rounds per step (no hang), and the counters are the two ranks' mean."""

@@ -1,4 +1,4 @@
-"""ZeRO-3 on 2 CPU ranks whose batches hold different modalities (issue 14 item 4; slow): one rank trains on an
+"""ZeRO-3 on 2 CPU ranks whose batches hold different modalities (slow): one rank trains on an
 audio clip alone, the other on a silent video, so each rank lacks the tower the other runs. Both must call
 both towers every pass (dummy passes), or the run hangs in a parameter gather; the timeout turns a hang into a
 failure."""

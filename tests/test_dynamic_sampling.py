@@ -1,4 +1,4 @@
-"""DAPO's dynamic sampling (`dynamic_sampling`, issue 17 item 1(b)): constant groups are left out and more
+"""DAPO's dynamic sampling (`dynamic_sampling`): constant groups are left out and more
 rounds drawn until the step holds per_device_prompts × gradient_accumulation_steps groups with a reward spread;
 the counters match what was drawn, the cap holds, the normaliser counts the rows trained, resume is exact.
 The 2-rank ZeRO-3 run (ranks whose constant groups differ) is in test_distributed.py."""

@@ -1,4 +1,4 @@
-"""Evaluation during training (`eval_data`, `eval_steps`; issue 16 item 4): it runs every N steps and at the
+"""Evaluation during training (`eval_data`, `eval_steps`): it runs every N steps and at the
 end, writes the CLI's summary format and the `eval/...` TensorBoard tags, splits the questions over ranks
 with each evaluated once, and leaves the training run's random stream (its loss curve) unchanged."""
 

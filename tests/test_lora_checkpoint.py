@@ -1,4 +1,4 @@
-"""LoRA checkpoints hold the adapter and its optimizer state, never the frozen base (issue 17 item 4), and
+"""LoRA checkpoints hold the adapter and its optimizer state, never the frozen base, and
 resume from them is exact. The 2-rank ZeRO-3 LoRA resume is in test_distributed.py."""
 
 import json

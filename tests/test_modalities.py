@@ -1,4 +1,4 @@
-"""Per-sample modalities (issue 14 item 4): one batch mixes a video with its audio interleaved
+"""Per-sample modalities: one batch mixes a video with its audio interleaved
 (`use_audio_in_video` on), a video followed by its audio as its own item (the flag off, the sample's own
 override), a silent video, an audio clip alone and an image; each row is exactly what its sample gives alone
 (ids, TMRoPE positions, log-probs, greedy rollout = Hugging Face `generate`), on both families. The override

@@ -1,4 +1,4 @@
-"""Preemption (omni_grpo/preemption.py, issue 18 item 2): SIGTERM / SIGINT stop every rank at a safe point with a
+"""Preemption (omni_grpo/preemption.py): SIGTERM / SIGINT stop every rank at a safe point with a
 checkpoint and one line naming the command that resumes; that command, run as printed, continues the run exactly
 (the loss and reward curves of an uninterrupted run, each step once in TensorBoard); a second signal stops at once;
 a save that fails on one rank ends every rank with that rank's message.

@@ -1,6 +1,6 @@
 """python -m preprocess as typed (subprocess): contradictory options are one argument error before any file is
 read, a run that writes nothing fails with its most common reason, a wrong --root shows the expected layout,
-unknown problem types are reported once (issue 18 item 9, issue 14)."""
+unknown problem types are reported once."""
 
 import json
 

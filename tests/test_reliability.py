@@ -1,4 +1,4 @@
-"""Reliability (issue 9): faults injected into training and preprocessing, and bad inputs, each survived with a
+"""Reliability: faults injected into training and preprocessing, and bad inputs, each survived with a
 clear message. docs/reliability.md maps every fault and bad input to the test that proves it (here or elsewhere).
 
 Faults are injected from the outside: a driver script written into tmp_path monkeypatches the trainer and
@@ -652,7 +652,7 @@ def test_a_very_long_question_is_kept_and_training_refuses_it_at_startup(tiny_mo
     items = {item["id"]: item for item in shard_fmt.load(tmp_path / "shards")}
     assert items["long"]["question"] == question  # stored whole: never silently truncated
     rc = train_cli.main(train_args(tiny_model_dir, tmp_path / "shards", tmp_path / "out", max_prompt_length=4096))
-    line = one_line(capsys.readouterr().err, "config error:")  # before any model loads (issue 14)
+    line = one_line(capsys.readouterr().err, "config error:")  # before any model loads
     assert rc == 2 and "1 of 2 samples" in line and "max_prompt_length=4096" in line
 
 

@@ -239,7 +239,7 @@ def test_accuracy_never_raises_on_arbitrary_text(text, problem_type, gold):
 
 
 # (problem_type as datasets spell it, gold, options, content of <answer>, expected): every spelling scores
-# (issue 14: "yes/no" and Video-R1's types used to give None every step)
+# ("yes/no" and Video-R1's types used to give None every step)
 SPELLINGS = [
     ("yes/no", "yes", None, "Yes, she is.", 1.0),
     ("Yes/No", "no", None, "yes", 0.0),

@@ -1,4 +1,4 @@
-"""What the trainer scores is what the sampler drew from (issue 13, items 2 and 8).
+"""What the trainer scores is what the sampler drew from.
 
 `generate` samples from softmax(suppress_media(logits) / T); every log-prob pass must score the same
 distribution: divided by the rollout's temperature, media tokens out of the normaliser. Checked per token

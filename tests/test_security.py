@@ -1,4 +1,4 @@
-"""Security (issue 9): no pickle in shards or in what training loads, the judge's API key stays in its
+"""Security: no pickle in shards or in what training loads, the judge's API key stays in its
 environment variable, user code runs only from the import path a config names, and importing any module has
 no side effects. docs/reliability.md lists these tests with the ones elsewhere that they build on."""
 

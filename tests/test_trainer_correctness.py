@@ -1,4 +1,4 @@
-"""The trainer optimises what the config says and what it sampled (issue 13). Each test fails on the trainer
+"""The trainer optimises what the config says and what it sampled. Each test fails on the trainer
 before the fix: μ made no extra update, scoring ignored the temperature and the banned tokens, bf16 without
 DeepSpeed rounded updates away, a β schedule from 0 crashed, warmup was dropped, a None reward was pushed down."""
 
