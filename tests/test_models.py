@@ -507,6 +507,16 @@ def test_sliced_head_log_probs_and_gradients_match_autograd(monkeypatch, weight_
         assert torch.allclose(ours_w, weight.grad, atol=1e-10)
 
 
+def test_sliced_head_weight_gradient_of_no_positions_is_zero():
+    """The weight's gradient is written by the first block of positions rather than zeroed first: with no
+    positions at all it must still be zero, not an uninitialised buffer."""
+    weight = torch.full((11, 8), float("nan")).requires_grad_()  # a reused NaN page would show through
+    hidden = torch.randn(0, 8, requires_grad=True)
+    lp, _ = head_logprobs.head_log_probs(hidden, weight, torch.zeros(0, dtype=torch.long))
+    lp.sum().backward()
+    assert torch.equal(weight.grad, torch.zeros(11, 8))
+
+
 def test_audio_features_padded_to_the_clip_equal_the_300_s_features(tiny, samples, monkeypatch):
     """build_inputs pads Whisper features to the longest clip, not to 300 s: every kept frame must equal
     the processor's default (300 s) features — including a silent clip and one that ends loud (Whisper's

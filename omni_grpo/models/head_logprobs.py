@@ -12,7 +12,8 @@ log-probability of its target token and the entropy of its distribution, where t
 [M, V] logits: it walks the vocabulary in slices of `VOCAB_SLICE` rows of ``W`` (and the positions in blocks of
 `POSITION_BLOCK`), keeps a running max, sum of exponentials and exponential-weighted logit sum per position
 (an online log-sum-exp), and in backward recomputes each slice and accumulates the gradients of ``h`` and, when
-``W`` trains, of ``W`` in (at least) float32, slice by slice, into one buffer each.
+``W`` trains, of ``W`` in (at least) float32, slice by slice, into one buffer each (the weight's written by the
+first block of positions, not zeroed first).
 
 Why not a checkpointed ``lm_head`` call: at Qwen's 152k vocabulary that builds [rows, positions, 152k] float32
 logits, a copy for the temperature, a copy for the banned tokens, the log-sum-exp's exponentials, and the same
@@ -124,7 +125,10 @@ class HeadLogProbs(torch.autograd.Function):
         temperature = ctx.temperature
         acc = logz.dtype
         grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
+        # grad_w is written, not zeroed then summed into: the first position block's product fills each slice
+        # (a fresh zeroed [V, H] buffer cost as much as a slice's products on the CPU bench), later blocks add
+        fill = torch.empty if hidden.shape[0] else torch.zeros  # no positions: nothing writes it
+        grad_w = fill(weight.shape, dtype=acc, device=weight.device) if want_w else None
         g_lp = grad_logp.to(acc) if grad_logp is not None else torch.zeros_like(logz)
         g_ent = grad_entropy.to(acc) if (grad_entropy is not None and ctx.entropy_grad) else None
         for b0 in range(0, hidden.shape[0], POSITION_BLOCK):
@@ -148,7 +152,9 @@ class HeadLogProbs(torch.autograd.Function):
                     dlogits.div_(temperature)
                 if want_h:
                     grad_h[b0:b1].addmm_(dlogits, _upcast(weight[start:end]))
-                if want_w:
+                if want_w and b0 == 0:
+                    torch.mm(dlogits.t(), _upcast(h), out=grad_w[start:end])
+                elif want_w:
                     grad_w[start:end].addmm_(dlogits.t(), _upcast(h))
         return (
             grad_h.to(hidden.dtype) if want_h else None,
