@@ -571,6 +571,20 @@ def table(records: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def options(**values) -> list[str]:
+    """The command line of `parse_args` for these options, named as in Python (``completion_length=16`` ->
+    ``--completion-length 16``; a list gives several values, True a bare flag, None or False nothing): how the
+    scripts that run this benchmark's step pass it their settings."""
+    argv = []
+    for name, value in values.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + name.replace("_", "-"))
+        if value is not True:
+            argv += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    return argv
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["3b", "7b"], choices=["3b", "7b"])
