@@ -19,7 +19,8 @@ One step on one prompt, through the package's own functions (``rollout.sample`` 
   training), no gradient;
 * policy: policy log-probs with gradient, the GRPO loss, backward, with gradient checkpointing (the decoder
   layers are put in training mode for this pass: Hugging Face checkpoints a layer only when ``training``);
-* optimizer: torch AdamW step (LoRA adapters, or every language-model weight for ``full``), bf16 weights.
+* optimizer: torch's fused AdamW step, as the trainer's one-process engine takes it (LoRA adapters, or every
+  language-model weight for ``full``), bf16 weights.
 
 Reported per model x mode: rollout tokens/s (G x 512 / rollout seconds), each phase's seconds and peak
 memory (GPU: ``max_memory_allocated``; CPU: the process's resident-set high-water mark, reset at each phase
@@ -360,7 +361,7 @@ class Bench:
         self.policy, self.thinker = policy, base_thinker(policy)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.trainable = sum(p.numel() for p in self.params)
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-6)
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-6, fused=True)  # as the one-process engine builds it
         if args.frame_size:
             n_frames, size = None, tuple(args.frame_size)
         else:
@@ -569,6 +570,20 @@ def table(records: list[dict], args) -> str:
             f"{peaks} |"
         )
     return "\n".join(lines)
+
+
+def options(**values) -> list[str]:
+    """The command line of `parse_args` for these options, named as in Python (``completion_length=16`` ->
+    ``--completion-length 16``; a list gives several values, True a bare flag, None or False nothing): how the
+    scripts that run this benchmark's step pass it their settings."""
+    argv = []
+    for name, value in values.items():
+        if value is None or value is False:
+            continue
+        argv.append("--" + name.replace("_", "-"))
+        if value is not True:
+            argv += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    return argv
 
 
 def parse_args(argv=None):

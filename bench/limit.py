@@ -175,32 +175,20 @@ def measure_step(args, device) -> dict:
 
     gb = load_gpu_bench()
     bench_args = gb.parse_args(
-        [
-            "--models",
-            args.model,
-            "--modes",
-            args.mode,
-            "--layers",
-            str(args.layers),
-            "--tower-layers",
-            str(args.tower_layers),
-            "--generations",
-            str(args.generations),
-            "--completion-length",
-            str(args.completion_length),
-            "--seconds",
-            str(args.seconds),
-            "--frame-size",
-            *(str(x) for x in args.frame_size),
-            "--micro-batch",
-            str(args.micro_batch),
-            "--steps",
-            "1",
-            "--warmup",
-            str(args.warmup),
-            "--device",
-            str(device),
-        ]
+        gb.options(
+            models=args.model,
+            modes=args.mode,
+            layers=args.layers,
+            tower_layers=args.tower_layers,
+            generations=args.generations,
+            completion_length=args.completion_length,
+            seconds=args.seconds,
+            frame_size=args.frame_size,
+            micro_batch=args.micro_batch,
+            steps=1,
+            warmup=args.warmup,
+            device=device,
+        )
     )
     bench = gb.Bench(bench_args, args.model, args.mode, device)
     timer = PrefillTimer()

@@ -327,31 +327,20 @@ def check(args) -> list[dict]:
         bench_args.generations, bench_args.completion_length = args.generations, args.completion_length
     else:
         bench_args = gb.parse_args(
-            [
-                "--models",
-                args.model,
-                "--modes",
-                *args.modes,
-                "--device",
-                "cpu",
-                "--layers",
-                str(args.layers),
-                "--tower-layers",
-                str(args.tower_layers),
-                "--generations",
-                str(args.generations),
-                "--completion-length",
-                str(args.completion_length),
-                "--seconds",
-                str(args.seconds),
-                "--max-prompt-tokens",
-                str(args.max_prompt_tokens),
-                "--steps",
-                "1",
-                "--warmup",
-                str(args.warmup),
-            ]
-            + (["--no-gradient-checkpointing"] if args.no_gradient_checkpointing else [])
+            gb.options(
+                models=args.model,
+                modes=args.modes,
+                device="cpu",
+                layers=args.layers,
+                tower_layers=args.tower_layers,
+                generations=args.generations,
+                completion_length=args.completion_length,
+                seconds=args.seconds,
+                max_prompt_tokens=args.max_prompt_tokens,
+                steps=1,
+                warmup=args.warmup,
+                no_gradient_checkpointing=args.no_gradient_checkpointing,
+            )
         )
     d = dims(args.model, args.layers, args.tower_layers)
     records = []

@@ -180,6 +180,19 @@ def quiet() -> None:
     transformers.logging.set_verbosity_error()
 
 
+def worker_env(system: str, threads: int, env: dict | None = None) -> dict:
+    """A worker's environment: this one; for ours, idle OpenMP threads sleep as `python -m omni_grpo.train` sets
+    them (`omni_grpo.train.passive_openmp_wait`) unless the environment chose a policy; then `env` over both
+    (a value of None unsets the variable); then `threads` intra-op threads (0: torch's default)."""
+    out = dict(os.environ)
+    if system == "ours":
+        out.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    out.update(env or {})
+    if threads:
+        out["OMP_NUM_THREADS"] = str(threads)
+    return {k: v for k, v in out.items() if v is not None}
+
+
 class Worker:
     """The driver's handle on one worker process."""
 
@@ -189,13 +202,9 @@ class Worker:
         self.system, self.log = system, log
         payload = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()}
         self.stderr = open(log, "w")
-        # ours as `python -m omni_grpo.train` runs it: idle OpenMP threads sleep (omni_grpo.train.passive_openmp_wait)
-        product = {"OMP_WAIT_POLICY": "PASSIVE"} if system == "ours" and "OMP_WAIT_POLICY" not in os.environ else {}
-        env = dict(os.environ, **product, **(env or {}), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-        env = {k: v for k, v in env.items() if v is not None}  # None: unset for this worker
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "scale_bench.py"), "--worker"],
-            env=env,
+            env=worker_env(system, threads, env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,

@@ -536,6 +536,17 @@ def test_contention_variants_set_the_thread_environment():
         contention.parse_variant("fast")
 
 
+@pytest.mark.parametrize("name, policy", [("default", None), ("passive", "PASSIVE"), ("one", "PASSIVE")])
+def test_contention_variants_reach_ours_workers(scale_bench, monkeypatch, name, policy):
+    """Each of contention.py's variants over an ours worker's own setting of the wait policy: the variant wins
+    (`default` unsets it, torch's default wait), not an error of two values for one variable."""
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    _, threads, env = load("contention").parse_variant(name)
+    got = scale_bench.worker_env("ours", threads, env)
+    assert got.get("OMP_WAIT_POLICY") == policy
+    assert got.get("OMP_NUM_THREADS") == ("1" if name == "one" else None)
+
+
 def test_scale_bench_worker_environment_unsets_none(scale_bench, step_bench, monkeypatch, tmp_path):
     import io
 
