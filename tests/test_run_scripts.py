@@ -214,6 +214,51 @@ def test_a_signal_to_the_scripts_own_pid_reaches_the_launcher(tmp_path, sig):
     assert not left, f"processes left running: {left}"
 
 
+SLOW_SET_UP = """#!/usr/bin/env bash
+# Stands in for Python: the demo set-up's first builder runs until a signal
+if [[ "$*" == *tiny_models* ]]; then echo $$ > "$FAKE_PID"; for _ in $(seq 600); do sleep 0.1; done; fi
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_during_the_demo_set_up_ends_the_set_up_too(tmp_path, sig):
+    """`kill PID` of stage4.sh while the built-in demo is still being set up (minutes on a first run): the
+    script ends with the signal's code and leaves no set-up step running behind it."""
+    import psutil
+
+    fake = tmp_path / "python"
+    fake.write_text(SLOW_SET_UP)
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), DEMO_DIR=str(tmp_path / "demo"))
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "run_scripts" / "stage4.sh")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(300):
+            if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text().strip():
+                break
+            time.sleep(0.1)
+        builder = int((tmp_path / "pid").read_text())
+        time.sleep(0.3)
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    time.sleep(0.5)
+    alive = psutil.pid_exists(builder) and psutil.Process(builder).status() != psutil.STATUS_ZOMBIE
+    if alive:
+        psutil.Process(builder).kill()
+    assert proc.returncode == 128 + sig, err
+    assert not alive, "the demo set-up kept running after its script was stopped"
+
+
 # --------------------------------------------------------------------------------------- SLURM batch templates
 
 TEMPLATES = sorted((REPO / "run_scripts").glob("*.sbatch"))
