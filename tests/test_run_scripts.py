@@ -167,9 +167,9 @@ FAKE_LAUNCHER = """#!/usr/bin/env bash
 if [[ "$1" == "-c" ]]; then echo "0 40123"; exit 0; fi
 if [[ "$*" == *" --check "* ]]; then exit 0; fi
 echo "$*" > "$FAKE_PID.args"
-echo $$ > "$FAKE_PID"
 trap 'sleep 1; echo "preempted (SIGTERM) at step 3: saved x; resume with: y" >&2; exit 143' TERM
 trap 'echo "preempted (SIGINT) at step 3: saved x; resume with: y" >&2; exit 130' INT
+echo $$ > "$FAKE_PID"  # after the traps: a signal sent once this file exists is caught
 for _ in $(seq 600); do sleep 0.1; done
 """
 
@@ -193,7 +193,7 @@ def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: boo
                 break
             time.sleep(0.1)
         launcher = int((tmp_path / "pid").read_text())
-        time.sleep(0.3)  # the traps are set
+        time.sleep(0.3)
         tree = [proc.pid, launcher, *(p.pid for p in psutil.Process(launcher).children(recursive=True))]
         os.kill(launcher if to_launcher else proc.pid, sig)
         _, err = proc.communicate(timeout=30)
