@@ -7,8 +7,9 @@
 set -euo pipefail
 export OMNI_GRPO_COMMAND="${OMNI_GRPO_COMMAND:-$(for v in PY MODEL DATA OUTPUT_DIR DEMO_DIR NPROC NNODES NODE_RANK MASTER_ADDR MASTER_PORT; do [[ -z "${!v:-}" ]] || printf '%s=%q ' "$v" "${!v}"; done; printf '%q ' bash "$0" "$@")}"
 source "$(dirname "$0")/_env.sh" && cd "$REPO_ROOT"
+grouped() { setsid "$@" & local p=$!; trap "kill -- -$p 2>/dev/null; wait $p || :; exit 143" TERM; trap "kill -- -$p 2>/dev/null; wait $p || :; exit 130" INT; wait $p; trap - TERM INT; }  # kill or Ctrl-C of this script ends the step too (TERM: a background step ignores INT)
 if [[ -z "${MODEL:-}${DATA:-}${OUTPUT_DIR:-}" ]]; then  # the built-in tiny default, on CPU
-  export CUDA_VISIBLE_DEVICES="" && demo="${DEMO_DIR:-outputs/demo}" && bash run_scripts/demo_setup.sh "$demo"
+  export CUDA_VISIBLE_DEVICES="" && demo="${DEMO_DIR:-outputs/demo}" && grouped bash run_scripts/demo_setup.sh "$demo"
   set -- --config configs/demo.yaml model_name_or_path="$demo/model" data="[$demo/shards]" eval_data="[$demo/shards]" eval_steps=60 output_dir="$demo/run" "$@"
 elif [[ -z "${MODEL:-}" || -z "${DATA:-}" ]]; then echo "config error: set MODEL=DIR and DATA=SHARDS together (neither: the built-in demo)" >&2; exit 2
 else

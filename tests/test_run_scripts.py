@@ -167,9 +167,9 @@ FAKE_LAUNCHER = """#!/usr/bin/env bash
 if [[ "$1" == "-c" ]]; then echo "0 40123"; exit 0; fi
 if [[ "$*" == *" --check "* ]]; then exit 0; fi
 echo "$*" > "$FAKE_PID.args"
-echo $$ > "$FAKE_PID"
 trap 'sleep 1; echo "preempted (SIGTERM) at step 3: saved x; resume with: y" >&2; exit 143' TERM
 trap 'echo "preempted (SIGINT) at step 3: saved x; resume with: y" >&2; exit 130' INT
+echo $$ > "$FAKE_PID"  # after the traps: a signal sent once this file exists is caught
 for _ in $(seq 600); do sleep 0.1; done
 """
 
@@ -193,7 +193,7 @@ def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: boo
                 break
             time.sleep(0.1)
         launcher = int((tmp_path / "pid").read_text())
-        time.sleep(0.3)  # the traps are set
+        time.sleep(0.3)
         tree = [proc.pid, launcher, *(p.pid for p in psutil.Process(launcher).children(recursive=True))]
         os.kill(launcher if to_launcher else proc.pid, sig)
         _, err = proc.communicate(timeout=30)
@@ -212,6 +212,51 @@ def test_a_signal_to_the_scripts_own_pid_reaches_the_launcher(tmp_path, sig):
     assert code == 128 + sig, err
     assert err.strip().splitlines()[-1].startswith(f"preempted ({sig.name}) at step 3"), err
     assert not left, f"processes left running: {left}"
+
+
+SLOW_SET_UP = """#!/usr/bin/env bash
+# Stands in for Python: the demo set-up's first builder runs until a signal
+if [[ "$*" == *tiny_models* ]]; then echo $$ > "$FAKE_PID"; for _ in $(seq 600); do sleep 0.1; done; fi
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_a_signal_during_the_demo_set_up_ends_the_set_up_too(tmp_path, sig):
+    """`kill PID` of stage4.sh while the built-in demo is still being set up (minutes on a first run): the
+    script ends with the signal's code and leaves no set-up step running behind it."""
+    import psutil
+
+    fake = tmp_path / "python"
+    fake.write_text(SLOW_SET_UP)
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
+    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), DEMO_DIR=str(tmp_path / "demo"))
+    proc = subprocess.Popen(
+        ["bash", str(REPO / "run_scripts" / "stage4.sh")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for _ in range(300):
+            if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text().strip():
+                break
+            time.sleep(0.1)
+        builder = int((tmp_path / "pid").read_text())
+        time.sleep(0.3)
+        os.kill(proc.pid, sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+    time.sleep(0.5)
+    alive = psutil.pid_exists(builder) and psutil.Process(builder).status() != psutil.STATUS_ZOMBIE
+    if alive:
+        psutil.Process(builder).kill()
+    assert proc.returncode == 128 + sig, err
+    assert not alive, "the demo set-up kept running after its script was stopped"
 
 
 # --------------------------------------------------------------------------------------- SLURM batch templates
