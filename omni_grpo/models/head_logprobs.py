@@ -12,8 +12,8 @@ log-probability of its target token and the entropy of its distribution, where t
 [M, V] logits: it walks the vocabulary in slices of `VOCAB_SLICE` rows of ``W`` (and the positions in blocks of
 `POSITION_BLOCK`), keeps a running max, sum of exponentials and exponential-weighted logit sum per position
 (an online log-sum-exp), and in backward recomputes each slice and accumulates the gradients of ``h`` and, when
-``W`` trains, of ``W`` in (at least) float32, slice by slice, into one buffer each (the weight's written by the
-first block of positions, not zeroed first).
+``W`` trains, of ``W`` in (at least) float32, slice by slice, into one buffer each (the weight's gradient is
+written by the first block of positions, not zeroed first).
 
 Why not a checkpointed ``lm_head`` call: at Qwen's 152k vocabulary that builds [rows, positions, 152k] float32
 logits, a copy for the temperature, a copy for the banned tokens, the log-sum-exp's exponentials, and the same
@@ -125,8 +125,8 @@ class HeadLogProbs(torch.autograd.Function):
         temperature = ctx.temperature
         acc = logz.dtype
         grad_h = torch.zeros(hidden.shape, dtype=acc, device=hidden.device) if want_h else None
-        # grad_w is written, not zeroed then summed into: the first position block's product fills each slice
-        # (a fresh zeroed [V, H] buffer cost as much as a slice's products on the CPU bench), later blocks add
+        # grad_w is written, not zeroed then summed into: the first position block's product fills each slice,
+        # later blocks add (zeroing a fresh [V, H] buffer was a third of this backward on the CPU bench)
         fill = torch.empty if hidden.shape[0] else torch.zeros  # no positions: nothing writes it
         grad_w = fill(weight.shape, dtype=acc, device=weight.device) if want_w else None
         g_lp = grad_logp.to(acc) if grad_logp is not None else torch.zeros_like(logz)
