@@ -174,6 +174,14 @@ for _ in $(seq 600); do sleep 0.1; done
 """
 
 
+def _default_signals() -> None:
+    """In the started script: SIGINT and SIGTERM at their defaults, as a terminal or a scheduler starts it. A test
+    run started in the background (`cmd &`) ignores SIGINT, which its children inherit, and bash cannot trap a
+    signal that was ignored when it started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: bool = False, **extra):
     """Run `cmd` (a script that ends in stage4.sh) with the stand-in launcher; once it waits, send `sig` to the
     script's own PID (or to the launcher's); return (exit code, stderr, the launcher's arguments, PIDs left)."""
@@ -185,7 +193,14 @@ def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: boo
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
     env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), MODEL="m", DATA="d", **extra)
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_default_signals,
     )
     try:
         for _ in range(300):
@@ -239,6 +254,7 @@ def test_a_signal_during_the_demo_set_up_ends_the_set_up_too(tmp_path, sig):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_signals,
     )
     try:
         for _ in range(300):
