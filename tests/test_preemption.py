@@ -363,7 +363,7 @@ def test_launcher_stopped_by_a_signal_says_so_in_one_line(tmp_path):
         ready = 0
         while ready < 2:  # both ranks started
             line = proc.stdout.readline()
-            assert line, "the launcher ended early"
+            assert line, f"the launcher ended early (exit {proc.wait()}): {proc.stderr.read()[-3000:]}"
             ready += line == "ready\n"
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
