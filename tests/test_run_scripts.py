@@ -182,16 +182,20 @@ def _default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: bool = False, **extra):
-    """Run `cmd` (a script that ends in stage4.sh) with the stand-in launcher; once it waits, send `sig` to the
-    script's own PID (or to the launcher's); return (exit code, stderr, the launcher's arguments, PIDs left)."""
+def signal_a_run(
+    tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: bool = False, stand_in: str = FAKE_LAUNCHER, **extra
+):
+    """Run `cmd` (a script that ends in stage4.sh) with `stand_in` as Python (by default the stand-in launcher,
+    on MODEL=m DATA=d); once the stand-in has written its PID, send `sig` to the script's own PID (or to the
+    stand-in's); return (exit code, stderr, the launcher's arguments or "", PIDs left)."""
     import psutil
 
     fake = tmp_path / "python"
-    fake.write_text(FAKE_LAUNCHER)
+    fake.write_text(stand_in)
     fake.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
-    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), MODEL="m", DATA="d", **extra)
+    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"))
+    env.update({"MODEL": "m", "DATA": "d"} if stand_in == FAKE_LAUNCHER else {}, **extra)
     proc = subprocess.Popen(
         cmd,
         cwd=tmp_path,
@@ -216,7 +220,8 @@ def signal_a_run(tmp_path, cmd: list[str], sig: signal.Signals, to_launcher: boo
         os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
     time.sleep(0.5)
     left = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
-    return proc.returncode, err, (tmp_path / "pid.args").read_text(), left
+    args = tmp_path / "pid.args"
+    return proc.returncode, err, args.read_text() if args.is_file() else "", left
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
@@ -239,40 +244,10 @@ if [[ "$*" == *tiny_models* ]]; then echo $$ > "$FAKE_PID"; for _ in $(seq 600);
 def test_a_signal_during_the_demo_set_up_ends_the_set_up_too(tmp_path, sig):
     """`kill PID` of stage4.sh while the built-in demo is still being set up (minutes on a first run): the
     script ends with the signal's code and leaves no set-up step running behind it."""
-    import psutil
-
-    fake = tmp_path / "python"
-    fake.write_text(SLOW_SET_UP)
-    fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}
-    env.update(PY=str(fake), FAKE_PID=str(tmp_path / "pid"), DEMO_DIR=str(tmp_path / "demo"))
-    proc = subprocess.Popen(
-        ["bash", str(REPO / "run_scripts" / "stage4.sh")],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_default_signals,
-    )
-    try:
-        for _ in range(300):
-            if (tmp_path / "pid").is_file() and (tmp_path / "pid").read_text().strip():
-                break
-            time.sleep(0.1)
-        builder = int((tmp_path / "pid").read_text())
-        time.sleep(0.3)
-        os.kill(proc.pid, sig)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-    time.sleep(0.5)
-    alive = psutil.pid_exists(builder) and psutil.Process(builder).status() != psutil.STATUS_ZOMBIE
-    if alive:
-        psutil.Process(builder).kill()
-    assert proc.returncode == 128 + sig, err
-    assert not alive, "the demo set-up kept running after its script was stopped"
+    stage4 = ["bash", str(REPO / "run_scripts" / "stage4.sh")]
+    code, err, _, left = signal_a_run(tmp_path, stage4, sig, stand_in=SLOW_SET_UP, DEMO_DIR=str(tmp_path / "demo"))
+    assert code == 128 + sig, err
+    assert not left, f"the demo set-up kept running after its script was stopped: {left}"
 
 
 # --------------------------------------------------------------------------------------- SLURM batch templates
